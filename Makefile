@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make up` and `make test`. Both build .venv themselves.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test test-fast lint slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/python -m reconciler.quickstart
+
+lint: $(STAMP)
+	$(BIN)/ruff check reconciler backends gateway tests bench examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/actionlint .github/workflows/*.yml examples/github/workflows/*.yml
+	$(BIN)/tidegate validate examples/
+
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m slow -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q -x
+
+bench: $(STAMP)
+	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/gateway.py
+
+clean:
+	rm -rf $(VENV) state/*.json state/*.jsonl state/repos state/replicas

@@ -1,0 +1,1 @@
+"""The gateway: host routing, auth, streaming proxy and the OpenAI-compatible API over replicas."""

@@ -1,0 +1,1 @@
+"""The control plane: configs in git -> desired state -> plan -> apply through backends."""
