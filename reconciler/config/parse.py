@@ -1,0 +1,219 @@
+"""One file's text -> a validated ServiceConfig or positioned diagnostics. Pure; never raises.
+
+Steps: YAML (with marks) -> shape checks (mapping, duplicate keys, `type`) -> keys dstack has but
+tidegate ignores are dropped with a warning, unknown keys are errors with a suggestion -> the
+default profile fills what the file leaves out -> pydantic validation, whose errors are mapped back
+to line and column through the YAML node tree. Every problem of the file is reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .diagnostics import Diagnostic, Severity
+from .dstack_fields import DSTACK_ONLY_NESTED, DSTACK_ONLY_TOP, OTHER_TYPES, did_you_mean
+from .errors import SUBLOC_KEY
+from .models import ModelSpec, PortMapping, RetrySpec, ScalingSpec, ServiceConfig
+from .resources import GpuSpec, ResourcesSpec
+from .yamldoc import Document, YamlSyntaxError, duplicate_keys, load_document, locate
+
+
+class FileKind(StrEnum):
+    SERVICE = "service"
+    SKIPPED = "skipped"  # a valid dstack file of another type
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    kind: FileKind
+    path: str
+    name: str | None  # `name:` when it is a string, even if the file is invalid
+    config: ServiceConfig | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+# loc prefix -> the model whose keys are valid there (for "did you mean")
+_NESTED_MODELS: dict[tuple[str, ...], type[BaseModel]] = {
+    ("scaling",): ScalingSpec,
+    ("model",): ModelSpec,
+    ("resources",): ResourcesSpec,
+    ("resources", "gpu"): GpuSpec,
+    ("retry",): RetrySpec,
+    ("port",): PortMapping,
+}
+
+
+class Collector:
+    def __init__(self, path: str, doc: Document | None) -> None:
+        self.path = path
+        self.node = doc.node if doc else None
+        self.items: list[Diagnostic] = []
+
+    def at(
+        self,
+        loc: Sequence[str | int],
+        message: str,
+        severity: Severity = Severity.ERROR,
+        *,
+        key: bool = False,
+    ) -> None:
+        position, matched = locate(self.node, loc, key=key)
+        shown = list(matched)
+        last = loc[-1] if loc else None
+        if last is not None and (not shown or shown[-1] != last) and _FIELD_NAME.match(str(last)):
+            shown.append(last)  # a missing or unknown key: name it even though it has no node
+        self.items.append(
+            Diagnostic(
+                self.path, position.line, position.column, ".".join(map(str, shown)), message, severity
+            )
+        )
+
+
+_FIELD_NAME = re.compile(r"^([a-z_][a-z0-9_]*|\d+)$")
+
+
+def parse_service_text(text: str, path: str, profile: Mapping[str, Any] | None = None) -> ParsedFile:
+    """Validate one `.dstack.yml`; `profile` holds the default profile's raw parameters."""
+    try:
+        return _parse(text, path, profile or {})
+    except Exception as e:  # the loader's promise is "never raises"; keep a diagnostic instead
+        diag = Diagnostic(path, 1, 1, "", f"internal error while validating: {type(e).__name__}: {e}")
+        return ParsedFile(FileKind.INVALID, path, None, None, [diag])
+
+
+def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
+    try:
+        doc = load_document(text)
+    except YamlSyntaxError as e:
+        diag = Diagnostic(path, e.position.line, e.position.column, "", e.message)
+        return ParsedFile(FileKind.INVALID, path, None, None, [diag])
+    out = Collector(path, doc)
+    data = doc.data
+    if not isinstance(data, dict):
+        what = (
+            "the file is empty" if data is None else f"expected a mapping of keys, got {type(data).__name__}"
+        )
+        out.at((), what)
+        return ParsedFile(FileKind.INVALID, path, None, None, out.items)
+    name = data.get("name") if isinstance(data.get("name"), str) else None
+    kind = data.get("type")
+    if kind in OTHER_TYPES:
+        out.at(("type",), f"skipped: `type: {kind}` is not a service", Severity.INFO)
+        return ParsedFile(FileKind.SKIPPED, path, name, None, out.items)
+    if kind != "service":
+        hint = did_you_mean(str(kind), ("service", *OTHER_TYPES)) if isinstance(kind, str) else ""
+        message = "missing `type: service`" if kind is None else f"unknown type {kind!r}{hint}"
+        out.at(("type",), message)
+    for loc, key in _duplicate_keys(doc):
+        out.at(loc, f"duplicate key {key!r} (YAML keeps only the last one)", key=True)
+    raw = _drop_foreign_keys(data, out)
+    for key, value in profile.items():
+        raw.setdefault(key, value)  # the service file wins field by field
+    config: ServiceConfig | None = None
+    try:
+        config = ServiceConfig.model_validate(raw)
+    except ValidationError as e:
+        report_validation_error(e, out)
+    errors = any(d.severity == Severity.ERROR for d in out.items)
+    if errors:
+        config = None
+    kind_out = FileKind.SERVICE if config is not None else FileKind.INVALID
+    return ParsedFile(kind_out, path, name, config, out.items)
+
+
+def _duplicate_keys(doc: Document) -> list[tuple[tuple[str | int, ...], str]]:
+    return [(loc, str(loc[-1])) for loc, _node in duplicate_keys(doc.node)]
+
+
+def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
+    known = set(ServiceConfig.model_fields)
+    raw: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            out.at((), f"keys must be strings, got {key!r}")
+        elif key in known:
+            raw[key] = value
+        elif key in DSTACK_ONLY_TOP:
+            out.at(
+                (key,),
+                f"`{key}` is accepted but tidegate does not act on it ({DSTACK_ONLY_TOP[key]})",
+                Severity.WARNING,
+                key=True,
+            )
+        else:
+            out.at((key,), f"unknown key '{key}'{did_you_mean(key, known | set(DSTACK_ONLY_TOP))}", key=True)
+    for prefix, fields in DSTACK_ONLY_NESTED.items():
+        raw = _drop_nested(raw, prefix, fields, out)
+    return raw
+
+
+def _drop_nested(
+    raw: dict[str, Any], prefix: tuple[str, ...], fields: Mapping[str, str], out: Collector
+) -> dict[str, Any]:
+    parent: Any = raw
+    for part in prefix:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    if not isinstance(parent, dict) or not set(parent) & set(fields):
+        return raw
+    cleaned = {k: v for k, v in parent.items() if k not in fields}
+    for key in parent:
+        if key in fields:
+            dotted = ".".join((*prefix, key))
+            out.at(
+                (*prefix, key),
+                f"`{dotted}` is accepted but tidegate does not act on it ({fields[key]})",
+                Severity.WARNING,
+                key=True,
+            )
+
+    # rebuild the path with copies so the caller's data is never mutated
+    def rebuild(node: dict[str, Any], depth: int) -> dict[str, Any]:
+        if depth == len(prefix):
+            return cleaned
+        copy = dict(node)
+        copy[prefix[depth]] = rebuild(node[prefix[depth]], depth + 1)
+        return copy
+
+    return rebuild(raw, 0)
+
+
+def report_validation_error(
+    error: ValidationError, out: Collector, prefix: tuple[str | int, ...] = ()
+) -> None:
+    """Turn pydantic's errors into diagnostics; `prefix` is where the validated value sits."""
+    for item in error.errors(include_url=False):
+        loc: list[str | int] = [*prefix, *item["loc"]]
+        ctx = item.get("ctx") or {}
+        loc.extend(ctx.get(SUBLOC_KEY, []))
+        kind = item["type"]
+        message = str(item["msg"])
+        for noise in ("Value error, ", "Assertion failed, "):
+            if message.startswith(noise):
+                message = message[len(noise) :]
+        if kind == "extra_forbidden":
+            parent = tuple(p for p in item["loc"][:-1] if isinstance(p, str) and p in _nested_names())
+            model = _NESTED_MODELS.get(parent)
+            key = str(loc[-1])
+            hint = did_you_mean(key, model.model_fields) if model else ""
+            out.at(loc, f"unknown key '{key}'{hint}", key=True)
+            continue
+        if kind == "missing":
+            message = f"required key `{loc[-1]}` is missing"
+        elif "input" in item and kind not in ("value_error",) and _is_scalar(item["input"]):
+            message = f"{message} (got {item['input']!r})"
+        out.at(loc, message)
+
+
+def _nested_names() -> set[str]:
+    return {name for prefix in _NESTED_MODELS for name in prefix}
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)

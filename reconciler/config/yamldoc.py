@@ -1,0 +1,125 @@
+"""YAML text -> (python data, node tree with line/column marks), and loc -> position lookups.
+
+pydantic reports errors by path (`('resources', 'gpu')`); users need a line and a column. We parse
+once with PyYAML's SafeLoader, keep the composed node tree, and walk it along the error path to
+the deepest node that exists. Positions are 1-based, as editors and GitHub annotations count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Position:
+    line: int
+    column: int
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, message: str, position: Position) -> None:
+        super().__init__(message)
+        self.message = message
+        self.position = position
+
+
+@dataclass(frozen=True)
+class Document:
+    data: Any
+    node: yaml.Node | None
+
+
+def _pos(mark: Any) -> Position:
+    if mark is None:
+        return Position(1, 1)
+    return Position(int(mark.line) + 1, int(mark.column) + 1)
+
+
+def load_document(text: str) -> Document:
+    """Parse one YAML document; raise YamlSyntaxError with the problem's position."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        message = " ".join(part for part in (e.context, e.problem) if part) or "invalid YAML"
+        raise YamlSyntaxError(f"YAML syntax error: {message}", _pos(mark)) from e
+    except yaml.YAMLError as e:
+        raise YamlSyntaxError(f"YAML error: {e}", Position(1, 1)) from e
+    finally:
+        loader.dispose()
+    return Document(data, node)
+
+
+def mapping_items(node: yaml.Node | None) -> Iterator[tuple[yaml.Node, yaml.Node]]:
+    if isinstance(node, yaml.MappingNode):
+        yield from node.value
+
+
+def key_node(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    for k, _v in mapping_items(node):
+        if isinstance(k, yaml.ScalarNode) and k.value == key:
+            return k
+    return None
+
+
+def value_node(node: yaml.Node | None, key: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        found = None
+        for k, v in node.value:  # the last duplicate wins, as in the constructed data
+            if isinstance(k, yaml.ScalarNode) and k.value == str(key):
+                found = v
+        return found
+    if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+        child: yaml.Node = node.value[key]
+        return child
+    return None
+
+
+def node_position(node: yaml.Node | None) -> Position:
+    return _pos(node.start_mark if node is not None else None)
+
+
+def locate(
+    root: yaml.Node | None, loc: Sequence[str | int], *, key: bool = False
+) -> tuple[Position, list[str | int]]:
+    """Position of the deepest node along `loc` and the part of `loc` that matched.
+
+    Elements that are not in the tree (pydantic's union tags like `function-after[...]`) are
+    skipped; a final missing key reports the position of its parent mapping. With `key=True`,
+    a matched final mapping key reports the key itself (for unknown-key errors).
+    """
+    node = root
+    matched: list[str | int] = []
+    for index, element in enumerate(loc):
+        child = value_node(node, element)
+        if child is None:
+            continue
+        if key and index == len(loc) - 1 and isinstance(node, yaml.MappingNode):
+            return node_position(key_node(node, str(element))), [*matched, element]
+        node = child
+        matched.append(element)
+    return node_position(node), matched
+
+
+def duplicate_keys(
+    node: yaml.Node | None, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], yaml.Node]]:
+    """Every repeated mapping key in the tree (YAML would silently keep the last one)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            name = k.value if isinstance(k, yaml.ScalarNode) else None
+            if name is not None:
+                if name in seen:
+                    yield (*path, name), k
+                seen.add(name)
+            yield from duplicate_keys(v, (*path, name if name is not None else "?"))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from duplicate_keys(item, (*path, i))
