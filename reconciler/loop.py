@@ -142,7 +142,7 @@ class Loop:
         if self.state_dir is not None:
             folder = self.state_dir / SIGNALS_DIR
             folder.mkdir(parents=True, exist_ok=True)
-            self._threads.append(watch_folder(folder, self.drain, self._stop, name="tidegate-signals"))
+            self._threads.append(watch_folder(folder, self.drain, self._stop, name="tidegate-signals", poll_every=1.0))
             self.drain()  # files written while nobody was watching
 
     def add_watcher(self, thread: threading.Thread) -> None:

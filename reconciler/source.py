@@ -178,8 +178,16 @@ class WorktreeSource:
         return watch_folder(self.path, on_change, stop, name="tidegate-worktree-watch")
 
 
-def watch_folder(path: Path, on_change: Callable[[], None], stop: threading.Event, name: str) -> threading.Thread:
-    """A daemon thread running watchfiles on `path`; ignores VCS/cache folders."""
+def watch_folder(
+    path: Path,
+    on_change: Callable[[], None],
+    stop: threading.Event,
+    name: str,
+    poll_every: float | None = None,
+) -> threading.Thread:
+    """A daemon thread running watchfiles on `path` (VCS/cache folders ignored). With
+    `poll_every`, `on_change` also runs after that many idle seconds: a change made before the
+    watch was registered is then still seen, at the latest one period later."""
     import watchfiles
 
     def keep(change: watchfiles.Change, filename: str) -> bool:
@@ -187,8 +195,17 @@ def watch_folder(path: Path, on_change: Callable[[], None], stop: threading.Even
 
     def run() -> None:
         path.mkdir(parents=True, exist_ok=True)
-        for _ in watchfiles.watch(path, watch_filter=keep, stop_event=stop, debounce=150, step=50, yield_on_timeout=False):
-            on_change()
+        for changes in watchfiles.watch(
+            path,
+            watch_filter=keep,
+            stop_event=stop,
+            debounce=150,
+            step=50,
+            rust_timeout=int((poll_every or 5) * 1000),
+            yield_on_timeout=poll_every is not None,
+        ):
+            if changes or poll_every is not None:
+                on_change()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()

@@ -1,0 +1,157 @@
+"""The loop: one job, no overlap, wake-ups (call, signal files, SIGHUP) and clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.signals import send_signal
+from reconciler.loop import Loop
+
+
+class Recorder:
+    """A pass function that records calls and can be held inside a pass."""
+
+    def __init__(self, delay: float | None = None) -> None:
+        self.calls = 0
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.delay = delay
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+
+    def __call__(self) -> float | None:
+        with self._lock:
+            self.concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        self.entered.set()
+        self.gate.wait(10)
+        with self._lock:
+            self.concurrent -= 1
+        with self._cond:
+            self.calls += 1
+            self._cond.notify_all()
+        return self.delay
+
+    def wait_calls(self, n: int, timeout: float = 10) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self.calls >= n, timeout)
+            return self.calls
+
+
+@pytest.fixture
+def make_loop(tmp_path: Path) -> Iterator[type[Loop]]:
+    loops: list[Loop] = []
+
+    class Tracked(Loop):
+        def __init__(self, *a: object, **k: object) -> None:
+            super().__init__(*a, **k)  # type: ignore[arg-type]
+            loops.append(self)
+
+    yield Tracked
+    for loop in loops:
+        loop.shutdown()
+
+
+def test_first_pass_runs_at_start_then_waits_for_interval(make_loop: type[Loop]) -> None:
+    rec = Recorder()
+    loop = make_loop(rec, interval=3600)
+    loop.start()
+    assert rec.wait_calls(1) == 1
+    assert rec.wait_calls(2, timeout=0.3) == 1  # the hour-long interval has not elapsed
+
+
+def test_wake_runs_a_pass_now(make_loop: type[Loop]) -> None:
+    rec = Recorder()
+    loop = make_loop(rec, interval=3600)
+    loop.start()
+    rec.wait_calls(1)
+    loop.wake("test")
+    assert rec.wait_calls(2) == 2
+
+
+def test_wake_during_a_pass_runs_exactly_one_more_and_never_overlaps(make_loop: type[Loop]) -> None:
+    rec = Recorder()
+    loop = make_loop(rec, interval=3600)
+    rec.gate.clear()
+    loop.start()
+    assert rec.entered.wait(5)
+    for _ in range(5):  # a burst collapses into one follow-up pass
+        loop.wake("burst")
+    rec.gate.set()
+    assert rec.wait_calls(2) == 2
+    assert rec.wait_calls(3, timeout=0.5) == 2
+    assert rec.max_concurrent == 1
+
+
+def test_pass_may_ask_for_a_quick_requeue(make_loop: type[Loop]) -> None:
+    rec = Recorder(delay=0.2)
+    loop = make_loop(rec, interval=3600)
+    loop.start()
+    assert rec.wait_calls(3) >= 3
+
+
+def test_a_failing_pass_does_not_stop_the_loop(make_loop: type[Loop]) -> None:
+    calls: list[int] = []
+    done = threading.Event()
+
+    def boom() -> float | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first pass fails")
+        done.set()
+        return None
+
+    loop = make_loop(boom, interval=3600)
+    loop.start()
+    deadline = time.monotonic() + 5
+    while loop.passes < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loop.last_error == "RuntimeError: first pass fails"
+    loop.wake()
+    assert done.wait(5)
+
+
+def test_signal_files_wake_the_loop_and_are_queued(make_loop: type[Loop], tmp_path: Path) -> None:
+    rec = Recorder()
+    loop = make_loop(rec, interval=3600, state_dir=tmp_path)
+    loop.start()
+    rec.wait_calls(1)
+    send_signal(tmp_path, "stop", {"service": "chat"})
+    assert rec.wait_calls(2) == 2
+    kinds = [(s["kind"], s.get("service")) for s in loop.take_signals()]
+    assert kinds == [("stop", "chat")]
+    assert loop.take_signals() == []
+    assert not list((tmp_path / "signals").glob("*.json"))
+
+
+def test_sighup_wakes_and_sigterm_returns_from_run(make_loop: type[Loop]) -> None:
+    rec = Recorder()
+    loop = make_loop(rec, interval=3600)
+    loop.start()
+    rec.wait_calls(1)
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def send() -> None:
+        while signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            time.sleep(0.01)  # run() has not installed its handlers yet
+        os.kill(os.getpid(), signal.SIGHUP)
+        rec.wait_calls(2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=send)
+    t.start()
+    loop.run()  # returns on SIGTERM
+    t.join()
+    assert rec.calls >= 2
+    assert signal.getsignal(signal.SIGTERM) == before
