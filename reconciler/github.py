@@ -1,0 +1,284 @@
+"""GitHub as seen by tidegate: pull-request events and the REST API (PR metadata, statuses, comments).
+
+Why this module exists: previews work from git refs alone (`reconciler.pr_source`), but only GitHub
+knows whether a PR is still open, which labels it carries and whether its head lives in a fork.
+That knowledge arrives two ways, and both end up as the same `PullRequestInfo` value:
+
+- webhook payloads (`pull_request` events) that the gateway saved: `parse_pull_request_event`;
+- the REST API when a token is configured: `GitHubClient.get_pull` / `list_open_pulls`.
+
+The same client closes the loop back to GitHub: a commit status on the deployed commit
+(pending -> success/failure, linking to the preview or service URL) and ONE plan comment per PR,
+found again through a hidden marker so each push edits it instead of piling comments up.
+
+The token is a secret: it lives only in the `Authorization` header, never in a repr, a log line or
+an exception message. The base URL is configurable (GitHub Enterprise, and a local server in tests).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from reconciler.previews import PullRequestInfo, PullRequestState
+
+DEFAULT_API_URL = "https://api.github.com"
+PLAN_COMMENT_MARKER = "<!-- tidegate-plan -->"
+STATUS_CONTEXT = "tidegate"
+# GitHub rejects status descriptions longer than 140 characters.
+MAX_STATUS_DESCRIPTION = 140
+_MAX_PAGES = 50
+
+_REMOTE_PATTERNS = (
+    re.compile(r"^(?:https?|git|ssh)://(?:[^@/]+@)?[^/]+/(?P<owner>[^/]+)/(?P<name>[^/]+?)(?:\.git)?/?$"),
+    re.compile(r"^[^@/:]+@[^:/]+:(?P<owner>[^/]+)/(?P<name>[^/]+?)(?:\.git)?/?$"),
+)
+
+
+class GitHubError(Exception):
+    """A GitHub API call failed; the message never contains the token."""
+
+
+class GitHubTemporaryError(GitHubError):
+    """Rate limited, 5xx or a network error: retry later."""
+
+
+class GitHubPermanentError(GitHubError):
+    """Bad credentials, missing repository or PR, invalid request: retrying will not help."""
+
+
+class CommitState(StrEnum):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class GitHubSettings:
+    """Where the API is and who we are. Built once at the entry point (`from_env`)."""
+
+    repo: str  # "owner/name"
+    token: str | None = field(default=None, repr=False)
+    api_url: str = DEFAULT_API_URL
+    timeout: float = 10.0
+    status_context: str = STATUS_CONTEXT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], repo: str | None = None) -> GitHubSettings | None:
+        """`TIDEGATE_GITHUB_TOKEN` (else `GITHUB_TOKEN`), `TIDEGATE_GITHUB_API` and the repository from
+        `TIDEGATE_GITHUB_REPO` or the remote URL `repo`. None when no GitHub repository is known."""
+        slug = environ.get("TIDEGATE_GITHUB_REPO") or (parse_github_repo(repo) if repo else None)
+        if not slug:
+            return None
+        token = environ.get("TIDEGATE_GITHUB_TOKEN") or environ.get("GITHUB_TOKEN") or None
+        return cls(repo=slug, token=token, api_url=environ.get("TIDEGATE_GITHUB_API") or DEFAULT_API_URL)
+
+
+def parse_github_repo(remote: str) -> str | None:
+    """`owner/name` from a remote URL (https, ssh://, scp-like `git@host:owner/name.git`), else None."""
+    text = remote.strip()
+    for pattern in _REMOTE_PATTERNS:
+        m = pattern.match(text)
+        if m:
+            return f"{m['owner']}/{m['name']}"
+    return None
+
+
+def _timestamp(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _is_fork(pr: Mapping[str, Any]) -> bool:
+    """A head outside the base repository. Comparing full names is what matters: `head.repo.fork` is
+    also true for a branch of a repository that is itself a fork of something else. A deleted head
+    repository (`head.repo: null`) can only have been a fork."""
+    head_repo = (pr.get("head") or {}).get("repo")
+    base_repo = (pr.get("base") or {}).get("repo") or {}
+    if head_repo is None:
+        return True
+    head_name, base_name = head_repo.get("full_name"), base_repo.get("full_name")
+    if isinstance(head_name, str) and isinstance(base_name, str):
+        return head_name.lower() != base_name.lower()
+    return bool(head_repo.get("fork"))
+
+
+def parse_pull_request(pr: Mapping[str, Any]) -> PullRequestInfo:
+    """A REST API pull-request object (also the `pull_request` field of a webhook) as PullRequestInfo."""
+    try:
+        number = int(pr["number"])
+        head_sha = str(pr["head"]["sha"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError("not a GitHub pull request object (needs number and head.sha)") from e
+    merged = bool(pr.get("merged") or pr.get("merged_at"))
+    state = PullRequestState.OPEN if pr.get("state") == "open" else PullRequestState.CLOSED
+    labels = tuple(str(lbl["name"]) for lbl in pr.get("labels") or () if isinstance(lbl, Mapping) and "name" in lbl)
+    base = pr.get("base") or {}
+    return PullRequestInfo(
+        number=number,
+        head_sha=head_sha,
+        state=state,
+        merged=merged,
+        base_ref=str(base["ref"]) if base.get("ref") else None,
+        labels=labels,
+        fork=_is_fork(pr),
+        title=str(pr.get("title") or ""),
+        url=str(pr["html_url"]) if pr.get("html_url") else None,
+        updated_at=_timestamp(pr.get("updated_at")),
+    )
+
+
+def parse_pull_request_event(payload: Mapping[str, Any]) -> PullRequestInfo:
+    """The PR described by a GitHub `pull_request` webhook payload (any action: opened, synchronize,
+    reopened, closed, labeled, unlabeled, ...). The payload's `pull_request` object is the PR's state
+    *after* the action, so the action itself needs no special casing. Raises ValueError otherwise."""
+    pr = payload.get("pull_request")
+    if not isinstance(pr, Mapping):
+        raise ValueError("not a pull_request event payload (no pull_request object)")
+    return parse_pull_request(pr)
+
+
+class GitHubClient:
+    """Thin httpx client for the few REST calls tidegate makes. Use as a context manager or `close()`.
+
+    `transport` is for tests (httpx.MockTransport); real tests point `api_url` at a local server.
+    """
+
+    def __init__(self, settings: GitHubSettings, transport: httpx.BaseTransport | None = None) -> None:
+        self.settings = settings
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": "tidegate",
+        }
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
+        self._http = httpx.Client(
+            base_url=settings.api_url.rstrip("/"),
+            headers=headers,
+            timeout=settings.timeout,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"GitHubClient(repo={self.settings.repo!r}, api_url={self.settings.api_url!r})"
+
+    def __enter__(self) -> GitHubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- pull requests -------------------------------------------------------------------------
+
+    def get_pull(self, number: int) -> PullRequestInfo:
+        """One PR's current metadata (state, merged, labels, fork or not, head sha, base branch)."""
+        data = self._request("GET", f"/repos/{self.settings.repo}/pulls/{number}").json()
+        return parse_pull_request(data)
+
+    def list_open_pulls(self, base: str | None = None) -> list[PullRequestInfo]:
+        """Every open PR (optionally only those targeting `base`), following pagination."""
+        params: dict[str, str | int] = {"state": "open", "per_page": 100}
+        if base:
+            params["base"] = base
+        return [parse_pull_request(item) for item in self._paginate(f"/repos/{self.settings.repo}/pulls", params)]
+
+    # -- commit statuses -----------------------------------------------------------------------
+
+    def set_status(
+        self,
+        sha: str,
+        state: CommitState,
+        description: str,
+        target_url: str | None = None,
+        context: str | None = None,
+    ) -> None:
+        """Create a commit status (GitHub keeps the latest per context, so pending -> success works)."""
+        body: dict[str, str] = {
+            "state": str(state),
+            "description": description[:MAX_STATUS_DESCRIPTION],
+            "context": context or self.settings.status_context,
+        }
+        if target_url:
+            body["target_url"] = target_url
+        self._request("POST", f"/repos/{self.settings.repo}/statuses/{sha}", json=body)
+
+    # -- the plan comment ----------------------------------------------------------------------
+
+    def find_plan_comment(self, number: int) -> int | None:
+        """The id of the PR comment carrying PLAN_COMMENT_MARKER, or None."""
+        path = f"/repos/{self.settings.repo}/issues/{number}/comments"
+        for item in self._paginate(path, {"per_page": 100}):
+            if PLAN_COMMENT_MARKER in str(item.get("body") or ""):
+                return int(item["id"])
+        return None
+
+    def upsert_plan_comment(self, number: int, body: str) -> int:
+        """Create the PR's plan comment, or edit the one already there. Returns the comment id.
+        The marker is added when `body` lacks it, so the next call finds this comment again."""
+        text = body if PLAN_COMMENT_MARKER in body else f"{PLAN_COMMENT_MARKER}\n{body}"
+        existing = self.find_plan_comment(number)
+        if existing is not None:
+            self._request("PATCH", f"/repos/{self.settings.repo}/issues/comments/{existing}", json={"body": text})
+            return existing
+        created = self._request("POST", f"/repos/{self.settings.repo}/issues/{number}/comments", json={"body": text})
+        return int(created.json()["id"])
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _paginate(self, path: str, params: Mapping[str, str | int]) -> Iterator[Mapping[str, Any]]:
+        url: str | None = path
+        query: Mapping[str, str | int] | None = params
+        for _ in range(_MAX_PAGES):
+            if url is None:
+                return
+            response = self._request("GET", url, params=query)
+            items = response.json()
+            if not isinstance(items, list):
+                raise GitHubPermanentError(f"GET {path}: expected a list")
+            yield from (i for i in items if isinstance(i, Mapping))
+            nxt = response.links.get("next", {}).get("url")
+            url, query = (nxt, None) if nxt else (None, None)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            # httpx errors name the URL only; the token is in a header and never part of the text.
+            raise GitHubTemporaryError(f"{method} {path}: {type(e).__name__}") from e
+        if response.is_success:
+            return response
+        what = f"{method} {response.request.url.path}: HTTP {response.status_code}"
+        message = _error_message(response)
+        if message:
+            what += f" ({message})"
+        rate_limited = response.status_code in (403, 429) and (
+            response.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in response.headers
+        )
+        if response.status_code >= 500 or response.status_code == 429 or rate_limited:
+            raise GitHubTemporaryError(what)
+        raise GitHubPermanentError(what)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    if isinstance(data, Mapping):
+        return str(data.get("message") or "")[:200]
+    return ""

@@ -1,0 +1,256 @@
+"""Pull-request heads from the git remote: fetch `refs/pull/*/head`, remember when each head was first
+seen, extract a PR revision's files, and keep what webhooks/the API told us about each PR.
+
+Why this module exists: previews must work from polling alone, so the PR refs GitHub publishes
+(`refs/pull/<N>/head`, also for PRs from forks) are the source of truth for which PRs exist and
+what their head commit is. They are fetched with `--prune` into `refs/tidegate/pull/<N>` of the
+same bare clone `reconciler.source.GitSource` keeps for the branch, so a ref that disappears from
+the remote loses its local ref on the next fetch and `reconciler.previews` tears its previews down
+without any webhook. Note that GitHub keeps `refs/pull/<N>/head` after a PR is closed: there,
+closing is learnt from the webhook, from the API's list of open PRs, or at the latest by the TTL.
+
+Files on disk, all under `<state>/previews/` (plain JSON, temp file + fsync + os.replace):
+- `heads.json`  — `{N: {sha, first_seen_at}}`: when a head commit was first seen. This is the TTL's
+  "last push" (GitHub's `updated_at` moves on comments too, our own plan comment included).
+- `pulls.json`  — `{N: PullRequestInfo}` saved from webhook payloads / API answers.
+- `revisions/<sha>/` — each PR head's files, apart from `<state>/revisions/` so the branch source's
+  pruning (newest few kept) never deletes a tree a preview still runs from.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from reconciler.previews import PullRequestHead, PullRequestInfo, PullRequestState
+from reconciler.source import Checkout, redact_url
+
+PREVIEWS_DIR = "previews"
+HEADS_FILE = "heads.json"
+PULLS_FILE = "pulls.json"
+REVISIONS_DIR = "revisions"
+LOCAL_PREFIX = "refs/tidegate/pull/"
+SCHEMA_VERSION = 1
+
+
+class PullSourceError(Exception):
+    """The PR refs could not be fetched or a PR revision could not be read (message is credential-free)."""
+
+
+class PullRequestSource:
+    """The PR side of one remote. `repo_dir` is a (bare) git repository, usually `GitSource.repo_dir`."""
+
+    def __init__(self, url: str, repo_dir: Path, state_dir: Path, config_path: str | None = None) -> None:
+        self.url = url
+        self.repo_dir = repo_dir
+        self.state_dir = state_dir
+        self.config_path = config_path
+        self.folder = state_dir / PREVIEWS_DIR
+
+    def _repo(self) -> Any:
+        import git  # gitpython, imported lazily like reconciler.source
+
+        if (self.repo_dir / "HEAD").exists() or (self.repo_dir / ".git").exists():
+            return git.Repo(self.repo_dir)
+        self.repo_dir.parent.mkdir(parents=True, exist_ok=True)
+        return git.Repo.init(self.repo_dir, bare=True)
+
+    def fetch(self) -> dict[int, str]:
+        """Fetch every `refs/pull/<N>/head` (pruning the ones gone); return {N: head sha}."""
+        import git
+
+        repo = self._repo()
+        try:
+            repo.git.fetch("--quiet", "--no-tags", "--force", "--prune", self.url, f"+refs/pull/*/head:{LOCAL_PREFIX}*")
+        except git.GitCommandError as e:
+            raise PullSourceError(f"cannot fetch pull requests from {redact_url(self.url)}: {_git_error(e, self.url)}") from e
+        return self.local_heads()
+
+    def local_heads(self) -> dict[int, str]:
+        """{N: sha} of the PR refs fetched last time (no network)."""
+        repo = self._repo()
+        out: dict[int, str] = {}
+        text = str(repo.git.for_each_ref("--format=%(refname) %(objectname)", LOCAL_PREFIX))
+        for line in text.splitlines():
+            ref, _, sha = line.partition(" ")
+            number = ref.removeprefix(LOCAL_PREFIX)
+            if number.isdigit():
+                out[int(number)] = sha.strip()
+        return out
+
+    def heads(self, now: float, fetch: bool = True) -> list[PullRequestHead]:
+        """The PR heads with their first-seen times (updates `heads.json`; forgets vanished PRs)."""
+        current = self.fetch() if fetch else self.local_heads()
+        return observe_heads(self.folder / HEADS_FILE, current, now)
+
+    def checkout(self, sha: str) -> Checkout:
+        """The files of a PR revision in `<state>/previews/revisions/<sha>/` (extracted once)."""
+        import git
+
+        root = self.folder / REVISIONS_DIR / sha
+        if not root.is_dir():
+            repo = self._repo()
+            buf = io.BytesIO()
+            try:
+                repo.archive(buf, sha, format="tar")
+            except git.GitCommandError as e:
+                raise PullSourceError(f"cannot read revision {sha[:12]}: {_git_error(e, self.url)}") from e
+            buf.seek(0)
+            _atomic_dir(root, lambda tmp: _extract_tar(buf, tmp))
+        return Checkout(sha, root, self.config_path)
+
+    def prune(self, keep: Iterable[str]) -> list[str]:
+        """Delete extracted PR revisions not in `keep` (running replicas have their own copies)."""
+        folder = self.folder / REVISIONS_DIR
+        if not folder.is_dir():
+            return []
+        wanted = set(keep)
+        removed = []
+        for p in folder.iterdir():
+            if p.is_dir() and p.name not in wanted:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+        return sorted(removed)
+
+
+# -- heads.json ----------------------------------------------------------------------------------
+
+
+def observe_heads(path: Path, current: Mapping[int, str], now: float) -> list[PullRequestHead]:
+    """Keep `first_seen_at` for heads already seen at the same sha; stamp `now` on new or moved heads."""
+    known = _read_json(path).get("heads", {})
+    heads: list[PullRequestHead] = []
+    for number, sha in sorted(current.items()):
+        entry = known.get(str(number)) if isinstance(known, dict) else None
+        seen = now
+        if isinstance(entry, dict) and entry.get("sha") == sha and isinstance(entry.get("first_seen_at"), int | float):
+            seen = float(entry["first_seen_at"])
+        heads.append(PullRequestHead(number=number, sha=sha, first_seen_at=seen))
+    body = {str(h.number): {"sha": h.sha, "first_seen_at": h.first_seen_at} for h in heads}
+    if body != known:
+        _write_json(path, {"schema_version": SCHEMA_VERSION, "heads": body})
+    return heads
+
+
+# -- pulls.json ----------------------------------------------------------------------------------
+
+
+def record_pull_request(state_dir: Path, info: PullRequestInfo) -> None:
+    """Save what a webhook payload or the API said about a PR (the newest word wins)."""
+    path = state_dir / PREVIEWS_DIR / PULLS_FILE
+    data = _read_json(path)
+    pulls = data.get("pulls") if isinstance(data.get("pulls"), dict) else {}
+    assert isinstance(pulls, dict)
+    pulls[str(info.number)] = _info_to_json(info)
+    _write_json(path, {"schema_version": SCHEMA_VERSION, "pulls": pulls})
+
+
+def read_pull_requests(state_dir: Path) -> dict[int, PullRequestInfo]:
+    """Every saved PR record; unreadable entries are skipped."""
+    pulls = _read_json(state_dir / PREVIEWS_DIR / PULLS_FILE).get("pulls")
+    out: dict[int, PullRequestInfo] = {}
+    if not isinstance(pulls, dict):
+        return out
+    for raw in pulls.values():
+        try:
+            info = _info_from_json(raw)
+        except (KeyError, TypeError, ValueError):
+            continue
+        out[info.number] = info
+    return out
+
+
+def forget_pull_requests(state_dir: Path, keep: Iterable[int]) -> None:
+    """Drop saved records of PRs whose ref is gone (keeps pulls.json from growing forever)."""
+    path = state_dir / PREVIEWS_DIR / PULLS_FILE
+    pulls = _read_json(path).get("pulls")
+    if not isinstance(pulls, dict):
+        return
+    wanted = {str(n) for n in keep}
+    kept = {k: v for k, v in pulls.items() if k in wanted}
+    if kept != pulls:
+        _write_json(path, {"schema_version": SCHEMA_VERSION, "pulls": kept})
+
+
+def _info_to_json(info: PullRequestInfo) -> dict[str, Any]:
+    body = asdict(info)
+    body["state"] = str(info.state)
+    body["labels"] = list(info.labels) if info.labels is not None else None
+    return body
+
+
+def _info_from_json(raw: Any) -> PullRequestInfo:
+    if not isinstance(raw, dict):
+        raise TypeError("not an object")
+    labels = raw.get("labels")
+    return PullRequestInfo(
+        number=int(raw["number"]),
+        head_sha=str(raw["head_sha"]),
+        state=PullRequestState(raw.get("state", "open")),
+        merged=bool(raw.get("merged", False)),
+        base_ref=raw.get("base_ref"),
+        labels=tuple(str(x) for x in labels) if isinstance(labels, list) else None,
+        fork=raw.get("fork") if isinstance(raw.get("fork"), bool) else None,
+        title=str(raw.get("title") or ""),
+        url=raw.get("url"),
+        updated_at=raw.get("updated_at"),
+        pushed_at=raw.get("pushed_at"),
+    )
+
+
+# -- small file helpers ----------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, body: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
+    with tarfile.open(fileobj=buf, mode="r:") as tar:
+        tar.extractall(dst, filter="data")
+
+
+def _atomic_dir(final: Path, fill: Any) -> None:
+    """Build beside `final`, rename into place: a crash never leaves half a tree."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        fill(tmp)
+        os.replace(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Losing the rename race to another extraction of the same sha is fine; anything else is not.
+        if not (isinstance(e, OSError) and final.is_dir()):
+            raise
+
+
+def _git_error(e: Exception, url: str) -> str:
+    text = str(getattr(e, "stderr", "") or e).strip().replace(url, redact_url(url))
+    lines = [ln.strip().removeprefix("stderr:").strip(" '") for ln in text.splitlines() if ln.strip()]
+    return "; ".join(ln for ln in lines if ln) or "git failed"
