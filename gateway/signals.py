@@ -13,6 +13,7 @@ Per-service request statistics are published separately as `<state>/gateway/stat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -42,9 +43,7 @@ def drain_signals(state_dir: Path) -> list[dict[str, Any]]:
         return []
     out: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*.json")):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             out.append(json.loads(path.read_bytes()))
-        except (OSError, ValueError):
-            pass
         path.unlink(missing_ok=True)
     return out

@@ -1,0 +1,111 @@
+"""`tidegate gateway` (serve the gateway on its own) and `tidegate token create|list|revoke`.
+
+The state directory is `--state`, else `$TIDEGATE_STATE`, else `./state` - read inside the handler,
+so importing this module reads nothing from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
+from gateway.tokens import TokenError, create_token, load_records, revoke_token
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    chosen = getattr(args, "state", None) or os.environ.get("TIDEGATE_STATE") or "state"
+    return Path(chosen).resolve()
+
+
+def _add_state(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gw = subparsers.add_parser("gateway", help="serve the gateway on its own (routes from <state>/routes.json)")
+    _add_state(gw)
+    gw.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN})")
+    gw.add_argument("--domain", default="localhost", help="services answer at <name>.<domain> (default localhost)")
+    gw.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    gw.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="request body limit in bytes")
+    gw.add_argument("--read-timeout", type=float, default=3600.0, help="max seconds between upstream chunks (0: none)")
+    gw.add_argument("--hold-timeout", type=float, default=300.0, help="max seconds a request waits for a cold start")
+    gw.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    gw.set_defaults(func=cmd_gateway)
+
+    token = subparsers.add_parser("token", help="create, list or revoke API tokens")
+    _add_state(token)
+    tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = tsub.add_parser("create", help="create a token and print it (only this once)")
+    create.add_argument("name")
+    _add_state(create)
+    create.set_defaults(func=cmd_token_create)
+    listing = tsub.add_parser("list", help="list tokens (names and prefixes, never the tokens)")
+    _add_state(listing)
+    listing.set_defaults(func=cmd_token_list)
+    revoke = tsub.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+    _add_state(revoke)
+    revoke.set_defaults(func=cmd_token_revoke)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    settings = GatewaySettings(
+        state_dir=state_dir(args),
+        host=host,
+        port=port,
+        domain=args.domain,
+        workers=max(1, args.workers),
+        max_body_bytes=args.max_body,
+        read_timeout=args.read_timeout,
+        hold_timeout=args.hold_timeout,
+        access_log=not args.no_access_log,
+        webhook_secret=os.environ.get("TIDEGATE_WEBHOOK_SECRET") or None,
+    )
+    print(f"tidegate gateway on http://{host}:{port} (services at http://<name>.{args.domain}:{port}, "
+          f"OpenAI API at http://{host}:{port}/v1), state {settings.state_dir}", flush=True)
+    serve(settings)
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    try:
+        token = create_token(state_dir(args), args.name)
+    except TokenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(token)
+    print(f"token {args.name!r} created; it is shown only now (the state directory keeps its hash)", file=sys.stderr)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    records = load_records(state_dir(args))
+    if not records:
+        print("no tokens (create one with `tidegate token create NAME`)")
+        return 0
+    for r in records:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+        print(f"{r.name}\t{r.prefix}...\t{created}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    try:
+        revoke_token(state_dir(args), args.name)
+    except TokenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"token {args.name!r} revoked")
+    return 0

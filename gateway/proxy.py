@@ -1,0 +1,150 @@
+"""Header rules and byte pumping between a client (ASGI) and a replica (aiohttp).
+
+Hop-by-hop headers (RFC 9110 7.6.1, plus any the Connection header names) are dropped both
+ways, `X-Forwarded-For/-Proto/-Host` are set, and the client's Authorization header stays here
+unless the service opted in: a replica never learns users' tokens. Responses are relayed chunk by
+chunk as aiohttp reads them, so SSE reaches the client as the replica emits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+import aiohttp
+from multidict import CIMultiDict
+
+from gateway.asgi import Receive, Scope, Send
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Not hop-by-hop, but recomputed by us or by aiohttp for the upstream request.
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_RESPONSE_DROP = HOP_BY_HOP
+# Small enough to read whole and send in one message (fewer event-loop turns per request).
+SMALL_BODY = 256 * 1024
+
+
+def _connection_tokens(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    names: set[bytes] = set()
+    for k, v in raw:
+        if k.lower() == b"connection":
+            names.update(t.strip().lower() for t in v.split(b","))
+    return frozenset(names)
+
+
+def request_headers(scope: Scope, host: str, forward_auth: bool) -> CIMultiDict[str]:
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    drop = _REQUEST_DROP
+    extra = _connection_tokens(raw) if any(k == b"connection" for k, _ in raw) else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    prior_xff = ""
+    for k, v in raw:
+        if k in drop or k in extra:
+            if k == b"x-forwarded-for":
+                prior_xff = v.decode("latin-1")
+            continue
+        if k == b"authorization" and not forward_auth:
+            continue
+        out.add(k.decode("latin-1"), v.decode("latin-1"))
+    client = scope.get("client")
+    client_ip = client[0] if client else ""
+    out["X-Forwarded-For"] = f"{prior_xff}, {client_ip}" if prior_xff else client_ip
+    out["X-Forwarded-Proto"] = scope.get("scheme", "http")
+    out["X-Forwarded-Host"] = host
+    return out
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
+    raw = list(raw)
+    named = _connection_tokens(raw)
+    out = [(k.lower(), v) for k, v in raw if k.lower() not in _RESPONSE_DROP and k.lower() not in named]
+    out.extend(extra)
+    return out
+
+
+async def relay_response(
+    resp: aiohttp.ClientResponse, receive: Receive, send: Send, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send the replica's response to the client: whole when small, else chunk by chunk.
+
+    While streaming, a watcher notices the client hanging up and stops reading the replica
+    (for a model server that frees the slot instead of generating for nobody).
+    """
+    headers = response_headers(resp.raw_headers, extra)
+    length = resp.content_length
+    if length is not None and length <= SMALL_BODY:
+        body = await resp.read()
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        async for chunk in resp.content.iter_any():
+            if watcher.done():
+                resp.close()
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def relay_websocket(scope: Scope, receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """Pump frames both ways until either side closes."""
+
+    async def client_to_upstream() -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                if message.get("bytes") is not None:
+                    await upstream.send_bytes(message["bytes"])
+                elif message.get("text") is not None:
+                    await upstream.send_str(message["text"])
+            elif kind == "websocket.disconnect":
+                await upstream.close(code=message.get("code", 1000))
+                return
+
+    async def upstream_to_client() -> None:
+        async for msg in upstream:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await send({"type": "websocket.send", "text": msg.data})
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": msg.data})
+            else:
+                break
+        await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+    tasks = [asyncio.ensure_future(client_to_upstream()), asyncio.ensure_future(upstream_to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await upstream.close()

@@ -1,0 +1,59 @@
+"""Gateway settings: one frozen value built at the entry point and passed down (never from env at import)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+# Worker processes of a multi-worker gateway get their settings through this variable (uvicorn
+# re-imports the app in each worker; the parent sets it just before starting them).
+SETTINGS_ENV = "TIDEGATE_GATEWAY_SETTINGS"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port`, `:port` or `[v6]:port` -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must look like 127.0.0.1:8080, got {listen!r}")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    domain: str = "localhost"
+    workers: int = 1
+    max_body_bytes: int = 32 * 1024 * 1024
+    connect_timeout: float = 10.0
+    # Longest silence between two upstream chunks; 0 means no limit (a long prefill must not be cut).
+    read_timeout: float = 3600.0
+    # Scale to zero: how long and how many requests per service are held through a cold start.
+    hold_timeout: float = 300.0
+    hold_queue: int = 256
+    # A replica that refused a connection gets no new requests for this long.
+    cooldown: float = 5.0
+    stats_interval: float = 1.0
+    watch_routes: bool = True
+    access_log: bool = True
+    webhook_secret: str | None = field(default=None, repr=False)
+
+    @property
+    def gateway_host(self) -> str:
+        return f"gateway.{self.domain}".lower()
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = dataclasses.asdict(self)
+        data["state_dir"] = str(self.state_dir)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: str) -> GatewaySettings:
+        data = json.loads(raw)
+        data["state_dir"] = Path(data["state_dir"])
+        return cls(**data)

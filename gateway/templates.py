@@ -1,0 +1,99 @@
+"""Where a TGI model's chat template comes from: the service config, else the model repository.
+
+Without `chat_template` in the config, `tokenizer_config.json` of the model (`model.name` as the
+Hugging Face repo id) is fetched with huggingface_hub - when it is installed and the Hub is
+reachable - and cached for the gateway's life. Otherwise the request fails with a message that
+says what to do (set `model.chat_template`). Failures are remembered for a minute so a missing
+network does not add a timeout to every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.snapshot import ModelRoute
+
+FAILURE_TTL = 60.0
+
+
+class TemplateUnavailable(Exception):
+    """No chat template can be found; the message says why (answered as 503)."""
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    template: str
+    bos_token: Any
+    eos_token: Any
+
+
+def _pick(template: Any) -> str | None:
+    if isinstance(template, str):
+        return template
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        found = named.get("default") or next(iter(named.values()), None)
+        return found if isinstance(found, str) else None
+    return None
+
+
+def from_tokenizer_config(config: dict[str, Any], model: ModelRoute) -> ChatTemplate:
+    template = _pick(config.get("chat_template"))
+    if template is None:
+        raise TemplateUnavailable(
+            f"model {model.name!r}: tokenizer_config.json has no chat_template; set model.chat_template in the service config"
+        )
+    return ChatTemplate(
+        template,
+        model.bos_token if model.bos_token is not None else config.get("bos_token"),
+        model.eos_token if model.eos_token is not None else config.get("eos_token"),
+    )
+
+
+def _download(repo_id: str) -> dict[str, Any]:
+    try:
+        hub = importlib.import_module("huggingface_hub")
+    except ModuleNotFoundError as e:
+        raise TemplateUnavailable(
+            f"model {repo_id!r} has no chat_template in its service config, and huggingface_hub is not "
+            "installed to fetch the model's tokenizer_config.json; set model.chat_template"
+        ) from e
+    try:
+        path = hub.hf_hub_download(repo_id=repo_id, filename="tokenizer_config.json")
+        with open(path, encoding="utf-8") as f:
+            data: dict[str, Any] = json.load(f)
+        return data
+    except Exception as e:  # network, auth, missing repo: all mean "cannot get it"
+        raise TemplateUnavailable(
+            f"model {repo_id!r} has no chat_template in its service config, and its tokenizer_config.json "
+            f"could not be fetched from the Hugging Face Hub ({type(e).__name__}); set model.chat_template"
+        ) from e
+
+
+class TemplateResolver:
+    def __init__(self) -> None:
+        self._cache: dict[str, ChatTemplate] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
+
+    async def resolve(self, model: ModelRoute) -> ChatTemplate:
+        if model.chat_template:
+            return ChatTemplate(model.chat_template, model.bos_token, model.eos_token)
+        cached = self._cache.get(model.name)
+        if cached is not None:
+            return cached
+        failed = self._failed.get(model.name)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_TTL:
+            raise TemplateUnavailable(failed[1])
+        try:
+            config = await asyncio.to_thread(_download, model.name)
+            found = from_tokenizer_config(config, model)
+        except TemplateUnavailable as e:
+            self._failed[model.name] = (time.monotonic(), str(e))
+            raise
+        self._cache[model.name] = found
+        return found

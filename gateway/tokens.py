@@ -1,0 +1,154 @@
+"""API tokens: created once, shown once, stored only as SHA-256 hashes in `<state>/tokens.json`.
+
+A token is 32 random bytes (urlsafe base64, prefixed `tg_`), so a plain SHA-256 is a safe
+verifier: there is nothing to brute-force that a slow hash would protect. Verification compares
+the hash against every stored hash with `hmac.compare_digest` (constant time per entry, and no
+early exit on the first match). The gateway re-reads the file when its mtime changes (checked at
+most every `recheck` seconds), so `tidegate token create/revoke` takes effect without a restart.
+The token itself is never logged or written anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+TOKENS_FILE = "tokens.json"
+SCHEMA_VERSION = 1
+PREFIX = "tg_"
+
+
+class TokenError(Exception):
+    pass
+
+
+class AuthResult(StrEnum):
+    OK = "ok"
+    MISSING = "missing"  # -> 401
+    INVALID = "invalid"  # -> 403
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    name: str
+    hash: str
+    prefix: str  # first characters, for humans telling tokens apart
+    created_at: float
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def load_records(state_dir: Path) -> list[TokenRecord]:
+    try:
+        raw = (state_dir / TOKENS_FILE).read_bytes()
+    except FileNotFoundError:
+        return []
+    data = json.loads(raw)
+    return [TokenRecord(**t) for t in data.get("tokens", [])]
+
+
+def _write_records(state_dir: Path, records: list[TokenRecord]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"schema_version": SCHEMA_VERSION, "tokens": [asdict(r) for r in records]}, indent=2).encode()
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".tokens.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, state_dir / TOKENS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def create_token(state_dir: Path, name: str, now: float | None = None) -> str:
+    """Store a new token's hash under `name` and return the token (the only time it exists)."""
+    if not name or any(c.isspace() for c in name):
+        raise TokenError("a token name must be non-empty and contain no spaces")
+    records = load_records(state_dir)
+    if any(r.name == name for r in records):
+        raise TokenError(f"a token named {name!r} exists; revoke it first")
+    token = new_token()
+    records.append(TokenRecord(name, hash_token(token), token[: len(PREFIX) + 4], time.time() if now is None else now))
+    _write_records(state_dir, records)
+    return token
+
+
+def revoke_token(state_dir: Path, name: str) -> None:
+    records = load_records(state_dir)
+    kept = [r for r in records if r.name != name]
+    if len(kept) == len(records):
+        raise TokenError(f"no token named {name!r}")
+    _write_records(state_dir, kept)
+
+
+def bearer(header: bytes | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value, else None."""
+    if not header:
+        return None
+    scheme, _, value = header.decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+class TokenStore:
+    """The gateway's view of tokens.json, reloaded when the file changes."""
+
+    def __init__(self, state_dir: Path, recheck: float = 1.0) -> None:
+        self.path = state_dir / TOKENS_FILE
+        self.state_dir = state_dir
+        self.recheck = recheck
+        self._hashes: tuple[bytes, ...] = ()
+        self._stamp: tuple[int, int] | None = None
+        self._checked = float("-inf")
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        try:
+            st = self.path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp and not force:
+            return
+        try:
+            records = load_records(self.state_dir)
+        except (OSError, ValueError, TypeError):
+            return  # a half-written or broken file: keep the last good set
+        self._hashes = tuple(r.hash.encode() for r in records)
+        self._stamp = stamp
+
+    def check(self, header: bytes | None, now: float) -> AuthResult:
+        if now - self._checked >= self.recheck:
+            self._checked = now
+            self.refresh()
+        token = bearer(header)
+        if token is None:
+            return AuthResult.MISSING
+        digest = hash_token(token).encode()
+        ok = False
+        for h in self._hashes:
+            ok |= hmac.compare_digest(h, digest)
+        return AuthResult.OK if ok else AuthResult.INVALID
