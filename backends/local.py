@@ -1,0 +1,484 @@
+"""The local backend: each replica is a process tree on this machine (the embedded default).
+
+Why it exists: the whole product has to work with nothing installed but Python. A replica here is
+`bash run.sh` (the spec's `commands`, one per line under `set -e`, as dstack runs them) started by
+a small supervisor (`local_relay.py`) in its own session and process group.
+
+Layout under `root` (the reconciler passes `<state>/replicas`)::
+
+    <root>/<replica_id>/replica.json   metadata: ids, owner, port, env NAMES, pid + start time
+    <root>/<replica_id>/work/          copy of spec.workdir (the repo at the deployed commit, no .git)
+    <root>/<replica_id>/run.sh         the commands
+    <root>/<replica_id>/logs/replica.log (+ .1)  stdout+stderr, size-capped, one backup
+    <root>/<replica_id>/http.sock      the replica's port, exposed as a unix socket
+    <root>/<replica_id>/exit.json      written by the supervisor when the commands exit
+    <root>/.venvs/<spec_hash>-py3.11/  virtualenv per spec for `python:` (cached)
+    <root>/.locks/<replica_id>.lock    flock serialising create/delete of one replica
+    <root>/.logs/<replica_id>.log      last lines of a deleted replica
+
+Addresses: every replica listens on its configured port inside its own network namespace
+(`unshare(CLONE_NEWNET)` with `lo` up, done by the supervisor), so any number of replicas can use
+port 8000. The supervisor relays `<dir>/http.sock` to `127.0.0.1:<port>` inside the namespace, and
+`ReplicaInfo.address` is `unix://<abs path of the socket>` (a shorter path under /tmp when the real
+one exceeds the unix-socket limit). Where namespaces are unavailable (not root, not Linux),
+`NetworkMode.AUTO` falls back to the shared host network: the relay still provides the socket, and
+a port already in use is refused with a TemporaryError (`NetworkMode.NAMESPACE` makes that a
+PermanentError instead).
+
+Environment: the spec's env values reach the replica only through the supervisor's process
+environment; `replica.json` records the names. With `python: "3.11"` the venv's bin comes first on
+PATH (so `pip install` goes there); otherwise the host environment is used as is.
+
+Adoption and crash safety: `replica.json` is written (atomically) with state "starting" before
+anything is spawned, and completed with the supervisor's pid + start time afterwards. Every
+process of a replica carries `TIDEGATE_REPLICA_DIR` in its environment, so a supervisor spawned by
+a reconciler killed before it recorded the pid is found by scanning /proc. A new `LocalBackend` on
+the same root therefore reports live replicas as RUNNING, and `create()` of a live replica returns
+it instead of starting another; create/delete of one replica hold an flock, so two processes never
+start it twice. A replica whose commands exited is EXITED with the exit code and its last log lines
+in `message`; `create()` restarts it under the same id.
+
+Images run only through a Docker/Podman engine, which this backend does not drive yet: `can_run`
+reports why a spec cannot run here (images, missing Python versions, GPUs, namespaces) so the
+reconciler can show it in the plan; `create()` raises PermanentError with the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from backends import local_host, local_proc
+from backends.base import (
+    Offer,
+    PermanentError,
+    ReplicaInfo,
+    ReplicaSpec,
+    ReplicaStatus,
+    Requirements,
+    TemporaryError,
+)
+from backends.local_proc import ProcessIdentity
+
+RELAY = Path(__file__).with_name("local_relay.py")
+META = "replica.json"
+SCHEMA_VERSION = 1
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
+MESSAGE_LOG_LINES = 5
+KEPT_LOG_LINES = 200
+
+
+class NetworkMode(StrEnum):
+    AUTO = "auto"  # namespaces when available, else the shared host network
+    NAMESPACE = "namespace"  # namespaces or a PermanentError
+    SHARED = "shared"  # host network; a busy port is a TemporaryError
+
+
+def socket_path(replica_dir: Path) -> Path:
+    """`<dir>/http.sock`, or a short stable path in the temp dir when that is too long to bind."""
+    path = replica_dir / "http.sock"
+    if len(str(path)) <= SOCKET_PATH_MAX:
+        return path
+    digest = hashlib.sha256(str(replica_dir).encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / f"tidegate-{os.getuid()}" / f"{digest}.sock"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def tail(paths: Sequence[Path], lines: int) -> list[str]:
+    """Last `lines` lines across files given oldest first (a rotated backup, then the log)."""
+    collected: list[str] = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            collected.extend(path.read_bytes().decode("utf-8", errors="replace").splitlines())
+    return collected[-lines:] if lines > 0 else []
+
+
+class LocalBackend:
+    """Replicas as process trees on this machine; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        root: Path,
+        owner: str,
+        *,
+        grace: float = 10.0,
+        network: NetworkMode = NetworkMode.AUTO,
+        log_max_bytes: int = 5 * 1024 * 1024,
+        venv_with_pip: bool = True,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.root = Path(root).absolute()
+        self.owner = owner
+        self.grace = grace
+        self.network = network
+        self.log_max_bytes = log_max_bytes
+        self.venv_with_pip = venv_with_pip
+        self.start_timeout = start_timeout
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._namespace_problem: str | bool | None = False  # False = not probed yet
+        self._engine: str | bool | None = False
+        self._machine: local_host.Machine | None = None
+        self._interpreters: dict[str, str | None] = {}
+
+    # ---- host facts (probed once per instance) ----------------------------------------------------
+    def machine(self) -> local_host.Machine:
+        if self._machine is None:
+            self._machine = local_host.probe_machine()
+        return self._machine
+
+    def _namespaces_unavailable(self) -> str | None:
+        if self._namespace_problem is False:
+            self._namespace_problem = local_host.probe_namespaces(RELAY)
+        assert not isinstance(self._namespace_problem, bool)
+        return self._namespace_problem
+
+    def _use_namespace(self) -> bool:
+        return self.network != NetworkMode.SHARED and self._namespaces_unavailable() is None
+
+    def _engine_name(self) -> str | None:
+        if self._engine is False:
+            self._engine = local_host.probe_engine()
+        assert not isinstance(self._engine, bool)
+        return self._engine
+
+    def _interpreter(self, version: str) -> str | None:
+        minor = local_host.python_minor(version)
+        if minor not in self._interpreters:
+            self._interpreters[minor] = local_host.find_interpreter(minor)
+        return self._interpreters[minor]
+
+    # ---- Backend protocol -----------------------------------------------------------------------
+    def offers(self, requirements: Requirements) -> Sequence[Offer]:
+        offer = local_host.match_offer(requirements, self.machine())
+        return [] if offer is None else [offer]
+
+    def can_run(self, spec: ReplicaSpec) -> str | None:
+        """None when this backend can run `spec`, else a reason to show in the plan.
+
+        `offers()` sees only Requirements; this also checks what the spec itself needs: an image
+        engine, the Python version, the GPUs, and (in NAMESPACE mode) network namespaces.
+        """
+        if spec.image is not None:
+            if self._engine_name() is None:
+                return "local backend cannot run images: no Docker/Podman engine"
+            return f"local backend does not run images yet (found {self._engine_name()}; use `python`/`commands`)"
+        if not spec.commands:
+            return "nothing to run: the service has neither `commands` nor `image`"
+        if spec.python is not None:
+            try:
+                found = self._interpreter(spec.python)
+            except PermanentError as e:
+                return str(e)
+            if found is None:
+                return f"python {spec.python} is not installed on this machine (no working python{local_host.python_minor(spec.python)})"
+        if (
+            spec.requirements.gpu is not None
+            and local_host.match_offer(spec.requirements, self.machine()) is None
+        ):
+            gpus = ", ".join(f"{g.name} ({g.memory_gb:g}GB)" for g in self.machine().gpus) or "none"
+            return f"this machine's GPUs do not fit the requirements (found: {gpus})"
+        if self.network == NetworkMode.NAMESPACE and (problem := self._namespaces_unavailable()):
+            return problem
+        return None
+
+    def create(self, spec: ReplicaSpec) -> ReplicaInfo:
+        reason = self.can_run(spec)
+        if reason is not None:
+            raise PermanentError(reason)
+        venv = self._venv_for(spec)
+        with local_host.file_lock(self._lock_path(spec.replica_id)):
+            self._reap()
+            current = self._describe(spec.replica_id, holding_lock=True)
+            if current is not None and current.status in (ReplicaStatus.RUNNING, ReplicaStatus.PROVISIONING):
+                return current
+            replica_dir = self._dir(spec.replica_id)
+            meta = read_json(replica_dir / META)
+            if meta is not None and meta.get("owner") != self.owner:
+                raise PermanentError(f"{replica_dir} belongs to another owner; refusing to touch it")
+            # Leftovers of an exited run or of an interrupted start/delete: stop them first.
+            local_proc.terminate_replica(self._recorded(meta), str(replica_dir), self.grace, self._reap)
+            return self._start(spec, replica_dir, venv, attempt=int((meta or {}).get("attempt", 0)) + 1)
+
+    def describe(self, replica_id: str) -> ReplicaInfo | None:
+        self._reap()
+        return self._describe(replica_id)
+
+    def list_owned(self) -> Sequence[ReplicaInfo]:
+        self._reap()
+        if not self.root.is_dir():
+            return []
+        infos = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            info = self._describe(entry.name)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    def delete(self, replica_id: str) -> None:
+        replica_dir = self._dir(replica_id)
+        if not replica_dir.exists():
+            return
+        with local_host.file_lock(self._lock_path(replica_id)):
+            meta = read_json(replica_dir / META)
+            if meta is None:
+                # A directory without metadata never got as far as spawning anything.
+                if replica_dir.exists() and not local_proc.marked_processes(str(replica_dir)):
+                    shutil.rmtree(replica_dir, ignore_errors=True)
+                    return
+                meta = {"owner": self.owner}
+            if meta.get("owner") != self.owner:
+                return  # never delete what is not ours
+            meta["state"] = "deleting"
+            write_json_atomic(replica_dir / META, meta)
+            local_proc.terminate_replica(self._recorded(meta), str(replica_dir), self.grace, self._reap)
+            self._keep_last_logs(replica_id)
+            sock = Path(str(meta.get("socket") or socket_path(replica_dir)))
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+            shutil.rmtree(replica_dir, ignore_errors=True)
+
+    def logs(self, replica_id: str, lines: int = 100) -> list[str]:
+        log = self._dir(replica_id) / "logs" / "replica.log"
+        if log.exists():
+            return tail([log.with_name("replica.log.1"), log], lines)
+        return tail([self.root / ".logs" / f"{replica_id}.log"], lines)
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _dir(self, replica_id: str) -> Path:
+        if not replica_id or "/" in replica_id or replica_id.startswith("."):
+            raise PermanentError(f"invalid replica id {replica_id!r}")
+        return self.root / replica_id
+
+    def _lock_path(self, replica_id: str) -> Path:
+        return self.root / ".locks" / f"{replica_id}.lock"
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+    @staticmethod
+    def _recorded(meta: dict[str, Any] | None) -> ProcessIdentity | None:
+        if meta is None or meta.get("pid") is None or meta.get("started") is None:
+            return None
+        return ProcessIdentity(int(meta["pid"]), float(meta["started"]))
+
+    def _venv_for(self, spec: ReplicaSpec) -> Path | None:
+        if spec.python is None:
+            return None
+        interpreter = self._interpreter(spec.python)
+        if interpreter is None:  # can_run checked it; keep mypy and races honest
+            raise PermanentError(f"python {spec.python} is not installed on this machine")
+        key = f"{spec.spec_hash}-py{local_host.python_minor(spec.python)}"
+        return local_host.ensure_venv(self.root / ".venvs", key, interpreter, self.venv_with_pip)
+
+    def _env(self, spec: ReplicaSpec, replica_dir: Path, venv: Path | None) -> dict[str, str]:
+        env = dict(os.environ)
+        if venv is not None:
+            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+            env["VIRTUAL_ENV"] = str(venv)
+            env.pop("PYTHONHOME", None)
+        env.update(spec.env)
+        env[local_proc.MARK_REPLICA] = spec.replica_id
+        env[local_proc.MARK_DIR] = str(replica_dir)
+        env[local_proc.MARK_OWNER] = self.owner
+        return env
+
+    def _check_port_free(self, port: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as e:
+                raise TemporaryError(
+                    f"port {port} is busy and network namespaces are unavailable "
+                    f"({self._namespaces_unavailable()}); replicas share the host network"
+                ) from e
+
+    def _start(self, spec: ReplicaSpec, replica_dir: Path, venv: Path | None, attempt: int) -> ReplicaInfo:
+        netns = self._use_namespace()
+        if self.network == NetworkMode.NAMESPACE and not netns:
+            raise PermanentError(self._namespaces_unavailable() or "network namespaces unavailable")
+        if not netns:
+            self._check_port_free(spec.port)
+        sock = socket_path(replica_dir)
+        replica_dir.mkdir(parents=True, exist_ok=True)
+        meta: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "replica_id": spec.replica_id,
+            "service": spec.service,
+            "spec_hash": spec.spec_hash,
+            "ordinal": spec.ordinal,
+            "port": spec.port,
+            "owner": self.owner,
+            "env_names": sorted(spec.env),
+            "python": spec.python,
+            "revision": spec.revision,
+            "network": "namespace" if netns else "shared",
+            "socket": str(sock),
+            "venv": str(venv) if venv else None,
+            "attempt": attempt,
+            "created_at": time.time(),
+            "state": "starting",
+            "pid": None,
+            "started": None,
+        }
+        write_json_atomic(replica_dir / META, meta)  # intent, before anything runs
+        work = replica_dir / "work"
+        if work.exists():
+            shutil.rmtree(work)
+        if spec.workdir is not None:
+            shutil.copytree(spec.workdir, work, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        else:
+            work.mkdir()
+        (replica_dir / "logs").mkdir(exist_ok=True)
+        (replica_dir / "run.sh").write_text("set -e\n" + "\n".join(spec.commands) + "\n", encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            (replica_dir / "exit.json").unlink()
+        sock.parent.mkdir(parents=True, exist_ok=True)
+
+        cmd = [
+            sys.executable, "-I", str(RELAY),
+            "--workdir", str(work),
+            "--script", str(replica_dir / "run.sh"),
+            "--port", str(spec.port),
+            "--socket", str(sock),
+            "--log", str(replica_dir / "logs" / "replica.log"),
+            "--log-max-bytes", str(self.log_max_bytes),
+            "--exit-file", str(replica_dir / "exit.json"),
+        ]  # fmt: skip
+        if netns:
+            cmd.append("--netns")
+        with open(replica_dir / "relay.err", "ab") as err:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=replica_dir,
+                env=self._env(spec, replica_dir, venv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._children[proc.pid] = proc
+        handshake = self._read_handshake(proc)
+        if not handshake.startswith("ok"):
+            proc.wait(timeout=self.start_timeout)
+            self._reap()
+            detail = handshake.removeprefix("error:").strip() or "supervisor exited without a word"
+            raise TemporaryError(f"starting {spec.replica_id} failed: {detail}")
+        identity = local_proc.identify(proc.pid)
+        # started=0.0 marks a supervisor that already exited (its exit.json tells why).
+        meta.update(pid=proc.pid, started=identity.started if identity else 0.0, state="started")
+        write_json_atomic(replica_dir / META, meta)
+        info = self._describe(spec.replica_id, holding_lock=True)
+        assert info is not None
+        return info
+
+    def _read_handshake(self, proc: subprocess.Popen[bytes]) -> str:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            ready = sel.select(timeout=self.start_timeout)
+        line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+        proc.stdout.close()
+        if not ready:
+            return "error: no handshake from the supervisor within the start timeout"
+        return line
+
+    def _describe(self, replica_id: str, holding_lock: bool = False) -> ReplicaInfo | None:
+        replica_dir = self._dir(replica_id)
+        meta = read_json(replica_dir / META)
+        if meta is None or meta.get("owner") != self.owner:
+            return None
+        leader = self._recorded(meta)
+        if leader is not None and not local_proc.is_alive(leader):
+            leader = None
+        if leader is None and meta.get("pid") is None:
+            leader = local_proc.find_supervisor(str(replica_dir))  # spawned, pid not yet recorded
+        base: dict[str, Any] = {
+            "replica_id": replica_id,
+            "backend": self.name,
+            "service": meta.get("service"),
+            "spec_hash": meta.get("spec_hash"),
+            "tags": {"owner": self.owner, "network": str(meta.get("network"))},
+        }
+        address = f"unix://{meta.get('socket') or socket_path(replica_dir)}"
+        state = meta.get("state")
+        if state == "deleting":
+            alive = leader is not None or bool(local_proc.marked_processes(str(replica_dir)))
+            status = ReplicaStatus.TERMINATING if alive else ReplicaStatus.GONE
+            return ReplicaInfo(status=status, message="being deleted", **base)
+        if leader is not None:
+            return ReplicaInfo(
+                status=ReplicaStatus.RUNNING,
+                address=address,
+                handle=leader.handle,
+                started_at=leader.started,
+                **base,
+            )
+        if state == "starting" and not holding_lock and local_host.lock_is_held(self._lock_path(replica_id)):
+            return ReplicaInfo(status=ReplicaStatus.PROVISIONING, message="starting", **base)
+        return ReplicaInfo(
+            status=ReplicaStatus.EXITED,
+            message=self._exit_message(replica_dir, meta),
+            started_at=meta.get("started"),
+            **base,
+        )
+
+    def _exit_message(self, replica_dir: Path, meta: dict[str, Any]) -> str:
+        exit_info = read_json(replica_dir / "exit.json")
+        if exit_info is not None:
+            code = int(exit_info.get("returncode", -1))
+            head = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+        elif meta.get("state") == "starting":
+            head = "start was interrupted before the replica ran"
+        else:
+            head = "the replica's processes vanished without an exit status (killed?)"
+        last = self.logs(str(meta.get("replica_id")), MESSAGE_LOG_LINES)
+        return head + ("; last log lines:\n" + "\n".join(last) if last else "")
+
+    def _keep_last_logs(self, replica_id: str) -> None:
+        last = self.logs(replica_id, KEPT_LOG_LINES)
+        if not last:
+            return
+        kept = self.root / ".logs"
+        kept.mkdir(parents=True, exist_ok=True)
+        (kept / f"{replica_id}.log").write_text("\n".join(last) + "\n", encoding="utf-8")

@@ -1,0 +1,216 @@
+"""The per-replica supervisor of the local backend: namespace, log pump, unix-socket relay.
+
+Why it exists: every replica of every service may listen on the same port (8000 in the dstack
+examples). On Linux each replica therefore gets its own network namespace, and the gateway cannot
+reach a port inside it. This small process enters the namespace first, starts the replica's
+commands inside it, and exposes `127.0.0.1:<port>` of the namespace as a unix socket in the
+replica's directory. Unix sockets live in the filesystem, not in a network namespace, so the
+gateway (and the reconciler's readiness probe) connect to `<dir>/http.sock` from outside.
+
+It also pumps the replica's stdout+stderr into a size-capped log with one backup, and when the
+commands exit it records the exit status in `exit.json` (atomically) and exits with it. It is the
+session and process-group leader of the replica (the backend starts it with a new session), so
+one `killpg` reaches it, `bash` and everything the commands started.
+
+This file is run by path with `python -I` and imports the standard library only: it must work
+with whatever interpreter runs the reconciler, independent of the replica's virtualenv.
+
+Start-up handshake: one line on stdout, `ok <child pid>` or `error: <reason>`, then stdout is
+closed; the backend waits for it so namespace and spawn failures surface in `create()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFREQ = "16sh22x"  # struct ifreq: name + flags, padded to 40 bytes
+CHUNK = 64 * 1024
+PUMP_DRAIN_SECONDS = 2.0  # after the commands exit, how long to wait for stragglers' output
+
+
+def enter_network_namespace() -> None:
+    """unshare(CLONE_NEWNET) for this process (inherited by its children), then bring `lo` up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack(IFREQ, b"lo", 0)
+        flags = struct.unpack(IFREQ, fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
+
+
+class RotatingLog:
+    """Append-only log file capped at `max_bytes`, keeping one backup (`<name>.1`)."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the relay
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._file = open(self.path, "ab")  # noqa: SIM115
+            self._size = 0
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_json_atomic(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+
+async def _open_upstream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    last: OSError | None = None
+    for host in ("127.0.0.1", "::1"):
+        try:
+            return await asyncio.open_connection(host, port)
+        except OSError as e:
+            last = e
+    assert last is not None
+    raise last
+
+
+def make_handler(port: int) -> object:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await _open_upstream(port)
+        except OSError:
+            writer.close()  # not listening yet: the caller sees a closed connection (not ready)
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for w in (up_writer, writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    return handle
+
+
+async def _pump(stream: asyncio.StreamReader, log: RotatingLog) -> None:
+    while data := await stream.read(CHUNK):
+        log.write(data)
+
+
+def _handshake(message: str) -> None:
+    with contextlib.suppress(OSError):  # the backend went away; the replica is adopted later
+        os.write(1, (message + "\n").encode())
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+async def supervise(args: argparse.Namespace) -> int:
+    sock = Path(args.socket)
+    log = RotatingLog(Path(args.log), args.log_max_bytes)
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    server = await asyncio.start_unix_server(make_handler(args.port), path=str(sock))  # type: ignore[arg-type]
+    os.chmod(sock, 0o660)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            args.script,
+            cwd=args.workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as e:
+        _handshake(f"error: cannot start bash: {e}")
+        return 127
+    _handshake(f"ok {proc.pid}")
+
+    loop = asyncio.get_running_loop()
+
+    def forward(signum: int) -> None:
+        # A group signal already reached the child; this covers a signal sent to the relay alone.
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, forward, signum)
+
+    assert proc.stdout is not None
+    pump = asyncio.create_task(_pump(proc.stdout, log))
+    returncode = await proc.wait()
+    try:
+        await asyncio.wait_for(pump, PUMP_DRAIN_SECONDS)
+    except TimeoutError:
+        pump.cancel()  # a background process still holds the pipe open
+    server.close()
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    write_json_atomic(Path(args.exit_file), {"returncode": returncode, "finished_at": time.time()})
+    log.close()
+    return returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--probe", action="store_true", help="only check that namespaces work")
+    parser.add_argument("--netns", action="store_true", help="run in a new network namespace")
+    parser.add_argument("--workdir")
+    parser.add_argument("--script")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--socket")
+    parser.add_argument("--log")
+    parser.add_argument("--log-max-bytes", type=int, default=5 * 1024 * 1024)
+    parser.add_argument("--exit-file")
+    args = parser.parse_args(argv)
+    if args.netns or args.probe:
+        try:
+            enter_network_namespace()
+        except OSError as e:
+            if args.probe:
+                print(e, file=sys.stderr)
+                return 1
+            _handshake(f"error: {e}")
+            return 1
+    if args.probe:
+        return 0
+    return asyncio.run(supervise(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""The local backend with real processes, namespaces and unix sockets, plus its pure helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from contract import BackendContract, SpecFactory, eventually
+
+from backends.base import (
+    GpuRequirement,
+    PermanentError,
+    Range,
+    ReplicaInfo,
+    ReplicaSpec,
+    ReplicaStatus,
+    Requirements,
+    TemporaryError,
+)
+from backends.local import META, LocalBackend, NetworkMode, socket_path
+from backends.local_host import Gpu, Machine, match_offer, parse_nvidia_smi, python_minor
+from backends.local_proc import find_supervisor, marked_processes
+from backends.local_relay import RotatingLog
+
+DEADLINE = 20.0  # bound for "the socket answers" on a loaded 2-core machine; not a speed assertion
+Factory = Callable[..., LocalBackend]
+
+
+def spec_for(
+    app_dir: Path,
+    service: str = "web",
+    ordinal: int = 0,
+    *,
+    port: int = 8000,
+    commands: tuple[str, ...] | None = None,
+    **kwargs: Any,
+) -> ReplicaSpec:
+    spec_hash = (service.encode().hex() + "0" * 8)[:8]
+    return ReplicaSpec(
+        replica_id=f"{service}-{spec_hash}-{ordinal}",
+        service=service,
+        spec_hash=spec_hash,
+        ordinal=ordinal,
+        port=port,
+        commands=commands if commands is not None else (f"exec python3 app.py {port}",),
+        workdir=str(app_dir),
+        **kwargs,
+    )
+
+
+def answer(address: str | None) -> dict[str, Any] | None:
+    """The app's JSON answer over the replica's address, or None while it is not listening."""
+    assert address is not None and address.startswith("unix://")
+    transport = httpx.HTTPTransport(uds=address.removeprefix("unix://"))
+    try:
+        with httpx.Client(transport=transport, timeout=5) as client:
+            response = client.get("http://replica/")
+    except httpx.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    data: dict[str, Any] = json.loads(response.content)
+    return data
+
+
+def wait_answer(info: ReplicaInfo) -> dict[str, Any]:
+    return eventually(lambda: answer(info.address), timeout=DEADLINE, what=f"{info.replica_id} answers")
+
+
+def wait_status(backend: LocalBackend, replica_id: str, status: ReplicaStatus) -> ReplicaInfo:
+    def check() -> ReplicaInfo | None:
+        info = backend.describe(replica_id)
+        return info if info is not None and info.status == status else None
+
+    return eventually(check, timeout=DEADLINE, what=f"{replica_id} {status}")
+
+
+def supervisors(backend: LocalBackend, replica_id: str) -> list[int]:
+    """Pids of every supervisor (session leader) of a replica, found by scanning /proc."""
+    replica_dir = str(backend.root / replica_id)
+    return [p.pid for p in marked_processes(replica_dir) if os.getsid(p.pid) == p.pid]
+
+
+# ---- the shared contract --------------------------------------------------------------------
+
+
+class TestLocalContract(BackendContract):
+    eventually_timeout = DEADLINE
+
+    @pytest.fixture
+    def backend(self, make_backend: Factory) -> LocalBackend:
+        return make_backend()
+
+    @pytest.fixture
+    def make_spec(self, app_dir: Path) -> SpecFactory:
+        def make(ordinal: int = 0, service: str = "contract") -> ReplicaSpec:
+            return spec_for(app_dir, service, ordinal)
+
+        return make
+
+    def test_offers_this_machine_for_free(self, backend: LocalBackend) -> None:
+        offers = backend.offers(Requirements(cpus=Range(1, None), memory_gb=Range(0.1, None)))
+        assert len(offers) == 1
+        assert (offers[0].backend, offers[0].region, offers[0].price) == ("local", "local", 0.0)
+
+
+# ---- processes, namespaces, sockets ------------------------------------------------------------
+
+
+def test_replicas_of_two_services_share_port_8000(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    specs = [spec_for(app_dir, "web", 0), spec_for(app_dir, "web", 1), spec_for(app_dir, "api", 0)]
+    infos = [backend.create(s) for s in specs]
+    assert len({i.address for i in infos}) == 3
+    for spec, info in zip(specs, infos, strict=True):
+        assert info.status == ReplicaStatus.RUNNING
+        assert info.address == f"unix://{backend.root / spec.replica_id / 'http.sock'}"
+        reply = wait_answer(info)
+        assert reply["replica"] == spec.replica_id
+        assert reply["files"] == ["app.py"]  # the repo copy, without .git
+    assert {i.replica_id for i in backend.list_owned()} == {s.replica_id for s in specs}
+
+
+def test_env_reaches_the_replica_but_never_the_disk(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    secret = "s3cr3t-value-5f0e1c"
+    info = backend.create(spec_for(app_dir, env={"GREETING": secret}))
+    assert wait_answer(info)["greeting"] == secret
+    meta = json.loads((backend.root / info.replica_id / META).read_text())
+    assert meta["env_names"] == ["GREETING"]
+    for path in backend.root.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_python_gets_a_cached_isolated_venv(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    commands = ("exec python app.py 8000",)  # `python` must resolve inside the venv
+    first = backend.create(spec_for(app_dir, ordinal=0, python=version, commands=commands))
+    second = backend.create(spec_for(app_dir, ordinal=1, python=version, commands=commands))
+    venvs = backend.root / ".venvs"
+    replies = [wait_answer(first), wait_answer(second)]
+    assert replies[0]["prefix"] == replies[1]["prefix"]
+    assert Path(replies[0]["prefix"]).parent == venvs
+    assert replies[0]["virtual_env"] == replies[0]["prefix"]
+    assert len(list(venvs.iterdir())) == 2  # one venv and its lock file
+
+
+def test_missing_python_version_is_a_permanent_error(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    spec = spec_for(app_dir, python="3.99")
+    reason = backend.can_run(spec)
+    assert reason is not None and "3.99" in reason
+    with pytest.raises(PermanentError, match=r"3\.99"):
+        backend.create(spec)
+    assert backend.describe(spec.replica_id) is None
+
+
+def test_image_without_an_engine_is_a_permanent_error(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    spec = spec_for(app_dir, image="ghcr.io/huggingface/text-generation-inference:latest", commands=())
+    with pytest.raises(PermanentError, match="image"):
+        backend.create(spec)
+    assert backend.list_owned() == []
+
+
+def test_new_backend_adopts_running_replica(make_backend: Factory, app_dir: Path) -> None:
+    spec = spec_for(app_dir)
+    first = make_backend().create(spec)
+    wait_answer(first)
+    restarted = make_backend()  # the reconciler restarted: a fresh instance on the same root
+    adopted = restarted.describe(spec.replica_id)
+    assert adopted is not None and adopted.status == ReplicaStatus.RUNNING
+    assert adopted.handle == first.handle
+    again = restarted.create(spec)
+    assert again.handle == first.handle
+    assert supervisors(restarted, spec.replica_id) == [int(str(first.handle).split(":")[0])]
+    assert wait_answer(again)["replica"] == spec.replica_id
+
+
+def test_replica_spawned_before_pid_was_recorded_is_found(make_backend: Factory, app_dir: Path) -> None:
+    spec = spec_for(app_dir)
+    first = make_backend().create(spec)
+    meta_path = make_backend().root / spec.replica_id / META
+    meta = json.loads(meta_path.read_text())
+    meta.update(state="starting", pid=None, started=None)  # as if killed right after the spawn
+    meta_path.write_text(json.dumps(meta))
+    restarted = make_backend()
+    found = restarted.describe(spec.replica_id)
+    assert found is not None and found.status == ReplicaStatus.RUNNING
+    assert found.handle == first.handle
+    assert restarted.create(spec).handle == first.handle
+    assert len(supervisors(restarted, spec.replica_id)) == 1
+
+
+def test_delete_stops_the_whole_process_tree(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend(grace=0.5)
+    commands = ("sleep 300 &", "bash -c 'trap \"\" TERM; sleep 300' &", "exec python3 app.py 8000")
+    info = backend.create(spec_for(app_dir, commands=commands))
+    wait_answer(info)
+    replica_dir = str(backend.root / info.replica_id)
+    pids = [p.pid for p in marked_processes(replica_dir)]
+    assert len(pids) >= 4  # relay, app, sleep, sleep ignoring TERM (bash may exec it)
+    backend.delete(info.replica_id)
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert backend.describe(info.replica_id) is None
+    assert not (backend.root / info.replica_id).exists()
+    backend.delete(info.replica_id)  # gone counts as success
+
+
+def test_failing_commands_exit_with_code_and_last_lines(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    spec = spec_for(app_dir, commands=("echo first-line", "echo boom >&2", "exit 3", "echo never"))
+    backend.create(spec)
+    exited = wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
+    assert exited.message is not None
+    assert "code 3" in exited.message and "boom" in exited.message and "never" not in exited.message
+    assert backend.logs(spec.replica_id) == ["first-line", "boom"]
+    # create() restarts an exited replica under the same id
+    backend.create(spec)
+    wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
+    assert backend.logs(spec.replica_id).count("first-line") == 2
+    backend.delete(spec.replica_id)
+    assert backend.logs(spec.replica_id)[-1] == "boom"  # last lines kept after delete
+
+
+def test_shared_network_refuses_a_busy_port(make_backend: Factory, app_dir: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = make_backend(network=NetworkMode.SHARED)
+    first = backend.create(spec_for(app_dir, ordinal=0, port=port))
+    assert wait_answer(first)["replica"] == first.replica_id
+    with pytest.raises(TemporaryError, match=f"port {port} is busy"):
+        backend.create(spec_for(app_dir, ordinal=1, port=port))
+
+
+def test_supervisor_found_by_scan_is_the_session_leader(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    info = backend.create(spec_for(app_dir))
+    found = find_supervisor(str(backend.root / info.replica_id))
+    assert found is not None and found.handle == info.handle
+
+
+# ---- pure helpers ------------------------------------------------------------------------------
+
+
+def test_rotating_log_keeps_one_backup(tmp_path: Path) -> None:
+    log = RotatingLog(tmp_path / "r.log", max_bytes=100)
+    for i in range(30):
+        log.write(f"line {i:02d}\n".encode())
+    log.close()
+    assert (tmp_path / "r.log").stat().st_size <= 100
+    assert (tmp_path / "r.log.1").stat().st_size <= 100
+    assert (tmp_path / "r.log").read_text().splitlines()[-1] == "line 29"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("", (), id="no-gpus"),
+        pytest.param("NVIDIA A100-SXM4-80GB, 81920 MiB\n", (Gpu("NVIDIA A100-SXM4-80GB", 80.0),), id="a100"),
+        pytest.param(
+            "Tesla T4, 15360 MiB\nTesla T4, 15360 MiB\n",
+            (Gpu("Tesla T4", 15.0), Gpu("Tesla T4", 15.0)),
+            id="two",
+        ),
+        pytest.param("garbage\n", (), id="garbage"),
+    ],
+)
+def test_parse_nvidia_smi(text: str, expected: tuple[Gpu, ...]) -> None:
+    assert parse_nvidia_smi(text) == expected
+
+
+A100X2 = Machine(cpus=16, memory_gb=128, gpus=(Gpu("NVIDIA A100-SXM4-80GB", 80.0),) * 2)
+CPU_ONLY = Machine(cpus=2, memory_gb=8)
+
+
+@pytest.mark.parametrize(
+    ("req", "machine", "gpus"),
+    [
+        pytest.param(Requirements(), CPU_ONLY, None, id="cpu-defaults-fit"),
+        pytest.param(Requirements(cpus=Range(4, None)), CPU_ONLY, "none", id="too-few-cpus"),
+        pytest.param(Requirements(memory_gb=Range(16, None)), CPU_ONLY, "none", id="too-little-memory"),
+        pytest.param(Requirements(gpu=GpuRequirement()), CPU_ONLY, "none", id="gpu-on-cpu-machine"),
+        pytest.param(Requirements(gpu=GpuRequirement(names=("A100",))), A100X2, 1, id="a100-one"),
+        pytest.param(
+            Requirements(gpu=GpuRequirement(memory_gb=Range(80, None), count=Range(2, 2))),
+            A100X2,
+            2,
+            id="80gb-x2",
+        ),
+        pytest.param(Requirements(gpu=GpuRequirement(names=("H100",))), A100X2, "none", id="wrong-name"),
+        pytest.param(
+            Requirements(gpu=GpuRequirement(count=Range(4, None))), A100X2, "none", id="too-few-gpus"
+        ),
+        pytest.param(Requirements(spot_policy="spot"), CPU_ONLY, "none", id="spot-only"),
+        pytest.param(Requirements(backends=("aws",)), CPU_ONLY, "none", id="other-backend"),
+    ],
+)
+def test_match_offer(req: Requirements, machine: Machine, gpus: int | str | None) -> None:
+    offer = match_offer(req, machine)
+    if gpus == "none":
+        assert offer is None
+        return
+    assert offer is not None and offer.price == 0.0 and offer.cpus == machine.cpus
+    assert (offer.gpu.count if offer.gpu else None) == gpus
+
+
+@pytest.mark.parametrize(
+    ("version", "minor"),
+    [pytest.param("3.11", "3.11", id="minor"), pytest.param("3.12.1", "3.12", id="patch")],
+)
+def test_python_minor(version: str, minor: str) -> None:
+    assert python_minor(version) == minor
+
+
+def test_python_minor_rejects_garbage() -> None:
+    with pytest.raises(PermanentError):
+        python_minor("latest")
+
+
+def test_socket_path_stays_bindable_for_deep_roots(tmp_path: Path) -> None:
+    short = tmp_path / "r" / "web-1234abcd-0"
+    deep = tmp_path / ("d" * 120) / "web-1234abcd-0"
+    assert socket_path(short) == short / "http.sock" or len(str(short / "http.sock")) > 100
+    assert len(str(socket_path(deep))) <= 100
+    assert socket_path(deep) == socket_path(deep)  # stable across restarts
