@@ -1,0 +1,521 @@
+"""The engine: one level-triggered reconcile pass, and everything the CLI asks of the state dir.
+
+Why: the loop (reconciler.loop), `tidegate apply`, `plan`, `ps`, `stop` and `start` all need the
+same sequence — desired state from a snapshot, actual state from the state dir and the backends,
+a pure plan, an apply that journals every side effect, readiness probes, then state and routes
+written in that order. `reconcile()` is idempotent: calling it every few seconds with nothing
+changed and nothing drifted does no backend writes and no file writes.
+
+One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
+`plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from backends.base import BackendRegistry, ReplicaStatus
+from gateway.snapshot import RoutesSnapshot, write_snapshot
+from reconciler.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
+from reconciler.autoscale import ScalingDecision, ServiceStats, desired_replicas
+from reconciler.desired import DesiredService, DesiredSet, build_desired
+from reconciler.errors import StateError
+from reconciler.journal import Journal
+from reconciler.loader import load_tree
+from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
+from reconciler.plan import Desired, Plan, Target, plan
+from reconciler.probe import probe_replica
+from reconciler.records import (
+    ReplicaPhase,
+    ScalingRecord,
+    ServiceRecord,
+    ServiceStatus,
+    SnapshotRef,
+)
+from reconciler.state import StateStore
+from reconciler.stats import read_stats
+from reconciler.view import ServiceView, build_routes, service_status, status_views
+
+log = logging.getLogger("tidegate.engine")
+
+
+class SnapshotLike(Protocol):
+    @property
+    def revision(self) -> str: ...
+    @property
+    def root(self) -> Path: ...
+    @property
+    def config_path(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A checkout of the config repo at `revision`; configs live under `config_path` in `root`."""
+
+    revision: str
+    root: Path
+    config_path: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    domain: str = "localhost"
+    allow_empty: bool = False
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # values for bare KEYs
+    default_backend: str = "local"
+    probe_timeout: float = 2.0
+    ready_timeout: float = 600.0  # a python: service builds a venv first; be generous
+    backoff_base: float = 2.0
+    backoff_max: float = 300.0
+    drain_grace: float = 30.0
+    drain_min: float = 2.0
+    stats_max_age: float = 10.0
+    checkpoint_interval: float = 2.0  # during a long apply, write state at least this often
+    fault: str | None = None  # TIDEGATE_FAULT point (apply.FAULT_POINTS); env var used when None
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: Plan
+    desired: DesiredSet | None
+    revision: str | None
+    diagnostics: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def has_errors(self) -> bool:
+        return self.desired is not None and bool(self.desired.failed or self.desired.blocked)
+
+    @property
+    def exit_code(self) -> int:
+        """terraform's -detailed-exitcode: 0 nothing to do, 2 changes, 1 errors."""
+        if self.has_errors:
+            return 1
+        return 0 if self.plan.empty else 2
+
+
+@dataclass(frozen=True)
+class PassReport:
+    revision: str | None
+    plan: Plan
+    outcomes: tuple[ServiceOutcome, ...] = ()
+    wrote_state: bool = False
+    wrote_routes: bool = False
+    notes: tuple[str, ...] = ()
+    next_run_in: float | None = None  # seconds until something is due (probe, drain, backoff)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{o.service}: {o.error}" for o in self.outcomes if o.error]
+
+
+class Engine:
+    def __init__(
+        self,
+        state_dir: Path,
+        backends: BackendRegistry,
+        settings: EngineSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        stats: Callable[[], Mapping[str, ServiceStats]] | None = None,
+        prober: Prober | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.backends = backends
+        self.settings = settings or EngineSettings()
+        self.clock = clock
+        self.read_only = read_only
+        self.store = StateStore(self.state_dir)
+        if not read_only:
+            self.store.acquire()
+        self.installation = self.store.installation()
+        self.journal = Journal(self.state_dir)
+        self.doc = self.store.load()
+        self._stats = stats
+        self._prober: Prober = prober or probe_replica
+        self._fault = FaultHook(self.settings.fault or os.environ.get("TIDEGATE_FAULT"))
+        self._observe = ObserveSettings(
+            probe_timeout=self.settings.probe_timeout,
+            ready_timeout=self.settings.ready_timeout,
+            backoff_base=self.settings.backoff_base,
+            backoff_max=self.settings.backoff_max,
+        )
+        self._desired_cache: tuple[tuple[str, str, str | None], DesiredSet] | None = None
+        self._demand: set[str] = set()
+        self._scaling_reason: dict[str, str] = {}
+        self._last_routes: str | None = None
+        self._last_saved: str = self._dump()
+        self._last_checkpoint = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def owner(self) -> str:
+        return self.installation.id
+
+    def close(self) -> None:
+        self.store.release()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_owner(self) -> None:
+        if self.read_only:
+            raise StateError("this engine was opened read-only")
+
+    def _dump(self) -> str:
+        return self.doc.model_dump_json(exclude={"serial", "updated_at"})
+
+    def _save(self, force: bool = False) -> bool:
+        self.doc.journal_seq = self.journal.seq
+        dumped = self._dump()
+        if not force and dumped == self._last_saved:
+            return False
+        self.store.save(self.doc)
+        self._last_saved = self._dump()
+        self._last_checkpoint = self.clock()
+        self._fault("after_state_write")
+        return True
+
+    def _publish_routes(self, force: bool = False) -> bool:
+        snap = build_routes(self.doc, self.settings.domain)
+        key = snap.model_copy(update={"serial": 0}).model_dump_json()
+        if not force and key == self._last_routes:
+            return False
+        write_snapshot(self.state_dir, snap)
+        self._last_routes = key
+        self._fault("after_routes")
+        return True
+
+    def recover(self) -> list[str]:
+        """On start: settle every journal intent newer than the state, then publish routes."""
+        self._require_owner()
+        done = settle_journal(self.doc, self.journal, self.backends, self.clock())
+        for line in done:
+            log.info("recovery: %s", line)
+        self._save(force=bool(done))
+        self.journal.compact(self.doc.journal_seq)
+        self._publish_routes(force=True)
+        return done
+
+    # -- desired ---------------------------------------------------------------------------------
+    def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
+        if (
+            snapshot is None
+            and self.doc.last_snapshot is not None
+            and Path(self.doc.last_snapshot.root).is_dir()
+        ):
+            ref = self.doc.last_snapshot
+            snapshot = Snapshot(ref.revision, Path(ref.root), ref.config_path)
+        if snapshot is None:
+            return None
+        key = (snapshot.revision, str(snapshot.root), snapshot.config_path)
+        if self._desired_cache is not None and self._desired_cache[0] == key:
+            return self._desired_cache[1]
+        load = load_tree(Path(snapshot.root), snapshot.config_path)
+        ds = build_desired(
+            load,
+            revision=snapshot.revision,
+            workdir=str(Path(snapshot.root).absolute()),
+            env=self.settings.env,
+            salt=self.installation.salt,
+            backends=self.backends.names(),
+            domain=self.settings.domain,
+            default_backend=self.settings.default_backend,
+        )
+        ds, complete = self._with_offers(ds)
+        if complete:
+            self._desired_cache = (key, ds)
+        return ds
+
+    def _with_offers(self, ds: DesiredSet) -> tuple[DesiredSet, bool]:
+        """Pick the cheapest offer per service; a service nothing offers is blocked with the reason."""
+        services: dict[str, DesiredService] = {}
+        blocked = dict(ds.blocked)
+        complete = True
+        for name, d in ds.services.items():
+            try:
+                offers = self.backends.get(d.backend).offers(d.template.requirements)
+            except Exception as e:  # an unreachable backend: try again next pass
+                blocked[name] = f"backend {d.backend} could not list offers: {type(e).__name__}: {e}"
+                complete = False
+                continue
+            if not offers:
+                blocked[name] = f"backend {d.backend} has no offer for this service's resources/settings"
+                continue
+            services[name] = replace(d, template=replace(d.template, offer=offers[0]))
+        return replace(ds, services=services, blocked=blocked), complete
+
+    def _count(
+        self, d: DesiredService, rec: ServiceRecord | None, stats: Mapping[str, ServiceStats], now: float
+    ) -> ScalingDecision:
+        if d.scaling is None:
+            return ScalingDecision(d.min_replicas, f"fixed count {d.min_replicas}")
+        current = rec.desired_count if rec is not None else d.scaling.min
+        last = rec.last_scaled_at if rec is not None else None
+        return desired_replicas(
+            d.scaling, stats.get(d.name), current, last, now, demand=d.name in self._demand
+        )
+
+    def _targets(
+        self, ds: DesiredSet | None, stats: Mapping[str, ServiceStats], now: float, mutate: bool
+    ) -> tuple[Desired, dict[str, ScalingDecision], list[str]]:
+        notes: list[str] = []
+        doc = self.doc
+        if ds is None:
+            held = {
+                n: Target(n, r.spec_hash, r.desired_count, keep=True, keep_reason="no revision loaded yet")
+                for n, r in doc.services.items()
+            }
+            return Desired(held, prune=False), {}, notes
+        targets: dict[str, Target] = {}
+        decisions: dict[str, ScalingDecision] = {}
+        failed_paths = set(ds.failed.values())
+        for name, rec in doc.services.items():
+            if name in ds.failed or (rec.config_path in failed_paths and name not in ds.services):
+                targets[name] = Target(
+                    name,
+                    rec.spec_hash,
+                    rec.desired_count,
+                    keep=True,
+                    keep_reason=f"{ds.failed.get(name, rec.config_path)} has errors; left at revision {rec.revision}",
+                )
+            elif name in ds.blocked:
+                targets[name] = Target(
+                    name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=ds.blocked[name]
+                )
+        for name, d in ds.services.items():
+            cur = doc.services.get(name)
+            if cur is not None and mutate:
+                if cur.stopped and cur.stopped_spec != d.spec_hash:
+                    cur.stopped = False
+                    cur.note(now, "started", "config changed since `tidegate stop`")
+                if cur.stalled_spec and cur.stalled_spec != d.spec_hash:
+                    cur.stalled_spec = None
+            decision = self._count(d, cur, stats, now)
+            decisions[name] = decision
+            count = 0 if cur is not None and cur.stopped else decision.count
+            hold, why = False, ""
+            if cur is not None and cur.stalled_spec == d.spec_hash:
+                hold, why = True, cur.reason or "stalled on a permanent error"
+            elif cur is not None and cur.backoff_until is not None and now < cur.backoff_until:
+                hold, why = True, f"backing off until {cur.backoff_until - now:.0f}s from now: {cur.reason}"
+            targets[name] = Target(
+                name,
+                d.spec_hash,
+                count,
+                keep=hold,
+                keep_reason=why,
+                drain_grace=self.settings.drain_grace,
+                drain_min=self.settings.drain_min,
+                summary=d.summary,
+            )
+        prune = True
+        if ds.empty and doc.services and not self.settings.allow_empty:
+            prune = False
+            notes.append(
+                f"the config at revision {ds.revision} has no services; keeping all {len(doc.services)} deployed "
+                "service(s). Use --allow-empty to tear them down."
+            )
+            log.warning(notes[-1])
+        return Desired(targets, prune=prune), decisions, notes
+
+    # -- public API ------------------------------------------------------------------------------
+    def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
+        """What `reconcile` would do now. No side effects: works on a copy of the state."""
+        now = self.clock()
+        saved = self.doc
+        self.doc = saved.model_copy(deep=True)
+        try:
+            ds = self._desired(snapshot)
+            observe(
+                self.doc,
+                self.backends,
+                {d.backend for d in (ds.services.values() if ds else [])},
+                now,
+                self._observe,
+                {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
+            )
+            desired, _, notes = self._targets(ds, self._read_stats(now), now, mutate=False)
+            p = plan(desired, self.doc.services, now)
+        finally:
+            self.doc = saved
+        return PlanResult(
+            p, ds, ds.revision if ds else None, ds.diagnostics if ds else (), tuple(notes) + p.notes
+        )
+
+    def _read_stats(self, now: float) -> Mapping[str, ServiceStats]:
+        if self._stats is not None:
+            return self._stats()
+        return read_stats(self.state_dir, now, self.settings.stats_max_age)
+
+    def note_demand(self, service: str) -> None:
+        """A request is held for `service` at zero replicas: scale it to at least one at once."""
+        self._demand.add(service)
+
+    def stop_service(self, name: str) -> None:
+        self._require_owner()
+        rec = self.doc.services.get(name)
+        if rec is None:
+            raise StateError(f"no service named {name!r} is deployed")
+        rec.stopped, rec.stopped_spec = True, rec.spec_hash
+        rec.note(self.clock(), "stopped", "tidegate stop")
+        self._save()
+
+    def start_service(self, name: str) -> None:
+        self._require_owner()
+        rec = self.doc.services.get(name)
+        if rec is None:
+            raise StateError(f"no service named {name!r} is deployed")
+        rec.stopped, rec.stopped_spec = False, None
+        rec.note(self.clock(), "started", "tidegate start")
+        self._save()
+
+    def status(self, log_lines: int = 5) -> list[ServiceView]:
+        """Rows for `tidegate ps`, with the last log lines of failed replicas (best effort)."""
+        doc = self.store.load() if self.read_only else self.doc
+        logs: dict[str, tuple[str, ...]] = {}
+        for rec in doc.services.values():
+            for r in rec.replicas:
+                if r.phase is ReplicaPhase.FAILED and r.backend in self.backends:
+                    try:
+                        logs[r.id] = tuple(self.backends.get(r.backend).logs(r.id, log_lines))
+                    except Exception:  # logs are a courtesy; never fail ps over them
+                        logs[r.id] = ()
+        views = status_views(doc, logs)
+        return [replace(v, last_scaling=self._scaling_reason.get(v.name, v.last_scaling)) for v in views]
+
+    def reconcile(self, snapshot: SnapshotLike | None = None) -> PassReport:
+        """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order)."""
+        self._require_owner()
+        now = self.clock()
+        doc = self.doc
+        ds = self._desired(snapshot)
+        hashes = {n: d.spec_hash for n, d in (ds.services.items() if ds else [])}
+        notes = observe(
+            doc,
+            self.backends,
+            {d.backend for d in (ds.services.values() if ds else [])},
+            now,
+            self._observe,
+            hashes,
+        )
+        stats = self._read_stats(now)
+        for rec in doc.services.values():
+            st = stats.get(rec.name)
+            for r in rec.replicas:
+                r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
+        routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
+        probe_pending(doc, self._prober, now, self._observe, routes_models)
+        desired, decisions, tnotes = self._targets(ds, stats, now, mutate=True)
+        notes += tnotes
+        p = plan(desired, doc.services, now)
+        ctx = ApplyContext(
+            self.backends,
+            self.journal,
+            now,
+            self._fault,
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            checkpoint=self._checkpoint,
+        )
+        outcomes = apply_plan(p, doc, ds.services if ds else {}, ctx) if not p.empty else []
+        if ds is not None:
+            self._sync_records(ds, decisions, desired, now)
+            if snapshot is not None:
+                doc.last_snapshot = SnapshotRef(
+                    revision=snapshot.revision,
+                    root=str(Path(snapshot.root).absolute()),
+                    config_path=snapshot.config_path,
+                )
+        self._demand -= {n for n, r in doc.services.items() if r.desired_count > 0}
+        wrote = self._save()
+        routes = self._publish_routes(force=self._last_routes is None)
+        self.journal.compact(doc.journal_seq)
+        return PassReport(
+            ds.revision if ds else None,
+            p,
+            tuple(outcomes),
+            wrote,
+            routes,
+            tuple(notes) + p.notes,
+            self._next_run(now),
+        )
+
+    def _checkpoint(self) -> None:
+        if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
+            self._save()
+
+    def _sync_records(
+        self, ds: DesiredSet, decisions: Mapping[str, ScalingDecision], desired: Desired, now: float
+    ) -> None:
+        """Carry config-derived fields into each record and set its status and reason."""
+        for name, rec in self.doc.services.items():
+            d = ds.services.get(name)
+            t = desired.services.get(name)
+            if d is None:
+                if name in ds.blocked:
+                    rec.status, rec.reason = ServiceStatus.BLOCKED, ds.blocked[name]
+                elif t is not None and t.keep:
+                    rec.status, rec.reason = ServiceStatus.KEPT, t.keep_reason
+                continue
+            rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
+                d.spec_hash,
+                d.revision,
+                d.config_path,
+                d.backend,
+            )
+            rec.env_names, rec.spec_summary, rec.route = list(d.env_names), dict(d.summary), d.route
+            dec = decisions.get(name)
+            if dec is not None:
+                self._scaling_reason[name] = dec.reason
+                if dec.count != rec.desired_count:
+                    if d.scaling is not None:
+                        rec.record_scaling(
+                            ScalingRecord(
+                                at=now, previous=rec.desired_count, count=dec.count, reason=dec.reason
+                            )
+                        )
+                        rec.note(now, "scaled", f"{rec.desired_count} -> {dec.count}: {dec.reason}")
+                    rec.desired_count = dec.count
+                    rec.last_scaled_at = now
+            if rec.stalled_spec != d.spec_hash and not (rec.backoff_until and now < rec.backoff_until):
+                rec.status, rec.reason = service_status(rec)
+            elif rec.stalled_spec == d.spec_hash:
+                rec.status = ServiceStatus.STALLED
+            else:
+                rec.status = ServiceStatus.DEGRADED
+        for name, why in ds.blocked.items():
+            if name not in self.doc.services:
+                self.doc.services[name] = ServiceRecord(
+                    name=name, spec_hash="", status=ServiceStatus.BLOCKED, reason=why
+                )
+
+    def _next_run(self, now: float) -> float | None:
+        due: list[float] = []
+        for rec in self.doc.services.values():
+            if rec.backoff_until is not None:
+                due.append(rec.backoff_until)
+            for r in rec.replicas:
+                if r.phase is ReplicaPhase.PROVISIONING:
+                    due.append(now + (0.5 if r.backend_status == ReplicaStatus.RUNNING else 1.0))
+                elif r.phase is ReplicaPhase.DRAINING:
+                    due.append((r.draining_since or now) + self.settings.drain_min)
+                elif r.phase is ReplicaPhase.FAILED and r.next_attempt_at is not None:
+                    due.append(r.next_attempt_at)
+        if not due:
+            return None
+        return max(0.2, min(due) - now) if math.isfinite(min(due)) else None
+
+    @property
+    def routes(self) -> RoutesSnapshot:
+        return build_routes(self.doc, self.settings.domain)

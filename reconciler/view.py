@@ -1,0 +1,138 @@
+"""Views derived from the state document: the routes snapshot and the status rows of `tidegate ps`.
+
+Why: both are pure projections of `state.json` (routes only ever list READY replicas, plus
+DRAINING ones flagged so the gateway finishes their in-flight requests), so they are computed the
+same way by the owning `up` process and by read-only commands in another terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream
+from reconciler.records import ReplicaPhase, ServiceRecord, ServiceStatus, StateDoc
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    id: str
+    ordinal: int
+    phase: str
+    backend: str
+    address: str | None
+    spec_hash: str
+    current: bool  # runs the service's current spec
+    started_at: float | None
+    ready_at: float | None
+    attempts: int
+    last_error: str | None
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    name: str
+    revision: str | None
+    status: str
+    reason: str
+    ready: int
+    desired: int
+    host: str | None
+    stopped: bool
+    last_scaling: str | None
+    replicas: tuple[ReplicaView, ...]
+
+
+def build_routes(doc: StateDoc, domain: str) -> RoutesSnapshot:
+    services: dict[str, ServiceRoute] = {}
+    for name in sorted(doc.services):
+        rec = doc.services[name]
+        if rec.route is None:
+            continue
+        ups = []
+        for r in rec.replicas:
+            if r.address and r.phase is ReplicaPhase.READY:
+                ups.append(Upstream(replica_id=r.id, url=r.address))
+            elif r.address and r.phase is ReplicaPhase.DRAINING:
+                ups.append(Upstream(replica_id=r.id, url=r.address, draining=True))
+        services[name] = ServiceRoute(
+            name=name,
+            host=rec.route.host,
+            auth=rec.route.auth,
+            upstreams=tuple(ups),
+            model=rec.route.model,
+            min_replicas=0 if rec.stopped else rec.route.min_replicas,
+            max_replicas=rec.route.max_replicas,
+        )
+    revision = doc.last_snapshot.revision if doc.last_snapshot else None
+    return RoutesSnapshot(serial=doc.serial, revision=revision, domain=domain, services=services)
+
+
+def service_status(rec: ServiceRecord) -> tuple[ServiceStatus, str]:
+    """A status for a service the engine is actively reconciling (kept/blocked are set elsewhere)."""
+    ready = sum(1 for r in rec.replicas if r.phase is ReplicaPhase.READY and r.spec_hash == rec.spec_hash)
+    failed = [r for r in rec.replicas if r.phase is ReplicaPhase.FAILED]
+    outdated = [
+        r for r in rec.replicas if r.spec_hash != rec.spec_hash and r.phase is not ReplicaPhase.DRAINING
+    ]
+    if rec.stopped:
+        return (
+            ServiceStatus.STOPPED,
+            "stopped by `tidegate stop`; `tidegate start` or a config change resumes it",
+        )
+    if rec.stalled_spec and rec.stalled_spec == rec.spec_hash:
+        return ServiceStatus.STALLED, rec.reason
+    if rec.backoff_until is not None:
+        return ServiceStatus.DEGRADED, rec.reason
+    if rec.desired_count == 0 and not rec.replicas:
+        return ServiceStatus.SCALED_TO_ZERO, "no replicas until a request arrives"
+    if failed:
+        r = failed[0]
+        return ServiceStatus.DEGRADED, f"{len(failed)} replica(s) failed; {r.id}: {r.last_error or 'exited'}"
+    if ready >= rec.desired_count and not outdated and len(rec.replicas) == ready:
+        return ServiceStatus.RUNNING, ""
+    if ready == 0 and not outdated:
+        return ServiceStatus.PENDING, "waiting for a replica to pass its readiness probe"
+    return ServiceStatus.UPDATING, f"{ready}/{rec.desired_count} ready" + (
+        f", {len(outdated)} outdated" if outdated else ""
+    )
+
+
+def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = None) -> list[ServiceView]:
+    out: list[ServiceView] = []
+    for name in sorted(doc.services):
+        rec = doc.services[name]
+        ready = sum(1 for r in rec.replicas if r.phase is ReplicaPhase.READY)
+        last = rec.scaling[-1] if rec.scaling else None
+        out.append(
+            ServiceView(
+                name=name,
+                revision=rec.revision,
+                status=str(rec.status),
+                reason=rec.reason,
+                ready=ready,
+                desired=rec.desired_count,
+                host=rec.route.host if rec.route else None,
+                stopped=rec.stopped,
+                last_scaling=f"{last.previous} -> {last.count}: {last.reason}" if last else None,
+                replicas=tuple(
+                    ReplicaView(
+                        id=r.id,
+                        ordinal=r.ordinal,
+                        phase=str(r.phase),
+                        backend=r.backend,
+                        address=r.address,
+                        spec_hash=r.spec_hash[:8],
+                        current=r.spec_hash == rec.spec_hash,
+                        started_at=r.started_at,
+                        ready_at=r.ready_at,
+                        attempts=r.attempts,
+                        last_error=r.last_error,
+                        log_tail=(logs or {}).get(r.id, ()),
+                    )
+                    for r in rec.replicas
+                ),
+            )
+        )
+    return out
