@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.previews import PullRequestHead, PullRequestInfo, PullRequestState
-from reconciler.source import Checkout, redact_url
+from reconciler.source import Checkout, GitSource, redact_url
 
 PREVIEWS_DIR = "previews"
 HEADS_FILE = "heads.json"
@@ -54,6 +54,11 @@ class PullRequestSource:
         self.state_dir = state_dir
         self.config_path = config_path
         self.folder = state_dir / PREVIEWS_DIR
+
+    @classmethod
+    def beside(cls, source: GitSource) -> PullRequestSource:
+        """The PR refs of the remote a branch source follows, fetched into the same bare clone."""
+        return cls(source.url, source.repo_dir, source.state_dir, source.config_path)
 
     def _repo(self) -> Any:
         import git  # gitpython, imported lazily like reconciler.source

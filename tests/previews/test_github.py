@@ -1,0 +1,373 @@
+"""The GitHub side: webhook payloads as GitHub sends them, and the REST client against a local server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from reconciler.github import (
+    PLAN_COMMENT_MARKER,
+    CommitState,
+    GitHubClient,
+    GitHubPermanentError,
+    GitHubSettings,
+    GitHubTemporaryError,
+    parse_github_repo,
+    parse_pull_request_event,
+)
+from reconciler.previews import PullRequestState
+
+TOKEN = "ghp_s3cretT0kenValue"
+REPO = "acme/models"
+SHA = "a1" * 20
+
+
+def repo_obj(full_name: str, fork: bool) -> dict[str, Any]:
+    owner, _, name = full_name.partition("/")
+    return {"id": 1, "name": name, "full_name": full_name, "fork": fork, "owner": {"login": owner}, "private": False}
+
+
+def pull_request(
+    number: int = 7,
+    *,
+    state: str = "open",
+    merged: bool = False,
+    head_repo: str | None = REPO,
+    head_fork: bool = False,
+    labels: tuple[str, ...] = (),
+    base_ref: str = "main",
+    sha: str = SHA,
+) -> dict[str, Any]:
+    """A pull-request object with the fields GitHub sends (trimmed of the many URLs)."""
+    return {
+        "url": f"https://api.github.com/repos/{REPO}/pulls/{number}",
+        "html_url": f"https://github.com/{REPO}/pull/{number}",
+        "number": number,
+        "state": state,
+        "locked": False,
+        "title": "Bump the chat model",
+        "user": {"login": "dev"},
+        "labels": [{"id": i, "name": name, "color": "ededed"} for i, name in enumerate(labels)],
+        "created_at": "2026-11-27T10:00:00Z",
+        "updated_at": "2026-11-28T04:00:00Z",
+        "closed_at": None if state == "open" else "2026-11-28T05:00:00Z",
+        "merged_at": "2026-11-28T05:00:00Z" if merged else None,
+        "merged": merged,
+        "draft": False,
+        "head": {
+            "label": "dev:feature",
+            "ref": "feature",
+            "sha": sha,
+            "repo": repo_obj(head_repo, head_fork) if head_repo else None,
+        },
+        "base": {"label": "acme:main", "ref": base_ref, "sha": "b2" * 20, "repo": repo_obj(REPO, False)},
+    }
+
+
+def event(action: str, pr: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A `pull_request` webhook payload (X-GitHub-Event: pull_request)."""
+    return {
+        "action": action,
+        "number": pr["number"],
+        "pull_request": pr,
+        "repository": repo_obj(REPO, False),
+        "sender": {"login": "dev"},
+        **extra,
+    }
+
+
+# -- webhook payloads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "state", "merged", "fork", "labels"),
+    [
+        pytest.param(event("opened", pull_request()), PullRequestState.OPEN, False, False, (), id="opened"),
+        pytest.param(
+            event("synchronize", pull_request(), before="c3" * 20, after=SHA), PullRequestState.OPEN, False, False, (),
+            id="synchronize",
+        ),
+        pytest.param(
+            event("labeled", pull_request(labels=("preview", "bug")), label={"name": "preview"}),
+            PullRequestState.OPEN, False, False, ("preview", "bug"), id="labeled",
+        ),
+        pytest.param(
+            event("unlabeled", pull_request(), label={"name": "preview"}), PullRequestState.OPEN, False, False, (),
+            id="unlabeled",
+        ),
+        pytest.param(
+            event("closed", pull_request(state="closed")), PullRequestState.CLOSED, False, False, (), id="closed",
+        ),
+        pytest.param(
+            event("closed", pull_request(state="closed", merged=True)), PullRequestState.CLOSED, True, False, (),
+            id="merged",
+        ),
+        pytest.param(
+            event("opened", pull_request(head_repo="dev/models", head_fork=True)), PullRequestState.OPEN, False, True, (),
+            id="fork",
+        ),
+        pytest.param(
+            event("opened", pull_request(head_repo=None)), PullRequestState.OPEN, False, True, (),
+            id="deleted-head-repo-counts-as-fork",
+        ),
+        pytest.param(
+            event("opened", pull_request(head_repo=REPO, head_fork=True)), PullRequestState.OPEN, False, False, (),
+            id="branch-of-a-repo-that-is-itself-a-fork-is-not-a-fork-pr",
+        ),
+    ],
+)
+def test_parse_pull_request_event(
+    payload: dict[str, Any], state: PullRequestState, merged: bool, fork: bool, labels: tuple[str, ...]
+) -> None:
+    # Round-trip through JSON text: the gateway saves the body it received.
+    info = parse_pull_request_event(json.loads(json.dumps(payload)))
+    assert (info.number, info.head_sha, info.base_ref) == (7, SHA, "main")
+    assert (info.state, info.merged, info.fork, info.labels) == (state, merged, fork, labels)
+    assert info.url == f"https://github.com/{REPO}/pull/7"
+    assert info.updated_at == datetime(2026, 11, 28, 4, 0, tzinfo=UTC).timestamp()
+    assert info.verified
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"ref": "refs/heads/main", "after": SHA}, id="push-event"),
+        pytest.param({"action": "opened", "pull_request": {"number": 1}}, id="no-head"),
+        pytest.param({"zen": "Keep it logically awesome.", "hook_id": 1}, id="ping"),
+    ],
+)
+def test_parse_rejects_other_payloads(payload: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        parse_pull_request_event(payload)
+
+
+@pytest.mark.parametrize(
+    ("remote", "slug"),
+    [
+        pytest.param("https://github.com/acme/models.git", "acme/models", id="https"),
+        pytest.param("https://x-access-token:tok@github.com/acme/models", "acme/models", id="https-with-token"),
+        pytest.param("git@github.com:acme/models.git", "acme/models", id="scp-ssh"),
+        pytest.param("ssh://git@github.com/acme/models.git", "acme/models", id="ssh-url"),
+        pytest.param("/srv/git/models", None, id="local-path"),
+    ],
+)
+def test_parse_github_repo(remote: str, slug: str | None) -> None:
+    assert parse_github_repo(remote) == slug
+
+
+def test_settings_from_env_and_repr_hide_token() -> None:
+    s = GitHubSettings.from_env({"GITHUB_TOKEN": TOKEN}, repo="git@github.com:acme/models.git")
+    assert s is not None and (s.repo, s.token, s.api_url) == (REPO, TOKEN, "https://api.github.com")
+    assert TOKEN not in repr(s)
+    assert GitHubSettings.from_env({"GITHUB_TOKEN": TOKEN}, repo="/srv/git/models") is None
+
+
+# -- the REST API, served locally ------------------------------------------------------------------
+
+
+@dataclass
+class FakeGitHub:
+    """State of the stand-in API: PRs, statuses posted, issue comments; every request recorded."""
+
+    pulls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    statuses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, auth header
+    page_size: int = 2
+    fail_next: int | None = None
+    next_id: int = 100
+
+
+def make_handler(gh: FakeGitHub) -> type[BaseHTTPRequestHandler]:
+    prefix = f"/repos/{REPO}"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length) or b"null")
+
+        def _handle(self, method: str) -> None:
+            path, _, query = self.path.partition("?")
+            gh.requests.append((method, path, self.headers.get("Authorization")))
+            if gh.fail_next is not None:
+                status, gh.fail_next = gh.fail_next, None
+                self._send(status, {"message": "try later"})
+                return
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                self._send(401, {"message": "Bad credentials"})
+                return
+            parts = path.removeprefix(prefix).strip("/").split("/")
+            params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+            if method == "GET" and parts == ["pulls"]:
+                items = [p for p in gh.pulls.values() if p["state"] == "open"]
+                if "base" in params:
+                    items = [p for p in items if p["base"]["ref"] == params["base"]]
+                self._send(200, items)
+            elif method == "GET" and len(parts) == 2 and parts[0] == "pulls":
+                pr = gh.pulls.get(int(parts[1]))
+                self._send(200, pr) if pr else self._send(404, {"message": "Not Found"})
+            elif method == "POST" and len(parts) == 2 and parts[0] == "statuses":
+                gh.statuses.append((parts[1], self._body()))
+                self._send(201, {"id": len(gh.statuses)})
+            elif method == "GET" and len(parts) == 3 and parts[0] == "issues" and parts[2] == "comments":
+                items = gh.comments.get(int(parts[1]), [])
+                page = int(params.get("page", "1"))
+                chunk = items[(page - 1) * gh.page_size : page * gh.page_size]
+                headers = {}
+                if page * gh.page_size < len(items):
+                    host = self.headers["Host"]
+                    headers["Link"] = f'<http://{host}{path}?page={page + 1}>; rel="next"'
+                self._send(200, chunk, headers)
+            elif method == "POST" and len(parts) == 3 and parts[0] == "issues" and parts[2] == "comments":
+                gh.next_id += 1
+                comment = {"id": gh.next_id, "body": self._body()["body"]}
+                gh.comments.setdefault(int(parts[1]), []).append(comment)
+                self._send(201, comment)
+            elif method == "PATCH" and len(parts) == 3 and parts[:2] == ["issues", "comments"]:
+                for items in gh.comments.values():
+                    for c in items:
+                        if c["id"] == int(parts[2]):
+                            c["body"] = self._body()["body"]
+                            self._send(200, c)
+                            return
+                self._send(404, {"message": "Not Found"})
+            else:
+                self._send(404, {"message": "Not Found"})
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_POST(self) -> None:
+            self._handle("POST")
+
+        def do_PATCH(self) -> None:
+            self._handle("PATCH")
+
+    return Handler
+
+
+@pytest.fixture
+def github() -> Iterator[tuple[FakeGitHub, GitHubClient]]:
+    gh = FakeGitHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(gh))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    client = GitHubClient(GitHubSettings(repo=REPO, token=TOKEN, api_url=url, timeout=5))
+    try:
+        yield gh, client
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_pull_metadata(github: tuple[FakeGitHub, GitHubClient]) -> None:
+    gh, client = github
+    gh.pulls[7] = pull_request(7, labels=("preview",))
+    gh.pulls[8] = pull_request(8, head_repo="dev/models", head_fork=True, sha="c3" * 20)
+    gh.pulls[9] = pull_request(9, state="closed", merged=True)
+    gh.pulls[10] = pull_request(10, base_ref="release")
+    seven = client.get_pull(7)
+    assert (seven.state, seven.labels, seven.fork, seven.head_sha) == (PullRequestState.OPEN, ("preview",), False, SHA)
+    nine = client.get_pull(9)
+    assert (nine.state, nine.merged) == (PullRequestState.CLOSED, True)
+    assert [(p.number, p.fork) for p in client.list_open_pulls(base="main")] == [(7, False), (8, True)]
+    assert all(auth == f"Bearer {TOKEN}" for _, _, auth in gh.requests)
+    with pytest.raises(GitHubPermanentError, match="404"):
+        client.get_pull(11)
+
+
+def test_commit_status_pending_then_success(github: tuple[FakeGitHub, GitHubClient]) -> None:
+    gh, client = github
+    url = "http://chat-pr-7.localhost:8080"
+    client.set_status(SHA, CommitState.PENDING, "deploying chat-pr-7", target_url=url)
+    client.set_status(SHA, CommitState.SUCCESS, "chat-pr-7 is ready " + "x" * 200, target_url=url)
+    client.set_status(SHA, CommitState.FAILURE, "no preview: from a fork", context="tidegate/preview")
+    assert [(sha, body["state"], body["context"]) for sha, body in gh.statuses] == [
+        (SHA, "pending", "tidegate"),
+        (SHA, "success", "tidegate"),
+        (SHA, "failure", "tidegate/preview"),
+    ]
+    assert gh.statuses[0][1]["target_url"] == url
+    assert len(gh.statuses[1][1]["description"]) == 140
+    assert "target_url" not in gh.statuses[2][1]
+
+
+def test_plan_comment_created_then_updated_not_duplicated(github: tuple[FakeGitHub, GitHubClient]) -> None:
+    gh, client = github
+    # Other people's comments fill the first page: the marker search must follow pagination.
+    gh.comments[7] = [{"id": 1, "body": "LGTM"}, {"id": 2, "body": "nit"}, {"id": 3, "body": "ship it"}]
+    first = client.upsert_plan_comment(7, "### Plan\n1 to create")
+    second = client.upsert_plan_comment(7, "### Plan\n1 to update")
+    assert first == second
+    ours = [c for c in gh.comments[7] if PLAN_COMMENT_MARKER in c["body"]]
+    assert len(ours) == 1 and len(gh.comments[7]) == 4
+    assert ours[0]["body"] == f"{PLAN_COMMENT_MARKER}\n### Plan\n1 to update"
+    methods = [(m, p.rsplit("/", 2)[-2] if m == "PATCH" else "") for m, p, _ in gh.requests]
+    assert ("PATCH", "comments") in methods
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        pytest.param(502, GitHubTemporaryError, id="5xx-temporary"),
+        pytest.param(429, GitHubTemporaryError, id="rate-limited-temporary"),
+        pytest.param(422, GitHubPermanentError, id="invalid-permanent"),
+    ],
+)
+def test_errors_are_classified(github: tuple[FakeGitHub, GitHubClient], status: int, error: type[Exception]) -> None:
+    gh, client = github
+    gh.fail_next = status
+    with pytest.raises(error, match=str(status)):
+        client.set_status(SHA, CommitState.PENDING, "x")
+
+
+def test_bad_token_is_permanent_and_never_logged(
+    github: tuple[FakeGitHub, GitHubClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    gh, client = github
+    caplog.set_level(logging.DEBUG)
+    gh.pulls[7] = pull_request(7)
+    client.get_pull(7)
+    bad = GitHubClient(GitHubSettings(repo=REPO, token="wrong-token", api_url=client.settings.api_url))
+    try:
+        with pytest.raises(GitHubPermanentError, match="401") as err:
+            bad.get_pull(7)
+    finally:
+        bad.close()
+    assert "wrong-token" not in str(err.value)
+    assert TOKEN not in caplog.text and "wrong-token" not in caplog.text
+    assert TOKEN not in repr(client) and TOKEN not in repr(client.settings)
+
+
+def test_unreachable_api_is_temporary() -> None:
+    client = GitHubClient(GitHubSettings(repo=REPO, token=TOKEN, api_url="http://127.0.0.1:9", timeout=2))
+    try:
+        with pytest.raises(GitHubTemporaryError) as err:
+            client.get_pull(7)
+    finally:
+        client.close()
+    assert TOKEN not in str(err.value)
