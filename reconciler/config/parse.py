@@ -21,7 +21,7 @@ from .dstack_fields import DSTACK_ONLY_NESTED, DSTACK_ONLY_TOP, OTHER_TYPES, did
 from .errors import SUBLOC_KEY
 from .models import ModelSpec, PortMapping, RetrySpec, ScalingSpec, ServiceConfig
 from .resources import GpuSpec, ResourcesSpec
-from .yamldoc import Document, YamlSyntaxError, duplicate_keys, load_document, locate
+from .yamldoc import Document, Position, YamlSyntaxError, duplicate_keys, load_document, locate, node_position
 
 
 class FileKind(StrEnum):
@@ -69,11 +69,13 @@ class Collector:
         last = loc[-1] if loc else None
         if last is not None and (not shown or shown[-1] != last) and _FIELD_NAME.match(str(last)):
             shown.append(last)  # a missing or unknown key: name it even though it has no node
-        self.items.append(
-            Diagnostic(
-                self.path, position.line, position.column, ".".join(map(str, shown)), message, severity
-            )
-        )
+        self.add(shown, position, message, severity)
+
+    def add(
+        self, loc: Sequence[str | int], position: Position, message: str, severity: Severity = Severity.ERROR
+    ) -> None:
+        field = ".".join(map(str, loc))
+        self.items.append(Diagnostic(self.path, position.line, position.column, field, message, severity))
 
 
 _FIELD_NAME = re.compile(r"^([a-z_][a-z0-9_]*|\d+)$")
@@ -111,8 +113,8 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
         hint = did_you_mean(str(kind), ("service", *OTHER_TYPES)) if isinstance(kind, str) else ""
         message = "missing `type: service`" if kind is None else f"unknown type {kind!r}{hint}"
         out.at(("type",), message)
-    for loc, key in _duplicate_keys(doc):
-        out.at(loc, f"duplicate key {key!r} (YAML keeps only the last one)", key=True)
+    for loc, node in duplicate_keys(doc.node):
+        out.add(loc, node_position(node), f"duplicate key {loc[-1]!r} (YAML keeps only the last one)")
     raw = _drop_foreign_keys(data, out)
     for key, value in profile.items():
         raw.setdefault(key, value)  # the service file wins field by field
@@ -126,10 +128,6 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
         config = None
     kind_out = FileKind.SERVICE if config is not None else FileKind.INVALID
     return ParsedFile(kind_out, path, name, config, out.items)
-
-
-def _duplicate_keys(doc: Document) -> list[tuple[tuple[str | int, ...], str]]:
-    return [(loc, str(loc[-1])) for loc, _node in duplicate_keys(doc.node)]
 
 
 def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
