@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
+from reconciler.plan_markdown import PLAN_COMMENT_MARKER
 from reconciler.previews import PullRequestInfo, PullRequestState
 
 DEFAULT_API_URL = "https://api.github.com"
-PLAN_COMMENT_MARKER = "<!-- tidegate-plan -->"
 STATUS_CONTEXT = "tidegate"
 # GitHub rejects status descriptions longer than 140 characters.
 MAX_STATUS_DESCRIPTION = 140
