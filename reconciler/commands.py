@@ -1,0 +1,405 @@
+"""The runtime commands: `plan`, `apply`, `up`, `ps`, `logs`, `stop`, `start`.
+
+Each handler builds `Settings` once from its arguments (and the environment, read only there) and
+returns an exit code. Every command finds the state directory the same way, so `ps`, `logs`,
+`stop` and `start` in a second terminal act on a running `up`: reads need no lock (documents are
+replaced whole), and `stop`/`start` either take the lock when nobody holds it or drop a signal
+file that the running `up` applies on its next pass (woken at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.signals import send_signal
+from gateway.snapshot import read_snapshot
+from reconciler.errors import ReconcilerError, StateLockedError
+from reconciler.output import print_table, say
+from reconciler.records import ServiceRecord, StateDoc
+from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
+from reconciler.source import SourceError, read_source
+from reconciler.state import StateStore
+
+if TYPE_CHECKING:
+    from reconciler.engine import PassReport
+
+log = logging.getLogger("tidegate")
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("plan", help="show what apply would change (exit 0 none, 2 changes, 1 errors)")
+    add_common_options(p, gateway=True)
+    p.add_argument("--json", action="store_true", help="machine-readable plan")
+    p.set_defaults(func=cmd_plan)
+
+    p = subparsers.add_parser("apply", help="reconcile, wait for started replicas, exit")
+    add_common_options(p, gateway=True)
+    p.add_argument(
+        "--wait", type=float, default=300.0, metavar="SECONDS", help="max wait for replicas to settle (0: one pass)"
+    )
+    p.set_defaults(func=cmd_apply)
+
+    p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
+    add_common_options(p, gateway=True)
+    p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    p.set_defaults(func=cmd_up)
+
+    p = subparsers.add_parser("ps", help="services, revision, replicas, URL, status")
+    add_common_options(p, source=False, gateway=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ps)
+
+    p = subparsers.add_parser("logs", help="the last lines a service's replica wrote")
+    add_common_options(p, source=False)
+    p.add_argument("service")
+    p.add_argument("--replica", type=int, default=None, metavar="N", help="replica ordinal (default: first)")
+    p.add_argument("--lines", "-n", type=int, default=100)
+    p.add_argument("--follow", "-f", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    for name, text in (("stop", "stop a service until its config changes or `start`"), ("start", "undo `stop`")):
+        p = subparsers.add_parser(name, help=text)
+        add_common_options(p, source=False)
+        p.add_argument("service")
+        p.set_defaults(func=cmd_stop if name == "stop" else cmd_start)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return build_settings(args)
+
+
+def _fail(message: str) -> int:
+    say(f"error: {message}", stream=sys.stderr, style="red")
+    return EXIT_ERROR
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("apscheduler", "httpx", "httpcore", "watchfiles"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- plan / apply ----------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from reconciler import runtime
+    from reconciler.plan_output import plan_json, render_plan
+
+    try:
+        settings = _settings(args)
+        source = runtime.require_source(settings)
+        checkout = source.current()
+        engine = runtime.build_engine(settings, read_only=True)  # plan works beside a running `up`
+        result = engine.plan(runtime.to_snapshot(checkout))
+    except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(plan_json(result), indent=2))
+    else:
+        print(render_plan(result))
+    return int(result.exit_code)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler import runtime
+
+    _logging()
+    try:
+        settings = _settings(args)
+        source = runtime.require_source(settings)
+        checkout = source.current()
+        engine = runtime.build_engine(settings)
+        try:
+            engine.recover()
+            snapshot = runtime.to_snapshot(checkout)
+            report = engine.reconcile(snapshot)
+            deadline = time.monotonic() + args.wait
+            # Like `terraform apply`, wait for what was started to become ready (or fail); replicas
+            # keep running after exit either way.
+            while report.next_run_in is not None and time.monotonic() < deadline:
+                time.sleep(min(report.next_run_in, 2.0))
+                report = engine.reconcile(snapshot)
+        finally:
+            engine.close()
+    except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
+        return _fail(str(e))
+    print(render_report(report))
+    return EXIT_ERROR if report.errors else EXIT_OK
+
+
+def render_report(report: PassReport) -> str:
+    from reconciler.plan_output import symbol
+
+    p = report.plan
+    lines = [f"revision {str(report.revision or '-')[:12]}: {len(p.steps)} step(s) applied"]
+    for name in p.services():
+        lines.append(f"  {symbol(p.for_service(name))} {name}")
+    lines += [f"  error: {e}" for e in report.errors]
+    lines += [f"  note: {n}" for n in report.notes]
+    if report.next_run_in is not None:
+        lines.append("  (replicas are still starting: `tidegate ps` shows progress; `tidegate up` keeps going)")
+    return "\n".join(lines)
+
+
+# --- up --------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from reconciler import runtime
+    from reconciler.loop import Loop
+
+    _logging()
+    try:
+        settings = _settings(args)
+        source = runtime.require_source(settings)
+        engine = runtime.build_engine(settings)
+        engine.recover()  # takes the lock: a second `up` stops here, naming the holder
+    except StateLockedError as e:
+        return _fail(str(e))
+    except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
+        return _fail(str(e))
+
+    gateway: runtime.GatewayThread | None = None
+    loop: Loop | None = None
+    try:
+        if not args.no_gateway:
+            gateway = runtime.GatewayThread(settings)
+            if not gateway.start():
+                return _fail(f"gateway: {gateway.error}")
+        announced: list[frozenset[str]] = []
+
+        def on_report(report: PassReport) -> None:
+            # Tell the newcomer what to do once something answers, and again when more does.
+            ready = frozenset(n for n, r in read_snapshot(settings.state_dir).services.items() if r.upstreams)
+            if (not announced and (ready or report.next_run_in is None)) or (announced and ready - announced[-1]):
+                announced.append(ready)
+                print_next_steps(settings, gateway is not None)
+
+        signals: list[Loop] = []  # the pass drains signals through the loop built right after it
+        the_pass = runtime.Pass(engine, source, lambda: signals[0].take_signals(), on_report=on_report)
+        loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir)
+        signals.append(loop)
+        if hasattr(source, "watch"):
+            loop.add_watcher(source.watch(lambda: loop.wake("file saved"), loop.stop_event))
+        say(f"tidegate up: watching {source.describe()} (state {settings.state_dir}); Ctrl-C stops, replicas keep running")
+        loop.start()
+        loop.run()
+    finally:
+        if loop is not None:
+            loop.shutdown()
+        if gateway is not None:
+            gateway.stop()
+        engine.close()
+    say("tidegate stopped; replicas keep running (the next `tidegate up` adopts them)")
+    return EXIT_OK
+
+
+def print_next_steps(settings: Settings, gateway: bool) -> None:
+    """What a newcomer does next: each service URL, a token, a curl and an OpenAI SDK line."""
+    routes = read_snapshot(settings.state_dir)
+    lines = ["", "Services:"]
+    if not routes.services:
+        lines.append("  (none yet: push a .dstack.yml to the repo; `tidegate ps` shows progress)")
+    for name, route in sorted(routes.services.items()):
+        ready = len([u for u in route.upstreams if not u.draining])
+        model = f"  model {route.model.name}" if route.model else ""
+        lines.append(f"  {name:<16} {settings.service_url(name)}  ({ready} ready){model}")
+    if gateway:
+        base = settings.gateway_url
+        lines += [
+            "",
+            "Next:",
+            "  tidegate ps                                   # status of every service",
+            "  export TOKEN=$(tidegate token create me)       # an API token (shown once)",
+        ]
+        model_route = next((r for r in sorted(routes.services.values(), key=lambda r: r.name) if r.model), None)
+        if model_route is not None and model_route.model is not None:
+            m = model_route.model.name
+            body = json.dumps({"model": m, "messages": [{"role": "user", "content": "Hello!"}]})
+            lines += [
+                f"  curl -s {base}/v1/chat/completions -H \"Authorization: Bearer $TOKEN\" "
+                f"-H 'Content-Type: application/json' -d '{body}'",
+                f"  python -c \"import os, openai; c = openai.OpenAI(base_url='{base}/v1', api_key=os.environ['TOKEN']); "
+                f"print(c.chat.completions.create(model='{m}', messages=[{{'role': 'user', 'content': 'Hello!'}}])"
+                f".choices[0].message.content)\"",
+            ]
+        for name in sorted(routes.services)[:1]:
+            lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/services/{name}/")
+    say("\n".join(lines))
+
+
+# --- ps --------------------------------------------------------------------------------------
+
+
+def _load_doc(state_dir: Path) -> StateDoc:
+    return StateStore(state_dir).load()
+
+
+def service_rows(doc: StateDoc, settings: Settings) -> list[dict[str, Any]]:
+    routes = read_snapshot(settings.state_dir).services
+    rows = []
+    for name, rec in sorted(doc.services.items()):
+        route = routes.get(name)
+        ready = len([u for u in route.upstreams if not u.draining]) if route else 0
+        last = rec.scaling[-1] if rec.scaling else None
+        rows.append(
+            {
+                "name": name,
+                "revision": rec.revision,
+                "ready": ready,
+                "desired": rec.desired_count,
+                "url": settings.service_url(name) if route else None,
+                "status": str(rec.status) + (" (stopped)" if rec.stopped and str(rec.status) != "stopped" else ""),
+                "reason": rec.reason or _replica_reason(rec),
+                "scaling": f"{last.previous}->{last.count} {last.reason}" if last else None,
+                "replicas": [
+                    {"id": r.id, "phase": str(r.phase), "address": r.address, "error": r.last_error}
+                    for r in rec.replicas
+                ],
+            }
+        )
+    return rows
+
+
+def _replica_reason(rec: ServiceRecord) -> str:
+    for r in rec.replicas:
+        if r.last_error:
+            return f"{r.id}: {r.last_error}"
+    return ""
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+        doc = _load_doc(settings.state_dir)
+    except (SettingsError, ReconcilerError) as e:
+        return _fail(str(e))
+    rows = service_rows(doc, settings)
+    src = read_source(settings.state_dir)
+    if args.json:
+        print(json.dumps({"source": src, "services": rows}, indent=2))
+        return EXIT_OK
+    if src:
+        head = f"source {src.get('source')} at {str(src.get('revision') or '-')[:12]}"
+        if src.get("error"):
+            head += f"  (last fetch failed: {src['error']})"
+        say(head)
+    print_table(
+        ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING"],
+        [
+            [
+                r["name"],
+                (r["revision"] or "-")[:12],
+                f"{r['ready']}/{r['desired']}",
+                r["url"] or "-",
+                r["status"],
+                r["reason"] or "",
+                r["scaling"] or "",
+            ]
+            for r in rows
+        ],
+    )
+    return EXIT_OK
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from reconciler import runtime
+
+    try:
+        settings = _settings(args)
+        doc = _load_doc(settings.state_dir)
+        rec = doc.services.get(args.service)
+        if rec is None or not rec.replicas:
+            known = ", ".join(sorted(doc.services)) or "none"
+            return _fail(f"no replicas for service {args.service!r} (services: {known})")
+        replicas = sorted(rec.replicas, key=lambda r: (r.ordinal, -(r.created_at or 0)))
+        if args.replica is not None:
+            replicas = [r for r in replicas if r.ordinal == args.replica]
+            if not replicas:
+                return _fail(f"{args.service} has no replica {args.replica}")
+        replica = replicas[0]
+        registry = runtime.build_registry(settings, runtime.owner_of(settings.state_dir))
+        backend = registry.get(replica.backend)
+    except (SettingsError, ReconcilerError, runtime.RuntimeError_) as e:
+        return _fail(str(e))
+    except Exception as e:  # backend construction (cloud settings) failing is a user-facing error
+        return _fail(str(e))
+    seen = backend.logs(replica.id, lines=args.lines)
+    for line in seen:
+        print(line)
+    sys.stdout.flush()
+    while args.follow:
+        time.sleep(0.5)
+        current = backend.logs(replica.id, lines=max(args.lines, 200))
+        for line in new_lines(seen, current):
+            print(line)
+        sys.stdout.flush()
+        seen = current
+    return EXIT_OK
+
+
+def new_lines(previous: list[str], current: list[str]) -> list[str]:
+    """Lines of `current` after the longest overlap with the end of `previous` (tail -f over a
+    window of the last lines)."""
+    for size in range(min(len(previous), len(current)), 0, -1):
+        if previous[-size:] == current[:size]:
+            return current[size:]
+    return current if previous != current else []
+
+
+# --- stop / start ----------------------------------------------------------------------------
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _stop_start(args, "stop")
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _stop_start(args, "start")
+
+
+def _stop_start(args: argparse.Namespace, kind: str) -> int:
+    from reconciler import runtime
+
+    try:
+        settings = _settings(args)
+        doc = _load_doc(settings.state_dir)
+    except (SettingsError, ReconcilerError) as e:
+        return _fail(str(e))
+    if args.service not in doc.services:
+        known = ", ".join(sorted(doc.services)) or "none"
+        return _fail(f"unknown service {args.service!r} (services: {known})")
+    holder = StateStore(settings.state_dir).holder()
+    if holder is None:
+        try:
+            engine = runtime.build_engine(settings)
+            engine.recover()
+            try:
+                (engine.stop_service if kind == "stop" else engine.start_service)(args.service)
+            finally:
+                engine.close()
+            say(f"{args.service}: {'stopped' if kind == 'stop' else 'started (replicas come up on the next `up`/`apply`)'}")
+            return EXIT_OK
+        except StateLockedError as e:
+            holder = e.holder or "another process"  # someone started `up` meanwhile: ask it
+        except (ReconcilerError, runtime.RuntimeError_) as e:
+            return _fail(str(e))
+    send_signal(settings.state_dir, kind, {"service": args.service})
+    say(f"asked the running tidegate ({holder}) to {kind} {args.service}; `tidegate ps` shows the result")
+    return EXIT_OK

@@ -1,0 +1,173 @@
+"""Assembling a running reconciler from Settings: backends, engine, source, the pass, the gateway.
+
+Why a module of its own: `plan`, `apply`, `up`, `stop` and `start` all need the same wiring
+(installation id -> owner -> backends -> engine), and `up` adds the long-lived parts (the loop
+pass that fetches, applies queued stop/start signals and reconciles; the gateway server thread).
+Keeping that here leaves `commands.py` as argument parsing and printing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backends.base import BackendRegistry
+from reconciler.engine import Engine, EngineSettings, PassReport, Snapshot
+from reconciler.settings import Settings
+from reconciler.source import Checkout, Source, SourceError, make_source
+from reconciler.state import StateStore
+
+log = logging.getLogger("tidegate.runtime")
+
+
+class RuntimeError_(Exception):
+    """A command cannot run as asked (no --repo, unknown service); the message is for the user."""
+
+
+def owner_of(state_dir: Path) -> str:
+    return StateStore(state_dir).installation().id
+
+
+def build_registry(settings: Settings, owner: str) -> BackendRegistry:
+    """The local backend always; cloud backends when `--settings FILE` names them."""
+    from backends.local import LocalBackend
+
+    registry = BackendRegistry()
+    registry.register(LocalBackend(root=settings.state_dir / "replicas", owner=owner))
+    if settings.settings_file is not None:
+        from backends.settings import build_backends, load_settings
+
+        for backend in build_backends(load_settings(settings.settings_file), owner, settings.state_dir):
+            registry.register(backend)
+    return registry
+
+
+def build_engine(settings: Settings, read_only: bool = False) -> Engine:
+    """The engine over this state dir. Not read-only: takes the state-dir lock (StateLockedError
+    naming the holder when another process has it)."""
+    owner = owner_of(settings.state_dir)
+    engine_settings = EngineSettings(domain=settings.domain, allow_empty=settings.allow_empty, env=settings.env)
+    return Engine(settings.state_dir, build_registry(settings, owner), engine_settings, read_only=read_only)
+
+
+def to_snapshot(checkout: Checkout) -> Snapshot:
+    return Snapshot(revision=checkout.revision, root=checkout.root, config_path=checkout.config_path)
+
+
+def require_source(settings: Settings) -> Source:
+    if not settings.repo:
+        raise RuntimeError_("this command needs --repo URL|PATH (the git repository holding the service configs)")
+    try:
+        return make_source(settings.repo, settings.branch, settings.state_dir, settings.path, settings.watch)
+    except SourceError as e:
+        raise RuntimeError_(str(e)) from e
+
+
+@dataclass
+class Pass:
+    """The loop's job: apply queued stop/start signals, fetch, reconcile. Runs on one thread."""
+
+    engine: Engine
+    source: Source
+    take_signals: Callable[[], list[dict[str, Any]]]
+    on_report: Callable[[PassReport], None] | None = None
+    last: Checkout | None = None
+    source_error: str | None = None
+    reports: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self) -> float | None:
+        with self._lock:
+            for sig in self.take_signals():
+                self._apply_signal(sig)
+            try:
+                self.last = self.source.current()
+                self.source_error = None
+            except SourceError as e:
+                # Keep reconciling the last good revision: drift repair must not wait on the remote.
+                if self.source_error != str(e):
+                    log.warning("%s", e)
+                self.source_error = str(e)
+                if self.last is None:
+                    return None
+            report = self.engine.reconcile(to_snapshot(self.last))
+            self.reports += 1
+            if self.on_report is not None:
+                self.on_report(report)
+            return report.next_run_in
+
+    def _apply_signal(self, sig: dict[str, Any]) -> None:
+        kind, service = sig.get("kind"), sig.get("service")
+        if kind in ("stop", "start") and isinstance(service, str):
+            try:
+                if kind == "stop":
+                    self.engine.stop_service(service)
+                else:
+                    self.engine.start_service(service)
+                log.info("%s %s (asked from another terminal)", kind, service)
+            except Exception as e:  # an unknown name must not break the pass
+                log.warning("cannot %s %s: %s", kind, service, e)
+        elif kind == "demand" and isinstance(service, str):
+            self.engine.note_demand(service)
+
+
+class GatewayThread:
+    """The gateway's uvicorn server in a daemon thread of the `up` process (dies with it on kill -9,
+    so a restarted `up` can bind the port again)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def start(self, timeout: float = 15.0) -> bool:
+        import uvicorn
+
+        from gateway.settings import GatewaySettings
+
+        gw = GatewaySettings(
+            state_dir=self.settings.state_dir,
+            host=self.settings.listen_host,
+            port=self.settings.listen_port,
+            domain=self.settings.domain,
+        )
+        app = _gateway_app(gw)
+        config = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", lifespan="on", access_log=False)
+        self.server = uvicorn.Server(config)
+
+        def run() -> None:
+            try:
+                self.server.run()
+            except BaseException as e:  # bind failures end the thread; `up` reports it
+                self.error = f"{type(e).__name__}: {e}"
+
+        self.thread = threading.Thread(target=run, name="tidegate-gateway", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.started:
+                return True
+            if not self.thread.is_alive():
+                self.error = self.error or f"the gateway could not listen on {self.settings.listen}"
+                return False
+            time.sleep(0.05)
+        self.error = "the gateway did not start in time"
+        return False
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+
+def _gateway_app(gw: Any) -> Any:
+    from gateway.server import build_app
+
+    return build_app(gw)
