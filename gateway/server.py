@@ -58,6 +58,7 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
         "host": settings.host,
         "port": settings.port,
         "access_log": False,  # ours is structured and never includes tokens
+        "proxy_headers": False,  # clients must not rewrite the address we put in X-Forwarded-For
         "log_level": "warning",
         "lifespan": "on",
         "timeout_keep_alive": 30,
