@@ -21,13 +21,14 @@ from gateway.signals import send_signal
 from gateway.snapshot import read_snapshot
 from reconciler.errors import ReconcilerError, StateLockedError
 from reconciler.output import print_table, say
-from reconciler.records import ServiceRecord, StateDoc
+from reconciler.records import StateDoc
 from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
 from reconciler.source import SourceError, read_source
 from reconciler.state import StateStore
 
 if TYPE_CHECKING:
     from reconciler.engine import PassReport
+    from reconciler.view import ServiceView
 
 log = logging.getLogger("tidegate")
 
@@ -248,46 +249,52 @@ def _load_doc(state_dir: Path) -> StateDoc:
     return StateStore(state_dir).load()
 
 
-def service_rows(doc: StateDoc, settings: Settings) -> list[dict[str, Any]]:
-    routes = read_snapshot(settings.state_dir).services
+def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str, Any]]:
+    """`ps` rows (also its --json): status views plus the URL the gateway serves each at."""
     rows = []
-    for name, rec in sorted(doc.services.items()):
-        route = routes.get(name)
-        ready = len([u for u in route.upstreams if not u.draining]) if route else 0
-        last = rec.scaling[-1] if rec.scaling else None
+    for v in views:
+        reason = v.reason
+        for r in v.replicas:
+            if r.last_error and not reason:
+                reason = f"{r.id}: {r.last_error}"
         rows.append(
             {
-                "name": name,
-                "revision": rec.revision,
-                "ready": ready,
-                "desired": rec.desired_count,
-                "url": settings.service_url(name) if route else None,
-                "status": str(rec.status) + (" (stopped)" if rec.stopped and str(rec.status) != "stopped" else ""),
-                "reason": rec.reason or _replica_reason(rec),
-                "scaling": f"{last.previous}->{last.count} {last.reason}" if last else None,
+                "name": v.name,
+                "revision": v.revision,
+                "ready": v.ready,
+                "desired": 0 if v.stopped else v.desired,
+                "url": f"http://{v.host}:{settings.listen_port}" if v.host else None,
+                "status": v.status,
+                "reason": reason,
+                "scaling": v.last_scaling,
                 "replicas": [
-                    {"id": r.id, "phase": str(r.phase), "address": r.address, "error": r.last_error}
-                    for r in rec.replicas
+                    {
+                        "id": r.id,
+                        "ordinal": r.ordinal,
+                        "phase": r.phase,
+                        "current": r.current,
+                        "address": r.address,
+                        "attempts": r.attempts,
+                        "error": r.last_error,
+                        "log_tail": list(r.log_tail),
+                    }
+                    for r in v.replicas
                 ],
             }
         )
     return rows
 
 
-def _replica_reason(rec: ServiceRecord) -> str:
-    for r in rec.replicas:
-        if r.last_error:
-            return f"{r.id}: {r.last_error}"
-    return ""
-
-
 def cmd_ps(args: argparse.Namespace) -> int:
+    from reconciler import runtime
+
     try:
         settings = _settings(args)
-        doc = _load_doc(settings.state_dir)
+        engine = runtime.build_engine(settings, read_only=True)
+        views = engine.status()
     except (SettingsError, ReconcilerError) as e:
         return _fail(str(e))
-    rows = service_rows(doc, settings)
+    rows = service_rows(views, settings)
     src = read_source(settings.state_dir)
     if args.json:
         print(json.dumps({"source": src, "services": rows}, indent=2))
@@ -297,6 +304,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
         if src.get("error"):
             head += f"  (last fetch failed: {src['error']})"
         say(head)
+    if not rows:
+        say("no services deployed yet")
+        return EXIT_OK
     print_table(
         ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING"],
         [
@@ -312,6 +322,12 @@ def cmd_ps(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
+    for r in rows:
+        for rep in r["replicas"]:
+            if rep["log_tail"]:
+                say(f"last lines of {rep['id']}:")
+                for line in rep["log_tail"]:
+                    say(f"  | {line}")
     return EXIT_OK
 
 
