@@ -7,6 +7,10 @@ created, updated (with the fields that change, before and after), scaled or dele
 counts, the hourly price of the chosen cloud offer when there is one, and every config error —
 because a broken file in a PR is exactly what the comment must not hide.
 
+`baseline_plan` answers the question a PR comment asks when no production state is at hand (in CI):
+GitOps says production runs the base branch, so the PR's desired set is planned against records
+made from the base branch's desired set, every replica ready. That is exactly the PR's change.
+
 Pure: a PlanResult in, a string out. Nothing secret reaches it (env values are summarised by name
 and a salted hash upstream), and every user-supplied value is escaped for markdown tables.
 """
@@ -17,10 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reconciler.plan import Action, FieldChange, Plan
+from reconciler.plan import Action, Desired, FieldChange, Plan, Target, plan
+from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 if TYPE_CHECKING:
-    from reconciler.desired import DesiredService
+    from reconciler.desired import DesiredService, DesiredSet
     from reconciler.engine import PlanResult
 
 PLAN_COMMENT_MARKER = "<!-- tidegate-plan -->"
@@ -200,3 +205,29 @@ def _problems(result: PlanResult) -> list[str]:
            for name, path in sorted(desired.failed.items())]
     out += [f"`{cell(name, 63)}`: cannot be deployed: {cell(why, 300)}" for name, why in sorted(desired.blocked.items())]
     return out
+
+
+def baseline_plan(base: DesiredSet, head: DesiredSet, now: float = 0.0) -> Plan:
+    """The plan that takes a deployment of `base` (every replica ready, at minimum count) to `head`.
+    Services failing or blocked in `head` are kept as they are, as the engine would keep them."""
+    actual: dict[str, ServiceRecord] = {}
+    for name, d in base.services.items():
+        replicas = [
+            ReplicaRecord(
+                id=d.spec_for(i).replica_id, service=name, spec_hash=d.spec_hash, ordinal=i,
+                backend=d.backend, phase=ReplicaPhase.READY,
+            )
+            for i in range(d.min_replicas)
+        ]
+        actual[name] = ServiceRecord(
+            name=name, spec_hash=d.spec_hash, spec_summary=dict(d.summary), desired_count=d.min_replicas,
+            replicas=replicas,
+        )
+    targets: dict[str, Target] = {}
+    for name, d in head.services.items():
+        targets[name] = Target(name, d.spec_hash, d.min_replicas, summary=d.summary)
+    for name, why in [*head.failed.items(), *head.blocked.items()]:
+        if name in actual and name not in targets:
+            rec = actual[name]
+            targets[name] = Target(name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=why)
+    return plan(Desired(targets, prune=not head.empty), actual, now)

@@ -13,7 +13,7 @@ from reconciler.desired import DesiredSet, build_desired
 from reconciler.engine import PlanResult
 from reconciler.loader import load_tree
 from reconciler.plan import Action, Desired, Plan, Step, Target, plan
-from reconciler.plan_markdown import PLAN_COMMENT_MARKER, cell, render, rows
+from reconciler.plan_markdown import PLAN_COMMENT_MARKER, baseline_plan, cell, render, rows
 from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 GOLDEN = Path(__file__).parent / "golden" / "plan.md"
@@ -127,3 +127,41 @@ def test_no_changes() -> None:
 )
 def test_cell(value: str | None, expected: str) -> None:
     assert cell(value) == expected
+
+
+def _desired(root: Path, files: dict[str, str]) -> DesiredSet:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return build_desired(
+        load_tree(root), revision=root.name, workdir=str(root), env={}, salt="s", backends=["local"]
+    )
+
+
+def test_baseline_plan_is_the_pr_diff(tmp_path: Path) -> None:
+    """In CI there is no production state: plan the PR against the base branch as if deployed."""
+    chat = FILES["chat/.dstack.yml"].replace("replicas: 2\n", "")
+    embed = FILES["embed/.dstack.yml"]
+    base = _desired(tmp_path / "base", {"chat/.dstack.yml": chat, "embed/.dstack.yml": embed,
+                                        "old/.dstack.yml": embed.replace("embed", "old")})
+    head = _desired(tmp_path / "head", {
+        "chat/.dstack.yml": chat + "replicas: 3\n",
+        "embed/.dstack.yml": embed,
+        "new/.dstack.yml": embed.replace("embed", "new"),
+    })
+    p = baseline_plan(base, head)
+    assert [(r.verb, r.name, r.replicas, r.changed) for r in rows(p, head.services)] == [
+        ("update", "chat", "1 → 3", ("replicas",)),
+        ("create", "new", "1", ()),
+        ("delete", "old", "-", ()),
+    ]
+    assert baseline_plan(head, head).empty
+
+
+def test_baseline_plan_keeps_a_service_whose_file_broke(tmp_path: Path) -> None:
+    embed = FILES["embed/.dstack.yml"]
+    base = _desired(tmp_path / "base", {"embed/.dstack.yml": embed})
+    head = _desired(tmp_path / "head", {"embed/.dstack.yml": embed + "replicas: 1..3\n"})
+    assert "embed" in head.failed
+    p = baseline_plan(base, head)
+    assert p.empty and any("embed" in n for n in p.notes)
