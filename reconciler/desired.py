@@ -6,8 +6,9 @@ route. Pure: values in, values out (env values come in as a mapping; nothing rea
 
 - A bare `KEY` takes its value from `env` (process env + --env-file, built by the caller). A missing
   value blocks that one service with a message naming the variable; others go on.
-- The spec hash covers the config's own hash, the backend and a *salted* hash of the resolved env
-  values, so changing a secret rolls the replicas while the value itself is never stored.
+- The spec hash covers the config minus routing-only fields (replicas, scaling, auth, model: those
+  change the count or the gateway, not what runs), the backend and a *salted* hash of the resolved
+  env values, so changing a secret rolls the replicas while the value itself is never stored.
 - A file that failed validation keeps its service as it is (`failed`), reported, never deleted.
 """
 
@@ -83,6 +84,18 @@ def resolve_env(
         else:
             missing.append(k)
     return out, missing
+
+
+# Fields that change routing or the replica count but not what a replica runs: changing them
+# must not roll the replicas (the loader's own spec_hash covers the whole file).
+ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model"})
+
+
+def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str) -> str:
+    """What a replica runs: the config minus routing-only fields, the backend, and the env digest."""
+    config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
+    payload = {"config": config, "env": env_hash, "backend": backend}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def choose_backend(
@@ -167,9 +180,7 @@ def build_desired(
             blocked[name] = why
             continue
         env_hash = env_values_hash(salt, resolved)
-        spec_hash = hashlib.sha256(
-            json.dumps({"config": ls.spec_hash, "env": env_hash, "backend": backend}, sort_keys=True).encode()
-        ).hexdigest()
+        spec_hash = replica_spec_hash(ls, env_hash, backend)
         requirements: Requirements = c.requirements()
         template = ReplicaSpec(
             replica_id="",

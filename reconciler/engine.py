@@ -392,7 +392,7 @@ class Engine:
                     except Exception:  # logs are a courtesy; never fail ps over them
                         logs[r.id] = ()
         views = status_views(doc, logs)
-        return [replace(v, last_scaling=self._scaling_reason.get(v.name, v.last_scaling)) for v in views]
+        return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
 
     def reconcile(self, snapshot: SnapshotLike | None = None) -> PassReport:
         """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order)."""

@@ -188,7 +188,7 @@ def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> 
         pending = any(r.phase is not ReplicaPhase.READY for r in cur)
         if out_ready and missing > deficit and not pending and deficit == 0:
             o = next(free)
-            old = out_ready[0]
+            old = next((r for r in out_ready if r.ordinal == o), out_ready[0])
             steps.append(
                 Step(
                     Action.REPLACE_REPLICA,
@@ -201,8 +201,11 @@ def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> 
             )
 
     # Retire outdated replicas once enough current ones are ready to carry the count.
-    ready_cur = sum(1 for r in cur if r.phase is ReplicaPhase.READY)
-    surplus = ready_cur + len(out_ready) - n
+    # Those whose ordinal a ready new replica took over go first.
+    ready_cur = [r for r in cur if r.phase is ReplicaPhase.READY]
+    taken = {r.ordinal for r in ready_cur}
+    out_ready.sort(key=lambda r: (r.ordinal not in taken, usefulness(r, t.spec_hash)))
+    surplus = len(ready_cur) + len(out_ready) - n
     for r in out_ready[: max(0, min(surplus, len(out_ready)))]:
         steps.append(
             Step(Action.DRAIN_REPLICA, t.name, r.id, r.ordinal, reason="replaced by a ready new replica")

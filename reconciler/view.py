@@ -40,8 +40,9 @@ class ServiceView:
     desired: int
     host: str | None
     stopped: bool
-    last_scaling: str | None
+    last_scaling: str | None  # the last recorded change of the replica count, with its reason
     replicas: tuple[ReplicaView, ...]
+    scaling_now: str | None = None  # the autoscaler's latest decision (only known to the owner)
 
 
 def build_routes(doc: StateDoc, domain: str) -> RoutesSnapshot:

@@ -1,0 +1,83 @@
+"""desired_replicas(): table tests with injected time, and the gateway stats reader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reconciler.autoscale import ScalingPolicy, ServiceStats, desired_replicas
+from reconciler.stats import read_stats
+
+POLICY = ScalingPolicy(min=1, max=4, target=10, scale_up_delay=300, scale_down_delay=600, window=60)
+ZERO = ScalingPolicy(min=0, max=3, target=5, scale_up_delay=300, scale_down_delay=600, window=60)
+NOW = 10_000.0
+
+
+def rps(r60: float, held: int = 0, r30: float = 0.0) -> ServiceStats:
+    return ServiceStats(rps_30=r30, rps_60=r60, held=held)
+
+
+CASES = [
+    pytest.param(POLICY, rps(0), 1, None, False, 1, "steady", id="idle-at-min"),
+    pytest.param(POLICY, rps(25), 1, None, False, 3, "scale up 1 -> 3", id="ceil-rps-over-target"),
+    pytest.param(POLICY, rps(20), 1, None, False, 2, "scale up", id="exact-multiple-no-extra"),
+    pytest.param(POLICY, rps(1000), 1, None, False, 4, "scale up 1 -> 4", id="clamped-to-max"),
+    pytest.param(POLICY, rps(25), 1, NOW - 100, False, 1, "waiting for scale_up_delay", id="up-waits-for-delay"),
+    pytest.param(POLICY, rps(25), 1, NOW - 300, False, 3, "scale up", id="up-after-delay"),
+    pytest.param(POLICY, rps(5), 3, NOW - 599, False, 3, "waiting for scale_down_delay", id="down-waits-for-delay"),
+    pytest.param(POLICY, rps(5), 3, NOW - 600, False, 1, "scale down 3 -> 1", id="down-after-delay"),
+    pytest.param(POLICY, rps(0), 0, NOW, False, 1, "outside the range", id="below-min-fixed-at-once"),
+    pytest.param(POLICY, rps(0), 9, NOW, False, 4, "outside the range", id="above-max-fixed-at-once"),
+    pytest.param(ZERO, rps(0), 1, NOW - 600, False, 0, "scale down 1 -> 0", id="scale-to-zero-after-delay"),
+    pytest.param(ZERO, rps(0), 1, NOW - 10, False, 1, "waiting", id="no-zero-before-delay"),
+    pytest.param(ZERO, rps(0, held=2), 0, NOW - 1, False, 1, "scale from zero: 2 request(s) waiting", id="held-wakes"),
+    pytest.param(ZERO, rps(0), 0, NOW - 1, True, 1, "scale from zero", id="demand-signal-wakes"),
+    pytest.param(ZERO, rps(12), 0, NOW - 1, False, 3, "scale from zero", id="from-zero-ignores-up-delay"),
+    pytest.param(ZERO, rps(12, held=1), 0, NOW, False, 3, "scale from zero", id="held-uses-rps-when-higher"),
+    pytest.param(ZERO, rps(0), 0, None, False, 0, "steady at 0", id="zero-stays-zero-without-requests"),
+    pytest.param(
+        ScalingPolicy(min=1, max=4, target=10, window=30), rps(0, r30=35), 1, None, False, 4, "over 30s",
+        id="window-30-uses-rps-30",
+    ),
+]
+
+
+@pytest.mark.parametrize(("policy", "stats", "current", "last", "demand", "count", "reason"), CASES)
+def test_desired_replicas(
+    policy: ScalingPolicy, stats: ServiceStats, current: int, last: float | None, demand: bool, count: int, reason: str
+) -> None:
+    d = desired_replicas(policy, stats, current, last, NOW, demand=demand)
+    assert d.count == count
+    assert reason in d.reason
+
+
+def test_reason_names_rps_and_target() -> None:
+    d = desired_replicas(POLICY, rps(25), 1, None, NOW)
+    assert "rps 25.00" in d.reason and "target 10" in d.reason
+
+
+def test_no_stats_means_no_traffic() -> None:
+    assert desired_replicas(POLICY, None, 2, NOW - 601, NOW).count == 1
+
+
+def _write(folder: Path, pid: int, at: float, services: dict[str, dict[str, object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"stats-{pid}.json").write_text(json.dumps({"pid": pid, "at": at, "services": services}))
+
+
+def test_read_stats_sums_workers_and_ignores_stale(tmp_path: Path) -> None:
+    g = tmp_path / "gateway"
+    _write(g, 1, NOW - 1, {"web": {"rps_60": 2.0, "in_flight": 1, "held": 0, "per_upstream_in_flight": {"r0": 1}}})
+    _write(g, 2, NOW - 2, {"web": {"rps_60": 3.5, "in_flight": 2, "held": 1, "per_upstream_in_flight": {"r0": 2}}})
+    _write(g, 3, NOW - 60, {"web": {"rps_60": 100.0}})  # a dead worker's leftovers
+    (g / "stats-4.json").write_text("{torn")
+    stats = read_stats(tmp_path, NOW, max_age=10)
+    assert stats["web"].rps_60 == pytest.approx(5.5)
+    assert stats["web"].in_flight == 3 and stats["web"].held == 1
+    assert dict(stats["web"].per_upstream_in_flight) == {"r0": 3}
+
+
+def test_read_stats_without_folder(tmp_path: Path) -> None:
+    assert read_stats(tmp_path, NOW) == {}

@@ -1,0 +1,402 @@
+"""The engine end to end on a recording fake backend: passes, reliability rules, recovery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakes import FakeBackend, FakeProber
+
+from backends.base import BackendRegistry, PermanentError, TemporaryError
+from gateway.snapshot import read_snapshot
+from reconciler import apply as apply_mod
+from reconciler.autoscale import ServiceStats
+from reconciler.engine import Engine, EngineSettings, Snapshot
+from reconciler.journal import Journal, Op
+from reconciler.naming import parse_replica_id
+from reconciler.records import ReplicaPhase, ServiceStatus
+
+SECRET = "s3cr3t-value-0f-the-token"
+
+WEB = """\
+type: service
+name: web
+python: "3.11"
+env:
+  - SECRET_TOKEN
+  - MODE=prod
+commands:
+  - {cmd}
+port: 8000
+"""
+API = """\
+type: service
+name: api
+python: "3.11"
+commands:
+  - python -m http.server 8000
+port: 8000
+replicas: {replicas}
+{scaling}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Repo:
+    """Config revisions as snapshot directories (what the source hands the engine)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.n = 0
+
+    def commit(self, files: dict[str, str]) -> Snapshot:
+        self.n += 1
+        root = self.base / f"rev{self.n}"
+        root.mkdir(parents=True)
+        for name, text in files.items():
+            (root / name).write_text(text)
+        return Snapshot(revision=f"{self.n:040x}", root=root)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    try:
+        yield w
+    finally:
+        w.engine.close()
+
+
+class World:
+    def __init__(self, tmp: Path, **settings: object) -> None:
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.clock = Clock()
+        self.backend = FakeBackend()
+        self.prober = FakeProber()
+        self.stats: dict[str, ServiceStats] = {}
+        self.repo = Repo(tmp / "repo")
+        self.settings = EngineSettings(env={"SECRET_TOKEN": SECRET}, drain_min=2, drain_grace=30, **settings)  # type: ignore[arg-type]
+        self.engine = self.open()
+
+    def open(self) -> Engine:
+        return Engine(
+            self.state, BackendRegistry({"local": self.backend}), self.settings, clock=self.clock,
+            stats=lambda: self.stats, prober=self.prober,
+        )
+
+    def reopen(self, **settings: object) -> None:
+        self.engine.close()
+        if settings:
+            self.settings = EngineSettings(**{**self.settings.__dict__, **settings})  # type: ignore[arg-type]
+        self.engine = self.open()
+
+    def converge(self, snap: Snapshot | None, passes: int = 12, step: float = 1.0) -> None:
+        for _ in range(passes):
+            report = self.engine.reconcile(snap)
+            self.clock.t += step
+            if report.plan.empty and not any(
+                r.phase in (ReplicaPhase.PROVISIONING, ReplicaPhase.DRAINING, ReplicaPhase.FAILED)
+                for s in self.engine.doc.services.values() for r in s.replicas
+            ):
+                return
+
+    def upstreams(self, name: str) -> list[str]:
+        snap = read_snapshot(self.state)
+        route = snap.services.get(name)
+        return [u.replica_id for u in route.upstreams if not u.draining] if route else []
+
+
+def web(cmd: str = "python -m http.server 8000") -> str:
+    return WEB.format(cmd=cmd)
+
+
+def api(replicas: str = "1", scaling: str = "") -> str:
+    return API.format(replicas=replicas, scaling=scaling)
+
+
+def test_create_then_ready_then_routed_and_idle_passes_do_nothing(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api("2")})
+    first = world.engine.reconcile(snap)
+    assert sorted(s.action.value for s in first.plan.steps).count("add_replica") == 3
+    assert world.upstreams("web") == []  # not probed yet: not routed
+    world.clock.t += 1
+    world.engine.reconcile(snap)
+    assert len(world.upstreams("api")) == 2 and len(world.upstreams("web")) == 1
+    route = read_snapshot(world.state).services["web"]
+    assert route.host == "web.localhost" and route.auth is True
+    calls = len(world.backend.calls)
+    idle = world.engine.reconcile(snap)
+    assert idle.plan.empty and not idle.wrote_state and not idle.wrote_routes
+    assert [op for op, _ in world.backend.calls[calls:]] == ["list_owned"], "an idle pass only looks"
+    assert world.engine.doc.services["web"].status is ServiceStatus.RUNNING
+
+
+def test_secret_values_never_reach_the_state_dir(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    rid = world.backend.running("web")[0]
+    assert world.backend.specs[rid].env["SECRET_TOKEN"] == SECRET  # the replica gets it ...
+    for path in world.state.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), f"secret leaked into {path}"  # ... nothing else
+    assert world.engine.doc.services["web"].env_names == ["MODE", "SECRET_TOKEN"]
+
+
+def test_secret_change_rolls_the_replicas(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    before = world.backend.running("web")
+    world.reopen(env={"SECRET_TOKEN": "rotated"})
+    world.converge(snap)
+    after = world.backend.running("web")
+    assert before != after and len(after) == 1
+
+
+def test_rolling_update_keeps_serving_until_new_is_ready(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    [old] = world.backend.running("web")
+    snap2 = world.repo.commit({"web.dstack.yml": web("python -m http.server 8000 --bind 0.0.0.0")})
+    report = world.engine.reconcile(snap2)
+    [step] = report.plan.steps
+    assert step.action.value == "replace_replica" and step.replaces == old
+    assert [c.field for c in report.plan.changes["web"]] == ["commands"]
+    [new] = [r for r in world.backend.running("web") if r != old]
+    world.prober.unready.add(new)
+    world.clock.t += 1
+    world.engine.reconcile(snap2)
+    assert world.upstreams("web") == [old], "old serves while the new one is not ready"
+    world.prober.unready.clear()
+    world.clock.t += 1
+    world.engine.reconcile(snap2)  # new ready -> old drained
+    snapshot = read_snapshot(world.state).services["web"]
+    assert {(u.replica_id, u.draining) for u in snapshot.upstreams} == {(old, True), (new, False)}
+    world.clock.t += 3
+    world.engine.reconcile(snap2)
+    assert world.backend.running("web") == [new] and world.upstreams("web") == [new]
+
+
+def test_bad_config_keeps_the_running_service(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api()})
+    world.converge(snap)
+    running = world.backend.running()
+    broken = world.repo.commit({"web.dstack.yml": web() + "bogus_key: 1\n", "api.dstack.yml": api("2")})
+    world.converge(broken)
+    assert set(running) <= set(world.backend.running())
+    assert len(world.backend.running("api")) == 2, "the other service goes on"
+    rec = world.engine.doc.services["web"]
+    assert rec.status is ServiceStatus.KEPT and "web.dstack.yml has errors" in rec.reason
+    assert world.upstreams("web"), "still routed"
+    assert world.engine.plan(broken).exit_code == 1
+
+
+def test_removing_a_file_deletes_only_that_service(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api()})
+    world.converge(snap)
+    world.converge(world.repo.commit({"api.dstack.yml": api()}))
+    assert world.backend.running("web") == [] and len(world.backend.running("api")) == 1
+    assert "web" not in world.engine.doc.services and "web" not in read_snapshot(world.state).services
+
+
+def test_empty_commit_prunes_nothing_unless_allowed(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    empty = world.repo.commit({"README.md": "nothing here"})
+    report = world.engine.reconcile(empty)
+    assert report.plan.empty and any("no services" in n for n in report.notes)
+    assert len(world.backend.running("web")) == 1
+    world.reopen(allow_empty=True)
+    world.converge(empty)
+    assert world.backend.running() == []
+
+
+def test_missing_bare_env_blocks_only_that_service(world: World) -> None:
+    world.reopen(env={})
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api()})
+    world.converge(snap)
+    assert world.backend.running("web") == [] and len(world.backend.running("api")) == 1
+    [row] = [v for v in world.engine.status() if v.name == "web"]
+    assert row.status == "blocked" and "SECRET_TOKEN" in row.reason and "--env-file" in row.reason
+    result = world.engine.plan(snap)
+    assert result.exit_code == 1 and "web" in result.desired.blocked  # type: ignore[union-attr]
+
+
+def test_failed_replica_restarts_with_exponential_backoff(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    [rid] = world.backend.running("web")
+    delays = []
+    for _ in range(3):
+        world.backend.crash(rid)
+        world.engine.reconcile(snap)
+        r = world.engine.doc.services["web"].replica(rid)
+        assert r is not None and r.phase is ReplicaPhase.FAILED and r.next_attempt_at is not None
+        delays.append(r.next_attempt_at - world.clock.t)
+        creates = len(world.backend.creates())
+        world.engine.reconcile(snap)
+        assert len(world.backend.creates()) == creates, "not restarted before its backoff"
+        world.clock.t = r.next_attempt_at
+        world.engine.reconcile(snap)
+        assert len(world.backend.creates()) == creates + 1
+        world.prober.unready.add(rid)  # it keeps failing to come up healthy, then crashes again
+        world.clock.t += 1
+    assert delays == [2.0, 4.0, 8.0]
+    rows = world.engine.status()
+    assert rows[0].replicas[0].attempts == 3
+
+
+def test_fixed_count_replaces_a_dead_replica(world: World) -> None:
+    snap = world.repo.commit({"api.dstack.yml": api("3")})
+    world.converge(snap)
+    victim = world.backend.running("api")[1]
+    world.backend.replicas.pop(victim)  # vanished (machine gone)
+    world.converge(snap, step=5)
+    assert len(world.backend.running("api")) == 3
+
+
+def test_permanent_error_stalls_one_service_temporary_backs_off(world: World) -> None:
+    world.backend.create_errors["web"] = PermanentError("python 3.11 is not installed")
+    world.backend.create_errors["api"] = TemporaryError("busy")
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api()})
+    report = world.engine.reconcile(snap)
+    assert {o.service: o.permanent for o in report.outcomes if o.error} == {"web": True, "api": False}
+    world.clock.t += 1
+    creates = len(world.backend.creates())
+    world.engine.reconcile(snap)
+    assert len(world.backend.creates()) == creates, "stalled and backing-off services wait"
+    assert world.engine.doc.services["web"].status is ServiceStatus.STALLED
+    del world.backend.create_errors["api"]
+    world.clock.t += 10
+    world.converge(snap)
+    assert len(world.backend.running("api")) == 1 and world.backend.running("web") == []
+    del world.backend.create_errors["web"]
+    world.converge(world.repo.commit({"web.dstack.yml": web("echo fixed"), "api.dstack.yml": api()}))
+    assert len(world.backend.running("web")) == 1, "a new spec un-stalls it"
+
+
+def test_autoscale_up_and_down_with_recorded_reasons(world: World) -> None:
+    scaling = "scaling:\n  metric: rps\n  target: 10\n  scale_up_delay: 5\n  scale_down_delay: 20\n"
+    snap = world.repo.commit({"api.dstack.yml": api("1..3", scaling)})
+    world.converge(snap)
+    assert len(world.backend.running("api")) == 1
+    world.stats["api"] = ServiceStats(rps_60=25)
+    world.clock.t += 10
+    world.converge(snap)
+    assert len(world.backend.running("api")) == 3
+    rec = world.engine.doc.services["api"]
+    assert rec.scaling[-1].count == 3 and "rps 25.00" in rec.scaling[-1].reason
+    world.stats["api"] = ServiceStats(rps_60=0)
+    world.engine.reconcile(snap)
+    assert world.engine.doc.services["api"].desired_count == 3, "down waits for scale_down_delay"
+    world.clock.t += 21
+    world.converge(snap, step=3)
+    assert len(world.backend.running("api")) == 1
+    assert "scale down 3 -> 1" in (world.engine.status()[0].last_scaling or "")
+
+
+def test_scale_to_zero_and_wake_on_demand(world: World) -> None:
+    scaling = "scaling:\n  metric: rps\n  target: 5\n  scale_down_delay: 10\n"
+    snap = world.repo.commit({"api.dstack.yml": api("0..2", scaling)})
+    world.converge(snap)
+    assert world.backend.running("api") == [] and "api" in read_snapshot(world.state).services
+    world.engine.note_demand("api")
+    world.converge(snap)
+    assert len(world.backend.running("api")) == 1 and world.upstreams("api")
+    world.clock.t += 11
+    world.converge(snap, step=3)
+    assert world.backend.running("api") == []
+    assert read_snapshot(world.state).services["api"].min_replicas == 0
+
+
+def test_stop_holds_until_start(world: World) -> None:
+    snap = world.repo.commit({"api.dstack.yml": api()})
+    world.converge(snap)
+    world.engine.stop_service("api")
+    world.converge(snap, step=3)
+    assert world.backend.running("api") == [] and world.engine.status()[0].status == "stopped"
+    world.engine.start_service("api")
+    world.converge(snap)
+    assert len(world.backend.running("api")) == 1
+
+
+def test_plan_is_read_only_and_exit_codes(world: World) -> None:
+    snap = world.repo.commit({"api.dstack.yml": api("2")})
+    result = world.engine.plan(snap)
+    assert result.exit_code == 2 and len(result.plan.steps) == 3
+    assert world.backend.creates() == [] and not (world.state / "state.json").exists()
+    world.converge(snap)
+    assert world.engine.plan(snap).exit_code == 0
+    reader = Engine(world.state, BackendRegistry({"local": world.backend}), world.settings, read_only=True)
+    assert [v.name for v in reader.status()] == ["api"]
+    assert reader.plan(None).plan.empty, "no snapshot: plans from the last applied revision"
+
+
+def test_recovery_adopts_a_replica_created_before_the_crash(world: World) -> None:
+    snap = world.repo.commit({"api.dstack.yml": api()})
+    world.engine.reconcile(snap)
+    [rid] = world.backend.running("api")
+    world.engine.close()
+    # The crash: the replica exists and the journal says "create" with no outcome, state lost it.
+    (world.state / "state.json").unlink()
+    (world.state / "journal.jsonl").unlink()
+    Journal(world.state).intent(Op.CREATE, rid, "api", "local", world.clock.t)
+    world.engine = world.open()
+    done = world.engine.recover()
+    assert any("adopted" in d for d in done)
+    world.converge(snap)
+    assert world.backend.creates() == [rid], "not started a second time"
+    assert world.backend.running("api") == [rid]
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("point", apply_mod.FAULT_POINTS)
+def test_crash_at_every_fault_point_converges_without_duplicates(
+    world: World, point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api("2")})
+    world.converge(snap)
+    update = world.repo.commit({"web.dstack.yml": web("echo v2"), "api.dstack.yml": api("1")})
+    hits = {"n": 0}
+
+    def die(self: apply_mod.FaultHook, name: str) -> None:
+        if name == point:
+            hits["n"] += 1
+            if hits["n"] == 1:
+                raise Crash(point)
+
+    monkeypatch.setattr(apply_mod.FaultHook, "__call__", die)
+    with pytest.raises(Crash):
+        world.converge(update)
+    monkeypatch.undo()
+    world.engine.store.release()  # the dead process's lock goes with it
+    world.engine = world.open()
+    world.engine.recover()
+    world.converge(update, passes=20, step=3)
+    running = world.backend.running()
+    names = sorted(parse_replica_id(r).service_part for r in running)  # type: ignore[union-attr]
+    assert names == ["api", "web"]
+    assert world.engine.doc.services["web"].spec_hash[:8] in running[1]
+    recorded = sorted(r.id for s in world.engine.doc.services.values() for r in s.replicas)
+    assert recorded == running, "state and backend agree: nothing leaked, nothing forgotten"
+    assert sorted(u for n in ("api", "web") for u in world.upstreams(n)) == running
+
+
+def test_routes_and_status_files_are_plain_json(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    state = json.loads((world.state / "state.json").read_text())
+    assert state["schema_version"] == 1 and state["serial"] >= 1 and state["lineage"]
+    assert state["services"]["web"]["replicas"][0]["phase"] == "ready"

@@ -1,0 +1,160 @@
+"""plan(desired, actual, now): table tests over a pure function (no I/O, time injected)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.naming import replica_id
+from reconciler.plan import Action, Desired, Plan, Target, plan
+from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
+
+OLD = "a" * 64
+NEW = "b" * 64
+NOW = 1000.0
+R, P, F, D = ReplicaPhase.READY, ReplicaPhase.PROVISIONING, ReplicaPhase.FAILED, ReplicaPhase.DRAINING
+
+
+def rep(ordinal: int, phase: ReplicaPhase = R, spec: str = OLD, **kw: object) -> ReplicaRecord:
+    return ReplicaRecord(
+        id=replica_id("web", spec, ordinal), service="web", spec_hash=spec, ordinal=ordinal, backend="local",
+        phase=phase, **kw,  # type: ignore[arg-type]
+    )
+
+
+def svc(*replicas: ReplicaRecord, spec: str = OLD) -> dict[str, ServiceRecord]:
+    return {"web": ServiceRecord(name="web", spec_hash=spec, replicas=list(replicas))}
+
+
+def want(count: int, spec: str = OLD, **kw: object) -> Desired:
+    return Desired({"web": Target("web", spec, count, **kw)})  # type: ignore[arg-type]
+
+
+def short(p: Plan) -> list[str]:
+    """Steps as compact strings: action:ordinal(hash-letter)[>replaced ordinal]."""
+    out = []
+    for s in p.steps:
+        if s.replica is None:
+            out.append(f"{s.action}:{s.service}")
+            continue
+        letter = s.replica.split("-")[1][0]
+        text = f"{s.action}:{s.ordinal}{letter}"
+        if s.replaces:
+            text += ">" + s.replaces.split("-")[2] + s.replaces.split("-")[1][0]
+        out.append(text)
+    return out
+
+
+A, ADD, REP, RST, DRN, RM = (
+    Action.CREATE_SERVICE, Action.ADD_REPLICA, Action.REPLACE_REPLICA, Action.RESTART_REPLICA,
+    Action.DRAIN_REPLICA, Action.REMOVE_REPLICA,
+)
+
+CASES = [
+    pytest.param(want(2), {}, ["create_service:web", "add_replica:0a", "add_replica:1a"], id="new-service"),
+    pytest.param(want(0), {}, ["create_service:web"], id="new-service-at-zero-keeps-route"),
+    pytest.param(want(2), svc(rep(0), rep(1)), [], id="converged-nothing-to-do"),
+    pytest.param(want(2), svc(rep(0), rep(1, P)), [], id="provisioning-counts-no-duplicate"),
+    pytest.param(want(3), svc(rep(0)), ["add_replica:1a", "add_replica:2a"], id="scale-up-adds-all-at-once"),
+    pytest.param(want(1), svc(rep(0), rep(1)), ["drain_replica:1a"], id="scale-down-drains-highest-ordinal"),
+    pytest.param(
+        want(1), svc(rep(0, in_flight=5), rep(1, in_flight=1)), ["drain_replica:1a"], id="scale-down-fewest-in-flight"
+    ),
+    pytest.param(want(1), svc(rep(0), rep(1, P)), ["remove_replica:1a"], id="scale-down-removes-not-ready-first"),
+    pytest.param(
+        want(1), svc(rep(0, F, next_attempt_at=NOW + 50), rep(1)), ["remove_replica:0a"], id="scale-down-failed-first"
+    ),
+    pytest.param(
+        want(2, spec=NEW), svc(rep(0), rep(1)), ["replace_replica:0b>0a"], id="rolling-starts-one-surge"
+    ),
+    pytest.param(
+        want(2, spec=NEW), svc(rep(0), rep(1), rep(0, P, NEW)), [], id="rolling-waits-for-surge-to-be-ready"
+    ),
+    pytest.param(
+        want(2, spec=NEW), svc(rep(0), rep(1), rep(0, R, NEW)),
+        ["replace_replica:1b>1a", "drain_replica:0a"],
+        id="rolling-ready-surge-retires-one-starts-next",
+    ),
+    pytest.param(
+        want(2, spec=NEW), svc(rep(1), rep(0, R, NEW), rep(1, R, NEW)), ["drain_replica:1a"], id="rolling-last-old-drained"
+    ),
+    pytest.param(
+        want(2, spec=NEW), svc(rep(0, P), rep(1)), ["remove_replica:0a", "add_replica:0b"],
+        id="rolling-outdated-not-ready-removed-at-once-capacity-added",
+    ),
+    pytest.param(
+        want(1, spec=NEW), svc(rep(0), rep(0, F, NEW, next_attempt_at=NOW + 10)), [],
+        id="rolling-new-failing-keeps-old-serving",
+    ),
+    pytest.param(want(1), svc(rep(0, F, next_attempt_at=NOW + 10)), [], id="failed-waits-for-backoff"),
+    pytest.param(want(1), svc(rep(0, F, next_attempt_at=NOW)), ["restart_replica:0a"], id="failed-restarts-when-due"),
+    pytest.param(
+        want(1), svc(rep(0), rep(1, D, draining_since=NOW - 1, in_flight=0)), [], id="drain-waits-minimum"
+    ),
+    pytest.param(
+        want(1), svc(rep(0), rep(1, D, draining_since=NOW - 3, in_flight=0)), ["remove_replica:1a"],
+        id="drain-done-when-idle",
+    ),
+    pytest.param(
+        want(1), svc(rep(0), rep(1, D, draining_since=NOW - 3, in_flight=2)), [], id="drain-waits-for-in-flight"
+    ),
+    pytest.param(
+        want(1), svc(rep(0), rep(1, D, draining_since=NOW - 31, in_flight=2)), ["remove_replica:1a"],
+        id="drain-grace-expired",
+    ),
+    pytest.param(
+        want(2), svc(rep(1), rep(2, D, draining_since=NOW)), ["add_replica:0a"], id="add-takes-free-ordinal"
+    ),
+    pytest.param(want(0), svc(rep(0), rep(1, P)), ["remove_replica:1a", "drain_replica:0a"], id="scale-to-zero"),
+    pytest.param(want(2, keep=True, keep_reason="bad file"), svc(rep(0, F)), [], id="kept-service-untouched"),
+    pytest.param(Desired({}), svc(rep(0)), ["delete_service:web"], id="removed-file-deletes"),
+    pytest.param(Desired({}, prune=False), svc(rep(0)), [], id="no-prune-keeps"),
+]
+
+
+@pytest.mark.parametrize(("desired", "actual", "expected"), CASES)
+def test_plan_table(desired: Desired, actual: dict[str, ServiceRecord], expected: list[str]) -> None:
+    assert short(plan(desired, actual, NOW)) == expected
+
+
+def test_plan_is_deterministic_and_ordered_by_service() -> None:
+    desired = Desired({n: Target(n, NEW, 1) for n in ("zeta", "alpha", "mid")})
+    first = plan(desired, {}, NOW)
+    assert [s.service for s in first.steps] == ["alpha", "alpha", "mid", "mid", "zeta", "zeta"]
+    assert plan(desired, {}, NOW) == first
+
+
+def test_plan_reports_changed_fields() -> None:
+    actual = svc(rep(0))
+    actual["web"].spec_summary = {"image": "a:1", "port": "8000"}
+    p = plan(Desired({"web": Target("web", NEW, 1, summary={"image": "a:2", "port": "8000"})}), actual, NOW)
+    assert [(c.field, c.old, c.new) for c in p.changes["web"]] == [("image", "a:1", "a:2")]
+
+
+def test_rolling_update_converges_without_losing_capacity() -> None:
+    """Simulate passes: a new replica is ready one pass after it starts; drains finish after 3 s."""
+    actual = svc(rep(0), rep(1), rep(2))
+    desired = want(3, spec=NEW)
+    now = NOW
+    for _ in range(30):
+        rec = actual["web"]
+        for r in rec.replicas:  # what became ready since the last pass
+            if r.phase is P:
+                r.phase = R
+        p = plan(desired, actual, now)
+        if p.empty:
+            break
+        for s in p.steps:
+            if s.action in (ADD, REP):
+                assert s.ordinal is not None
+                rec.replicas.append(rep(s.ordinal, P, NEW))
+            elif s.action is DRN:
+                r = next(x for x in rec.replicas if x.id == s.replica)
+                r.phase, r.draining_since = D, now
+            elif s.action is RM:
+                rec.replicas = [x for x in rec.replicas if x.id != s.replica]
+        serving = sum(1 for r in rec.replicas if r.phase is R)
+        assert serving >= 3, "a rolling update never drops below the desired ready count"
+        surge = sum(1 for r in rec.replicas if r.spec_hash == NEW and r.phase is P)
+        assert surge <= 1
+        now += 3
+    assert sorted(r.id for r in actual["web"].replicas) == sorted(replica_id("web", NEW, i) for i in range(3))
