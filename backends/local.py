@@ -231,8 +231,8 @@ class LocalBackend:
             meta = read_json(replica_dir / META)
             if meta is not None and meta.get("owner") != self.owner:
                 raise PermanentError(f"{replica_dir} belongs to another owner; refusing to touch it")
-            # Leftovers of an exited run or of an interrupted start/delete: stop them first.
-            local_proc.terminate_replica(self._recorded(meta), str(replica_dir), self.grace, self._reap)
+            if meta is not None:  # leftovers of an exited run or an interrupted start/delete
+                local_proc.terminate_replica(self._recorded(meta), str(replica_dir), self.grace, self._reap)
             return self._start(spec, replica_dir, venv, attempt=int((meta or {}).get("attempt", 0)) + 1)
 
     def describe(self, replica_id: str) -> ReplicaInfo | None:
@@ -324,13 +324,17 @@ class LocalBackend:
 
     def _check_port_free(self, port: int) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # REUSEADDR: connections of a stopped replica in TIME_WAIT do not make the port busy.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError as e:
-                raise TemporaryError(
-                    f"port {port} is busy and network namespaces are unavailable "
-                    f"({self._namespaces_unavailable()}); replicas share the host network"
-                ) from e
+                why = (
+                    "the backend runs in shared network mode"
+                    if self.network == NetworkMode.SHARED
+                    else f"network namespaces are unavailable: {self._namespaces_unavailable()}"
+                )
+                raise TemporaryError(f"port {port} is busy on this host ({why})") from e
 
     def _start(self, spec: ReplicaSpec, replica_dir: Path, venv: Path | None, attempt: int) -> ReplicaInfo:
         netns = self._use_namespace()
@@ -375,7 +379,7 @@ class LocalBackend:
         sock.parent.mkdir(parents=True, exist_ok=True)
 
         cmd = [
-            sys.executable, "-I", str(RELAY),
+            sys.executable, "-I", "-S", str(RELAY),
             "--workdir", str(work),
             "--script", str(replica_dir / "run.sh"),
             "--port", str(spec.port),

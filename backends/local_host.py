@@ -170,7 +170,7 @@ def probe_namespaces(relay: Path) -> str | None:
         return f"network namespaces need Linux (this is {sys.platform})"
     try:
         proc = subprocess.run(
-            [sys.executable, "-I", str(relay), "--probe"],
+            [sys.executable, "-I", "-S", str(relay), "--probe"],
             capture_output=True,
             text=True,
             timeout=PROBE_TIMEOUT,

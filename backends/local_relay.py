@@ -12,7 +12,7 @@ commands exit it records the exit status in `exit.json` (atomically) and exits w
 session and process-group leader of the replica (the backend starts it with a new session), so
 one `killpg` reaches it, `bash` and everything the commands started.
 
-This file is run by path with `python -I` and imports the standard library only: it must work
+This file is run by path with `python -I -S` and imports the standard library only: it must work
 with whatever interpreter runs the reconciler, independent of the replica's virtualenv.
 
 Start-up handshake: one line on stdout, `ok <child pid>` or `error: <reason>`, then stdout is
@@ -22,7 +22,6 @@ closed; the backend waits for it so namespace and spawn failures surface in `cre
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -31,9 +30,15 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: it is the slowest part of start-up
+    import asyncio
 
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
@@ -100,6 +105,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _open_upstream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    import asyncio
+
     last: OSError | None = None
     for host in ("127.0.0.1", "::1"):
         try:
@@ -110,7 +117,9 @@ async def _open_upstream(port: int) -> tuple[asyncio.StreamReader, asyncio.Strea
     raise last
 
 
-def make_handler(port: int) -> object:
+def make_handler(port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    import asyncio
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await _open_upstream(port)
@@ -140,28 +149,40 @@ def _handshake(message: str) -> None:
     os.close(devnull)
 
 
-async def supervise(args: argparse.Namespace) -> int:
-    sock = Path(args.socket)
-    log = RotatingLog(Path(args.log), args.log_max_bytes)
+def start(args: argparse.Namespace) -> tuple[socket.socket, subprocess.Popen[bytes]] | None:
+    """Bind the socket and spawn the commands, then answer the handshake.
+
+    Done before asyncio is imported (the slowest part of start-up), so `create()` returns as soon
+    as the replica runs; connections arriving meanwhile wait in the listen backlog.
+    """
+    path = Path(args.socket)
     with contextlib.suppress(FileNotFoundError):
-        sock.unlink()
-    server = await asyncio.start_unix_server(make_handler(args.port), path=str(sock))  # type: ignore[arg-type]
-    os.chmod(sock, 0o660)
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "bash",
-            args.script,
+        listener.bind(str(path))
+        os.chmod(path, 0o660)
+        listener.listen(128)
+        proc = subprocess.Popen(
+            ["bash", args.script],
             cwd=args.workdir,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
     except OSError as e:
-        _handshake(f"error: cannot start bash: {e}")
-        return 127
+        _handshake(f"error: {e}")
+        return None
     _handshake(f"ok {proc.pid}")
+    return listener, proc
+
+
+async def supervise(args: argparse.Namespace, listener: socket.socket, proc: subprocess.Popen[bytes]) -> int:
+    import asyncio
 
     loop = asyncio.get_running_loop()
+    log = RotatingLog(Path(args.log), args.log_max_bytes)
+    server = await asyncio.start_unix_server(make_handler(args.port), sock=listener)
 
     def forward(signum: int) -> None:
         # A group signal already reached the child; this covers a signal sent to the relay alone.
@@ -172,15 +193,17 @@ async def supervise(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, forward, signum)
 
     assert proc.stdout is not None
-    pump = asyncio.create_task(_pump(proc.stdout, log))
-    returncode = await proc.wait()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+    pump = asyncio.create_task(_pump(reader, log))
+    returncode = await loop.run_in_executor(None, proc.wait)
     try:
         await asyncio.wait_for(pump, PUMP_DRAIN_SECONDS)
     except TimeoutError:
         pump.cancel()  # a background process still holds the pipe open
     server.close()
     with contextlib.suppress(FileNotFoundError):
-        sock.unlink()
+        Path(args.socket).unlink()
     write_json_atomic(Path(args.exit_file), {"returncode": returncode, "finished_at": time.time()})
     log.close()
     return returncode
@@ -209,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if args.probe:
         return 0
-    return asyncio.run(supervise(args))
+    started = start(args)
+    if started is None:
+        return 1
+    import asyncio
+
+    return asyncio.run(supervise(args, *started))
 
 
 if __name__ == "__main__":
