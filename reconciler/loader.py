@@ -190,7 +190,8 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
         if text is None:
             parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [problem] if problem else []))
             continue
-        parsed.append(parse_service_text(text, rel, profiles.default))
+        # a broken profiles file fails every service (below); do not blame the service files for it
+        parsed.append(parse_service_text(text, rel, profiles.default if profiles.ok else None))
     by_name: dict[str, list[ParsedFile]] = {}
     for item in parsed:
         if item.kind == FileKind.SKIPPED:

@@ -24,7 +24,11 @@ def make(**fields: Any) -> ServiceConfig:
         pytest.param(["TOKEN"], {"TOKEN": None}, id="list-bare-key"),
         pytest.param(["EMPTY="], {"EMPTY": ""}, id="list-empty-value"),
         pytest.param({"A": "1", "B": None}, {"A": "1", "B": None}, id="mapping"),
-        pytest.param({"N": 3, "F": 1.5, "T": True, "O": False}, {"N": "3", "F": "1.5", "T": "true", "O": "false"}, id="mapping-coerced"),
+        pytest.param(
+            {"N": 3, "F": 1.5, "T": True, "O": False},
+            {"N": "3", "F": "1.5", "T": "true", "O": "false"},
+            id="mapping-coerced",
+        ),
         pytest.param([], {}, id="empty-list"),
     ],
 )
@@ -107,8 +111,12 @@ def test_replicas(replicas: Any, scaling: Any, bounds: tuple[int, int]) -> None:
         pytest.param({"replicas": -1}, "negative", id="negative"),
         pytest.param({"replicas": [{"count": 1}]}, "replica groups", id="groups-unsupported"),
         pytest.param({"replicas": "1..4"}, "`scaling` is required", id="range-needs-scaling"),
-        pytest.param({"replicas": 2, "scaling": SCALING}, "needs `replicas` to be a range", id="scaling-needs-range"),
-        pytest.param({"scaling": SCALING}, "needs `replicas` to be a range", id="scaling-with-default-replicas"),
+        pytest.param(
+            {"replicas": 2, "scaling": SCALING}, "needs `replicas` to be a range", id="scaling-needs-range"
+        ),
+        pytest.param(
+            {"scaling": SCALING}, "needs `replicas` to be a range", id="scaling-with-default-replicas"
+        ),
     ],
 )
 def test_replica_errors(fields: dict[str, Any], needle: str) -> None:
@@ -128,7 +136,11 @@ def test_replica_errors(fields: dict[str, Any], needle: str) -> None:
 def test_scaling(scaling: dict[str, Any], up: int, down: int, window: int) -> None:
     config = make(replicas="1..4", scaling={**SCALING, **scaling})
     assert config.scaling is not None
-    assert (config.scaling.scale_up_delay, config.scaling.scale_down_delay, config.scaling.window) == (up, down, window)
+    assert (config.scaling.scale_up_delay, config.scaling.scale_down_delay, config.scaling.window) == (
+        up,
+        down,
+        window,
+    )
     assert config.scaling.metric == "rps"
     assert config.scaling.target == 10
 
@@ -152,13 +164,25 @@ def test_scaling_errors(scaling: dict[str, Any]) -> None:
 def test_model_bare_string_is_openai_chat() -> None:
     model = make(model="meta/llama").model
     assert model is not None
-    assert (model.type, model.name, model.format, model.prefix) == ("chat", "meta/llama", ModelFormat.OPENAI, "/v1")
+    assert (model.type, model.name, model.format, model.prefix) == (
+        "chat",
+        "meta/llama",
+        ModelFormat.OPENAI,
+        "/v1",
+    )
 
 
 def test_model_tgi_mapping() -> None:
-    model = make(model={"type": "chat", "name": "m", "format": "tgi", "chat_template": "{{ x }}", "eos_token": "</s>"}).model
+    model = make(
+        model={"type": "chat", "name": "m", "format": "tgi", "chat_template": "{{ x }}", "eos_token": "</s>"}
+    ).model
     assert model is not None
-    assert (model.format, model.chat_template, model.eos_token, model.prefix) == (ModelFormat.TGI, "{{ x }}", "</s>", None)
+    assert (model.format, model.chat_template, model.eos_token, model.prefix) == (
+        ModelFormat.TGI,
+        "{{ x }}",
+        "</s>",
+        None,
+    )
 
 
 def test_model_openai_prefix() -> None:
@@ -169,8 +193,14 @@ def test_model_openai_prefix() -> None:
 @pytest.mark.parametrize(
     ("model", "needle"),
     [
-        pytest.param({"name": "m", "format": "openai", "chat_template": "x"}, "only for `format: tgi`", id="openai-template"),
-        pytest.param({"name": "m", "format": "tgi", "prefix": "/v1"}, "only for `format: openai`", id="tgi-prefix"),
+        pytest.param(
+            {"name": "m", "format": "openai", "chat_template": "x"},
+            "only for `format: tgi`",
+            id="openai-template",
+        ),
+        pytest.param(
+            {"name": "m", "format": "tgi", "prefix": "/v1"}, "only for `format: openai`", id="tgi-prefix"
+        ),
         pytest.param({"name": "m", "format": "vllm"}, "format", id="unknown-format"),
         pytest.param({"name": "m"}, "format", id="format-missing"),
         pytest.param({"name": "m", "format": "openai", "type": "embeddings"}, "type", id="type-not-chat"),
@@ -209,7 +239,11 @@ def test_image_without_commands_is_fine() -> None:
 
 @pytest.mark.parametrize(
     ("python", "expected"),
-    [pytest.param("3.11", "3.11", id="string"), pytest.param(3.12, "3.12", id="float"), pytest.param(3.10, "3.10", id="float-3.10")],
+    [
+        pytest.param("3.11", "3.11", id="string"),
+        pytest.param(3.12, "3.12", id="float"),
+        pytest.param(3.10, "3.10", id="float-3.10"),
+    ],
 )
 def test_python_versions(python: Any, expected: str) -> None:
     assert make(python=python).python == expected
@@ -222,9 +256,16 @@ def _retry(config: ServiceConfig) -> Any:
 @pytest.mark.parametrize(
     ("fields", "read", "expected"),
     [
-        pytest.param({"retry": True}, _retry, (["no-capacity", "interruption", "error"], None), id="retry-true"),
+        pytest.param(
+            {"retry": True}, _retry, (["no-capacity", "interruption", "error"], None), id="retry-true"
+        ),
         pytest.param({"retry": False}, _retry, None, id="retry-false"),
-        pytest.param({"retry": {"on_events": ["error"], "duration": "1h"}}, _retry, (["error"], 3600), id="retry-mapping"),
+        pytest.param(
+            {"retry": {"on_events": ["error"], "duration": "1h"}},
+            _retry,
+            (["error"], 3600),
+            id="retry-mapping",
+        ),
         pytest.param({"max_duration": "2h"}, lambda c: c.max_duration, 7200, id="max-duration"),
         pytest.param({"max_duration": "off"}, lambda c: c.max_duration, None, id="max-duration-off"),
         pytest.param({"backends": ["aws", "local"]}, lambda c: c.backends, ["aws", "local"], id="backends"),
@@ -243,7 +284,9 @@ def test_defaults() -> None:
 
 
 def test_requirements_resolve_defaults_and_profile_params() -> None:
-    req = make(resources={"gpu": "A100:2", "cpu": "4..", "memory": "32GB"}, regions=["eu-west-1"], max_price=2.5).requirements()
+    req = make(
+        resources={"gpu": "A100:2", "cpu": "4..", "memory": "32GB"}, regions=["eu-west-1"], max_price=2.5
+    ).requirements()
     assert req.cpus == Range(4, None)
     assert req.memory_gb == Range(32.0, 32.0)
     assert req.disk_gb == Range(100.0, None)

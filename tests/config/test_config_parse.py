@@ -19,7 +19,11 @@ port: 8000
 
 
 def errors(text: str) -> list[Diagnostic]:
-    return [d for d in parse_service_text(textwrap.dedent(text), "svc/.dstack.yml").diagnostics if d.severity == Severity.ERROR]
+    return [
+        d
+        for d in parse_service_text(textwrap.dedent(text), "svc/.dstack.yml").diagnostics
+        if d.severity == Severity.ERROR
+    ]
 
 
 def test_good_file() -> None:
@@ -33,17 +37,51 @@ def test_good_file() -> None:
         pytest.param("auth: maybe\n", 5, 7, "auth", "boolean", id="wrong-type"),
         pytest.param("replicas: many\n", 5, 11, "replicas", "whole number", id="replicas-word"),
         pytest.param("resources:\n  gpu: A100::2\n", 6, 8, "resources.gpu", "empty part", id="nested-value"),
-        pytest.param("env:\n  - A=1\n  - A=2\n", 7, 5, "env.1", "duplicate environment variable", id="env-item"),
-        pytest.param("env:\n  ok: 1\n  bad: [1]\n", 7, 8, "env.bad", "string or a number", id="env-mapping-item"),
-        pytest.param("scaling:\n  metric: rps\n  target: -1\n", 7, 11, "scaling.target", "greater than 0", id="scaling-target"),
-        pytest.param("model:\n  name: m\n  format: openai\n  eos_token: x\n", 8, 14, "model.eos_token", "only for `format: tgi`", id="model-cross"),
+        pytest.param(
+            "env:\n  - A=1\n  - A=2\n", 7, 5, "env.1", "duplicate environment variable", id="env-item"
+        ),
+        pytest.param(
+            "env:\n  ok: 1\n  bad: [1]\n", 7, 8, "env.bad", "string or a number", id="env-mapping-item"
+        ),
+        pytest.param(
+            "scaling:\n  metric: rps\n  target: -1\n",
+            7,
+            11,
+            "scaling.target",
+            "greater than 0",
+            id="scaling-target",
+        ),
+        pytest.param(
+            "model:\n  name: m\n  format: openai\n  eos_token: x\n",
+            8,
+            14,
+            "model.eos_token",
+            "only for `format: tgi`",
+            id="model-cross",
+        ),
         pytest.param("comands: [x]\n", 5, 1, "comands", "did you mean 'commands'?", id="did-you-mean"),
-        pytest.param("resources:\n  memroy: 8GB\n", 6, 3, "resources.memroy", "did you mean 'memory'?", id="nested-did-you-mean"),
-        pytest.param("scaling:\n  metrc: rps\n", 6, 3, "scaling.metrc", "did you mean 'metric'?", id="scaling-did-you-mean"),
+        pytest.param(
+            "resources:\n  memroy: 8GB\n",
+            6,
+            3,
+            "resources.memroy",
+            "did you mean 'memory'?",
+            id="nested-did-you-mean",
+        ),
+        pytest.param(
+            "scaling:\n  metrc: rps\n",
+            6,
+            3,
+            "scaling.metrc",
+            "did you mean 'metric'?",
+            id="scaling-did-you-mean",
+        ),
         pytest.param("port: 9000\n", 5, 1, "port", "duplicate key 'port'", id="duplicate-key"),
         pytest.param("name: Bad_Name\n", 5, 7, "name", "invalid name", id="bad-name"),
         pytest.param("image: x\npython: '3.11'\n", 1, 1, "", "mutually exclusive", id="image-xor-python"),
-        pytest.param("replicas: 1..3\n", 5, 11, "replicas", "`scaling` is required", id="range-needs-scaling"),
+        pytest.param(
+            "replicas: 1..3\n", 5, 11, "replicas", "`scaling` is required", id="range-needs-scaling"
+        ),
         pytest.param("xyzzy: 1\n", 5, 1, "xyzzy", "unknown key 'xyzzy'", id="unknown-no-suggestion"),
     ],
 )
@@ -77,7 +115,9 @@ def test_all_errors_at_once() -> None:
         pytest.param("- type: service\n", 1, "expected a mapping", id="list-document"),
         pytest.param("port: 8000\ncommands: [x]\n", 1, "missing `type: service`", id="no-type"),
         pytest.param("type: servce\nport: 1\ncommands: [x]\n", 1, "did you mean 'service'?", id="type-typo"),
-        pytest.param("type: service\n1: x\nport: 1\ncommands: [x]\n", 1, "keys must be strings", id="int-key"),
+        pytest.param(
+            "type: service\n1: x\nport: 1\ncommands: [x]\n", 1, "keys must be strings", id="int-key"
+        ),
     ],
 )
 def test_file_level_errors(text: str, line: int, needle: str) -> None:
@@ -135,14 +175,27 @@ def test_real_dstack_config_with_extras_validates() -> None:
     assert parsed.config is not None, [d.format() for d in parsed.diagnostics]
     warned = {d.field for d in parsed.diagnostics if d.severity == Severity.WARNING}
     assert warned == {
-        "https", "gateway", "strip_prefix", "working_dir", "privileged", "shell", "probes", "rate_limits",
-        "volumes", "registry_auth", "resources.shm_size", "resources.gpu.compute_capability", "resources.gpu.total_memory",
+        "https",
+        "gateway",
+        "strip_prefix",
+        "working_dir",
+        "privileged",
+        "shell",
+        "probes",
+        "rate_limits",
+        "volumes",
+        "registry_auth",
+        "resources.shm_size",
+        "resources.gpu.compute_capability",
+        "resources.gpu.total_memory",
     }
     assert parsed.config.resources.gpu is not None and parsed.config.resources.gpu.name == ["A100"]
 
 
 def test_profile_values_fill_gaps_and_file_wins() -> None:
-    parsed = parse_service_text(GOOD + "regions: [eu-west-1]\n", "p.dstack.yml", {"regions": ["us-east-1"], "spot_policy": "spot"})
+    parsed = parse_service_text(
+        GOOD + "regions: [eu-west-1]\n", "p.dstack.yml", {"regions": ["us-east-1"], "spot_policy": "spot"}
+    )
     assert parsed.config is not None
     assert parsed.config.regions == ["eu-west-1"] and parsed.config.spot_policy == "spot"
 

@@ -28,13 +28,25 @@ from reconciler.config.resources import parse_memory
         pytest.param("tpu:v5e", ["v5e"], None, (1, 1), "google", id="tpu-vendor"),
         pytest.param(" H100 : 2 ", ["H100"], None, (2, 2), None, id="spaces"),
         pytest.param(4, None, None, (4, 4), None, id="int-count"),
-        pytest.param({"name": "A100", "count": "1..2", "memory": "40GB.."}, ["A100"], (40, None), (1, 2), None, id="mapping"),
+        pytest.param(
+            {"name": "A100", "count": "1..2", "memory": "40GB.."},
+            ["A100"],
+            (40, None),
+            (1, 2),
+            None,
+            id="mapping",
+        ),
         pytest.param({"name": ["L4", "T4"]}, ["L4", "T4"], None, (1, 1), None, id="mapping-name-list"),
         pytest.param("512MB", None, (0.5, 0.5), (1, 1), None, id="megabytes"),
     ],
 )
-def test_gpu_grammar(spec: Any, names: list[str] | None, memory: tuple[float | None, float | None] | None,
-                     count: tuple[int, int | None], vendor: str | None) -> None:
+def test_gpu_grammar(
+    spec: Any,
+    names: list[str] | None,
+    memory: tuple[float | None, float | None] | None,
+    count: tuple[int, int | None],
+    vendor: str | None,
+) -> None:
     gpu = GpuSpec.model_validate(spec)
     assert gpu.name == names
     assert (None if gpu.memory is None else (gpu.memory.min, gpu.memory.max)) == memory
@@ -81,7 +93,9 @@ def test_parse_memory(value: object, expected: float) -> None:
     assert parse_memory(value) == expected
 
 
-@pytest.mark.parametrize("value", [pytest.param(v, id=repr(v)) for v in ["GB", "-1GB", "1PB", "inf", True, None, [1]]])
+@pytest.mark.parametrize(
+    "value", [pytest.param(v, id=repr(v)) for v in ["GB", "-1GB", "1PB", "inf", True, None, [1]]]
+)
 def test_parse_memory_rejects(value: object) -> None:
     with pytest.raises(ValueError):
         parse_memory(value)
