@@ -16,6 +16,7 @@ import os
 import tempfile
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,8 +46,9 @@ class ModelRoute(BaseModel):
     format: ModelFormat = ModelFormat.OPENAI
     prefix: str = "/v1"
     chat_template: str | None = None
-    eos_token: str | None = None
-    bos_token: str | None = None
+    # A string, or the `{"content": ...}` mapping tokenizer_config.json uses (gateway.tgi takes both).
+    eos_token: str | dict[str, Any] | None = None
+    bos_token: str | dict[str, Any] | None = None
 
 
 class ServiceRoute(BaseModel):

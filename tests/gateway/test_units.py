@@ -1,0 +1,158 @@
+"""Pure pieces of the gateway: replica choice, tokens, template lookup, settings, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import templates
+from gateway.balancer import Balancer, choose
+from gateway.cli import state_dir
+from gateway.settings import GatewaySettings, parse_listen
+from gateway.snapshot import ModelRoute, Upstream
+from gateway.tokens import (
+    AuthResult,
+    TokenError,
+    TokenStore,
+    bearer,
+    create_token,
+    load_records,
+    revoke_token,
+)
+from reconciler.cli import main
+
+A, B, C = (Upstream(replica_id=r, url=f"http://127.0.0.1:{p}") for r, p in (("a", 1), ("b", 2), ("c", 3)))
+DRAINING = Upstream(replica_id="d", url="http://127.0.0.1:4", draining=True)
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "in_flight", "cooled", "exclude", "start", "expected"),
+    [
+        pytest.param([A, B, C], {"a": 2, "b": 1, "c": 3}, {}, (), 0, "b", id="fewest-in-flight"),
+        pytest.param([A, B, C], {}, {}, (), 1, "b", id="tie-rotates-from-start"),
+        pytest.param([DRAINING, A], {"a": 9}, {}, (), 0, "a", id="draining-never-chosen"),
+        pytest.param([A, B], {"b": 5}, {"a": 20.0}, (), 0, "b", id="cooled-skipped"),
+        pytest.param([A, B], {}, {"a": 30.0, "b": 20.0}, (), 0, "b", id="all-cooling-soonest-back"),
+        pytest.param([A, B], {}, {"a": 5.0}, (), 0, "a", id="cool-down-over"),
+        pytest.param([A, B], {}, {}, ("a", "b"), 0, None, id="all-excluded"),
+        pytest.param([DRAINING], {}, {}, (), 0, None, id="only-draining"),
+        pytest.param([], {}, {}, (), 0, None, id="none"),
+    ],
+)
+def test_choose(
+    upstreams: list[Upstream], in_flight: dict[str, int], cooled: dict[str, float], exclude: tuple[str, ...], start: int, expected: str | None
+) -> None:
+    got = choose(upstreams, in_flight, cooled, 10.0, exclude, start)
+    assert (got.replica_id if got else None) == expected
+
+
+def test_balancer_counters_never_go_negative() -> None:
+    b = Balancer(cooldown=5)
+    b.acquire(A)
+    b.acquire(A)
+    b.release(A)
+    b.release(A)
+    b.release(A)
+    assert b.in_flight == {}
+    b.cool(A, 100.0)
+    b.forget({"b"})
+    assert b.cooled_until == {}
+
+
+def test_token_lifecycle(tmp_path: Path) -> None:
+    token = create_token(tmp_path, "ci", now=1.0)
+    raw = (tmp_path / "tokens.json").read_text()
+    assert token not in raw
+    assert stat.S_IMODE((tmp_path / "tokens.json").stat().st_mode) == 0o600
+    [record] = load_records(tmp_path)
+    assert record.name == "ci" and token.startswith(record.prefix) and record.created_at == 1.0
+    store = TokenStore(tmp_path, recheck=0)
+    assert store.check(f"Bearer {token}".encode(), 0) is AuthResult.OK
+    assert store.check(b"Bearer tg_nope", 0) is AuthResult.INVALID
+    assert store.check(None, 0) is AuthResult.MISSING
+    with pytest.raises(TokenError, match="exists"):
+        create_token(tmp_path, "ci")
+    revoke_token(tmp_path, "ci")
+    assert store.check(f"Bearer {token}".encode(), 1) is AuthResult.INVALID
+    with pytest.raises(TokenError, match="no token"):
+        revoke_token(tmp_path, "ci")
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param(b"Bearer abc", "abc", id="bearer"),
+        pytest.param(b"bearer  abc ", "abc", id="case-and-spaces"),
+        pytest.param(b"Basic abc", None, id="basic"),
+        pytest.param(b"Bearer ", None, id="empty"),
+        pytest.param(None, None, id="absent"),
+    ],
+)
+def test_bearer(header: bytes | None, expected: str | None) -> None:
+    assert bearer(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "template", "eos"),
+    [
+        pytest.param({"chat_template": "T", "eos_token": "</s>"}, "T", "</s>", id="string"),
+        pytest.param({"chat_template": [{"name": "tool_use", "template": "X"}, {"name": "default", "template": "D"}], "eos_token": {"content": "<e>"}}, "D", {"content": "<e>"}, id="named-list"),
+    ],
+)
+def test_template_from_tokenizer_config(config: dict[str, Any], template: str, eos: Any) -> None:
+    found = templates.from_tokenizer_config(config, ModelRoute(name="m", format="tgi"))
+    assert (found.template, found.eos_token) == (template, eos)
+
+
+def test_template_missing_everywhere_is_a_clear_error() -> None:
+    resolver = templates.TemplateResolver()
+    with pytest.raises(templates.TemplateUnavailable, match=r"model.chat_template"):
+        asyncio.run(resolver.resolve(ModelRoute(name="org/missing", format="tgi")))
+    with pytest.raises(templates.TemplateUnavailable, match="no chat_template"):
+        templates.from_tokenizer_config({}, ModelRoute(name="m", format="tgi"))
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        pytest.param("127.0.0.1:8080", ("127.0.0.1", 8080), id="v4"),
+        pytest.param(":9000", ("127.0.0.1", 9000), id="port-only"),
+        pytest.param("[::1]:81", ("::1", 81), id="v6"),
+    ],
+)
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+def test_settings_round_trip_through_worker_env(tmp_path: Path) -> None:
+    s = GatewaySettings(state_dir=tmp_path, workers=2, webhook_secret="hook-s3cret")
+    assert GatewaySettings.from_json(s.to_json()) == s
+    assert "hook-s3cret" not in repr(s)
+
+
+def test_state_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    monkeypatch.setenv("TIDEGATE_STATE", str(tmp_path / "env"))
+    assert state_dir(argparse.Namespace(state=str(tmp_path / "flag"))) == tmp_path / "flag"
+    assert state_dir(argparse.Namespace(state=None)) == tmp_path / "env"
+    monkeypatch.delenv("TIDEGATE_STATE")
+    monkeypatch.chdir(tmp_path)
+    assert state_dir(argparse.Namespace(state=None)) == tmp_path / "state"
+
+
+def test_token_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "create", "alice", "--state", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("tg_")
+    assert main(["token", "list", "--state", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "alice" in listed and token not in listed
+    assert main(["token", "create", "alice", "--state", str(tmp_path)]) == 1
+    assert main(["token", "revoke", "alice", "--state", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "tokens.json").read_text())["tokens"] == []
