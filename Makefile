@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check reconciler backends gateway tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/actionlint .github/workflows/*.yml examples/github/workflows/*.yml
+	bash scripts/actionlint.sh
 	$(BIN)/tidegate validate examples/
 
 test: lint
