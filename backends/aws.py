@@ -101,6 +101,18 @@ def classify(e: Exception, what: str) -> Exception:
     return PermanentError(f"{what}: {code}: {e}")
 
 
+def replica_status(
+    state: str, *, spot: bool, reason_code: str, reason: str
+) -> tuple[ReplicaStatus, str | None]:
+    """EC2 instance state -> replica status and message; a spot interruption is EXITED, not GONE."""
+    status = STATUS.get(state, ReplicaStatus.PROVISIONING)
+    if state in ("terminated", "shutting-down") and spot and reason_code.startswith("Server.Spot"):
+        return ReplicaStatus.EXITED, f"spot instance interrupted: {reason or reason_code}"
+    if status is ReplicaStatus.EXITED:
+        return status, f"instance stopped: {reason}" if reason else "instance stopped"
+    return status, reason or None
+
+
 def _tags(raw: Sequence[dict[str, str]] | None) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in raw or []}
 
@@ -128,6 +140,7 @@ class AwsBackend:
         self._catalog = [o for o in catalog if o.backend == self.name]
         self._client_factory = client_factory or self._boto_client
         self._clients: dict[str, Any] = {}
+        self._session: Any = None
         self._clock = clock
         self._live: dict[str, tuple[float, list[Offer]]] = {}
         self._images: dict[str, tuple[str, str]] = {}
@@ -138,7 +151,9 @@ class AwsBackend:
         from botocore.config import Config
 
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
-        return boto3.session.Session().client(
+        if self._session is None:  # one session per backend: each new session reloads the API models
+            self._session = boto3.session.Session()
+        return self._session.client(
             "ec2", region_name=region, endpoint_url=self.settings.endpoint_url, config=config
         )
 
@@ -254,13 +269,14 @@ class AwsBackend:
 
     def _info(self, region: str, inst: dict[str, Any]) -> ReplicaInfo:
         tags = _tags(inst.get("Tags"))
-        state = inst.get("State", {}).get("Name", "pending")
-        status = STATUS.get(state, ReplicaStatus.PROVISIONING)
-        reason = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or None
         spot = inst.get("InstanceLifecycle") == "spot"
-        message = reason or None
-        if state == "terminated" and spot and "Spot" in str(inst.get("StateReason", {}).get("Code", "")):
-            status, message = ReplicaStatus.EXITED, f"spot instance interrupted: {reason}"
+        reason = inst.get("StateReason", {})
+        status, message = replica_status(
+            inst.get("State", {}).get("Name", "pending"),
+            spot=spot,
+            reason_code=str(reason.get("Code", "")),
+            reason=str(reason.get("Message") or inst.get("StateTransitionReason") or ""),
+        )
         ip = inst.get("PrivateIpAddress") if self.settings.use_private_ip else None
         ip = ip or inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
         port = tags.get(PORT)
