@@ -18,7 +18,7 @@ an exception message. The base URL is configurable (GitHub Enterprise, and a loc
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from reconciler.plan_markdown import PLAN_COMMENT_MARKER
-from reconciler.previews import PullRequestInfo, PullRequestState
+from reconciler.previews import PreviewDecision, PullRequestInfo, PullRequestState, RejectReason
 
 DEFAULT_API_URL = "https://api.github.com"
 STATUS_CONTEXT = "tidegate"
@@ -282,3 +282,106 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(data, Mapping):
         return str(data.get("message") or "")[:200]
     return ""
+
+
+def pull_request_from_signal(signal: Mapping[str, Any]) -> PullRequestInfo | None:
+    """The PR carried by a `wake` signal the gateway dropped for a `pull_request` webhook, when the
+    signal includes the payload's `pull_request` object; None for other signals."""
+    if signal.get("event") not in (None, "pull_request"):
+        return None
+    pr = signal.get("pull_request")
+    if not isinstance(pr, Mapping):
+        return None
+    try:
+        return parse_pull_request(pr)
+    except ValueError:
+        return None
+
+
+# -- commit statuses for previews ------------------------------------------------------------------
+
+PREVIEW_CONTEXT = "tidegate/preview"
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    sha: str
+    state: CommitState
+    description: str
+    target_url: str | None = None
+    context: str = PREVIEW_CONTEXT
+
+
+# Rejections that are a problem with the PR (red), as opposed to policy or nothing-to-do (green).
+_FAILING = {
+    RejectReason.FORK,
+    RejectReason.INVALID_CONFIG,
+    RejectReason.NAME_CLASH,
+    RejectReason.TOO_LARGE,
+    RejectReason.UNVERIFIED_ORIGIN,
+}
+
+
+def preview_status_updates(
+    prs: Sequence[PullRequestInfo],
+    decision: PreviewDecision,
+    ready: Collection[str],
+    url_for: Callable[[str], str],
+) -> list[StatusUpdate]:
+    """Pure: the status each open PR's head commit should carry. Previews all ready -> success
+    linking the first preview; some starting -> pending; no preview -> the reason (fork, invalid
+    config ... as failure; waiting for a slot as pending; no change, missing label, expired as
+    success, since nothing is wrong with the PR)."""
+    out: list[StatusUpdate] = []
+    for pr in prs:
+        if pr.state != PullRequestState.OPEN:
+            continue
+        previews = decision.for_pr(pr.number)
+        rejections = [r for r in decision.rejected if r.pr == pr.number]
+        if previews:
+            names = [p.name for p in previews]
+            waiting = [n for n in names if n not in ready]
+            url = url_for(names[0])
+            problems = [f"{r.service or 'PR'}: {r.detail}" for r in rejections if r.reason in _FAILING]
+            if problems:
+                out.append(StatusUpdate(pr.head_sha, CommitState.FAILURE, "; ".join(problems), url))
+            elif waiting:
+                out.append(StatusUpdate(pr.head_sha, CommitState.PENDING, f"starting {', '.join(waiting)}", url))
+            else:
+                out.append(StatusUpdate(pr.head_sha, CommitState.SUCCESS, f"ready: {', '.join(names)}", url))
+        elif rejections:
+            first = rejections[0]
+            if first.reason == RejectReason.PENDING_CAPACITY:
+                state = CommitState.PENDING
+            elif any(r.reason in _FAILING for r in rejections):
+                state = CommitState.FAILURE
+            else:
+                state = CommitState.SUCCESS
+            where = f"{first.service}: " if first.service else ""
+            out.append(StatusUpdate(pr.head_sha, state, f"no preview: {where}{first.detail}"))
+    return out
+
+
+class StatusReporter:
+    """Posts statuses through a client, skipping one identical to the last posted for the same
+    commit and context (a level-triggered loop computes the same status every pass; GitHub keeps
+    at most 1000 per commit and context). Errors are returned, not raised: a status is best effort."""
+
+    def __init__(self, client: GitHubClient) -> None:
+        self.client = client
+        self._last: dict[tuple[str, str], tuple[str, str, str | None]] = {}
+
+    def post(self, updates: Sequence[StatusUpdate]) -> list[str]:
+        errors: list[str] = []
+        for u in updates:
+            key = (u.sha, u.context)
+            value = (str(u.state), u.description[:MAX_STATUS_DESCRIPTION], u.target_url)
+            if self._last.get(key) == value:
+                continue
+            try:
+                self.client.set_status(u.sha, u.state, u.description, target_url=u.target_url, context=u.context)
+            except GitHubError as e:
+                errors.append(str(e))
+                continue
+            self._last[key] = value
+        return errors

@@ -89,6 +89,8 @@ def rows(plan: Plan, services: Mapping[str, DesiredService]) -> list[ServiceRow]
         else:  # pragma: no cover - every Action is handled above
             verb = "change"
         replicas = NONE if verb == "delete" else _replicas(d, changes)
+        if verb == "scale" and replicas != NONE:
+            replicas = f"→ {replicas}"  # the count moves; the plan does not carry the current one
         shown = () if verb == "create" else tuple(c.field for c in changes)
         out.append(ServiceRow(verb, name, replicas, NONE if verb == "delete" else _price(d), shown))
     return out

@@ -13,6 +13,8 @@ Files on disk, all under `<state>/previews/` (plain JSON, temp file + fsync + os
 - `heads.json`  — `{N: {sha, first_seen_at}}`: when a head commit was first seen. This is the TTL's
   "last push" (GitHub's `updated_at` moves on comments too, our own plan comment included).
 - `pulls.json`  — `{N: PullRequestInfo}` saved from webhook payloads / API answers.
+- `decision.json` — the last preview decision (previews with PR, head, expiry; reasons for the rest)
+  for `tidegate ps` in another process.
 - `revisions/<sha>/` — each PR head's files, apart from `<state>/revisions/` so the branch source's
   pruning (newest few kept) never deletes a tree a preview still runs from.
 """
@@ -26,16 +28,25 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.previews import PullRequestHead, PullRequestInfo, PullRequestState
+from reconciler.github import GitHubClient, GitHubError
+from reconciler.loader import LoadResult, load_tree
+from reconciler.previews import (
+    PreviewDecision,
+    PullRequestHead,
+    PullRequestInfo,
+    PullRequestState,
+    combine,
+)
 from reconciler.source import Checkout, GitSource, redact_url
 
 PREVIEWS_DIR = "previews"
 HEADS_FILE = "heads.json"
 PULLS_FILE = "pulls.json"
+DECISION_FILE = "decision.json"
 REVISIONS_DIR = "revisions"
 LOCAL_PREFIX = "refs/tidegate/pull/"
 SCHEMA_VERSION = 1
@@ -126,6 +137,93 @@ class PullRequestSource:
         return sorted(removed)
 
 
+@dataclass(frozen=True)
+class PullRequestSnapshot:
+    """Everything `previews.decide_previews` needs about the PRs, gathered in one pass."""
+
+    prs: list[PullRequestInfo]
+    loads: dict[int, LoadResult]  # open PRs only, loaded at their head
+    checkouts: dict[int, Checkout]  # where each loaded PR's files are: the previews' workdir
+    errors: list[str] = field(default_factory=list)
+
+
+def collect(
+    source: PullRequestSource,
+    now: float,
+    *,
+    github: GitHubClient | None = None,
+    base_branch: str | None = None,
+    fetch: bool = True,
+) -> PullRequestSnapshot:
+    """Fetch the PR refs, merge in what webhooks (saved records) and, with a client, the API's list
+    of open PRs say, extract and load every open PR's head. Raises PullSourceError only when the
+    refs cannot be fetched; an API failure falls back to saved records (reported in `errors`)."""
+    errors: list[str] = []
+    heads = source.heads(now, fetch=fetch)
+    open_pulls: dict[int, PullRequestInfo] | None = None
+    if github is not None:
+        try:
+            open_pulls = {p.number: p for p in github.list_open_pulls(base=None)}
+        except GitHubError as e:
+            errors.append(f"GitHub API: {e}")
+        else:
+            record_pull_requests(source.state_dir, open_pulls.values())
+    numbers = [h.number for h in heads]
+    forget_pull_requests(source.state_dir, keep=numbers)
+    prs = combine(heads, read_pull_requests(source.state_dir), open_pulls)
+    loads: dict[int, LoadResult] = {}
+    checkouts: dict[int, Checkout] = {}
+    for pr in prs:
+        if pr.state != PullRequestState.OPEN or (base_branch and pr.base_ref and pr.base_ref != base_branch):
+            continue
+        try:
+            checkout = source.checkout(pr.head_sha)
+        except PullSourceError as e:
+            errors.append(f"PR #{pr.number}: {e}")
+            continue
+        checkouts[pr.number] = checkout
+        loads[pr.number] = load_tree(checkout.root, checkout.config_path)
+    source.prune(c.revision for c in checkouts.values())
+    return PullRequestSnapshot(prs, loads, checkouts, errors)
+
+
+# -- decision.json -------------------------------------------------------------------------------
+
+
+def write_decision(state_dir: Path, decision: PreviewDecision, now: float) -> None:
+    """Publish the preview decision for `tidegate ps` (names, PRs, heads, expiry, reasons; no env values)."""
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "at": now,
+        "previews": [
+            {
+                "name": p.name,
+                "pr": p.pr,
+                "head_sha": p.head_sha,
+                "service": p.source_service,
+                "expires_at": p.expires_at,
+                "model": p.model_name,
+                "withheld_env": list(p.withheld_env),
+            }
+            for p in decision.previews
+        ],
+        "rejected": [
+            {"pr": r.pr, "reason": str(r.reason), "detail": r.detail, "service": r.service} for r in decision.rejected
+        ],
+    }
+    _write_json(state_dir / PREVIEWS_DIR / DECISION_FILE, body)
+
+
+def read_decision(state_dir: Path) -> dict[str, Any]:
+    """The last published decision as plain JSON (`previews`, `rejected`); empty lists when none."""
+    data = _read_json(state_dir / PREVIEWS_DIR / DECISION_FILE)
+    return {
+        "at": data.get("at"),
+        "previews": data.get("previews") if isinstance(data.get("previews"), list) else [],
+        "rejected": data.get("rejected") if isinstance(data.get("rejected"), list) else [],
+    }
+
+
 # -- heads.json ----------------------------------------------------------------------------------
 
 
@@ -150,12 +248,20 @@ def observe_heads(path: Path, current: Mapping[int, str], now: float) -> list[Pu
 
 def record_pull_request(state_dir: Path, info: PullRequestInfo) -> None:
     """Save what a webhook payload or the API said about a PR (the newest word wins)."""
+    record_pull_requests(state_dir, [info])
+
+
+def record_pull_requests(state_dir: Path, infos: Iterable[PullRequestInfo]) -> None:
+    """Save several PR records at once; the file is rewritten only when something changed."""
     path = state_dir / PREVIEWS_DIR / PULLS_FILE
     data = _read_json(path)
-    pulls = data.get("pulls") if isinstance(data.get("pulls"), dict) else {}
-    assert isinstance(pulls, dict)
-    pulls[str(info.number)] = _info_to_json(info)
-    _write_json(path, {"schema_version": SCHEMA_VERSION, "pulls": pulls})
+    old = data.get("pulls") if isinstance(data.get("pulls"), dict) else {}
+    assert isinstance(old, dict)
+    pulls = dict(old)
+    for info in infos:
+        pulls[str(info.number)] = _info_to_json(info)
+    if pulls != old or not path.exists():
+        _write_json(path, {"schema_version": SCHEMA_VERSION, "pulls": pulls})
 
 
 def read_pull_requests(state_dir: Path) -> dict[int, PullRequestInfo]:

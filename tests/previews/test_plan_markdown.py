@@ -146,12 +146,13 @@ def test_baseline_plan_is_the_pr_diff(tmp_path: Path) -> None:
                                         "old/.dstack.yml": embed.replace("embed", "old")})
     head = _desired(tmp_path / "head", {
         "chat/.dstack.yml": chat + "replicas: 3\n",
-        "embed/.dstack.yml": embed,
+        "embed/.dstack.yml": embed.replace("embed.py", "embed.py --fast"),
         "new/.dstack.yml": embed.replace("embed", "new"),
     })
     p = baseline_plan(base, head)
     assert [(r.verb, r.name, r.replicas, r.changed) for r in rows(p, head.services)] == [
-        ("update", "chat", "1 → 3", ("replicas",)),
+        ("scale", "chat", "→ 3", ()),  # a replica count is not a spec change: nothing rolls
+        ("update", "embed", "1", ("commands",)),
         ("create", "new", "1", ()),
         ("delete", "old", "-", ()),
     ]
