@@ -21,7 +21,16 @@ from .dstack_fields import DSTACK_ONLY_NESTED, DSTACK_ONLY_TOP, OTHER_TYPES, did
 from .errors import SUBLOC_KEY
 from .models import ModelSpec, PortMapping, RetrySpec, ScalingSpec, ServiceConfig
 from .resources import GpuSpec, ResourcesSpec
-from .yamldoc import Document, Position, YamlSyntaxError, duplicate_keys, load_document, locate, node_position
+from .yamldoc import (
+    Document,
+    Position,
+    YamlSyntaxError,
+    duplicate_keys,
+    load_document,
+    locate,
+    node_position,
+    too_complex,
+)
 
 
 class FileKind(StrEnum):
@@ -97,6 +106,9 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
         diag = Diagnostic(path, e.position.line, e.position.column, "", e.message)
         return ParsedFile(FileKind.INVALID, path, None, None, [diag])
     out = Collector(path, doc)
+    if too_complex(doc.node):
+        out.at((), "the document is too large or uses too many aliases to validate")
+        return ParsedFile(FileKind.INVALID, path, None, None, out.items)
     data = doc.data
     if not isinstance(data, dict):
         what = (

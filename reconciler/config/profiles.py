@@ -16,7 +16,7 @@ from .diagnostics import Diagnostic, Severity
 from .dstack_fields import DSTACK_ONLY_TOP, did_you_mean
 from .models import ProfileParams
 from .parse import Collector, report_validation_error
-from .yamldoc import YamlSyntaxError, load_document
+from .yamldoc import YamlSyntaxError, load_document, too_complex
 
 PROFILES_PATH = ".dstack/profiles.yml"
 PROFILE_KEYS = frozenset(ProfileParams.model_fields)
@@ -51,6 +51,9 @@ def _parse(text: str, path: str) -> ProfilesResult:
             None, None, [Diagnostic(path, e.position.line, e.position.column, "", e.message)]
         )
     out = Collector(path, doc)
+    if too_complex(doc.node):
+        out.at((), "the document is too large or uses too many aliases to validate")
+        return ProfilesResult(None, None, out.items)
     data = doc.data
     if data is None:
         return ProfilesResult(None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dstack_fields import DSTACK_ONLY_TOP
+from .dstack_fields import DSTACK_ONLY_NESTED, DSTACK_ONLY_TOP
 from .models import ServiceConfig
 
 
@@ -23,6 +23,12 @@ def service_json_schema() -> dict[str, Any]:
         properties.setdefault(
             key, {"description": f"accepted for dstack compatibility; tidegate ignores it: {why}"}
         )
+    resources = schema.get("$defs", {}).get("ResourcesSpec", {}).get("properties")
+    if isinstance(resources, dict):
+        for key, why in DSTACK_ONLY_NESTED[("resources",)].items():
+            resources.setdefault(
+                key, {"description": f"accepted for dstack compatibility; tidegate ignores it: {why}"}
+            )
     schema["additionalProperties"] = False
     schema["required"] = ["type", "port"]
     return schema

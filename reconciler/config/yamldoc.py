@@ -51,9 +51,33 @@ def load_document(text: str) -> Document:
         raise YamlSyntaxError(f"YAML syntax error: {message}", _pos(mark)) from e
     except yaml.YAMLError as e:
         raise YamlSyntaxError(f"YAML error: {e}", Position(1, 1)) from e
+    except RecursionError as e:
+        raise YamlSyntaxError("the document is nested too deeply", Position(1, 1)) from e
     finally:
         loader.dispose()
     return Document(data, node)
+
+
+MAX_NODES = 50_000
+
+
+def too_complex(node: yaml.Node | None, limit: int = MAX_NODES) -> bool:
+    """True when the document expands to more than `limit` nodes (aliases counted every time
+    they are used), so an alias bomb cannot make validation take forever."""
+    stack: list[yaml.Node] = [node] if node is not None else []
+    seen = 0
+    while stack:
+        current = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(current, yaml.MappingNode):
+            for k, v in current.value:
+                stack.append(k)
+                stack.append(v)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return False
 
 
 def mapping_items(node: yaml.Node | None) -> Iterator[tuple[yaml.Node, yaml.Node]]:

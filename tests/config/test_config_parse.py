@@ -209,3 +209,19 @@ def test_input_is_not_mutated() -> None:
     text = GOOD + "resources:\n  shm_size: 1GB\n  cpu: 2..\n"
     first = parse_service_text(text, "m.dstack.yml")
     assert first.config is not None and first.config.resources.cpu.min == 2
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    lines = ["type: service", "port: 8000", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
+    lines.append("commands: *a8")
+    parsed = parse_service_text("\n".join(lines) + "\n", "bomb.dstack.yml")
+    assert parsed.kind == FileKind.INVALID
+    assert "too many aliases" in parsed.diagnostics[0].message
+
+
+def test_deep_nesting_does_not_raise() -> None:
+    parsed = parse_service_text("type: service\nport: " + "[" * 5000 + "]" * 5000 + "\n", "deep.dstack.yml")
+    assert parsed.kind == FileKind.INVALID
+    assert [d.message for d in parsed.diagnostics] == ["the document is nested too deeply"]

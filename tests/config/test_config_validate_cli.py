@@ -167,6 +167,25 @@ def test_schema_accepts_the_examples(capsys: pytest.CaptureFixture[str]) -> None
         errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
         assert errors == [], (path, [e.message for e in errors])
     assert list(validator.iter_errors({"type": "service", "port": 1, "comands": []}))
+    dstack_extras = {
+        "type": "service",
+        "image": "x",
+        "port": "8080:8000",
+        "https": False,
+        "probes": [{"type": "http"}],
+        "resources": {
+            "shm_size": "8GB",
+            "gpu": {"name": "A100", "compute_capability": 8.0},
+            "disk": {"size": "1TB"},
+        },
+        "replicas": "0..2",
+        "scaling": {"metric": "rps", "target": 1, "scale_up_delay": "1m"},
+        "retry": True,
+        "model": {"name": "m", "format": "tgi", "eos_token": "</s>"},
+        "max_duration": "off",
+        "env": {"A": 1},
+    }
+    assert list(validator.iter_errors(dstack_extras)) == []
 
 
 def test_console_script_on_examples() -> None:
