@@ -252,6 +252,13 @@ class Engine:
             if not offers:
                 blocked[name] = f"backend {d.backend} has no offer for this service's resources/settings"
                 continue
+            # Optional backend extension (the local backend has it): reasons a spec cannot run
+            # there that Requirements do not capture (an image without an engine, a missing Python).
+            can_run = getattr(self.backends.get(d.backend), "can_run", None)
+            reason = can_run(d.spec_for(0)) if callable(can_run) else None
+            if isinstance(reason, str) and reason:
+                blocked[name] = reason
+                continue
             services[name] = replace(d, template=replace(d.template, offer=offers[0]))
         return replace(ds, services=services, blocked=blocked), complete
 

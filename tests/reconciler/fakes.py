@@ -74,7 +74,9 @@ class FakeBackend:
 
     # -- test helpers -------------------------------------------------------------------------
     def crash(self, replica_id: str, message: str = "exit code 1") -> None:
-        self.replicas[replica_id] = replace(self.replicas[replica_id], status=ReplicaStatus.EXITED, message=message)
+        self.replicas[replica_id] = replace(
+            self.replicas[replica_id], status=ReplicaStatus.EXITED, message=message
+        )
 
     def creates(self) -> list[str]:
         return [rid for op, rid in self.calls if op == "create"]
@@ -84,7 +86,8 @@ class FakeBackend:
 
     def running(self, service: str | None = None) -> list[str]:
         return sorted(
-            rid for rid, i in self.replicas.items()
+            rid
+            for rid, i in self.replicas.items()
             if i.status is ReplicaStatus.RUNNING and (service is None or i.service == service)
         )
 

@@ -24,21 +24,33 @@ CASES = [
     pytest.param(POLICY, rps(25), 1, None, False, 3, "scale up 1 -> 3", id="ceil-rps-over-target"),
     pytest.param(POLICY, rps(20), 1, None, False, 2, "scale up", id="exact-multiple-no-extra"),
     pytest.param(POLICY, rps(1000), 1, None, False, 4, "scale up 1 -> 4", id="clamped-to-max"),
-    pytest.param(POLICY, rps(25), 1, NOW - 100, False, 1, "waiting for scale_up_delay", id="up-waits-for-delay"),
+    pytest.param(
+        POLICY, rps(25), 1, NOW - 100, False, 1, "waiting for scale_up_delay", id="up-waits-for-delay"
+    ),
     pytest.param(POLICY, rps(25), 1, NOW - 300, False, 3, "scale up", id="up-after-delay"),
-    pytest.param(POLICY, rps(5), 3, NOW - 599, False, 3, "waiting for scale_down_delay", id="down-waits-for-delay"),
+    pytest.param(
+        POLICY, rps(5), 3, NOW - 599, False, 3, "waiting for scale_down_delay", id="down-waits-for-delay"
+    ),
     pytest.param(POLICY, rps(5), 3, NOW - 600, False, 1, "scale down 3 -> 1", id="down-after-delay"),
     pytest.param(POLICY, rps(0), 0, NOW, False, 1, "outside the range", id="below-min-fixed-at-once"),
     pytest.param(POLICY, rps(0), 9, NOW, False, 4, "outside the range", id="above-max-fixed-at-once"),
     pytest.param(ZERO, rps(0), 1, NOW - 600, False, 0, "scale down 1 -> 0", id="scale-to-zero-after-delay"),
     pytest.param(ZERO, rps(0), 1, NOW - 10, False, 1, "waiting", id="no-zero-before-delay"),
-    pytest.param(ZERO, rps(0, held=2), 0, NOW - 1, False, 1, "scale from zero: 2 request(s) waiting", id="held-wakes"),
+    pytest.param(
+        ZERO, rps(0, held=2), 0, NOW - 1, False, 1, "scale from zero: 2 request(s) waiting", id="held-wakes"
+    ),
     pytest.param(ZERO, rps(0), 0, NOW - 1, True, 1, "scale from zero", id="demand-signal-wakes"),
     pytest.param(ZERO, rps(12), 0, NOW - 1, False, 3, "scale from zero", id="from-zero-ignores-up-delay"),
     pytest.param(ZERO, rps(12, held=1), 0, NOW, False, 3, "scale from zero", id="held-uses-rps-when-higher"),
     pytest.param(ZERO, rps(0), 0, None, False, 0, "steady at 0", id="zero-stays-zero-without-requests"),
     pytest.param(
-        ScalingPolicy(min=1, max=4, target=10, window=30), rps(0, r30=35), 1, None, False, 4, "over 30s",
+        ScalingPolicy(min=1, max=4, target=10, window=30),
+        rps(0, r30=35),
+        1,
+        None,
+        False,
+        4,
+        "over 30s",
         id="window-30-uses-rps-30",
     ),
 ]
@@ -46,7 +58,13 @@ CASES = [
 
 @pytest.mark.parametrize(("policy", "stats", "current", "last", "demand", "count", "reason"), CASES)
 def test_desired_replicas(
-    policy: ScalingPolicy, stats: ServiceStats, current: int, last: float | None, demand: bool, count: int, reason: str
+    policy: ScalingPolicy,
+    stats: ServiceStats,
+    current: int,
+    last: float | None,
+    demand: bool,
+    count: int,
+    reason: str,
 ) -> None:
     d = desired_replicas(policy, stats, current, last, NOW, demand=demand)
     assert d.count == count
@@ -69,8 +87,18 @@ def _write(folder: Path, pid: int, at: float, services: dict[str, dict[str, obje
 
 def test_read_stats_sums_workers_and_ignores_stale(tmp_path: Path) -> None:
     g = tmp_path / "gateway"
-    _write(g, 1, NOW - 1, {"web": {"rps_60": 2.0, "in_flight": 1, "held": 0, "per_upstream_in_flight": {"r0": 1}}})
-    _write(g, 2, NOW - 2, {"web": {"rps_60": 3.5, "in_flight": 2, "held": 1, "per_upstream_in_flight": {"r0": 2}}})
+    _write(
+        g,
+        1,
+        NOW - 1,
+        {"web": {"rps_60": 2.0, "in_flight": 1, "held": 0, "per_upstream_in_flight": {"r0": 1}}},
+    )
+    _write(
+        g,
+        2,
+        NOW - 2,
+        {"web": {"rps_60": 3.5, "in_flight": 2, "held": 1, "per_upstream_in_flight": {"r0": 2}}},
+    )
     _write(g, 3, NOW - 60, {"web": {"rps_60": 100.0}})  # a dead worker's leftovers
     (g / "stats-4.json").write_text("{torn")
     stats = read_stats(tmp_path, NOW, max_age=10)

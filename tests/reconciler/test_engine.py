@@ -90,8 +90,12 @@ class World:
 
     def open(self) -> Engine:
         return Engine(
-            self.state, BackendRegistry({"local": self.backend}), self.settings, clock=self.clock,
-            stats=lambda: self.stats, prober=self.prober,
+            self.state,
+            BackendRegistry({"local": self.backend}),
+            self.settings,
+            clock=self.clock,
+            stats=lambda: self.stats,
+            prober=self.prober,
         )
 
     def reopen(self, **settings: object) -> None:
@@ -106,7 +110,8 @@ class World:
             self.clock.t += step
             if report.plan.empty and not any(
                 r.phase in (ReplicaPhase.PROVISIONING, ReplicaPhase.DRAINING, ReplicaPhase.FAILED)
-                for s in self.engine.doc.services.values() for r in s.replicas
+                for s in self.engine.doc.services.values()
+                for r in s.replicas
             ):
                 return
 
@@ -148,7 +153,9 @@ def test_secret_values_never_reach_the_state_dir(world: World) -> None:
     assert world.backend.specs[rid].env["SECRET_TOKEN"] == SECRET  # the replica gets it ...
     for path in world.state.rglob("*"):
         if path.is_file():
-            assert SECRET not in path.read_text(errors="replace"), f"secret leaked into {path}"  # ... nothing else
+            assert SECRET not in path.read_text(errors="replace"), (
+                f"secret leaked into {path}"
+            )  # ... nothing else
     assert world.engine.doc.services["web"].env_names == ["MODE", "SECRET_TOKEN"]
 
 

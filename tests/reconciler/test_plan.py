@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from reconciler.naming import replica_id
-from reconciler.plan import Action, Desired, Plan, Target, plan
+from reconciler.plan import Action, Desired, Plan, Target, plan, render_text, summary_counts, to_json
 from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 OLD = "a" * 64
@@ -16,8 +18,13 @@ R, P, F, D = ReplicaPhase.READY, ReplicaPhase.PROVISIONING, ReplicaPhase.FAILED,
 
 def rep(ordinal: int, phase: ReplicaPhase = R, spec: str = OLD, **kw: object) -> ReplicaRecord:
     return ReplicaRecord(
-        id=replica_id("web", spec, ordinal), service="web", spec_hash=spec, ordinal=ordinal, backend="local",
-        phase=phase, **kw,  # type: ignore[arg-type]
+        id=replica_id("web", spec, ordinal),
+        service="web",
+        spec_hash=spec,
+        ordinal=ordinal,
+        backend="local",
+        phase=phase,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -45,8 +52,12 @@ def short(p: Plan) -> list[str]:
 
 
 A, ADD, REP, RST, DRN, RM = (
-    Action.CREATE_SERVICE, Action.ADD_REPLICA, Action.REPLACE_REPLICA, Action.RESTART_REPLICA,
-    Action.DRAIN_REPLICA, Action.REMOVE_REPLICA,
+    Action.CREATE_SERVICE,
+    Action.ADD_REPLICA,
+    Action.REPLACE_REPLICA,
+    Action.RESTART_REPLICA,
+    Action.DRAIN_REPLICA,
+    Action.REMOVE_REPLICA,
 )
 
 CASES = [
@@ -57,11 +68,19 @@ CASES = [
     pytest.param(want(3), svc(rep(0)), ["add_replica:1a", "add_replica:2a"], id="scale-up-adds-all-at-once"),
     pytest.param(want(1), svc(rep(0), rep(1)), ["drain_replica:1a"], id="scale-down-drains-highest-ordinal"),
     pytest.param(
-        want(1), svc(rep(0, in_flight=5), rep(1, in_flight=1)), ["drain_replica:1a"], id="scale-down-fewest-in-flight"
+        want(1),
+        svc(rep(0, in_flight=5), rep(1, in_flight=1)),
+        ["drain_replica:1a"],
+        id="scale-down-fewest-in-flight",
     ),
-    pytest.param(want(1), svc(rep(0), rep(1, P)), ["remove_replica:1a"], id="scale-down-removes-not-ready-first"),
     pytest.param(
-        want(1), svc(rep(0, F, next_attempt_at=NOW + 50), rep(1)), ["remove_replica:0a"], id="scale-down-failed-first"
+        want(1), svc(rep(0), rep(1, P)), ["remove_replica:1a"], id="scale-down-removes-not-ready-first"
+    ),
+    pytest.param(
+        want(1),
+        svc(rep(0, F, next_attempt_at=NOW + 50), rep(1)),
+        ["remove_replica:0a"],
+        id="scale-down-failed-first",
     ),
     pytest.param(
         want(2, spec=NEW), svc(rep(0), rep(1)), ["replace_replica:0b>0a"], id="rolling-starts-one-surge"
@@ -70,41 +89,60 @@ CASES = [
         want(2, spec=NEW), svc(rep(0), rep(1), rep(0, P, NEW)), [], id="rolling-waits-for-surge-to-be-ready"
     ),
     pytest.param(
-        want(2, spec=NEW), svc(rep(0), rep(1), rep(0, R, NEW)),
+        want(2, spec=NEW),
+        svc(rep(0), rep(1), rep(0, R, NEW)),
         ["replace_replica:1b>1a", "drain_replica:0a"],
         id="rolling-ready-surge-retires-one-starts-next",
     ),
     pytest.param(
-        want(2, spec=NEW), svc(rep(1), rep(0, R, NEW), rep(1, R, NEW)), ["drain_replica:1a"], id="rolling-last-old-drained"
+        want(2, spec=NEW),
+        svc(rep(1), rep(0, R, NEW), rep(1, R, NEW)),
+        ["drain_replica:1a"],
+        id="rolling-last-old-drained",
     ),
     pytest.param(
-        want(2, spec=NEW), svc(rep(0, P), rep(1)), ["remove_replica:0a", "add_replica:0b"],
+        want(2, spec=NEW),
+        svc(rep(0, P), rep(1)),
+        ["remove_replica:0a", "add_replica:0b"],
         id="rolling-outdated-not-ready-removed-at-once-capacity-added",
     ),
     pytest.param(
-        want(1, spec=NEW), svc(rep(0), rep(0, F, NEW, next_attempt_at=NOW + 10)), [],
+        want(1, spec=NEW),
+        svc(rep(0), rep(0, F, NEW, next_attempt_at=NOW + 10)),
+        [],
         id="rolling-new-failing-keeps-old-serving",
     ),
     pytest.param(want(1), svc(rep(0, F, next_attempt_at=NOW + 10)), [], id="failed-waits-for-backoff"),
-    pytest.param(want(1), svc(rep(0, F, next_attempt_at=NOW)), ["restart_replica:0a"], id="failed-restarts-when-due"),
+    pytest.param(
+        want(1), svc(rep(0, F, next_attempt_at=NOW)), ["restart_replica:0a"], id="failed-restarts-when-due"
+    ),
     pytest.param(
         want(1), svc(rep(0), rep(1, D, draining_since=NOW - 1, in_flight=0)), [], id="drain-waits-minimum"
     ),
     pytest.param(
-        want(1), svc(rep(0), rep(1, D, draining_since=NOW - 3, in_flight=0)), ["remove_replica:1a"],
+        want(1),
+        svc(rep(0), rep(1, D, draining_since=NOW - 3, in_flight=0)),
+        ["remove_replica:1a"],
         id="drain-done-when-idle",
     ),
     pytest.param(
-        want(1), svc(rep(0), rep(1, D, draining_since=NOW - 3, in_flight=2)), [], id="drain-waits-for-in-flight"
+        want(1),
+        svc(rep(0), rep(1, D, draining_since=NOW - 3, in_flight=2)),
+        [],
+        id="drain-waits-for-in-flight",
     ),
     pytest.param(
-        want(1), svc(rep(0), rep(1, D, draining_since=NOW - 31, in_flight=2)), ["remove_replica:1a"],
+        want(1),
+        svc(rep(0), rep(1, D, draining_since=NOW - 31, in_flight=2)),
+        ["remove_replica:1a"],
         id="drain-grace-expired",
     ),
     pytest.param(
         want(2), svc(rep(1), rep(2, D, draining_since=NOW)), ["add_replica:0a"], id="add-takes-free-ordinal"
     ),
-    pytest.param(want(0), svc(rep(0), rep(1, P)), ["remove_replica:1a", "drain_replica:0a"], id="scale-to-zero"),
+    pytest.param(
+        want(0), svc(rep(0), rep(1, P)), ["remove_replica:1a", "drain_replica:0a"], id="scale-to-zero"
+    ),
     pytest.param(want(2, keep=True, keep_reason="bad file"), svc(rep(0, F)), [], id="kept-service-untouched"),
     pytest.param(Desired({}), svc(rep(0)), ["delete_service:web"], id="removed-file-deletes"),
     pytest.param(Desired({}, prune=False), svc(rep(0)), [], id="no-prune-keeps"),
@@ -158,3 +196,30 @@ def test_rolling_update_converges_without_losing_capacity() -> None:
         assert surge <= 1
         now += 3
     assert sorted(r.id for r in actual["web"].replicas) == sorted(replica_id("web", NEW, i) for i in range(3))
+
+
+def test_render_text_and_json() -> None:
+    actual = svc(rep(0), rep(1))
+    actual["web"].spec_summary = {"commands": "serve --old"}
+    actual["gone"] = ServiceRecord(name="gone", spec_hash=OLD)
+    desired = Desired(
+        {
+            "web": Target("web", NEW, 1, summary={"commands": "serve --new"}),
+            "api": Target("api", NEW, 2, summary={"port": "8000"}),
+        }
+    )
+    p = plan(desired, actual, NOW)
+    text = render_text(p)
+    assert "  + service api (new, 2 replicas)" in text
+    assert '      port: "8000"' in text
+    assert "  ~ service web (rolling update)" in text
+    assert '      ~ commands: "serve --old" -> "serve --new"' in text
+    assert "  - service gone (config removed)" in text
+    assert "Plan: 1 service(s) to add, 1 to change, 1 to destroy; replicas: 3 to start" in text
+    doc = to_json(p)
+    assert doc["changes"] is True
+    assert doc["summary"] == summary_counts(p)
+    assert json.loads(json.dumps(doc))["spec_changes"]["web"] == [
+        {"field": "commands", "old": "serve --old", "new": "serve --new"}
+    ]
+    assert render_text(Plan()).startswith("No changes.")

@@ -72,7 +72,9 @@ def test_second_owner_is_refused_naming_the_holder_process(tmp_path: Path) -> No
         sys.stdin.read()
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         with pytest.raises(StateLockedError) as err:

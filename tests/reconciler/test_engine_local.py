@@ -1,0 +1,88 @@
+"""The engine driving the real local backend: a real process, a real unix socket, a real probe."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends.base import BackendRegistry
+from backends.local import LocalBackend
+from gateway.snapshot import read_snapshot
+from reconciler.engine import Engine, EngineSettings, Snapshot
+from reconciler.state import StateStore
+
+SERVICE = """\
+type: service
+name: hello
+env:
+  - GREETING
+commands:
+  - python3 -m http.server 8000 --bind 127.0.0.1
+port: 8000
+"""
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[tuple[Engine, LocalBackend]]:
+    state = tmp_path / "state"
+    owner = StateStore(state).installation().id
+    backend = LocalBackend(state / "replicas", owner=owner, grace=2.0)
+    eng = Engine(
+        state,
+        BackendRegistry({"local": backend}),
+        EngineSettings(env={"GREETING": "hi-secret-xyz"}, drain_min=0.0, probe_timeout=1.0),
+    )
+    try:
+        yield eng, backend
+    finally:
+        eng.close()
+        for info in backend.list_owned():
+            backend.delete(info.replica_id)
+
+
+def until_routed(eng: Engine, snap: Snapshot, name: str, deadline: float = 60.0) -> str:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        eng.reconcile(snap)
+        route = read_snapshot(eng.state_dir).services.get(name)
+        if route and route.upstreams:
+            return route.upstreams[0].url
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never became ready: {eng.status()}")
+
+
+def test_local_service_is_deployed_probed_routed_and_torn_down(
+    engine: tuple[Engine, LocalBackend], tmp_path: Path
+) -> None:
+    eng, backend = engine
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hello.dstack.yml").write_text(SERVICE)
+    (repo / "index.html").write_text("hello from the repo\n")
+    snap = Snapshot("1" * 40, repo)
+    url = until_routed(eng, snap, "hello")
+    assert url.startswith("unix://")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=url.removeprefix("unix://")), timeout=5) as c:
+        assert "hello from the repo" in c.get("http://replica/index.html").text
+    assert eng.reconcile(snap).plan.empty
+    for path in eng.state_dir.glob("*.json*"):
+        assert "hi-secret-xyz" not in path.read_text()
+
+    empty = tmp_path / "repo2"
+    empty.mkdir()
+    (empty / "other.txt").write_text("no configs\n")
+    (empty / "x.dstack.yml").write_text("type: task\ncommands: [echo]\n")  # another type: skipped
+    eng.reconcile(Snapshot("2" * 40, empty))
+    assert len(backend.list_owned()) == 1, "a commit without services prunes nothing"
+    (repo / "hello.dstack.yml").unlink()
+    (repo / "keep.dstack.yml").write_text(
+        SERVICE.replace("name: hello", "name: keep").replace("GREETING", "NOPE")
+    )
+    eng.reconcile(Snapshot("3" * 40, repo))
+    assert backend.list_owned() == [], "removing the file tears the service down"
+    [row] = eng.status()
+    assert row.name == "keep" and row.status == "blocked" and "NOPE" in row.reason
