@@ -130,6 +130,7 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
     raw = _drop_foreign_keys(data, out)
     for key, value in profile.items():
         raw.setdefault(key, value)  # the service file wins field by field
+    raw["type"] = "service"  # a wrong `type` is reported above, once; still check everything else
     config: ServiceConfig | None = None
     try:
         config = ServiceConfig.model_validate(raw)
