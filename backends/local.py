@@ -7,7 +7,7 @@ a small supervisor (`local_relay.py`) in its own session and process group.
 Layout under `root` (the reconciler passes `<state>/replicas`)::
 
     <root>/<replica_id>/replica.json   metadata: ids, owner, port, env NAMES, pid + start time
-    <root>/<replica_id>/work/          copy of spec.workdir (the repo at the deployed commit, no .git)
+    <root>/<replica_id>/work/          copy of spec.workdir (repo at the commit, minus .git/.dstackignore)
     <root>/<replica_id>/run.sh         the commands
     <root>/<replica_id>/logs/replica.log (+ .1)  stdout+stderr, size-capped, one backup
     <root>/<replica_id>/http.sock      the replica's port, exposed as a unix socket
@@ -38,23 +38,23 @@ it instead of starting another; create/delete of one replica hold an flock, so t
 start it twice. A replica whose commands exited is EXITED with the exit code and its last log lines
 in `message`; `create()` restarts it under the same id.
 
-Images run only through a Docker/Podman engine, which this backend does not drive yet: `can_run`
-reports why a spec cannot run here (images, missing Python versions, GPUs, namespaces) so the
-reconciler can show it in the plan; `create()` raises PermanentError with the same reason.
+Images: `image:` runs through `docker`/`podman run` when that engine answers `info` (the engine
+gives the container its own network; the port is published on a free loopback port that the relay
+targets, env values are passed by name only, and delete also runs `<engine> rm -f`). Without an
+engine, `can_run(spec)` returns the reason ("cannot run images: no Docker/Podman engine"), as it
+does for a missing Python version, unfitting GPUs or (in NAMESPACE mode) missing namespaces, so
+the reconciler can show it in the plan; `create()` raises PermanentError with the same reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import selectors
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from enum import StrEnum
@@ -71,12 +71,23 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
+from backends.local_layout import (
+    ReplicaPaths,
+    container_name,
+    copy_workdir,
+    read_json,
+    script_for,
+    socket_path,
+    tail,
+    write_json_atomic,
+)
 from backends.local_proc import ProcessIdentity
+
+__all__ = ["META", "LocalBackend", "NetworkMode", "socket_path"]
 
 RELAY = Path(__file__).with_name("local_relay.py")
 META = "replica.json"
 SCHEMA_VERSION = 1
-SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 MESSAGE_LOG_LINES = 5
 KEPT_LOG_LINES = 200
 
@@ -87,44 +98,11 @@ class NetworkMode(StrEnum):
     SHARED = "shared"  # host network; a busy port is a TemporaryError
 
 
-def socket_path(replica_dir: Path) -> Path:
-    """`<dir>/http.sock`, or a short stable path in the temp dir when that is too long to bind."""
-    path = replica_dir / "http.sock"
-    if len(str(path)) <= SOCKET_PATH_MAX:
-        return path
-    digest = hashlib.sha256(str(replica_dir).encode()).hexdigest()[:20]
-    return Path(tempfile.gettempdir()) / f"tidegate-{os.getuid()}" / f"{digest}.sock"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def tail(paths: Sequence[Path], lines: int) -> list[str]:
-    """Last `lines` lines across files given oldest first (a rotated backup, then the log)."""
-    collected: list[str] = []
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            collected.extend(path.read_bytes().decode("utf-8", errors="replace").splitlines())
-    return collected[-lines:] if lines > 0 else []
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 class LocalBackend:
@@ -168,10 +146,7 @@ class LocalBackend:
         assert not isinstance(self._namespace_problem, bool)
         return self._namespace_problem
 
-    def _use_namespace(self) -> bool:
-        return self.network != NetworkMode.SHARED and self._namespaces_unavailable() is None
-
-    def _engine_name(self) -> str | None:
+    def _engine_exe(self) -> str | None:
         if self._engine is False:
             self._engine = local_host.probe_engine()
         assert not isinstance(self._engine, bool)
@@ -195,10 +170,11 @@ class LocalBackend:
         engine, the Python version, the GPUs, and (in NAMESPACE mode) network namespaces.
         """
         if spec.image is not None:
-            if self._engine_name() is None:
+            if spec.python is not None:
+                return "`image` and `python` are mutually exclusive"
+            if self._engine_exe() is None:
                 return "local backend cannot run images: no Docker/Podman engine"
-            return f"local backend does not run images yet (found {self._engine_name()}; use `python`/`commands`)"
-        if not spec.commands:
+        elif not spec.commands:
             return "nothing to run: the service has neither `commands` nor `image`"
         if spec.python is not None:
             try:
@@ -206,14 +182,19 @@ class LocalBackend:
             except PermanentError as e:
                 return str(e)
             if found is None:
-                return f"python {spec.python} is not installed on this machine (no working python{local_host.python_minor(spec.python)})"
+                minor = local_host.python_minor(spec.python)
+                return f"python {spec.python} is not installed on this machine (no working python{minor})"
         if (
             spec.requirements.gpu is not None
             and local_host.match_offer(spec.requirements, self.machine()) is None
         ):
             gpus = ", ".join(f"{g.name} ({g.memory_gb:g}GB)" for g in self.machine().gpus) or "none"
             return f"this machine's GPUs do not fit the requirements (found: {gpus})"
-        if self.network == NetworkMode.NAMESPACE and (problem := self._namespaces_unavailable()):
+        if (
+            self.network == NetworkMode.NAMESPACE
+            and spec.image is None
+            and (problem := self._namespaces_unavailable())
+        ):
             return problem
         return None
 
@@ -222,18 +203,18 @@ class LocalBackend:
         if reason is not None:
             raise PermanentError(reason)
         venv = self._venv_for(spec)
-        with local_host.file_lock(self._lock_path(spec.replica_id)):
+        paths = self._paths(spec.replica_id)
+        with local_host.file_lock(paths.lock):
             self._reap()
             current = self._describe(spec.replica_id, holding_lock=True)
             if current is not None and current.status in (ReplicaStatus.RUNNING, ReplicaStatus.PROVISIONING):
                 return current
-            replica_dir = self._dir(spec.replica_id)
-            meta = read_json(replica_dir / META)
+            meta = read_json(paths.meta)
             if meta is not None and meta.get("owner") != self.owner:
-                raise PermanentError(f"{replica_dir} belongs to another owner; refusing to touch it")
+                raise PermanentError(f"{paths.dir} belongs to another owner; refusing to touch it")
             if meta is not None:  # leftovers of an exited run or an interrupted start/delete
-                local_proc.terminate_replica(self._recorded(meta), str(replica_dir), self.grace, self._reap)
-            return self._start(spec, replica_dir, venv, attempt=int((meta or {}).get("attempt", 0)) + 1)
+                self._stop(paths, meta)
+            return self._start(spec, paths, venv, attempt=int((meta or {}).get("attempt", 0)) + 1)
 
     def describe(self, replica_id: str) -> ReplicaInfo | None:
         self._reap()
@@ -253,42 +234,38 @@ class LocalBackend:
         return infos
 
     def delete(self, replica_id: str) -> None:
-        replica_dir = self._dir(replica_id)
-        if not replica_dir.exists():
+        paths = self._paths(replica_id)
+        if not paths.dir.exists():
             return
-        with local_host.file_lock(self._lock_path(replica_id)):
-            meta = read_json(replica_dir / META)
+        with local_host.file_lock(paths.lock):
+            meta = read_json(paths.meta)
             if meta is None:
                 # A directory without metadata never got as far as spawning anything.
-                if replica_dir.exists() and not local_proc.marked_processes(str(replica_dir)):
-                    shutil.rmtree(replica_dir, ignore_errors=True)
+                if paths.dir.exists() and not local_proc.marked_processes(str(paths.dir)):
+                    shutil.rmtree(paths.dir, ignore_errors=True)
                     return
                 meta = {"owner": self.owner}
             if meta.get("owner") != self.owner:
                 return  # never delete what is not ours
             meta["state"] = "deleting"
-            write_json_atomic(replica_dir / META, meta)
-            local_proc.terminate_replica(self._recorded(meta), str(replica_dir), self.grace, self._reap)
-            self._keep_last_logs(replica_id)
-            sock = Path(str(meta.get("socket") or socket_path(replica_dir)))
+            write_json_atomic(paths.meta, meta)
+            self._stop(paths, meta)
+            self._keep_last_logs(paths)
             with contextlib.suppress(FileNotFoundError):
-                sock.unlink()
-            shutil.rmtree(replica_dir, ignore_errors=True)
+                Path(str(meta.get("socket") or paths.socket)).unlink()
+            shutil.rmtree(paths.dir, ignore_errors=True)
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:
-        log = self._dir(replica_id) / "logs" / "replica.log"
-        if log.exists():
-            return tail([log.with_name("replica.log.1"), log], lines)
-        return tail([self.root / ".logs" / f"{replica_id}.log"], lines)
+        paths = self._paths(replica_id)
+        if paths.log.exists():
+            return tail([paths.log_backup, paths.log], lines)
+        return tail([paths.kept_log], lines)
 
     # ---- internals ------------------------------------------------------------------------------
-    def _dir(self, replica_id: str) -> Path:
+    def _paths(self, replica_id: str) -> ReplicaPaths:
         if not replica_id or "/" in replica_id or replica_id.startswith("."):
             raise PermanentError(f"invalid replica id {replica_id!r}")
-        return self.root / replica_id
-
-    def _lock_path(self, replica_id: str) -> Path:
-        return self.root / ".locks" / f"{replica_id}.lock"
+        return ReplicaPaths(self.root, replica_id)
 
     def _reap(self) -> None:
         for pid, proc in list(self._children.items()):
@@ -300,6 +277,18 @@ class LocalBackend:
         if meta is None or meta.get("pid") is None or meta.get("started") is None:
             return None
         return ProcessIdentity(int(meta["pid"]), float(meta["started"]))
+
+    def _stop(self, paths: ReplicaPaths, meta: dict[str, Any]) -> None:
+        """Stop every process of the replica (and its container, for an image)."""
+        local_proc.terminate_replica(self._recorded(meta), str(paths.dir), self.grace, self._reap)
+        engine = meta.get("engine")
+        if engine:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [str(engine), "rm", "-f", container_name(paths.replica_id)],
+                    capture_output=True,
+                    timeout=max(self.grace, 10.0) + 20.0,
+                )
 
     def _venv_for(self, spec: ReplicaSpec) -> Path | None:
         if spec.python is None:
@@ -336,14 +325,19 @@ class LocalBackend:
                 )
                 raise TemporaryError(f"port {port} is busy on this host ({why})") from e
 
-    def _start(self, spec: ReplicaSpec, replica_dir: Path, venv: Path | None, attempt: int) -> ReplicaInfo:
-        netns = self._use_namespace()
-        if self.network == NetworkMode.NAMESPACE and not netns:
+    def _start(self, spec: ReplicaSpec, paths: ReplicaPaths, venv: Path | None, attempt: int) -> ReplicaInfo:
+        engine = self._engine_exe() if spec.image is not None else None
+        # An image gets its own network from the engine; the relay reaches it on a loopback port.
+        netns = (
+            engine is None and self.network != NetworkMode.SHARED and self._namespaces_unavailable() is None
+        )
+        if engine is None and self.network == NetworkMode.NAMESPACE and not netns:
             raise PermanentError(self._namespaces_unavailable() or "network namespaces unavailable")
-        if not netns:
+        host_port = free_loopback_port() if engine is not None else None
+        if engine is None and not netns:
             self._check_port_free(spec.port)
-        sock = socket_path(replica_dir)
-        replica_dir.mkdir(parents=True, exist_ok=True)
+        sock = paths.socket
+        paths.dir.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "replica_id": spec.replica_id,
@@ -354,8 +348,11 @@ class LocalBackend:
             "owner": self.owner,
             "env_names": sorted(spec.env),
             "python": spec.python,
+            "image": spec.image,
+            "engine": engine,
+            "host_port": host_port,
             "revision": spec.revision,
-            "network": "namespace" if netns else "shared",
+            "network": "namespace" if netns else ("engine" if engine else "shared"),
             "socket": str(sock),
             "venv": str(venv) if venv else None,
             "attempt": attempt,
@@ -364,37 +361,32 @@ class LocalBackend:
             "pid": None,
             "started": None,
         }
-        write_json_atomic(replica_dir / META, meta)  # intent, before anything runs
-        work = replica_dir / "work"
-        if work.exists():
-            shutil.rmtree(work)
-        if spec.workdir is not None:
-            shutil.copytree(spec.workdir, work, symlinks=True, ignore=shutil.ignore_patterns(".git"))
-        else:
-            work.mkdir()
-        (replica_dir / "logs").mkdir(exist_ok=True)
-        (replica_dir / "run.sh").write_text("set -e\n" + "\n".join(spec.commands) + "\n", encoding="utf-8")
+        write_json_atomic(paths.meta, meta)  # intent, before anything runs
+        copy_workdir(spec.workdir, paths.work)
+        paths.log.parent.mkdir(exist_ok=True)
+        script = script_for(spec, engine=engine, owner=self.owner, host_port=host_port, work=paths.work)
+        paths.script.write_text(script, encoding="utf-8")
         with contextlib.suppress(FileNotFoundError):
-            (replica_dir / "exit.json").unlink()
-        sock.parent.mkdir(parents=True, exist_ok=True)
+            paths.exit_file.unlink()
+        sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         cmd = [
             sys.executable, "-I", "-S", str(RELAY),
-            "--workdir", str(work),
-            "--script", str(replica_dir / "run.sh"),
-            "--port", str(spec.port),
+            "--workdir", str(paths.work),
+            "--script", str(paths.script),
+            "--port", str(host_port or spec.port),
             "--socket", str(sock),
-            "--log", str(replica_dir / "logs" / "replica.log"),
+            "--log", str(paths.log),
             "--log-max-bytes", str(self.log_max_bytes),
-            "--exit-file", str(replica_dir / "exit.json"),
+            "--exit-file", str(paths.exit_file),
         ]  # fmt: skip
         if netns:
             cmd.append("--netns")
-        with open(replica_dir / "relay.err", "ab") as err:
+        with open(paths.relay_err, "ab") as err:
             proc = subprocess.Popen(
                 cmd,
-                cwd=replica_dir,
-                env=self._env(spec, replica_dir, venv),
+                cwd=paths.dir,
+                env=self._env(spec, paths.dir, venv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -411,7 +403,7 @@ class LocalBackend:
         identity = local_proc.identify(proc.pid)
         # started=0.0 marks a supervisor that already exited (its exit.json tells why).
         meta.update(pid=proc.pid, started=identity.started if identity else 0.0, state="started")
-        write_json_atomic(replica_dir / META, meta)
+        write_json_atomic(paths.meta, meta)
         info = self._describe(spec.replica_id, holding_lock=True)
         assert info is not None
         return info
@@ -428,15 +420,15 @@ class LocalBackend:
         return line
 
     def _describe(self, replica_id: str, holding_lock: bool = False) -> ReplicaInfo | None:
-        replica_dir = self._dir(replica_id)
-        meta = read_json(replica_dir / META)
+        paths = self._paths(replica_id)
+        meta = read_json(paths.meta)
         if meta is None or meta.get("owner") != self.owner:
             return None
         leader = self._recorded(meta)
         if leader is not None and not local_proc.is_alive(leader):
             leader = None
         if leader is None and meta.get("pid") is None:
-            leader = local_proc.find_supervisor(str(replica_dir))  # spawned, pid not yet recorded
+            leader = local_proc.find_supervisor(str(paths.dir))  # spawned, pid not yet recorded
         base: dict[str, Any] = {
             "replica_id": replica_id,
             "backend": self.name,
@@ -444,31 +436,30 @@ class LocalBackend:
             "spec_hash": meta.get("spec_hash"),
             "tags": {"owner": self.owner, "network": str(meta.get("network"))},
         }
-        address = f"unix://{meta.get('socket') or socket_path(replica_dir)}"
         state = meta.get("state")
         if state == "deleting":
-            alive = leader is not None or bool(local_proc.marked_processes(str(replica_dir)))
+            alive = leader is not None or bool(local_proc.marked_processes(str(paths.dir)))
             status = ReplicaStatus.TERMINATING if alive else ReplicaStatus.GONE
             return ReplicaInfo(status=status, message="being deleted", **base)
         if leader is not None:
             return ReplicaInfo(
                 status=ReplicaStatus.RUNNING,
-                address=address,
+                address=f"unix://{meta.get('socket') or paths.socket}",
                 handle=leader.handle,
                 started_at=leader.started,
                 **base,
             )
-        if state == "starting" and not holding_lock and local_host.lock_is_held(self._lock_path(replica_id)):
+        if state == "starting" and not holding_lock and local_host.lock_is_held(paths.lock):
             return ReplicaInfo(status=ReplicaStatus.PROVISIONING, message="starting", **base)
         return ReplicaInfo(
             status=ReplicaStatus.EXITED,
-            message=self._exit_message(replica_dir, meta),
-            started_at=meta.get("started"),
+            message=self._exit_message(paths, meta),
+            started_at=meta.get("started") or None,
             **base,
         )
 
-    def _exit_message(self, replica_dir: Path, meta: dict[str, Any]) -> str:
-        exit_info = read_json(replica_dir / "exit.json")
+    def _exit_message(self, paths: ReplicaPaths, meta: dict[str, Any]) -> str:
+        exit_info = read_json(paths.exit_file)
         if exit_info is not None:
             code = int(exit_info.get("returncode", -1))
             head = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
@@ -476,13 +467,12 @@ class LocalBackend:
             head = "start was interrupted before the replica ran"
         else:
             head = "the replica's processes vanished without an exit status (killed?)"
-        last = self.logs(str(meta.get("replica_id")), MESSAGE_LOG_LINES)
+        last = self.logs(paths.replica_id, MESSAGE_LOG_LINES)
         return head + ("; last log lines:\n" + "\n".join(last) if last else "")
 
-    def _keep_last_logs(self, replica_id: str) -> None:
-        last = self.logs(replica_id, KEPT_LOG_LINES)
+    def _keep_last_logs(self, paths: ReplicaPaths) -> None:
+        last = self.logs(paths.replica_id, KEPT_LOG_LINES)
         if not last:
             return
-        kept = self.root / ".logs"
-        kept.mkdir(parents=True, exist_ok=True)
-        (kept / f"{replica_id}.log").write_text("\n".join(last) + "\n", encoding="utf-8")
+        paths.kept_log.parent.mkdir(parents=True, exist_ok=True)
+        paths.kept_log.write_text("\n".join(last) + "\n", encoding="utf-8")

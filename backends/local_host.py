@@ -151,7 +151,7 @@ def probe_machine() -> Machine:
 
 
 def probe_engine() -> str | None:
-    """'docker' or 'podman' when that engine answers `info`, else None."""
+    """The path of `docker` or `podman` when that engine answers `info`, else None."""
     for engine in ("docker", "podman"):
         exe = shutil.which(engine)
         if exe is None:
@@ -160,7 +160,7 @@ def probe_engine() -> str | None:
             subprocess.run([exe, "info"], capture_output=True, timeout=PROBE_TIMEOUT, check=True)
         except (OSError, subprocess.SubprocessError):
             continue
-        return engine
+        return exe
     return None
 
 

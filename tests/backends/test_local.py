@@ -25,8 +25,9 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
-from backends.local import META, LocalBackend, NetworkMode, socket_path
+from backends.local import META, LocalBackend, NetworkMode
 from backends.local_host import Gpu, Machine, match_offer, parse_nvidia_smi, python_minor
+from backends.local_layout import copy_workdir, script_for, socket_path
 from backends.local_proc import find_supervisor, marked_processes
 from backends.local_relay import RotatingLog
 
@@ -335,3 +336,94 @@ def test_socket_path_stays_bindable_for_deep_roots(tmp_path: Path) -> None:
     assert socket_path(short) == short / "http.sock" or len(str(short / "http.sock")) > 100
     assert len(str(socket_path(deep))) <= 100
     assert socket_path(deep) == socket_path(deep)  # stable across restarts
+
+
+# ---- images through an engine (a fake `docker` that runs the app on the published port) ---------
+
+FAKE_ENGINE = """#!{python}
+import json, os, sys
+with open(os.environ["FAKE_ENGINE_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] != "run":
+    sys.exit(0)  # info, rm -f
+args, opts = sys.argv[2:], {{}}
+while args[0].startswith("-"):
+    flag = args.pop(0)
+    if flag not in ("--rm", "--init"):
+        opts.setdefault(flag, []).append(args.pop(0))
+host_port = opts["-p"][0].split(":")[1]
+os.chdir(opts["-v"][0].split(":")[0])
+os.execv(sys.executable, [sys.executable, "app.py", host_port])
+"""
+
+
+def test_image_runs_through_an_engine_that_answers(
+    make_backend: Factory, app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "docker").write_text(FAKE_ENGINE.format(python=sys.executable))
+    (fake_bin / "docker").chmod(0o755)
+    engine_log = tmp_path / "engine.log"
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ENGINE_LOG", str(engine_log))
+    backend = make_backend()
+    secret = "image-secret-93ab"
+    spec = spec_for(app_dir, image="example/app:1", commands=(), env={"GREETING": secret})
+    assert backend.can_run(spec) is None
+    info = backend.create(spec)
+    reply = wait_answer(info)
+    assert (reply["replica"], reply["greeting"]) == (spec.replica_id, secret)
+    backend.delete(spec.replica_id)
+    calls = [json.loads(line) for line in engine_log.read_text().splitlines()]
+    run = next(c for c in calls if c[0] == "run")
+    assert run[run.index("-e") + 1] == "GREETING" and secret not in engine_log.read_text()
+    assert ["rm", "-f", f"tidegate-{spec.replica_id}"] in calls
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        pytest.param(
+            {"commands": ("pip install x", "python app.py")},
+            "set -e\npip install x\npython app.py\n",
+            id="cmds",
+        ),
+        pytest.param(
+            {"image": "img:1", "commands": ("a", "b"), "env": {"TOKEN": "v"}},
+            "set -e\nexec docker run --rm --init --name tidegate-web-77656200-0 --label tidegate.owner=me "
+            "--label tidegate.replica=web-77656200-0 -p 127.0.0.1:4242:8000 -v /w:/workflow -w /workflow "
+            "-e TOKEN img:1 /bin/sh -c 'a && b'\n",
+            id="image",
+        ),
+    ],
+)
+def test_script_for(kwargs: dict[str, Any], expected: str) -> None:
+    spec = spec_for(Path("/w"), **kwargs)
+    engine = "docker" if "image" in kwargs else None
+    port = 4242 if engine else None
+    assert script_for(spec, engine=engine, owner="me", host_port=port, work=Path("/w")) == expected
+
+
+def test_copy_workdir_drops_git_and_dstackignore(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for rel in (".git/HEAD", ".dstackignore", "app.py", "data/big.bin", "data/keep.txt", "sub/x.pyc"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("x")
+    (src / ".dstackignore").write_text("# comment\n*.pyc\ndata/big.bin\n")
+    copy_workdir(str(src), tmp_path / "dst")
+    copied = sorted(
+        str(p.relative_to(tmp_path / "dst")) for p in (tmp_path / "dst").rglob("*") if p.is_file()
+    )
+    assert copied == [".dstackignore", "app.py", "data/keep.txt"]
+
+
+@pytest.mark.slow
+def test_pip_in_commands_installs_into_the_replica_venv(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend(venv_with_pip=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    spec = spec_for(app_dir, python=version, commands=("pip --version", "exit 0"))
+    backend.create(spec)
+    wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
+    (line,) = [x for x in backend.logs(spec.replica_id) if x.startswith("pip ")]
+    assert str(backend.root / ".venvs") in line
