@@ -207,9 +207,14 @@ class LocalBackend:
         with local_host.file_lock(paths.lock):
             self._reap()
             current = self._describe(spec.replica_id, holding_lock=True)
-            if current is not None and current.status in (ReplicaStatus.RUNNING, ReplicaStatus.PROVISIONING):
-                return current
             meta = read_json(paths.meta)
+            if current is not None and current.status in (ReplicaStatus.RUNNING, ReplicaStatus.PROVISIONING):
+                if meta is not None and meta.get("pid") is None and current.handle is not None:
+                    # Adopted by /proc scan (the creator died before recording it): record it now.
+                    pid, started = current.handle.split(":")
+                    meta.update(pid=int(pid), started=float(started), state="started")
+                    write_json_atomic(paths.meta, meta)
+                return current
             if meta is not None and meta.get("owner") != self.owner:
                 raise PermanentError(f"{paths.dir} belongs to another owner; refusing to touch it")
             if meta is not None:  # leftovers of an exited run or an interrupted start/delete

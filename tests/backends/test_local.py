@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +202,8 @@ def test_replica_spawned_before_pid_was_recorded_is_found(make_backend: Factory,
     assert found.handle == first.handle
     assert restarted.create(spec).handle == first.handle
     assert len(supervisors(restarted, spec.replica_id)) == 1
+    completed = json.loads(meta_path.read_text())  # create() recorded the adopted supervisor
+    assert (completed["state"], completed["pid"]) == ("started", int(str(first.handle).split(":")[0]))
 
 
 def test_delete_stops_the_whole_process_tree(make_backend: Factory, app_dir: Path) -> None:
@@ -427,3 +430,38 @@ def test_pip_in_commands_installs_into_the_replica_venv(make_backend: Factory, a
     wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
     (line,) = [x for x in backend.logs(spec.replica_id) if x.startswith("pip ")]
     assert str(backend.root / ".venvs") in line
+
+
+CRASHING_CREATE = """
+import os, signal, sys
+from pathlib import Path
+from backends.base import ReplicaSpec
+from backends.local import LocalBackend
+
+def die(self, proc):  # kill -9 right after the spawn, before the pid is recorded
+    os.kill(os.getpid(), signal.SIGKILL)
+
+LocalBackend._read_handshake = die
+spec = ReplicaSpec(replica_id=sys.argv[2], service="web", spec_hash="77656230", ordinal=0, port=8000,
+                   commands=("exec python3 app.py 8000",), workdir=sys.argv[3])
+LocalBackend(root=Path(sys.argv[1]), owner="test-owner", venv_with_pip=False).create(spec)
+"""
+
+
+def test_kill_9_between_spawn_and_record_never_starts_twice(make_backend: Factory, app_dir: Path) -> None:
+    spec = spec_for(app_dir)
+    backend = make_backend()
+    root = str(backend.root)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHING_CREATE, root, spec.replica_id, str(app_dir)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert json.loads((backend.root / spec.replica_id / META).read_text())["pid"] is None
+    found = eventually(lambda: supervisors(backend, spec.replica_id), timeout=DEADLINE, what="spawned relay")
+    info = backend.create(spec)
+    assert info.status == ReplicaStatus.RUNNING
+    assert supervisors(backend, spec.replica_id) == found
+    assert wait_answer(info)["replica"] == spec.replica_id
