@@ -192,10 +192,13 @@ def apply_plan(
 ) -> list[ServiceOutcome]:
     """Run every step, service by service; errors stay inside their service."""
     outcomes: list[ServiceOutcome] = []
-    for name in plan.services():
+    by_service: dict[str, list[Step]] = {}
+    for s in plan.steps:
+        by_service.setdefault(s.service, []).append(s)
+    for name, steps in by_service.items():
         done = 0
         try:
-            for step in plan.for_service(name):
+            for step in steps:
                 _apply_step(step, doc, desired, ctx)
                 done += 1
             if name in doc.services:

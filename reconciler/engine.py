@@ -444,7 +444,8 @@ class Engine:
                     root=str(Path(snapshot.root).absolute()),
                     config_path=snapshot.config_path,
                 )
-        self._demand -= {n for n, r in doc.services.items() if r.desired_count > 0}
+        # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
+        self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
         wrote = self._save()
         routes = self._publish_routes(force=self._last_routes is None)
         self.journal.compact(doc.journal_seq)

@@ -8,6 +8,8 @@ about X. Lines are JSON objects with a monotonically increasing `seq`:
      "backend": "local", "intent_id": "…", "at": 1700000000.0}
     {"seq": 8, "kind": "outcome", "intent_id": "…", "outcome": "ok" | "error" | "settled", …}
 
+Intents are fsynced before the side effect; outcomes are not (see `outcome`).
+
 `state.json` records the last `seq` its contents reflect (`journal_seq`); on start every intent
 after it is settled by asking the backend (see engine.Engine.recover). No env values are ever
 written here. A torn last line (crash mid-append) is ignored.
@@ -73,14 +75,15 @@ class Journal:
         except FileNotFoundError:
             return
 
-    def _append(self, entry: dict[str, Any]) -> int:
+    def _append(self, entry: dict[str, Any], durable: bool = True) -> int:
         self._seq += 1
         entry = {"seq": self._seq, **entry}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         self._lines += 1
@@ -105,7 +108,10 @@ class Journal:
         entry: dict[str, Any] = {"kind": "outcome", "intent_id": intent_id, "outcome": outcome, "at": at}
         if message:
             entry["message"] = message[:500]
-        self._append(entry)
+        # Not fsynced: an outcome is advisory. Recovery asks the backend about every intent newer
+        # than the state whether or not its outcome survived, so losing one to a power cut is safe
+        # (a killed process loses nothing: the write is already in the page cache).
+        self._append(entry, durable=False)
 
     def intents_after(self, seq: int) -> list[Intent]:
         """Intents appended after `seq` (or still open from before it), with their outcome if any."""

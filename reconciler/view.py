@@ -63,7 +63,9 @@ def build_routes(doc: StateDoc, domain: str) -> RoutesSnapshot:
             auth=rec.route.auth,
             upstreams=tuple(ups),
             model=rec.route.model,
-            min_replicas=0 if rec.stopped else rec.route.min_replicas,
+            # A stopped service must not have requests held for it (nothing will start): the
+            # gateway holds only for services that may sit at zero, so say it may not.
+            min_replicas=max(1, rec.route.min_replicas) if rec.stopped else rec.route.min_replicas,
             max_replicas=rec.route.max_replicas,
         )
     revision = doc.last_snapshot.revision if doc.last_snapshot else None
