@@ -393,9 +393,7 @@ class Gateway:
         except GatewayError as e:
             await send({"type": "websocket.close", "code": 4000 + e.status})
             return e.status
-        headers = request_headers(scope, host, route.forward_auth)
-        for name in [h for h in headers if h.lower().startswith("sec-websocket-")]:
-            del headers[name]
+        headers = [(k, v) for k, v in request_headers(scope, host, route.forward_auth) if not k.lower().startswith("sec-websocket-")]
         protocols = tuple(scope.get("subprotocols") or ())
         query = scope.get("query_string", b"").decode("latin-1")
         upstream = self.balancer.pick(route.upstreams, time.monotonic())

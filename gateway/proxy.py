@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import Iterable
 
 import aiohttp
-from multidict import CIMultiDict
 
 from gateway.asgi import Receive, Scope, Send
 
@@ -45,11 +44,12 @@ def _connection_tokens(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def request_headers(scope: Scope, host: str, forward_auth: bool) -> CIMultiDict[str]:
+def request_headers(scope: Scope, host: str, forward_auth: bool) -> list[tuple[str, str]]:
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     drop = _REQUEST_DROP
     extra = _connection_tokens(raw) if any(k == b"connection" for k, _ in raw) else frozenset()
-    out: CIMultiDict[str] = CIMultiDict()
+    # A plain list: aiohttp copies headers into its own multidict anyway.
+    out: list[tuple[str, str]] = []
     prior_xff = ""
     for k, v in raw:
         if k in drop or k in extra:
@@ -58,12 +58,12 @@ def request_headers(scope: Scope, host: str, forward_auth: bool) -> CIMultiDict[
             continue
         if k == b"authorization" and not forward_auth:
             continue
-        out.add(k.decode("latin-1"), v.decode("latin-1"))
+        out.append((k.decode("latin-1"), v.decode("latin-1")))
     client = scope.get("client")
     client_ip = client[0] if client else ""
-    out["X-Forwarded-For"] = f"{prior_xff}, {client_ip}" if prior_xff else client_ip
-    out["X-Forwarded-Proto"] = scope.get("scheme", "http")
-    out["X-Forwarded-Host"] = host
+    out.append(("X-Forwarded-For", f"{prior_xff}, {client_ip}" if prior_xff else client_ip))
+    out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+    out.append(("X-Forwarded-Host", host))
     return out
 
 
