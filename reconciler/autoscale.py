@@ -60,6 +60,7 @@ class ServiceStats:
 class ScalingDecision:
     count: int
     reason: str
+    wanted: int | None = None  # what the metric asks for, when a delay holds `count` back
 
     def changed(self, current: int) -> bool:
         return self.count != current
@@ -108,5 +109,6 @@ def desired_replicas(
         return ScalingDecision(
             current,
             f"want {need} ({seen}); waiting for scale_down_delay {spec.scale_down_delay:g}s ({since:.0f}s since last scaling)",
+            wanted=need,
         )
     return ScalingDecision(current, f"steady at {current}: {seen}")

@@ -486,6 +486,11 @@ class Engine:
             dec = decisions.get(name)
             if dec is not None:
                 self._scaling_reason[name] = dec.reason
+                if dec.wanted != rec.scaling_wanted:
+                    # Recorded once per wanted count (the reason's counters change every pass).
+                    if dec.wanted is not None:
+                        rec.note(now, "scaling deferred", dec.reason)
+                    rec.scaling_wanted = dec.wanted
                 if dec.count != rec.desired_count:
                     if d.scaling is not None:
                         rec.record_scaling(

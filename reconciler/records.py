@@ -116,6 +116,7 @@ class ServiceRecord(BaseModel):
     backoff_until: float | None = None  # service-level backoff after temporary errors
     failures: int = 0
     last_scaled_at: float | None = None
+    scaling_wanted: int | None = None  # a change the autoscaler wants but a delay holds back
     scaling: list[ScalingRecord] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
 

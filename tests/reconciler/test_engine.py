@@ -305,6 +305,10 @@ def test_autoscale_up_and_down_with_recorded_reasons(world: World) -> None:
     world.stats["api"] = ServiceStats(rps_60=0)
     world.engine.reconcile(snap)
     assert world.engine.doc.services["api"].desired_count == 3, "down waits for scale_down_delay"
+    world.clock.t += 1
+    world.engine.reconcile(snap)
+    deferred = [h for h in world.engine.doc.services["api"].history if h.event == "scaling deferred"]
+    assert len(deferred) == 1 and "waiting for scale_down_delay 20s" in deferred[0].detail
     world.clock.t += 21
     world.converge(snap, step=3)
     assert len(world.backend.running("api")) == 1
