@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -208,9 +210,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cli_hint(settings: Settings) -> str:
+    """How to call tidegate from another terminal so it finds this state dir."""
+    exe = "tidegate"
+    if shutil.which("tidegate") is None:
+        local = Path(sys.executable).parent / "tidegate"
+        exe = str(local) if local.exists() else f"{sys.executable} -m reconciler.cli"
+    default = Path(os.environ.get("TIDEGATE_STATE") or "state").resolve()
+    return exe if settings.state_dir == default else f"TIDEGATE_STATE={settings.state_dir} {exe}"
+
+
 def print_next_steps(settings: Settings, gateway: bool) -> None:
     """What a newcomer does next: each service URL, a token, a curl and an OpenAI SDK line."""
     routes = read_snapshot(settings.state_dir)
+    tg = cli_hint(settings)
     lines = ["", "Services:"]
     if not routes.services:
         lines.append("  (none yet: push a .dstack.yml to the repo; `tidegate ps` shows progress)")
@@ -223,17 +236,19 @@ def print_next_steps(settings: Settings, gateway: bool) -> None:
         lines += [
             "",
             "Next:",
-            "  tidegate ps                                   # status of every service",
-            "  export TOKEN=$(tidegate token create me)       # an API token (shown once)",
+            f"  {tg} ps                                   # status of every service",
+            f'  export TOKEN=$({tg} token create me-$(date +%s))   # a new API token (shown once)',
         ]
-        model_route = next((r for r in sorted(routes.services.values(), key=lambda r: r.name) if r.model), None)
-        if model_route is not None and model_route.model is not None:
-            m = model_route.model.name
+        # Prefer a model behind auth: that is the path most users take.
+        with_model = sorted((r for r in routes.services.values() if r.model), key=lambda r: (not r.auth, r.name))
+        if with_model and with_model[0].model is not None:
+            m = with_model[0].model.name
+            py = "python" if shutil.which("python") == sys.executable else sys.executable  # the one with openai
             body = json.dumps({"model": m, "messages": [{"role": "user", "content": "Hello!"}]})
             lines += [
                 f"  curl -s {base}/v1/chat/completions -H \"Authorization: Bearer $TOKEN\" "
                 f"-H 'Content-Type: application/json' -d '{body}'",
-                f"  python -c \"import os, openai; c = openai.OpenAI(base_url='{base}/v1', api_key=os.environ['TOKEN']); "
+                f"  {py} -c \"import os, openai; c = openai.OpenAI(base_url='{base}/v1', api_key=os.environ['TOKEN']); "
                 f"print(c.chat.completions.create(model='{m}', messages=[{{'role': 'user', 'content': 'Hello!'}}])"
                 f".choices[0].message.content)\"",
             ]
