@@ -24,24 +24,22 @@ from typing import Protocol
 from backends.base import BackendRegistry, ReplicaStatus
 from gateway.snapshot import RoutesSnapshot, write_snapshot
 from reconciler.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
-from reconciler.autoscale import ScalingDecision, ServiceStats, desired_replicas
+from reconciler.autoscale import ServiceStats
 from reconciler.desired import DesiredService, DesiredSet, build_desired
 from reconciler.errors import StateError
 from reconciler.journal import Journal
 from reconciler.loader import load_tree
 from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
-from reconciler.plan import Desired, Plan, Target, plan
+from reconciler.plan import Plan, plan
 from reconciler.probe import probe_replica
 from reconciler.records import (
     ReplicaPhase,
-    ScalingRecord,
-    ServiceRecord,
-    ServiceStatus,
     SnapshotRef,
 )
 from reconciler.state import StateStore
 from reconciler.stats import read_stats
-from reconciler.view import ServiceView, build_routes, service_status, status_views
+from reconciler.targets import TargetSettings, build_targets, sync_records
+from reconciler.view import ServiceView, build_routes, status_views
 
 log = logging.getLogger("tidegate.engine")
 
@@ -146,6 +144,11 @@ class Engine:
             ready_timeout=self.settings.ready_timeout,
             backoff_base=self.settings.backoff_base,
             backoff_max=self.settings.backoff_max,
+        )
+        self._target_settings = TargetSettings(
+            allow_empty=self.settings.allow_empty,
+            drain_grace=self.settings.drain_grace,
+            drain_min=self.settings.drain_min,
         )
         self._desired_cache: tuple[tuple[str, str, str | None], DesiredSet] | None = None
         self._demand: set[str] = set()
@@ -262,80 +265,6 @@ class Engine:
             services[name] = replace(d, template=replace(d.template, offer=offers[0]))
         return replace(ds, services=services, blocked=blocked), complete
 
-    def _count(
-        self, d: DesiredService, rec: ServiceRecord | None, stats: Mapping[str, ServiceStats], now: float
-    ) -> ScalingDecision:
-        if d.scaling is None:
-            return ScalingDecision(d.min_replicas, f"fixed count {d.min_replicas}")
-        current = rec.desired_count if rec is not None else d.scaling.min
-        last = rec.last_scaled_at if rec is not None else None
-        return desired_replicas(
-            d.scaling, stats.get(d.name), current, last, now, demand=d.name in self._demand
-        )
-
-    def _targets(
-        self, ds: DesiredSet | None, stats: Mapping[str, ServiceStats], now: float, mutate: bool
-    ) -> tuple[Desired, dict[str, ScalingDecision], list[str]]:
-        notes: list[str] = []
-        doc = self.doc
-        if ds is None:
-            held = {
-                n: Target(n, r.spec_hash, r.desired_count, keep=True, keep_reason="no revision loaded yet")
-                for n, r in doc.services.items()
-            }
-            return Desired(held, prune=False), {}, notes
-        targets: dict[str, Target] = {}
-        decisions: dict[str, ScalingDecision] = {}
-        failed_paths = set(ds.failed.values())
-        for name, rec in doc.services.items():
-            if name in ds.failed or (rec.config_path in failed_paths and name not in ds.services):
-                targets[name] = Target(
-                    name,
-                    rec.spec_hash,
-                    rec.desired_count,
-                    keep=True,
-                    keep_reason=f"{ds.failed.get(name, rec.config_path)} has errors; left at revision {rec.revision}",
-                )
-            elif name in ds.blocked:
-                targets[name] = Target(
-                    name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=ds.blocked[name]
-                )
-        for name, d in ds.services.items():
-            cur = doc.services.get(name)
-            if cur is not None and mutate:
-                if cur.stopped and cur.stopped_spec != d.spec_hash:
-                    cur.stopped = False
-                    cur.note(now, "started", "config changed since `tidegate stop`")
-                if cur.stalled_spec and cur.stalled_spec != d.spec_hash:
-                    cur.stalled_spec = None
-            decision = self._count(d, cur, stats, now)
-            decisions[name] = decision
-            count = 0 if cur is not None and cur.stopped else decision.count
-            hold, why = False, ""
-            if cur is not None and cur.stalled_spec == d.spec_hash:
-                hold, why = True, cur.reason or "stalled on a permanent error"
-            elif cur is not None and cur.backoff_until is not None and now < cur.backoff_until:
-                hold, why = True, f"backing off until {cur.backoff_until - now:.0f}s from now: {cur.reason}"
-            targets[name] = Target(
-                name,
-                d.spec_hash,
-                count,
-                keep=hold,
-                keep_reason=why,
-                drain_grace=self.settings.drain_grace,
-                drain_min=self.settings.drain_min,
-                summary=d.summary,
-            )
-        prune = True
-        if ds.empty and doc.services and not self.settings.allow_empty:
-            prune = False
-            notes.append(
-                f"the config at revision {ds.revision} has no services; keeping all {len(doc.services)} deployed "
-                "service(s). Use --allow-empty to tear them down."
-            )
-            log.warning(notes[-1])
-        return Desired(targets, prune=prune), decisions, notes
-
     # -- public API ------------------------------------------------------------------------------
     def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
         """What `reconcile` would do now. No side effects: works on a copy of the state."""
@@ -352,7 +281,9 @@ class Engine:
                 self._observe,
                 {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
             )
-            desired, _, notes = self._targets(ds, self._read_stats(now), now, mutate=False)
+            desired, _, notes = build_targets(
+                self.doc, ds, self._read_stats(now), self._demand, now, self._target_settings, mutate=False
+            )
             p = plan(desired, self.doc.services, now)
         finally:
             self.doc = saved
@@ -423,7 +354,9 @@ class Engine:
                 r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         probe_pending(doc, self._prober, now, self._observe, routes_models)
-        desired, decisions, tnotes = self._targets(ds, stats, now, mutate=True)
+        desired, decisions, tnotes = build_targets(
+            doc, ds, stats, self._demand, now, self._target_settings, mutate=True
+        )
         notes += tnotes
         p = plan(desired, doc.services, now)
         ctx = ApplyContext(
@@ -437,7 +370,7 @@ class Engine:
         )
         outcomes = apply_plan(p, doc, ds.services if ds else {}, ctx) if not p.empty else []
         if ds is not None:
-            self._sync_records(ds, decisions, desired, now)
+            sync_records(doc, ds, decisions, desired, now, self._scaling_reason)
             if snapshot is not None:
                 doc.last_snapshot = SnapshotRef(
                     revision=snapshot.revision,
@@ -463,56 +396,6 @@ class Engine:
         if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
             self._save()
 
-    def _sync_records(
-        self, ds: DesiredSet, decisions: Mapping[str, ScalingDecision], desired: Desired, now: float
-    ) -> None:
-        """Carry config-derived fields into each record and set its status and reason."""
-        for name, rec in self.doc.services.items():
-            d = ds.services.get(name)
-            t = desired.services.get(name)
-            if d is None:
-                if name in ds.blocked:
-                    rec.status, rec.reason = ServiceStatus.BLOCKED, ds.blocked[name]
-                elif t is not None and t.keep:
-                    rec.status, rec.reason = ServiceStatus.KEPT, t.keep_reason
-                continue
-            rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
-                d.spec_hash,
-                d.revision,
-                d.config_path,
-                d.backend,
-            )
-            rec.env_names, rec.spec_summary, rec.route = list(d.env_names), dict(d.summary), d.route
-            dec = decisions.get(name)
-            if dec is not None:
-                self._scaling_reason[name] = dec.reason
-                if dec.wanted != rec.scaling_wanted:
-                    # Recorded once per wanted count (the reason's counters change every pass).
-                    if dec.wanted is not None:
-                        rec.note(now, "scaling deferred", dec.reason)
-                    rec.scaling_wanted = dec.wanted
-                if dec.count != rec.desired_count:
-                    if d.scaling is not None:
-                        rec.record_scaling(
-                            ScalingRecord(
-                                at=now, previous=rec.desired_count, count=dec.count, reason=dec.reason
-                            )
-                        )
-                        rec.note(now, "scaled", f"{rec.desired_count} -> {dec.count}: {dec.reason}")
-                    rec.desired_count = dec.count
-                    rec.last_scaled_at = now
-            if rec.stalled_spec != d.spec_hash and not (rec.backoff_until and now < rec.backoff_until):
-                rec.status, rec.reason = service_status(rec)
-            elif rec.stalled_spec == d.spec_hash:
-                rec.status = ServiceStatus.STALLED
-            else:
-                rec.status = ServiceStatus.DEGRADED
-        for name, why in ds.blocked.items():
-            if name not in self.doc.services:
-                self.doc.services[name] = ServiceRecord(
-                    name=name, spec_hash="", status=ServiceStatus.BLOCKED, reason=why
-                )
-
     def _next_run(self, now: float) -> float | None:
         due: list[float] = []
         for rec in self.doc.services.values():
@@ -522,9 +405,13 @@ class Engine:
                 if r.phase is ReplicaPhase.PROVISIONING:
                     due.append(now + (0.5 if r.backend_status == ReplicaStatus.RUNNING else 1.0))
                 elif r.phase is ReplicaPhase.DRAINING:
-                    due.append((r.draining_since or now) + self.settings.drain_min)
+                    # Poll while it drains: removal waits for its in-flight requests to finish.
+                    due.append(max((r.draining_since or now) + self.settings.drain_min, now + 1.0))
                 elif r.phase is ReplicaPhase.FAILED and r.next_attempt_at is not None:
                     due.append(r.next_attempt_at)
+        # Past-due times belong to services this pass could not act on (kept, blocked): the
+        # normal interval covers them; returning them would spin the loop.
+        due = [t for t in due if t > now]
         if not due:
             return None
         return max(0.2, min(due) - now) if math.isfinite(min(due)) else None

@@ -411,3 +411,16 @@ def test_routes_and_status_files_are_plain_json(world: World) -> None:
     state = json.loads((world.state / "state.json").read_text())
     assert state["schema_version"] == 1 and state["serial"] >= 1 and state["lineage"]
     assert state["services"]["web"]["replicas"][0]["phase"] == "ready"
+
+
+def test_loop_is_not_spun_by_work_it_cannot_do(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    broken = world.repo.commit({"web.dstack.yml": web() + "bogus_key: 1\n"})
+    [rid] = world.backend.running("web")
+    world.backend.crash(rid)
+    report = world.engine.reconcile(broken)
+    assert report.next_run_in == pytest.approx(2.0), "a failed replica's backoff is the next due time"
+    world.clock.t += 3
+    report = world.engine.reconcile(broken)
+    assert report.plan.empty and report.next_run_in is None, "kept service: nothing due, normal interval"

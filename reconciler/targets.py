@@ -1,0 +1,174 @@
+"""From desired services to planner targets, and back from the applied plan to the records.
+
+Why: between "what the config says" (desired.py) and "what to do" (plan.py) sit decisions that
+depend on what the state remembers: how many replicas the autoscaler wants now, whether a service
+is stopped, stalled on a permanent error or backing off, whether its file broke (keep it as is),
+and whether an empty config may prune. After apply, the records take the config-derived fields
+(spec hash, route, env names), the scaling decision and a status line. No I/O here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+
+from reconciler.autoscale import ScalingDecision, ServiceStats, desired_replicas
+from reconciler.desired import DesiredService, DesiredSet
+from reconciler.plan import Desired, Target
+from reconciler.records import ScalingRecord, ServiceRecord, ServiceStatus, StateDoc
+from reconciler.view import service_status
+
+log = logging.getLogger("tidegate.engine")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    allow_empty: bool = False
+    drain_grace: float = 30.0
+    drain_min: float = 2.0
+
+
+def decide_count(
+    d: DesiredService,
+    rec: ServiceRecord | None,
+    stats: Mapping[str, ServiceStats],
+    now: float,
+    demand: bool,
+) -> ScalingDecision:
+    if d.scaling is None:
+        return ScalingDecision(d.min_replicas, f"fixed count {d.min_replicas}")
+    current = rec.desired_count if rec is not None else d.scaling.min
+    last = rec.last_scaled_at if rec is not None else None
+    return desired_replicas(d.scaling, stats.get(d.name), current, last, now, demand=demand)
+
+
+def build_targets(
+    doc: StateDoc,
+    ds: DesiredSet | None,
+    stats: Mapping[str, ServiceStats],
+    demand: set[str],
+    now: float,
+    settings: TargetSettings,
+    mutate: bool,
+) -> tuple[Desired, dict[str, ScalingDecision], list[str]]:
+    """Targets for `plan`; with `mutate`, also lifts a stop/stall that a new spec ends."""
+    notes: list[str] = []
+    if ds is None:
+        held = {
+            n: Target(n, r.spec_hash, r.desired_count, keep=True, keep_reason="no revision loaded yet")
+            for n, r in doc.services.items()
+        }
+        return Desired(held, prune=False), {}, notes
+    targets: dict[str, Target] = {}
+    decisions: dict[str, ScalingDecision] = {}
+    failed_paths = set(ds.failed.values())
+    for name, rec in doc.services.items():
+        if name in ds.failed or (rec.config_path in failed_paths and name not in ds.services):
+            where = ds.failed.get(name, rec.config_path)
+            targets[name] = Target(
+                name,
+                rec.spec_hash,
+                rec.desired_count,
+                keep=True,
+                keep_reason=f"{where} has errors; left at revision {rec.revision}",
+            )
+        elif name in ds.blocked:
+            targets[name] = Target(
+                name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=ds.blocked[name]
+            )
+    for name, d in ds.services.items():
+        cur = doc.services.get(name)
+        if cur is not None and mutate:
+            if cur.stopped and cur.stopped_spec != d.spec_hash:
+                cur.stopped = False
+                cur.note(now, "started", "config changed since `tidegate stop`")
+            if cur.stalled_spec and cur.stalled_spec != d.spec_hash:
+                cur.stalled_spec = None
+        decision = decide_count(d, cur, stats, now, name in demand)
+        decisions[name] = decision
+        count = 0 if cur is not None and cur.stopped else decision.count
+        hold, why = False, ""
+        if cur is not None and cur.stalled_spec == d.spec_hash:
+            hold, why = True, cur.reason or "stalled on a permanent error"
+        elif cur is not None and cur.backoff_until is not None and now < cur.backoff_until:
+            hold, why = True, f"backing off for {cur.backoff_until - now:.0f}s: {cur.reason}"
+        targets[name] = Target(
+            name,
+            d.spec_hash,
+            count,
+            keep=hold,
+            keep_reason=why,
+            drain_grace=settings.drain_grace,
+            drain_min=settings.drain_min,
+            summary=d.summary,
+        )
+    prune = True
+    if ds.empty and doc.services and not settings.allow_empty:
+        prune = False
+        notes.append(
+            f"the config at revision {ds.revision} has no services; keeping all {len(doc.services)} deployed "
+            "service(s). Use --allow-empty to tear them down."
+        )
+        log.warning(notes[-1])
+    return Desired(targets, prune=prune), decisions, notes
+
+
+def _record_decision(rec: ServiceRecord, d: DesiredService, dec: ScalingDecision, now: float) -> None:
+    if dec.wanted != rec.scaling_wanted:
+        # Recorded once per wanted count (the reason's counters change every pass).
+        if dec.wanted is not None:
+            rec.note(now, "scaling deferred", dec.reason)
+        rec.scaling_wanted = dec.wanted
+    if dec.count != rec.desired_count:
+        if d.scaling is not None:
+            rec.record_scaling(
+                ScalingRecord(at=now, previous=rec.desired_count, count=dec.count, reason=dec.reason)
+            )
+            rec.note(now, "scaled", f"{rec.desired_count} -> {dec.count}: {dec.reason}")
+        rec.desired_count = dec.count
+        rec.last_scaled_at = now
+
+
+def sync_records(
+    doc: StateDoc,
+    ds: DesiredSet,
+    decisions: Mapping[str, ScalingDecision],
+    desired: Desired,
+    now: float,
+    scaling_reasons: MutableMapping[str, str],
+) -> None:
+    """After apply: carry config-derived fields into each record and set its status and reason."""
+    for name, rec in doc.services.items():
+        d = ds.services.get(name)
+        t = desired.services.get(name)
+        if rec.backoff_until is not None and now >= rec.backoff_until:
+            rec.backoff_until = None  # expired; `failures` keeps growing the next delay until a success
+        if d is None:
+            if name in ds.blocked:
+                rec.status, rec.reason = ServiceStatus.BLOCKED, ds.blocked[name]
+            elif t is not None and t.keep:
+                rec.status, rec.reason = ServiceStatus.KEPT, t.keep_reason
+            continue
+        rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
+            d.spec_hash,
+            d.revision,
+            d.config_path,
+            d.backend,
+        )
+        rec.env_names, rec.spec_summary, rec.route = list(d.env_names), dict(d.summary), d.route
+        dec = decisions.get(name)
+        if dec is not None:
+            scaling_reasons[name] = dec.reason
+            _record_decision(rec, d, dec, now)
+        if rec.stalled_spec == d.spec_hash:
+            rec.status = ServiceStatus.STALLED
+        elif rec.backoff_until is not None:
+            rec.status = ServiceStatus.DEGRADED
+        else:
+            rec.status, rec.reason = service_status(rec)
+    for name, why in ds.blocked.items():
+        if name not in doc.services:
+            doc.services[name] = ServiceRecord(
+                name=name, spec_hash="", status=ServiceStatus.BLOCKED, reason=why
+            )
