@@ -12,7 +12,8 @@ Layout under `root` (the reconciler passes `<state>/replicas`)::
     <root>/<replica_id>/logs/replica.log (+ .1)  stdout+stderr, size-capped, one backup
     <root>/<replica_id>/http.sock      the replica's port, exposed as a unix socket
     <root>/<replica_id>/exit.json      written by the supervisor when the commands exit
-    <root>/.venvs/<spec_hash>-py3.11/  virtualenv per spec for `python:` (cached)
+    <root>/.venvs/<spec_hash>-py3.11/  virtualenv per spec for `python:` (cached; built by the
+                                       supervisor while the replica is PROVISIONING)
     <root>/.locks/<replica_id>.lock    flock serialising create/delete of one replica
     <root>/.logs/<replica_id>.log      last lines of a deleted replica
 
@@ -202,7 +203,7 @@ class LocalBackend:
         reason = self.can_run(spec)
         if reason is not None:
             raise PermanentError(reason)
-        venv = self._venv_for(spec)
+        venv = self._venv_for(spec)  # built by the supervisor, after create() returned
         paths = self._paths(spec.replica_id)
         with local_host.file_lock(paths.lock):
             self._reap()
@@ -295,14 +296,15 @@ class LocalBackend:
                     timeout=max(self.grace, 10.0) + 20.0,
                 )
 
-    def _venv_for(self, spec: ReplicaSpec) -> Path | None:
+    def _venv_for(self, spec: ReplicaSpec) -> tuple[Path, str] | None:
+        """Where the spec's virtualenv lives (cached by spec hash) and the interpreter to build it."""
         if spec.python is None:
             return None
         interpreter = self._interpreter(spec.python)
         if interpreter is None:  # can_run checked it; keep mypy and races honest
             raise PermanentError(f"python {spec.python} is not installed on this machine")
         key = f"{spec.spec_hash}-py{local_host.python_minor(spec.python)}"
-        return local_host.ensure_venv(self.root / ".venvs", key, interpreter, self.venv_with_pip)
+        return self.root / ".venvs" / key, interpreter
 
     def _env(self, spec: ReplicaSpec, replica_dir: Path, venv: Path | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -330,7 +332,9 @@ class LocalBackend:
                 )
                 raise TemporaryError(f"port {port} is busy on this host ({why})") from e
 
-    def _start(self, spec: ReplicaSpec, paths: ReplicaPaths, venv: Path | None, attempt: int) -> ReplicaInfo:
+    def _start(
+        self, spec: ReplicaSpec, paths: ReplicaPaths, venv: tuple[Path, str] | None, attempt: int
+    ) -> ReplicaInfo:
         engine = self._engine_exe() if spec.image is not None else None
         # An image gets its own network from the engine; the relay reaches it on a loopback port.
         netns = (
@@ -359,7 +363,7 @@ class LocalBackend:
             "revision": spec.revision,
             "network": "namespace" if netns else ("engine" if engine else "shared"),
             "socket": str(sock),
-            "venv": str(venv) if venv else None,
+            "venv": str(venv[0]) if venv else None,
             "attempt": attempt,
             "created_at": time.time(),
             "state": "starting",
@@ -387,11 +391,22 @@ class LocalBackend:
         ]  # fmt: skip
         if netns:
             cmd.append("--netns")
+        if venv is not None:
+            cmd += [
+                "--venv",
+                str(venv[0]),
+                "--venv-python",
+                venv[1],
+                "--provisioning-file",
+                str(paths.provisioning),
+            ]
+            if self.venv_with_pip:
+                cmd.append("--venv-with-pip")
         with open(paths.relay_err, "ab") as err:
             proc = subprocess.Popen(
                 cmd,
                 cwd=paths.dir,
-                env=self._env(spec, paths.dir, venv),
+                env=self._env(spec, paths.dir, venv[0] if venv else None),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -447,8 +462,10 @@ class LocalBackend:
             status = ReplicaStatus.TERMINATING if alive else ReplicaStatus.GONE
             return ReplicaInfo(status=status, message="being deleted", **base)
         if leader is not None:
+            provisioning = paths.provisioning.exists()
             return ReplicaInfo(
-                status=ReplicaStatus.RUNNING,
+                status=ReplicaStatus.PROVISIONING if provisioning else ReplicaStatus.RUNNING,
+                message="creating the virtualenv" if provisioning else None,
                 address=f"unix://{meta.get('socket') or paths.socket}",
                 handle=leader.handle,
                 started_at=leader.started,

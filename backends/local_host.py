@@ -1,4 +1,4 @@
-"""What this machine can run for the local backend: interpreters, venvs, GPUs, engines, namespaces.
+"""What this machine can run for the local backend: interpreters, GPUs, engines, namespaces.
 
 Why it exists: the local backend has to answer "can this spec run here, and if not, why?" before
 it starts anything (the reconciler shows the reason in the plan), and the answers come from the
@@ -23,10 +23,9 @@ from pathlib import Path
 
 import psutil
 
-from backends.base import GpuInfo, Offer, PermanentError, Requirements, TemporaryError
+from backends.base import GpuInfo, Offer, PermanentError, Requirements
 
 PYTHON_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
-READY_MARKER = ".tidegate-ready"
 PROBE_TIMEOUT = 10.0
 
 
@@ -233,32 +232,3 @@ def lock_is_held(path: Path) -> bool:
             return True
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return False
-
-
-def ensure_venv(venvs: Path, key: str, interpreter: str, with_pip: bool) -> Path:
-    """The virtualenv for `key` (spec hash + version), built once; concurrent callers wait.
-
-    Built in place (venvs are not relocatable) and marked ready last, so a venv half-built by a
-    killed process is detected and rebuilt.
-    """
-    path = venvs / key
-    with file_lock(venvs / f".{key}.lock"):
-        if (path / READY_MARKER).exists():
-            return path
-        if path.exists():
-            shutil.rmtree(path)
-        cmd = [interpreter, "-m", "venv", str(path)]
-        if not with_pip:
-            cmd.insert(3, "--without-pip")
-        try:
-            subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-        except subprocess.CalledProcessError as e:
-            shutil.rmtree(path, ignore_errors=True)
-            raise TemporaryError(
-                f"creating a virtualenv with {interpreter} failed: {e.stderr.strip()[-500:]}"
-            ) from e
-        except (OSError, subprocess.SubprocessError) as e:
-            shutil.rmtree(path, ignore_errors=True)
-            raise TemporaryError(f"creating a virtualenv with {interpreter} failed: {e}") from e
-        (path / READY_MARKER).write_text(interpreter + "\n")
-    return path

@@ -66,6 +66,10 @@ class ReplicaPaths:
         return self.dir / "exit.json"
 
     @property
+    def provisioning(self) -> Path:
+        return self.dir / "provisioning"
+
+    @property
     def relay_err(self) -> Path:
         return self.dir / "relay.err"
 

@@ -7,7 +7,9 @@ commands inside it, and exposes `127.0.0.1:<port>` of the namespace as a unix so
 replica's directory. Unix sockets live in the filesystem, not in a network namespace, so the
 gateway (and the reconciler's readiness probe) connect to `<dir>/http.sock` from outside.
 
-It also pumps the replica's stdout+stderr into a size-capped log with one backup, and when the
+For `python:` specs it first builds the spec's virtualenv (shared by the spec's replicas, under an
+flock) while a `provisioning` marker tells the backend to report PROVISIONING. It also pumps the
+replica's stdout+stderr into a size-capped log with one backup, and when the
 commands exit it records the exit status in `exit.json` (atomically) and exits with it. It is the
 session and process-group leader of the replica (the backend starts it with a new session), so
 one `killpg` reaches it, `bash` and everything the commands started.
@@ -15,7 +17,7 @@ one `killpg` reaches it, `bash` and everything the commands started.
 This file is run by path with `python -I -S` and imports the standard library only: it must work
 with whatever interpreter runs the reconciler, independent of the replica's virtualenv.
 
-Start-up handshake: one line on stdout, `ok <child pid>` or `error: <reason>`, then stdout is
+Start-up handshake: one line on stdout, `ok <relay pid>` or `error: <reason>`, then stdout is
 closed; the backend waits for it so namespace and spawn failures surface in `create()`.
 """
 
@@ -27,6 +29,7 @@ import ctypes
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -46,7 +49,8 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 IFREQ = "16sh22x"  # struct ifreq: name + flags, padded to 40 bytes
 CHUNK = 64 * 1024
-PUMP_DRAIN_SECONDS = 2.0  # after the commands exit, how long to wait for stragglers' output
+PUMP_DRAIN_SECONDS = 2.0
+READY_MARKER = ".tidegate-ready"  # written last into a virtualenv that was built completely  # after the commands exit, how long to wait for stragglers' output
 
 
 def enter_network_namespace() -> None:
@@ -149,11 +153,52 @@ def _handshake(message: str) -> None:
     os.close(devnull)
 
 
-def start(args: argparse.Namespace) -> tuple[socket.socket, subprocess.Popen[bytes]] | None:
-    """Bind the socket and spawn the commands, then answer the handshake.
+def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) -> bool:
+    """Build the spec's virtualenv once (replicas of one spec share it); False when it failed.
+
+    Built in place (venvs are not relocatable) under an flock, and marked ready last, so a venv
+    half-built by a killed replica is detected and rebuilt by the next one.
+    """
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if (venv / READY_MARKER).exists():
+            return True
+        cmd = [interpreter, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)]
+        log.write(f"[tidegate] creating virtualenv: {' '.join(cmd)}\n".encode())
+        try:
+            if venv.exists():
+                shutil.rmtree(venv)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+            log.write(proc.stdout + proc.stderr)
+            if proc.returncode == 0:
+                (venv / READY_MARKER).write_text(interpreter + "\n")
+                return True
+            problem = f"exit code {proc.returncode}"
+        except OSError as e:
+            problem = str(e)
+        log.write(f"[tidegate] creating the virtualenv failed: {problem}\n".encode())
+        shutil.rmtree(venv, ignore_errors=True)
+        return False
+
+
+def spawn(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["bash", args.script],
+        cwd=args.workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start(args: argparse.Namespace) -> tuple[socket.socket, subprocess.Popen[bytes] | None] | None:
+    """Bind the socket and spawn the commands (unless a venv must be built first), then handshake.
 
     Done before asyncio is imported (the slowest part of start-up), so `create()` returns as soon
-    as the replica runs; connections arriving meanwhile wait in the listen backlog.
+    as the replica runs; connections arriving meanwhile wait in the listen backlog. A venv is
+    built after the handshake, with `--provisioning-file` present meanwhile, so a slow build
+    (ensurepip takes seconds) never blocks the caller.
     """
     path = Path(args.socket)
     with contextlib.suppress(FileNotFoundError):
@@ -163,44 +208,64 @@ def start(args: argparse.Namespace) -> tuple[socket.socket, subprocess.Popen[byt
         listener.bind(str(path))
         os.chmod(path, 0o660)
         listener.listen(128)
-        proc = subprocess.Popen(
-            ["bash", args.script],
-            cwd=args.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        if args.venv:
+            Path(args.provisioning_file).touch()
+            proc = None
+        else:
+            proc = spawn(args)
     except OSError as e:
         _handshake(f"error: {e}")
         return None
-    _handshake(f"ok {proc.pid}")
+    _handshake(f"ok {os.getpid()}")
     return listener, proc
 
 
-async def supervise(args: argparse.Namespace, listener: socket.socket, proc: subprocess.Popen[bytes]) -> int:
+async def supervise(
+    args: argparse.Namespace, listener: socket.socket, proc: subprocess.Popen[bytes] | None
+) -> int:
     import asyncio
 
     loop = asyncio.get_running_loop()
     log = RotatingLog(Path(args.log), args.log_max_bytes)
     server = await asyncio.start_unix_server(make_handler(args.port), sock=listener)
+    stopping: list[int] = []
 
     def forward(signum: int) -> None:
         # A group signal already reached the child; this covers a signal sent to the relay alone.
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
+        stopping.append(signum)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, forward, signum)
 
-    assert proc.stdout is not None
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
-    pump = asyncio.create_task(_pump(reader, log))
-    returncode = await loop.run_in_executor(None, proc.wait)
-    try:
-        await asyncio.wait_for(pump, PUMP_DRAIN_SECONDS)
-    except TimeoutError:
-        pump.cancel()  # a background process still holds the pipe open
+    returncode: int | None = None
+    if proc is None:
+        try:
+            built = await loop.run_in_executor(
+                None, ensure_venv, Path(args.venv), args.venv_python, args.venv_with_pip, log
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                Path(args.provisioning_file).unlink()
+        if stopping:
+            returncode = -stopping[0]
+        elif not built:
+            returncode = 1
+        else:
+            proc = spawn(args)
+    if proc is not None:
+        assert proc.stdout is not None
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        pump = asyncio.create_task(_pump(reader, log))
+        returncode = await loop.run_in_executor(None, proc.wait)
+        try:
+            await asyncio.wait_for(pump, PUMP_DRAIN_SECONDS)
+        except TimeoutError:
+            pump.cancel()  # a background process still holds the pipe open
+    assert returncode is not None
     server.close()
     with contextlib.suppress(FileNotFoundError):
         Path(args.socket).unlink()
@@ -220,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log")
     parser.add_argument("--log-max-bytes", type=int, default=5 * 1024 * 1024)
     parser.add_argument("--exit-file")
+    parser.add_argument("--venv", help="virtualenv to build (if missing) before running the commands")
+    parser.add_argument("--venv-python", help="interpreter that builds the virtualenv")
+    parser.add_argument("--venv-with-pip", action="store_true")
+    parser.add_argument("--provisioning-file", help="present while the virtualenv is being built")
     args = parser.parse_args(argv)
     if args.netns or args.probe:
         try:

@@ -465,3 +465,35 @@ def test_kill_9_between_spawn_and_record_never_starts_twice(make_backend: Factor
     assert info.status == ReplicaStatus.RUNNING
     assert supervisors(backend, spec.replica_id) == found
     assert wait_answer(info)["replica"] == spec.replica_id
+
+
+def test_venv_is_built_while_the_replica_is_provisioning(
+    make_backend: Factory, app_dir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    slow_python = tmp_path / "slow-python"  # waits for `go`, then builds the venv for real
+    slow_python.write_text(
+        f'#!/bin/bash\nwhile [ ! -e {go} ]; do sleep 0.02; done\nexec {sys.executable} "$@"\n'
+    )
+    slow_python.chmod(0o755)
+    backend = make_backend()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    backend._interpreters[version] = str(slow_python)
+    spec = spec_for(app_dir, python=version, commands=("exec python app.py 8000",))
+    info = backend.create(spec)
+    assert info.status == ReplicaStatus.PROVISIONING
+    assert backend.describe(spec.replica_id) == info  # still waiting for `go`
+    go.touch()
+    wait_status(backend, spec.replica_id, ReplicaStatus.RUNNING)
+    assert Path(wait_answer(info)["prefix"]).parent == backend.root / ".venvs"
+
+
+def test_failed_venv_build_exits_with_the_reason(make_backend: Factory, app_dir: Path) -> None:
+    backend = make_backend()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    backend._interpreters[version] = "/bin/false"
+    spec = spec_for(app_dir, python=version)
+    backend.create(spec)
+    exited = wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
+    assert exited.message is not None
+    assert "code 1" in exited.message and "creating the virtualenv failed" in exited.message
