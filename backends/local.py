@@ -260,6 +260,13 @@ class LocalBackend:
             with contextlib.suppress(FileNotFoundError):
                 Path(str(meta.get("socket") or paths.socket)).unlink()
             shutil.rmtree(paths.dir, ignore_errors=True)
+        if meta.get("venv"):
+            self._prune_venv(Path(str(meta["venv"])))
+
+    def log_path(self, replica_id: str) -> Path | None:
+        """The live log file of a replica (for `tidegate logs --follow`), None when it has none."""
+        path = self._paths(replica_id).log
+        return path if path.exists() else None
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:
         paths = self._paths(replica_id)
@@ -295,6 +302,21 @@ class LocalBackend:
                     capture_output=True,
                     timeout=max(self.grace, 10.0) + 20.0,
                 )
+
+    def _prune_venv(self, venv: Path) -> None:
+        """Remove a spec's venv once no replica refers to it (after a rolling update, say).
+
+        Safe against a concurrent create: its metadata (naming the venv) is written before its
+        supervisor looks for the venv, and the supervisor rebuilds a venv that is not marked ready.
+        """
+        if venv.parent != self.root / ".venvs" or not venv.exists():
+            return
+        with local_host.file_lock(venv.parent / f".{venv.name}.lock"):
+            for entry in self.root.iterdir():
+                meta = read_json(entry / "replica.json") if not entry.name.startswith(".") else None
+                if meta is not None and meta.get("venv") == str(venv):
+                    return
+            shutil.rmtree(venv, ignore_errors=True)
 
     def _venv_for(self, spec: ReplicaSpec) -> tuple[Path, str] | None:
         """Where the spec's virtualenv lives (cached by spec hash) and the interpreter to build it."""

@@ -155,6 +155,10 @@ def test_python_gets_a_cached_isolated_venv(make_backend: Factory, app_dir: Path
     assert Path(replies[0]["prefix"]).parent == venvs
     assert replies[0]["virtual_env"] == replies[0]["prefix"]
     assert len(list(venvs.iterdir())) == 2  # one venv and its lock file
+    backend.delete(first.replica_id)
+    assert Path(replies[0]["prefix"]).is_dir()  # still used by the second replica
+    backend.delete(second.replica_id)
+    assert not Path(replies[0]["prefix"]).exists()  # pruned with its last replica
 
 
 def test_missing_python_version_is_a_permanent_error(make_backend: Factory, app_dir: Path) -> None:
@@ -229,6 +233,7 @@ def test_failing_commands_exit_with_code_and_last_lines(make_backend: Factory, a
     assert exited.message is not None
     assert "code 3" in exited.message and "boom" in exited.message and "never" not in exited.message
     assert backend.logs(spec.replica_id) == ["first-line", "boom"]
+    assert backend.log_path(spec.replica_id) == backend.root / spec.replica_id / "logs" / "replica.log"
     # create() restarts an exited replica under the same id
     backend.create(spec)
     wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
