@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -79,6 +80,7 @@ class ApplyContext:
     backoff_base: float = 2.0
     backoff_max: float = 300.0
     checkpoint: Callable[[], None] = lambda: None  # called after each service's steps
+    redact: Callable[[str], str] = lambda text: text  # secret values out of messages and logs
 
 
 @dataclass(frozen=True)
@@ -206,21 +208,23 @@ def apply_plan(
                 doc.services[name].backoff_until = None
             outcomes.append(ServiceOutcome(name, done))
         except PermanentError as e:
+            msg = ctx.redact(str(e))
             rec = doc.services.get(name)
             if rec is not None:
                 d = desired.get(name)
                 rec.stalled_spec = d.spec_hash if d else rec.spec_hash
                 rec.status = ServiceStatus.STALLED
-                rec.reason = f"stalled until the config changes: {e}"
-                rec.note(ctx.now, "stalled", str(e))
-            log.error("service %s: permanent error: %s", name, e)
-            outcomes.append(ServiceOutcome(name, done, str(e), permanent=True))
+                rec.reason = f"stalled until the config changes: {msg}"
+                rec.note(ctx.now, "stalled", msg)
+            log.error("service %s: permanent error: %s", name, msg)
+            outcomes.append(ServiceOutcome(name, done, msg, permanent=True))
         except Exception as e:  # the per-service boundary: log it, back off, carry on with the others
-            temporary = isinstance(e, TemporaryError)
-            if not temporary:
-                log.exception("service %s: unexpected error while applying", name)
+            msg = ctx.redact(f"{type(e).__name__}: {e}")
+            if isinstance(e, TemporaryError):
+                log.warning("service %s: temporary error: %s", name, msg)
             else:
-                log.warning("service %s: temporary error: %s", name, e)
+                trace = "".join(traceback.format_exception(e))
+                log.error("service %s: unexpected error while applying:\n%s", name, ctx.redact(trace))
             rec = doc.services.get(name)
             if rec is not None:
                 rec.failures += 1
@@ -228,8 +232,8 @@ def apply_plan(
                 if isinstance(e, TemporaryError) and e.delay:
                     delay = max(delay, e.delay)
                 rec.backoff_until = ctx.now + delay
-                rec.reason = f"retrying in {delay:.0f}s: {type(e).__name__}: {e}"
-                rec.note(ctx.now, "error", f"{type(e).__name__}: {e}")
-            outcomes.append(ServiceOutcome(name, done, f"{type(e).__name__}: {e}"))
+                rec.reason = f"retrying in {delay:.0f}s: {msg}"
+                rec.note(ctx.now, "error", msg)
+            outcomes.append(ServiceOutcome(name, done, msg))
         ctx.checkpoint()
     return outcomes

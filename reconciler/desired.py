@@ -55,6 +55,8 @@ class DesiredSet:
     failed: Mapping[str, str] = field(default_factory=dict)  # name -> path of the broken file
     diagnostics: tuple[str, ...] = ()
     revision: str | None = None
+    # Values that came from the reconciler's env (bare KEYs): redacted from every message.
+    secret_values: frozenset[str] = frozenset()
 
     @property
     def empty(self) -> bool:
@@ -164,10 +166,12 @@ def build_desired(
 ) -> DesiredSet:
     services: dict[str, DesiredService] = {}
     blocked: dict[str, str] = {}
+    secrets: set[str] = set()
     for name in sorted(load.services):
         ls = load.services[name]
         c = ls.config
         resolved, missing = resolve_env(c.env, env)
+        secrets.update(resolved[k] for k, v in c.env.items() if v is None and k in resolved)
         if missing:
             blocked[name] = (
                 f"env variable{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))} "
@@ -234,4 +238,5 @@ def build_desired(
         failed=failed,
         diagnostics=tuple(d.format() for d in load.diagnostics),
         revision=revision,
+        secret_values=frozenset(secrets),
     )

@@ -32,6 +32,7 @@ from reconciler.loader import load_tree
 from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
 from reconciler.plan import Plan, plan
 from reconciler.probe import probe_replica
+from reconciler.redact import Redactor
 from reconciler.records import (
     ReplicaPhase,
     SnapshotRef,
@@ -130,11 +131,12 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.clock = clock
         self.read_only = read_only
-        self.store = StateStore(self.state_dir)
+        self.redact = Redactor()
+        self.store = StateStore(self.state_dir, redact=self.redact)
         if not read_only:
             self.store.acquire()
         self.installation = self.store.installation()
-        self.journal = Journal(self.state_dir)
+        self.journal = Journal(self.state_dir, redact=self.redact)
         self.doc = self.store.load()
         self._stats = stats
         self._prober: Prober = prober or probe_replica
@@ -235,6 +237,7 @@ class Engine:
             domain=self.settings.domain,
             default_backend=self.settings.default_backend,
         )
+        self.redact.update(ds.secret_values)
         ds, complete = self._with_offers(ds)
         if complete:
             self._desired_cache = (key, ds)
@@ -367,6 +370,7 @@ class Engine:
             self.settings.backoff_base,
             self.settings.backoff_max,
             checkpoint=self._checkpoint,
+            redact=self.redact,
         )
         outcomes = apply_plan(p, doc, ds.services if ds else {}, ctx) if not p.empty else []
         if ds is not None:

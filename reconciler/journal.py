@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -50,8 +50,9 @@ class Intent:
 
 
 class Journal:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, redact: Callable[[str], str] | None = None) -> None:
         self.path = Path(state_dir) / JOURNAL_FILE
+        self.redact = redact or (lambda text: text)
         self._seq = 0
         self._lines = 0
         for entry in self._read():
@@ -107,7 +108,7 @@ class Journal:
     def outcome(self, intent_id: str, outcome: str, at: float, message: str | None = None) -> None:
         entry: dict[str, Any] = {"kind": "outcome", "intent_id": intent_id, "outcome": outcome, "at": at}
         if message:
-            entry["message"] = message[:500]
+            entry["message"] = self.redact(message)[:500]
         # Not fsynced: an outcome is advisory. Recovery asks the backend about every intent newer
         # than the state whether or not its outcome survived, so losing one to a power cut is safe
         # (a killed process loses nothing: the write is already in the page cache).

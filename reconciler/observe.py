@@ -147,8 +147,8 @@ def observe(
                     mark_failed(r, info.message or "exited", now, s)
                     rec.note(now, "replica failed", f"{r.id}: {info.message or 'exited'}")
         for info in infos.values():
-            if info.status is ReplicaStatus.GONE:
-                continue
+            if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
+                continue  # on its way out (a delete we already made): nothing to adopt
             adopt(doc, info, now, desired_hashes)
     return problems
 

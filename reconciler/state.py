@@ -22,6 +22,7 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,9 @@ class Installation:
 class StateStore:
     """Reads and writes the documents of one state directory."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, redact: Callable[[str], str] | None = None) -> None:
         self.dir = Path(state_dir)
+        self.redact = redact or (lambda text: text)
         self._lock_fd: int | None = None
         self._lineage: str | None = None
 
@@ -202,5 +204,5 @@ class StateStore:
                 raise StaleStateError(f"{path} moved on (serial {on_disk.get('serial')} > {doc.serial})")
         doc.serial += 1
         doc.updated_at = time.time()
-        write_atomic(path, doc.model_dump_json(indent=1).encode())
+        write_atomic(path, self.redact(doc.model_dump_json(indent=1)).encode())
         return doc

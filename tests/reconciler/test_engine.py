@@ -424,3 +424,22 @@ def test_loop_is_not_spun_by_work_it_cannot_do(world: World) -> None:
     world.clock.t += 3
     report = world.engine.reconcile(broken)
     assert report.plan.empty and report.next_run_in is None, "kept service: nothing due, normal interval"
+
+
+def test_secrets_in_error_text_are_redacted_from_state_journal_and_logs(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api()})
+    world.converge(snap)
+    [rid] = world.backend.running("web")
+    world.backend.crash(rid, message=f"exit 1; last log line: SECRET_TOKEN={SECRET}")
+    world.backend.create_errors["web"] = PermanentError(f"refused token {SECRET}")
+    world.clock.t += 100
+    world.converge(snap)
+    rec = world.engine.doc.services["web"]
+    assert rec.status is ServiceStatus.STALLED
+    for path in world.state.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), f"secret leaked into {path}"
+    assert "***" in (world.state / "state.json").read_text()
+    assert SECRET not in caplog.text and "refused token ***" in caplog.text
