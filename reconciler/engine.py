@@ -32,11 +32,11 @@ from reconciler.loader import load_tree
 from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
 from reconciler.plan import Plan, plan
 from reconciler.probe import probe_replica
-from reconciler.redact import Redactor
 from reconciler.records import (
     ReplicaPhase,
     SnapshotRef,
 )
+from reconciler.redact import Redactor
 from reconciler.state import StateStore
 from reconciler.stats import read_stats
 from reconciler.targets import TargetSettings, build_targets, sync_records
