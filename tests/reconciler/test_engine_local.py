@@ -86,3 +86,54 @@ def test_local_service_is_deployed_probed_routed_and_torn_down(
     assert backend.list_owned() == [], "removing the file tears the service down"
     [row] = eng.status()
     assert row.name == "keep" and row.status == "blocked" and "NOPE" in row.reason
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from backends.base import BackendRegistry
+from backends.local import LocalBackend
+from reconciler.engine import Engine, EngineSettings, Snapshot
+from reconciler.state import StateStore
+state, repo = Path(sys.argv[1]), Path(sys.argv[2])
+backend = LocalBackend(state / "replicas", owner=StateStore(state).installation().id, grace=2.0)
+eng = Engine(state, BackendRegistry({"local": backend}), EngineSettings(env={"GREETING": "x"}))
+eng.recover()
+eng.reconcile(Snapshot("1" * 40, repo))
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_create", "after_outcome", "after_state_write"])
+def test_sigkill_mid_apply_then_restart_converges_without_duplicates(tmp_path: Path, point: str) -> None:
+    import subprocess
+    import sys
+
+    state, repo = tmp_path / "state", tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hello.dstack.yml").write_text(SERVICE)
+    env = {**__import__("os").environ, "TIDEGATE_FAULT": point}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(state), str(repo)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -9 and "survived" not in proc.stdout, proc.stderr
+    owner = StateStore(state).installation().id
+    backend = LocalBackend(state / "replicas", owner=owner, grace=2.0)
+    eng = Engine(
+        state, BackendRegistry({"local": backend}), EngineSettings(env={"GREETING": "x"}, probe_timeout=1.0)
+    )
+    try:
+        eng.recover()
+        until_routed(eng, Snapshot("1" * 40, repo), "hello")
+        owned = backend.list_owned()
+        assert len(owned) == 1, f"exactly one replica after the crash: {owned}"
+        [rec] = eng.doc.services.values()
+        assert [r.id for r in rec.replicas] == [owned[0].replica_id]
+    finally:
+        eng.close()
+        for info in backend.list_owned():
+            backend.delete(info.replica_id)
