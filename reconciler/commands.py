@@ -192,8 +192,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print_next_steps(settings, gateway is not None)
 
         signals: list[Loop] = []  # the pass drains signals through the loop built right after it
-        the_pass = runtime.Pass(engine, source, lambda: signals[0].take_signals(), on_report=on_report)
-        loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir)
+        the_pass = runtime.Pass(
+            engine,
+            source,
+            lambda: signals[0].take_signals(),
+            on_report=on_report,
+            fetch_every=settings.interval * 0.8,  # a timer tick (jittered +-10%) always fetches
+        )
+        loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
         signals.append(loop)
         if hasattr(source, "watch"):
             loop.add_watcher(source.watch(lambda: loop.wake("file saved"), loop.stop_event))

@@ -45,6 +45,7 @@ class Loop:
         interval: float,
         jitter: float | None = None,
         state_dir: Path | None = None,
+        on_wake: Callable[[str], None] | None = None,
     ) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -52,6 +53,7 @@ class Loop:
         self.interval = interval
         self.jitter = interval * 0.1 if jitter is None else jitter
         self.state_dir = state_dir
+        self._on_wake = on_wake
         self._scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"misfire_grace_time": None})
         self._lock = threading.Lock()
         self._pending = False  # a wake-up arrived during a pass
@@ -97,6 +99,8 @@ class Loop:
     def wake(self, reason: str = "wake") -> None:
         """Run a pass now (or right after the running one). Safe from any thread."""
         log.debug("wake-up: %s", reason)
+        if self._on_wake is not None:
+            self._on_wake(reason)
         with self._lock:
             if self._running:
                 self._pending = True

@@ -76,7 +76,13 @@ class Pass:
     source: Source
     take_signals: Callable[[], list[dict[str, Any]]]
     on_report: Callable[[PassReport], None] | None = None
+    # Fetch at most this often unless woken (push webhook, SIGHUP, a save): passes come much more
+    # often while replicas start (readiness), and a remote must not be fetched at that rate.
+    fetch_every: float = 0.0
+    clock: Callable[[], float] = time.monotonic
     last: Checkout | None = None
+    last_fetch: float | None = None
+    fetch_requested: bool = True
     source_error: str | None = None
     reports: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,9 +91,14 @@ class Pass:
         with self._lock:
             for sig in self.take_signals():
                 self._apply_signal(sig)
+            now = self.clock()
+            due = self.last_fetch is None or now - self.last_fetch >= self.fetch_every
             try:
-                self.last = self.source.current()
-                self.source_error = None
+                if self.fetch_requested or due or self.last is None:
+                    self.fetch_requested = False
+                    self.last_fetch = now
+                    self.last = self.source.current()
+                    self.source_error = None
             except SourceError as e:
                 # Keep reconciling the last good revision: drift repair must not wait on the remote.
                 if self.source_error != str(e):
@@ -100,6 +111,10 @@ class Pass:
             if self.on_report is not None:
                 self.on_report(report)
             return report.next_run_in
+
+    def request_fetch(self, reason: str = "") -> None:
+        """The next pass fetches even if the interval has not elapsed (a wake-up from outside)."""
+        self.fetch_requested = True
 
     def _apply_signal(self, sig: dict[str, Any]) -> None:
         kind, service = sig.get("kind"), sig.get("service")
