@@ -35,6 +35,8 @@ from reconciler.config import ReplicaRange, ServiceConfig, SpotPolicy
 from reconciler.loader import LoadedService, LoadResult, spec_hash
 
 MAX_DNS_LABEL = 63
+PREVIEW_PR_ENV = "TIDEGATE_PREVIEW_PR"
+PREVIEW_SHA_ENV = "TIDEGATE_PREVIEW_SHA"
 DEFAULT_TTL = 24 * 3600.0
 _UNSAFE = re.compile(r"[^a-z0-9-]+")
 
@@ -271,7 +273,10 @@ def _build(pr: PullRequestInfo, svc: LoadedService, settings: PreviewSettings) -
         config, withheld = _withhold_secrets(config)
     # The config carries the preview's name like a loaded config carries its service's name (model_copy:
     # the name may be longer than a user-written `name:` may be, which is fine for a DNS label).
-    config = config.model_copy(update={"name": name})
+    # The PR and head commit go into the env: the app can tell it is a preview, and since the spec
+    # hash covers literal env values, every push rolls the preview (also one changing only code).
+    env = {**config.env, PREVIEW_PR_ENV: str(pr.number), PREVIEW_SHA_ENV: pr.head_sha}
+    config = config.model_copy(update={"name": name, "env": env})
     loaded = replace(svc, name=name, config=config, spec_hash=spec_hash(config))
     return PreviewService(
         name=name,

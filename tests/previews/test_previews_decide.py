@@ -24,6 +24,7 @@ from reconciler.previews import (
 )
 
 NOW = 1_800_000_000.0
+PR_ENV = {"TIDEGATE_PREVIEW_PR": "7", "TIDEGATE_PREVIEW_SHA": f"{7:040x}"}
 HOUR = 3600.0
 ON = PreviewSettings(enabled=True)
 
@@ -238,7 +239,7 @@ def test_preview_service_shape() -> None:
     assert p.model_name == "llama@pr-7"
     assert p.loaded.config.replicas.max == 1
     # A same-repo PR (fork known False) keeps the bare-KEY secret.
-    assert p.loaded.config.env == {"A": "1", "HF_TOKEN": None} and p.withheld_env == ()
+    assert p.loaded.config.env == {**PR_ENV, "A": "1", "HF_TOKEN": None} and p.withheld_env == ()
 
 
 @pytest.mark.parametrize(
@@ -259,7 +260,7 @@ def test_preview_service_shape() -> None:
 def test_secrets(info: PullRequestInfo, settings: PreviewSettings, env: dict[str, str | None], withheld: tuple[str, ...]) -> None:
     head = tree(svc("chat", env=["A=1", "HF_TOKEN"]), svc("embed", commands=["python embed.py"]))
     (p,) = decide_previews([info], BASE, {7: head}, settings, NOW).previews
-    assert p.loaded.config.env == env
+    assert p.loaded.config.env == {**env, **PR_ENV}
     assert p.withheld_env == withheld
 
 
@@ -348,3 +349,12 @@ def test_previews_by_pr_groups_for_build_desired() -> None:
     assert sha == f"{1:040x}"
     assert sorted(load.services) == ["chat-pr-1", "embed-pr-1"]
     assert sorted(grouped[2][1].services) == ["chat-pr-2"]
+
+
+def test_every_push_rolls_the_preview() -> None:
+    """Same config, new head commit (only code changed): a new spec hash, so the engine rolls it."""
+    one = decide_previews([pr(7, head_sha="1" * 40)], BASE, {7: CHANGED_CHAT}, ON, NOW).previews[0]
+    two = decide_previews([pr(7, head_sha="2" * 40)], BASE, {7: CHANGED_CHAT}, ON, NOW).previews[0]
+    assert one.loaded.config.model_dump(exclude={"env"}) == two.loaded.config.model_dump(exclude={"env"})
+    assert one.loaded.config.env["TIDEGATE_PREVIEW_SHA"] == "1" * 40
+    assert one.loaded.spec_hash != two.loaded.spec_hash
