@@ -24,8 +24,8 @@ import aiohttp
 from gateway import hooks, openai_api
 from gateway.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from gateway.balancer import Balancer, has_ready
-from gateway.metrics_view import metrics_response
-from gateway.proxy import relay_response, relay_websocket, request_headers
+from gateway.metrics_view import MULTIPROC_ENV, metrics_response
+from gateway.proxy import relay_response, relay_websocket, request_headers, wait_disconnect
 from gateway.settings import GatewaySettings
 from gateway.signals import send_signal
 from gateway.snapshot import ROUTES_FILE, RoutesSnapshot, ServiceRoute, Upstream, read_snapshot
@@ -180,6 +180,10 @@ class Gateway:
         if self.pool is not None:
             await self.pool.close()
         stats_path(self.settings.state_dir, os.getpid()).unlink(missing_ok=True)
+        if os.environ.get(MULTIPROC_ENV):  # this worker's live gauges stop counting
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     # -- the request path --------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -249,7 +253,7 @@ class Gateway:
                 status = await self._websocket(route, st, scope, receive, send, path, host)
                 return
             body = await self.read_request_body(scope, receive)
-            route, waited = await self.ready_route(route, st)
+            route, waited = await self.ready_route(route, st, receive)
             extra = [(COLD_START_HEADER, f"{waited:.3f}".encode())] if waited is not None else []
             query = scope.get("query_string", b"").decode("latin-1")
             headers = request_headers(scope, host, route.forward_auth)
@@ -306,10 +310,14 @@ class Gateway:
         except OSError as e:
             log.warning("cannot signal demand for %s: %s", service, e)
 
-    async def ready_route(self, route: ServiceRoute, st: ServiceStats) -> tuple[ServiceRoute, float | None]:
+    async def ready_route(
+        self, route: ServiceRoute, st: ServiceStats, receive: Receive | None = None
+    ) -> tuple[ServiceRoute, float | None]:
         """The route with a ready replica; at zero replicas (min_replicas 0) hold until one is.
 
-        Returns the route to use and, when the request was held, how long it waited.
+        Returns the route to use and, when the request was held, how long it waited. With
+        `receive` (the request body already read), a client hanging up ends the hold at once, so
+        `held` counts only requests someone still waits for.
         """
         if has_ready(route.upstreams):
             return route, None
@@ -322,6 +330,7 @@ class Gateway:
         deadline = start + self.settings.hold_timeout
         st.held += 1
         st.held_gauge.inc()
+        gone = asyncio.ensure_future(wait_disconnect(receive)) if receive is not None else None
         try:
             self._demand(route.name)
             while True:
@@ -336,14 +345,21 @@ class Gateway:
                         503, f"service {route.name!r} did not start within {self.settings.hold_timeout:g} s",
                         "service_unavailable", "cold_start_timeout", retry_after=30,
                     )
-                changed = self._changed
+                changed = asyncio.ensure_future(self._changed.wait())
                 try:
-                    await asyncio.wait_for(changed.wait(), min(remaining, DEMAND_REPEAT))
-                except TimeoutError:
+                    waiters = {changed} if gone is None else {changed, gone}
+                    done, _ = await asyncio.wait(waiters, timeout=min(remaining, DEMAND_REPEAT))
+                finally:
+                    changed.cancel()
+                if gone is not None and gone in done:
+                    raise ClientGone
+                if not done:
                     self._demand(route.name, force=True)
         finally:
             st.held -= 1
             st.held_gauge.dec()
+            if gone is not None:
+                gone.cancel()
 
     async def open_upstream(
         self, route: ServiceRoute, method: str, path: str, query: str, headers: Any, body: bytes | None

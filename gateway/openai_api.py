@@ -72,7 +72,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, path: 
     st.begin(time.time())
     status = 500
     try:
-        route, waited = await gw.ready_route(route, st)
+        route, waited = await gw.ready_route(route, st, receive)
         extra = [(b"x-tidegate-cold-start", f"{waited:.3f}".encode())] if waited is not None else []
         if route.model is None:
             raise GatewayError(404, f"model {request['model']!r} not found", code="model_not_found")

@@ -91,7 +91,7 @@ async def relay_response(
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
         async for chunk in resp.content.iter_any():
             if watcher.done():
@@ -105,7 +105,7 @@ async def relay_response(
             await watcher
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

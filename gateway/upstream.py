@@ -14,6 +14,10 @@ import aiohttp
 from yarl import URL
 
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Idle upstream connections are dropped before the replica's own idle timeout (uvicorn, which
+# vLLM uses, closes after 5 s): a POST sent on a connection the replica just closed cannot be
+# retried safely, so we avoid the race instead.
+KEEPALIVE = 4.0
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,13 @@ class UpstreamPool:
             path = url[len("unix://") :]
             session = self._unix.get(path)
             if session is None:
-                session = self._session(aiohttp.UnixConnector(path=path, limit=0))
+                session = self._session(aiohttp.UnixConnector(path=path, limit=0, keepalive_timeout=KEEPALIVE))
                 self._unix[path] = session
             target = Target(session, "http", "localhost", None)
         else:
             parsed = URL(url)
             if self._tcp is None:
-                self._tcp = self._session(aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+                self._tcp = self._session(aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE))
             target = Target(self._tcp, parsed.scheme or "http", parsed.host or "127.0.0.1", parsed.explicit_port)
         self._targets[url] = target
         return target

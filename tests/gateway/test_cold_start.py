@@ -98,3 +98,18 @@ def test_openai_sdk_call_to_model_at_zero(make_gateway: MakeGateway, openai_upst
     raw = out[0]
     assert raw.headers["x-tidegate-cold-start"]
     assert raw.parse().choices[0].message.content == "echo: wake"
+
+
+def test_client_hanging_up_ends_its_hold(make_gateway: MakeGateway) -> None:
+    gw = make_gateway(hold_timeout=60)
+    gw.publish(snapshot_of(at_zero("gone")))
+    with httpx.Client(base_url=gw.url, headers={"Host": "gone.localhost"}, timeout=httpx.Timeout(5, read=0.5)) as c:
+        try:
+            c.get("/")
+        except httpx.ReadTimeout:
+            pass
+        else:
+            raise AssertionError("the request should still be held")
+    # httpx closed the connection; the gateway notices and stops holding.
+    wait_for(lambda: gw.gateway.stats.service("gone").held == 0, "hold released")
+    wait_for(lambda: gw.gateway.stats.service("gone").in_flight == 0, "request finished")
