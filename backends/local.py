@@ -51,18 +51,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import shutil
-import socket
+import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from backends import local_host, local_proc
+from backends import local_host, local_proc, local_spawn
 from backends.base import (
     Offer,
     PermanentError,
@@ -86,7 +84,6 @@ from backends.local_proc import ProcessIdentity
 
 __all__ = ["META", "LocalBackend", "NetworkMode", "socket_path"]
 
-RELAY = Path(__file__).with_name("local_relay.py")
 META = "replica.json"
 SCHEMA_VERSION = 1
 MESSAGE_LOG_LINES = 5
@@ -97,13 +94,6 @@ class NetworkMode(StrEnum):
     AUTO = "auto"  # namespaces when available, else the shared host network
     NAMESPACE = "namespace"  # namespaces or a PermanentError
     SHARED = "shared"  # host network; a busy port is a TemporaryError
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class LocalBackend:
@@ -143,7 +133,7 @@ class LocalBackend:
 
     def _namespaces_unavailable(self) -> str | None:
         if self._namespace_problem is False:
-            self._namespace_problem = local_host.probe_namespaces(RELAY)
+            self._namespace_problem = local_host.probe_namespaces(local_spawn.RELAY)
         assert not isinstance(self._namespace_problem, bool)
         return self._namespace_problem
 
@@ -328,31 +318,14 @@ class LocalBackend:
         key = f"{spec.spec_hash}-py{local_host.python_minor(spec.python)}"
         return self.root / ".venvs" / key, interpreter
 
-    def _env(self, spec: ReplicaSpec, replica_dir: Path, venv: Path | None) -> dict[str, str]:
-        env = dict(os.environ)
-        if venv is not None:
-            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
-            env["VIRTUAL_ENV"] = str(venv)
-            env.pop("PYTHONHOME", None)
-        env.update(spec.env)
-        env[local_proc.MARK_REPLICA] = spec.replica_id
-        env[local_proc.MARK_DIR] = str(replica_dir)
-        env[local_proc.MARK_OWNER] = self.owner
-        return env
-
-    def _check_port_free(self, port: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            # REUSEADDR: connections of a stopped replica in TIME_WAIT do not make the port busy.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError as e:
-                why = (
-                    "the backend runs in shared network mode"
-                    if self.network == NetworkMode.SHARED
-                    else f"network namespaces are unavailable: {self._namespaces_unavailable()}"
-                )
-                raise TemporaryError(f"port {port} is busy on this host ({why})") from e
+    def _ensure_port_free(self, port: int) -> None:
+        if not local_spawn.port_is_free(port):
+            why = (
+                "the backend runs in shared network mode"
+                if self.network == NetworkMode.SHARED
+                else f"network namespaces are unavailable: {self._namespaces_unavailable()}"
+            )
+            raise TemporaryError(f"port {port} is busy on this host ({why})")
 
     def _start(
         self, spec: ReplicaSpec, paths: ReplicaPaths, venv: tuple[Path, str] | None, attempt: int
@@ -364,9 +337,9 @@ class LocalBackend:
         )
         if engine is None and self.network == NetworkMode.NAMESPACE and not netns:
             raise PermanentError(self._namespaces_unavailable() or "network namespaces unavailable")
-        host_port = free_loopback_port() if engine is not None else None
+        host_port = local_spawn.free_loopback_port() if engine is not None else None
         if engine is None and not netns:
-            self._check_port_free(spec.port)
+            self._ensure_port_free(spec.port)
         sock = paths.socket
         paths.dir.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {
@@ -401,44 +374,24 @@ class LocalBackend:
             paths.exit_file.unlink()
         sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-        cmd = [
-            sys.executable, "-I", "-S", str(RELAY),
-            "--workdir", str(paths.work),
-            "--script", str(paths.script),
-            "--port", str(host_port or spec.port),
-            "--socket", str(sock),
-            "--log", str(paths.log),
-            "--log-max-bytes", str(self.log_max_bytes),
-            "--exit-file", str(paths.exit_file),
-        ]  # fmt: skip
-        if netns:
-            cmd.append("--netns")
-        if venv is not None:
-            cmd += [
-                "--venv",
-                str(venv[0]),
-                "--venv-python",
-                venv[1],
-                "--provisioning-file",
-                str(paths.provisioning),
-            ]
-            if self.venv_with_pip:
-                cmd.append("--venv-with-pip")
-        with open(paths.relay_err, "ab") as err:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=paths.dir,
-                env=self._env(spec, paths.dir, venv[0] if venv else None),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-            )
+        launch = local_spawn.Launch(
+            paths=paths,
+            port=host_port or spec.port,
+            netns=netns,
+            log_max_bytes=self.log_max_bytes,
+            venv=venv[0] if venv else None,
+            venv_python=venv[1] if venv else None,
+            venv_with_pip=self.venv_with_pip,
+        )
+        env = local_spawn.replica_env(os.environ, spec, paths.dir, self.owner, launch.venv)
+        proc, handshake = local_spawn.spawn_supervisor(
+            local_spawn.relay_command(launch), env, paths, self.start_timeout
+        )
         self._children[proc.pid] = proc
-        handshake = self._read_handshake(proc)
         if not handshake.startswith("ok"):
-            proc.wait(timeout=self.start_timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # it leads its own group: nothing else is hit
+            proc.wait()
             self._reap()
             detail = handshake.removeprefix("error:").strip() or "supervisor exited without a word"
             raise TemporaryError(f"starting {spec.replica_id} failed: {detail}")
@@ -449,17 +402,6 @@ class LocalBackend:
         info = self._describe(spec.replica_id, holding_lock=True)
         assert info is not None
         return info
-
-    def _read_handshake(self, proc: subprocess.Popen[bytes]) -> str:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(timeout=self.start_timeout)
-        line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
-        proc.stdout.close()
-        if not ready:
-            return "error: no handshake from the supervisor within the start timeout"
-        return line
 
     def _describe(self, replica_id: str, holding_lock: bool = False) -> ReplicaInfo | None:
         paths = self._paths(replica_id)

@@ -28,9 +28,10 @@ from backends.base import (
 )
 from backends.local import META, LocalBackend, NetworkMode
 from backends.local_host import Gpu, Machine, match_offer, parse_nvidia_smi, python_minor
-from backends.local_layout import copy_workdir, script_for, socket_path
-from backends.local_proc import find_supervisor, marked_processes
+from backends.local_layout import ReplicaPaths, copy_workdir, script_for, socket_path
+from backends.local_proc import MARK_DIR, MARK_OWNER, find_supervisor, marked_processes
 from backends.local_relay import RotatingLog
+from backends.local_spawn import Launch, relay_command, replica_env
 
 DEADLINE = 20.0  # bound for "the socket answers" on a loaded 2-core machine; not a speed assertion
 Factory = Callable[..., LocalBackend]
@@ -438,15 +439,21 @@ def test_pip_in_commands_installs_into_the_replica_venv(make_backend: Factory, a
 
 
 CRASHING_CREATE = """
-import os, signal, sys
+import os, signal, subprocess, sys
 from pathlib import Path
+from backends import local_spawn
 from backends.base import ReplicaSpec
 from backends.local import LocalBackend
 
-def die(self, proc):  # kill -9 right after the spawn, before the pid is recorded
-    os.kill(os.getpid(), signal.SIGKILL)
+class DieAfterSpawn:  # kill -9 right after the spawn, before the handshake and the pid record
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
 
-LocalBackend._read_handshake = die
+    def Popen(self, *args, **kwargs):
+        subprocess.Popen(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+local_spawn.subprocess = DieAfterSpawn()
 spec = ReplicaSpec(replica_id=sys.argv[2], service="web", spec_hash="77656230", ordinal=0, port=8000,
                    commands=("exec python3 app.py 8000",), workdir=sys.argv[3])
 LocalBackend(root=Path(sys.argv[1]), owner="test-owner", venv_with_pip=False).create(spec)
@@ -502,3 +509,20 @@ def test_failed_venv_build_exits_with_the_reason(make_backend: Factory, app_dir:
     exited = wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
     assert exited.message is not None
     assert "code 1" in exited.message and "creating the virtualenv failed" in exited.message
+
+
+@pytest.mark.parametrize(
+    ("venv", "path_head"),
+    [pytest.param(None, "/usr/bin", id="host-env"), pytest.param(Path("/v"), "/v/bin", id="venv-first")],
+)
+def test_replica_env_and_command_line(venv: Path | None, path_head: str) -> None:
+    spec = spec_for(Path("/w"), env={"HF_TOKEN": "hf_secret"})
+    paths = ReplicaPaths(Path("/r"), spec.replica_id)
+    env = replica_env({"PATH": "/usr/bin", "PYTHONHOME": "/x"}, spec, paths.dir, "me", venv)
+    assert env["PATH"].split(os.pathsep)[0] == path_head
+    assert (env["HF_TOKEN"], env[MARK_DIR], env[MARK_OWNER]) == ("hf_secret", "/r/web-77656200-0", "me")
+    assert ("PYTHONHOME" in env) == (venv is None)
+    launch = Launch(paths, port=8000, netns=True, log_max_bytes=10, venv=venv, venv_python="/py")
+    cmd = relay_command(launch)
+    assert "hf_secret" not in " ".join(cmd)
+    assert "--netns" in cmd and ("--venv" in cmd) == (venv is not None)
