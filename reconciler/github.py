@@ -362,6 +362,25 @@ def preview_status_updates(
     return out
 
 
+def deploy_status_update(
+    sha: str,
+    services: Mapping[str, tuple[int, int]],
+    errors: Sequence[str],
+    target_url: str | None = None,
+    context: str = STATUS_CONTEXT,
+) -> StatusUpdate:
+    """Pure: the status of the deployed commit after a pass. `services`: production service name ->
+    (ready replicas, desired replicas). Errors -> failure; everything ready -> success; else pending."""
+    if errors:
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        return StatusUpdate(sha, CommitState.FAILURE, f"{errors[0]}{more}", target_url, context)
+    ready = sum(min(r, d) for r, d in services.values())
+    wanted = sum(d for _, d in services.values())
+    if ready >= wanted:
+        return StatusUpdate(sha, CommitState.SUCCESS, f"deployed: {len(services)} service(s) ready", target_url, context)
+    return StatusUpdate(sha, CommitState.PENDING, f"rolling out: {ready}/{wanted} replicas ready", target_url, context)
+
+
 class StatusReporter:
     """Posts statuses through a client, skipping one identical to the last posted for the same
     commit and context (a level-triggered loop computes the same status every pass; GitHub keeps

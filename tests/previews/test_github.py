@@ -17,6 +17,8 @@ from reconciler.github import (
     GitHubPermanentError,
     GitHubSettings,
     GitHubTemporaryError,
+    StatusReporter,
+    deploy_status_update,
     parse_github_repo,
     parse_pull_request_event,
 )
@@ -198,3 +200,31 @@ def test_unreachable_api_is_temporary() -> None:
     finally:
         client.close()
     assert TOKEN not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("services", "errors", "state", "description"),
+    [
+        pytest.param({"chat": (1, 1), "embed": (2, 2)}, [], CommitState.SUCCESS, "deployed: 2 service(s) ready", id="ready"),
+        pytest.param({"chat": (0, 1), "embed": (2, 2)}, [], CommitState.PENDING, "rolling out: 2/3 replicas ready",
+                     id="rolling"),
+        pytest.param({"chat": (1, 1)}, ["chat: no offer", "x: y"], CommitState.FAILURE, "chat: no offer (+1 more)",
+                     id="errors"),
+        pytest.param({}, [], CommitState.SUCCESS, "deployed: 0 service(s) ready", id="nothing-to-deploy"),
+    ],
+)
+def test_deploy_status(services: dict[str, tuple[int, int]], errors: list[str], state: CommitState, description: str) -> None:
+    update = deploy_status_update(SHA, services, errors, "http://127.0.0.1:8080")
+    assert (update.sha, update.state, update.description, update.context) == (SHA, state, description, "tidegate")
+
+
+def test_status_reporter_posts_only_changes(github: tuple[FakeGitHub, GitHubClient]) -> None:
+    gh, client = github
+    reporter = StatusReporter(client)
+    pending = deploy_status_update(SHA, {"chat": (0, 1)}, [])
+    assert reporter.post([pending]) == [] and reporter.post([pending]) == []
+    assert reporter.post([deploy_status_update(SHA, {"chat": (1, 1)}, [])]) == []
+    assert [body["state"] for _, body in gh.statuses] == ["pending", "success"]
+    gh.fail_next = 500
+    errors = reporter.post([deploy_status_update(SHA, {}, ["boom"])])
+    assert len(errors) == 1 and "500" in errors[0]
