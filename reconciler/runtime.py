@@ -104,9 +104,9 @@ class Pass:
                 if self.source_error != str(e):
                     log.warning("%s", e)
                 self.source_error = str(e)
-                if self.last is None:
-                    return None
-            report = self.engine.reconcile(to_snapshot(self.last))
+            # Without any checkout yet (remote down at start) the engine reconciles the last
+            # revision it applied (from its state), so drift is still repaired.
+            report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None)
             self.reports += 1
             if self.on_report is not None:
                 self.on_report(report)

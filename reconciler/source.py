@@ -129,7 +129,7 @@ class GitSource:
         if sha != self.observed:
             self.observed = sha
             record_source(self.state_dir, self.describe(), sha)
-            prune_revisions(self.revisions_dir, keep=self.keep, protect={sha})
+            prune_revisions(self.revisions_dir, keep=self.keep, protect={sha} | deployed_revisions(self.state_dir))
         return Checkout(sha, root, self.config_path)
 
     def _extract(self, sha: str, root: Path) -> None:
@@ -170,7 +170,9 @@ class WorktreeSource:
         if revision != self.observed:
             self.observed = revision
             record_source(self.state_dir, self.describe(), revision)
-            prune_revisions(self.revisions_dir, keep=self.keep, protect={revision})
+            prune_revisions(
+                self.revisions_dir, keep=self.keep, protect={revision} | deployed_revisions(self.state_dir)
+            )
         return Checkout(revision, root, self.config_path)
 
     def watch(self, on_change: Callable[[], None], stop: threading.Event) -> threading.Thread:
@@ -284,6 +286,16 @@ def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p.name)
     return removed
+
+
+def deployed_revisions(state_dir: Path) -> set[str]:
+    """Revisions some service still runs (a service kept at its last good revision restarts its
+    replicas from that folder), read from state.json without the engine."""
+    try:
+        doc = json.loads((state_dir / "state.json").read_bytes())
+        return {str(s["revision"]) for s in doc.get("services", {}).values() if s.get("revision")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
 
 
 def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> None:

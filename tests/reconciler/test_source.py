@@ -187,3 +187,18 @@ def test_parse_env_file_never_echoes_a_bad_line() -> None:
     with pytest.raises(SettingsError) as e:
         parse_env_file("hunter2-secret-without-equals\n")
     assert "hunter2" not in str(e.value)
+
+
+def test_revisions_still_deployed_are_never_pruned(remote: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    _bare, work = remote
+    state = tmp_path / "state"
+    src = GitSource(str(work), "main", state, keep=1)
+    kept = commit_push(work, {"a.txt": "0"})
+    src.current()
+    (state / "state.json").write_text(json.dumps({"services": {"web": {"revision": kept}}}))
+    for i in range(1, 4):
+        commit_push(work, {"a.txt": str(i)})
+        latest = src.current().revision
+    assert sorted(p.name for p in (state / "revisions").iterdir()) == sorted({kept, latest})
