@@ -115,6 +115,10 @@ class PreviewProvider:
         )
         return merge_desired(production, previews)
 
+    def preview_prs(self) -> dict[str, int]:
+        """Preview service name -> PR number (for `ServiceRoute.preview_pr` and `ps`)."""
+        return {p.name: p.pr for p in self.decision.previews}
+
     def fingerprint(self) -> tuple[tuple[str, str], ...]:
         """Changes whenever the set of previews or any head moves (for the engine's desired cache key)."""
         return tuple((p.name, p.loaded.spec_hash) for p in self.decision.previews)

@@ -104,6 +104,7 @@ def test_preview_lifecycle(setup: tuple[PreviewEngine, LocalBackend, GitSource, 
     settle(eng, branch, {"web": "production\n", "web-pr-7": "pr 7 first\n"})
     route = read_snapshot(eng.state_dir).services["web-pr-7"]
     assert route.host == "web-pr-7.localhost"
+    assert provider.preview_prs() == {"web-pr-7": 7}
     [preview] = [s for s in eng.status() if s.name == "web-pr-7"]
     assert preview.revision == sha1
     assert read_decision(eng.state_dir)["previews"][0]["head_sha"] == sha1
@@ -122,4 +123,5 @@ def test_preview_lifecycle(setup: tuple[PreviewEngine, LocalBackend, GitSource, 
     settle(eng, branch, {"web": "production\n", "web-pr-7": None, "web-pr-9": None})
     reasons = {(r.pr, r.reason) for r in provider.decision.rejected}
     assert reasons == {(7, RejectReason.CLOSED), (9, RejectReason.FORK)}
+    assert provider.preview_prs() == {}
     assert [i.service for i in backend.list_owned()] == ["web"]
