@@ -107,7 +107,10 @@ class AzureBackend:
 
     # ---- clients -------------------------------------------------------------------------
     def _client_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "retry_total": self.settings.sdk_retries,
+            "polling_interval": self.settings.polling_interval,
+        }
         if self.settings.base_url:
             kwargs["base_url"] = self.settings.base_url
             kwargs["credential_scopes"] = [ARM_SCOPE]

@@ -75,6 +75,8 @@ class AzureSettings(_Model):
     admin_username: str = "tidegate"
     ssh_public_key: str | None = None
     base_url: str | None = None  # the local ARM endpoint in tests
+    polling_interval: float = Field(default=15.0, ge=0)  # LRO poll wait when ARM gives no Retry-After
+    sdk_retries: int = Field(default=3, ge=0)  # azure-core's own retries of 429/5xx before we see them
     use_private_ip: bool = False
     live_offers: bool = True  # refine catalog offers with resource SKUs
     offers_ttl: float = 300.0

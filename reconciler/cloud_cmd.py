@@ -135,18 +135,17 @@ def find_offers(args: argparse.Namespace, requirements: Requirements) -> list[Of
     return merge_offers(*groups)
 
 
-def offer_rows(offers: list[Offer]) -> list[list[str]]:
-    return [
-        [
-            o.backend,
-            o.region,
-            o.instance_type,
-            o.resources_label(),
-            "yes" if o.spot else "no",
-            f"${o.price:g}",
-        ]
-        for o in offers
-    ]
+OFFER_COLUMNS = ["BACKEND", "REGION", "RESOURCES", "SPOT", "PRICE"]
+
+
+def offer_rows(offers: list[Offer], *, verbose: bool = False) -> list[list[str]]:
+    rows = []
+    for o in offers:
+        row = [o.backend, o.region, o.resources_label(), "yes" if o.spot else "no", f"${o.price:g}"]
+        if verbose:
+            row.insert(2, o.instance_type)
+        rows.append(row)
+    return rows
 
 
 def run_offers(args: argparse.Namespace) -> int:
@@ -191,9 +190,8 @@ def run_offers(args: argparse.Namespace) -> int:
     if not shown:
         print("no offers match", file=sys.stderr)
         return 1
-    print_table(
-        ["BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"], offer_rows(shown), status_column=None
-    )
+    columns = [*OFFER_COLUMNS[:2], "INSTANCE", *OFFER_COLUMNS[2:]] if args.verbose else OFFER_COLUMNS
+    print_table(columns, offer_rows(shown, verbose=args.verbose), status_column=None)
     if len(offers) > len(shown):
         print(f"... {len(offers) - len(shown)} more (--limit)", file=sys.stderr)
     return 0

@@ -1,0 +1,269 @@
+"""Azure backend: the real azure-mgmt-compute / azure-mgmt-network clients against FakeArm, an ARM
+endpoint on 127.0.0.1 with long-running operations (201/202 + polling). No traffic leaves loopback
+and DefaultAzureCredential is never constructed (a guard makes it fail the test)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from azure.core.credentials import AccessToken
+from contract import BackendContract, SpecFactory
+from fake_arm import FakeArm
+
+from backends.azure import AzureBackend
+from backends.base import (
+    GpuRequirement,
+    PermanentError,
+    Range,
+    ReplicaSpec,
+    ReplicaStatus,
+    Requirements,
+    TemporaryError,
+)
+from backends.catalog import load_catalog
+from backends.settings import AzureSettings
+
+T4 = GpuRequirement(names=("T4",))
+RG_PATH = "/subscriptions/sub-1/resourceGroups/rg-test/providers"
+RESTRICTED = "Standard_NC64as_T4_v3"
+
+
+class StaticCredential:
+    """A token credential for the fake endpoint (the ARM clients ask for a bearer token)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.calls += 1
+        return AccessToken("fake-arm-token", 4_102_444_800)
+
+
+@pytest.fixture(autouse=True)
+def no_default_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    import azure.identity
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("DefaultAzureCredential must not be used in tests")
+
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", refuse)
+
+
+@pytest.fixture
+def arm() -> Iterator[FakeArm]:
+    fake = FakeArm()
+    for offer in load_catalog():
+        if offer.backend == "azure" and not offer.spot:
+            sku: dict[str, Any] = {
+                "resourceType": "virtualMachines",
+                "name": offer.instance_type,
+                "locations": [offer.region],
+            }
+            if offer.instance_type == RESTRICTED:
+                sku["restrictions"] = [
+                    {
+                        "type": "Location",
+                        "values": [offer.region],
+                        "reasonCode": "NotAvailableForSubscription",
+                    }
+                ]
+            fake.skus.append(sku)
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def az_settings(arm: FakeArm) -> AzureSettings:
+    return AzureSettings(
+        subscription_id="sub-1",
+        resource_group="rg-test",
+        locations=["eastus"],
+        base_url=arm.url,
+        allowed_cidr="203.0.113.7/32",
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST tidegate@test",
+        polling_interval=0,
+        sdk_retries=0,
+    )
+
+
+@pytest.fixture
+def make_azure(az_settings: AzureSettings) -> Callable[..., AzureBackend]:
+    catalog = load_catalog()
+
+    def make(*, settings: AzureSettings | None = None, owner: str = "tg-azure-test") -> AzureBackend:
+        return AzureBackend(settings or az_settings, owner, catalog=catalog, credential=StaticCredential())
+
+    return make
+
+
+def spec_for(service: str, ordinal: int = 0, **kw: Any) -> ReplicaSpec:
+    base: dict[str, Any] = {
+        "replica_id": f"{service}-abcdef12-{ordinal}",
+        "service": service,
+        "spec_hash": "abcdef12",
+        "ordinal": ordinal,
+        "port": 8000,
+        "image": "ghcr.io/example/tiny:1",
+        "env": {"HF_TOKEN": "s3cret-value"},
+        "requirements": Requirements(gpu=T4),
+    }
+    base.update(kw)
+    return ReplicaSpec(**base)
+
+
+def resource(arm: FakeArm, kind: str, name: str) -> dict[str, Any] | None:
+    return arm.resources.get(f"{RG_PATH}/{kind}/{name}".lower())
+
+
+class TestAzureContract(BackendContract):
+    @pytest.fixture
+    def backend(self, make_azure: Callable[..., AzureBackend]) -> AzureBackend:
+        return make_azure()
+
+    @pytest.fixture
+    def make_spec(self) -> SpecFactory:
+        def make(ordinal: int = 0, service: str = "contract") -> ReplicaSpec:
+            return spec_for(service, ordinal)
+
+        return make
+
+
+def test_spot_vm_with_tags_custom_data_and_its_network(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    req = Requirements(gpu=T4, spot_policy="spot", max_price=0.5)
+    info = make_azure().create(spec_for("spotty", requirements=req))
+    assert info.status is ReplicaStatus.RUNNING
+    assert info.address == "http://127.0.0.1:8000"  # the fake's public IP
+    vm = resource(arm, "Microsoft.Compute/virtualMachines", "spotty-abcdef12-0")
+    assert vm is not None
+    props = vm["properties"]
+    assert (props["priority"], props["evictionPolicy"], props["billingProfile"]["maxPrice"]) == (
+        "Spot",
+        "Delete",
+        0.5,
+    )
+    assert props["hardwareProfile"]["vmSize"] == "Standard_NC4as_T4_v3"
+    assert vm["tags"]["tidegate:owner"] == "tg-azure-test"
+    assert vm["tags"]["tidegate:replica"] == "spotty-abcdef12-0"
+    assert props["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
+    script = base64.b64decode(props["osProfile"]["customData"]).decode()
+    assert "--gpus all" in script and "-p 8000:8000" in script and "s3cret-value" not in script
+    nsg = resource(arm, "Microsoft.Network/networkSecurityGroups", "spotty-abcdef12-0-nsg")
+    assert nsg is not None
+    (rule,) = nsg["properties"]["securityRules"]
+    assert rule["properties"]["destinationPortRange"] == "8000"
+    assert rule["properties"]["sourceAddressPrefix"] == "203.0.113.7/32"
+    nic = resource(arm, "Microsoft.Network/networkInterfaces", "spotty-abcdef12-0-nic")
+    assert nic is not None and nic["properties"]["networkSecurityGroup"]["id"].endswith("-nsg")
+    # Every PUT went through ARM's long-running operation protocol (polled, not just fired).
+    assert arm.count("GET", "/fake/operations/") >= 5
+
+
+def test_delete_removes_vm_nic_ip_nsg_and_gone_is_success(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    backend = make_azure()
+    backend.create(spec_for("gone"))
+    backend.delete("gone-abcdef12-0")
+    assert [k for k in arm.resources if "gone-abcdef12-0" in k] == []
+    assert arm.count("GET", "/fake/operations/") > 0
+    backend.delete("gone-abcdef12-0")
+    assert backend.describe("gone-abcdef12-0") is None
+
+
+def test_foreign_resources_are_never_touched(make_azure: Callable[..., AzureBackend], arm: FakeArm) -> None:
+    path = f"{RG_PATH}/Microsoft.Compute/virtualMachines/theirs-abcdef12-0"
+    arm.put_resource(path, {"location": "eastus", "tags": {"team": "ml"}, "properties": {}})
+    other = f"{RG_PATH}/Microsoft.Compute/virtualMachines/other-abcdef12-0"
+    arm.put_resource(other, {"location": "eastus", "tags": {"tidegate:owner": "tg-other"}, "properties": {}})
+    backend = make_azure()
+    assert backend.list_owned() == []
+    assert backend.describe("theirs-abcdef12-0") is None
+    backend.delete("theirs-abcdef12-0")
+    backend.delete("other-abcdef12-0")
+    assert path.lower() in arm.resources and other.lower() in arm.resources
+    with pytest.raises(PermanentError, match="not owned"):
+        backend.create(spec_for("theirs"))
+    assert arm.count("DELETE", "theirs") == 0
+
+
+def test_restart_adopts_the_vm_instead_of_creating_again(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    first = make_azure().create(spec_for("adopt"))
+    again = make_azure().create(spec_for("adopt"))
+    assert again.handle == first.handle
+    assert arm.count("PUT", "virtualMachines/adopt") == 1
+
+
+def test_crash_between_network_and_vm_converges_on_one_vm(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    arm.fail("PUT", "virtualMachines/crashy", 503, "ServiceUnavailable")
+    with pytest.raises(TemporaryError):
+        make_azure().create(spec_for("crashy"))
+    info = make_azure().create(spec_for("crashy"))
+    assert info.status is ReplicaStatus.RUNNING
+    vms = arm.of_type("virtualMachines")
+    assert [v["name"] for v in vms] == ["crashy-abcdef12-0"]
+    assert len(arm.of_type("networkInterfaces")) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        pytest.param(429, "TooManyRequests", TemporaryError, id="throttled"),
+        pytest.param(500, "InternalServerError", TemporaryError, id="5xx"),
+        pytest.param(400, "InvalidParameter", PermanentError, id="bad-request"),
+        pytest.param(403, "AuthorizationFailed", PermanentError, id="forbidden"),
+    ],
+)
+def test_arm_errors_are_classified(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm, status: int, code: str, expected: type[Exception]
+) -> None:
+    arm.fail("PUT", "virtualMachines/", status, code)
+    with pytest.raises(expected):
+        make_azure().create(spec_for("faulty"))
+
+
+def test_no_capacity_moves_to_the_next_location_and_cleans_up(
+    make_azure: Callable[..., AzureBackend], az_settings: AzureSettings, arm: FakeArm
+) -> None:
+    settings = az_settings.model_copy(update={"locations": ["eastus", "westus2"]})
+    arm.no_capacity.add("eastus/Standard_NC4as_T4_v3")
+    info = make_azure(settings=settings).create(spec_for("capacity"))
+    assert info.offer is not None and info.offer.region == "westus2"
+    vm = resource(arm, "Microsoft.Compute/virtualMachines", "capacity-abcdef12-0")
+    assert vm is not None and vm["location"] == "westus2"
+    nic = resource(arm, "Microsoft.Network/networkInterfaces", "capacity-abcdef12-0-nic")
+    assert nic is not None and nic["location"] == "westus2"
+    arm.no_capacity.add("westus2/Standard_NC4as_T4_v3")
+    with pytest.raises(TemporaryError, match="no capacity"):
+        make_azure(settings=settings).create(spec_for("capacity", 1))
+    assert [k for k in arm.resources if "capacity-abcdef12-1" in k] == []
+
+
+def test_offers_drop_restricted_skus_and_fall_back_to_the_catalog(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    t4_any = Requirements(gpu=GpuRequirement(names=("T4",), count=Range(1, None)))
+    names = {o.instance_type for o in make_azure().offers(t4_any)}
+    assert names == {"Standard_NC4as_T4_v3"}  # NC64as is NotAvailableForSubscription
+    arm.fail("GET", "/skus", 500, "InternalServerError")
+    names = {o.instance_type for o in make_azure().offers(t4_any)}
+    assert names == {"Standard_NC4as_T4_v3", RESTRICTED}
+    assert make_azure().offers(Requirements(gpu=T4, backends=("aws",))) == []
+
+
+def test_the_static_credential_is_what_authenticates(az_settings: AzureSettings, arm: FakeArm) -> None:
+    cred = StaticCredential()
+    backend = AzureBackend(az_settings, "tg-cred", catalog=load_catalog(), credential=cred)
+    assert backend.list_owned() == []
+    assert cred.calls >= 1
