@@ -4,7 +4,6 @@ run for real under node (create once, then update), and actionlint when it is in
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,16 +27,9 @@ def workflow() -> dict[Any, Any]:
 
 
 def action_inputs() -> set[str]:
-    """Input names of the composite action at tidegate's root, read line-wise (the workflow only
-    needs the names; this does not depend on the rest of action.yml parsing)."""
-    names: set[str] = set()
-    inside = False
-    for line in (ROOT / "action.yml").read_text().splitlines():
-        if re.match(r"^\S", line):
-            inside = line.startswith("inputs:")
-        elif inside and (m := re.match(r"^  ([A-Za-z][\w-]*):\s*$", line)):
-            names.add(m.group(1))
-    return names
+    """Input names of the composite action at tidegate's root (action.yml)."""
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    return set(action["inputs"])
 
 
 def steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
