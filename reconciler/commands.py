@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 from gateway.signals import send_signal
 from gateway.snapshot import read_snapshot
 from reconciler.errors import ReconcilerError, StateLockedError
+from reconciler.next_steps import print_next_steps
 from reconciler.output import print_table, say
+from reconciler.plan_output import render_report
 from reconciler.records import StateDoc
 from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
 from reconciler.source import SourceError, read_source
@@ -143,20 +143,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_ERROR if report.errors else EXIT_OK
 
 
-def render_report(report: PassReport) -> str:
-    from reconciler.plan_output import symbol
-
-    p = report.plan
-    lines = [f"revision {str(report.revision or '-')[:12]}: {len(p.steps)} step(s) applied"]
-    for name in p.services():
-        lines.append(f"  {symbol(p.for_service(name))} {name}")
-    lines += [f"  error: {e}" for e in report.errors]
-    lines += [f"  note: {n}" for n in report.notes]
-    if report.next_run_in is not None:
-        lines.append("  (replicas are still starting: `tidegate ps` shows progress; `tidegate up` keeps going)")
-    return "\n".join(lines)
-
-
 # --- up --------------------------------------------------------------------------------------
 
 
@@ -214,53 +200,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         engine.close()
     say("tidegate stopped; replicas keep running (the next `tidegate up` adopts them)")
     return EXIT_OK
-
-
-def cli_hint(settings: Settings) -> str:
-    """How to call tidegate from another terminal so it finds this state dir."""
-    exe = "tidegate"
-    if shutil.which("tidegate") is None:
-        local = Path(sys.executable).parent / "tidegate"
-        exe = str(local) if local.exists() else f"{sys.executable} -m reconciler.cli"
-    default = Path(os.environ.get("TIDEGATE_STATE") or "state").resolve()
-    return exe if settings.state_dir == default else f"TIDEGATE_STATE={settings.state_dir} {exe}"
-
-
-def print_next_steps(settings: Settings, gateway: bool) -> None:
-    """What a newcomer does next: each service URL, a token, a curl and an OpenAI SDK line."""
-    routes = read_snapshot(settings.state_dir)
-    tg = cli_hint(settings)
-    lines = ["", "Services:"]
-    if not routes.services:
-        lines.append("  (none yet: push a .dstack.yml to the repo; `tidegate ps` shows progress)")
-    for name, route in sorted(routes.services.items()):
-        ready = len([u for u in route.upstreams if not u.draining])
-        model = f"  model {route.model.name}" if route.model else ""
-        lines.append(f"  {name:<16} {settings.service_url(name)}  ({ready} ready){model}")
-    if gateway:
-        base = settings.gateway_url
-        lines += [
-            "",
-            "Next:",
-            f"  {tg} ps                                   # status of every service",
-            f'  export TOKEN=$({tg} token create me-$(date +%s))   # a new API token (shown once)',
-        ]
-        # Prefer a model behind auth: that is the path most users take.
-        with_model = sorted((r for r in routes.services.values() if r.model), key=lambda r: (not r.auth, r.name))
-        if with_model and with_model[0].model is not None:
-            m = with_model[0].model.name
-            py = "python" if shutil.which("python") == sys.executable else sys.executable  # the one with openai
-            body = json.dumps({"model": m, "messages": [{"role": "user", "content": "Hello!"}]})
-            lines += [
-                f"  curl -s {base}/v1/chat/completions -H \"Authorization: Bearer $TOKEN\" "
-                f"-H 'Content-Type: application/json' -d '{body}'",
-                f"  {py} -c \"import os, openai; c = openai.OpenAI(base_url='{base}/v1', api_key=os.environ['TOKEN']); "
-                f"print(c.chat.completions.create(model='{m}', messages=[{{'role': 'user', 'content': 'Hello!'}}])"
-                f".choices[0].message.content)\"",
-            ]
-        for name in sorted(routes.services)[:1]:
-            lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/services/{name}/")
-    say("\n".join(lines))
 
 
 # --- ps --------------------------------------------------------------------------------------

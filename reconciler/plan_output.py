@@ -97,3 +97,16 @@ def plan_json(result: Any) -> dict[str, Any]:
         "notes": list(result.notes),
         "exit_code": result.exit_code,
     }
+
+
+def render_report(report: Any) -> str:
+    """`tidegate apply`'s summary of a `reconciler.engine.PassReport`."""
+    p = report.plan
+    lines = [f"revision {str(report.revision or '-')[:12]}: {len(p.steps)} step(s) applied"]
+    for name in p.services():
+        lines.append(f"  {symbol(p.for_service(name))} {name}")
+    lines += [f"  error: {e}" for e in report.errors]
+    lines += [f"  note: {n}" for n in report.notes]
+    if report.next_run_in is not None:
+        lines.append("  (replicas are still starting: `tidegate ps` shows progress; `tidegate up` keeps going)")
+    return "\n".join(lines)

@@ -14,7 +14,8 @@ import pytest
 from gateway.signals import drain_signals
 from gateway.snapshot import ModelRoute, RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
 from reconciler.cli import build_parser, main
-from reconciler.commands import new_lines, print_next_steps
+from reconciler.commands import new_lines
+from reconciler.next_steps import print_next_steps
 from reconciler.quickstart import local_examples, sync_repo
 from reconciler.records import ServiceRecord, StateDoc
 from reconciler.settings import Settings, build_settings
