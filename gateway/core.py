@@ -144,7 +144,7 @@ class Gateway:
         pid = os.getpid()
         while True:
             try:
-                data = self.stats.snapshot(time.time(), pid, self._per_upstream)
+                data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time())
                 await asyncio.to_thread(write_stats, self.settings.state_dir, data)
             except OSError as e:
                 log.warning("cannot write gateway stats: %s", e)
@@ -246,7 +246,7 @@ class Gateway:
             self._access(scope, route.name, path, e.status, started)
             return
         st = self.stats.service(route.name)
-        st.begin(time.time())
+        st.begin(time.monotonic())
         status = 500
         try:
             if scope["type"] == "websocket":

@@ -69,7 +69,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, path: 
         raise GatewayError(404, f"model {request['model']!r} not found", code="model_not_found")
     started = time.perf_counter()
     st = gw.stats.service(route.name)
-    st.begin(time.time())
+    st.begin(time.monotonic())
     status = 500
     try:
         route, waited = await gw.ready_route(route, st, receive)

@@ -35,7 +35,8 @@ HELD = Gauge("tidegate_gateway_held", "Requests held for a cold start", ["servic
 
 
 class WindowCounter:
-    """Counts per whole second over the last RING seconds."""
+    """Counts per whole second over the last RING seconds (of the monotonic clock: wall-clock
+    steps must not move requests in or out of a window)."""
 
     __slots__ = ("counts", "stamps")
 
@@ -100,10 +101,13 @@ class Stats:
     def upstream_error(self, service: str, kind: str) -> None:
         UPSTREAM_ERRORS.labels(service, kind).inc()
 
-    def snapshot(self, now: float, pid: int, per_upstream: Callable[[str], Mapping[str, int]]) -> dict[str, Any]:
+    def snapshot(
+        self, now: float, pid: int, per_upstream: Callable[[str], Mapping[str, int]], at: float | None = None
+    ) -> dict[str, Any]:
+        """`now` is the monotonic clock the windows count in; `at` the wall time written for readers."""
         return {
             "pid": pid,
-            "at": now,
+            "at": now if at is None else at,
             "services": {
                 name: {
                     **{f"rps_{w}": round(s.window.rate(now, w), 4) for w in WINDOWS},

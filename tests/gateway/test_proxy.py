@@ -224,12 +224,13 @@ def test_health_metrics_and_stats_file(make_gateway: MakeGateway, openai_upstrea
     def stats() -> dict[str, object] | None:
         for f in stats_dir.glob("stats-*.json"):
             data = json.loads(f.read_text())
-            if "m" in data["services"]:
-                return data["services"]["m"]  # type: ignore[no-any-return]
+            found = data["services"].get("m")
+            if found and found["rps_300"] == pytest.approx(3 / 300) and found["in_flight"] == 0:  # all 3 done
+                return found  # type: ignore[no-any-return]
         return None
 
     seen = wait_for(stats, "stats file with service m")
-    assert seen["rps_30"] == pytest.approx(3 / 30)
+    assert seen["rps_30"] == pytest.approx(3 / 30), seen
     assert seen["rps_300"] == pytest.approx(3 / 300)
     assert seen["in_flight"] == 0 and seen["held"] == 0
     assert seen["per_upstream_in_flight"] == {"m-0": 0}
