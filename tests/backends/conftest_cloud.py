@@ -33,7 +33,12 @@ FAKE_ENV = {
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler
     from moto.server import ThreadedMotoServer
+
+    # Headers and body leave in separate writes; with Nagle on, each response waits for the
+    # client's delayed ACK (~40 ms). Loopback test server only.
+    MotoRequestHandler.disable_nagle_algorithm = True
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in FAKE_ENV.items():

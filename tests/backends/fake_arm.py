@@ -188,6 +188,7 @@ class FakeArm:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes
 
             def _serve(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
