@@ -70,6 +70,13 @@ def _clamp(n: int, spec: ScalingPolicy) -> int:
     return max(spec.min, min(spec.max, n))
 
 
+def _waited(since: float | None, name: str, delay: float) -> str:
+    """Why a delay no longer holds a change back (part of the recorded reason)."""
+    if since is None:
+        return f"no earlier scaling, {name} {delay:g}s does not apply"
+    return f"{since:.0f}s since last scaling >= {name} {delay:g}s"
+
+
 def desired_replicas(
     spec: ScalingPolicy,
     stats: ServiceStats | None,
@@ -98,14 +105,20 @@ def desired_replicas(
         if current == 0:
             return ScalingDecision(need, f"scale from zero: {seen}")
         if since is None or since >= spec.scale_up_delay:
-            return ScalingDecision(need, f"scale up {current} -> {need}: {seen}")
+            return ScalingDecision(
+                need,
+                f"scale up {current} -> {need}: {seen}; {_waited(since, 'scale_up_delay', spec.scale_up_delay)}",
+            )
         return ScalingDecision(
             current,
             f"want {need} ({seen}); waiting for scale_up_delay {spec.scale_up_delay:g}s ({since:.0f}s since last scaling)",
         )
     if need < current:
         if since is None or since >= spec.scale_down_delay:
-            return ScalingDecision(need, f"scale down {current} -> {need}: {seen}")
+            return ScalingDecision(
+                need,
+                f"scale down {current} -> {need}: {seen}; {_waited(since, 'scale_down_delay', spec.scale_down_delay)}",
+            )
         return ScalingDecision(
             current,
             f"want {need} ({seen}); waiting for scale_down_delay {spec.scale_down_delay:g}s ({since:.0f}s since last scaling)",
