@@ -279,6 +279,7 @@ class AwsBackend:
         )
         ip = inst.get("PrivateIpAddress") if self.settings.use_private_ip else None
         ip = ip or inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
+        ip = self.settings.address_host or ip
         port = tags.get(PORT)
         address = f"http://{ip}:{port}" if ip and port and status is ReplicaStatus.RUNNING else None
         launch = inst.get("LaunchTime")

@@ -259,6 +259,8 @@ class AzureBackend:
         )
 
     def _address(self, name: str) -> str | None:
+        if self.settings.address_host:
+            return self.settings.address_host
         rg = self.settings.resource_group
         if not self.settings.use_private_ip:
             ip = self._run(

@@ -71,7 +71,14 @@ def owner() -> str:
 
 @pytest.fixture
 def aws_settings(moto_url: str, linux_ami: str) -> AwsSettings:
-    return AwsSettings(regions=[REGION], endpoint_url=moto_url, ami=linux_ami, allowed_cidr="203.0.113.7/32")
+    # address_host: moto hands out IPs that are not ours to reach; replicas answer on loopback.
+    return AwsSettings(
+        regions=[REGION],
+        endpoint_url=moto_url,
+        ami=linux_ami,
+        allowed_cidr="203.0.113.7/32",
+        address_host="127.0.0.1",
+    )
 
 
 @pytest.fixture
