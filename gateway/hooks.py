@@ -1,8 +1,9 @@
 """Webhook receivers that wake the reconciler: GitHub push events and a plain token-guarded hook.
 
 `POST /hooks/github` checks `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the secret
-from settings, compared in constant time) and drops a `wake` signal naming the ref; a bad or
-missing signature is 401, and without a configured secret the hook is disabled (404).
+from settings, compared in constant time) and drops a `wake` signal naming the ref (a `pull_request`
+event's signal also carries the payload's `pull_request` object); a bad or missing signature is
+401, and without a configured secret the hook is disabled (404).
 `POST /hooks/git` needs a gateway bearer token. Neither does any git work itself.
 """
 
@@ -54,6 +55,9 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send, path: 
             pr = data.get("pull_request")
             if isinstance(pr, dict) and isinstance(pr.get("number"), int):
                 payload["pr"] = pr["number"]
+                # The PR object itself (state, head sha, labels, fork): the reconciler saves it so
+                # previews need no API call to learn that a PR closed or comes from a fork.
+                payload["pull_request"] = pr
         send_signal(gw.settings.state_dir, "wake", payload)
         await send_json(send, 202, {"status": "accepted"})
     elif path == "/hooks/git":
