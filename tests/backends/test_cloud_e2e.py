@@ -150,3 +150,87 @@ def test_cloud_service_is_provisioned_probed_routed_and_torn_down(
         engine.close()
         for info in backend.list_owned():
             backend.delete(info.replica_id)
+
+
+CHILD = """
+import json, sys
+from pathlib import Path
+from azure.core.credentials import AccessToken
+from backends.aws import AwsBackend
+from backends.azure import AzureBackend
+from backends.base import BackendRegistry
+from backends.catalog import load_catalog
+from backends.settings import AwsSettings, AzureSettings
+from reconciler.engine import Engine, EngineSettings, Snapshot
+from reconciler.state import StateStore
+
+class Token:
+    def get_token(self, *scopes, **kwargs):
+        return AccessToken("fake-arm-token", 4_102_444_800)
+
+kind, raw, state, repo = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+owner = StateStore(state).installation().id
+if kind == "aws":
+    backend = AwsBackend(AwsSettings(**raw), owner, catalog=load_catalog())
+else:
+    backend = AzureBackend(AzureSettings(**raw), owner, catalog=load_catalog(), credential=Token())
+eng = Engine(state, BackendRegistry({kind: backend}), EngineSettings(env={"HF_TOKEN": "x"}))
+eng.recover()
+eng.reconcile(Snapshot("1" * 40, repo))
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "make", [pytest.param(aws_backend, id="aws"), pytest.param(azure_backend, id="azure")]
+)
+def test_sigkill_after_create_then_restart_adopts_exactly_one(
+    make: Callable[[str, str, str, FakeArm], Backend],
+    tmp_path: Path,
+    replica_server: int,
+    moto_url: str,
+    linux_ami: str,
+    arm: FakeArm,
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    state, repo = tmp_path / "state", tmp_path / "repo"
+    repo.mkdir()
+    owner = StateStore(state).installation().id
+    backend = make(owner, moto_url, linux_ami, arm)
+    (repo / "llm.dstack.yml").write_text(SERVICE.format(port=replica_server, backend=backend.name))
+    raw = backend.settings.model_dump(exclude={"type"})  # type: ignore[attr-defined]
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, backend.name, json.dumps(raw), str(state), str(repo)],
+        env={**os.environ, "TIDEGATE_FAULT": "after_create"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9 and "survived" not in proc.stdout, proc.stderr
+    assert len(backend.list_owned()) == 1  # created, but the state never heard of it
+    engine = Engine(
+        state,
+        BackendRegistry({backend.name: backend}),
+        EngineSettings(env={"HF_TOKEN": "x"}, drain_min=0.0, probe_timeout=1.0),
+    )
+    try:
+        engine.recover()
+        for _ in range(50):
+            engine.reconcile(Snapshot("1" * 40, repo))
+            route = read_snapshot(state).services.get("llm")
+            if route and route.upstreams:
+                break
+            time.sleep(0.1)
+        owned = backend.list_owned()
+        assert len(owned) == 1, f"exactly one replica after the crash: {owned}"
+        [rec] = engine.doc.services.values()
+        assert [r.id for r in rec.replicas] == [owned[0].replica_id]
+    finally:
+        engine.close()
+        for info in backend.list_owned():
+            backend.delete(info.replica_id)
