@@ -16,6 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from backends.base import (
@@ -206,14 +207,18 @@ class AwsBackend:
             for it in page.get("InstanceTypes", []):
                 facts[it["InstanceType"]] = it
         spot: dict[str, float] = {}
-        history = client.describe_spot_price_history(
-            InstanceTypes=types,
-            ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
-            MaxResults=1000,
-        )
-        for item in history.get("SpotPriceHistory", []):
-            price = float(item["SpotPrice"])
-            spot[item["InstanceType"]] = min(price, spot.get(item["InstanceType"], price))
+        try:  # the current price per AZ (StartTime=now); the cheapest AZ is the offer's price
+            history = client.describe_spot_price_history(
+                InstanceTypes=types,
+                ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+                StartTime=datetime.now(UTC),
+                MaxResults=1000,
+            )
+            for item in history.get("SpotPriceHistory", []):
+                price = float(item["SpotPrice"])
+                spot[item["InstanceType"]] = min(price, spot.get(item["InstanceType"], price))
+        except Exception as e:  # no permission for spot history: catalog spot prices stand
+            log.info("aws %s: spot prices from the catalog (%s)", region, e)
         out = []
         for o in base:
             fact = facts.get(o.instance_type)

@@ -189,6 +189,8 @@ class AzureBackend:
             for sku in self.compute.resource_skus.list(filter=f"location eq '{location}'"):
                 if sku.resource_type != "virtualMachines":
                     continue
+                if sku.locations and location.lower() not in {str(x).lower() for x in sku.locations}:
+                    continue
                 if any(r.reason_code == "NotAvailableForSubscription" for r in sku.restrictions or []):
                     continue
                 available.add(str(sku.name))
