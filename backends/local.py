@@ -384,6 +384,8 @@ class LocalBackend:
             venv_with_pip=self.venv_with_pip,
         )
         env = local_spawn.replica_env(os.environ, spec, paths.dir, self.owner, launch.venv)
+        if netns:
+            env.update(local_spawn.proxy_env(spec.port, spec.env))
         proc, handshake = local_spawn.spawn_supervisor(
             local_spawn.relay_command(launch), env, paths, self.start_timeout
         )

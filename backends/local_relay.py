@@ -121,6 +121,55 @@ async def _open_upstream(port: int) -> tuple[asyncio.StreamReader, asyncio.Strea
     raise last
 
 
+def make_unix_forwarder(
+    path: str,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """Pipe each connection accepted inside the namespace to the egress proxy's unix socket."""
+    import asyncio
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(path)
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for w in (up_writer, writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    return handle
+
+
+def fork_egress_proxy(socket_path: str) -> None:
+    """Fork the egress proxy while still in the host's network namespace (see local_egress).
+
+    The child is in the supervisor's process group (one killpg stops both) and also dies with the
+    supervisor (PR_SET_PDEATHSIG), so it never outlives its replica.
+    """
+    parent = os.getpid()
+    if os.fork() != 0:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(devnull, fd)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import asyncio
+
+        import local_egress  # type: ignore[import-not-found]
+
+        asyncio.run(local_egress.serve(socket_path))
+    finally:
+        os._exit(0)
+
+
 def make_handler(port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     import asyncio
 
@@ -208,6 +257,13 @@ def start(args: argparse.Namespace) -> tuple[socket.socket, subprocess.Popen[byt
         listener.bind(str(path))
         os.chmod(path, 0o660)
         listener.listen(128)
+        if args.egress_socket and args.egress_port:
+            # Bound before the commands start, so their first download finds the proxy.
+            egress = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            egress.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            egress.bind(("127.0.0.1", args.egress_port))
+            egress.listen(128)
+            args.egress_listener = egress
         if args.venv:
             Path(args.provisioning_file).touch()
             proc = None
@@ -228,6 +284,9 @@ async def supervise(
     loop = asyncio.get_running_loop()
     log = RotatingLog(Path(args.log), args.log_max_bytes)
     server = await asyncio.start_unix_server(make_handler(args.port), sock=listener)
+    egress = None
+    if getattr(args, "egress_listener", None) is not None:
+        egress = await asyncio.start_server(make_unix_forwarder(args.egress_socket), sock=args.egress_listener)
     stopping: list[int] = []
 
     def forward(signum: int) -> None:
@@ -267,6 +326,8 @@ async def supervise(
             pump.cancel()  # a background process still holds the pipe open
     assert returncode is not None
     server.close()
+    if egress is not None:
+        egress.close()
     with contextlib.suppress(FileNotFoundError):
         Path(args.socket).unlink()
     write_json_atomic(Path(args.exit_file), {"returncode": returncode, "finished_at": time.time()})
@@ -289,7 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv-python", help="interpreter that builds the virtualenv")
     parser.add_argument("--venv-with-pip", action="store_true")
     parser.add_argument("--provisioning-file", help="present while the virtualenv is being built")
+    parser.add_argument("--egress-socket", help="unix socket of the egress proxy (namespace mode)")
+    parser.add_argument("--egress-port", type=int, help="loopback port of the proxy inside the namespace")
     args = parser.parse_args(argv)
+    if args.netns and args.egress_socket and not args.probe:
+        fork_egress_proxy(args.egress_socket)
     if args.netns or args.probe:
         try:
             enter_network_namespace()

@@ -24,6 +24,8 @@ from backends.local_layout import ReplicaPaths
 from backends.local_proc import MARK_DIR, MARK_OWNER, MARK_REPLICA
 
 RELAY = Path(__file__).with_name("local_relay.py")
+# Where a namespaced replica finds its outbound HTTP(S) proxy (backends/local_egress.py).
+EGRESS_PORT = 47128
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,33 @@ def relay_command(launch: Launch) -> list[str]:
     ]  # fmt: skip
     if launch.netns:
         cmd.append("--netns")
+        cmd += ["--egress-socket", str(egress_socket(p.socket)), "--egress-port", str(egress_port(launch.port))]
     if launch.venv is not None and launch.venv_python is not None:
         cmd += ["--venv", str(launch.venv), "--venv-python", launch.venv_python]
         cmd += ["--provisioning-file", str(p.provisioning)]
         if launch.venv_with_pip:
             cmd.append("--venv-with-pip")
     return cmd
+
+
+def egress_socket(http_socket: Path) -> Path:
+    """Beside the replica's http.sock (which is already kept short enough to bind)."""
+    return http_socket.with_name(http_socket.stem + "-egress.sock")
+
+
+def egress_port(service_port: int) -> int:
+    return EGRESS_PORT if service_port != EGRESS_PORT else EGRESS_PORT + 1
+
+
+def proxy_env(service_port: int, spec_env: Mapping[str, str]) -> dict[str, str]:
+    """Proxy variables for a namespaced replica; any the spec sets itself win."""
+    url = f"http://127.0.0.1:{egress_port(service_port)}"
+    names = {"HTTP_PROXY": url, "HTTPS_PROXY": url, "NO_PROXY": "localhost,127.0.0.1,::1"}
+    out: dict[str, str] = {}
+    for name, value in names.items():
+        if name not in spec_env and name.lower() not in spec_env:
+            out[name] = out[name.lower()] = value
+    return out
 
 
 def replica_env(

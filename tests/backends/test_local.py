@@ -526,3 +526,61 @@ def test_replica_env_and_command_line(venv: Path | None, path_head: str) -> None
     cmd = relay_command(launch)
     assert "hf_secret" not in " ".join(cmd)
     assert "--netns" in cmd and ("--venv" in cmd) == (venv is not None)
+
+
+EGRESS_CLIENT = """
+import os, socket, sys, urllib.request
+# Plain HTTP through the proxy the backend configured (absolute-form request). The target is on
+# loopback (all a test may reach), which NO_PROXY would send direct: drop it for this client only.
+proxy = os.environ["HTTP_PROXY"]
+for name in ("NO_PROXY", "no_proxy"):
+    os.environ.pop(name, None)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+plain = opener.open(f"http://127.0.0.1:{sys.argv[1]}/plain", timeout=10).read().decode()
+# CONNECT tunnel, the way pip reaches an https index.
+host, port = proxy.removeprefix("http://").split(":")
+s = socket.create_connection((host, int(port)), timeout=10)
+s.sendall(f"CONNECT 127.0.0.1:{sys.argv[1]} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
+status = s.recv(4096).split(b"\\r\\n")[0].decode()
+s.sendall(b"GET /tunnel HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+tunnel = b"".join(iter(lambda: s.recv(4096), b"")).decode().split("\\r\\n\\r\\n", 1)[1]
+print(f"EGRESS {plain} | {status} | {tunnel}", flush=True)
+"""
+
+
+def test_namespaced_replica_reaches_out_through_the_egress_proxy(
+    make_backend: Factory, app_dir: Path
+) -> None:
+    """`pip install` in commands needs the network: the replica's namespace has only lo, so the
+    backend gives it HTTP(S)_PROXY to a proxy outside the namespace. The target here is a server
+    in the host's namespace on 127.0.0.1, unreachable from inside without the proxy."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"host-side{self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (app_dir / "egress_client.py").write_text(EGRESS_CLIENT)
+        backend = make_backend(network=NetworkMode.NAMESPACE)
+        port = server.server_address[1]
+        spec = spec_for(app_dir, commands=(f"python3 egress_client.py {port}",))
+        backend.create(spec)
+        wait_status(backend, spec.replica_id, ReplicaStatus.EXITED)
+        lines = [x for x in backend.logs(spec.replica_id) if x.startswith("EGRESS ")]
+        assert lines == [
+            "EGRESS host-side/plain | HTTP/1.1 200 Connection Established | host-side/tunnel"
+        ], backend.logs(spec.replica_id)[-4:]
+    finally:
+        server.shutdown()
+        server.server_close()
