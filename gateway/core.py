@@ -108,15 +108,20 @@ class Gateway:
         """Swap the routing table (thread-safe; `tidegate up` may call this from its own thread)."""
         self.table = RouteTable.build(snapshot)
         live = {u.replica_id for s in snapshot.services.values() for u in s.upstreams}
+        urls = {u.url for s in snapshot.services.values() for u in s.upstreams}
         if self._loop is None:
             return
         if threading.get_ident() == self._loop_thread:
-            self._after_swap(live)
+            self._after_swap(live, urls)
         else:
-            self._loop.call_soon_threadsafe(self._after_swap, live)
+            self._loop.call_soon_threadsafe(self._after_swap, live, urls)
 
-    def _after_swap(self, live: set[str]) -> None:
+    def _after_swap(self, live: set[str], urls: set[str]) -> None:
         self.balancer.forget(live)
+        if self.pool is not None:
+            task = asyncio.ensure_future(self.pool.prune(urls))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
         old, self._changed = self._changed, asyncio.Event()
         old.set()  # wakes every held request to look at the new table
 

@@ -91,8 +91,14 @@ async def relay_response(
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    first = await resp.content.readany()
+    if resp.content.at_eof():  # a short stream that arrived at once needs no watcher task
+        await send({"type": "http.response.body", "body": first, "more_body": False})
+        return
     watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
+        if first:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
         async for chunk in resp.content.iter_any():
             if watcher.done():
                 resp.close()

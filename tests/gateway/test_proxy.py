@@ -254,3 +254,20 @@ def test_webhooks(make_gateway: MakeGateway, token_for: TokenFor) -> None:
         assert c.post("/hooks/git", headers={"Authorization": f"Bearer {token_for(gw)}"}).status_code == 202
     signals = drain_signals(gw.settings.state_dir)
     assert [(s["kind"], s.get("ref")) for s in signals] == [("wake", "refs/heads/main"), ("wake", None)]
+
+
+def test_in_flight_request_to_removed_replica_finishes(make_gateway: MakeGateway, aio: AioUpstream, aio_b: AioUpstream) -> None:
+    gw = make_gateway()
+    gw.publish(snapshot_of(svc("mv", aio.url, auth=False)))
+    held: list[httpx.Response] = []
+    with gw.client("mv.localhost") as c:
+        worker = threading.Thread(target=lambda: held.append(c.get("/hold")))
+        worker.start()
+        wait_for(lambda: aio.gates.holding == 1, "request held on the old replica")
+        gw.publish(snapshot_of(svc("mv", aio_b.url, auth=False)))  # the old replica leaves the routes
+        with gw.client("mv.localhost") as c2:
+            assert c2.get("/hit").json()["port"] == aio_b.port
+        aio.gates.release_hold.set()
+        worker.join(10)
+    assert held[0].status_code == 200 and held[0].json() == {"held": True}
+    assert gw.gateway.balancer.in_flight == {}
