@@ -15,7 +15,8 @@ from collections.abc import Sequence
 # Modules contributing subcommands, in help order.
 COMMAND_MODULES = (
     "reconciler.validate_cmd",  # validate, schema
-    "reconciler.commands",  # plan, apply, up, ps, logs, stop, start
+    "reconciler.plan_cmd",  # plan
+    "reconciler.commands",  # apply, up, ps, logs, stop, start
     "gateway.cli",  # gateway, token
     "reconciler.cloud_cmd",  # offers, gc
 )

@@ -112,9 +112,10 @@ def _backends_for_offers(args: argparse.Namespace) -> list[Backend] | None:
     path = args.settings or os.environ.get("TIDEGATE_SETTINGS")
     if not path:
         return None
-    from backends.settings import build_backends, load_settings
+    from backends.settings import build_backends
+    from reconciler.settings import load_cloud_settings
 
-    settings = load_settings(path)
+    settings = load_cloud_settings(path, os.environ)
     if args.catalog:
         settings = settings.model_copy(update={"catalog": args.catalog})
     return build_backends(settings, owner="offers", state_dir=".")
@@ -208,7 +209,9 @@ def _owner(state_dir: Path) -> str | None:
 
 def run_gc(args: argparse.Namespace) -> int:
     from backends.orphans import OrphanSweeper, read_known_replica_ids
-    from backends.settings import SettingsError, build_backends, load_settings
+    from backends.settings import SettingsError, build_backends
+    from reconciler.settings import SettingsError as FileError
+    from reconciler.settings import load_cloud_settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     state_dir = Path(args.state or os.environ.get("TIDEGATE_STATE") or "state")
@@ -227,9 +230,9 @@ def run_gc(args: argparse.Namespace) -> int:
             return 2
         known = set()
     try:
-        settings = load_settings(args.settings or os.environ.get("TIDEGATE_SETTINGS"))
+        settings = load_cloud_settings(args.settings or os.environ.get("TIDEGATE_SETTINGS"), os.environ)
         backends = build_backends(settings, owner, state_dir)
-    except SettingsError as e:
+    except (SettingsError, FileError) as e:
         print(f"gc: {e}", file=sys.stderr)
         return 2
     if not backends:

@@ -1,4 +1,4 @@
-"""The runtime commands: `plan`, `apply`, `up`, `ps`, `logs`, `stop`, `start`.
+"""The runtime commands: `apply`, `up`, `ps`, `logs`, `stop`, `start` (`plan` is in plan_cmd.py).
 
 Each handler builds `Settings` once from its arguments (and the environment, read only there) and
 returns an exit code. Every command finds the state directory the same way, so `ps`, `logs`,
@@ -23,6 +23,8 @@ from reconciler.errors import ReconcilerError, StateLockedError
 from reconciler.next_steps import print_next_steps
 from reconciler.output import print_table, say
 from reconciler.plan_output import render_report
+from reconciler.pr_source import read_decision
+from reconciler.preview_wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.records import StateDoc
 from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
 from reconciler.source import SourceError, read_source
@@ -38,11 +40,6 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("plan", help="show what apply would change (exit 0 none, 2 changes, 1 errors)")
-    add_common_options(p, gateway=True)
-    p.add_argument("--json", action="store_true", help="machine-readable plan")
-    p.set_defaults(func=cmd_plan)
-
     p = subparsers.add_parser("apply", help="reconcile, wait for started replicas, exit")
     add_common_options(p, gateway=True)
     p.add_argument(
@@ -53,6 +50,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
     add_common_options(p, gateway=True)
     p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    add_preview_options(p)
     p.set_defaults(func=cmd_up)
 
     p = subparsers.add_parser("ps", help="services, revision, replicas, URL, status")
@@ -94,26 +92,7 @@ def _logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# --- plan / apply ----------------------------------------------------------------------------
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from reconciler import runtime
-    from reconciler.plan_output import plan_json, render_plan
-
-    try:
-        settings = _settings(args)
-        source = runtime.require_source(settings)
-        checkout = source.current()
-        engine = runtime.build_engine(settings, read_only=True)  # plan works beside a running `up`
-        result = engine.plan(runtime.to_snapshot(checkout))
-    except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
-        return _fail(str(e))
-    if args.json:
-        print(json.dumps(plan_json(result), indent=2))
-    else:
-        print(render_plan(result))
-    return int(result.exit_code)
+# --- apply -----------------------------------------------------------------------------------
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -156,6 +135,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         source = runtime.require_source(settings)
         engine = runtime.build_engine(settings)
         engine.recover()  # takes the lock: a second `up` stops here, naming the holder
+        try:
+            previews = runtime.build_previews(settings, args, source, engine)
+        except runtime.RuntimeError_:
+            engine.close()
+            raise
+        engine.extension = previews
     except StateLockedError as e:
         return _fail(str(e))
     except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
@@ -184,12 +169,17 @@ def cmd_up(args: argparse.Namespace) -> int:
             lambda: signals[0].take_signals(),
             on_report=on_report,
             fetch_every=settings.interval * 0.8,  # a timer tick (jittered +-10%) always fetches
+            previews=previews,
+            deploy_reporter=runtime.build_deploy_reporter(settings),
+            status_url=settings.gateway_url,
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
         signals.append(loop)
         if hasattr(source, "watch"):
             loop.add_watcher(source.watch(lambda: loop.wake("file saved"), loop.stop_event))
         say(f"tidegate up: watching {source.describe()} (state {settings.state_dir}); Ctrl-C stops, replicas keep running")
+        if previews is not None:
+            say(f"previews: open pull requests get <service>-pr-<N>.{settings.domain} ({previews.settings.max_concurrent} at most)")
         loop.start()
         loop.run()
     finally:
@@ -256,8 +246,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
         return _fail(str(e))
     rows = service_rows(views, settings)
     src = read_source(settings.state_dir)
+    decision = read_decision(settings.state_dir)
+    previews = ps_rows(decision, time.time())
     if args.json:
-        print(json.dumps({"source": src, "services": rows}, indent=2))
+        print(json.dumps({"source": src, "services": rows, "previews": decision}, indent=2))
         return EXIT_OK
     if src:
         head = f"source {src.get('source')} at {str(src.get('revision') or '-')[:12]}"
@@ -282,6 +274,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
+    if previews:
+        say("")
+        print_table(PS_HEADERS, previews)
     for r in rows:
         for rep in r["replicas"]:
             if rep["log_tail"]:

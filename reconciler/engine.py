@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from backends.base import BackendRegistry, ReplicaStatus
 from gateway.snapshot import RoutesSnapshot, write_snapshot
@@ -43,6 +43,16 @@ from reconciler.targets import TargetSettings, build_targets, sync_records
 from reconciler.view import ServiceView, build_routes, status_views
 
 log = logging.getLogger("tidegate.engine")
+
+
+class DesiredExtension(Protocol):
+    """Adds services to production's desired set each pass (pull-request previews:
+    `reconciler.preview_loop.PreviewProvider`). `fingerprint()` changes whenever `extend` would
+    return something else, so the engine's desired-set cache knows when to rebuild."""
+
+    def extend(self, production: DesiredSet) -> DesiredSet: ...
+    def fingerprint(self) -> Any: ...
+    def preview_prs(self) -> dict[str, int]: ...
 
 
 class SnapshotLike(Protocol):
@@ -125,8 +135,11 @@ class Engine:
         stats: Callable[[], Mapping[str, ServiceStats]] | None = None,
         prober: Prober | None = None,
         read_only: bool = False,
+        extension: DesiredExtension | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # Previews (or None): services beyond production's config, added to every desired set.
+        self.extension = extension
         self.backends = backends
         self.settings = settings or EngineSettings()
         self.clock = clock
@@ -152,7 +165,7 @@ class Engine:
             drain_grace=self.settings.drain_grace,
             drain_min=self.settings.drain_min,
         )
-        self._desired_cache: tuple[tuple[str, str, str | None], DesiredSet] | None = None
+        self._desired_cache: tuple[tuple[str, str, str | None, Any], DesiredSet] | None = None
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
         self._last_routes: str | None = None
@@ -192,7 +205,7 @@ class Engine:
         return True
 
     def _publish_routes(self, force: bool = False) -> bool:
-        snap = build_routes(self.doc, self.settings.domain)
+        snap = self.routes
         key = snap.model_copy(update={"serial": 0}).model_dump_json()
         if not force and key == self._last_routes:
             return False
@@ -223,7 +236,8 @@ class Engine:
             snapshot = Snapshot(ref.revision, Path(ref.root), ref.config_path)
         if snapshot is None:
             return None
-        key = (snapshot.revision, str(snapshot.root), snapshot.config_path)
+        ext = self.extension
+        key = (snapshot.revision, str(snapshot.root), snapshot.config_path, ext.fingerprint() if ext else None)
         if self._desired_cache is not None and self._desired_cache[0] == key:
             return self._desired_cache[1]
         load = load_tree(Path(snapshot.root), snapshot.config_path)
@@ -237,6 +251,10 @@ class Engine:
             domain=self.settings.domain,
             default_backend=self.settings.default_backend,
         )
+        # An empty production config keeps everything (unless --allow-empty); previews must not
+        # make it look non-empty, which would let the prune take production down.
+        if ext is not None and (self.settings.allow_empty or not ds.empty):
+            ds = ext.extend(ds)
         self.redact.update(ds.secret_values)
         ds, complete = self._with_offers(ds)
         if complete:
@@ -269,6 +287,13 @@ class Engine:
         return replace(ds, services=services, blocked=blocked), complete
 
     # -- public API ------------------------------------------------------------------------------
+    def desired(self, snapshot: SnapshotLike) -> DesiredSet:
+        """The desired set of a checkout (offers chosen, previews added when configured); no state
+        is read or written. `tidegate plan --baseline DIR` plans a PR against the base's set."""
+        ds = self._desired(snapshot)
+        assert ds is not None  # a snapshot was given
+        return ds
+
     def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
         """What `reconcile` would do now. No side effects: works on a copy of the state."""
         now = self.clock()
@@ -422,4 +447,5 @@ class Engine:
 
     @property
     def routes(self) -> RoutesSnapshot:
-        return build_routes(self.doc, self.settings.domain)
+        prs = self.extension.preview_prs() if self.extension is not None else None
+        return build_routes(self.doc, self.settings.domain, prs)

@@ -9,6 +9,9 @@ replica starts, and an outdated one is drained only once enough new ones are REA
 replica is restarted when its backoff time has passed. Scale-down drains the least useful replica
 (not ready, then outdated, then fewest in-flight). A service whose config broke (`keep`) is left
 exactly as it is. Services missing from the desired set are deleted only when `prune` is true.
+
+Rendering lives elsewhere: `reconciler.plan_output` (text, JSON) and `reconciler.plan_markdown`
+(the PR comment).
 """
 
 from __future__ import annotations
@@ -241,105 +244,3 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> P
                 changes[name] = _diff(a.spec_summary, t.summary)
         steps.extend(_service_steps(t, replicas, now))
     return Plan(steps=tuple(steps), changes=changes, notes=tuple(notes))
-
-
-# -- rendering (pure too: the CLI prints these) ---------------------------------------------------
-
-_SIGN = {
-    Action.CREATE_SERVICE: "+",
-    Action.ADD_REPLICA: "+",
-    Action.REPLACE_REPLICA: "+",
-    Action.RESTART_REPLICA: "~",
-    Action.DRAIN_REPLICA: "-",
-    Action.REMOVE_REPLICA: "-",
-    Action.DELETE_SERVICE: "-",
-}
-
-
-def _q(v: str | None) -> str:
-    return "(none)" if v is None else json_quote(v)
-
-
-def json_quote(v: str) -> str:
-    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def summary_counts(p: Plan) -> dict[str, int]:
-    c = p.counts()
-    created = {s.service for s in p.steps if s.action is Action.CREATE_SERVICE}
-    deleted = {s.service for s in p.steps if s.action is Action.DELETE_SERVICE}
-    changed = set(p.services()) - created - deleted
-    return {
-        "services_to_add": len(created),
-        "services_to_change": len(changed),
-        "services_to_destroy": len(deleted),
-        "replicas_to_start": c.get(Action.ADD_REPLICA, 0) + c.get(Action.REPLACE_REPLICA, 0),
-        "replicas_to_restart": c.get(Action.RESTART_REPLICA, 0),
-        "replicas_to_drain": c.get(Action.DRAIN_REPLICA, 0),
-        "replicas_to_stop": c.get(Action.REMOVE_REPLICA, 0),
-    }
-
-
-def render_text(p: Plan) -> str:
-    """terraform-plan style: one block per service (+ add, ~ change, - destroy), then counts."""
-    if p.empty:
-        lines = ["No changes. Deployed services match the configuration."]
-        lines += [f"  note: {n}" for n in p.notes]
-        return "\n".join(lines) + "\n"
-    lines = ["tidegate will perform the following actions:", ""]
-    for name in p.services():
-        steps = p.for_service(name)
-        head = steps[0].action
-        if head is Action.CREATE_SERVICE:
-            n = sum(1 for s in steps if s.action is Action.ADD_REPLICA)
-            lines.append(f"  + service {name} (new, {n} replica{'s' if n != 1 else ''})")
-        elif head is Action.DELETE_SERVICE:
-            lines.append(f"  - service {name} ({steps[0].reason})")
-        else:
-            rolling = any(s.action is Action.REPLACE_REPLICA for s in steps) or name in p.changes
-            lines.append(f"  ~ service {name}{' (rolling update)' if rolling else ''}")
-        for ch in p.changes.get(name, ()):
-            if head is Action.CREATE_SERVICE:
-                lines.append(f"      {ch.field}: {_q(ch.new)}")
-            else:
-                lines.append(f"      ~ {ch.field}: {_q(ch.old)} -> {_q(ch.new)}")
-        for s in steps:
-            if s.replica is None:
-                continue
-            extra = f"replaces {s.replaces}" if s.replaces else s.reason
-            verb = {Action.DRAIN_REPLICA: "drain ", Action.RESTART_REPLICA: "restart "}.get(s.action, "")
-            lines.append(f"      {_SIGN[s.action]} {verb}{s.replica}" + (f"  ({extra})" if extra else ""))
-        lines.append("")
-    c = summary_counts(p)
-    lines.append(
-        f"Plan: {c['services_to_add']} service(s) to add, {c['services_to_change']} to change, "
-        f"{c['services_to_destroy']} to destroy; replicas: {c['replicas_to_start']} to start, "
-        f"{c['replicas_to_restart']} to restart, {c['replicas_to_drain']} to drain, {c['replicas_to_stop']} to stop."
-    )
-    lines += [f"  note: {n}" for n in p.notes]
-    return "\n".join(lines) + "\n"
-
-
-def to_json(p: Plan) -> dict[str, object]:
-    """A stable JSON-able view (for `tidegate plan --json` and the PR comment workflow)."""
-    return {
-        "format_version": 1,
-        "changes": not p.empty,
-        "summary": summary_counts(p),
-        "steps": [
-            {
-                "action": s.action.value,
-                "service": s.service,
-                "replica": s.replica,
-                "ordinal": s.ordinal,
-                "replaces": s.replaces,
-                "reason": s.reason,
-            }
-            for s in p.steps
-        ],
-        "spec_changes": {
-            name: [{"field": c.field, "old": c.old, "new": c.new} for c in changes]
-            for name, changes in sorted(p.changes.items())
-        },
-        "notes": list(p.notes),
-    }

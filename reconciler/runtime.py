@@ -8,19 +8,26 @@ Keeping that here leaves `commands.py` as argument parsing and printing.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendRegistry
+from gateway.snapshot import read_snapshot
 from reconciler.engine import Engine, EngineSettings, PassReport, Snapshot
 from reconciler.settings import Settings
-from reconciler.source import Checkout, Source, SourceError, make_source
+from reconciler.source import Checkout, GitSource, Source, SourceError, make_source
 from reconciler.state import StateStore
+from reconciler.view import status_views
+
+if TYPE_CHECKING:
+    from reconciler.github import StatusReporter
+    from reconciler.preview_loop import PreviewProvider
 
 log = logging.getLogger("tidegate.runtime")
 
@@ -40,9 +47,11 @@ def build_registry(settings: Settings, owner: str) -> BackendRegistry:
     registry = BackendRegistry()
     registry.register(LocalBackend(root=settings.state_dir / "replicas", owner=owner))
     if settings.settings_file is not None:
-        from backends.settings import build_backends, load_settings
+        from backends.settings import build_backends
+        from reconciler.settings import load_cloud_settings
 
-        for backend in build_backends(load_settings(settings.settings_file), owner, settings.state_dir):
+        cloud = load_cloud_settings(settings.settings_file, settings.env)
+        for backend in build_backends(cloud, owner, settings.state_dir):
             registry.register(backend)
     return registry
 
@@ -68,9 +77,51 @@ def require_source(settings: Settings) -> Source:
         raise RuntimeError_(str(e)) from e
 
 
+def build_previews(settings: Settings, args: argparse.Namespace | None, source: Source, engine: Engine) -> PreviewProvider | None:
+    """The preview provider for `up` when previews are enabled (`--previews` or the settings file's
+    `previews: {enabled: true}`), else None. Needs a git remote: PR refs live there."""
+    from reconciler.github import GitHubClient, GitHubSettings
+    from reconciler.pr_source import PullRequestSource
+    from reconciler.preview_loop import PreviewProvider
+    from reconciler.preview_wiring import PreviewSettingsError, preview_settings
+
+    try:
+        prefs = preview_settings(args, settings.previews_section)
+    except PreviewSettingsError as e:
+        raise RuntimeError_(str(e)) from e
+    if not prefs.enabled:
+        return None
+    if not isinstance(source, GitSource):
+        raise RuntimeError_("previews need a git remote (--repo URL): pull-request refs live there, not in --watch folders")
+    gh = GitHubSettings.from_env(settings.env, settings.repo)
+    return PreviewProvider(
+        PullRequestSource.beside(source),
+        prefs,
+        settings.branch,
+        env=settings.env,
+        salt=engine.installation.salt,
+        backends=engine.backends.names(),
+        domain=settings.domain,
+        github=GitHubClient(gh) if gh is not None and gh.token else None,
+        url_base=f"http://{{name}}.{settings.domain}:{settings.listen_port}",
+    )
+
+
+def build_deploy_reporter(settings: Settings) -> StatusReporter | None:
+    """Commit statuses on the deployed commit, when a GitHub repository and token are configured."""
+    from reconciler.github import GitHubClient, GitHubSettings, StatusReporter
+
+    gh = GitHubSettings.from_env(settings.env, settings.repo)
+    return StatusReporter(GitHubClient(gh)) if gh is not None and gh.token else None
+
+
 @dataclass
 class Pass:
-    """The loop's job: apply queued stop/start signals, fetch, reconcile. Runs on one thread."""
+    """The loop's job: apply queued stop/start signals, fetch, reconcile. Runs on one thread.
+
+    With previews: PR webhooks' signals are saved, the previews are decided again after every
+    fetch (before the reconcile, which adds them to the desired set) and their commit statuses
+    posted after it; with a GitHub token the deployed commit gets a status too."""
 
     engine: Engine
     source: Source
@@ -85,6 +136,10 @@ class Pass:
     fetch_requested: bool = True
     source_error: str | None = None
     reports: int = 0
+    previews: PreviewProvider | None = None
+    deploy_reporter: StatusReporter | None = None
+    status_url: str | None = None  # target_url of the deployed commit's status (the gateway)
+    wall: Callable[[], float] = time.time  # previews' TTLs are wall-clock times
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> float | None:
@@ -93,10 +148,12 @@ class Pass:
                 self._apply_signal(sig)
             now = self.clock()
             due = self.last_fetch is None or now - self.last_fetch >= self.fetch_every
+            fetched = False
             try:
                 if self.fetch_requested or due or self.last is None:
                     self.fetch_requested = False
                     self.last_fetch = now
+                    fetched = True
                     self.last = self.source.current()
                     self.source_error = None
             except SourceError as e:
@@ -106,7 +163,14 @@ class Pass:
                 self.source_error = str(e)
             # Without any checkout yet (remote down at start) the engine reconciles the last
             # revision it applied (from its state), so drift is still repaired.
+            if self.previews is not None and fetched and self.last is not None:
+                # PR refs are fetched as often as the branch (not on every readiness re-check).
+                try:
+                    self.previews.refresh(self.last, self.wall())
+                except Exception:  # previews must never hold production's reconcile back
+                    log.exception("previews: refresh failed; keeping the previous previews")
             report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None)
+            self._post_statuses(report)
             self.reports += 1
             if self.on_report is not None:
                 self.on_report(report)
@@ -116,9 +180,29 @@ class Pass:
         """The next pass fetches even if the interval has not elapsed (a wake-up from outside)."""
         self.fetch_requested = True
 
+    def _post_statuses(self, report: PassReport) -> None:
+        errors: list[str] = []
+        if self.previews is not None:
+            errors += self.previews.report(read_snapshot(self.engine.state_dir))
+        if self.deploy_reporter is not None and report.revision and self.last is not None:
+            from reconciler.github import deploy_status_update
+
+            previews = self.previews.preview_prs() if self.previews is not None else {}
+            counts = {
+                v.name: (v.ready, 0 if v.stopped else v.desired)
+                for v in status_views(self.engine.doc)
+                if v.name not in previews
+            }
+            update = deploy_status_update(report.revision, counts, report.errors, self.status_url)
+            errors += self.deploy_reporter.post([update])
+        for e in errors:
+            log.warning("GitHub status: %s", e)
+
     def _apply_signal(self, sig: dict[str, Any]) -> None:
         kind, service = sig.get("kind"), sig.get("service")
-        if kind in ("stop", "start") and isinstance(service, str):
+        if kind == "wake" and self.previews is not None:
+            self.previews.note_signal(sig)
+        elif kind in ("stop", "start") and isinstance(service, str):
             try:
                 if kind == "stop":
                     self.engine.stop_service(service)
@@ -151,6 +235,7 @@ class GatewayThread:
             host=self.settings.listen_host,
             port=self.settings.listen_port,
             domain=self.settings.domain,
+            webhook_secret=self.settings.webhook_secret,
         )
         app = _gateway_app(gw)
         config = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", lifespan="on", access_log=False)

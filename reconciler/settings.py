@@ -14,11 +14,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 DEFAULT_STATE = "state"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
+# Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
+RECONCILER_KEYS = ("previews", "webhook_secret")
+WEBHOOK_SECRET_ENV = "TIDEGATE_WEBHOOK_SECRET"
 
 
 class SettingsError(Exception):
@@ -40,6 +46,10 @@ class Settings:
     env_file: Path | None = None
     # Values for bare `KEY` env entries: the reconciler's environment overlaid by --env-file.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The settings file's `previews:` section (reconciler.preview_wiring.preview_settings reads it).
+    previews_section: Mapping[str, Any] = field(default_factory=dict)
+    # GitHub webhook secret: TIDEGATE_WEBHOOK_SECRET, else the settings file's `webhook_secret`.
+    webhook_secret: str | None = field(default=None, repr=False)
 
     @property
     def listen_host(self) -> str:
@@ -87,6 +97,31 @@ def parse_env_file(text: str, source: str = "env file") -> dict[str, str]:
     return out
 
 
+def read_settings_file(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `--settings` YAML split in two: (the cloud backends' part, the reconciler's part:
+    `previews`, `webhook_secret`). The cloud part goes to `backends.settings.parse_settings`."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise SettingsError(f"cannot read settings {path}: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a mapping at the top level")
+    ours = {k: raw[k] for k in RECONCILER_KEYS if k in raw}
+    if "previews" in ours and not isinstance(ours["previews"] or {}, dict):
+        raise SettingsError(f"{path}: previews: expected a mapping")
+    return {k: v for k, v in raw.items() if k not in RECONCILER_KEYS}, ours
+
+
+def load_cloud_settings(path: Path | str | None, environ: Mapping[str, str]) -> Any:
+    """`backends.settings.Settings` from the `--settings` file without the reconciler's keys."""
+    from backends.settings import parse_settings
+
+    cloud = read_settings_file(path)[0] if path is not None else {}
+    return parse_settings(cloud, environ, source=str(path or "<settings>"))
+
+
 def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, gateway: bool = False) -> None:
     """Options shared by the runtime commands (each command adds only what it uses)."""
     parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
@@ -129,6 +164,8 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     listen = getattr(args, "listen", None) or DEFAULT_LISTEN
     split_listen(listen)
     settings_file = getattr(args, "settings", None)
+    ours = read_settings_file(Path(settings_file).expanduser())[1] if settings_file else {}
+    secret = env_map.get(WEBHOOK_SECRET_ENV) or values.get(WEBHOOK_SECRET_ENV) or ours.get("webhook_secret")
     return Settings(
         state_dir=Path(state).expanduser().resolve(),
         repo=repo,
@@ -142,6 +179,8 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         interval=interval,
         env_file=Path(env_file) if env_file else None,
         env=values,
+        previews_section=dict(ours.get("previews") or {}),
+        webhook_secret=str(secret) if secret else None,
     )
 
 

@@ -45,7 +45,8 @@ class ServiceView:
     scaling_now: str | None = None  # the autoscaler's latest decision (only known to the owner)
 
 
-def build_routes(doc: StateDoc, domain: str) -> RoutesSnapshot:
+def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | None = None) -> RoutesSnapshot:
+    """`preview_prs`: preview service name -> its pull request (marks the route as a preview)."""
     services: dict[str, ServiceRoute] = {}
     for name in sorted(doc.services):
         rec = doc.services[name]
@@ -67,6 +68,7 @@ def build_routes(doc: StateDoc, domain: str) -> RoutesSnapshot:
             # gateway holds only for services that may sit at zero, so say it may not.
             min_replicas=max(1, rec.route.min_replicas) if rec.stopped else rec.route.min_replicas,
             max_replicas=rec.route.max_replicas,
+            preview_pr=(preview_prs or {}).get(name),
         )
     revision = doc.last_snapshot.revision if doc.last_snapshot else None
     return RoutesSnapshot(serial=doc.serial, revision=revision, domain=domain, services=services)

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from reconciler.engine import PlanResult
 from reconciler.naming import replica_id
-from reconciler.plan import Action, Desired, Plan, Target, plan, render_text, summary_counts, to_json
+from reconciler.plan import Action, Desired, Plan, Target, plan
+from reconciler.plan_output import plan_json, render_plan
 from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 OLD = "a" * 64
@@ -199,6 +201,7 @@ def test_rolling_update_converges_without_losing_capacity() -> None:
 
 
 def test_render_text_and_json() -> None:
+    """The CLI's renderings (reconciler.plan_output) of a plan with a create, an update and a delete."""
     actual = svc(rep(0), rep(1))
     actual["web"].spec_summary = {"commands": "serve --old"}
     actual["gone"] = ServiceRecord(name="gone", spec_hash=OLD)
@@ -209,17 +212,17 @@ def test_render_text_and_json() -> None:
         }
     )
     p = plan(desired, actual, NOW)
-    text = render_text(p)
-    assert "  + service api (new, 2 replicas)" in text
-    assert '      port: "8000"' in text
-    assert "  ~ service web (rolling update)" in text
-    assert '      ~ commands: "serve --old" -> "serve --new"' in text
-    assert "  - service gone (config removed)" in text
-    assert "Plan: 1 service(s) to add, 1 to change, 1 to destroy; replicas: 3 to start" in text
-    doc = to_json(p)
-    assert doc["changes"] is True
-    assert doc["summary"] == summary_counts(p)
-    assert json.loads(json.dumps(doc))["spec_changes"]["web"] == [
+    text = render_plan(PlanResult(p, None, "c0ffee"))
+    assert "  + api: create (2 x add replica)" in text
+    assert "      port: (none) -> 8000" in text
+    assert "  ~ web: update" in text
+    assert "      commands: serve --old -> serve --new" in text
+    assert "  - gone: delete" in text
+    assert "Plan: 1 to create, 1 to change, 1 to delete." in text
+    doc = plan_json(PlanResult(p, None, "c0ffee"))
+    assert doc["changes"] is True and doc["exit_code"] == 2
+    assert {n: s["action"] for n, s in doc["services"].items()} == {"api": "create", "web": "update", "gone": "delete"}
+    assert json.loads(json.dumps(doc))["services"]["web"]["fields"] == [
         {"field": "commands", "old": "serve --old", "new": "serve --new"}
     ]
-    assert render_text(Plan()).startswith("No changes.")
+    assert render_plan(PlanResult(Plan(), None, None)).endswith("No changes. The deployed services match the configuration.")
