@@ -202,6 +202,8 @@ def test_capacity_errors_move_to_the_next_offer_then_stay_pending(
     info = backend.create(spec)
     launched = [kw for name, kw in faulty.calls if name == "run_instances"]
     assert len(launched) == 2 and launched[0]["ClientToken"] != launched[1]["ClientToken"]
+    # spot_policy auto: no spot capacity falls back to on-demand.
+    assert "InstanceMarketOptions" in launched[0] and "InstanceMarketOptions" not in launched[1]
     assert info.status in (ReplicaStatus.PROVISIONING, ReplicaStatus.RUNNING)
     backend.delete(spec.replica_id)
 

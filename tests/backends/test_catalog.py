@@ -187,6 +187,20 @@ def test_settings_errors_name_the_field(raw: object, fragment: str) -> None:
         parse_settings(raw, {})
 
 
+def test_build_backends_makes_one_per_cloud_without_touching_it(tmp_path: Path) -> None:
+    from backends.aws import AwsBackend
+    from backends.azure import AzureBackend
+    from backends.settings import build_backends
+
+    settings = parse_settings(
+        {"backends": {"aws": {}, "azure": {"subscription_id": "s", "resource_group": "r"}}}, {}
+    )
+    built = build_backends(settings, "tg-owner", tmp_path, azure_credential=object())
+    assert [type(b) for b in built] == [AwsBackend, AzureBackend]
+    assert [b.name for b in built] == ["aws", "azure"]
+    assert build_backends(parse_settings({}, {}), "tg-owner", tmp_path) == []
+
+
 def test_importing_settings_imports_no_cloud_sdk() -> None:
     code = (
         "import sys, backends.settings, backends.catalog, backends.orphans; "
