@@ -8,9 +8,11 @@ is either `http://host:port` or `unix:///abs/path.sock`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -18,6 +20,18 @@ SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # vLLM uses, closes after 5 s): a POST sent on a connection the replica just closed cannot be
 # retried safely, so we avoid the race instead.
 KEEPALIVE = 4.0
+
+
+_SKIP: CIMultiDict[None] = CIMultiDict((h, None) for h in SKIP_AUTO_HEADERS)
+
+
+class ProxyRequest(aiohttp.ClientRequest):
+    """A request that adds none of aiohttp's default headers: a proxy forwards what the client
+    sent. (The session-level skip list does the same at the cost of a sort and two multidict
+    copies per request, measurable at this rate.)"""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _SKIP
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,7 @@ class UpstreamPool:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             timeout=self._timeout,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
+            request_class=ProxyRequest,
         )
 
     def target(self, url: str) -> Target:

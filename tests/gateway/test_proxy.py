@@ -271,3 +271,13 @@ def test_in_flight_request_to_removed_replica_finishes(make_gateway: MakeGateway
         worker.join(10)
     assert held[0].status_code == 200 and held[0].json() == {"held": True}
     assert gw.gateway.balancer.in_flight == {}
+
+
+def test_gateway_adds_no_default_headers(make_gateway: MakeGateway, openai_upstream: Proc) -> None:
+    gw = make_gateway()
+    gw.publish(snapshot_of(svc("bare", openai_upstream.url, auth=False)))
+    with gw.client("bare.localhost") as c:
+        for name in ("accept", "accept-encoding", "user-agent"):
+            c.headers.pop(name, None)
+        seen = {k.lower() for k in c.post("/echo", content=b"{}").json()["headers"]}
+    assert not seen & {"accept", "accept-encoding", "user-agent", "content-type"}
