@@ -31,25 +31,36 @@ FAKE_ENV = {
 }
 
 
+# Each test module that binds `moto_url` gets its own session fixture instance; they share one
+# server (started by the first, stopped by the last), since starting moto costs seconds.
+_SERVER: dict[str, Any] = {"users": 0, "server": None, "url": None, "patch": None}
+
+
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    from moto.moto_server.threaded_moto_server import MotoRequestHandler
-    from moto.server import ThreadedMotoServer
+    if _SERVER["users"] == 0:
+        from moto.moto_server.threaded_moto_server import MotoRequestHandler
+        from moto.server import ThreadedMotoServer
 
-    # Headers and body leave in separate writes; with Nagle on, each response waits for the
-    # client's delayed ACK (~40 ms). Loopback test server only.
-    MotoRequestHandler.disable_nagle_algorithm = True
-
-    with pytest.MonkeyPatch.context() as mp:
+        # Headers and body leave in separate writes; with Nagle on, each response waits for the
+        # client's delayed ACK (~40 ms). Loopback test server only.
+        MotoRequestHandler.disable_nagle_algorithm = True
+        patch = pytest.MonkeyPatch()
         for key, value in FAKE_ENV.items():
-            mp.setenv(key, value)
+            patch.setenv(key, value)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
-        try:
-            host, port = server.get_host_and_port()
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+        host, port = server.get_host_and_port()
+        _SERVER.update(server=server, url=f"http://{host}:{port}", patch=patch)
+    _SERVER["users"] += 1
+    try:
+        yield str(_SERVER["url"])
+    finally:
+        _SERVER["users"] -= 1
+        if _SERVER["users"] == 0:
+            _SERVER["server"].stop()
+            _SERVER["patch"].undo()
+            _SERVER.update(server=None, url=None, patch=None)
 
 
 @pytest.fixture(scope="session")
