@@ -140,6 +140,10 @@ class Pass:
     deploy_reporter: StatusReporter | None = None
     status_url: str | None = None  # target_url of the deployed commit's status (the gateway)
     wall: Callable[[], float] = time.time  # previews' TTLs are wall-clock times
+    # After a failed status post, GitHub is left alone this long: a down API must not add its
+    # timeout to every pass (passes come twice a second while replicas start).
+    status_retry_after: float = 60.0
+    _statuses_paused_until: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> float | None:
@@ -181,6 +185,8 @@ class Pass:
         self.fetch_requested = True
 
     def _post_statuses(self, report: PassReport) -> None:
+        if self.clock() < self._statuses_paused_until:
+            return
         errors: list[str] = []
         if self.previews is not None:
             errors += self.previews.report(read_snapshot(self.engine.state_dir))
@@ -197,6 +203,8 @@ class Pass:
             errors += self.deploy_reporter.post([update])
         for e in errors:
             log.warning("GitHub status: %s", e)
+        if errors:
+            self._statuses_paused_until = self.clock() + self.status_retry_after
 
     def _apply_signal(self, sig: dict[str, Any]) -> None:
         kind, service = sig.get("kind"), sig.get("service")

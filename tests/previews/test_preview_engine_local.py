@@ -1,7 +1,7 @@
 """Previews end to end through the real engine and the local backend, from a real bare remote:
 open PR -> preview up and answering with the PR's files, push -> the preview rolls to the new head,
-close -> the preview is gone; a fork PR never gets one. The engine hook used here
-(`PreviewEngine._desired`) is the one-line call the lead adds to `Engine._desired`."""
+close -> the preview is gone; a fork PR never gets one. The provider is the engine's `extension`,
+as `tidegate up --previews` wires it."""
 
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ from previews_support import make_remote, open_pr
 from backends.base import BackendRegistry
 from backends.local import LocalBackend
 from gateway.snapshot import read_snapshot
-from reconciler.desired import DesiredSet
-from reconciler.engine import Engine, EngineSettings, Snapshot, SnapshotLike
+from reconciler.engine import Engine, EngineSettings, Snapshot
 from reconciler.pr_source import PullRequestSource, read_decision, record_pull_request
 from reconciler.preview_loop import PreviewProvider
-from reconciler.preview_wiring import merge_desired
 from reconciler.previews import PreviewSettings, PullRequestInfo, PullRequestState, RejectReason
 from reconciler.source import GitSource
 from reconciler.state import StateStore
@@ -36,35 +34,23 @@ port: 8000
 """
 
 
-class PreviewEngine(Engine):
-    provider: PreviewProvider
-
-    def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
-        ds = super()._desired(snapshot)
-        if ds is None:
-            return None
-        extended = self.provider.extend(ds)
-        extra = DesiredSet(services={n: d for n, d in extended.services.items() if n not in ds.services})
-        extra, _ = self._with_offers(extra)
-        return merge_desired(ds, extra)
-
-
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[PreviewEngine, LocalBackend, GitSource, PreviewProvider, Path]]:
+def setup(tmp_path: Path) -> Iterator[tuple[Engine, LocalBackend, GitSource, PreviewProvider, Path]]:
     bare, work = make_remote(tmp_path, {"web.dstack.yml": SERVICE, "index.html": "production\n"})
     state = tmp_path / "state"
     owner = StateStore(state).installation().id
     backend = LocalBackend(state / "replicas", owner=owner, grace=2.0)
-    eng = PreviewEngine(
+    eng = Engine(
         state, BackendRegistry({"local": backend}), EngineSettings(drain_min=0.0, probe_timeout=1.0)
     )
     branch = GitSource(str(bare), "main", state)
-    eng.provider = PreviewProvider(
+    provider = PreviewProvider(
         PullRequestSource.beside(branch), PreviewSettings(enabled=True), "main",
         salt=eng.installation.salt, backends=["local"],
     )
+    eng.extension = provider
     try:
-        yield eng, backend, branch, eng.provider, work
+        yield eng, backend, branch, provider, work
     finally:
         eng.close()
         for info in backend.list_owned():
@@ -72,13 +58,15 @@ def setup(tmp_path: Path) -> Iterator[tuple[PreviewEngine, LocalBackend, GitSour
         assert backend.list_owned() == []
 
 
-def settle(eng: PreviewEngine, branch: GitSource, want: dict[str, str | None], deadline: float = 60.0) -> dict[str, str]:
+def settle(
+    eng: Engine, provider: PreviewProvider, branch: GitSource, want: dict[str, str | None], deadline: float = 60.0
+) -> dict[str, str]:
     """Run passes until each named route serves the expected page (None: the route is gone)."""
     end = time.monotonic() + deadline
     pages: dict[str, str] = {}
     while time.monotonic() < end:
         checkout = branch.current()
-        eng.provider.refresh(checkout, time.time())
+        provider.refresh(checkout, time.time())
         eng.reconcile(Snapshot(checkout.revision, checkout.root, checkout.config_path))
         routes = read_snapshot(eng.state_dir).services
         pages = {}
@@ -95,23 +83,24 @@ def settle(eng: PreviewEngine, branch: GitSource, want: dict[str, str | None], d
     raise AssertionError(f"routes never settled to {want}: got {pages}; status {eng.status()}")
 
 
-def test_preview_lifecycle(setup: tuple[PreviewEngine, LocalBackend, GitSource, PreviewProvider, Path]) -> None:
+def test_preview_lifecycle(setup: tuple[Engine, LocalBackend, GitSource, PreviewProvider, Path]) -> None:
     eng, backend, branch, provider, work = setup
-    settle(eng, branch, {"web": "production\n"})
+    settle(eng, provider, branch, {"web": "production\n"})
 
     v2 = SERVICE + "env:\n  - VERSION=2\n"
     sha1 = open_pr(work, 7, {"web.dstack.yml": v2, "index.html": "pr 7 first\n"})
-    settle(eng, branch, {"web": "production\n", "web-pr-7": "pr 7 first\n"})
+    settle(eng, provider, branch, {"web": "production\n", "web-pr-7": "pr 7 first\n"})
     route = read_snapshot(eng.state_dir).services["web-pr-7"]
     assert route.host == "web-pr-7.localhost"
     assert provider.preview_prs() == {"web-pr-7": 7}
+    assert route.preview_pr == 7 and read_snapshot(eng.state_dir).services["web"].preview_pr is None
     [preview] = [s for s in eng.status() if s.name == "web-pr-7"]
     assert preview.revision == sha1
     assert read_decision(eng.state_dir)["previews"][0]["head_sha"] == sha1
 
     # A push to the PR (code only, same config) rolls the preview to the new head; production stays.
     sha2 = open_pr(work, 7, {"web.dstack.yml": v2, "index.html": "pr 7 second\n"})
-    settle(eng, branch, {"web": "production\n", "web-pr-7": "pr 7 second\n"})
+    settle(eng, provider, branch, {"web": "production\n", "web-pr-7": "pr 7 second\n"})
     [preview] = [s for s in eng.status() if s.name == "web-pr-7"]
     assert preview.revision == sha2
 
@@ -120,7 +109,7 @@ def test_preview_lifecycle(setup: tuple[PreviewEngine, LocalBackend, GitSource, 
     record_pull_request(eng.state_dir, PullRequestInfo(9, sha9, fork=True, labels=()))
     # Closing #7 (the ref stays, as on GitHub; the webhook record says closed): torn down.
     record_pull_request(eng.state_dir, PullRequestInfo(7, sha2, state=PullRequestState.CLOSED, fork=False))
-    settle(eng, branch, {"web": "production\n", "web-pr-7": None, "web-pr-9": None})
+    settle(eng, provider, branch, {"web": "production\n", "web-pr-7": None, "web-pr-9": None})
     reasons = {(r.pr, r.reason) for r in provider.decision.rejected}
     assert reasons == {(7, RejectReason.CLOSED), (9, RejectReason.FORK)}
     assert provider.preview_prs() == {}

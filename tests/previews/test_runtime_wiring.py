@@ -187,3 +187,23 @@ def test_previews_refuse_a_watched_folder_and_bad_settings(tmp_path: Path) -> No
     broken.write_text("previews: [1, 2]\n")
     with pytest.raises(SettingsError, match="previews: expected a mapping"):
         build_settings(argparse.Namespace(settings=str(broken)), {})
+
+
+def test_a_failing_status_api_is_left_alone_for_a_while(world: World) -> None:
+    w = world
+    now = [1000.0]
+    w.the_pass.clock = lambda: now[0]
+    w.the_pass.fetch_every = 1e9  # one fetch (and one API listing of PRs), then only statuses
+    w.the_pass()  # starts the replica: "pending" posted
+    sha = git(w.work, "rev-parse", "HEAD")
+    assert w.statuses(sha, "tidegate") == ["pending"]
+    w.gh.fail_next = 502  # the "success" post fails
+    w.the_pass()
+    posts = [r for r in w.gh.requests if r[0] == "POST"]
+    assert len(posts) == 2 and w.statuses(sha, "tidegate") == ["pending"]
+    for _ in range(3):  # passes keep reconciling, but do not wait on GitHub again
+        w.the_pass()
+    assert [r for r in w.gh.requests if r[0] == "POST"] == posts
+    now[0] += w.the_pass.status_retry_after
+    w.the_pass()
+    assert w.statuses(sha, "tidegate") == ["pending", "success"]
