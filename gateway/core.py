@@ -353,7 +353,9 @@ class Gateway:
                 changed = asyncio.ensure_future(self._changed.wait())
                 try:
                     waiters = {changed} if gone is None else {changed, gone}
-                    done, _ = await asyncio.wait(waiters, timeout=min(remaining, DEMAND_REPEAT))
+                    done, _ = await asyncio.wait(
+                        waiters, timeout=min(remaining, DEMAND_REPEAT), return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     changed.cancel()
                 if gone is not None and gone in done:

@@ -9,12 +9,20 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
+from gateway import core
 from gateway.snapshot import ModelRoute, ServiceRoute, Upstream
 from tests.gateway.conftest import RunningGateway, snapshot_of, wait_for
 from tests.gateway.conftest import Upstream as Proc
 
 MakeGateway = Callable[..., RunningGateway]
+
+
+@pytest.fixture(autouse=True)
+def no_periodic_wakeup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held requests must wake on the route change itself, not on the periodic demand reminder."""
+    monkeypatch.setattr(core, "DEMAND_REPEAT", 3600.0)
 
 
 def demand_signals(state: Path) -> list[str]:

@@ -281,3 +281,20 @@ def test_gateway_adds_no_default_headers(make_gateway: MakeGateway, openai_upstr
             c.headers.pop(name, None)
         seen = {k.lower() for k in c.post("/echo", content=b"{}").json()["headers"]}
     assert not seen & {"accept", "accept-encoding", "user-agent", "content-type"}
+
+
+def test_access_log_is_structured_and_token_free(
+    make_gateway: MakeGateway, token_for: TokenFor, openai_upstream: Proc, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    gw = make_gateway(access_log=True)
+    gw.publish(snapshot_of(svc("logged", openai_upstream.url)))
+    token = token_for(gw)
+    with caplog.at_level(logging.INFO, logger="tidegate.gateway.access"), gw.client("logged.localhost", token) as c:
+        assert c.get(f"/echo?key={token}").status_code == 200
+        assert c.get("/echo", headers={"Authorization": "Bearer tg_wrong"}).status_code == 403
+        wait_for(lambda: len([r for r in caplog.records if r.name == "tidegate.gateway.access"]) >= 2, "access log lines")
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tidegate.gateway.access"]
+    assert [(line["service"], line["path"], line["status"]) for line in lines] == [("logged", "/echo", 200), ("logged", "/echo", 403)]
+    assert token not in caplog.text
