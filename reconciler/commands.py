@@ -217,6 +217,8 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
                 "status": v.status,
                 "reason": reason,
                 "scaling": v.last_scaling,
+                "scaling_history": list(v.scaling_history),
+                "scaling_pending": v.scaling_pending,
                 "replicas": [
                     {
                         "id": r.id,

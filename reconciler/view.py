@@ -43,6 +43,8 @@ class ServiceView:
     last_scaling: str | None  # the last recorded change of the replica count, with its reason
     replicas: tuple[ReplicaView, ...]
     scaling_now: str | None = None  # the autoscaler's latest decision (only known to the owner)
+    scaling_history: tuple[str, ...] = ()  # every recorded change of the count (oldest first)
+    scaling_pending: str | None = None  # a change the autoscaler wants that a delay holds back
 
 
 def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | None = None) -> RoutesSnapshot:
@@ -104,6 +106,13 @@ def service_status(rec: ServiceRecord) -> tuple[ServiceStatus, str]:
     )
 
 
+def _pending(rec: ServiceRecord) -> str | None:
+    """The deferred decision still in force: the latest one recorded while `scaling_wanted` is set."""
+    if rec.scaling_wanted is None:
+        return None
+    return next((h.detail for h in reversed(rec.history) if h.event == "scaling deferred"), None)
+
+
 def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = None) -> list[ServiceView]:
     out: list[ServiceView] = []
     for name in sorted(doc.services):
@@ -121,6 +130,8 @@ def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = Non
                 host=rec.route.host if rec.route else None,
                 stopped=rec.stopped,
                 last_scaling=f"{last.previous} -> {last.count}: {last.reason}" if last else None,
+                scaling_history=tuple(f"{x.previous} -> {x.count}: {x.reason}" for x in rec.scaling),
+                scaling_pending=_pending(rec),
                 replicas=tuple(
                     ReplicaView(
                         id=r.id,

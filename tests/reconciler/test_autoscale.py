@@ -129,3 +129,26 @@ def test_read_stats_sums_workers_and_ignores_stale(tmp_path: Path) -> None:
 
 def test_read_stats_without_folder(tmp_path: Path) -> None:
     assert read_stats(tmp_path, NOW) == {}
+
+
+@pytest.mark.parametrize(
+    ("wanted", "pending"),
+    [
+        pytest.param(2, "want 2 (rps 1.50 over 30s); waiting for scale_down_delay 600s", id="deferred-shown"),
+        pytest.param(None, None, id="nothing-deferred"),
+    ],
+)
+def test_ps_view_lists_every_scaling_change_and_the_deferred_one(
+    wanted: int | None, pending: str | None
+) -> None:
+    from reconciler.records import ScalingRecord, ServiceRecord, StateDoc
+    from reconciler.view import status_views
+
+    rec = ServiceRecord(name="web", spec_hash="h", desired_count=3, scaling_wanted=wanted)
+    rec.record_scaling(ScalingRecord(at=1, previous=0, count=1, reason="steady at 1"))
+    rec.record_scaling(ScalingRecord(at=2, previous=1, count=3, reason="scale up 1 -> 3: rps 2.50"))
+    rec.note(3, "scaling deferred", "want 2 (rps 1.50 over 30s); waiting for scale_down_delay 600s")
+    (view,) = status_views(StateDoc(services={"web": rec}))
+    assert view.scaling_history == ("0 -> 1: steady at 1", "1 -> 3: scale up 1 -> 3: rps 2.50")
+    assert view.last_scaling == view.scaling_history[-1]
+    assert view.scaling_pending == pending
