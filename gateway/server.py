@@ -59,6 +59,9 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
         "port": settings.port,
         "access_log": False,  # ours is structured and never includes tokens
         "proxy_headers": False,  # clients must not rewrite the address we put in X-Forwarded-For
+        # The replica's own Server/Date headers pass through; uvicorn's would duplicate them.
+        "server_header": False,
+        "date_header": False,
         "log_level": "warning",
         "lifespan": "on",
         "timeout_keep_alive": 30,

@@ -85,7 +85,9 @@ class RunningGateway:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, proxy_headers=False)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", access_log=False, proxy_headers=False, server_header=False, date_header=False
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -151,6 +151,7 @@ def test_response_hop_by_hop_headers_dropped(make_gateway: MakeGateway, aio: Aio
         r = c.get("/hit")
     assert r.headers["x-kept"] == "yes"
     assert "keep-alive" not in r.headers
+    assert len(r.headers.get_list("server")) == 1 and len(r.headers.get_list("date")) == 1
 
 
 def test_least_outstanding_and_counters_released(make_gateway: MakeGateway, aio: AioUpstream, aio_b: AioUpstream) -> None:
