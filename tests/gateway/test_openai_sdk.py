@@ -171,3 +171,10 @@ def test_gateway_host_serves_the_api(api: tuple[RunningGateway, str]) -> None:
     gw, token = api
     with gw.client("gateway.localhost", token) as c:
         assert c.get("/v1/models").json()["object"] == "list"
+
+
+def test_tgi_validation_error_becomes_400(api: tuple[RunningGateway, str]) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        # The example TGI server, like TGI, accepts at most 4 stop sequences (eos makes 5).
+        client(api).chat.completions.create(model="zephyr", messages=[{"role": "user", "content": "x"}], stop=["a", "b", "c", "d"])
+    assert "stop" in info.value.response.json()["error"]["message"]

@@ -299,3 +299,24 @@ def test_access_log_is_structured_and_token_free(
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tidegate.gateway.access"]
     assert [(line["service"], line["path"], line["status"]) for line in lines] == [("logged", "/echo", 200), ("logged", "/echo", 403)]
     assert token not in caplog.text
+
+
+def test_upstream_read_timeout_is_504(make_gateway: MakeGateway, aio: AioUpstream) -> None:
+    gw = make_gateway(read_timeout=0.3)
+    gw.publish(snapshot_of(svc("slow", aio.url, auth=False)))
+    with gw.client("slow.localhost") as c:
+        r = c.get("/hold")  # the replica never answers until released
+    aio.gates.release_hold.set()
+    assert r.status_code == 504
+    assert r.json()["error"]["code"] == "upstream_timeout"
+    assert gw.gateway.balancer.in_flight == {}
+
+
+def test_every_replica_refusing_is_502(make_gateway: MakeGateway) -> None:
+    gw = make_gateway()
+    gw.publish(snapshot_of(svc("dead", "http://127.0.0.1:9", "unix:///nonexistent/tidegate.sock", auth=False)))
+    with gw.client("dead.localhost") as c:
+        r = c.get("/")
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_refused"
+    assert set(gw.gateway.balancer.cooled_until) == {"dead-0", "dead-1"}
