@@ -86,6 +86,25 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+_SCANNED = "tidegate.headers"
+
+
+def _scan(scope: Scope) -> tuple[bytes, bytes | None, bytes | None]:
+    """Host, Authorization and Content-Length in one pass over the headers (kept in the scope)."""
+    host = b""
+    auth = clen = None
+    for k, v in scope["headers"]:
+        if k == b"host":
+            host = v
+        elif k == b"authorization":
+            auth = v
+        elif k == b"content-length":
+            clen = v
+    found = (host, auth, clen)
+    scope[_SCANNED] = found
+    return found
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -194,7 +213,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return
-        host_raw = _header(scope, b"host") or b""
+        host_raw = _scan(scope)[0]
         host = host_raw.decode("latin-1").lower()
         bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         route = self.table.by_host.get(bare)
@@ -237,7 +256,8 @@ class Gateway:
             await error.send(send)
 
     def check_token(self, scope: Scope) -> None:
-        result = self.tokens.check(_header(scope, b"authorization"), time.monotonic())
+        scanned = scope.get(_SCANNED) or _scan(scope)
+        result = self.tokens.check(scanned[1], time.monotonic())
         if result is not AuthResult.OK:
             raise auth_error(result)
 
@@ -295,7 +315,7 @@ class Gateway:
 
     async def read_request_body(self, scope: Scope, receive: Receive) -> bytes | None:
         limit = self.settings.max_body_bytes
-        declared = _header(scope, b"content-length")
+        declared = (scope.get(_SCANNED) or _scan(scope))[2]
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise GatewayError(413, f"request body over the gateway's limit of {limit} bytes", code="body_too_large")
         try:
