@@ -38,9 +38,18 @@ def decide_count(
 ) -> ScalingDecision:
     if d.scaling is None:
         return ScalingDecision(d.min_replicas, f"fixed count {d.min_replicas}")
-    current = rec.desired_count if rec is not None else d.scaling.min
-    last = rec.last_scaled_at if rec is not None else None
-    return desired_replicas(d.scaling, stats.get(d.name), current, last, now, demand=demand)
+    if rec is None:
+        # A new service starts at the minimum of its range (more when traffic already waits), and
+        # the first recorded change (0 -> min) says so rather than "steady".
+        dec = desired_replicas(d.scaling, stats.get(d.name), d.scaling.min, None, now, demand=demand)
+        if dec.count == d.scaling.min and dec.wanted is None:
+            return ScalingDecision(
+                dec.count, f"new service: start at the minimum of {d.scaling.min}..{d.scaling.max}"
+            )
+        return dec
+    return desired_replicas(
+        d.scaling, stats.get(d.name), rec.desired_count, rec.last_scaled_at, now, demand=demand
+    )
 
 
 def build_targets(
