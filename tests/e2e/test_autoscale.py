@@ -4,8 +4,8 @@ The service has `replicas: 1..3`, a target of 1 rps per replica over the 30 s wi
 delays. A client sends a bounded stream of requests through the gateway (Host header), which drives
 it from 1 to 3 replicas; when the stream stops, slow requests keep every replica busy while the
 rate falls and it scales back to 1. Each replica chosen for removal is drained, not killed: the
-slow request in flight on it finishes with 200. `tidegate ps --json` (polled throughout) and the
-state history carry every decision with its reason: the rps seen, the target, the delay.
+slow request in flight on it finishes with 200. `tidegate ps --json` (polled throughout, and its
+`scaling_history`) carries every decision with its reason: the rps seen, the target, the delay.
 """
 
 from __future__ import annotations
@@ -195,12 +195,14 @@ def test_load_scales_up_to_three_and_back_to_one_draining(remote: Remote, tidega
         assert "over 30s, target 1/replica" in d and "scale_down_delay 2s" in d, d
     assert final["scaling"].endswith(downs[-1].partition(": ")[2]), final
 
-    # The state history keeps the whole chain: 1 up to 3, then back down to 1.
+    # ps --json keeps the whole chain: started at the minimum, up to 3, back down to 1.
+    history = final["scaling_history"]
+    assert history[0] == "0 -> 1: new service: start at the minimum of 1..3", history
+    chain = [(int(m[1]), int(m[2])) for m in map(DECISION.match, history) if m]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chain)), history
+    assert max(c[1] for c in chain) == 3 and chain[-1] == (chain[-1][0], 1), history
+    assert set(ps.decisions) <= set(history), (ps.decisions, history)
     rec = json.loads((tg.state / "state.json").read_text())["services"]["web"]
-    chain = [(s["previous"], s["count"]) for s in rec["scaling"]]
-    ups_downs = [c for c in chain if c[0] >= 1]
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(ups_downs)), chain
-    assert ups_downs[0][0] == 1 and max(c[1] for c in ups_downs) == 3 and ups_downs[-1][1] == 1, chain
 
     # Drained, not killed: every slow request succeeded, and a replica removed by the scale down
     # was still answering one that was in flight when its drain began.
