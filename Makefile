@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/autoscale.py
 
 clean:
 	rm -rf $(VENV) state/*.json state/*.jsonl state/repos state/replicas
