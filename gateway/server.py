@@ -49,12 +49,9 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
-    """Run the gateway with uvicorn in this thread until interrupted."""
-    import uvicorn
-
-    _configure_logging()
-    common: dict[str, Any] = {
+def uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
+    """uvicorn settings the gateway needs; use them when embedding it (`uvicorn.Config(app, **...)`)."""
+    return {
         "host": settings.host,
         "port": settings.port,
         "access_log": False,  # ours is structured and never includes tokens
@@ -66,6 +63,14 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
         "lifespan": "on",
         "timeout_keep_alive": 30,
     }
+
+
+def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
+    """Run the gateway with uvicorn in this thread until interrupted."""
+    import uvicorn
+
+    _configure_logging()
+    common = uvicorn_options(settings)
     if settings.workers <= 1:
         uvicorn.run(build_app(settings, gateway), **common)
         return

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from gateway.core import Gateway
-from gateway.server import build_app
+from gateway.server import build_app, uvicorn_options
 from gateway.settings import GatewaySettings
 from gateway.snapshot import RoutesSnapshot, ServiceRoute, write_snapshot
 from gateway.tokens import create_token
@@ -85,9 +85,8 @@ class RunningGateway:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, log_level="warning", lifespan="on", access_log=False, proxy_headers=False, server_header=False, date_header=False
-        )
+        options = {k: v for k, v in uvicorn_options(settings).items() if k not in ("host", "port")}
+        config = uvicorn.Config(app, **options)  # the options `tidegate up` embeds the gateway with
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
