@@ -236,6 +236,7 @@ class GatewayThread:
     def start(self, timeout: float = 15.0) -> bool:
         import uvicorn
 
+        from gateway.server import uvicorn_options
         from gateway.settings import GatewaySettings
 
         gw = GatewaySettings(
@@ -246,7 +247,7 @@ class GatewayThread:
             webhook_secret=self.settings.webhook_secret,
         )
         app = _gateway_app(gw)
-        config = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn.Config(app, **uvicorn_options(gw))
         self.server = uvicorn.Server(config)
 
         def run() -> None:

@@ -244,6 +244,8 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
+    if not buf.getvalue().strip(b"\0"):
+        return  # a commit whose tree is empty: `git archive` gives an empty archive, nothing to extract
     with tarfile.open(fileobj=buf, mode="r:") as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dst, filter="data")

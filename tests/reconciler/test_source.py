@@ -202,3 +202,16 @@ def test_revisions_still_deployed_are_never_pruned(remote: tuple[Path, Path], tm
         commit_push(work, {"a.txt": str(i)})
         latest = src.current().revision
     assert sorted(p.name for p in (state / "revisions").iterdir()) == sorted({kept, latest})
+
+
+def test_a_commit_with_an_empty_tree_gives_an_empty_checkout(remote: tuple[Path, Path], tmp_path: Path) -> None:
+    """Deleting every file is a legal commit: the source yields an empty tree (the engine then
+    refuses to prune without --allow-empty) instead of failing every pass."""
+    bare, work = remote
+    commit_push(work, {"a.dstack.yml": "type: service\n"})
+    src = GitSource(f"file://{bare}", "main", tmp_path / "state")
+    assert (src.current().root / "a.dstack.yml").exists()
+    sha = commit_push(work, {"a.dstack.yml": None}, "remove everything")
+    empty = src.current()
+    assert empty.revision == sha
+    assert empty.root.is_dir() and not any(empty.root.iterdir())
