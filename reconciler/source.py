@@ -139,6 +139,11 @@ class GitSource:
         assert isinstance(repo, git.Repo)
         buf = io.BytesIO()
         try:
+            if not repo.git.ls_tree(sha):
+                # An empty tree (every file deleted): git archive writes only a pax header, which
+                # tarfile refuses; the checkout is simply an empty folder.
+                _atomic_dir(root, lambda tmp: None)
+                return
             repo.archive(buf, sha, format="tar")
         except git.GitCommandError as e:
             raise SourceError(f"cannot read revision {sha[:12]}: {_git_error(e, self.url)}") from e
@@ -244,8 +249,6 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
-    if not buf.getvalue().strip(b"\0"):
-        return  # a commit whose tree is empty: `git archive` gives an empty archive, nothing to extract
     with tarfile.open(fileobj=buf, mode="r:") as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dst, filter="data")
