@@ -172,6 +172,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             previews=previews,
             deploy_reporter=runtime.build_deploy_reporter(settings),
             status_url=settings.gateway_url,
+            sweeper=runtime.build_orphan_sweeper(engine),
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
         signals.append(loop)

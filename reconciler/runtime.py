@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendRegistry
+from backends.orphans import OrphanSweeper, read_known_replica_ids
 from gateway.snapshot import read_snapshot
 from reconciler.engine import Engine, EngineSettings, PassReport, Snapshot
 from reconciler.settings import Settings
@@ -107,6 +108,16 @@ def build_previews(settings: Settings, args: argparse.Namespace | None, source: 
     )
 
 
+def build_orphan_sweeper(engine: Engine, grace: float = 900.0) -> OrphanSweeper | None:
+    """A sweeper over the cloud backends (the local backend's replicas are adopted, not swept)."""
+    clouds = [b for b in engine.backends.all() if b.name != "local"]
+    if not clouds:
+        return None
+    return OrphanSweeper(
+        clouds, engine.installation.id, grace=grace, seen_file=engine.state_dir / "gc-seen.json"
+    )
+
+
 def build_deploy_reporter(settings: Settings) -> StatusReporter | None:
     """Commit statuses on the deployed commit, when a GitHub repository and token are configured."""
     from reconciler.github import GitHubClient, GitHubSettings, StatusReporter
@@ -144,6 +155,11 @@ class Pass:
     # timeout to every pass (passes come twice a second while replicas start).
     status_retry_after: float = 60.0
     _statuses_paused_until: float = 0.0
+    # Orphan sweep (cloud backends): owned instances the state does not know are deleted after
+    # the sweeper's grace period; run at most every `sweep_every` seconds, after a pass.
+    sweeper: OrphanSweeper | None = None
+    sweep_every: float = 600.0
+    _last_sweep: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> float | None:
@@ -175,10 +191,26 @@ class Pass:
                     log.exception("previews: refresh failed; keeping the previous previews")
             report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None)
             self._post_statuses(report)
+            self._sweep_orphans(now)
             self.reports += 1
             if self.on_report is not None:
                 self.on_report(report)
             return report.next_run_in
+
+    def _sweep_orphans(self, now: float) -> None:
+        if self.sweeper is None or (self._last_sweep is not None and now - self._last_sweep < self.sweep_every):
+            return
+        self._last_sweep = now
+        known = read_known_replica_ids(self.engine.state_dir / "state.json")
+        if known is None:
+            return  # no state written yet: never treat every instance as an orphan
+        try:
+            swept = self.sweeper.sweep(known)
+        except Exception:  # the sweep must never hold the reconcile loop back
+            log.exception("orphan sweep failed")
+            return
+        for error in swept.errors:
+            log.warning("orphan sweep: %s", error)
 
     def request_fetch(self, reason: str = "") -> None:
         """The next pass fetches even if the interval has not elapsed (a wake-up from outside)."""

@@ -215,3 +215,48 @@ def test_pass_fetches_on_the_interval_or_when_woken_and_applies_signals() -> Non
     p()
     assert source.fetches == 3 and engine.revisions[-1] == "rev-3"
     assert engine.stopped == ["web"] and engine.demand == ["chat"]
+
+
+def test_pass_sweeps_cloud_orphans_on_its_interval_and_never_without_state(tmp_path: Path) -> None:
+    """`tidegate up` runs the orphan sweep itself: an owned instance the state does not know is
+    deleted once past the grace period; known replicas stay; no state.json means no sweep."""
+    import json
+
+    from backends.base import ReplicaInfo, ReplicaStatus
+    from backends.orphans import OrphanSweeper
+    from reconciler.runtime import Pass
+
+    class Cloud:
+        name = "aws"
+
+        def __init__(self) -> None:
+            self.ids = {"known-1", "orphan-1"}
+            self.deleted: list[str] = []
+
+        def list_owned(self) -> list[ReplicaInfo]:
+            return [
+                ReplicaInfo(i, "aws", ReplicaStatus.RUNNING, tags={"tidegate:owner": "me"}) for i in sorted(self.ids)
+            ]
+
+        def delete(self, replica_id: str) -> None:
+            self.deleted.append(replica_id)
+            self.ids.discard(replica_id)
+
+    now = [0.0]
+    cloud = Cloud()
+    engine = FakeEngine()
+    engine.state_dir = tmp_path  # type: ignore[attr-defined]
+    sweeper = OrphanSweeper([cloud], "me", grace=60, clock=lambda: now[0])  # type: ignore[list-item]
+    p = Pass(engine, FakeSource(), list, clock=lambda: now[0], sweeper=sweeper, sweep_every=100)  # type: ignore[arg-type]
+
+    p()  # no state.json yet: nothing is an orphan
+    assert cloud.deleted == []
+    (tmp_path / "state.json").write_text(json.dumps({"services": {"web": {"replicas": [{"id": "known-1"}]}}}))
+    now[0] = 100.0
+    p()  # first seen now: within the grace period
+    assert cloud.deleted == []
+    now[0] = 150.0
+    p()  # not due yet (sweep_every)
+    now[0] = 200.0
+    p()
+    assert cloud.deleted == ["orphan-1"]
