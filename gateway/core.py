@@ -25,13 +25,14 @@ from gateway import hooks, openai_api
 from gateway.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from gateway.balancer import Balancer, has_ready
 from gateway.metrics_view import MULTIPROC_ENV, metrics_response
-from gateway.proxy import relay_response, relay_websocket, request_headers, wait_disconnect
+from gateway.proxy import relay_response, relay_websocket, request_head, request_headers, wait_disconnect
 from gateway.settings import GatewaySettings
 from gateway.signals import send_signal
 from gateway.snapshot import ROUTES_FILE, RoutesSnapshot, ServiceRoute, Upstream, read_snapshot
 from gateway.stats import ServiceStats, Stats, stats_path, write_stats
 from gateway.templates import TemplateResolver
 from gateway.tokens import TOKENS_FILE, AuthResult, TokenStore
+from gateway.upstream_client import ConnectFailed, Response, UpstreamClient, UpstreamError
 
 log = logging.getLogger("tidegate.gateway")
 access_log = logging.getLogger("tidegate.gateway.access")
@@ -113,7 +114,8 @@ class Gateway:
         self.stats = Stats()
         self.tokens = TokenStore(settings.state_dir)
         self.templates = TemplateResolver()
-        self.pool: Any = None  # UpstreamPool, created on the serving loop
+        self.pool: Any = None  # UpstreamPool (aiohttp, WebSockets), created on the serving loop
+        self.client = UpstreamClient(settings.connect_timeout, settings.read_timeout)  # HTTP
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -137,6 +139,7 @@ class Gateway:
 
     def _after_swap(self, live: set[str], urls: set[str]) -> None:
         self.balancer.forget(live)
+        self.client.prune(urls)
         if self.pool is not None:
             task = asyncio.ensure_future(self.pool.prune(urls))
             self._tasks.append(task)
@@ -201,6 +204,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self.client.close()
         if self.pool is not None:
             await self.pool.close()
         stats_path(self.settings.state_dir, os.getpid()).unlink(missing_ok=True)
@@ -280,9 +284,12 @@ class Gateway:
             body = await self.read_request_body(scope, receive)
             route, waited = await self.ready_route(route, st, receive)
             extra = [(COLD_START_HEADER, f"{waited:.3f}".encode())] if waited is not None else []
-            query = scope.get("query_string", b"").decode("latin-1")
-            headers = request_headers(scope, host, route.forward_auth)
-            upstream, resp = await self.open_upstream(route, scope["method"], path.partition("?")[0], query, headers, body)
+            target = path.partition("?")[0].encode("latin-1")
+            query: bytes = scope.get("query_string", b"")
+            if query:
+                target += b"?" + query
+            headers = request_head(scope, host, route.forward_auth)
+            upstream, resp = await self.open_upstream(route, scope["method"], target, headers, body)
             try:
                 status = resp.status
                 await relay_response(resp, receive, send, extra)
@@ -389,26 +396,25 @@ class Gateway:
                 gone.cancel()
 
     async def open_upstream(
-        self, route: ServiceRoute, method: str, path: str, query: str, headers: Any, body: bytes | None
-    ) -> tuple[Upstream, aiohttp.ClientResponse]:
-        """Send the request to the least busy replica; the caller releases the replica's counter.
+        self, route: ServiceRoute, method: str, target: bytes, headers: bytes, body: bytes | None
+    ) -> tuple[Upstream, Response]:
+        """Send the request to the least busy replica; the caller releases the response and the
+        replica's counter.
 
         A replica refusing the connection (nothing was sent) is cooled down and the next one tried.
         """
         tried: list[str] = []
+        verb = method.encode("latin-1")
         while True:
             upstream = self.balancer.pick(route.upstreams, time.monotonic(), tried)
             if upstream is None:
                 if tried:
                     raise GatewayError(502, f"every replica of {route.name!r} refused the connection", "upstream_error", "upstream_refused", retry_after=5)
                 raise GatewayError(503, f"service {route.name!r} has no ready replica", "service_unavailable", "no_replica", retry_after=5)
-            target = self.pool.target(upstream.url)
             self.balancer.acquire(upstream)
             try:
-                resp = await target.session.request(
-                    method, target.url(path, query), headers=headers, data=body, allow_redirects=False
-                )
-            except aiohttp.ClientConnectorError:
+                resp = await self.client.pool(upstream.url).request(verb, target, headers, body)
+            except ConnectFailed:
                 self.balancer.release(upstream)
                 self.balancer.cool(upstream, time.monotonic())
                 self.stats.upstream_error(route.name, "connect")
@@ -418,10 +424,10 @@ class Gateway:
                 self.balancer.release(upstream)
                 self.stats.upstream_error(route.name, "timeout")
                 raise GatewayError(504, f"replica of {route.name!r} timed out", "upstream_error", "upstream_timeout") from e
-            except aiohttp.ClientError as e:
+            except UpstreamError as e:
                 self.balancer.release(upstream)
                 self.stats.upstream_error(route.name, "protocol")
-                raise GatewayError(502, f"replica of {route.name!r} failed: {type(e).__name__}", "upstream_error", "upstream_failed") from e
+                raise GatewayError(502, f"replica of {route.name!r} failed: {e}", "upstream_error", "upstream_failed") from e
             except BaseException:
                 self.balancer.release(upstream)
                 raise

@@ -15,15 +15,13 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from multidict import CIMultiDict
-
 from gateway import tgi
 from gateway.asgi import ClientGone, Receive, Scope, Send, send_json
 from gateway.balancer import has_ready
-from gateway.proxy import relay_response, request_headers
+from gateway.proxy import relay_response, request_head
 from gateway.snapshot import ModelFormat, ServiceRoute
 from gateway.templates import TemplateUnavailable
+from gateway.upstream_client import Response, UpstreamError
 
 if TYPE_CHECKING:
     from gateway.core import Gateway
@@ -97,9 +95,12 @@ async def _passthrough(
 ) -> int:
     assert route.model is not None
     prefix = route.model.prefix.rstrip("/")
-    headers = request_headers(scope, gw._gateway_host, route.forward_auth)
-    query = scope.get("query_string", b"").decode("latin-1")
-    upstream, resp = await gw.open_upstream(route, "POST", prefix + path[len("/v1") :], query, headers, body)
+    headers = request_head(scope, gw._gateway_host, route.forward_auth)
+    target = (prefix + path[len("/v1") :]).encode("latin-1")
+    query: bytes = scope.get("query_string", b"")
+    if query:
+        target += b"?" + query
+    upstream, resp = await gw.open_upstream(route, "POST", target, headers, body)
     try:
         await relay_response(resp, receive, send, extra)
         return resp.status
@@ -108,7 +109,7 @@ async def _passthrough(
         gw.balancer.release(upstream)
 
 
-async def _upstream_failure(resp: aiohttp.ClientResponse) -> Exception:
+async def _upstream_failure(resp: Response) -> Exception:
     from gateway.core import GatewayError
 
     text = (await resp.read()).decode("utf-8", "replace")
@@ -139,11 +140,11 @@ async def _tgi_chat(gw: Gateway, route: ServiceRoute, request: dict[str, Any], s
     model = request["model"]
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    headers = b"content-type: application/json\r\n"
 
     if request.get("stream"):
         body = json.dumps(payloads[0]).encode()
-        upstream, resp = await gw.open_upstream(route, "POST", "/generate_stream", "", headers, body)
+        upstream, resp = await gw.open_upstream(route, "POST", b"/generate_stream", headers, body)
         try:
             if resp.status != 200:
                 raise await _upstream_failure(resp)
@@ -158,7 +159,7 @@ async def _tgi_chat(gw: Gateway, route: ServiceRoute, request: dict[str, Any], s
             first = tgi.sse(translator.start()[0])
             await send({"type": "http.response.body", "body": first, "more_body": True})
             try:
-                async for data in resp.content.iter_any():
+                while data := await resp.read_chunk():
                     out = b""
                     for raw in parser.feed(data):
                         event = json.loads(raw)
@@ -167,7 +168,7 @@ async def _tgi_chat(gw: Gateway, route: ServiceRoute, request: dict[str, Any], s
                         out += b"".join(tgi.sse(c) for c in translator.feed(event))
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
-            except (ValueError, aiohttp.ClientError, TimeoutError) as e:
+            except (ValueError, UpstreamError, TimeoutError) as e:
                 gw.stats.upstream_error(route.name, "stream")
                 err = {"error": {"message": f"the model server stream failed: {e}", "type": "upstream_error", "code": None}}
                 await send({"type": "http.response.body", "body": tgi.sse(err), "more_body": True})
@@ -178,7 +179,7 @@ async def _tgi_chat(gw: Gateway, route: ServiceRoute, request: dict[str, Any], s
             gw.balancer.release(upstream)
 
     async def one(payload: dict[str, Any]) -> tgi.Generation:
-        upstream, resp = await gw.open_upstream(route, "POST", "/generate", "", headers, json.dumps(payload).encode())
+        upstream, resp = await gw.open_upstream(route, "POST", b"/generate", headers, json.dumps(payload).encode())
         try:
             if resp.status != 200:
                 raise await _upstream_failure(resp)

@@ -1,9 +1,10 @@
-"""Header rules and byte pumping between a client (ASGI) and a replica (aiohttp).
+"""Header rules and byte pumping between a client (ASGI) and a replica.
 
 Hop-by-hop headers (RFC 9110 7.6.1, plus any the Connection header names) are dropped both
 ways, `X-Forwarded-For/-Proto/-Host` are set, and the client's Authorization header stays here
-unless the service opted in: a replica never learns users' tokens. Responses are relayed chunk by
-chunk as aiohttp reads them, so SSE reaches the client as the replica emits it.
+unless the service opted in: a replica never learns users' tokens. HTTP responses come from
+`gateway.upstream_client` and are relayed chunk by chunk as they arrive, so SSE reaches the client
+as the replica emits it; WebSockets go through aiohttp.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 import aiohttp
 
 from gateway.asgi import Receive, Scope, Send
+from gateway.upstream_client import Response
 
 HOP_BY_HOP = frozenset(
     {
@@ -29,8 +31,11 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Not hop-by-hop, but recomputed by us or by aiohttp for the upstream request.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+# Not hop-by-hop, but recomputed by us or by the client for the upstream request (the whole body
+# goes out at once, so a client's Expect: 100-continue has been answered already).
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"
+}
 _RESPONSE_DROP = HOP_BY_HOP
 # Small enough to read whole and send in one message (fewer event-loop turns per request).
 SMALL_BODY = 256 * 1024
@@ -44,62 +49,90 @@ def _connection_tokens(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def request_headers(scope: Scope, host: str, forward_auth: bool) -> list[tuple[str, str]]:
+def _forwarded(scope: Scope, host: str, forward_auth: bool) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The client's headers that go on, and the X-Forwarded-For value."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     drop = _REQUEST_DROP
-    extra = _connection_tokens(raw) if any(k == b"connection" for k, _ in raw) else frozenset()
-    # A plain list: aiohttp copies headers into its own multidict anyway.
-    out: list[tuple[str, str]] = []
-    prior_xff = ""
+    extra: frozenset[bytes] = frozenset()
+    for k, _ in raw:
+        if k == b"connection":
+            extra = _connection_tokens(raw)
+            break
+    out: list[tuple[bytes, bytes]] = []
+    prior_xff = b""
     for k, v in raw:
         if k in drop or k in extra:
             if k == b"x-forwarded-for":
-                prior_xff = v.decode("latin-1")
+                prior_xff = v
             continue
         if k == b"authorization" and not forward_auth:
             continue
-        out.append((k.decode("latin-1"), v.decode("latin-1")))
+        out.append((k, v))
     client = scope.get("client")
-    client_ip = client[0] if client else ""
-    out.append(("X-Forwarded-For", f"{prior_xff}, {client_ip}" if prior_xff else client_ip))
+    client_ip = client[0].encode("latin-1") if client else b""
+    return out, (prior_xff + b", " + client_ip if prior_xff else client_ip)
+
+
+def request_head(scope: Scope, host: str, forward_auth: bool) -> bytes:
+    """The forwarded request's header lines (`name: value\\r\\n` each, no Host/Content-Length)."""
+    kept, xff = _forwarded(scope, host, forward_auth)
+    lines = [k + b": " + v + b"\r\n" for k, v in kept]
+    lines.append(
+        b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + scope.get("scheme", "http").encode("latin-1")
+        + b"\r\nx-forwarded-host: " + host.encode("latin-1") + b"\r\n"
+    )
+    return b"".join(lines)
+
+
+def request_headers(scope: Scope, host: str, forward_auth: bool) -> list[tuple[str, str]]:
+    """The same headers as `request_head`, as (name, value) strings for aiohttp (WebSockets)."""
+    kept, xff = _forwarded(scope, host, forward_auth)
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in kept]
+    out.append(("X-Forwarded-For", xff.decode("latin-1")))
     out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
     out.append(("X-Forwarded-Host", host))
     return out
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
-    raw = list(raw)
-    named = _connection_tokens(raw)
-    out = [(k.lower(), v) for k, v in raw if k.lower() not in _RESPONSE_DROP and k.lower() not in named]
+def response_headers(raw: list[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
+    """The replica's headers (names lower-cased already) less hop-by-hop ones, plus `extra`."""
+    named: frozenset[bytes] = frozenset()
+    for k, _ in raw:
+        if k == b"connection":
+            named = _connection_tokens(raw)
+            break
+    drop = _RESPONSE_DROP
+    out = [(k, v) for k, v in raw if k not in drop and k not in named]
     out.extend(extra)
     return out
 
 
-async def relay_response(
-    resp: aiohttp.ClientResponse, receive: Receive, send: Send, extra: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
+async def relay_response(resp: Response, receive: Receive, send: Send, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """Send the replica's response to the client: whole when small, else chunk by chunk.
 
     While streaming, a watcher notices the client hanging up and stops reading the replica
     (for a model server that frees the slot instead of generating for nobody).
     """
-    headers = response_headers(resp.raw_headers, extra)
+    headers = response_headers(resp.headers, extra)
     length = resp.content_length
-    if length is not None and length <= SMALL_BODY:
+    if resp.at_eof or (length is not None and length <= SMALL_BODY):
         body = await resp.read()
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    first = await resp.content.readany()
-    if resp.content.at_eof():  # a short stream that arrived at once needs no watcher task
+    first = await resp.read_chunk()
+    if resp.at_eof:  # a short stream that arrived at once needs no watcher task
         await send({"type": "http.response.body", "body": first, "more_body": False})
         return
     watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
-        async for chunk in resp.content.iter_any():
+        while True:
+            chunk = await resp.read_chunk()
+            if not chunk:
+                break
             if watcher.done():
                 resp.close()
                 return

@@ -1,7 +1,7 @@
-"""Client sessions to replicas: one aiohttp session for TCP upstreams, one per unix socket path.
+"""aiohttp sessions to replicas, for WebSocket proxying: one for TCP upstreams, one per unix socket.
 
-aiohttp was measured (issue 4) at ~10x httpx's throughput for this job; the session is tuned for
-a proxy: no connection limit, no cookie jar, no decompression (bytes pass through untouched) and
+Plain HTTP goes through `gateway.upstream_client` (cheaper per request); WebSockets stay on
+aiohttp, whose session is tuned for a proxy: no connection limit, no cookie jar, no decompression (bytes pass through untouched) and
 no auto-added headers. Replicas of the local backend listen on unix sockets, so an upstream URL
 is either `http://host:port` or `unix:///abs/path.sock`.
 """
