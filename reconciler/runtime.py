@@ -61,7 +61,12 @@ def build_engine(settings: Settings, read_only: bool = False) -> Engine:
     """The engine over this state dir. Not read-only: takes the state-dir lock (StateLockedError
     naming the holder when another process has it)."""
     owner = owner_of(settings.state_dir)
-    engine_settings = EngineSettings(domain=settings.domain, allow_empty=settings.allow_empty, env=settings.env)
+    engine_settings = EngineSettings(
+        domain=settings.domain,
+        allow_empty=settings.allow_empty,
+        env=settings.env,
+        ready_timeout=settings.ready_timeout,
+    )
     return Engine(settings.state_dir, build_registry(settings, owner), engine_settings, read_only=read_only)
 
 

@@ -22,6 +22,7 @@ DEFAULT_STATE = "state"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
+DEFAULT_READY_TIMEOUT = 1800.0
 # Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
 RECONCILER_KEYS = ("previews", "webhook_secret")
 WEBHOOK_SECRET_ENV = "TIDEGATE_WEBHOOK_SECRET"
@@ -43,6 +44,10 @@ class Settings:
     domain: str = DEFAULT_DOMAIN
     settings_file: Path | None = None
     interval: float = DEFAULT_INTERVAL
+    # How long a started replica may take to pass its readiness probe before it is replaced.
+    # Generous: `pip install` of a serving stack (vLLM, llama-cpp-python built from source) in the
+    # commands runs before the port opens, and replacing a replica mid-build only starts over.
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
     env_file: Path | None = None
     # Values for bare `KEY` env entries: the reconciler's environment overlaid by --env-file.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -138,6 +143,13 @@ def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, 
         parser.add_argument(
             "--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between fetches/passes (default 30)"
         )
+        parser.add_argument(
+            "--ready-timeout",
+            type=float,
+            default=DEFAULT_READY_TIMEOUT,
+            metavar="SECONDS",
+            help=f"how long a new replica may take to become ready before it is replaced (default {DEFAULT_READY_TIMEOUT:g})",
+        )
     if gateway:
         parser.add_argument("--listen", default=None, metavar="HOST:PORT", help="gateway address (127.0.0.1:8080)")
         parser.add_argument("--domain", default=None, help="service domain: <name>.<domain> (default localhost)")
@@ -161,6 +173,9 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     interval = float(getattr(args, "interval", None) or DEFAULT_INTERVAL)
     if interval <= 0:
         raise SettingsError("--interval must be positive")
+    ready_timeout = float(getattr(args, "ready_timeout", None) or DEFAULT_READY_TIMEOUT)
+    if ready_timeout <= 0:
+        raise SettingsError("--ready-timeout must be positive")
     listen = getattr(args, "listen", None) or DEFAULT_LISTEN
     split_listen(listen)
     settings_file = getattr(args, "settings", None)
@@ -177,6 +192,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         domain=getattr(args, "domain", None) or DEFAULT_DOMAIN,
         settings_file=Path(settings_file).expanduser().resolve() if settings_file else None,
         interval=interval,
+        ready_timeout=ready_timeout,
         env_file=Path(env_file) if env_file else None,
         env=values,
         previews_section=dict(ours.get("previews") or {}),

@@ -18,7 +18,7 @@ from reconciler.commands import new_lines
 from reconciler.next_steps import print_next_steps
 from reconciler.quickstart import local_examples, sync_repo
 from reconciler.records import ServiceRecord, StateDoc
-from reconciler.settings import Settings, build_settings
+from reconciler.settings import Settings, SettingsError, build_settings
 from reconciler.state import StateStore
 
 SERVICE = """\
@@ -85,6 +85,20 @@ def test_env_file_overlays_the_environment_and_is_never_shown(tmp_path: Path) ->
     assert "sk-very-secret" not in repr(settings)
     assert settings.repo == str(tmp_path.resolve())
     assert settings.listen_port == 9999 and settings.service_url("web") == "http://web.localhost:9999"
+
+
+def test_ready_timeout_defaults_generously_and_reaches_the_engine(tmp_path: Path) -> None:
+    from reconciler.runtime import build_engine
+
+    assert build_settings(parse("up", "--repo", str(tmp_path)), {}).ready_timeout == 1800.0
+    settings = build_settings(parse("up", "--repo", str(tmp_path), "--ready-timeout", "42", "--state", str(tmp_path / "s")), {})
+    engine = build_engine(settings, read_only=True)
+    try:
+        assert engine.settings.ready_timeout == 42.0
+    finally:
+        engine.close()
+    with pytest.raises(SettingsError):
+        build_settings(parse("up", "--repo", str(tmp_path), "--ready-timeout", "-1"), {})
 
 
 def test_plan_exit_codes_and_output(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
