@@ -40,6 +40,10 @@ access_log = logging.getLogger("tidegate.gateway.access")
 COLD_START_HEADER = b"x-tidegate-cold-start"
 # While a request is held, the demand signal is repeated this often (a reconciler may have missed it).
 DEMAND_REPEAT = 10.0
+# Authorization header -> verdict, for at most this long (then TokenStore checks again, re-reading
+# tokens.json when it changed), and for this many distinct headers.
+AUTH_CACHE_SECONDS = 1.0
+AUTH_CACHE_SIZE = 4096
 
 
 class GatewayError(Exception):
@@ -123,6 +127,8 @@ class Gateway:
         self._last_demand: dict[str, float] = {}
         self._gateway_host = settings.gateway_host
         self._domain_suffix = "." + settings.domain.lower()
+        self._auth_cache: dict[bytes | None, AuthResult] = {}
+        self._auth_cache_until = 0.0
 
     # -- routes ------------------------------------------------------------------------------
     def set_snapshot(self, snapshot: RoutesSnapshot) -> None:
@@ -166,11 +172,13 @@ class Gateway:
                 self.reload()
             if any(os.path.basename(p) == TOKENS_FILE for _c, p in changes):
                 self.tokens.refresh()
+                self._auth_cache = {}
 
     async def _publish_stats(self) -> None:
         pid = os.getpid()
         while True:
             try:
+                self.stats.flush()
                 data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time())
                 await asyncio.to_thread(write_stats, self.settings.state_dir, data)
             except OSError as e:
@@ -243,6 +251,7 @@ class Gateway:
             elif path == "/healthz":
                 await send_json(send, 200, {"status": "ok", "routes_serial": self.table.snapshot.serial})
             elif path == "/metrics":
+                self.stats.flush()
                 await metrics_response(send)
             elif path.startswith("/hooks/"):
                 await hooks.handle(self, scope, receive, send, path)
@@ -260,8 +269,15 @@ class Gateway:
             await error.send(send)
 
     def check_token(self, scope: Scope) -> None:
-        scanned = scope.get(_SCANNED) or _scan(scope)
-        result = self.tokens.check(scanned[1], time.monotonic())
+        header = (scope.get(_SCANNED) or _scan(scope))[1]
+        now = time.monotonic()
+        cache = self._auth_cache
+        if now >= self._auth_cache_until or len(cache) >= AUTH_CACHE_SIZE:
+            cache = self._auth_cache = {}
+            self._auth_cache_until = now + AUTH_CACHE_SECONDS
+        result = cache.get(header)
+        if result is None:
+            result = cache[header] = self.tokens.check(header, now)
         if result is not AuthResult.OK:
             raise auth_error(result)
 
