@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from backends.base import GpuInfo, Offer, Requirements
+from backends.fsutil import write_atomic
 
 SHIPPED_CATALOG = Path(__file__).parent / "data" / "catalog.csv"
 FIELDS = (
@@ -161,18 +163,14 @@ def _row_from_gpuhunt(item: Any) -> dict[str, str] | None:
 
 
 def write_catalog(rows: Iterable[dict[str, str]], dest: Path) -> int:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(FIELDS))
+    writer.writeheader()
     count = 0
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(FIELDS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-            count += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    write_atomic(dest, buf.getvalue().encode("utf-8"), mode=0o644)  # a shared, readable data file
     return count
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backends import fsutil
 from backends.base import ReplicaSpec
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
@@ -160,17 +161,9 @@ def copy_workdir(src: str | None, dst: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Replica meta: never creates the replica folder (a removed replica stays removed); 0644 as
+    it was before the shared helper (whose temp files start 0600)."""
+    fsutil.write_json_atomic(path, data, indent=1, sort_keys=True, mode=0o644, mkdir=False)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, BackendError, ReplicaInfo, ReplicaStatus
+from backends.fsutil import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +106,7 @@ class OrphanSweeper:
     def _save_seen(self) -> None:
         if self.seen_file is None:
             return
-        self.seen_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.seen_file.parent, prefix=".gc-seen.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"schema_version": 1, "first_seen": self.first_seen}, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.seen_file)
+        write_json_atomic(self.seen_file, {"schema_version": 1, "first_seen": self.first_seen}, indent=2, sort_keys=True)
 
     def sweep(self, known_ids: set[str], *, dry_run: bool = False) -> SweepReport:
         report = SweepReport()

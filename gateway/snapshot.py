@@ -12,13 +12,13 @@ Nothing secret is in here: no env values, no tokens.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from backends.fsutil import write_atomic
 
 ROUTES_FILE = "routes.json"
 SCHEMA_VERSION = 1
@@ -82,23 +82,7 @@ class RoutesSnapshot(BaseModel):
 
 def write_snapshot(state_dir: Path, snapshot: RoutesSnapshot) -> None:
     """Atomically replace `routes.json` (temp file + fsync + replace + directory fsync)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    data = snapshot.model_dump_json(indent=2).encode()
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".routes.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, state_dir / ROUTES_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(state_dir / ROUTES_FILE, snapshot.model_dump_json(indent=2).encode())
 
 
 def read_snapshot(state_dir: Path) -> RoutesSnapshot:

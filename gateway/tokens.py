@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from backends.fsutil import write_atomic
 
 TOKENS_FILE = "tokens.json"
 SCHEMA_VERSION = 1
@@ -62,24 +62,8 @@ def load_records(state_dir: Path) -> list[TokenRecord]:
 
 
 def _write_records(state_dir: Path, records: list[TokenRecord]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"schema_version": SCHEMA_VERSION, "tokens": [asdict(r) for r in records]}, indent=2).encode()
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".tokens.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, state_dir / TOKENS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(state_dir / TOKENS_FILE, body, mode=0o600)
 
 
 def create_token(state_dir: Path, name: str, now: float | None = None) -> str:

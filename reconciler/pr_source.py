@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends.fsutil import build_dir_atomic, write_json_atomic
 from reconciler.github import GitHubClient, GitHubError
 from reconciler.loader import LoadResult, load_tree
 from reconciler.previews import (
@@ -120,7 +119,7 @@ class PullRequestSource:
             except git.GitCommandError as e:
                 raise PullSourceError(f"cannot read revision {sha[:12]}: {_git_error(e, self.url)}") from e
             buf.seek(0)
-            _atomic_dir(root, lambda tmp: _extract_tar(buf, tmp))
+            build_dir_atomic(root, lambda tmp: _extract_tar(buf, tmp))
         return Checkout(sha, root, self.config_path)
 
     def prune(self, keep: Iterable[str]) -> list[str]:
@@ -329,36 +328,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, body: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, body, indent=1, sort_keys=True)
 
 
 def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
     with tarfile.open(fileobj=buf, mode="r:") as tar:
         tar.extractall(dst, filter="data")
-
-
-def _atomic_dir(final: Path, fill: Any) -> None:
-    """Build beside `final`, rename into place: a crash never leaves half a tree."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        fill(tmp)
-        os.replace(tmp, final)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        # Losing the rename race to another extraction of the same sha is fine; anything else is not.
-        if not (isinstance(e, OSError) and final.is_dir()):
-            raise
 
 
 def _git_error(e: Exception, url: str) -> str:

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
+
+from backends.fsutil import build_dir_atomic, write_json_atomic
 
 KEEP_REVISIONS = 5
 REPOS_DIR = "repos"
@@ -142,13 +143,13 @@ class GitSource:
             if not repo.git.ls_tree(sha):
                 # An empty tree (every file deleted): git archive writes only a pax header, which
                 # tarfile refuses; the checkout is simply an empty folder.
-                _atomic_dir(root, lambda tmp: None)
+                build_dir_atomic(root, lambda tmp: None)
                 return
             repo.archive(buf, sha, format="tar")
         except git.GitCommandError as e:
             raise SourceError(f"cannot read revision {sha[:12]}: {_git_error(e, self.url)}") from e
         buf.seek(0)
-        _atomic_dir(root, lambda tmp: _extract_tar(buf, tmp))
+        build_dir_atomic(root, lambda tmp: _extract_tar(buf, tmp))
 
 
 class WorktreeSource:
@@ -171,7 +172,7 @@ class WorktreeSource:
         revision = "worktree-" + tree_hash(self.path)[:16]
         root = self.revisions_dir / revision
         if not root.is_dir():
-            _atomic_dir(root, lambda tmp: _copy_tree(self.path, tmp))
+            build_dir_atomic(root, lambda tmp: _copy_tree(self.path, tmp))
         if revision != self.observed:
             self.observed = revision
             record_source(self.state_dir, self.describe(), revision)
@@ -260,22 +261,6 @@ def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
                 tar.extract(member, dst)
 
 
-def _atomic_dir(final: Path, fill: Callable[[Path], None]) -> None:
-    """Build a directory beside `final` and rename it into place: a crash never leaves half a tree."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        fill(tmp)
-        os.replace(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.is_dir():
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
     """Delete extracted revisions beyond the newest `keep` (by mtime); never the protected ones.
     Replicas run from their own copies, so an old revision folder is only a cache."""
@@ -305,12 +290,8 @@ def deployed_revisions(state_dir: Path) -> set[str]:
 
 def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> None:
     """`<state>/source.json`: what the source last observed (for `ps`); written atomically."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     body = {"schema_version": 1, "source": description, "revision": revision, "error": error, "at": time.time()}
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".source.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f)
-    os.replace(tmp, state_dir / SOURCE_FILE)
+    write_json_atomic(state_dir / SOURCE_FILE, body)
 
 
 def read_source(state_dir: Path) -> dict[str, object]:

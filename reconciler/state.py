@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -27,36 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backends.fsutil import fsync_dir, write_atomic
 from reconciler.errors import StaleStateError, StateError, StateLockedError
 from reconciler.records import SCHEMA_VERSION, StateDoc
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 INSTALLATION_FILE = "installation.json"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory + fsync + os.replace + directory fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> Any:
