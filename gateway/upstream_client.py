@@ -3,7 +3,7 @@
 Issue 4 measured aiohttp's client at 150-200 us of CPU per proxied request, most of the gateway's
 budget; this client does only what a reverse proxy needs, at a fraction of that:
 
-- One `HostPool` per upstream URL (`http://host:port` or `unix:///abs/path.sock`) keeps idle
+- One `HostPool` per upstream URL (`http://host:port`, `https://...`, `unix:///abs/path.sock`) keeps idle
   connections (last used first). A pooled connection is checked for closure by flags the protocol
   keeps (EOF / connection lost seen, transport closing), never by probing, and dropped once idle
   for `KEEPALIVE` s: uvicorn (vLLM's server) closes idle connections after 5 s, and a POST sent on
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 from typing import Any
 
 import httptools
@@ -291,6 +292,7 @@ class HostPool:
         self.read_timeout = read_timeout
         self._idle: collections.deque[_Conn] = collections.deque()
         self._closed = False
+        self._ssl: ssl.SSLContext | None = None
         if url.startswith("unix://"):
             self.unix_path: str | None = url[len("unix://") :]
             self.host, self.port = "localhost", 0
@@ -304,7 +306,10 @@ class HostPool:
             else:
                 host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
             self.host = host or "127.0.0.1"
-            self.port = int(port) if port else 80
+            tls = url.startswith("https://")
+            self.port = int(port) if port else 443 if tls else 80
+            if tls:
+                self._ssl = ssl.create_default_context()
             host_header = rest.encode("idna") if port else self.host.encode("idna")
         self._host_line = b" HTTP/1.1\r\nhost: " + host_header + b"\r\n"
 
@@ -342,7 +347,7 @@ class HostPool:
                 if self.unix_path is not None:
                     _, conn = await loop.create_unix_connection(lambda: _Conn(self), self.unix_path)
                 else:
-                    _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+                    _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port, ssl=self._ssl)
         except OSError as e:
             raise ConnectFailed(f"{type(e).__name__}: {e}") from e
         return conn
