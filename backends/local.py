@@ -30,7 +30,8 @@ Environment: the spec's env values reach the replica only through the supervisor
 environment; `replica.json` records the names. With `python: "3.11"` the venv's bin comes first on
 PATH (so `pip install` goes there); otherwise the host environment is used as is.
 
-Adoption and crash safety: `replica.json` is written (atomically) with state "starting" before
+Adoption and crash safety (the record and how a status is read from it: `local_status.py`):
+`replica.json` is written (atomically) with state "starting" before
 anything is spawned, and completed with the supervisor's pid + start time afterwards. Every
 process of a replica carries `TIDEGATE_REPLICA_DIR` in its environment, so a supervisor spawned by
 a reconciler killed before it recorded the pid is found by scanning /proc. A new `LocalBackend` on
@@ -54,7 +55,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -80,13 +80,11 @@ from backends.local_layout import (
     tail,
     write_json_atomic,
 )
-from backends.local_proc import ProcessIdentity
+from backends.local_status import recorded, replica_info, start_meta
 
 __all__ = ["META", "LocalBackend", "NetworkMode", "socket_path"]
 
 META = "replica.json"
-SCHEMA_VERSION = 1
-MESSAGE_LOG_LINES = 5
 KEPT_LOG_LINES = 200
 
 
@@ -275,15 +273,9 @@ class LocalBackend:
             if proc.poll() is not None:
                 del self._children[pid]
 
-    @staticmethod
-    def _recorded(meta: dict[str, Any] | None) -> ProcessIdentity | None:
-        if meta is None or meta.get("pid") is None or meta.get("started") is None:
-            return None
-        return ProcessIdentity(int(meta["pid"]), float(meta["started"]))
-
     def _stop(self, paths: ReplicaPaths, meta: dict[str, Any]) -> None:
         """Stop every process of the replica (and its container, for an image)."""
-        local_proc.terminate_replica(self._recorded(meta), str(paths.dir), self.grace, self._reap)
+        local_proc.terminate_replica(recorded(meta), str(paths.dir), self.grace, self._reap)
         engine = meta.get("engine")
         if engine:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -342,29 +334,16 @@ class LocalBackend:
             self._ensure_port_free(spec.port)
         sock = paths.socket
         paths.dir.mkdir(parents=True, exist_ok=True)
-        meta: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "replica_id": spec.replica_id,
-            "service": spec.service,
-            "spec_hash": spec.spec_hash,
-            "ordinal": spec.ordinal,
-            "port": spec.port,
-            "owner": self.owner,
-            "env_names": sorted(spec.env),
-            "python": spec.python,
-            "image": spec.image,
-            "engine": engine,
-            "host_port": host_port,
-            "revision": spec.revision,
-            "network": "namespace" if netns else ("engine" if engine else "shared"),
-            "socket": str(sock),
-            "venv": str(venv[0]) if venv else None,
-            "attempt": attempt,
-            "created_at": time.time(),
-            "state": "starting",
-            "pid": None,
-            "started": None,
-        }
+        meta = start_meta(
+            spec,
+            self.owner,
+            engine=engine,
+            host_port=host_port,
+            network="namespace" if netns else ("engine" if engine else "shared"),
+            socket=sock,
+            venv=venv[0] if venv else None,
+            attempt=attempt,
+        )
         write_json_atomic(paths.meta, meta)  # intent, before anything runs
         copy_workdir(spec.workdir, paths.work)
         paths.log.parent.mkdir(exist_ok=True)
@@ -406,57 +385,7 @@ class LocalBackend:
         return info
 
     def _describe(self, replica_id: str, holding_lock: bool = False) -> ReplicaInfo | None:
-        paths = self._paths(replica_id)
-        meta = read_json(paths.meta)
-        if meta is None or meta.get("owner") != self.owner:
-            return None
-        leader = self._recorded(meta)
-        if leader is not None and not local_proc.is_alive(leader):
-            leader = None
-        if leader is None and meta.get("pid") is None:
-            leader = local_proc.find_supervisor(str(paths.dir))  # spawned, pid not yet recorded
-        base: dict[str, Any] = {
-            "replica_id": replica_id,
-            "backend": self.name,
-            "service": meta.get("service"),
-            "spec_hash": meta.get("spec_hash"),
-            "tags": {"owner": self.owner, "network": str(meta.get("network"))},
-        }
-        state = meta.get("state")
-        if state == "deleting":
-            alive = leader is not None or bool(local_proc.marked_processes(str(paths.dir)))
-            status = ReplicaStatus.TERMINATING if alive else ReplicaStatus.GONE
-            return ReplicaInfo(status=status, message="being deleted", **base)
-        if leader is not None:
-            provisioning = paths.provisioning.exists()
-            return ReplicaInfo(
-                status=ReplicaStatus.PROVISIONING if provisioning else ReplicaStatus.RUNNING,
-                message="creating the virtualenv" if provisioning else None,
-                address=f"unix://{meta.get('socket') or paths.socket}",
-                handle=leader.handle,
-                started_at=leader.started,
-                **base,
-            )
-        if state == "starting" and not holding_lock and local_host.lock_is_held(paths.lock):
-            return ReplicaInfo(status=ReplicaStatus.PROVISIONING, message="starting", **base)
-        return ReplicaInfo(
-            status=ReplicaStatus.EXITED,
-            message=self._exit_message(paths, meta),
-            started_at=meta.get("started") or None,
-            **base,
-        )
-
-    def _exit_message(self, paths: ReplicaPaths, meta: dict[str, Any]) -> str:
-        exit_info = read_json(paths.exit_file)
-        if exit_info is not None:
-            code = int(exit_info.get("returncode", -1))
-            head = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
-        elif meta.get("state") == "starting":
-            head = "start was interrupted before the replica ran"
-        else:
-            head = "the replica's processes vanished without an exit status (killed?)"
-        last = self.logs(paths.replica_id, MESSAGE_LOG_LINES)
-        return head + ("; last log lines:\n" + "\n".join(last) if last else "")
+        return replica_info(self.name, self.owner, self._paths(replica_id), self.logs, holding_lock=holding_lock)
 
     def _keep_last_logs(self, paths: ReplicaPaths) -> None:
         last = self.logs(paths.replica_id, KEPT_LOG_LINES)

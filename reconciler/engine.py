@@ -6,6 +6,9 @@ a pure plan, an apply that journals every side effect, readiness probes, then st
 written in that order. `reconcile()` is idempotent: calling it every few seconds with nothing
 changed and nothing drifted does no backend writes and no file writes.
 
+The values it takes and returns live in reconciler.engine_types, the offer choice in
+reconciler.offers and the next-run time in reconciler.schedule.
+
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
 """
@@ -13,116 +16,53 @@ One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_o
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from backends.base import BackendRegistry, ReplicaStatus
+from backends.base import BackendRegistry
 from gateway.snapshot import RoutesSnapshot, write_snapshot
-from reconciler.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
+from reconciler.apply import ApplyContext, FaultHook, apply_plan
 from reconciler.autoscale import ServiceStats
-from reconciler.desired import DesiredService, DesiredSet, build_desired
+from reconciler.desired import DesiredSet, build_desired
+from reconciler.engine_types import (
+    DesiredExtension,
+    EngineSettings,
+    PassReport,
+    PlanResult,
+    Snapshot,
+    SnapshotLike,
+)
 from reconciler.errors import StateError
 from reconciler.journal import Journal
 from reconciler.loader import load_tree
 from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
-from reconciler.plan import Plan, plan
+from reconciler.offers import with_offers
+from reconciler.plan import plan
 from reconciler.probe import probe_replica
-from reconciler.records import (
-    ReplicaPhase,
-    SnapshotRef,
-)
+from reconciler.records import ReplicaPhase, SnapshotRef
 from reconciler.redact import Redactor
+from reconciler.schedule import next_run_in
 from reconciler.state import StateStore
 from reconciler.stats import read_stats
 from reconciler.targets import TargetSettings, build_targets, sync_records
 from reconciler.view import ServiceView, build_routes, status_views
 
+# The values live in engine_types; they stay importable from here.
+__all__ = [
+    "DesiredExtension",
+    "Engine",
+    "EngineSettings",
+    "PassReport",
+    "PlanResult",
+    "Snapshot",
+    "SnapshotLike",
+]
+
 log = logging.getLogger("tidegate.engine")
-
-
-class DesiredExtension(Protocol):
-    """Adds services to production's desired set each pass (pull-request previews:
-    `reconciler.preview_loop.PreviewProvider`). `fingerprint()` changes whenever `extend` would
-    return something else, so the engine's desired-set cache knows when to rebuild."""
-
-    def extend(self, production: DesiredSet) -> DesiredSet: ...
-    def fingerprint(self) -> Any: ...
-    def preview_prs(self) -> dict[str, int]: ...
-
-
-class SnapshotLike(Protocol):
-    @property
-    def revision(self) -> str: ...
-    @property
-    def root(self) -> Path: ...
-    @property
-    def config_path(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A checkout of the config repo at `revision`; configs live under `config_path` in `root`."""
-
-    revision: str
-    root: Path
-    config_path: str | None = None
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    domain: str = "localhost"
-    allow_empty: bool = False
-    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # values for bare KEYs
-    default_backend: str = "local"
-    probe_timeout: float = 2.0
-    ready_timeout: float = 600.0  # a python: service builds a venv first; be generous
-    backoff_base: float = 2.0
-    backoff_max: float = 300.0
-    drain_grace: float = 30.0
-    drain_min: float = 2.0
-    stats_max_age: float = 10.0
-    checkpoint_interval: float = 2.0  # during a long apply, write state at least this often
-    fault: str | None = None  # TIDEGATE_FAULT point (apply.FAULT_POINTS); env var used when None
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    plan: Plan
-    desired: DesiredSet | None
-    revision: str | None
-    diagnostics: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-    @property
-    def has_errors(self) -> bool:
-        return self.desired is not None and bool(self.desired.failed or self.desired.blocked)
-
-    @property
-    def exit_code(self) -> int:
-        """terraform's -detailed-exitcode: 0 nothing to do, 2 changes, 1 errors."""
-        if self.has_errors:
-            return 1
-        return 0 if self.plan.empty else 2
-
-
-@dataclass(frozen=True)
-class PassReport:
-    revision: str | None
-    plan: Plan
-    outcomes: tuple[ServiceOutcome, ...] = ()
-    wrote_state: bool = False
-    wrote_routes: bool = False
-    notes: tuple[str, ...] = ()
-    next_run_in: float | None = None  # seconds until something is due (probe, drain, backoff)
-
-    @property
-    def errors(self) -> list[str]:
-        return [f"{o.service}: {o.error}" for o in self.outcomes if o.error]
 
 
 class Engine:
@@ -256,35 +196,10 @@ class Engine:
         if ext is not None and (self.settings.allow_empty or not ds.empty):
             ds = ext.extend(ds)
         self.redact.update(ds.secret_values)
-        ds, complete = self._with_offers(ds)
+        ds, complete = with_offers(ds, self.backends)
         if complete:
             self._desired_cache = (key, ds)
         return ds
-
-    def _with_offers(self, ds: DesiredSet) -> tuple[DesiredSet, bool]:
-        """Pick the cheapest offer per service; a service nothing offers is blocked with the reason."""
-        services: dict[str, DesiredService] = {}
-        blocked = dict(ds.blocked)
-        complete = True
-        for name, d in ds.services.items():
-            try:
-                offers = self.backends.get(d.backend).offers(d.template.requirements)
-            except Exception as e:  # an unreachable backend: try again next pass
-                blocked[name] = f"backend {d.backend} could not list offers: {type(e).__name__}: {e}"
-                complete = False
-                continue
-            if not offers:
-                blocked[name] = f"backend {d.backend} has no offer for this service's resources/settings"
-                continue
-            # Optional backend extension (the local backend has it): reasons a spec cannot run
-            # there that Requirements do not capture (an image without an engine, a missing Python).
-            can_run = getattr(self.backends.get(d.backend), "can_run", None)
-            reason = can_run(d.spec_for(0)) if callable(can_run) else None
-            if isinstance(reason, str) and reason:
-                blocked[name] = reason
-                continue
-            services[name] = replace(d, template=replace(d.template, offer=offers[0]))
-        return replace(ds, services=services, blocked=blocked), complete
 
     # -- public API ------------------------------------------------------------------------------
     def desired(self, snapshot: SnapshotLike) -> DesiredSet:
@@ -418,32 +333,12 @@ class Engine:
             wrote,
             routes,
             tuple(notes) + p.notes,
-            self._next_run(now),
+            next_run_in(self.doc, now, self.settings.drain_min),
         )
 
     def _checkpoint(self) -> None:
         if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
             self._save()
-
-    def _next_run(self, now: float) -> float | None:
-        due: list[float] = []
-        for rec in self.doc.services.values():
-            if rec.backoff_until is not None:
-                due.append(rec.backoff_until)
-            for r in rec.replicas:
-                if r.phase is ReplicaPhase.PROVISIONING:
-                    due.append(now + (0.5 if r.backend_status == ReplicaStatus.RUNNING else 1.0))
-                elif r.phase is ReplicaPhase.DRAINING:
-                    # Poll while it drains: removal waits for its in-flight requests to finish.
-                    due.append(max((r.draining_since or now) + self.settings.drain_min, now + 1.0))
-                elif r.phase is ReplicaPhase.FAILED and r.next_attempt_at is not None:
-                    due.append(r.next_attempt_at)
-        # Past-due times belong to services this pass could not act on (kept, blocked): the
-        # normal interval covers them; returning them would spin the loop.
-        due = [t for t in due if t > now]
-        if not due:
-            return None
-        return max(0.2, min(due) - now) if math.isfinite(min(due)) else None
 
     @property
     def routes(self) -> RoutesSnapshot:
