@@ -30,7 +30,14 @@ from backends.base import BackendRegistry, PermanentError, TemporaryError
 from reconciler.desired import DesiredService
 from reconciler.journal import Journal, Op
 from reconciler.plan import Action, Plan, Step
-from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord, ServiceStatus, StateDoc
+from reconciler.records import (
+    ReplicaPhase,
+    ReplicaRecord,
+    ServiceRecord,
+    ServiceStatus,
+    StateDoc,
+    offer_fields,
+)
 
 log = logging.getLogger("tidegate.apply")
 
@@ -117,6 +124,7 @@ def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts
         started_at=info.started_at or ctx.now,
         attempts=attempts,
         last_error=None,
+        **offer_fields(info.offer or spec.offer),
     )
 
 

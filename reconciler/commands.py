@@ -220,6 +220,7 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
                 "scaling": v.last_scaling,
                 "scaling_history": list(v.scaling_history),
                 "scaling_pending": v.scaling_pending,
+                "cost_per_hour": round(v.cost_per_hour, 4),
                 "replicas": [
                     {
                         "id": r.id,
@@ -230,6 +231,8 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
                         "attempts": r.attempts,
                         "error": r.last_error,
                         "log_tail": list(r.log_tail),
+                        "offer": r.offer,
+                        "price": r.price,
                     }
                     for r in v.replicas
                 ],
@@ -251,8 +254,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     src = read_source(settings.state_dir)
     decision = read_decision(settings.state_dir)
     previews = ps_rows(decision, time.time())
+    total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
-        print(json.dumps({"source": src, "services": rows, "previews": decision}, indent=2))
+        print(json.dumps({"source": src, "services": rows, "previews": decision, "cost_per_hour": total}, indent=2))
         return EXIT_OK
     if src:
         head = f"source {src.get('source')} at {str(src.get('revision') or '-')[:12]}"
@@ -263,7 +267,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         say("no services deployed yet")
         return EXIT_OK
     print_table(
-        ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING"],
+        ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING", "COST"],
         [
             [
                 r["name"],
@@ -273,10 +277,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 r["status"],
                 r["reason"] or "",
                 r["scaling"] or "",
+                f"${r['cost_per_hour']:.2f}/h" if r["cost_per_hour"] else "-",
             ]
             for r in rows
         ],
     )
+    if total:
+        say(f"running cost: ${total:.2f}/h")
     if previews:
         say("")
         print_table(PS_HEADERS, previews)

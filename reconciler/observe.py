@@ -23,7 +23,7 @@ from reconciler.apply import backoff_delay
 from reconciler.journal import Journal, Op
 from reconciler.naming import dns_safe, parse_replica_id
 from reconciler.probe import ProbeResult
-from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc
+from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
 
 log = logging.getLogger("tidegate.observe")
 
@@ -97,6 +97,7 @@ def adopt(
         backend_status=str(info.status),
         created_at=info.started_at or now,
         started_at=info.started_at or now,
+        **offer_fields(info.offer),
     )
     rec.replicas = sorted([x for x in rec.replicas if x.id != r.id] + [r], key=lambda x: (x.ordinal, x.id))
     rec.note(now, "replica adopted", f"{r.id} found on backend {info.backend}")

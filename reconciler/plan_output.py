@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from reconciler.plan import Action, Plan, Step
+from reconciler.records import offer_label
 
 _VERBS = {
     Action.CREATE_SERVICE: "create service",
@@ -39,6 +40,21 @@ def _describe(steps: list[Step]) -> str:
     return ", ".join(parts)
 
 
+_STARTS = (Action.CREATE_SERVICE, Action.ADD_REPLICA, Action.REPLACE_REPLICA, Action.RESTART_REPLICA)
+
+
+def _offer_line(steps: list[Step], desired: Any) -> str | None:
+    """`offer: aws us-east-1 p4d.24xlarge on-demand, $32.77/h per replica (+2 replicas: $65.54/h)`."""
+    offer = getattr(getattr(desired, "template", None), "offer", None)
+    if offer is None or offer.price <= 0:
+        return None
+    new = sum(1 for s in steps if s.action in _STARTS and s.replica)
+    line = f"      offer: {offer_label(offer)}, ${offer.price:.2f}/h per replica"
+    if new:
+        line += f" (+{new} replica{'s' if new > 1 else ''}: ${offer.price * new:.2f}/h)"
+    return line
+
+
 def render_plan(result: Any) -> str:
     """Text for a `reconciler.engine.PlanResult` (typed loosely: only its documented fields are read)."""
     p: Plan = result.plan
@@ -54,6 +70,9 @@ def render_plan(result: Any) -> str:
         lines.append(f"  {mark} {name}: {head}" + (f" ({what})" if what else ""))
         for change in p.changes.get(name, ()):
             lines.append(f"      {change.field}: {change.old or '(none)'} -> {change.new or '(none)'}")
+        offer_line = _offer_line(steps, desired.services.get(name) if desired is not None else None)
+        if offer_line:
+            lines.append(offer_line)
         reasons = sorted({s.reason for s in steps if s.reason})
         for reason in reasons[:3]:
             lines.append(f"      why: {reason}")

@@ -12,9 +12,11 @@ values themselves.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backends.base import Offer
 from gateway.snapshot import ModelRoute
 
 SCHEMA_VERSION = 1
@@ -41,6 +43,18 @@ class ServiceStatus(StrEnum):
     SCALED_TO_ZERO = "scaled-to-zero"
 
 
+def offer_label(offer: Offer) -> str:
+    kind = "spot" if offer.spot else "on-demand"
+    return f"{offer.backend} {offer.region} {offer.instance_type} {kind}"
+
+
+def offer_fields(offer: Offer | None) -> dict[str, Any]:
+    """ReplicaRecord's `offer`/`price` for the offer a replica was created on (none: free/local)."""
+    if offer is None or offer.price <= 0:
+        return {}
+    return {"offer": offer_label(offer), "price": offer.price}
+
+
 class ReplicaRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -60,6 +74,9 @@ class ReplicaRecord(BaseModel):
     last_error: str | None = None
     next_attempt_at: float | None = None  # FAILED: not restarted before this time
     draining_since: float | None = None
+    # The cloud offer the replica runs on (label + USD/hour), for `ps` cost; None on free backends.
+    offer: str | None = None
+    price: float | None = None
     # Last seen from gateway stats (picks the replica to remove); not persisted: it changes
     # with traffic and must not cause a state write every pass.
     in_flight: int = Field(default=0, exclude=True)

@@ -28,6 +28,8 @@ class ReplicaView:
     attempts: int
     last_error: str | None
     log_tail: tuple[str, ...] = ()
+    offer: str | None = None
+    price: float | None = None  # USD/hour on a paid cloud offer
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class ServiceView:
     scaling_now: str | None = None  # the autoscaler's latest decision (only known to the owner)
     scaling_history: tuple[str, ...] = ()  # every recorded change of the count (oldest first)
     scaling_pending: str | None = None  # a change the autoscaler wants that a delay holds back
+
+    @property
+    def cost_per_hour(self) -> float:
+        """What the service's replicas cost now (USD/hour): every replica that holds an instance."""
+        return sum(r.price or 0.0 for r in self.replicas if r.phase != "gone")
 
 
 def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | None = None) -> RoutesSnapshot:
@@ -146,6 +153,8 @@ def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = Non
                         attempts=r.attempts,
                         last_error=r.last_error,
                         log_tail=(logs or {}).get(r.id, ()),
+                        offer=r.offer,
+                        price=r.price,
                     )
                     for r in rec.replicas
                 ),

@@ -164,7 +164,7 @@ def test_ps_plain_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     _deployed(tmp_path).release()
     assert main(["ps", "--state", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING"]
+    assert out.splitlines()[0].split() == ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING", "COST"]
     assert "\x1b[" not in out  # plain when not a TTY
     assert main(["ps", "--json", "--state", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)["services"][0]["name"] == "web"

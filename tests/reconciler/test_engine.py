@@ -443,3 +443,25 @@ def test_secrets_in_error_text_are_redacted_from_state_journal_and_logs(
             assert SECRET not in path.read_text(errors="replace"), f"secret leaked into {path}"
     assert "***" in (world.state / "state.json").read_text()
     assert SECRET not in caplog.text and "refused token ***" in caplog.text
+
+
+def test_plan_shows_the_offer_and_ps_the_running_cost(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a paid offer the plan names it with its hourly price, and every replica created on it
+    carries the price into state, so `ps` can sum the running cost per service and in total."""
+    from backends.base import Offer
+    from reconciler.plan_output import render_plan
+
+    paid = Offer("local", "us-east-1", "g5.xlarge", cpus=4, memory_gb=16, gpu=None, spot=True, price=0.5)
+    monkeypatch.setattr(world.backend, "offers", lambda requirements: [paid])
+    snap = world.repo.commit({"api.dstack.yml": api("2")})
+
+    text = render_plan(world.engine.plan(snap))
+    assert "offer: local us-east-1 g5.xlarge spot, $0.50/h per replica (+2 replicas: $1.00/h)" in text
+
+    world.converge(snap)
+    (view,) = [v for v in world.engine.status() if v.name == "api"]
+    assert [r.price for r in view.replicas] == [0.5, 0.5]
+    assert view.replicas[0].offer == "local us-east-1 g5.xlarge spot"
+    assert view.cost_per_hour == pytest.approx(1.0)
+    state = json.loads((world.state / "state.json").read_text())
+    assert [r["price"] for r in state["services"]["api"]["replicas"]] == [0.5, 0.5]
