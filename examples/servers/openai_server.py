@@ -10,15 +10,13 @@ It exists so that `tidegate` examples and tests run with nothing but `python3`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import re
-import socketserver
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from _http import JsonHandler, listen_parser, serve
 
 TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
 
@@ -63,42 +61,15 @@ def as_stop_list(stop: Any) -> list[str]:
     return [s for s in stop if isinstance(s, str)]
 
 
-class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """ThreadingHTTPServer's twin on a unix socket (the local backend's replicas listen on one)."""
-
-    daemon_threads = True
-
-    def __init__(self, path: str, handler: type[BaseHTTPRequestHandler]) -> None:
-        if os.path.exists(path):
-            os.unlink(path)
-        super().__init__(path, handler)
-
-    def get_request(self) -> tuple[object, tuple[str, int]]:
-        conn, _ = self.socket.accept()
-        return conn, ("unix", 0)  # BaseHTTPRequestHandler expects a (host, port) address
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(JsonHandler):
     server_version = "openai-example/1.0"
     model_name = "example-model"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests start many of these
-        pass
 
     # -- plumbing ---------------------------------------------------------------------------
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         return json.loads(raw) if raw else {}
-
-    def _json(self, status: int, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": {"message": message, "type": "invalid_request_error", "code": None}})
@@ -109,10 +80,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
 
     def _sse(self, obj: Any) -> None:
         payload = obj if isinstance(obj, str) else json.dumps(obj)
@@ -233,30 +200,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--unix", default=None, help="listen on this unix socket path instead of host:port")
+    parser = listen_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", default="example-model", help="id reported by /v1/models")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
     args = parser.parse_args()
     Handler.model_name = args.model
-    server: socketserver.TCPServer | UnixHTTPServer
-    if args.unix:
-        server = UnixHTTPServer(args.unix, Handler)
-        where = f"unix://{args.unix}"
-    else:
-        server = ThreadingHTTPServer((args.host, args.port), Handler)
-        where = f"http://{args.host}:{server.server_address[1]}"
-    server.daemon_threads = True
-    server.token_delay = args.token_delay  # type: ignore[attr-defined]
-    print(f"openai example server on {where}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve(Handler, args, "openai")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ sequence stays in the text, as in TGI. Validation errors are 422 `{"error", "err
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
-import socketserver
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from _http import JsonHandler, listen_parser, serve
 
 TOKEN_RE = re.compile(r"\s*\S+")
 EOS = "</s>"
@@ -75,40 +73,9 @@ def validate(body: Any) -> str | None:
     return None
 
 
-class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """ThreadingHTTPServer's twin on a unix socket (the local backend's replicas listen on one)."""
-
-    daemon_threads = True
-
-    def __init__(self, path: str, handler: type[BaseHTTPRequestHandler]) -> None:
-        if os.path.exists(path):
-            os.unlink(path)
-        super().__init__(path, handler)
-
-    def get_request(self) -> tuple[object, tuple[str, int]]:
-        conn, _ = self.socket.accept()
-        return conn, ("unix", 0)  # BaseHTTPRequestHandler expects a (host, port) address
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(JsonHandler):
     server_version = "tgi-example/1.0"
     model_id = "example/tgi-model"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _json(self, status: int, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -187,30 +154,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--unix", default=None, help="listen on this unix socket path instead of host:port")
+    parser = listen_parser(__doc__.splitlines()[0])
     parser.add_argument("--model-id", default="example/tgi-model")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
     args = parser.parse_args()
     Handler.model_id = args.model_id
-    server: socketserver.TCPServer | UnixHTTPServer
-    if args.unix:
-        server = UnixHTTPServer(args.unix, Handler)
-        where = f"unix://{args.unix}"
-    else:
-        server = ThreadingHTTPServer((args.host, args.port), Handler)
-        where = f"http://{args.host}:{server.server_address[1]}"
-    server.daemon_threads = True
-    server.token_delay = args.token_delay  # type: ignore[attr-defined]
-    print(f"tgi example server on {where}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve(Handler, args, "tgi")
 
 
 if __name__ == "__main__":

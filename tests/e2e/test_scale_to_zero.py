@@ -72,8 +72,9 @@ def at_zero(tg: Tidegate, name: str) -> dict[str, Any] | None:
 
 def test_held_first_request_then_back_to_zero_then_openai_sdk(remote: Remote, tidegate: Tidegate) -> None:
     tg = tidegate
-    server = (ROOT / "examples" / "servers" / "openai_server.py").read_text()
-    remote.push({"openai_server.py": server, ".dstack.yml": cold_yaml("cold")}, "a service at zero")
+    servers = ROOT / "examples" / "servers"
+    files = {name: (servers / name).read_text() for name in ("openai_server.py", "_http.py")}
+    remote.push({**files, ".dstack.yml": cold_yaml("cold")}, "a service at zero")
     created = tg.run("token", "create", "e2e")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip().splitlines()[0]
