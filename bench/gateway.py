@@ -370,7 +370,11 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     cpu_count = psutil.cpu_count()
-    print(f"\nGateway benchmark - loopback, {cpu_count} CPUs, load by {tool}, {args.connections} connections, {args.duration:g} s per run")
+    load_avg = os.getloadavg()[0]
+    print(
+        f"\nGateway benchmark - loopback, {cpu_count} CPUs (load average {load_avg:.1f} at the end), load by {tool}, "
+        f"{args.connections} connections, {args.duration:g} s per run"
+    )
     print(f"{'target':<30} {'request':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17}")
     for name, kind, res, cpu in rows:
         cpu_s = f"{cpu:.0f}" if cpu is not None else "-"
