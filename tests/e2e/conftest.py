@@ -10,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import APP, Remote, Tidegate, free_port, git, kill_replicas, replica_processes
+from tests.e2e.helpers import APP, Remote, Tidegate, free_port, kill_replicas, replica_processes
+from tests.support.git_repo import bare_remote
 
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Remote:
-    bare, work = tmp_path / "remote.git", tmp_path / "work"
-    bare.mkdir()
-    git(bare, "init", "-q", "--bare", "-b", "main")
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    git(work, "remote", "add", "origin", str(bare))
+    bare, work = bare_remote(tmp_path)
     (work / "app.py").write_text(APP)
     return Remote(bare, work)
 

@@ -25,6 +25,7 @@ import httpx
 import psutil
 
 from backends.local_proc import MARK_DIR, MARK_REPLICA
+from tests.support.git_repo import commit_push
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,13 +76,6 @@ def service_yaml(name: str, replicas: int = 1, greeting: str = "hello", extra: s
     ) + extra
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout.strip()
-
-
 @dataclass
 class Remote:
     bare: Path
@@ -92,17 +86,7 @@ class Remote:
         return f"file://{self.bare}"
 
     def push(self, files: dict[str, str | None], message: str = "change") -> str:
-        for name, text in files.items():
-            p = self.work / name
-            if text is None:
-                p.unlink(missing_ok=True)
-            else:
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_text(text)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "--allow-empty", "-m", message)
-        git(self.work, "push", "-q", "origin", "main")
-        return git(self.work, "rev-parse", "HEAD")
+        return commit_push(self.work, files, message, missing_ok=True)
 
 
 def free_port() -> int:

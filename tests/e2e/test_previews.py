@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import Remote, Tidegate, git, service_yaml, wait_for
+from tests.e2e.helpers import Remote, Tidegate, service_yaml, wait_for
+from tests.support.git_repo import git
 
 pytestmark = pytest.mark.slow
 

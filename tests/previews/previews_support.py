@@ -4,13 +4,11 @@ payloads, and a bare git remote that PRs are pushed to as `refs/pull/<N>/head`."
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from reconciler.github import GitHubClient, GitHubSettings
@@ -184,50 +182,3 @@ def serve_github() -> Iterator[tuple[FakeGitHub, GitHubClient]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-
-
-# -- git -----------------------------------------------------------------------------------------
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout.strip()
-
-
-def commit(work: Path, files: dict[str, str | None], message: str = "c") -> str:
-    for name, text in files.items():
-        p = work / name
-        if text is None:
-            p.unlink()
-        else:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
-    git(work, "add", "-A")
-    git(work, "commit", "-q", "--allow-empty", "-m", message)
-    return git(work, "rev-parse", "HEAD")
-
-
-def make_remote(tmp_path: Path, files: dict[str, str]) -> tuple[Path, Path]:
-    """A bare remote whose main holds `files`, and a working clone to push from."""
-    bare, work = tmp_path / "remote.git", tmp_path / "work"
-    bare.mkdir()
-    work.mkdir()
-    git(bare, "init", "-q", "--bare", "-b", "main")
-    git(work, "init", "-q", "-b", "main")
-    git(work, "remote", "add", "origin", str(bare))
-    commit(work, dict(files), "base")
-    git(work, "push", "-q", "origin", "main")
-    return bare, work
-
-
-def open_pr(work: Path, number: int, files: dict[str, str | None]) -> str:
-    """What GitHub does when a PR is opened or pushed to: the head lands in refs/pull/<N>/head."""
-    git(work, "checkout", "-q", "-B", f"pr-{number}", "main")
-    sha = commit(work, files, f"pr {number}")
-    git(work, "push", "-q", "--force", "origin", f"HEAD:refs/pull/{number}/head")
-    git(work, "checkout", "-q", "main")
-    return sha

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from previews_support import commit, git
 
 from reconciler.plan_markdown import PLAN_COMMENT_MARKER
+from tests.support.git_repo import commit, git
 
 ROOT = Path(__file__).resolve().parents[2]
 TIDEGATE = Path(sys.executable).parent / "tidegate"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from reconciler.previews import (
     decide_previews,
 )
 from reconciler.source import GitSource
+from tests.support.git_repo import commit, git, make_remote
 
 NOW = 1_800_000_000.0
 
@@ -36,38 +36,10 @@ CHAT_V2 = "type: service\nname: chat\ncommands:\n  - python serve.py --v2\nport:
 EMBED = "type: service\nname: embed\ncommands:\n  - python embed.py\nport: 8001\n"
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout.strip()
-
-
-def commit(work: Path, files: dict[str, str | None], message: str = "c") -> str:
-    for name, text in files.items():
-        p = work / name
-        if text is None:
-            p.unlink()
-        else:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
-    git(work, "add", "-A")
-    git(work, "commit", "-q", "--allow-empty", "-m", message)
-    return git(work, "rev-parse", "HEAD")
-
-
 @pytest.fixture
 def remote(tmp_path: Path) -> tuple[Path, Path]:
     """A bare remote whose main holds two services, and a working clone to push from."""
-    bare, work = tmp_path / "remote.git", tmp_path / "work"
-    bare.mkdir()
-    work.mkdir()
-    git(bare, "init", "-q", "--bare", "-b", "main")
-    git(work, "init", "-q", "-b", "main")
-    git(work, "remote", "add", "origin", str(bare))
-    commit(work, {"chat/.dstack.yml": CHAT, "embed/.dstack.yml": EMBED}, "base")
-    git(work, "push", "-q", "origin", "main")
-    return bare, work
+    return make_remote(tmp_path, {"chat/.dstack.yml": CHAT, "embed/.dstack.yml": EMBED})
 
 
 def open_pr(work: Path, number: int, files: dict[str, str | None]) -> str:

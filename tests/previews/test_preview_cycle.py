@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from previews_support import REPO, FakeGitHub, make_remote, open_pr, pull_request
+from previews_support import REPO, FakeGitHub, pull_request
 
 from reconciler.github import (
     CommitState,
@@ -26,6 +26,7 @@ from reconciler.previews import (
     previews_by_pr,
 )
 from reconciler.source import GitSource
+from tests.support.git_repo import make_remote, open_pr
 
 NOW = 1_800_000_000.0
 CHAT = "type: service\nname: chat\ncommands:\n  - python serve.py\nport: 8000\nenv:\n  - HF_TOKEN\n"

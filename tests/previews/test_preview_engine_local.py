@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from previews_support import make_remote, open_pr
 
 from backends.base import BackendRegistry
 from backends.local import LocalBackend
@@ -22,6 +21,7 @@ from reconciler.preview_loop import PreviewProvider
 from reconciler.previews import PreviewSettings, PullRequestInfo, PullRequestState, RejectReason
 from reconciler.source import GitSource
 from reconciler.state import StateStore
+from tests.support.git_repo import make_remote, open_pr
 
 pytestmark = pytest.mark.slow
 

@@ -20,11 +20,7 @@ from previews_support import (
     REPO,
     TOKEN,
     FakeGitHub,
-    commit,
     event,
-    git,
-    make_remote,
-    open_pr,
     pull_request,
     serve_github,
 )
@@ -37,6 +33,7 @@ from reconciler.pr_source import read_decision
 from reconciler.settings import Settings, SettingsError, build_settings
 from reconciler.source import GitSource, make_source
 from tests.reconciler.fakes import FakeBackend, FakeProber
+from tests.support.git_repo import commit, git, make_remote, open_pr
 
 WEB = """\
 type: service

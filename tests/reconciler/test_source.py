@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from pathlib import Path
 
@@ -19,40 +18,13 @@ from reconciler.source import (
     redact_url,
     tree_hash,
 )
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout.strip()
+from tests.support.git_repo import bare_remote, commit_push
 
 
 @pytest.fixture
 def remote(tmp_path: Path) -> tuple[Path, Path]:
     """A bare remote and a working clone to push from."""
-    bare = tmp_path / "remote.git"
-    work = tmp_path / "work"
-    bare.mkdir()
-    git(bare, "init", "--bare", "-b", "main")
-    work.mkdir()
-    git(work, "init", "-b", "main")
-    git(work, "remote", "add", "origin", str(bare))
-    return bare, work
-
-
-def commit_push(work: Path, files: dict[str, str | None], message: str = "c") -> str:
-    for name, text in files.items():
-        p = work / name
-        if text is None:
-            p.unlink()
-        else:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
-    git(work, "add", "-A")
-    git(work, "commit", "-q", "--allow-empty", "-m", message)
-    git(work, "push", "-q", "origin", "main")
-    return git(work, "rev-parse", "HEAD")
+    return bare_remote(tmp_path)
 
 
 def test_git_source_follows_pushes(remote: tuple[Path, Path], tmp_path: Path) -> None:
