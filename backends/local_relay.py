@@ -121,15 +121,18 @@ async def _open_upstream(port: int) -> tuple[asyncio.StreamReader, asyncio.Strea
     raise last
 
 
-def make_unix_forwarder(
-    path: str,
-) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """Pipe each connection accepted inside the namespace to the egress proxy's unix socket."""
+Handler = Callable[["asyncio.StreamReader", "asyncio.StreamWriter"], Awaitable[None]]
+Opener = Callable[[], Awaitable[tuple["asyncio.StreamReader", "asyncio.StreamWriter"]]]
+
+
+def _relay_to(open_upstream: Opener) -> Handler:
+    """A connection handler that pipes both ways to what `open_upstream` connects to; when that
+    fails (the replica is not listening yet) the client sees a closed connection (not ready)."""
     import asyncio
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(path)
+            up_reader, up_writer = await open_upstream()
         except OSError:
             writer.close()
             return
@@ -141,6 +144,13 @@ def make_unix_forwarder(
                     w.close()
 
     return handle
+
+
+def make_unix_forwarder(path: str) -> Handler:
+    """Pipe each connection accepted inside the namespace to the egress proxy's unix socket."""
+    import asyncio
+
+    return _relay_to(lambda: asyncio.open_unix_connection(path))
 
 
 def fork_egress_proxy(socket_path: str) -> None:
@@ -170,23 +180,9 @@ def fork_egress_proxy(socket_path: str) -> None:
         os._exit(0)
 
 
-def make_handler(port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    import asyncio
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await _open_upstream(port)
-        except OSError:
-            writer.close()  # not listening yet: the caller sees a closed connection (not ready)
-            return
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            for w in (up_writer, writer):
-                with contextlib.suppress(Exception):
-                    w.close()
-
-    return handle
+def make_handler(port: int) -> Handler:
+    """Pipe each connection on the replica's socket to its port (IPv4 or IPv6 loopback)."""
+    return _relay_to(lambda: _open_upstream(port))
 
 
 async def _pump(stream: asyncio.StreamReader, log: RotatingLog) -> None:
