@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -117,7 +118,9 @@ class Gateway:
         self.balancer = Balancer(settings.cooldown)
         self.stats = Stats()
         self.tokens = TokenStore(settings.state_dir)
-        self.templates = TemplateResolver()
+        self.templates = TemplateResolver(
+            endpoint=settings.hf_endpoint, cache_dir=Path(settings.state_dir) / "gateway" / "hf-cache"
+        )
         self.pool: Any = None  # UpstreamPool (aiohttp, WebSockets), created on the serving loop
         self.client = UpstreamClient(settings.connect_timeout, settings.read_timeout)  # HTTP
         self._changed = asyncio.Event()

@@ -42,6 +42,9 @@ class GatewaySettings:
     watch_routes: bool = True
     access_log: bool = True
     webhook_secret: str | None = field(default=None, repr=False)
+    # Where chat templates of TGI models without `chat_template` are fetched from (the Hugging
+    # Face Hub, or a mirror); None = huggingface_hub's default (HF_ENDPOINT or huggingface.co).
+    hf_endpoint: str | None = None
 
     @property
     def gateway_host(self) -> str:

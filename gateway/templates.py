@@ -14,6 +14,7 @@ import importlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gateway.snapshot import ModelRoute
@@ -55,7 +56,7 @@ def from_tokenizer_config(config: dict[str, Any], model: ModelRoute) -> ChatTemp
     )
 
 
-def _download(repo_id: str) -> dict[str, Any]:
+def _download(repo_id: str, endpoint: str | None, cache_dir: Path | None) -> dict[str, Any]:
     try:
         hub = importlib.import_module("huggingface_hub")
     except ModuleNotFoundError as e:
@@ -64,7 +65,13 @@ def _download(repo_id: str) -> dict[str, Any]:
             "installed to fetch the model's tokenizer_config.json; set model.chat_template"
         ) from e
     try:
-        path = hub.hf_hub_download(repo_id=repo_id, filename="tokenizer_config.json")
+        path = hub.hf_hub_download(
+            repo_id=repo_id,
+            filename="tokenizer_config.json",
+            endpoint=endpoint,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            etag_timeout=5,
+        )
         with open(path, encoding="utf-8") as f:
             data: dict[str, Any] = json.load(f)
         return data
@@ -76,7 +83,9 @@ def _download(repo_id: str) -> dict[str, Any]:
 
 
 class TemplateResolver:
-    def __init__(self) -> None:
+    def __init__(self, endpoint: str | None = None, cache_dir: Path | None = None) -> None:
+        self.endpoint = endpoint
+        self.cache_dir = cache_dir
         self._cache: dict[str, ChatTemplate] = {}
         self._failed: dict[str, tuple[float, str]] = {}
 
@@ -90,7 +99,7 @@ class TemplateResolver:
         if failed is not None and time.monotonic() - failed[0] < FAILURE_TTL:
             raise TemplateUnavailable(failed[1])
         try:
-            config = await asyncio.to_thread(_download, model.name)
+            config = await asyncio.to_thread(_download, model.name, self.endpoint, self.cache_dir)
             found = from_tokenizer_config(config, model)
         except TemplateUnavailable as e:
             self._failed[model.name] = (time.monotonic(), str(e))

@@ -109,12 +109,77 @@ def test_template_from_tokenizer_config(config: dict[str, Any], template: str, e
     assert (found.template, found.eos_token) == (template, eos)
 
 
-def test_template_missing_everywhere_is_a_clear_error() -> None:
-    resolver = templates.TemplateResolver()
+class FakeHub:
+    """A local stand-in for the Hugging Face Hub's file endpoint (`/<repo>/resolve/<rev>/<file>`),
+    answering HEAD and GET the way huggingface_hub expects (ETag and X-Repo-Commit headers)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Thread
+
+        hub = self
+        self.requests: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, with_body: bool) -> None:
+                hub.requests.append(f"{self.command} {self.path}")
+                body = files.get(self.path.split("?")[0])
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", f'"{abs(hash(body))}"')
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                self._answer(False)
+
+            def do_GET(self) -> None:
+                self._answer(True)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_template_fetched_from_the_model_repository_and_cached(tmp_path: Path) -> None:
+    """No chat_template in the config: the model repo's tokenizer_config.json is fetched with
+    huggingface_hub (here from a local stand-in for the Hub) and cached for the gateway's life."""
+    config = {"chat_template": "{{ bos_token }}{{ messages[0]['content'] }}", "bos_token": "<s>", "eos_token": "</s>"}
+    hub = FakeHub({"/org/model/resolve/main/tokenizer_config.json": json.dumps(config).encode()})
+    try:
+        resolver = templates.TemplateResolver(endpoint=hub.url, cache_dir=tmp_path / "hf")
+        found = asyncio.run(resolver.resolve(ModelRoute(name="org/model", format="tgi")))
+        assert (found.template, found.bos_token, found.eos_token) == (config["chat_template"], "<s>", "</s>")
+        seen = len(hub.requests)
+        assert asyncio.run(resolver.resolve(ModelRoute(name="org/model", format="tgi"))) == found
+        assert len(hub.requests) == seen  # cached: the Hub is asked once
+    finally:
+        hub.close()
+
+
+def test_template_missing_everywhere_is_a_clear_error(tmp_path: Path) -> None:
+    hub = FakeHub({})  # the repo has no tokenizer_config.json (never the real Hub from a test)
+    resolver = templates.TemplateResolver(endpoint=hub.url, cache_dir=tmp_path / "hf")
     with pytest.raises(templates.TemplateUnavailable, match=r"model.chat_template"):
         asyncio.run(resolver.resolve(ModelRoute(name="org/missing", format="tgi")))
     with pytest.raises(templates.TemplateUnavailable, match="no chat_template"):
         templates.from_tokenizer_config({}, ModelRoute(name="m", format="tgi"))
+    hub.close()
 
 
 @pytest.mark.parametrize(
