@@ -38,6 +38,7 @@ from reconciler.engine_types import (
 )
 from reconciler.errors import StateError
 from reconciler.journal import Journal
+from reconciler.liveness import recheck_in, recheck_ready
 from reconciler.loader import load_tree
 from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
 from reconciler.offers import with_offers
@@ -99,6 +100,8 @@ class Engine:
             ready_timeout=self.settings.ready_timeout,
             backoff_base=self.settings.backoff_base,
             backoff_max=self.settings.backoff_max,
+            recheck_interval=self.settings.recheck_interval,
+            unhealthy_threshold=self.settings.unhealthy_threshold,
         )
         self._target_settings = TargetSettings(
             allow_empty=self.settings.allow_empty,
@@ -111,6 +114,7 @@ class Engine:
         self._last_routes: str | None = None
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
+        self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -297,6 +301,7 @@ class Engine:
                 r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         probe_pending(doc, self._prober, now, self._observe, routes_models)
+        recheck_ready(doc, self._prober, now, self._observe, routes_models, self._last_probe)
         desired, decisions, tnotes = build_targets(
             doc, ds, stats, self._demand, now, self._target_settings, mutate=True
         )
@@ -334,6 +339,7 @@ class Engine:
             routes,
             tuple(notes) + p.notes,
             next_run_in(self.doc, now, self.settings.drain_min),
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
         )
 
     def _checkpoint(self) -> None:

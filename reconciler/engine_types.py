@@ -56,6 +56,10 @@ class EngineSettings:
     backoff_base: float = 2.0
     backoff_max: float = 300.0
     drain_grace: float = 30.0
+    # Liveness (reconciler.liveness): READY replicas are re-probed every `recheck_interval` s; the
+    # first failure unroutes one, `unhealthy_threshold` failures in a row restart it.
+    recheck_interval: float = 10.0
+    unhealthy_threshold: int = 3
     drain_min: float = 2.0
     stats_max_age: float = 10.0
     checkpoint_interval: float = 2.0  # during a long apply, write state at least this often
@@ -91,6 +95,14 @@ class PassReport:
     wrote_routes: bool = False
     notes: tuple[str, ...] = ()
     next_run_in: float | None = None  # seconds until something is due (probe, drain, backoff)
+    recheck_in: float | None = None  # seconds until a READY replica's liveness re-probe is due
+
+    @property
+    def wake_in(self) -> float | None:
+        """When the loop should run again: the sooner of `next_run_in` and `recheck_in`.
+        (`apply` waits on `next_run_in` only: a re-probe is no reason to keep it waiting.)"""
+        due = [t for t in (self.next_run_in, self.recheck_in) if t is not None]
+        return min(due) if due else None
 
     @property
     def errors(self) -> list[str]:

@@ -36,6 +36,8 @@ class ObserveSettings:
     ready_timeout: float = 600.0
     backoff_base: float = 2.0
     backoff_max: float = 300.0
+    recheck_interval: float = 10.0  # READY replicas are re-probed this often (reconciler.liveness)
+    unhealthy_threshold: int = 3  # failed re-probes in a row before a READY replica is failed
 
 
 def mark_failed(r: ReplicaRecord, message: str, now: float, s: ObserveSettings) -> None:
@@ -44,6 +46,7 @@ def mark_failed(r: ReplicaRecord, message: str, now: float, s: ObserveSettings) 
     r.last_error = message[:300]
     r.next_attempt_at = now + backoff_delay(r.attempts, s.backoff_base, s.backoff_max)
     r.ready_at = None
+    r.probe_failures = 0
 
 
 def _service_for(doc: StateDoc, info: ReplicaInfo, hint: str | None) -> str | None:

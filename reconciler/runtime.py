@@ -200,7 +200,7 @@ class Pass:
             self.reports += 1
             if self.on_report is not None:
                 self.on_report(report)
-            return report.next_run_in
+            return report.wake_in
 
     def _sweep_orphans(self, now: float) -> None:
         if self.sweeper is None or (self._last_sweep is not None and now - self._last_sweep < self.sweep_every):

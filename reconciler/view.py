@@ -1,6 +1,7 @@
 """Views derived from the state document: the routes snapshot and the status rows of `tidegate ps`.
 
-Why: both are pure projections of `state.json` (routes only ever list READY replicas, plus
+Why: both are pure projections of `state.json` (routes only ever list READY replicas that answer their
+liveness probe — `probe_failures == 0`, see reconciler.liveness — plus
 DRAINING ones flagged so the gateway finishes their in-flight requests), so they are computed the
 same way by the owning `up` process and by read-only commands in another terminal.
 """
@@ -30,6 +31,7 @@ class ReplicaView:
     log_tail: tuple[str, ...] = ()
     offer: str | None = None
     price: float | None = None  # USD/hour on a paid cloud offer
+    probe_failures: int = 0  # READY but failing its liveness probe: out of the routes
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
             continue
         ups = []
         for r in rec.replicas:
-            if r.address and r.phase is ReplicaPhase.READY:
+            if r.address and r.phase is ReplicaPhase.READY and not r.probe_failures:
                 ups.append(Upstream(replica_id=r.id, url=r.address))
             elif r.address and r.phase is ReplicaPhase.DRAINING:
                 ups.append(Upstream(replica_id=r.id, url=r.address, draining=True))
@@ -104,6 +106,13 @@ def service_status(rec: ServiceRecord) -> tuple[ServiceStatus, str]:
     if failed:
         r = failed[0]
         return ServiceStatus.DEGRADED, f"{len(failed)} replica(s) failed; {r.id}: {r.last_error or 'exited'}"
+    silent = [r for r in rec.replicas if r.phase is ReplicaPhase.READY and r.probe_failures]
+    if silent:
+        r = silent[0]
+        return (
+            ServiceStatus.DEGRADED,
+            f"{len(silent)} replica(s) not answering (out of the routes); {r.id}: {r.last_error or ''}",
+        )
     if ready >= rec.desired_count and not outdated and len(rec.replicas) == ready:
         return ServiceStatus.RUNNING, ""
     if ready == 0 and not outdated:
@@ -124,7 +133,7 @@ def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = Non
     out: list[ServiceView] = []
     for name in sorted(doc.services):
         rec = doc.services[name]
-        ready = sum(1 for r in rec.replicas if r.phase is ReplicaPhase.READY)
+        ready = sum(1 for r in rec.replicas if r.phase is ReplicaPhase.READY and not r.probe_failures)
         last = rec.scaling[-1] if rec.scaling else None
         out.append(
             ServiceView(
@@ -155,6 +164,7 @@ def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = Non
                         log_tail=(logs or {}).get(r.id, ()),
                         offer=r.offer,
                         price=r.price,
+                        probe_failures=r.probe_failures,
                     )
                     for r in rec.replicas
                 ),

@@ -181,7 +181,7 @@ class FakeEngine:
         from types import SimpleNamespace
 
         self.revisions.append(snapshot.revision)  # type: ignore[attr-defined]
-        return SimpleNamespace(next_run_in=0.5)
+        return SimpleNamespace(next_run_in=0.5, wake_in=0.5)
 
     def stop_service(self, name: str) -> None:
         if name == "unknown":
