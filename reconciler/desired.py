@@ -2,13 +2,22 @@
 
 Why: the loader says what the files contain; the engine needs, per service, a spec hash that
 changes exactly when a replica must be replaced, a replica template, the backend to use and the
-route. Pure: values in, values out (env values come in as a mapping; nothing reads os.environ).
+route. Pure but for one cached read: values in, values out (env values come in as a mapping;
+nothing reads os.environ); the code hash below is read from the checkout once per revision
+(reconciler.code_files) unless the caller passes `code_hash`.
 
 - A bare `KEY` takes its value from `env` (process env + --env-file, built by the caller). A missing
   value blocks that one service with a message naming the variable; others go on.
 - The spec hash covers the config minus routing-only fields (replicas, scaling, auth, model: those
   change the count or the gateway, not what runs), the backend and a *salted* hash of the resolved
   env values, so changing a secret rolls the replicas while the value itself is never stored.
+- Code: when the chosen backend ships the checkout to the replica (`WORKDIR_BACKENDS`: `local`,
+  which runs each replica in a copy of the repository), the spec hash also covers a content hash of
+  the repository files at that revision, minus every `.dstack.yml`/`*.dstack.yml`, the `.dstack/`
+  folder and what `.dstackignore` excludes: pushing a fix to `app.py` rolls the replicas, editing
+  another service's config does not. Cloud backends run the image and commands only and never get
+  the workdir, so for them the code hash is left out (a code push must not replace a GPU instance
+  for nothing). The summary shows it as `files: <hash8>`, so `tidegate plan` says why replicas roll.
 - A file that failed validation keeps its service as it is (`failed`), reported, never deleted.
 """
 
@@ -16,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from backends.base import ReplicaSpec, Requirements
 from gateway.snapshot import ModelFormat, ModelRoute
 from reconciler.autoscale import ScalingPolicy
+from reconciler.code_files import code_hash_at
 from reconciler.loader import LoadedService, LoadResult
 from reconciler.naming import replica_id, service_host
 from reconciler.records import RouteInfo
@@ -92,11 +103,18 @@ def resolve_env(
 # must not roll the replicas (the loader's own spec_hash covers the whole file).
 ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model"})
 
+# Backends that run a replica in a copy of the checkout: for them the repository's files are part
+# of what runs. Cloud backends (aws, azure) start the image/commands only.
+WORKDIR_BACKENDS = frozenset({"local"})
 
-def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str) -> str:
-    """What a replica runs: the config minus routing-only fields, the backend, and the env digest."""
+
+def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
+    """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
+    for a backend in WORKDIR_BACKENDS, the code hash (`files`; None leaves the hash as it was)."""
     config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
-    payload = {"config": config, "env": env_hash, "backend": backend}
+    payload: dict[str, object] = {"config": config, "env": env_hash, "backend": backend}
+    if files is not None:
+        payload["files"] = files
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -119,7 +137,9 @@ def choose_backend(
     return None, "no backend is configured"
 
 
-def _summary(ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str) -> dict[str, str]:
+def _summary(
+    ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
+) -> dict[str, str]:
     c = ls.config
     out = {
         "backend": backend,
@@ -131,6 +151,7 @@ def _summary(ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: 
         else f"{c.replicas.min}..{c.replicas.max}",
         "env": ", ".join(sorted(env)),
         "env values": env_hash[:8],
+        "files": files[:8] if files else "",
     }
     if c.image:
         out["image"] = c.image
@@ -163,8 +184,26 @@ def build_desired(
     backends: Sequence[str],
     domain: str = "localhost",
     default_backend: str = "local",
+    code_hash: Callable[[], str] | None = None,
 ) -> DesiredSet:
+    """The desired set of one load. `code_hash` gives the content hash of the files replicas get
+    (default: `code_files.code_hash_at(workdir, revision)`); it is asked at most once, and only
+    when some service runs on a backend in WORKDIR_BACKENDS."""
     services: dict[str, DesiredService] = {}
+    files_memo: list[str | None] = []
+
+    def files_for(backend: str) -> str | None:
+        if backend not in WORKDIR_BACKENDS:
+            return None
+        if not files_memo:
+            if code_hash is not None:
+                files_memo.append(code_hash())
+            elif workdir is not None:
+                files_memo.append(code_hash_at(Path(workdir), revision))
+            else:
+                files_memo.append(None)  # an empty workdir: nothing to hash
+        return files_memo[0]
+
     blocked: dict[str, str] = {}
     secrets: set[str] = set()
     for name in sorted(load.services):
@@ -184,7 +223,8 @@ def build_desired(
             blocked[name] = why
             continue
         env_hash = env_values_hash(salt, resolved)
-        spec_hash = replica_spec_hash(ls, env_hash, backend)
+        files = files_for(backend)
+        spec_hash = replica_spec_hash(ls, env_hash, backend, files)
         requirements: Requirements = c.requirements()
         template = ReplicaSpec(
             replica_id="",
@@ -229,7 +269,7 @@ def build_desired(
             template=template,
             route=route,
             env_names=tuple(sorted(c.env)),
-            summary=_summary(ls, backend, resolved, env_hash),
+            summary=_summary(ls, backend, resolved, env_hash, files),
         )
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(

@@ -220,23 +220,35 @@ def watch_folder(
     return thread
 
 
-def _walk(path: Path) -> Iterator[Path]:
+# A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
+IgnoreFn = Callable[[str, list[str]], set[str]]
+
+
+def _walk(path: Path, ignore: IgnoreFn | None = None) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        skip = ignore(dirpath, [*dirnames, *filenames]) if ignore is not None else set()
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and d not in skip)
         for name in sorted(filenames):
-            yield Path(dirpath) / name
+            if name not in skip:
+                yield Path(dirpath) / name
 
 
-def tree_hash(path: Path) -> str:
-    """Content hash of a folder: relative paths, modes and bytes (VCS/cache folders skipped)."""
+def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
+    """Content hash of a folder: relative paths, modes and bytes (VCS/cache folders skipped, and
+    whatever `ignore` leaves out). A file that cannot be read counts by its name and the error,
+    so a file vanishing mid-walk does not abort the hash."""
     h = hashlib.sha256()
-    for file in _walk(path):
+    for file in _walk(path, ignore):
         if file.is_symlink() or not file.is_file():
             continue
         rel = file.relative_to(path).as_posix()
         h.update(rel.encode() + b"\0")
         h.update(b"x" if os.access(file, os.X_OK) else b"-")
-        h.update(hashlib.sha256(file.read_bytes()).digest())
+        try:
+            with file.open("rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+        except OSError as e:
+            h.update(f"unreadable:{e.errno}".encode())
     return h.hexdigest()
 
 
