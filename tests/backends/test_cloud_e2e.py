@@ -1,6 +1,6 @@
 """A service configured for aws or azure, driven by the real reconcile engine: provisioned through
 the cloud backend (moto / FakeArm on loopback), probed on the replica's address (a tiny HTTP
-server on 127.0.0.1 stands in for the VM), routed, and torn down when its file goes away."""
+server on 127.0.0.1 stands in for the VM), routed, scaled 1 -> 2 -> 1, and torn down when its file goes away."""
 
 from __future__ import annotations
 
@@ -98,10 +98,25 @@ def azure_backend(owner: str, moto_url: str, linux_ami: str, arm: FakeArm) -> Ba
     return AzureBackend(settings, owner, catalog=load_catalog(), credential=Token())  # IP: 127.0.0.1
 
 
+def upstreams(state: Path) -> list[str]:
+    route = read_snapshot(state).services.get("llm")
+    return [u.replica_id for u in route.upstreams if not u.draining] if route else []
+
+
+def converge(engine: Engine, snap: Snapshot, done: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        engine.reconcile(snap)
+        if done():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"did not converge: {engine.status()}")
+
+
 @pytest.mark.parametrize(
     "make", [pytest.param(aws_backend, id="aws"), pytest.param(azure_backend, id="azure")]
 )
-def test_cloud_service_is_provisioned_probed_routed_and_torn_down(
+def test_cloud_service_is_provisioned_probed_routed_scaled_and_torn_down(
     make: Callable[[str, str, str, FakeArm], Backend],
     tmp_path: Path,
     replica_server: int,
@@ -135,6 +150,17 @@ def test_cloud_service_is_provisioned_probed_routed_and_torn_down(
         assert owned.offer is not None and owned.offer.gpu is not None and owned.offer.gpu.name == "T4"
         for path in state.glob("*.json*"):
             assert "hf-secret-xyz" not in path.read_text()
+
+        # Scale: two replicas (a second instance, both routed), then back to one (one terminated).
+        (repo / "llm.dstack.yml").write_text(
+            SERVICE.format(port=replica_server, backend=backend.name) + "replicas: 2\n"
+        )
+        two = Snapshot("3" * 40, repo)
+        converge(engine, two, lambda: len(upstreams(state)) == 2)
+        assert len(backend.list_owned()) == 2
+        (repo / "llm.dstack.yml").write_text(SERVICE.format(port=replica_server, backend=backend.name))
+        one = Snapshot("4" * 40, repo)
+        converge(engine, one, lambda: len(backend.list_owned()) == 1 and len(upstreams(state)) == 1)
 
         (repo / "llm.dstack.yml").unlink()
         # A second service (blocked: its env var is missing) keeps the desired set non-empty, so
