@@ -88,7 +88,9 @@ class Loop:
                     self._running = False
             if not again:
                 break
-        if delay is not None and not self._stop.is_set():
+        # A pass may ask to run sooner than the interval (readiness of a roll, liveness re-probes),
+        # never later: the interval stays the bound between passes (and fetches).
+        if delay is not None and delay < self.interval and not self._stop.is_set():
             self._reschedule(max(delay, 0.2))
 
     def _reschedule(self, seconds: float) -> None:

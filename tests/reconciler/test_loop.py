@@ -100,6 +100,15 @@ def test_pass_may_ask_for_a_quick_requeue(make_loop: type[Loop]) -> None:
     assert rec.wait_calls(3) >= 3
 
 
+def test_a_requeue_later_than_the_interval_never_delays_the_next_pass(make_loop: type[Loop]) -> None:
+    """A pass asking for a re-probe in 10 s must not push back a 0.3 s interval (a regression once
+    made `--interval 1` polling wait 10 s between fetches)."""
+    rec = Recorder(delay=3600)
+    loop = make_loop(rec, interval=0.3, jitter=0)
+    loop.start()
+    assert rec.wait_calls(3, timeout=5) >= 3
+
+
 def test_a_failing_pass_does_not_stop_the_loop(make_loop: type[Loop]) -> None:
     calls: list[int] = []
     done = threading.Event()
