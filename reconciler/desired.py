@@ -18,7 +18,8 @@ nothing reads os.environ); the code hash below is read from the checkout once pe
   another service's config does not. Cloud backends run the image and commands only and never get
   the workdir, so for them the code hash is left out (a code push must not replace a GPU instance
   for nothing). The summary shows it as `files: <hash8>`, so `tidegate plan` says why replicas roll.
-- A file that failed validation keeps its service as it is (`failed`), reported, never deleted.
+- A file that failed validation keeps its service as it is (`failed`), reported, never deleted;
+  the engine still heals it at its last applied spec (reconciler.targets).
 """
 
 from __future__ import annotations

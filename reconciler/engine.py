@@ -27,7 +27,7 @@ from backends.base import BackendRegistry
 from gateway.snapshot import RoutesSnapshot, write_snapshot
 from reconciler.apply import ApplyContext, FaultHook, apply_plan
 from reconciler.autoscale import ServiceStats
-from reconciler.desired import DesiredSet, build_desired
+from reconciler.desired import DesiredService, DesiredSet, build_desired
 from reconciler.engine_types import (
     DesiredExtension,
     EngineSettings,
@@ -49,7 +49,7 @@ from reconciler.redact import Redactor
 from reconciler.schedule import next_run_in
 from reconciler.state import StateStore
 from reconciler.stats import read_stats
-from reconciler.targets import TargetSettings, build_targets, sync_records
+from reconciler.targets import TargetSettings, build_targets, config_broken, sync_records
 from reconciler.view import ServiceView, build_routes, status_views
 
 # The values live in engine_types; they stay importable from here.
@@ -115,6 +115,10 @@ class Engine:
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
+        # service -> the spec it last ran, so a service whose file broke is still healed at it
+        # (in memory; after a restart rebuilt once from its revision's folder, see _last_good).
+        self._applied: dict[str, DesiredService] = {}
+        self._rebuilt: set[tuple[str, str]] = set()  # (service, revision) rebuilds already tried
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -180,8 +184,15 @@ class Engine:
             snapshot = Snapshot(ref.revision, Path(ref.root), ref.config_path)
         if snapshot is None:
             return None
-        ext = self.extension
-        key = (snapshot.revision, str(snapshot.root), snapshot.config_path, ext.fingerprint() if ext else None)
+        return self._load(snapshot, self.extension)
+
+    def _load(self, snapshot: SnapshotLike, ext: DesiredExtension | None) -> DesiredSet:
+        key = (
+            snapshot.revision,
+            str(snapshot.root),
+            snapshot.config_path,
+            ext.fingerprint() if ext else None,
+        )
         if self._desired_cache is not None and self._desired_cache[0] == key:
             return self._desired_cache[1]
         load = load_tree(Path(snapshot.root), snapshot.config_path)
@@ -204,6 +215,52 @@ class Engine:
         if complete:
             self._desired_cache = (key, ds)
         return ds
+
+    def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
+        """For every deployed service whose file broke at `ds`: the spec it last ran (same spec hash
+        as its record), so it keeps being healed at that spec. Remembered from earlier passes; after
+        a restart rebuilt once from its revision's folder (the source keeps folders of deployed
+        revisions). When that folder is gone or gives another spec hash, the service is left
+        exactly as it is until its file is fixed."""
+        out: dict[str, DesiredService] = {}
+        if ds is None:
+            return out
+        for name, rec in self.doc.services.items():
+            if not config_broken(name, rec, ds):
+                continue
+            d = self._applied.get(name)
+            if d is None and rec.revision and (name, rec.revision) not in self._rebuilt:
+                self._rebuilt.add((name, rec.revision))
+                d = self._rebuild(name, rec.revision)
+                if d is not None and d.spec_hash == rec.spec_hash:
+                    self._applied[name] = d
+                else:
+                    log.warning(
+                        "%s: its file has errors and its last good revision %s cannot be rebuilt "
+                        "with the same spec; left as it is (failed replicas are not restarted) "
+                        "until the file is fixed",
+                        name,
+                        rec.revision,
+                    )
+            if d is not None and d.spec_hash == rec.spec_hash:
+                out[name] = d
+        return out
+
+    def _rebuild(self, name: str, revision: str) -> DesiredService | None:
+        last = self.doc.last_snapshot
+        if last is None:
+            return None
+        root = Path(last.root) if last.revision == revision else Path(last.root).parent / revision
+        if not root.is_dir():
+            return None
+        cache = self._desired_cache  # keep the current revision's cached set
+        try:
+            return self._load(Snapshot(revision, root, last.config_path), None).services.get(name)
+        except Exception as e:  # a best-effort fallback: never fail the pass over it
+            log.warning("%s: rebuilding revision %s failed: %s: %s", name, revision, type(e).__name__, e)
+            return None
+        finally:
+            self._desired_cache = cache
 
     # -- public API ------------------------------------------------------------------------------
     def desired(self, snapshot: SnapshotLike) -> DesiredSet:
@@ -229,7 +286,14 @@ class Engine:
                 {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
             )
             desired, _, notes = build_targets(
-                self.doc, ds, self._read_stats(now), self._demand, now, self._target_settings, mutate=False
+                self.doc,
+                ds,
+                self._read_stats(now),
+                self._demand,
+                now,
+                self._target_settings,
+                mutate=False,
+                last_good=self._last_good(ds),
             )
             p = plan(desired, self.doc.services, now)
         finally:
@@ -302,8 +366,9 @@ class Engine:
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         probe_pending(doc, self._prober, now, self._observe, routes_models)
         recheck_ready(doc, self._prober, now, self._observe, routes_models, self._last_probe)
+        last_good = self._last_good(ds)
         desired, decisions, tnotes = build_targets(
-            doc, ds, stats, self._demand, now, self._target_settings, mutate=True
+            doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good
         )
         notes += tnotes
         p = plan(desired, doc.services, now)
@@ -317,9 +382,11 @@ class Engine:
             checkpoint=self._checkpoint,
             redact=self.redact,
         )
-        outcomes = apply_plan(p, doc, ds.services if ds else {}, ctx) if not p.empty else []
+        specs = {**last_good, **(ds.services if ds else {})}
+        outcomes = apply_plan(p, doc, specs, ctx) if not p.empty else []
         if ds is not None:
-            sync_records(doc, ds, decisions, desired, now, self._scaling_reason)
+            sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
+            self._applied = {n: d for n, d in specs.items() if n in doc.services}
             if snapshot is not None:
                 doc.last_snapshot = SnapshotRef(
                     revision=snapshot.revision,

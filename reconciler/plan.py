@@ -7,8 +7,8 @@ passed in), no randomness. The engine observes, calls `plan`, and `apply` execut
 Rules (DESIGN.md, reliability): updates roll with at most one surge replica per service: a new
 replica starts, and an outdated one is drained only once enough new ones are READY. A FAILED
 replica is restarted when its backoff time has passed. Scale-down drains the least useful replica
-(not ready, then outdated, then fewest in-flight). A service whose config broke (`keep`) is left
-exactly as it is. Services missing from the desired set are deleted only when `prune` is true.
+(not ready, then outdated, then fewest in-flight). A `keep` target (blocked, stalled, backing off,
+or a broken config with no last good spec known) is left exactly as it is. Services missing from the desired set are deleted only when `prune` is true.
 
 Rendering lives elsewhere: `reconciler.plan_output` (text, JSON) and `reconciler.plan_markdown`
 (the PR comment).

@@ -2,7 +2,8 @@
 
 Why: between "what the config says" (desired.py) and "what to do" (plan.py) sit decisions that
 depend on what the state remembers: how many replicas the autoscaler wants now, whether a service
-is stopped, stalled on a permanent error or backing off, whether its file broke (keep it as is),
+is stopped, stalled on a permanent error or backing off, whether its file broke (keep its last
+good spec: no roll, but failed replicas still restart),
 and whether an empty config may prune. After apply, the records take the config-derived fields
 (spec hash, route, env names), the scaling decision and a status line. No I/O here.
 """
@@ -52,6 +53,39 @@ def decide_count(
     )
 
 
+def config_broken(name: str, rec: ServiceRecord, ds: DesiredSet) -> bool:
+    """The file that defines this deployed service failed validation at `ds`'s revision."""
+    return name in ds.failed or (name not in ds.services and rec.config_path in set(ds.failed.values()))
+
+
+def _target(
+    d: DesiredService,
+    cur: ServiceRecord | None,
+    decision: ScalingDecision,
+    now: float,
+    settings: TargetSettings,
+    keep_reason: str = "",
+) -> Target:
+    """A live target for `d`; held (keep) while stalled or backing off. A non-empty `keep_reason`
+    replaces the hold's own reason (a broken file is the reason users must see)."""
+    count = 0 if cur is not None and cur.stopped else decision.count
+    hold, why = False, keep_reason
+    if cur is not None and cur.stalled_spec == d.spec_hash:
+        hold, why = True, keep_reason or cur.reason or "stalled on a permanent error"
+    elif cur is not None and cur.backoff_until is not None and now < cur.backoff_until:
+        hold, why = True, keep_reason or f"backing off for {cur.backoff_until - now:.0f}s: {cur.reason}"
+    return Target(
+        d.name,
+        d.spec_hash,
+        count,
+        keep=hold,
+        keep_reason=why,
+        drain_grace=settings.drain_grace,
+        drain_min=settings.drain_min,
+        summary=d.summary,
+    )
+
+
 def build_targets(
     doc: StateDoc,
     ds: DesiredSet | None,
@@ -60,8 +94,14 @@ def build_targets(
     now: float,
     settings: TargetSettings,
     mutate: bool,
+    last_good: Mapping[str, DesiredService] | None = None,
 ) -> tuple[Desired, dict[str, ScalingDecision], list[str]]:
-    """Targets for `plan`; with `mutate`, also lifts a stop/stall that a new spec ends."""
+    """Targets for `plan`; with `mutate`, also lifts a stop/stall that a new spec ends.
+
+    `last_good`: for services whose file broke, the spec they last ran (same spec hash as the
+    record). Such a service gets no spec change, but its replicas are still restarted and its
+    count kept (autoscaled by the last good policy); without one it is left exactly as it is."""
+    last_good = last_good or {}
     notes: list[str] = []
     if ds is None:
         held = {
@@ -71,17 +111,17 @@ def build_targets(
         return Desired(held, prune=False), {}, notes
     targets: dict[str, Target] = {}
     decisions: dict[str, ScalingDecision] = {}
-    failed_paths = set(ds.failed.values())
     for name, rec in doc.services.items():
-        if name in ds.failed or (rec.config_path in failed_paths and name not in ds.services):
+        if config_broken(name, rec, ds):
             where = ds.failed.get(name, rec.config_path)
-            targets[name] = Target(
-                name,
-                rec.spec_hash,
-                rec.desired_count,
-                keep=True,
-                keep_reason=f"{where} has errors; left at revision {rec.revision}",
-            )
+            why = f"{where} has errors; left at revision {rec.revision}"
+            lg = last_good.get(name)
+            if lg is not None and lg.spec_hash == rec.spec_hash:
+                # Kept at its last applied spec, but still healed: restarts, lost replicas.
+                decisions[name] = decide_count(lg, rec, stats, now, name in demand)
+                targets[name] = _target(lg, rec, decisions[name], now, settings, keep_reason=why)
+            else:
+                targets[name] = Target(name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=why)
         elif name in ds.blocked:
             targets[name] = Target(
                 name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=ds.blocked[name]
@@ -94,24 +134,8 @@ def build_targets(
                 cur.note(now, "started", "config changed since `tidegate stop`")
             if cur.stalled_spec and cur.stalled_spec != d.spec_hash:
                 cur.stalled_spec = None
-        decision = decide_count(d, cur, stats, now, name in demand)
-        decisions[name] = decision
-        count = 0 if cur is not None and cur.stopped else decision.count
-        hold, why = False, ""
-        if cur is not None and cur.stalled_spec == d.spec_hash:
-            hold, why = True, cur.reason or "stalled on a permanent error"
-        elif cur is not None and cur.backoff_until is not None and now < cur.backoff_until:
-            hold, why = True, f"backing off for {cur.backoff_until - now:.0f}s: {cur.reason}"
-        targets[name] = Target(
-            name,
-            d.spec_hash,
-            count,
-            keep=hold,
-            keep_reason=why,
-            drain_grace=settings.drain_grace,
-            drain_min=settings.drain_min,
-            summary=d.summary,
-        )
+        decisions[name] = decide_count(d, cur, stats, now, name in demand)
+        targets[name] = _target(d, cur, decisions[name], now, settings)
     prune = True
     if ds.empty and doc.services and not settings.allow_empty:
         prune = False
@@ -146,8 +170,10 @@ def sync_records(
     desired: Desired,
     now: float,
     scaling_reasons: MutableMapping[str, str],
+    last_good: Mapping[str, DesiredService] | None = None,
 ) -> None:
-    """After apply: carry config-derived fields into each record and set its status and reason."""
+    """After apply: carry config-derived fields into each record and set its status and reason.
+    A service kept at its `last_good` spec records its scaling decision and stays KEPT."""
     for name, rec in doc.services.items():
         d = ds.services.get(name)
         t = desired.services.get(name)
@@ -156,7 +182,11 @@ def sync_records(
         if d is None:
             if name in ds.blocked:
                 rec.status, rec.reason = ServiceStatus.BLOCKED, ds.blocked[name]
-            elif t is not None and t.keep:
+            elif t is not None:  # its file broke: kept (and maybe healed at its last good spec)
+                lg, dec = (last_good or {}).get(name), decisions.get(name)
+                if lg is not None and dec is not None:
+                    scaling_reasons[name] = dec.reason
+                    _record_decision(rec, lg, dec, now)
                 rec.status, rec.reason = ServiceStatus.KEPT, t.keep_reason
             continue
         rec.spec_hash, rec.revision, rec.config_path, rec.backend = (

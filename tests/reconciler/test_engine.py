@@ -207,6 +207,71 @@ def test_bad_config_keeps_the_running_service(world: World) -> None:
     assert world.engine.plan(broken).exit_code == 1
 
 
+def test_bad_config_still_restarts_a_crashed_replica_at_the_last_good_spec(world: World) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api("2")})
+    world.converge(snap)
+    spec_hash = world.engine.doc.services["web"].spec_hash
+    broken = world.repo.commit({"web.dstack.yml": "type: service\nname: web\ncommands: [oops\n"})
+    world.converge(broken)
+    [rid] = world.backend.running("web")
+    world.backend.crash(rid)
+    world.engine.reconcile(broken)
+    r = world.engine.doc.services["web"].replica(rid)
+    assert r is not None and r.phase is ReplicaPhase.FAILED and r.next_attempt_at is not None
+    creates = len(world.backend.creates())
+    world.engine.reconcile(broken)
+    assert len(world.backend.creates()) == creates, "not restarted before its backoff"
+    world.clock.t = r.next_attempt_at
+    report = world.engine.reconcile(broken)
+    assert [s.action.value for s in report.plan.steps] == ["restart_replica"]
+    assert not report.plan.changes, "no spec change from the broken file"
+    world.clock.t += 1
+    world.engine.reconcile(broken)
+    assert world.backend.running("web") == [rid] and world.backend.specs[rid].spec_hash == spec_hash
+    assert world.upstreams("web") == [rid], "the route serves the restarted replica"
+    rec = world.engine.doc.services["web"]
+    assert rec.spec_hash == spec_hash and rec.desired_count == 1 and len(rec.replicas) == 1
+    [row] = [v for v in world.engine.status() if v.name == "web"]
+    assert row.status == "kept" and "web.dstack.yml has errors" in row.reason
+    assert world.engine.plan(broken).exit_code == 1
+    # Fixed: a normal reconcile resumes (here a new command rolls the replica).
+    fixed = world.repo.commit(
+        {"web.dstack.yml": web("python -m http.server 8001"), "api.dstack.yml": api("2")}
+    )
+    world.converge(fixed, step=5)
+    rec = world.engine.doc.services["web"]
+    assert rec.spec_hash != spec_hash and rec.status is ServiceStatus.RUNNING
+    [new] = world.backend.running("web")
+    assert world.backend.specs[new].spec_hash == rec.spec_hash and world.upstreams("web") == [new]
+
+
+@pytest.mark.parametrize(
+    "restart_after_broken, healed",
+    [
+        pytest.param(False, True, id="rebuilt-from-the-last-snapshot-after-a-restart"),
+        pytest.param(True, False, id="revision-folder-unknown-left-as-it-is"),
+    ],
+)
+def test_bad_config_healing_after_an_engine_restart(
+    world: World, restart_after_broken: bool, healed: bool
+) -> None:
+    snap = world.repo.commit({"web.dstack.yml": web()})
+    world.converge(snap)
+    broken = world.repo.commit({"web.dstack.yml": web() + "bogus_key: 1\n"})
+    if restart_after_broken:
+        world.converge(broken)  # the state now points at the broken revision's folder only
+    world.reopen()
+    world.engine.recover()
+    [rid] = world.backend.running("web")
+    world.backend.crash(rid)
+    world.engine.reconcile(broken)
+    world.clock.t += 3
+    report = world.engine.reconcile(broken)
+    assert [s.action.value for s in report.plan.steps] == (["restart_replica"] if healed else [])
+    rec = world.engine.doc.services["web"]
+    assert rec.status is ServiceStatus.KEPT and "web.dstack.yml has errors" in rec.reason
+
+
 def test_removing_a_file_deletes_only_that_service(world: World) -> None:
     snap = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api()})
     world.converge(snap)
@@ -422,6 +487,10 @@ def test_loop_is_not_spun_by_work_it_cannot_do(world: World) -> None:
     report = world.engine.reconcile(broken)
     assert report.next_run_in == pytest.approx(2.0), "a failed replica's backoff is the next due time"
     world.clock.t += 3
+    report = world.engine.reconcile(broken)
+    assert [s.action.value for s in report.plan.steps] == ["restart_replica"], "healed at its last good spec"
+    world.clock.t += 1
+    world.engine.reconcile(broken)  # the restarted replica is probed ready
     report = world.engine.reconcile(broken)
     assert report.plan.empty and report.next_run_in is None, "kept service: nothing due, normal interval"
 
