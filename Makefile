@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-fast lint slow bench clean
+.PHONY: up test test-fast lint plain-install slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ lint: $(STAMP)
 	bash scripts/actionlint.sh
 	$(BIN)/tidegate validate examples/
 
-test: lint
+# A clean venv with `pip install .` and no extras: every command must still run.
+plain-install:
+	bash scripts/check_plain_install.sh
+
+test: lint plain-install
 	$(BIN)/python -m pytest -m "not slow" -q
 	$(BIN)/python -m pytest -m slow -q
 
