@@ -16,7 +16,7 @@ up: $(STAMP)
 	$(BIN)/python -m reconciler.quickstart
 
 lint: $(STAMP)
-	$(BIN)/ruff check reconciler backends gateway tests bench examples
+	$(BIN)/ruff check tidegate reconciler backends gateway tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	bash scripts/actionlint.sh

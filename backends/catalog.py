@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import GpuInfo, Offer, Requirements
-from backends.fsutil import write_atomic
+from tidegate.fsio import write_atomic
 
 SHIPPED_CATALOG = Path(__file__).parent / "data" / "catalog.csv"
 FIELDS = (

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends import fsutil
 from backends.base import ReplicaSpec
+from tidegate import fsio as fsutil
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 CONTAINER_WORKDIR = "/workflow"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, BackendError, ReplicaInfo, ReplicaStatus
-from backends.fsutil import write_json_atomic
+from tidegate.fsio import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -279,8 +279,9 @@ http {{
 
 
 def start_gateway(upstream_port: int, workers: int, workdir: Path) -> Target:
-    from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
     from gateway.tokens import create_token
+    from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
+    from tidegate.routes_io import write_snapshot
 
     state = workdir / f"state-{workers}"
     write_snapshot(

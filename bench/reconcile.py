@@ -125,7 +125,7 @@ def ready(state: Path, name: str) -> bool:
 
 
 def push_to_ready(runs: int, webhook: bool) -> list[float]:
-    from gateway.signals import send_signal
+    from tidegate.signals import send_signal
 
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.signals import send_signal
-from gateway.snapshot import read_snapshot
 from reconciler.errors import ReconcilerError, StateLockedError
 from reconciler.next_steps import print_next_steps
 from reconciler.output import print_table, say
@@ -29,6 +27,8 @@ from reconciler.records import StateDoc
 from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
 from reconciler.source import SourceError, read_source
 from reconciler.state import StateStore
+from tidegate.routes_io import read_snapshot
+from tidegate.signals import send_signal
 
 if TYPE_CHECKING:
     from reconciler.engine import PassReport

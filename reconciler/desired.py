@@ -31,12 +31,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backends.base import ReplicaSpec, Requirements
-from gateway.snapshot import ModelFormat, ModelRoute
 from reconciler.autoscale import ScalingPolicy
 from reconciler.code_files import code_hash_at
 from reconciler.loader import LoadedService, LoadResult
 from reconciler.naming import replica_id, service_host
 from reconciler.records import RouteInfo
+from tidegate.routes import ModelFormat, ModelRoute
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry
-from gateway.snapshot import RoutesSnapshot, write_snapshot
 from reconciler.apply import ApplyContext, FaultHook, apply_plan
 from reconciler.autoscale import ServiceStats
 from reconciler.desired import DesiredService, DesiredSet, build_desired
@@ -51,6 +50,8 @@ from reconciler.state import StateStore
 from reconciler.stats import read_stats
 from reconciler.targets import TargetSettings, build_targets, config_broken, sync_records
 from reconciler.view import ServiceView, build_routes, status_views
+from tidegate.routes import RoutesSnapshot
+from tidegate.routes_io import write_snapshot
 
 # The values live in engine_types; they stay importable from here.
 __all__ = [

@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from backends.fsutil import write_atomic
+from tidegate.fsio import write_atomic
 
 JOURNAL_FILE = "journal.jsonl"
 COMPACT_AFTER = 5000  # lines

@@ -21,9 +21,9 @@ import math
 from collections.abc import Mapping, MutableMapping
 
 from backends.base import ReplicaStatus
-from gateway.snapshot import ModelRoute
 from reconciler.observe import ObserveSettings, Prober, mark_failed
 from reconciler.records import ReplicaPhase, ReplicaRecord, StateDoc
+from tidegate.routes import ModelRoute
 
 
 def _checkable(r: ReplicaRecord) -> bool:

@@ -25,8 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway.signals import SIGNALS_DIR, drain_signals
 from reconciler.source import watch_folder
+from tidegate.signals import SIGNALS_DIR, drain_signals
 
 log = logging.getLogger("tidegate.loop")
 

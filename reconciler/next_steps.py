@@ -13,9 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from gateway.snapshot import read_snapshot
 from reconciler.output import say
 from reconciler.settings import Settings
+from tidegate.routes_io import read_snapshot
 
 
 def cli_hint(settings: Settings) -> str:

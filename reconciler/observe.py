@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from backends.base import BackendRegistry, ReplicaInfo, ReplicaStatus
-from gateway.snapshot import ModelRoute
 from reconciler.apply import backoff_delay
 from reconciler.journal import Journal, Op
 from reconciler.naming import dns_safe, parse_replica_id
 from reconciler.probe import ProbeResult
 from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
+from tidegate.routes import ModelRoute
 
 log = logging.getLogger("tidegate.observe")
 

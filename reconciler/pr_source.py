@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.fsutil import build_dir_atomic, write_json_atomic
 from reconciler.github import GitHubClient, GitHubError
 from reconciler.loader import LoadResult, load_tree
 from reconciler.previews import (
@@ -41,6 +40,7 @@ from reconciler.previews import (
     combine,
 )
 from reconciler.source import Checkout, GitSource, redact_url
+from tidegate.fsio import build_dir_atomic, write_json_atomic
 
 PREVIEWS_DIR = "previews"
 HEADS_FILE = "heads.json"

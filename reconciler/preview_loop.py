@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.snapshot import RoutesSnapshot
 from reconciler.desired import DesiredSet
 from reconciler.github import (
     GitHubClient,
@@ -45,6 +44,7 @@ from reconciler.pr_source import (
 from reconciler.preview_wiring import merge_desired, preview_desired
 from reconciler.previews import PreviewDecision, PreviewSettings, decide_previews
 from reconciler.source import Checkout
+from tidegate.routes import RoutesSnapshot
 
 log = logging.getLogger("tidegate.previews")
 

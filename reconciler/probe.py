@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gateway.snapshot import ModelFormat, ModelRoute
+from tidegate.routes import ModelFormat, ModelRoute
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import Offer
-from gateway.snapshot import ModelRoute
+from tidegate.routes import ModelRoute
 
 SCHEMA_VERSION = 1
 HISTORY_LIMIT = 50

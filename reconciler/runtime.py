@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendRegistry
 from backends.orphans import OrphanSweeper, read_known_replica_ids
-from gateway.snapshot import read_snapshot
 from reconciler.engine import Engine, EngineSettings, PassReport, Snapshot
 from reconciler.settings import Settings
 from reconciler.source import Checkout, GitSource, Source, SourceError, make_source
 from reconciler.state import StateStore
 from reconciler.view import status_views
+from tidegate.routes_io import read_snapshot
 
 if TYPE_CHECKING:
     from reconciler.github import StatusReporter

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from backends.fsutil import build_dir_atomic, write_json_atomic
+from tidegate.fsio import build_dir_atomic, write_json_atomic
 
 KEEP_REVISIONS = 5
 REPOS_DIR = "repos"

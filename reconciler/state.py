@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.fsutil import fsync_dir, write_atomic
 from reconciler.errors import StaleStateError, StateError, StateLockedError
 from reconciler.records import SCHEMA_VERSION, StateDoc
+from tidegate.fsio import fsync_dir, write_atomic
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.signals import STATS_DIR
 from reconciler.autoscale import ServiceStats
+from tidegate.stats_file import STATS_DIR
 
 
 def _num(d: dict[str, Any], key: str) -> float:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream
 from reconciler.records import ReplicaPhase, ServiceRecord, ServiceStatus, StateDoc
+from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,9 @@ old whole file or the new whole file after a crash, never half of one. The steps
 subtly wrong (forgetting the directory fsync, leaving temp files behind on error), so they live
 here once.
 
-Why in `backends`: it is the lowest layer. import-linter forbids `backends` from importing the
-reconciler or the gateway and the gateway from importing the reconciler, so the only package all
-three may share is this one. The module imports nothing but the standard library, so importing it
-from the gateway pulls in no backend code. (`backends/local_relay.py` keeps its own copy: it runs
+Why in `tidegate/`: the reconciler, the gateway and the backends all write such files, and this
+package is the one all three may import. It imports nothing but the standard library.
+(`backends/local_relay.py` keeps its own copy: it runs
 by path with `python -I -S` and may not import the package.)
 """
 

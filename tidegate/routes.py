@@ -1,4 +1,4 @@
-"""The routes snapshot: the one contract between the reconciler (writer) and the gateway (reader).
+"""The routes snapshot (pure values; reading and writing it is tidegate.routes_io): the one contract between the reconciler (writer) and the gateway (reader).
 
 The reconciler publishes `routes.json` in the state directory atomically (temp file + fsync +
 os.replace) after the state it derives from; the gateway loads it whole and swaps its table in one
@@ -11,14 +11,10 @@ Nothing secret is in here: no env values, no tokens.
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from backends.fsutil import write_atomic
 
 ROUTES_FILE = "routes.json"
 SCHEMA_VERSION = 1
@@ -78,18 +74,3 @@ class RoutesSnapshot(BaseModel):
 
     def by_host(self) -> dict[str, ServiceRoute]:
         return {s.host.lower(): s for s in self.services.values()}
-
-
-def write_snapshot(state_dir: Path, snapshot: RoutesSnapshot) -> None:
-    """Atomically replace `routes.json` (temp file + fsync + replace + directory fsync)."""
-    write_atomic(state_dir / ROUTES_FILE, snapshot.model_dump_json(indent=2).encode())
-
-
-def read_snapshot(state_dir: Path) -> RoutesSnapshot:
-    """The published snapshot, or an empty one when none was published yet."""
-    path = state_dir / ROUTES_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return RoutesSnapshot()
-    return RoutesSnapshot.model_validate(json.loads(raw))

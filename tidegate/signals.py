@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 SIGNALS_DIR = "signals"
-STATS_DIR = "gateway"
 
 
 def send_signal(state_dir: Path, kind: str, payload: dict[str, Any] | None = None) -> Path:

@@ -21,9 +21,9 @@ from backends.azure import AzureBackend
 from backends.base import Backend, BackendRegistry
 from backends.catalog import load_catalog
 from backends.settings import AwsSettings, AzureSettings
-from gateway.snapshot import read_snapshot
 from reconciler.engine import Engine, EngineSettings, Snapshot
 from reconciler.state import StateStore
+from tidegate.routes_io import read_snapshot
 
 moto_url, ec2, linux_ami = cloud.moto_url, cloud.ec2, cloud.linux_ami
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
 from tests.gateway.conftest import ROOT, wait_for
 from tests.gateway.conftest import Upstream as Proc
+from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
+from tidegate.routes_io import write_snapshot
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ import pytest
 
 from backends.base import BackendRegistry
 from backends.local import LocalBackend
-from gateway.snapshot import read_snapshot
 from reconciler.engine import Engine, EngineSettings, Snapshot
 from reconciler.pr_source import PullRequestSource, read_decision, record_pull_request
 from reconciler.preview_loop import PreviewProvider
@@ -22,6 +21,7 @@ from reconciler.previews import PreviewSettings, PullRequestInfo, PullRequestSta
 from reconciler.source import GitSource
 from reconciler.state import StateStore
 from tests.support.git_repo import make_remote, open_pr
+from tidegate.routes_io import read_snapshot
 
 pytestmark = pytest.mark.slow
 

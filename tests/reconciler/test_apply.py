@@ -16,7 +16,6 @@ import pytest
 from fakes import FakeBackend
 
 from backends.base import BackendRegistry, ReplicaInfo, ReplicaSpec, TemporaryError
-from gateway.snapshot import ModelFormat, ModelRoute
 from reconciler.apply import ApplyContext, FaultHook, apply_plan, backoff_delay
 from reconciler.autoscale import ScalingPolicy
 from reconciler.desired import DesiredService
@@ -24,6 +23,7 @@ from reconciler.journal import Journal
 from reconciler.plan import Desired, Target, plan
 from reconciler.probe import probe_replica
 from reconciler.records import RouteInfo, StateDoc
+from tidegate.routes import ModelFormat, ModelRoute
 
 
 def desired_service(name: str, spec_hash: str = "c" * 64) -> DesiredService:

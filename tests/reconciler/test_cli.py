@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.signals import drain_signals
-from gateway.snapshot import ModelRoute, RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
 from reconciler.cli import build_parser, main
 from reconciler.commands import new_lines
 from reconciler.next_steps import print_next_steps
@@ -20,6 +18,9 @@ from reconciler.quickstart import local_examples, sync_repo
 from reconciler.records import ServiceRecord, StateDoc
 from reconciler.settings import Settings, SettingsError, build_settings
 from reconciler.state import StateStore
+from tidegate.routes import ModelRoute, RoutesSnapshot, ServiceRoute, Upstream
+from tidegate.routes_io import write_snapshot
+from tidegate.signals import drain_signals
 
 SERVICE = """\
 type: service

@@ -10,13 +10,13 @@ import pytest
 from fakes import FakeBackend, FakeProber
 
 from backends.base import BackendRegistry, PermanentError, TemporaryError
-from gateway.snapshot import read_snapshot
 from reconciler import apply as apply_mod
 from reconciler.autoscale import ServiceStats
 from reconciler.engine import Engine, EngineSettings, Snapshot
 from reconciler.journal import Journal, Op
 from reconciler.naming import parse_replica_id
 from reconciler.records import ReplicaPhase, ServiceStatus
+from tidegate.routes_io import read_snapshot
 
 SECRET = "s3cr3t-value-0f-the-token"
 

@@ -11,9 +11,9 @@ import pytest
 
 from backends.base import BackendRegistry
 from backends.local import LocalBackend
-from gateway.snapshot import read_snapshot
 from reconciler.engine import Engine, EngineSettings, Snapshot
 from reconciler.state import StateStore
+from tidegate.routes_io import read_snapshot
 
 SERVICE = """\
 type: service

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.signals import send_signal
 from reconciler.loop import Loop
+from tidegate.signals import send_signal
 
 
 class Recorder:
