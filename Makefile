@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/python -m reconciler.quickstart
+	$(BIN)/python -m reconciler.cli.quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check tidegate reconciler backends gateway tests bench examples

@@ -1,7 +1,7 @@
 """Where the gateway publishes its per-process request stats, and how: the file the autoscaler reads.
 
 Each gateway process writes `<state>/gateway/stats-<pid>.json` (temp file + replace, no fsync:
-a lost sample is replaced a second later); the reconciler reads every such file (reconciler.stats).
+a lost sample is replaced a second later); the reconciler reads every such file (reconciler.engine.stats).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def requirements_from_args(args: argparse.Namespace) -> Requirements:
 
 
 def _service_requirements(args: argparse.Namespace) -> Requirements:
-    from reconciler.loader import load_tree
+    from reconciler.config.loader import load_tree
 
     if args.config:
         path = Path(args.config).resolve()
@@ -113,7 +113,7 @@ def _backends_for_offers(args: argparse.Namespace) -> list[Backend] | None:
     if not path:
         return None
     from backends.settings import build_backends
-    from reconciler.settings import load_cloud_settings
+    from reconciler.cli.settings import load_cloud_settings
 
     settings = load_cloud_settings(path, os.environ)
     if args.catalog:
@@ -151,7 +151,7 @@ def offer_rows(offers: list[Offer], *, verbose: bool = False) -> list[list[str]]
 
 def run_offers(args: argparse.Namespace) -> int:
     from backends.catalog import CatalogError, cache_catalog_path, refresh_catalog
-    from reconciler.output import print_table
+    from reconciler.cli.output import print_table
 
     if args.refresh:
         dest = Path(args.catalog) if args.catalog else cache_catalog_path()
@@ -210,8 +210,8 @@ def _owner(state_dir: Path) -> str | None:
 def run_gc(args: argparse.Namespace) -> int:
     from backends.orphans import OrphanSweeper, read_known_replica_ids
     from backends.settings import SettingsError, build_backends
-    from reconciler.settings import SettingsError as FileError
-    from reconciler.settings import load_cloud_settings
+    from reconciler.cli.settings import SettingsError as FileError
+    from reconciler.cli.settings import load_cloud_settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     state_dir = Path(args.state or os.environ.get("TIDEGATE_STATE") or "state")

@@ -17,22 +17,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import ReconcilerError, StateLockedError
-from reconciler.next_steps import print_next_steps
-from reconciler.output import print_table, say
-from reconciler.plan_output import render_report
-from reconciler.pr_source import read_decision
-from reconciler.preview_wiring import PS_HEADERS, add_preview_options, ps_rows
-from reconciler.records import StateDoc
-from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
-from reconciler.source import SourceError, read_source
-from reconciler.state import StateStore
+from reconciler.cli.next_steps import print_next_steps
+from reconciler.cli.output import print_table, say
+from reconciler.cli.settings import Settings, SettingsError, add_common_options, build_settings
+from reconciler.previews.pr_source import read_decision
+from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
+from reconciler.render.plan_output import render_report
+from reconciler.source.checkout import SourceError, read_source
+from reconciler.state.errors import ReconcilerError, StateLockedError
+from reconciler.state.records import StateDoc
+from reconciler.state.store import StateStore
 from tidegate.routes_io import read_snapshot
 from tidegate.signals import send_signal
 
 if TYPE_CHECKING:
-    from reconciler.engine import PassReport
-    from reconciler.view import ServiceView
+    from reconciler.engine.reconcile import PassReport
+    from reconciler.state.view import ServiceView
 
 log = logging.getLogger("tidegate")
 
@@ -96,8 +96,7 @@ def _logging(verbose: bool = False) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from reconciler import runtime
-
+    from reconciler.cli import runtime
     _logging()
     try:
         settings = _settings(args)
@@ -126,8 +125,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from reconciler import runtime
-    from reconciler.loop import Loop
+    from reconciler.cli import runtime
+    from reconciler.engine.loop import Loop
 
     _logging()
     try:
@@ -243,8 +242,7 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from reconciler import runtime
-
+    from reconciler.cli import runtime
     try:
         settings = _settings(args)
         engine = runtime.build_engine(settings, read_only=True)
@@ -301,8 +299,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from reconciler import runtime
-
+    from reconciler.cli import runtime
     try:
         settings = _settings(args)
         doc = _load_doc(settings.state_dir)
@@ -357,8 +354,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _stop_start(args: argparse.Namespace, kind: str) -> int:
-    from reconciler import runtime
-
+    from reconciler.cli import runtime
     try:
         settings = _settings(args)
         doc = _load_doc(settings.state_dir)

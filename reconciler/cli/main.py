@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 # Modules contributing subcommands, in help order.
 COMMAND_MODULES = (
-    "reconciler.validate_cmd",  # validate, schema
-    "reconciler.plan_cmd",  # plan
-    "reconciler.commands",  # apply, up, ps, logs, stop, start
+    "reconciler.cli.validate_cmd",  # validate, schema
+    "reconciler.cli.plan_cmd",  # plan
+    "reconciler.cli.commands",  # apply, up, ps, logs, stop, start
     "gateway.cli",  # gateway, token
-    "reconciler.cloud_cmd",  # offers, gc
+    "reconciler.cli.cloud_cmd",  # offers, gc
 )
 
 

@@ -13,8 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from reconciler.output import say
-from reconciler.settings import Settings
+from reconciler.cli.output import say
+from reconciler.cli.settings import Settings
 from tidegate.routes_io import read_snapshot
 
 
@@ -23,7 +23,7 @@ def cli_hint(settings: Settings) -> str:
     exe = "tidegate"
     if shutil.which("tidegate") is None:
         local = Path(sys.executable).parent / "tidegate"
-        exe = str(local) if local.exists() else f"{sys.executable} -m reconciler.cli"
+        exe = str(local) if local.exists() else f"{sys.executable} -m reconciler.cli.main"
     default = Path(os.environ.get("TIDEGATE_STATE") or "state").resolve()
     return exe if settings.state_dir == default else f"TIDEGATE_STATE={settings.state_dir} {exe}"
 

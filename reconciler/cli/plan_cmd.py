@@ -1,7 +1,7 @@
 """`tidegate plan`: what `apply` would change, as text, JSON or a markdown PR comment.
 
 Why a module of its own: the plan command grew the GitHub loop's needs — `--format markdown` for
-the PR comment (`reconciler.plan_markdown`) and `--baseline DIR`, which plans the checkout against
+the PR comment (`reconciler.render.plan_markdown`) and `--baseline DIR`, which plans the checkout against
 the desired set of another folder (the PR's base branch) instead of the state directory: in CI
 there is no production state to read, and GitOps says production runs the base branch, so the
 difference between the two desired sets is exactly what the PR changes.
@@ -20,11 +20,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from reconciler.engine import Snapshot
-from reconciler.errors import ReconcilerError
-from reconciler.output import say
-from reconciler.settings import SettingsError, add_common_options, build_settings
-from reconciler.source import SourceError
+from reconciler.cli.output import say
+from reconciler.cli.settings import SettingsError, add_common_options, build_settings
+from reconciler.engine.reconcile import Snapshot
+from reconciler.source.checkout import SourceError
+from reconciler.state.errors import ReconcilerError
 
 EXIT_ERROR = 1
 
@@ -68,9 +68,9 @@ def baseline_revision(folder: Path) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from reconciler import runtime
-    from reconciler.plan_markdown import baseline_plan, render
-    from reconciler.plan_output import plan_json, render_plan
+    from reconciler.cli import runtime
+    from reconciler.render.plan_markdown import baseline_plan, render
+    from reconciler.render.plan_output import plan_json, render_plan
 
     fmt = output_format(args)
     try:

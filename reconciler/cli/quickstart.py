@@ -74,7 +74,7 @@ def ensure_token(state_dir: Path) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reconciler.quickstart", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reconciler.cli.quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--state", help="state directory (default: $TIDEGATE_STATE or ./state)")
     parser.add_argument("--examples", default=None, help="examples folder (default: the project's examples/)")
     parser.add_argument("--listen", default=None, help="gateway address (default 127.0.0.1:8080)")
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     state_dir = Path(args.state or os.environ.get("TIDEGATE_STATE") or "state").resolve()
-    examples = Path(args.examples) if args.examples else Path(__file__).resolve().parent.parent / "examples"
+    examples = Path(args.examples) if args.examples else Path(__file__).resolve().parents[2] / "examples"
     if not examples.is_dir():
         print(f"error: no examples folder at {examples}", file=sys.stderr)
         return 1
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     print(f"edit {repo}/examples and commit there: the running tidegate deploys each commit.")
-    from reconciler.cli import main as cli_main
+    from reconciler.cli.main import main as cli_main
 
     up = ["up", "--repo", str(repo), "--path", "examples", "--state", str(state_dir), "--interval", "10"]
     if args.listen:

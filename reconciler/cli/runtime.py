@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendRegistry
 from backends.orphans import OrphanSweeper, read_known_replica_ids
-from reconciler.engine import Engine, EngineSettings, PassReport, Snapshot
-from reconciler.settings import Settings
-from reconciler.source import Checkout, GitSource, Source, SourceError, make_source
-from reconciler.state import StateStore
-from reconciler.view import status_views
+from reconciler.cli.settings import Settings
+from reconciler.engine.reconcile import Engine, EngineSettings, PassReport, Snapshot
+from reconciler.source.checkout import Checkout, GitSource, Source, SourceError, make_source
+from reconciler.state.store import StateStore
+from reconciler.state.view import status_views
 from tidegate.routes_io import read_snapshot
 
 if TYPE_CHECKING:
-    from reconciler.github import StatusReporter
-    from reconciler.preview_loop import PreviewProvider
+    from reconciler.previews.github import StatusReporter
+    from reconciler.previews.loop import PreviewProvider
 
 log = logging.getLogger("tidegate.runtime")
 
@@ -49,7 +49,7 @@ def build_registry(settings: Settings, owner: str) -> BackendRegistry:
     registry.register(LocalBackend(root=settings.state_dir / "replicas", owner=owner))
     if settings.settings_file is not None:
         from backends.settings import build_backends
-        from reconciler.settings import load_cloud_settings
+        from reconciler.cli.settings import load_cloud_settings
 
         cloud = load_cloud_settings(settings.settings_file, settings.env)
         for backend in build_backends(cloud, owner, settings.state_dir):
@@ -86,10 +86,10 @@ def require_source(settings: Settings) -> Source:
 def build_previews(settings: Settings, args: argparse.Namespace | None, source: Source, engine: Engine) -> PreviewProvider | None:
     """The preview provider for `up` when previews are enabled (`--previews` or the settings file's
     `previews: {enabled: true}`), else None. Needs a git remote: PR refs live there."""
-    from reconciler.github import GitHubClient, GitHubSettings
-    from reconciler.pr_source import PullRequestSource
-    from reconciler.preview_loop import PreviewProvider
-    from reconciler.preview_wiring import PreviewSettingsError, preview_settings
+    from reconciler.previews.github import GitHubClient, GitHubSettings
+    from reconciler.previews.loop import PreviewProvider
+    from reconciler.previews.pr_source import PullRequestSource
+    from reconciler.previews.wiring import PreviewSettingsError, preview_settings
 
     try:
         prefs = preview_settings(args, settings.previews_section)
@@ -125,7 +125,7 @@ def build_orphan_sweeper(engine: Engine, grace: float = 900.0) -> OrphanSweeper 
 
 def build_deploy_reporter(settings: Settings) -> StatusReporter | None:
     """Commit statuses on the deployed commit, when a GitHub repository and token are configured."""
-    from reconciler.github import GitHubClient, GitHubSettings, StatusReporter
+    from reconciler.previews.github import GitHubClient, GitHubSettings, StatusReporter
 
     gh = GitHubSettings.from_env(settings.env, settings.repo)
     return StatusReporter(GitHubClient(gh)) if gh is not None and gh.token else None
@@ -228,7 +228,7 @@ class Pass:
         if self.previews is not None:
             errors += self.previews.report(read_snapshot(self.engine.state_dir))
         if self.deploy_reporter is not None and report.revision and self.last is not None:
-            from reconciler.github import deploy_status_update
+            from reconciler.previews.github import deploy_status_update
 
             previews = self.previews.preview_prs() if self.previews is not None else {}
             counts = {

@@ -51,7 +51,7 @@ class Settings:
     env_file: Path | None = None
     # Values for bare `KEY` env entries: the reconciler's environment overlaid by --env-file.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    # The settings file's `previews:` section (reconciler.preview_wiring.preview_settings reads it).
+    # The settings file's `previews:` section (reconciler.previews.wiring.preview_settings reads it).
     previews_section: Mapping[str, Any] = field(default_factory=dict)
     # GitHub webhook secret: TIDEGATE_WEBHOOK_SECRET, else the settings file's `webhook_secret`.
     webhook_secret: str | None = field(default=None, repr=False)

@@ -16,8 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
+from reconciler.config.loader import Diagnostic, LoadResult, Severity, load_tree
 from reconciler.config.schema import service_json_schema
-from reconciler.loader import Diagnostic, LoadResult, Severity, load_tree
 
 
 class OutputFormat(StrEnum):

@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from backends.base import BackendRegistry, PermanentError, TemporaryError
-from reconciler.desired import DesiredService
-from reconciler.journal import Journal, Op
-from reconciler.plan import Action, Plan, Step
-from reconciler.records import (
+from reconciler.engine.desired import DesiredService
+from reconciler.engine.plan import Action, Plan, Step
+from reconciler.state.journal import Journal, Op
+from reconciler.state.records import (
     ReplicaPhase,
     ReplicaRecord,
     ServiceRecord,

@@ -4,7 +4,7 @@ Why: the loader says what the files contain; the engine needs, per service, a sp
 changes exactly when a replica must be replaced, a replica template, the backend to use and the
 route. Pure but for one cached read: values in, values out (env values come in as a mapping;
 nothing reads os.environ); the code hash below is read from the checkout once per revision
-(reconciler.code_files) unless the caller passes `code_hash`.
+(reconciler.source.code_files) unless the caller passes `code_hash`.
 
 - A bare `KEY` takes its value from `env` (process env + --env-file, built by the caller). A missing
   value blocks that one service with a message naming the variable; others go on.
@@ -19,7 +19,7 @@ nothing reads os.environ); the code hash below is read from the checkout once pe
   the workdir, so for them the code hash is left out (a code push must not replace a GPU instance
   for nothing). The summary shows it as `files: <hash8>`, so `tidegate plan` says why replicas roll.
 - A file that failed validation keeps its service as it is (`failed`), reported, never deleted;
-  the engine still heals it at its last applied spec (reconciler.targets).
+  the engine still heals it at its last applied spec (reconciler.engine.targets).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backends.base import ReplicaSpec, Requirements
-from reconciler.autoscale import ScalingPolicy
-from reconciler.code_files import code_hash_at
-from reconciler.loader import LoadedService, LoadResult
-from reconciler.naming import replica_id, service_host
-from reconciler.records import RouteInfo
+from reconciler.config.loader import LoadedService, LoadResult
+from reconciler.engine.autoscale import ScalingPolicy
+from reconciler.engine.naming import replica_id, service_host
+from reconciler.source.code_files import code_hash_at
+from reconciler.state.records import RouteInfo
 from tidegate.routes import ModelFormat, ModelRoute
 
 

@@ -3,7 +3,7 @@
 Why: the backend's status only says the process (or instance) is alive. A replica that hangs —
 HTTP accepted but never answered, a deadlocked worker — would otherwise stay routed forever.
 Every `recheck_interval` seconds each READY replica gets the same probe as readiness
-(`reconciler.probe`), the way Kubernetes runs its readiness and liveness probes on a period:
+(`reconciler.engine.probe`), the way Kubernetes runs its readiness and liveness probes on a period:
 
 - the first failure takes it out of the routes (`probe_failures > 0`; `view.build_routes` skips
   it), so traffic only goes to replicas that answer; a later passing probe puts it back;
@@ -21,8 +21,8 @@ import math
 from collections.abc import Mapping, MutableMapping
 
 from backends.base import ReplicaStatus
-from reconciler.observe import ObserveSettings, Prober, mark_failed
-from reconciler.records import ReplicaPhase, ReplicaRecord, StateDoc
+from reconciler.engine.observe import ObserveSettings, Prober, mark_failed
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, StateDoc
 from tidegate.routes import ModelRoute
 
 

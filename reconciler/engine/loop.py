@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler.source import watch_folder
+from reconciler.source.checkout import watch_folder
 from tidegate.signals import SIGNALS_DIR, drain_signals
 
 log = logging.getLogger("tidegate.loop")

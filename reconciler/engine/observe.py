@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from backends.base import BackendRegistry, ReplicaInfo, ReplicaStatus
-from reconciler.apply import backoff_delay
-from reconciler.journal import Journal, Op
-from reconciler.naming import dns_safe, parse_replica_id
-from reconciler.probe import ProbeResult
-from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
+from reconciler.engine.apply import backoff_delay
+from reconciler.engine.naming import dns_safe, parse_replica_id
+from reconciler.engine.probe import ProbeResult
+from reconciler.state.journal import Journal, Op
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
 from tidegate.routes import ModelRoute
 
 log = logging.getLogger("tidegate.observe")
@@ -36,7 +36,7 @@ class ObserveSettings:
     ready_timeout: float = 600.0
     backoff_base: float = 2.0
     backoff_max: float = 300.0
-    recheck_interval: float = 10.0  # READY replicas are re-probed this often (reconciler.liveness)
+    recheck_interval: float = 10.0  # READY replicas are re-probed this often (reconciler.engine.liveness)
     unhealthy_threshold: int = 3  # failed re-probes in a row before a READY replica is failed
 
 

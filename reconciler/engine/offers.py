@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from backends.base import BackendRegistry
-from reconciler.desired import DesiredService, DesiredSet
+from reconciler.engine.desired import DesiredService, DesiredSet
 
 
 def with_offers(ds: DesiredSet, backends: BackendRegistry) -> tuple[DesiredSet, bool]:

@@ -10,7 +10,7 @@ replica is restarted when its backoff time has passed. Scale-down drains the lea
 (not ready, then outdated, then fewest in-flight). A `keep` target (blocked, stalled, backing off,
 or a broken config with no last good spec known) is left exactly as it is. Services missing from the desired set are deleted only when `prune` is true.
 
-Rendering lives elsewhere: `reconciler.plan_output` (text, JSON) and `reconciler.plan_markdown`
+Rendering lives elsewhere: `reconciler.render.plan_output` (text, JSON) and `reconciler.render.plan_markdown`
 (the PR comment).
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from reconciler.naming import replica_id
-from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
+from reconciler.engine.naming import replica_id
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 
 class Action(StrEnum):

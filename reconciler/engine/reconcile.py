@@ -1,13 +1,13 @@
 """The engine: one level-triggered reconcile pass, and everything the CLI asks of the state dir.
 
-Why: the loop (reconciler.loop), `tidegate apply`, `plan`, `ps`, `stop` and `start` all need the
+Why: the loop (reconciler.engine.loop), `tidegate apply`, `plan`, `ps`, `stop` and `start` all need the
 same sequence — desired state from a snapshot, actual state from the state dir and the backends,
 a pure plan, an apply that journals every side effect, readiness probes, then state and routes
 written in that order. `reconcile()` is idempotent: calling it every few seconds with nothing
 changed and nothing drifted does no backend writes and no file writes.
 
-The values it takes and returns live in reconciler.engine_types, the offer choice in
-reconciler.offers and the next-run time in reconciler.schedule.
+The values it takes and returns live in reconciler.engine.values, the offer choice in
+reconciler.engine.offers and the next-run time in reconciler.engine.schedule.
 
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
@@ -24,10 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry
-from reconciler.apply import ApplyContext, FaultHook, apply_plan
-from reconciler.autoscale import ServiceStats
-from reconciler.desired import DesiredService, DesiredSet, build_desired
-from reconciler.engine_types import (
+from reconciler.config.loader import load_tree
+from reconciler.engine.apply import ApplyContext, FaultHook, apply_plan
+from reconciler.engine.autoscale import ServiceStats
+from reconciler.engine.desired import DesiredService, DesiredSet, build_desired
+from reconciler.engine.liveness import recheck_in, recheck_ready
+from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
+from reconciler.engine.offers import with_offers
+from reconciler.engine.plan import plan
+from reconciler.engine.probe import probe_replica
+from reconciler.engine.schedule import next_run_in
+from reconciler.engine.stats import read_stats
+from reconciler.engine.targets import TargetSettings, build_targets, config_broken, sync_records
+from reconciler.engine.values import (
     DesiredExtension,
     EngineSettings,
     PassReport,
@@ -35,21 +44,12 @@ from reconciler.engine_types import (
     Snapshot,
     SnapshotLike,
 )
-from reconciler.errors import StateError
-from reconciler.journal import Journal
-from reconciler.liveness import recheck_in, recheck_ready
-from reconciler.loader import load_tree
-from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
-from reconciler.offers import with_offers
-from reconciler.plan import plan
-from reconciler.probe import probe_replica
-from reconciler.records import ReplicaPhase, SnapshotRef
-from reconciler.redact import Redactor
-from reconciler.schedule import next_run_in
-from reconciler.state import StateStore
-from reconciler.stats import read_stats
-from reconciler.targets import TargetSettings, build_targets, config_broken, sync_records
-from reconciler.view import ServiceView, build_routes, status_views
+from reconciler.state.errors import StateError
+from reconciler.state.journal import Journal
+from reconciler.state.records import ReplicaPhase, SnapshotRef
+from reconciler.state.redact import Redactor
+from reconciler.state.store import StateStore
+from reconciler.state.view import ServiceView, build_routes, status_views
 from tidegate.routes import RoutesSnapshot
 from tidegate.routes_io import write_snapshot
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from backends.base import ReplicaStatus
-from reconciler.records import ReplicaPhase, StateDoc
+from reconciler.state.records import ReplicaPhase, StateDoc
 
 
 def next_run_in(doc: StateDoc, now: float, drain_min: float) -> float | None:

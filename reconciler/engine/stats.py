@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reconciler.autoscale import ServiceStats
+from reconciler.engine.autoscale import ServiceStats
 from tidegate.stats_file import STATS_DIR
 
 

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
-from reconciler.autoscale import ScalingDecision, ServiceStats, desired_replicas
-from reconciler.desired import DesiredService, DesiredSet
-from reconciler.plan import Desired, Target
-from reconciler.records import ScalingRecord, ServiceRecord, ServiceStatus, StateDoc
-from reconciler.view import service_status
+from reconciler.engine.autoscale import ScalingDecision, ServiceStats, desired_replicas
+from reconciler.engine.desired import DesiredService, DesiredSet
+from reconciler.engine.plan import Desired, Target
+from reconciler.state.records import ScalingRecord, ServiceRecord, ServiceStatus, StateDoc
+from reconciler.state.view import service_status
 
 log = logging.getLogger("tidegate.engine")
 

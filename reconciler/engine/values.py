@@ -2,7 +2,7 @@
 what it answers (`PlanResult` for `plan`, `PassReport` for each reconcile pass).
 
 Why a module of its own: the CLI output modules (plan_output, plan_markdown) and the runtime
-read these without needing the engine's machinery; `reconciler.engine` re-exports them all.
+read these without needing the engine's machinery; `reconciler.engine.reconcile` re-exports them all.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from reconciler.apply import ServiceOutcome
-from reconciler.desired import DesiredSet
-from reconciler.plan import Plan
+from reconciler.engine.apply import ServiceOutcome
+from reconciler.engine.desired import DesiredSet
+from reconciler.engine.plan import Plan
 
 
 class DesiredExtension(Protocol):
     """Adds services to production's desired set each pass (pull-request previews:
-    `reconciler.preview_loop.PreviewProvider`). `fingerprint()` changes whenever `extend` would
+    `reconciler.previews.loop.PreviewProvider`). `fingerprint()` changes whenever `extend` would
     return something else, so the engine's desired-set cache knows when to rebuild."""
 
     def extend(self, production: DesiredSet) -> DesiredSet: ...
@@ -56,7 +56,7 @@ class EngineSettings:
     backoff_base: float = 2.0
     backoff_max: float = 300.0
     drain_grace: float = 30.0
-    # Liveness (reconciler.liveness): READY replicas are re-probed every `recheck_interval` s; the
+    # Liveness (reconciler.engine.liveness): READY replicas are re-probed every `recheck_interval` s; the
     # first failure unroutes one, `unhealthy_threshold` failures in a row restart it.
     recheck_interval: float = 10.0
     unhealthy_threshold: int = 3

@@ -5,7 +5,7 @@ way — level-triggered, from what is true now, with no memory of events. This m
 and nothing else: values in (the open PR heads, what GitHub said about them, the base branch's
 loaded configs and each PR's loaded configs, the guard-rail settings, `now`), values out (the preview
 services to run, each with its config already clamped, and for every PR that gets nothing, the
-reason). No git, no HTTP, no clock; `reconciler.pr_source` and `reconciler.github` do the I/O.
+reason). No git, no HTTP, no clock; `reconciler.previews.pr_source` and `reconciler.previews.github` do the I/O.
 
 Truth, in order:
 - the PR refs on the remote (`refs/pull/<N>/head`) say which PRs exist and what their head commit
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from reconciler.config import ReplicaRange, ServiceConfig, SpotPolicy
-from reconciler.loader import LoadedService, LoadResult, spec_hash
+from reconciler.config.loader import LoadedService, LoadResult, spec_hash
 
 MAX_DNS_LABEL = 63
 PREVIEW_PR_ENV = "TIDEGATE_PREVIEW_PR"

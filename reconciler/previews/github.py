@@ -1,6 +1,6 @@
 """GitHub as seen by tidegate: pull-request events and the REST API (PR metadata, statuses, comments).
 
-Why this module exists: previews work from git refs alone (`reconciler.pr_source`), but only GitHub
+Why this module exists: previews work from git refs alone (`reconciler.previews.pr_source`), but only GitHub
 knows whether a PR is still open, which labels it carries and whether its head lives in a fork.
 That knowledge arrives two ways, and both end up as the same `PullRequestInfo` value:
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
-from reconciler.plan_markdown import PLAN_COMMENT_MARKER
-from reconciler.previews import PreviewDecision, PullRequestInfo, PullRequestState, RejectReason
+from reconciler.previews.decision import PreviewDecision, PullRequestInfo, PullRequestState, RejectReason
+from reconciler.render.plan_markdown import PLAN_COMMENT_MARKER
 
 DEFAULT_API_URL = "https://api.github.com"
 STATUS_CONTEXT = "tidegate"

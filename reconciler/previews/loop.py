@@ -24,16 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.desired import DesiredSet
-from reconciler.github import (
+from reconciler.config.loader import load_tree
+from reconciler.engine.desired import DesiredSet
+from reconciler.previews.decision import PreviewDecision, PreviewSettings, decide_previews
+from reconciler.previews.github import (
     GitHubClient,
     GitHubError,
     StatusReporter,
     preview_status_updates,
     pull_request_from_signal,
 )
-from reconciler.loader import load_tree
-from reconciler.pr_source import (
+from reconciler.previews.pr_source import (
     PullRequestSnapshot,
     PullRequestSource,
     PullSourceError,
@@ -41,9 +42,8 @@ from reconciler.pr_source import (
     record_pull_request,
     write_decision,
 )
-from reconciler.preview_wiring import merge_desired, preview_desired
-from reconciler.previews import PreviewDecision, PreviewSettings, decide_previews
-from reconciler.source import Checkout
+from reconciler.previews.wiring import merge_desired, preview_desired
+from reconciler.source.checkout import Checkout
 from tidegate.routes import RoutesSnapshot
 
 log = logging.getLogger("tidegate.previews")

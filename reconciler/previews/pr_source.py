@@ -4,8 +4,8 @@ seen, extract a PR revision's files, and keep what webhooks/the API told us abou
 Why this module exists: previews must work from polling alone, so the PR refs GitHub publishes
 (`refs/pull/<N>/head`, also for PRs from forks) are the source of truth for which PRs exist and
 what their head commit is. They are fetched with `--prune` into `refs/tidegate/pull/<N>` of the
-same bare clone `reconciler.source.GitSource` keeps for the branch, so a ref that disappears from
-the remote loses its local ref on the next fetch and `reconciler.previews` tears its previews down
+same bare clone `reconciler.source.checkout.GitSource` keeps for the branch, so a ref that disappears from
+the remote loses its local ref on the next fetch and `reconciler.previews.decision` tears its previews down
 without any webhook. Note that GitHub keeps `refs/pull/<N>/head` after a PR is closed: there,
 closing is learnt from the webhook, from the API's list of open PRs, or at the latest by the TTL.
 
@@ -30,16 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.github import GitHubClient, GitHubError
-from reconciler.loader import LoadResult, load_tree
-from reconciler.previews import (
+from reconciler.config.loader import LoadResult, load_tree
+from reconciler.previews.decision import (
     PreviewDecision,
     PullRequestHead,
     PullRequestInfo,
     PullRequestState,
     combine,
 )
-from reconciler.source import Checkout, GitSource, redact_url
+from reconciler.previews.github import GitHubClient, GitHubError
+from reconciler.source.checkout import Checkout, GitSource, redact_url
 from tidegate.fsio import build_dir_atomic, write_json_atomic
 
 PREVIEWS_DIR = "previews"
@@ -71,7 +71,7 @@ class PullRequestSource:
         return cls(source.url, source.repo_dir, source.state_dir, source.config_path)
 
     def _repo(self) -> Any:
-        import git  # gitpython, imported lazily like reconciler.source
+        import git  # gitpython, imported lazily like reconciler.source.checkout
 
         if (self.repo_dir / "HEAD").exists() or (self.repo_dir / ".git").exists():
             return git.Repo(self.repo_dir)

@@ -1,7 +1,7 @@
 """How previews plug into the rest of tidegate: CLI options, settings, the desired set, `ps` rows.
 
-Why a module of its own: `reconciler.previews` decides, `reconciler.pr_source` and
-`reconciler.github` do the I/O; what is left is glue the engine, the loop and the CLI call, kept
+Why a module of its own: `reconciler.previews.decision` decides, `reconciler.previews.pr_source` and
+`reconciler.previews.github` do the I/O; what is left is glue the engine, the loop and the CLI call, kept
 here so each of those call sites stays one line. Everything here is pure (argparse namespaces,
 mappings and dataclasses in, values out).
 
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import SpotPolicy, parse_duration
-from reconciler.desired import DesiredSet, build_desired
-from reconciler.previews import DEFAULT_TTL, PreviewDecision, PreviewSettings, previews_by_pr
+from reconciler.engine.desired import DesiredSet, build_desired
+from reconciler.previews.decision import DEFAULT_TTL, PreviewDecision, PreviewSettings, previews_by_pr
 
 
 class PreviewSettingsError(ValueError):

@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reconciler.plan import Action, Desired, FieldChange, Plan, Target, plan
-from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
+from reconciler.engine.plan import Action, Desired, FieldChange, Plan, Target, plan
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 if TYPE_CHECKING:
-    from reconciler.desired import DesiredService, DesiredSet
-    from reconciler.engine import PlanResult
+    from reconciler.engine.desired import DesiredService, DesiredSet
+    from reconciler.engine.reconcile import PlanResult
 
 PLAN_COMMENT_MARKER = "<!-- tidegate-plan -->"
 MAX_CELL = 80

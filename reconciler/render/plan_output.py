@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from reconciler.plan import Action, Plan, Step
-from reconciler.records import offer_label
+from reconciler.engine.plan import Action, Plan, Step
+from reconciler.state.records import offer_label
 
 _VERBS = {
     Action.CREATE_SERVICE: "create service",
@@ -56,7 +56,7 @@ def _offer_line(steps: list[Step], desired: Any) -> str | None:
 
 
 def render_plan(result: Any) -> str:
-    """Text for a `reconciler.engine.PlanResult` (typed loosely: only its documented fields are read)."""
+    """Text for a `reconciler.engine.reconcile.PlanResult` (typed loosely: only its documented fields are read)."""
     p: Plan = result.plan
     desired = result.desired
     lines = [f"revision {str(result.revision or '-')[:12]}", ""]
@@ -119,7 +119,7 @@ def plan_json(result: Any) -> dict[str, Any]:
 
 
 def render_report(report: Any) -> str:
-    """`tidegate apply`'s summary of a `reconciler.engine.PassReport`."""
+    """`tidegate apply`'s summary of a `reconciler.engine.reconcile.PassReport`."""
     p = report.plan
     lines = [f"revision {str(report.revision or '-')[:12]}: {len(p.steps)} step(s) applied"]
     for name in p.services():

@@ -23,8 +23,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from backends.local_layout import dstackignore
-from reconciler.loader import is_config_file
-from reconciler.source import IgnoreFn, tree_hash
+from reconciler.config.loader import is_config_file
+from reconciler.source.checkout import IgnoreFn, tree_hash
 
 CONFIG_DIR = ".dstack"
 _CACHE_SIZE = 32

@@ -74,7 +74,7 @@ class ReplicaRecord(BaseModel):
     last_error: str | None = None
     next_attempt_at: float | None = None  # FAILED: not restarted before this time
     draining_since: float | None = None
-    # READY only: liveness probes failed in a row (reconciler.liveness). Above 0 it is out of the
+    # READY only: liveness probes failed in a row (reconciler.engine.liveness). Above 0 it is out of the
     # routes; at the threshold it becomes FAILED. Changes only when a probe's outcome does.
     probe_failures: int = 0
     # The cloud offer the replica runs on (label + USD/hour), for `ps` cost; None on free backends.

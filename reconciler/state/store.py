@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import StaleStateError, StateError, StateLockedError
-from reconciler.records import SCHEMA_VERSION, StateDoc
+from reconciler.state.errors import StaleStateError, StateError, StateLockedError
+from reconciler.state.records import SCHEMA_VERSION, StateDoc
 from tidegate.fsio import fsync_dir, write_atomic
 
 STATE_FILE = "state.json"

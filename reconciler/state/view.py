@@ -1,7 +1,7 @@
 """Views derived from the state document: the routes snapshot and the status rows of `tidegate ps`.
 
 Why: both are pure projections of `state.json` (routes only ever list READY replicas that answer their
-liveness probe — `probe_failures == 0`, see reconciler.liveness — plus
+liveness probe — `probe_failures == 0`, see reconciler.engine.liveness — plus
 DRAINING ones flagged so the gateway finishes their in-flight requests), so they are computed the
 same way by the owning `up` process and by read-only commands in another terminal.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.records import ReplicaPhase, ServiceRecord, ServiceStatus, StateDoc
+from reconciler.state.records import ReplicaPhase, ServiceRecord, ServiceStatus, StateDoc
 from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
 
 

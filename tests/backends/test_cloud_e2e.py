@@ -21,8 +21,8 @@ from backends.azure import AzureBackend
 from backends.base import Backend, BackendRegistry
 from backends.catalog import load_catalog
 from backends.settings import AwsSettings, AzureSettings
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.state import StateStore
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.store import StateStore
 from tidegate.routes_io import read_snapshot
 
 moto_url, ec2, linux_ami = cloud.moto_url, cloud.ec2, cloud.linux_ami
@@ -187,8 +187,8 @@ from backends.azure import AzureBackend
 from backends.base import BackendRegistry
 from backends.catalog import load_catalog
 from backends.settings import AwsSettings, AzureSettings
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.state import StateStore
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.store import StateStore
 
 class Token:
     def get_token(self, *scopes, **kwargs):

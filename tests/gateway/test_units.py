@@ -23,7 +23,7 @@ from gateway.tokens import (
     load_records,
     revoke_token,
 )
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tidegate.routes import ModelRoute, Upstream
 
 A, B, C = (Upstream(replica_id=r, url=f"http://127.0.0.1:{p}") for r, p in (("a", 1), ("b", 2), ("c", 3)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loop import Loop
+from reconciler.engine.loop import Loop
 from tidegate.signals import send_signal
 
 
@@ -171,7 +171,7 @@ class FakeSource:
         self.fetches = 0
 
     def current(self) -> object:
-        from reconciler.source import Checkout
+        from reconciler.source.checkout import Checkout
 
         self.fetches += 1
         return Checkout(f"rev-{self.fetches}", Path("/nonexistent"), None)
@@ -205,7 +205,7 @@ class FakeEngine:
 
 
 def test_pass_fetches_on_the_interval_or_when_woken_and_applies_signals() -> None:
-    from reconciler.runtime import Pass
+    from reconciler.cli.runtime import Pass
 
     now = [0.0]
     queued: list[dict[str, object]] = []
@@ -233,7 +233,7 @@ def test_pass_sweeps_cloud_orphans_on_its_interval_and_never_without_state(tmp_p
 
     from backends.base import ReplicaInfo, ReplicaStatus
     from backends.orphans import OrphanSweeper
-    from reconciler.runtime import Pass
+    from reconciler.cli.runtime import Pass
 
     class Cloud:
         name = "aws"
