@@ -7,7 +7,7 @@ overridden from the environment as `TIDEGATE_<BACKEND>_<FIELD>` (for example
 of it: boto3's default chain and azure-identity's `DefaultAzureCredential` find them, and nothing
 here writes them anywhere.
 
-Importing this module imports no cloud SDK; `build_backends` imports each backend lazily.
+Importing this module imports no cloud SDK and no backend: backends.registry builds them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from backends.base import Backend
 
 
 class SettingsError(Exception):
@@ -155,28 +153,3 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
     except (OSError, yaml.YAMLError) as e:
         raise SettingsError(f"cannot read settings {path}: {e}") from e
     return parse_settings(raw, env, source=str(path))
-
-
-def build_backends(
-    settings: Settings,
-    owner: str,
-    state_dir: str | Path,
-    *,
-    azure_credential: Any = None,
-) -> list[Backend]:
-    """One backend per configured cloud; SDKs are imported here, not at module import."""
-    from backends.catalog import load_catalog, resolve_catalog_path
-
-    catalog = load_catalog(resolve_catalog_path(settings.catalog))
-    out: list[Backend] = []
-    for entry in settings.backends:
-        if isinstance(entry, AwsSettings):
-            from backends.aws import AwsBackend
-
-            out.append(AwsBackend(entry, owner, catalog=catalog))
-        else:
-            from backends.azure import AzureBackend
-
-            out.append(AzureBackend(entry, owner, catalog=catalog, credential=azure_credential))
-    del state_dir  # cloud backends keep no local state; kept in the signature for symmetry
-    return out

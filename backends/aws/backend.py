@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backends.aws_ec2 import (
+from backends.aws.ec2 import (
     CAPACITY_CODES,
     LIVE_STATES,
     classify,
@@ -28,7 +28,7 @@ from backends.aws_ec2 import (
     replica_status,
     tags_of,
 )
-from backends.aws_network import AwsNetwork
+from backends.aws.network import AwsNetwork
 from backends.base import (
     Offer,
     PermanentError,
@@ -38,7 +38,7 @@ from backends.base import (
     Requirements,
     owner_tags,
 )
-from backends.cloud_common import (
+from backends.cloud.common import (
     OWNER,
     PORT,
     REPLICA,
@@ -48,8 +48,8 @@ from backends.cloud_common import (
     NoCapacity,
     launch_first_with_capacity,
 )
+from backends.cloud.startup import render_startup_script
 from backends.settings import AwsSettings
-from backends.startup import render_startup_script
 
 __all__ = ["AwsBackend", "classify", "client_token", "error_code", "replica_status"]
 

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backends.base import GpuInfo, Offer, PermanentError, ReplicaStatus, TemporaryError
-from backends.cloud_common import OWNER
+from backends.cloud.common import OWNER
 from backends.settings import AwsSettings
 
-log = logging.getLogger("backends.aws")
+log = logging.getLogger("backends.aws.backend")
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 CAPACITY_CODES = frozenset(

@@ -7,9 +7,9 @@ no live instance uses it any more (`sweep_security_groups` runs from the orphan 
 
 from __future__ import annotations
 
-from backends.aws_ec2 import LIVE_STATES, Ec2Access, classify, error_code, log, per_region
+from backends.aws.ec2 import LIVE_STATES, Ec2Access, classify, error_code, log, per_region
 from backends.base import PermanentError, ReplicaSpec
-from backends.cloud_common import OWNER, SERVICE
+from backends.cloud.common import OWNER, SERVICE
 
 
 class AwsNetwork(Ec2Access):

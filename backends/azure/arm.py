@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.base import PermanentError, TemporaryError
-from backends.cloud_common import OWNER, NoCapacity
+from backends.cloud.common import OWNER, NoCapacity
 from backends.settings import AzureSettings
 
-log = logging.getLogger("backends.azure")
+log = logging.getLogger("backends.azure.backend")
 
 CAPACITY_CODES = frozenset(
     {

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backends.azure_arm import ARM_SCOPE, CAPACITY_CODES, classify, error_code, log, vm_name
-from backends.azure_network import AzureNetwork
+from backends.azure.arm import ARM_SCOPE, CAPACITY_CODES, classify, error_code, log, vm_name
+from backends.azure.network import AzureNetwork
 from backends.base import (
     Offer,
     PermanentError,
@@ -29,7 +29,7 @@ from backends.base import (
     TemporaryError,
     owner_tags,
 )
-from backends.cloud_common import (
+from backends.cloud.common import (
     PORT,
     REPLICA,
     SERVICE,
@@ -38,8 +38,8 @@ from backends.cloud_common import (
     NoCapacity,
     launch_first_with_capacity,
 )
+from backends.cloud.startup import render_startup_script
 from backends.settings import AzureSettings
-from backends.startup import render_startup_script
 
 __all__ = ["ARM_SCOPE", "CAPACITY_CODES", "AzureBackend", "classify", "error_code", "vm_name"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from backends.azure_arm import ArmAccess, log
-from backends.cloud_common import OWNER
+from backends.azure.arm import ArmAccess, log
+from backends.cloud.common import OWNER
 
 
 class AzureNetwork(ArmAccess):

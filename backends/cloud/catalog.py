@@ -2,7 +2,7 @@
 
 Why this module exists: `tidegate offers` and every backend's `offers()` must answer offline (no
 cloud credentials, no network) and the same way for every cloud. Prices therefore come from a CSV
-that ships with the package (`backends/data/catalog.csv`, in the column layout of dstack's
+that ships with the package (`backends/cloud/data/catalog.csv`, in the column layout of dstack's
 `gpuhunt` v2 catalogs plus a `provider` column); cloud APIs only refine it (GPU facts, live spot
 prices) where they are reachable. `gpuhunt` itself (MPL-2.0) downloads its catalogs at run time and
 ships none, so it is used only as the optional source of `refresh_catalog`.

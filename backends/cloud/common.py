@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from backends.base import Offer, PermanentError, ReplicaInfo, ReplicaSpec, Requirements, TemporaryError
-from backends.catalog import select_offers
+from backends.cloud.catalog import select_offers
 
 log = logging.getLogger(__name__)
 

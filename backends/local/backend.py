@@ -60,7 +60,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from backends import local_host, local_proc, local_spawn
 from backends.base import (
     Offer,
     PermanentError,
@@ -70,7 +69,10 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
-from backends.local_layout import (
+from backends.local import host as local_host
+from backends.local import proc as local_proc
+from backends.local import spawn as local_spawn
+from backends.local.layout import (
     ReplicaPaths,
     container_name,
     copy_workdir,
@@ -80,7 +82,7 @@ from backends.local_layout import (
     tail,
     write_json_atomic,
 )
-from backends.local_status import recorded, replica_info, start_meta
+from backends.local.status import recorded, replica_info, start_meta
 
 __all__ = ["META", "LocalBackend", "NetworkMode", "socket_path"]
 

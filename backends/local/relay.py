@@ -173,9 +173,9 @@ def fork_egress_proxy(socket_path: str) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import asyncio
 
-        import local_egress  # type: ignore[import-not-found]
+        import egress  # type: ignore[import-not-found]
 
-        asyncio.run(local_egress.serve(socket_path))
+        asyncio.run(egress.serve(socket_path))
     finally:
         os._exit(0)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import ReplicaSpec
-from backends.local_layout import ReplicaPaths
-from backends.local_proc import MARK_DIR, MARK_OWNER, MARK_REPLICA
+from backends.local.layout import ReplicaPaths
+from backends.local.proc import MARK_DIR, MARK_OWNER, MARK_REPLICA
 
-RELAY = Path(__file__).with_name("local_relay.py")
+RELAY = Path(__file__).with_name("relay.py")
 # Where a namespaced replica finds its outbound HTTP(S) proxy (backends/local_egress.py).
 EGRESS_PORT = 47128
 

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backends import local_host, local_proc
 from backends.base import ReplicaInfo, ReplicaSpec, ReplicaStatus
-from backends.local_layout import ReplicaPaths, read_json
-from backends.local_proc import ProcessIdentity
+from backends.local import host as local_host
+from backends.local import proc as local_proc
+from backends.local.layout import ReplicaPaths, read_json
+from backends.local.proc import ProcessIdentity
 
 SCHEMA_VERSION = 1
 MESSAGE_LOG_LINES = 5

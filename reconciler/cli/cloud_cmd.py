@@ -112,7 +112,7 @@ def _backends_for_offers(args: argparse.Namespace) -> list[Backend] | None:
     path = args.settings or os.environ.get("TIDEGATE_SETTINGS")
     if not path:
         return None
-    from backends.settings import build_backends
+    from backends.registry import build_backends
     from reconciler.cli.settings import load_cloud_settings
 
     settings = load_cloud_settings(path, os.environ)
@@ -122,7 +122,7 @@ def _backends_for_offers(args: argparse.Namespace) -> list[Backend] | None:
 
 
 def find_offers(args: argparse.Namespace, requirements: Requirements) -> list[Offer]:
-    from backends.catalog import load_catalog, merge_offers, resolve_catalog_path, select_offers
+    from backends.cloud.catalog import load_catalog, merge_offers, resolve_catalog_path, select_offers
 
     backends = _backends_for_offers(args)
     if not backends:  # offline: the whole catalog, no SDK, no network
@@ -150,7 +150,7 @@ def offer_rows(offers: list[Offer], *, verbose: bool = False) -> list[list[str]]
 
 
 def run_offers(args: argparse.Namespace) -> int:
-    from backends.catalog import CatalogError, cache_catalog_path, refresh_catalog
+    from backends.cloud.catalog import CatalogError, cache_catalog_path, refresh_catalog
     from reconciler.cli.output import print_table
 
     if args.refresh:
@@ -208,8 +208,9 @@ def _owner(state_dir: Path) -> str | None:
 
 
 def run_gc(args: argparse.Namespace) -> int:
-    from backends.orphans import OrphanSweeper, read_known_replica_ids
-    from backends.settings import SettingsError, build_backends
+    from backends.cloud.orphans import OrphanSweeper, read_known_replica_ids
+    from backends.registry import build_backends
+    from backends.settings import SettingsError
     from reconciler.cli.settings import SettingsError as FileError
     from reconciler.cli.settings import load_cloud_settings
 

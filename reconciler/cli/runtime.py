@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendRegistry
-from backends.orphans import OrphanSweeper, read_known_replica_ids
+from backends.cloud.orphans import OrphanSweeper, read_known_replica_ids
 from reconciler.cli.settings import Settings
 from reconciler.engine.reconcile import Engine, EngineSettings, PassReport, Snapshot
 from reconciler.source.checkout import Checkout, GitSource, Source, SourceError, make_source
@@ -43,12 +43,12 @@ def owner_of(state_dir: Path) -> str:
 
 def build_registry(settings: Settings, owner: str) -> BackendRegistry:
     """The local backend always; cloud backends when `--settings FILE` names them."""
-    from backends.local import LocalBackend
+    from backends.local.backend import LocalBackend
 
     registry = BackendRegistry()
     registry.register(LocalBackend(root=settings.state_dir / "replicas", owner=owner))
     if settings.settings_file is not None:
-        from backends.settings import build_backends
+        from backends.registry import build_backends
         from reconciler.cli.settings import load_cloud_settings
 
         cloud = load_cloud_settings(settings.settings_file, settings.env)
@@ -219,6 +219,7 @@ class Pass:
 
     def request_fetch(self, reason: str = "") -> None:
         """The next pass fetches even if the interval has not elapsed (a wake-up from outside)."""
+        log.debug("fetch requested%s", f" ({reason})" if reason else "")
         self.fetch_requested = True
 
     def _post_statuses(self, report: PassReport) -> None:

@@ -1,7 +1,7 @@
 """Choosing where each desired service runs: the cheapest offer of its backend, or why none.
 
 Why a module of its own: it is the one step of building the desired set that asks the backends
-(`offers()`, and the optional `can_run()` the local backend has), so it is kept apart from the pure
+(`offers()`, and `can_run()` for backends that are `ScreensSpecs`, like the local one), so it is kept apart from the pure
 desired-set builder and from the engine that calls it each pass.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from backends.base import BackendRegistry
+from backends.base import BackendRegistry, ScreensSpecs
 from reconciler.engine.desired import DesiredService, DesiredSet
 
 
@@ -28,11 +28,9 @@ def with_offers(ds: DesiredSet, backends: BackendRegistry) -> tuple[DesiredSet, 
         if not offers:
             blocked[name] = f"backend {d.backend} has no offer for this service's resources/settings"
             continue
-        # Optional backend extension (the local backend has it): reasons a spec cannot run
-        # there that Requirements do not capture (an image without an engine, a missing Python).
-        can_run = getattr(backends.get(d.backend), "can_run", None)
-        reason = can_run(d.spec_for(0)) if callable(can_run) else None
-        if isinstance(reason, str) and reason:
+        backend = backends.get(d.backend)
+        reason = backend.can_run(d.spec_for(0)) if isinstance(backend, ScreensSpecs) else None
+        if reason:
             blocked[name] = reason
             continue
         services[name] = replace(d, template=replace(d.template, offer=offers[0]))

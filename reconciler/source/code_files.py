@@ -1,6 +1,6 @@
 """The content hash of the repository files a replica gets, once per revision.
 
-Why: the local backend runs each replica in a copy of the checkout (`backends.local_layout.
+Why: the local backend runs each replica in a copy of the checkout (`backends.local.layout.
 copy_workdir`), so a push that changes only `app.py` changes what the replica runs and must roll
 it, even though no `.dstack.yml` changed. The hash covers exactly the files that copy ships, minus
 the configs themselves: `.git` and whatever the root `.dstackignore` excludes are left out by the
@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from backends.local_layout import dstackignore
+from backends.local.layout import dstackignore
 from reconciler.config.loader import is_config_file
 from reconciler.source.checkout import IgnoreFn, tree_hash
 

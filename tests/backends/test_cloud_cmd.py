@@ -12,7 +12,7 @@ import conftest_cloud as cloud
 import pytest
 from conftest_cloud import instances_tagged
 
-from backends.aws import AwsBackend
+from backends.aws.backend import AwsBackend
 from backends.base import ReplicaSpec, Requirements
 from reconciler.cli.main import main
 

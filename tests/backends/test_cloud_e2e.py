@@ -16,10 +16,10 @@ import pytest
 from azure.core.credentials import AccessToken
 from fake_arm import FakeArm
 
-from backends.aws import AwsBackend
-from backends.azure import AzureBackend
+from backends.aws.backend import AwsBackend
+from backends.azure.backend import AzureBackend
 from backends.base import Backend, BackendRegistry
-from backends.catalog import load_catalog
+from backends.cloud.catalog import load_catalog
 from backends.settings import AwsSettings, AzureSettings
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.store import StateStore
@@ -182,10 +182,10 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from azure.core.credentials import AccessToken
-from backends.aws import AwsBackend
-from backends.azure import AzureBackend
+from backends.aws.backend import AwsBackend
+from backends.azure.backend import AzureBackend
 from backends.base import BackendRegistry
-from backends.catalog import load_catalog
+from backends.cloud.catalog import load_catalog
 from backends.settings import AwsSettings, AzureSettings
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.store import StateStore

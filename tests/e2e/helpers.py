@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psutil
 
-from backends.local_proc import MARK_DIR, MARK_REPLICA
+from backends.local.proc import MARK_DIR, MARK_REPLICA
 from tests.support.git_repo import commit_push
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
+from backends.local.backend import LocalBackend
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.previews.decision import PreviewSettings, PullRequestInfo, PullRequestState, RejectReason
 from reconciler.previews.loop import PreviewProvider

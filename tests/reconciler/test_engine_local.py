@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
+from backends.local.backend import LocalBackend
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.store import StateStore
 from tidegate.routes_io import read_snapshot
@@ -92,7 +92,7 @@ CHILD = """
 import sys
 from pathlib import Path
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
+from backends.local.backend import LocalBackend
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.store import StateStore
 state, repo = Path(sys.argv[1]), Path(sys.argv[2])

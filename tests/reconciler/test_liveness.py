@@ -14,7 +14,7 @@ import pytest
 from test_engine import World, web
 
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
+from backends.local.backend import LocalBackend
 from reconciler.engine.liveness import recheck_in
 from reconciler.engine.probe import ProbeResult
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot

@@ -232,7 +232,7 @@ def test_pass_sweeps_cloud_orphans_on_its_interval_and_never_without_state(tmp_p
     import json
 
     from backends.base import ReplicaInfo, ReplicaStatus
-    from backends.orphans import OrphanSweeper
+    from backends.cloud.orphans import OrphanSweeper
     from reconciler.cli.runtime import Pass
 
     class Cloud:
