@@ -16,7 +16,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import pathspec
 
@@ -232,6 +231,3 @@ def _relative(path: str, base: str | None) -> str:
         return path[len(base.rstrip("/")) + 1 :]
     return path
 
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

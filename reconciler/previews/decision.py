@@ -160,10 +160,6 @@ def preview_name(service: str, pr: int) -> str:
     return safe + suffix
 
 
-def preview_host(name: str, domain: str) -> str:
-    return f"{name}.{domain}"
-
-
 def preview_model_name(model: str, pr: int) -> str:
     """The name a preview's mapped model has in `/v1/models`."""
     return f"{model}@pr-{pr}"

@@ -26,7 +26,7 @@ from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 if TYPE_CHECKING:
     from reconciler.engine.desired import DesiredService, DesiredSet
-    from reconciler.engine.reconcile import PlanResult
+    from reconciler.engine.values import PlanResult
 
 PLAN_COMMENT_MARKER = "<!-- tidegate-plan -->"
 MAX_CELL = 80

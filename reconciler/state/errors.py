@@ -27,6 +27,3 @@ class StateLockedError(StateError):
 class StaleStateError(StateError):
     """A write was refused because the state moved on since it was read (serial/lineage check)."""
 
-
-class BlockedError(ReconcilerError):
-    """A service cannot be deployed as configured (missing env value, no backend offers it)."""
