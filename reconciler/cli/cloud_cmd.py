@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, BackendError, Offer, Range, Requirements
+from tidegate.state_dir import choose_state_dir
 
 DEFAULT_LIMIT = 20
 DEFAULT_GRACE = 600.0
@@ -215,7 +216,7 @@ def run_gc(args: argparse.Namespace) -> int:
     from reconciler.cli.settings import load_cloud_settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    state_dir = Path(args.state or os.environ.get("TIDEGATE_STATE") or "state")
+    state_dir = choose_state_dir(args.state, os.environ)
     owner = _owner(state_dir)
     if owner is None:
         print(f"gc: no installation in {state_dir}: nothing of ours can exist", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
 from tidegate.routes_io import read_snapshot
+from tidegate.state_dir import choose_state_dir
 
 
 def cli_hint(settings: Settings) -> str:
@@ -24,7 +25,7 @@ def cli_hint(settings: Settings) -> str:
     if shutil.which("tidegate") is None:
         local = Path(sys.executable).parent / "tidegate"
         exe = str(local) if local.exists() else f"{sys.executable} -m reconciler.cli.main"
-    default = Path(os.environ.get("TIDEGATE_STATE") or "state").resolve()
+    default = choose_state_dir(None, os.environ).resolve()
     return exe if settings.state_dir == default else f"TIDEGATE_STATE={settings.state_dir} {exe}"
 
 

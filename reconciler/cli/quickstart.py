@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tidegate.state_dir import choose_state_dir
+
 REPO_NAME = "quickstart-repo"
 TOKEN_NAME = "quickstart"
 GIT_ID = ("-c", "user.name=tidegate quickstart", "-c", "user.email=quickstart@tidegate.invalid")
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="make the repo and token, do not run up")
     args = parser.parse_args(argv)
 
-    state_dir = Path(args.state or os.environ.get("TIDEGATE_STATE") or "state").resolve()
+    state_dir = choose_state_dir(args.state, os.environ).resolve()
     examples = Path(args.examples) if args.examples else Path(__file__).resolve().parents[2] / "examples"
     if not examples.is_dir():
         print(f"error: no examples folder at {examples}", file=sys.stderr)

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-DEFAULT_STATE = "state"
+from tidegate.state_dir import choose_state_dir
+
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
@@ -158,7 +159,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """The one place that reads the environment (passed in; `os.environ` at the entry point)."""
     env_map = dict(os.environ if environ is None else environ)
-    state = getattr(args, "state", None) or env_map.get("TIDEGATE_STATE") or DEFAULT_STATE
+    state = choose_state_dir(getattr(args, "state", None), env_map)
     env_file = getattr(args, "env_file", None)
     values = dict(env_map)
     if env_file:
