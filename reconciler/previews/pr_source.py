@@ -21,10 +21,8 @@ Files on disk, all under `<state>/previews/` (plain JSON, temp file + fsync + os
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,8 +37,15 @@ from reconciler.previews.decision import (
     combine,
 )
 from reconciler.previews.github import GitHubClient, GitHubError
-from reconciler.source.checkout import Checkout, GitSource, redact_url
-from tidegate.fsio import build_dir_atomic, write_json_atomic
+from reconciler.source.checkout import (
+    Checkout,
+    GitSource,
+    extract_revision,
+    git_error,
+    open_bare_repo,
+    redact_url,
+)
+from tidegate.fsio import write_json_atomic
 
 PREVIEWS_DIR = "previews"
 HEADS_FILE = "heads.json"
@@ -71,12 +76,7 @@ class PullRequestSource:
         return cls(source.url, source.repo_dir, source.state_dir, source.config_path)
 
     def _repo(self) -> Any:
-        import git  # gitpython, imported lazily like reconciler.source.checkout
-
-        if (self.repo_dir / "HEAD").exists() or (self.repo_dir / ".git").exists():
-            return git.Repo(self.repo_dir)
-        self.repo_dir.parent.mkdir(parents=True, exist_ok=True)
-        return git.Repo.init(self.repo_dir, bare=True)
+        return open_bare_repo(self.repo_dir)
 
     def fetch(self) -> dict[int, str]:
         """Fetch every `refs/pull/<N>/head` (pruning the ones gone); return {N: head sha}."""
@@ -86,7 +86,7 @@ class PullRequestSource:
         try:
             repo.git.fetch("--quiet", "--no-tags", "--force", "--prune", self.url, f"+refs/pull/*/head:{LOCAL_PREFIX}*")
         except git.GitCommandError as e:
-            raise PullSourceError(f"cannot fetch pull requests from {redact_url(self.url)}: {_git_error(e, self.url)}") from e
+            raise PullSourceError(f"cannot fetch pull requests from {redact_url(self.url)}: {git_error(e, self.url)}") from e
         return self.local_heads()
 
     def local_heads(self) -> dict[int, str]:
@@ -112,14 +112,10 @@ class PullRequestSource:
 
         root = self.folder / REVISIONS_DIR / sha
         if not root.is_dir():
-            repo = self._repo()
-            buf = io.BytesIO()
             try:
-                repo.archive(buf, sha, format="tar")
+                extract_revision(self._repo(), sha, root)
             except git.GitCommandError as e:
-                raise PullSourceError(f"cannot read revision {sha[:12]}: {_git_error(e, self.url)}") from e
-            buf.seek(0)
-            build_dir_atomic(root, lambda tmp: _extract_tar(buf, tmp))
+                raise PullSourceError(f"cannot read revision {sha[:12]}: {git_error(e, self.url)}") from e
         return Checkout(sha, root, self.config_path)
 
     def prune(self, keep: Iterable[str]) -> list[str]:
@@ -329,14 +325,3 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, body: Mapping[str, Any]) -> None:
     write_json_atomic(path, body, indent=1, sort_keys=True)
-
-
-def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
-    with tarfile.open(fileobj=buf, mode="r:") as tar:
-        tar.extractall(dst, filter="data")
-
-
-def _git_error(e: Exception, url: str) -> str:
-    text = str(getattr(e, "stderr", "") or e).strip().replace(url, redact_url(url))
-    lines = [ln.strip().removeprefix("stderr:").strip(" '") for ln in text.splitlines() if ln.strip()]
-    return "; ".join(ln for ln in lines if ln) or "git failed"

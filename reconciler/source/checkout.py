@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from tidegate.fsio import build_dir_atomic, write_json_atomic
@@ -100,12 +100,7 @@ class GitSource:
         return f"{redact_url(self.url)}@{self.branch}" + (f":{self.config_path}" if self.config_path else "")
 
     def _repo(self) -> object:
-        import git  # gitpython; imported here so `tidegate ps` never pays for it
-
-        if (self.repo_dir / "HEAD").exists():
-            return git.Repo(self.repo_dir)
-        self.repo_dir.parent.mkdir(parents=True, exist_ok=True)
-        return git.Repo.init(self.repo_dir, bare=True)
+        return open_bare_repo(self.repo_dir)
 
     def fetch(self) -> str:
         """Fetch the branch; return its commit sha."""
@@ -117,7 +112,7 @@ class GitSource:
             repo.git.fetch("--quiet", "--no-tags", "--force", self.url, f"+refs/heads/{self.branch}:{self._ref}")
             sha = str(repo.git.rev_parse("--verify", f"{self._ref}^{{commit}}"))
         except git.GitCommandError as e:
-            message = _git_error(e, self.url)
+            message = git_error(e, self.url)
             record_source(self.state_dir, self.describe(), self.observed, error=message)
             raise SourceError(f"cannot fetch {self.describe()}: {message}") from e
         return sha
@@ -136,20 +131,10 @@ class GitSource:
     def _extract(self, sha: str, root: Path) -> None:
         import git
 
-        repo = self._repo()
-        assert isinstance(repo, git.Repo)
-        buf = io.BytesIO()
         try:
-            if not repo.git.ls_tree(sha):
-                # An empty tree (every file deleted): git archive writes only a pax header, which
-                # tarfile refuses; the checkout is simply an empty folder.
-                build_dir_atomic(root, lambda tmp: None)
-                return
-            repo.archive(buf, sha, format="tar")
+            extract_revision(self._repo(), sha, root)
         except git.GitCommandError as e:
-            raise SourceError(f"cannot read revision {sha[:12]}: {_git_error(e, self.url)}") from e
-        buf.seek(0)
-        build_dir_atomic(root, lambda tmp: _extract_tar(buf, tmp))
+            raise SourceError(f"cannot read revision {sha[:12]}: {git_error(e, self.url)}") from e
 
 
 class WorktreeSource:
@@ -314,7 +299,30 @@ def read_source(state_dir: Path) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def _git_error(e: Exception, url: str) -> str:
+def open_bare_repo(repo_dir: Path) -> Any:
+    """The bare clone in `repo_dir`, created empty the first time (branch and PR refs share it)."""
+    import git  # gitpython; imported here so `tidegate ps` never pays for it
+
+    if (repo_dir / "HEAD").exists() or (repo_dir / ".git").exists():
+        return git.Repo(repo_dir)
+    repo_dir.parent.mkdir(parents=True, exist_ok=True)
+    return git.Repo.init(repo_dir, bare=True)
+
+
+def extract_revision(repo: Any, sha: str, root: Path) -> None:
+    """The files of `sha` into `root`, atomically. Raises git.GitCommandError for the caller to word."""
+    if not repo.git.ls_tree(sha):
+        # An empty tree (every file deleted): git archive writes only a pax header, which
+        # tarfile refuses; the checkout is simply an empty folder.
+        build_dir_atomic(root, lambda tmp: None)
+        return
+    buf = io.BytesIO()
+    repo.archive(buf, sha, format="tar")
+    buf.seek(0)
+    build_dir_atomic(root, lambda tmp: _extract_tar(buf, tmp))
+
+
+def git_error(e: Exception, url: str) -> str:
     text = str(getattr(e, "stderr", "") or e).strip().replace(url, redact_url(url))
     lines = [ln.strip().removeprefix("stderr:").strip(" '") for ln in text.splitlines() if ln.strip()]
     return "; ".join(ln for ln in lines if ln) or "git failed"
