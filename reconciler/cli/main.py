@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from tidegate.install_check import foreign_packages
+
 # Modules contributing subcommands, in help order.
 COMMAND_MODULES = (
     "reconciler.cli.validate_cmd",  # validate, schema
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    problems = foreign_packages()
+    if problems:  # before importing any subcommand module, which would import the wrong package
+        for line in problems:
+            print(f"tidegate: {line}", file=sys.stderr)
+        print("tidegate: install tidegate in a virtualenv of its own (README: Installing)", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
