@@ -6,8 +6,9 @@ a pure plan, an apply that journals every side effect, readiness probes, then st
 written in that order. `reconcile()` is idempotent: calling it every few seconds with nothing
 changed and nothing drifted does no backend writes and no file writes.
 
-The values it takes and returns live in reconciler.engine.values, the offer choice in
-reconciler.engine.offers and the next-run time in reconciler.engine.schedule.
+The values it takes and returns live in reconciler.engine.values, loading (and remembering) desired
+sets in reconciler.engine.desired_loader, the offer choice in reconciler.engine.offers and the
+next-run time in reconciler.engine.schedule.
 
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
@@ -21,21 +22,19 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from backends.base import BackendRegistry
-from reconciler.config.loader import load_tree
 from reconciler.engine.apply import ApplyContext, FaultHook, apply_plan
 from reconciler.engine.autoscale import ServiceStats
-from reconciler.engine.desired import DesiredService, DesiredSet, build_desired
+from reconciler.engine.desired import DesiredService, DesiredSet
+from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.liveness import recheck_in, recheck_ready
 from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
-from reconciler.engine.offers import with_offers
 from reconciler.engine.plan import plan
 from reconciler.engine.probe import probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
-from reconciler.engine.targets import TargetSettings, build_targets, config_broken, sync_records
+from reconciler.engine.targets import TargetSettings, build_targets, sync_records
 from reconciler.engine.values import (
     DesiredExtension,
     EngineSettings,
@@ -53,7 +52,7 @@ from reconciler.state.view import ServiceView, build_routes, status_views
 from tidegate.routes import RoutesSnapshot
 from tidegate.routes_io import write_snapshot
 
-# The values live in engine_types; they stay importable from here.
+# The values live in reconciler.engine.values; they stay importable from here.
 __all__ = [
     "DesiredExtension",
     "Engine",
@@ -109,17 +108,13 @@ class Engine:
             drain_grace=self.settings.drain_grace,
             drain_min=self.settings.drain_min,
         )
-        self._desired_cache: tuple[tuple[str, str, str | None, Any], DesiredSet] | None = None
+        self._loader = DesiredLoader(self.settings, self.installation.salt, backends, self.redact)
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
         self._last_routes: str | None = None
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
-        # service -> the spec it last ran, so a service whose file broke is still healed at it
-        # (in memory; after a restart rebuilt once from its revision's folder, see _last_good).
-        self._applied: dict[str, DesiredService] = {}
-        self._rebuilt: set[tuple[str, str]] = set()  # (service, revision) rebuilds already tried
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -176,92 +171,10 @@ class Engine:
 
     # -- desired ---------------------------------------------------------------------------------
     def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
-        if (
-            snapshot is None
-            and self.doc.last_snapshot is not None
-            and Path(self.doc.last_snapshot.root).is_dir()
-        ):
-            ref = self.doc.last_snapshot
-            snapshot = Snapshot(ref.revision, Path(ref.root), ref.config_path)
-        if snapshot is None:
-            return None
-        return self._load(snapshot, self.extension)
-
-    def _load(self, snapshot: SnapshotLike, ext: DesiredExtension | None) -> DesiredSet:
-        key = (
-            snapshot.revision,
-            str(snapshot.root),
-            snapshot.config_path,
-            ext.fingerprint() if ext else None,
-        )
-        if self._desired_cache is not None and self._desired_cache[0] == key:
-            return self._desired_cache[1]
-        load = load_tree(Path(snapshot.root), snapshot.config_path)
-        ds = build_desired(
-            load,
-            revision=snapshot.revision,
-            workdir=str(Path(snapshot.root).absolute()),
-            env=self.settings.env,
-            salt=self.installation.salt,
-            backends=self.backends.names(),
-            domain=self.settings.domain,
-            default_backend=self.settings.default_backend,
-        )
-        # An empty production config keeps everything (unless --allow-empty); previews must not
-        # make it look non-empty, which would let the prune take production down.
-        if ext is not None and (self.settings.allow_empty or not ds.empty):
-            ds = ext.extend(ds)
-        self.redact.update(ds.secret_values)
-        ds, complete = with_offers(ds, self.backends)
-        if complete:
-            self._desired_cache = (key, ds)
-        return ds
+        return self._loader.desired(self.doc.last_snapshot, snapshot, self.extension)
 
     def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
-        """For every deployed service whose file broke at `ds`: the spec it last ran (same spec hash
-        as its record), so it keeps being healed at that spec. Remembered from earlier passes; after
-        a restart rebuilt once from its revision's folder (the source keeps folders of deployed
-        revisions). When that folder is gone or gives another spec hash, the service is left
-        exactly as it is until its file is fixed."""
-        out: dict[str, DesiredService] = {}
-        if ds is None:
-            return out
-        for name, rec in self.doc.services.items():
-            if not config_broken(name, rec, ds):
-                continue
-            d = self._applied.get(name)
-            if d is None and rec.revision and (name, rec.revision) not in self._rebuilt:
-                self._rebuilt.add((name, rec.revision))
-                d = self._rebuild(name, rec.revision)
-                if d is not None and d.spec_hash == rec.spec_hash:
-                    self._applied[name] = d
-                else:
-                    log.warning(
-                        "%s: its file has errors and its last good revision %s cannot be rebuilt "
-                        "with the same spec; left as it is (failed replicas are not restarted) "
-                        "until the file is fixed",
-                        name,
-                        rec.revision,
-                    )
-            if d is not None and d.spec_hash == rec.spec_hash:
-                out[name] = d
-        return out
-
-    def _rebuild(self, name: str, revision: str) -> DesiredService | None:
-        last = self.doc.last_snapshot
-        if last is None:
-            return None
-        root = Path(last.root) if last.revision == revision else Path(last.root).parent / revision
-        if not root.is_dir():
-            return None
-        cache = self._desired_cache  # keep the current revision's cached set
-        try:
-            return self._load(Snapshot(revision, root, last.config_path), None).services.get(name)
-        except Exception as e:  # a best-effort fallback: never fail the pass over it
-            log.warning("%s: rebuilding revision %s failed: %s: %s", name, revision, type(e).__name__, e)
-            return None
-        finally:
-            self._desired_cache = cache
+        return self._loader.last_good(self.doc, ds)
 
     # -- public API ------------------------------------------------------------------------------
     def desired(self, snapshot: SnapshotLike) -> DesiredSet:
@@ -387,7 +300,7 @@ class Engine:
         outcomes = apply_plan(p, doc, specs, ctx) if not p.empty else []
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
-            self._applied = {n: d for n, d in specs.items() if n in doc.services}
+            self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
             if snapshot is not None:
                 doc.last_snapshot = SnapshotRef(
                     revision=snapshot.revision,
