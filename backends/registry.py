@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend
-from backends.settings import AwsSettings, Settings
+from backends.settings import AwsSettings, CloudSettings
 
 
 def build_backends(
-    settings: Settings,
+    settings: CloudSettings,
     owner: str,
     state_dir: str | Path,
     *,

@@ -87,7 +87,7 @@ class AzureSettings(_Model):
 BackendSettings = Annotated[AwsSettings | AzureSettings, Field(discriminator="type")]
 
 
-class Settings(_Model):
+class CloudSettings(_Model):
     backends: list[BackendSettings] = Field(default_factory=list)
     catalog: str | None = None  # a catalog CSV; default: refreshed cache, else the shipped one
 
@@ -129,13 +129,13 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
 
 def parse_settings(
     raw: Any, environ: Mapping[str, str] | None = None, source: str = "<settings>"
-) -> Settings:
+) -> CloudSettings:
     raw = _normalise(raw if raw is not None else {})
     if not isinstance(raw, dict):
         raise SettingsError(f"{source}: expected a mapping at the top level")
     raw = _apply_env(raw, environ if environ is not None else {})
     try:
-        return Settings.model_validate(raw)
+        return CloudSettings.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
@@ -143,7 +143,7 @@ def parse_settings(
         raise SettingsError(f"{source}: {problems}") from e
 
 
-def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> CloudSettings:
     """Read the settings file (None: no file, environment only) and apply environment overrides."""
     env = os.environ if environ is None else environ
     if path is None:

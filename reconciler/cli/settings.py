@@ -121,7 +121,7 @@ def read_settings_file(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def load_cloud_settings(path: Path | str | None, environ: Mapping[str, str]) -> Any:
-    """`backends.settings.Settings` from the `--settings` file without the reconciler's keys."""
+    """`backends.settings.CloudSettings` from the `--settings` file without the reconciler's keys."""
     from backends.settings import parse_settings
 
     cloud = read_settings_file(path)[0] if path is not None else {}
