@@ -161,5 +161,6 @@ for f in files:
     n = dotted.sub(replace_dotted, t)
     n = split_names(from_pkg.sub(fix_from, n))
     if n != t:
-        f.write_text(n); changed += 1
+        f.write_text(n)
+        changed += 1
 print("files changed:", changed)
