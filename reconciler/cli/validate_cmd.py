@@ -85,8 +85,7 @@ def validate_paths(paths: Sequence[str], fmt: OutputFormat, out: TextIO, err: Te
         out.write(json.dumps(payload, indent=2) + "\n")
     elif fmt == OutputFormat.GITHUB:
         for path, d in shown:
-            if d.severity != Severity.INFO:
-                out.write(github_annotation(path, d) + "\n")
+            out.write(github_annotation(path, d) + "\n")
         out.write(_summary(services, errors, warnings) + "\n")
     else:
         for path, d in shown:
@@ -151,9 +150,9 @@ def _escape_property(value: str) -> str:
 
 
 def github_annotation(path: str, d: Diagnostic) -> str:
-    """`::error file=…,line=…,col=…,title=…::message` (GitHub Actions workflow command)."""
-    command = "error" if d.severity == Severity.ERROR else "warning"
+    """`::error|warning|notice file=…,line=…,col=…,title=…::message` (GitHub Actions workflow
+    command); info lines (a skipped `type: task` file) are notices."""
+    command = {Severity.ERROR: "error", Severity.WARNING: "warning"}.get(d.severity, "notice")
     title = f"tidegate: {d.field}" if d.field else "tidegate"
     props = f"file={_escape_property(path)},line={d.line},col={d.column},title={_escape_property(title)}"
     return f"::{command} {props}::{_escape_data(d.message)}"
-

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +24,7 @@ from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
+from reconciler.config.yamldoc import Position
 
 __all__ = [
     "Diagnostic",
@@ -210,8 +212,12 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
             paths = [i.path for i in items]
             for item in items:
                 others = ", ".join(p for p in paths if p != item.path)
+                where = item.positions.get("name")
+                line, column = (where.line, where.column) if where else (1, 1)
                 diagnostics.append(
-                    Diagnostic(item.path, 1, 1, "name", f"service name {name!r} is also used by {others}")
+                    Diagnostic(
+                        item.path, line, column, "name", f"service name {name!r} is also used by {others}"
+                    )
                 )
             failed[name] = items[0].path
             continue
@@ -221,13 +227,38 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
             continue
         config = item.config if item.config.name else item.config.model_copy(update={"name": name})
         services[name] = LoadedService(name, item.path, config, spec_hash(config))
+    positions = {name: items[0].positions for name, items in by_name.items()}
+    diagnostics += _refuse_shared_models(services, failed, positions)
     diagnostics.sort(key=Diagnostic.sort_key)
     skipped.sort(key=Diagnostic.sort_key)
     return LoadResult(services, failed, diagnostics, skipped)
+
+
+def _refuse_shared_models(
+    services: dict[str, LoadedService], failed: dict[str, str], positions: dict[str, Mapping[str, Position]]
+) -> list[Diagnostic]:
+    """Two services mapping one OpenAI model name: the gateway could route only one of them, so
+    both are errors (each left as it runs) rather than one silently winning."""
+    by_model: dict[str, list[str]] = {}
+    for name, service in services.items():
+        if service.config.model is not None:
+            by_model.setdefault(service.config.model.name, []).append(name)
+    out: list[Diagnostic] = []
+    for model, names in by_model.items():
+        if len(names) < 2:
+            continue
+        paths = {name: services[name].path for name in names}
+        for name in names:
+            failed[name] = services.pop(name).path
+            others = ", ".join(f"{o} ({paths[o]})" for o in names if o != name)
+            where = positions.get(name, {}).get("model.name")
+            line, column = (where.line, where.column) if where else (1, 1)
+            message = f"model name {model!r} is also mapped by {others}"
+            out.append(Diagnostic(paths[name], line, column, "model.name", message))
+    return out
 
 
 def _relative(path: str, base: str | None) -> str:
     if base and path.startswith(base.rstrip("/") + "/"):
         return path[len(base.rstrip("/")) + 1 :]
     return path
-

@@ -13,6 +13,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -103,6 +105,15 @@ class ModelSpec(BaseModel):
                 located("`prefix` is only for `format: openai`", "prefix")
         return value
 
+    @field_validator("chat_template")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = template_syntax_error(value)
+            if problem:
+                raise ValueError(f"`chat_template` is not a valid Jinja template: {problem}")
+        return value
+
     @model_validator(mode="after")
     def _default_prefix(self) -> ModelSpec:
         if self.format == ModelFormat.OPENAI and self.prefix is None:
@@ -110,6 +121,16 @@ class ModelSpec(BaseModel):
         if self.prefix is not None and not self.prefix.startswith("/"):
             located("`prefix` must start with `/`", "prefix")
         return self
+
+
+def template_syntax_error(template: str) -> str | None:
+    """Compile a chat template as the gateway will (jinja2's immutable sandbox); the error or None.
+    Compiling runs nothing, so an untrusted template is safe here."""
+    try:
+        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+    except TemplateSyntaxError as e:
+        return f"{e.message} (line {e.lineno} of the template)"
+    return None
 
 
 class ReplicaRange(BaseModel):
@@ -213,6 +234,14 @@ def _env_value(item: object, key: str) -> str | None:
     located(f"the value of {key!r} must be a string or a number", key)
 
 
+_PYTHON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"enum": list(PYTHON_VERSIONS)},
+        # unquoted YAML numbers, as validate (and dstack) accept them: `python: 3.10` reads as 3.1
+        {"enum": [float("3.1" if v == "3.10" else v) for v in PYTHON_VERSIONS]},
+        {"type": "null"},
+    ]
+}
 _ENV_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*(=.*)?$"}},
@@ -313,7 +342,7 @@ class ServiceConfig(ProfileParams):
     type: Literal["service"]
     name: str | None = None
     image: str | None = None
-    python: str | None = None
+    python: Annotated[str | None, WithJsonSchema(_PYTHON_SCHEMA)] = None
     env: Annotated[dict[str, str | None], WithJsonSchema(_ENV_SCHEMA)] = Field(default_factory=dict)
     commands: list[str] = Field(default_factory=list)
     port: Annotated[PortMapping, WithJsonSchema(_PORT_SCHEMA)]
@@ -356,7 +385,7 @@ class ServiceConfig(ProfileParams):
     @model_validator(mode="after")
     def _cross_field(self) -> ServiceConfig:
         if self.image is not None and self.python is not None:
-            raise ValueError("`image` and `python` are mutually exclusive")
+            located("`image` and `python` are mutually exclusive: remove one of them", "python")
         if not self.commands and not self.image:
             raise ValueError("either `commands` or `image` must be set")
         if self.replicas.is_range and self.scaling is None:

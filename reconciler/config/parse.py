@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from backends.gpu_names import KNOWN_GPU_NAMES, is_known_gpu
+
 from .diagnostics import Diagnostic, Severity
 from .dstack_fields import DSTACK_ONLY_NESTED, DSTACK_ONLY_TOP, OTHER_TYPES, did_you_mean
 from .errors import SUBLOC_KEY
@@ -46,6 +48,8 @@ class ParsedFile:
     name: str | None  # `name:` when it is a string, even if the file is invalid
     config: ServiceConfig | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # where `name` and `model.name` are written, so cross-file problems point at the key
+    positions: Mapping[str, Position] = field(default_factory=dict)
 
 
 # loc prefix -> the model whose keys are valid there (for "did you mean")
@@ -139,8 +143,35 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
     errors = any(d.severity == Severity.ERROR for d in out.items)
     if errors:
         config = None
+    elif config is not None:
+        _warn_unknown_gpus(config, out)
     kind_out = FileKind.SERVICE if config is not None else FileKind.INVALID
-    return ParsedFile(kind_out, path, name, config, out.items)
+    return ParsedFile(kind_out, path, name, config, out.items, _key_positions(doc, data))
+
+
+def _key_positions(doc: Document, data: dict[Any, Any]) -> dict[str, Position]:
+    positions: dict[str, Position] = {}
+    if "name" in data:
+        positions["name"] = locate(doc.node, ("name",), key=True)[0]
+    model = data.get("model")
+    if isinstance(model, str):
+        positions["model.name"] = locate(doc.node, ("model",))[0]
+    elif isinstance(model, dict) and "name" in model:
+        positions["model.name"] = locate(doc.node, ("model", "name"))[0]
+    return positions
+
+
+def _warn_unknown_gpus(config: ServiceConfig, out: Collector) -> None:
+    gpu = config.resources.gpu
+    for name in (gpu.name or []) if gpu else []:
+        if not is_known_gpu(name):
+            hint = did_you_mean(name, KNOWN_GPU_NAMES)
+            out.at(
+                ("resources", "gpu"),
+                f"unknown GPU name {name!r}{hint} (no offer will match it; known: "
+                "H100, H200, A100, A10G, L40S, L4, T4, MI300X, …; see `tidegate offers`)",
+                Severity.WARNING,
+            )
 
 
 def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def test_good_file() -> None:
         ),
         pytest.param("port: 9000\n", 5, 1, "port", "duplicate key 'port'", id="duplicate-key"),
         pytest.param("name: Bad_Name\n", 5, 7, "name", "invalid name", id="bad-name"),
-        pytest.param("image: x\npython: '3.11'\n", 1, 1, "", "mutually exclusive", id="image-xor-python"),
+        pytest.param("image: x\npython: '3.11'\n", 6, 9, "python", "mutually exclusive", id="image-xor-python"),
         pytest.param(
             "replicas: 1..3\n", 5, 11, "replicas", "`scaling` is required", id="range-needs-scaling"
         ),
