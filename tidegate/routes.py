@@ -47,6 +47,24 @@ class ModelRoute(BaseModel):
     bos_token: str | dict[str, Any] | None = None
 
 
+class RateLimitKey(StrEnum):
+    IP_ADDRESS = "ip_address"
+    HEADER = "header"
+
+
+class RateLimit(BaseModel):
+    """dstack's `rate_limits` item: requests under `prefix` per client key, a token bucket of
+    `rps` refill and `burst` extra requests. The gateway enforces it (not yet: published only)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    prefix: str = "/"
+    rps: float
+    burst: int = 0
+    key: RateLimitKey = RateLimitKey.IP_ADDRESS
+    header: str | None = None  # the header whose value is the key when `key` is `header`
+
+
 class ServiceRoute(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -61,6 +79,8 @@ class ServiceRoute(BaseModel):
     min_replicas: int = 1
     max_replicas: int = 1
     preview_pr: int | None = None
+    # Per path prefix, longest prefix first; empty: no limit. Not enforced by the gateway yet.
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 class RoutesSnapshot(BaseModel):

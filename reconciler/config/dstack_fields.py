@@ -31,8 +31,6 @@ DSTACK_ONLY_TOP: dict[str, str] = {
     "gateway": "tidegate runs its own gateway",
     "strip_prefix": "the gateway always strips its own path prefix",
     "https": "TLS is terminated in front of the gateway",
-    "rate_limits": "rate limiting is not implemented",
-    "probes": "readiness is probed on the service port",
     "availability_zones": "offers are chosen per region",
     "reservation": "capacity reservations are not supported",
     "stop_duration": "replicas are stopped right away",

@@ -90,6 +90,9 @@ def spec_hash(config: ServiceConfig) -> str:
     """sha256 over canonical JSON of everything that changes what runs. Literal env values are in
     (changing one must roll the replicas); bare keys count by name only, their values come later."""
     payload = config.model_dump(mode="json")
+    for added in ("probes", "rate_limits"):  # added later: a file without them keeps its old hash
+        if not payload.get(added):
+            payload.pop(added, None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

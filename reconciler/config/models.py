@@ -26,6 +26,7 @@ from pydantic import (
 
 from backends.base import Requirements
 from tidegate.routes import ModelFormat as ModelFormat  # the formats the gateway serves: one enum
+from tidegate.routes import RateLimit, RateLimitKey
 
 from .durations import parse_duration
 from .errors import located
@@ -133,6 +134,109 @@ def template_syntax_error(template: str) -> str | None:
     return None
 
 
+_DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "examples": ["30s", "5m", "1h"]}]
+}
+Duration = Annotated[int, WithJsonSchema(_DURATION_SCHEMA)]
+
+
+class ProbeMethod(StrEnum):
+    GET = "get"
+    POST = "post"
+    PUT = "put"
+    DELETE = "delete"
+    PATCH = "patch"
+    HEAD = "head"
+
+
+class ProbeHeader(BaseModel):
+    model_config = _FROZEN
+    name: str = Field(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    value: str
+
+
+class ProbeSpec(BaseModel):
+    """dstack's `probes` item: an HTTP request to the replica's port; it passes on a 2xx answer
+    within `timeout`. A replica is routed after `ready_after` passes in a row (one per `interval`)
+    and unrouted when one fails."""
+
+    model_config = _FROZEN
+    type: Literal["http"] = "http"
+    url: str = "/"
+    method: ProbeMethod = ProbeMethod.GET
+    headers: list[ProbeHeader] = Field(default_factory=list)
+    body: str | None = None
+    timeout: Duration = 10
+    interval: Duration = 15
+    ready_after: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("timeout", "interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> int:
+        return parse_duration(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError(f"`url` is a path on the replica, starting with `/` (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _checks(self) -> ProbeSpec:
+        if self.timeout < 1:
+            located("`timeout` must be at least 1 second", "timeout")
+        if self.interval < 1:
+            located("`interval` must be at least 1 second", "interval")
+        if self.body is not None and self.method in (ProbeMethod.GET, ProbeMethod.HEAD):
+            located(f"a `{self.method}` probe cannot have a `body`; use `method: post`", "body")
+        return self
+
+
+class RateLimitKeySpec(BaseModel):
+    """`key: {type: ip_address}` (the default) or `key: {type: header, header: X-API-Key}`."""
+
+    model_config = _FROZEN
+    type: RateLimitKey = RateLimitKey.IP_ADDRESS
+    header: str | None = Field(default=None, min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+    @model_validator(mode="after")
+    def _header(self) -> RateLimitKeySpec:
+        if self.type is RateLimitKey.HEADER and self.header is None:
+            located("`key: {type: header}` needs `header:` (the header whose value is the key)", "header")
+        if self.type is RateLimitKey.IP_ADDRESS and self.header is not None:
+            located("`header` is only for `type: header`", "header")
+        return self
+
+
+class RateLimitSpec(BaseModel):
+    """dstack's `rate_limits` item: `rps` requests per second (token bucket) with `burst` extra,
+    per client key, for request paths under `prefix`."""
+
+    model_config = _FROZEN
+    prefix: str = "/"
+    rps: float = Field(gt=0)
+    burst: int = Field(default=0, ge=0)
+    key: RateLimitKeySpec = RateLimitKeySpec()
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"`prefix` must start with `/` (got {value!r})")
+        return value
+
+    def to_route(self) -> RateLimit:
+        return RateLimit(
+            prefix=self.prefix, rps=self.rps, burst=self.burst, key=self.key.type, header=self.key.header
+        )
+
+
 class ReplicaRange(BaseModel):
     """`replicas: 2` (2..2), `1..4`, `0..4`, `..4` (0..4): dstack requires a maximum."""
 
@@ -155,12 +259,6 @@ class ReplicaRange(BaseModel):
     @property
     def is_range(self) -> bool:
         return self.min != self.max
-
-
-_DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "examples": ["30s", "5m", "1h"]}]
-}
-Duration = Annotated[int, WithJsonSchema(_DURATION_SCHEMA)]
 
 
 class ScalingSpec(BaseModel):
@@ -351,6 +449,8 @@ class ServiceConfig(ProfileParams):
     replicas: Annotated[ReplicaRange, WithJsonSchema(_REPLICAS_SCHEMA)] = ReplicaRange(min=1, max=1)
     scaling: ScalingSpec | None = None
     auth: bool = True
+    probes: list[ProbeSpec] = Field(default_factory=list, max_length=10)
+    rate_limits: list[RateLimitSpec] = Field(default_factory=list, max_length=50)
 
     @field_validator("name")
     @classmethod
@@ -393,6 +493,10 @@ class ServiceConfig(ProfileParams):
                 "`replicas` is a range, so `scaling` is required (e.g. `scaling: {metric: rps, target: 10}`)",
                 "replicas",
             )
+        prefixes = [limit.prefix for limit in self.rate_limits]
+        for index, prefix in enumerate(prefixes):
+            if prefix in prefixes[:index]:
+                located(f"two rate limits for prefix {prefix!r}: keep one", "rate_limits", index, "prefix")
         if not self.replicas.is_range and self.scaling is not None:
             located("`scaling` needs `replicas` to be a range (e.g. `replicas: 1..4`)", "scaling")
         return self

@@ -21,7 +21,16 @@ from backends.gpu_names import KNOWN_GPU_NAMES, is_known_gpu
 from .diagnostics import Diagnostic, Severity
 from .dstack_fields import DSTACK_ONLY_NESTED, DSTACK_ONLY_TOP, OTHER_TYPES, did_you_mean
 from .errors import SUBLOC_KEY
-from .models import ModelSpec, PortMapping, RetrySpec, ScalingSpec, ServiceConfig
+from .models import (
+    ModelSpec,
+    PortMapping,
+    ProbeSpec,
+    RateLimitKeySpec,
+    RateLimitSpec,
+    RetrySpec,
+    ScalingSpec,
+    ServiceConfig,
+)
 from .resources import GpuSpec, ResourcesSpec
 from .yamldoc import (
     Document,
@@ -60,6 +69,9 @@ _NESTED_MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     ("resources", "gpu"): GpuSpec,
     ("retry",): RetrySpec,
     ("port",): PortMapping,
+    ("probes",): ProbeSpec,
+    ("rate_limits",): RateLimitSpec,
+    ("rate_limits", "key"): RateLimitKeySpec,
 }
 
 

@@ -102,7 +102,8 @@ def resolve_env(
 
 # Fields that change routing or the replica count but not what a replica runs: changing them
 # must not roll the replicas (the loader's own spec_hash covers the whole file).
-ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model"})
+# `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
+ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
 
 # Backends that run a replica in a copy of the checkout: for them the repository's files are part
 # of what runs. Cloud backends (aws, azure) start the image/commands only.
@@ -257,6 +258,11 @@ def build_desired(
             model=_model_route(ls),
             min_replicas=c.replicas.min,
             max_replicas=c.replicas.max,
+            probes=tuple(c.probes),
+            # longest prefix first: the gateway applies the first that matches
+            rate_limits=tuple(
+                sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
+            ),
         )
         services[name] = DesiredService(
             name=name,

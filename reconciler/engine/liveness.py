@@ -7,6 +7,7 @@ Every `recheck_interval` seconds each READY replica gets the same probe as readi
 
 - the first failure takes it out of the routes (`probe_failures > 0`; `view.build_routes` skips
   it), so traffic only goes to replicas that answer; a later passing probe puts it back;
+- a service with dstack `probes:` is re-probed with those, every (smallest) `interval`;
 - `unhealthy_threshold` failures in a row fail it (`observe.mark_failed`): the plan then restarts
   it with backoff, exactly like a replica that exited.
 
@@ -18,10 +19,12 @@ re-probe never writes state: only a change of `probe_failures` / `last_error` do
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 
 from backends.base import ReplicaStatus
+from reconciler.config.models import ProbeSpec
 from reconciler.engine.observe import ObserveSettings, Prober, mark_failed
+from reconciler.engine.probe import HttpProber, probe_http, run_probes
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, StateDoc
 from tidegate.routes import ModelRoute
 
@@ -44,19 +47,29 @@ def recheck_ready(
     s: ObserveSettings,
     routes: Mapping[str, ModelRoute | None],
     last_probe: MutableMapping[str, float],
+    probes: Mapping[str, Sequence[ProbeSpec]] | None = None,
+    http_prober: HttpProber = probe_http,
 ) -> list[str]:
-    """Probe every READY replica whose last probe is `recheck_interval` old. Returns the ids probed."""
+    """Probe every READY replica whose last probe is `recheck_interval` old (a service with dstack
+    `probes`: their smallest `interval`, and those probes). Returns the ids probed."""
     probed: list[str] = []
     live: set[str] = set()
     for rec in doc.services.values():
+        own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
+        interval = min(p.interval for p in own) if own else s.recheck_interval
         for r in rec.replicas:
             if not _checkable(r):
                 continue
             live.add(r.id)
-            if now - _last_probe(r, last_probe) < s.recheck_interval:
+            if now - _last_probe(r, last_probe) < interval:
                 continue
             model = routes.get(rec.name, rec.route.model if rec.route else None)
-            res = _probe(prober, r, model, s)
+            if own:
+                assert r.address is not None
+                outcome = run_probes(r.address, own, http_prober)
+                res = (outcome.ready, outcome.detail)
+            else:
+                res = _probe(prober, r, model, s)
             last_probe[r.id] = now
             probed.append(r.id)
             if res[0]:

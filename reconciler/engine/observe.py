@@ -14,13 +14,14 @@ asking the backend about that replica id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.base import BackendRegistry, ReplicaInfo, ReplicaStatus
+from reconciler.config.models import ProbeSpec
 from reconciler.engine.apply import backoff_delay
 from reconciler.engine.naming import dns_safe, parse_replica_id
-from reconciler.engine.probe import ProbeResult
+from reconciler.engine.probe import HttpProber, ProbeResult, probe_http, run_probes
 from reconciler.state.journal import Journal, Op
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
 from tidegate.routes import ModelRoute
@@ -158,23 +159,38 @@ def observe(
 
 
 def probe_pending(
-    doc: StateDoc, prober: Prober, now: float, s: ObserveSettings, routes: Mapping[str, ModelRoute | None]
+    doc: StateDoc,
+    prober: Prober,
+    now: float,
+    s: ObserveSettings,
+    routes: Mapping[str, ModelRoute | None],
+    probes: Mapping[str, Sequence[ProbeSpec]] | None = None,
+    http_prober: HttpProber = probe_http,
 ) -> None:
-    """Probe every PROVISIONING replica that runs; promote to READY or fail it past the timeout."""
+    """Probe every PROVISIONING replica that runs; promote to READY or fail it past the timeout.
+    A service with dstack `probes` (`probes`: service -> its probes) is ready after `ready_after`
+    rounds of passing probes in a row, a round at most every `interval`."""
     for rec in doc.services.values():
+        own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
         for r in rec.replicas:
             if r.phase is not ReplicaPhase.PROVISIONING:
                 continue
             detail = f"backend status {r.backend_status}"
             if r.backend_status == ReplicaStatus.RUNNING and r.address:
                 model = routes.get(rec.name, rec.route.model if rec.route else None)
-                res = prober(r.address, model, s.probe_timeout)
+                if own:
+                    res = _probe_round(rec, r, own, now, http_prober)
+                else:
+                    res = prober(r.address, model, s.probe_timeout)
+                if res is None:  # probed less than an interval ago: wait
+                    continue
                 if res.ready:
                     r.phase = ReplicaPhase.READY
                     r.ready_at = now
                     r.attempts = 0
                     r.last_error = None
                     r.next_attempt_at = None
+                    r.probe_passes = 0
                     rec.note(now, "replica ready", f"{r.id} ({res.detail})")
                     continue
                 detail = res.detail
@@ -182,6 +198,31 @@ def probe_pending(
             if now - started > s.ready_timeout:
                 mark_failed(r, f"not ready after {s.ready_timeout:g}s: {detail}", now, s)
                 rec.note(now, "replica failed", f"{r.id}: not ready after {s.ready_timeout:g}s")
+
+
+def _probe_round(
+    rec: ServiceRecord, r: ReplicaRecord, probes: Sequence[ProbeSpec], now: float, http: HttpProber
+) -> ProbeResult | None:
+    """One round of a replica's dstack probes; ready once `ready_after` rounds passed in a row.
+    None while the last round is younger than the interval."""
+    interval = min(p.interval for p in probes)
+    if r.probed_at is not None and now - r.probed_at < interval:
+        return None
+    assert r.address is not None
+    r.probed_at = now
+    res = run_probes(r.address, probes, http)
+    needed = max(p.ready_after for p in probes)
+    if not res.ready:
+        if r.probe_passes or r.last_error != f"probe failed: {res.detail}"[:300]:
+            rec.note(now, "probe failed", f"{r.id}: {res.detail}")
+        r.probe_passes = 0
+        r.last_error = f"probe failed: {res.detail}"[:300]
+        return res
+    r.probe_passes += 1
+    r.last_error = None
+    if r.probe_passes < needed:
+        return ProbeResult(False, f"probes passed {r.probe_passes}/{needed}")
+    return ProbeResult(True, f"probes passed {r.probe_passes}/{needed}: {res.detail}")
 
 
 def settle_journal(doc: StateDoc, journal: Journal, backends: BackendRegistry, now: float) -> list[str]:

@@ -31,7 +31,7 @@ from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.liveness import recheck_in, recheck_ready
 from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
 from reconciler.engine.plan import plan
-from reconciler.engine.probe import probe_replica
+from reconciler.engine.probe import HttpProber, probe_http, probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
 from reconciler.engine.targets import TargetSettings, build_targets, sync_records
@@ -77,6 +77,7 @@ class Engine:
         prober: Prober | None = None,
         read_only: bool = False,
         extension: DesiredExtension | None = None,
+        http_prober: HttpProber = probe_http,
     ) -> None:
         self.state_dir = Path(state_dir)
         # Previews (or None): services beyond production's config, added to every desired set.
@@ -94,6 +95,7 @@ class Engine:
         self.doc = self.store.load()
         self._stats = stats
         self._prober: Prober = prober or probe_replica
+        self._http_prober = http_prober  # dstack `probes:` (a service's own readiness requests)
         self._fault = FaultHook(self.settings.fault or os.environ.get("TIDEGATE_FAULT"))
         self._observe = ObserveSettings(
             probe_timeout=self.settings.probe_timeout,
@@ -278,8 +280,18 @@ class Engine:
             for r in rec.replicas:
                 r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
-        probe_pending(doc, self._prober, now, self._observe, routes_models)
-        recheck_ready(doc, self._prober, now, self._observe, routes_models, self._last_probe)
+        routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
+        probe_pending(doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober)
+        recheck_ready(
+            doc,
+            self._prober,
+            now,
+            self._observe,
+            routes_models,
+            self._last_probe,
+            routes_probes,
+            self._http_prober,
+        )
         last_good = self._last_good(ds)
         desired, decisions, tnotes = build_targets(
             doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good

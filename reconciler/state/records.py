@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import Offer
-from tidegate.routes import ModelRoute
+from reconciler.config.models import ProbeSpec
+from tidegate.routes import ModelRoute, RateLimit
 
 SCHEMA_VERSION = 1
 HISTORY_LIMIT = 50
@@ -77,6 +78,10 @@ class ReplicaRecord(BaseModel):
     # READY only: liveness probes failed in a row (reconciler.engine.liveness). Above 0 it is out of the
     # routes; at the threshold it becomes FAILED. Changes only when a probe's outcome does.
     probe_failures: int = 0
+    # PROVISIONING with dstack `probes`: passes in a row so far (routed at `ready_after`), and
+    # when the last probe ran (in memory only: probes are paced by their `interval`).
+    probe_passes: int = 0
+    probed_at: float | None = Field(default=None, exclude=True)
     # The cloud offer the replica runs on (label + USD/hour), for `ps` cost; None on free backends.
     offer: str | None = None
     price: float | None = None
@@ -112,6 +117,8 @@ class RouteInfo(BaseModel):
     model: ModelRoute | None = None
     min_replicas: int = 1
     max_replicas: int = 1
+    probes: tuple[ProbeSpec, ...] = ()  # dstack `probes`; empty: tidegate's built-in readiness probe
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 class ServiceRecord(BaseModel):

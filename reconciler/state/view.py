@@ -32,6 +32,7 @@ class ReplicaView:
     offer: str | None = None
     price: float | None = None  # USD/hour on a paid cloud offer
     probe_failures: int = 0  # READY but failing its liveness probe: out of the routes
+    probe_passes: int = 0  # PROVISIONING with dstack `probes`: passes in a row so far
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
             min_replicas=max(1, rec.route.min_replicas) if rec.stopped else rec.route.min_replicas,
             max_replicas=rec.route.max_replicas,
             preview_pr=(preview_prs or {}).get(name),
+            rate_limits=rec.route.rate_limits,
         )
     revision = doc.last_snapshot.revision if doc.last_snapshot else None
     return RoutesSnapshot(serial=doc.serial, revision=revision, domain=domain, services=services)
@@ -115,11 +117,26 @@ def service_status(rec: ServiceRecord) -> tuple[ServiceStatus, str]:
         )
     if ready >= rec.desired_count and not outdated and len(rec.replicas) == ready:
         return ServiceStatus.RUNNING, ""
+    probing = _probe_progress(rec)
     if ready == 0 and not outdated:
-        return ServiceStatus.PENDING, "waiting for a replica to pass its readiness probe"
+        return ServiceStatus.PENDING, probing or "waiting for a replica to pass its readiness probe"
     return ServiceStatus.UPDATING, f"{ready}/{rec.desired_count} ready" + (
         f", {len(outdated)} outdated" if outdated else ""
-    )
+    ) + (f"; {probing}" if probing else "")
+
+
+def _probe_progress(rec: ServiceRecord) -> str | None:
+    """With dstack `probes`: how far the first starting replica is (`ps` shows it)."""
+    probes = rec.route.probes if rec.route else ()
+    if not probes:
+        return None
+    needed = max(p.ready_after for p in probes)
+    for r in rec.replicas:
+        if r.phase is ReplicaPhase.PROVISIONING and (r.probe_passes or r.last_error):
+            if r.last_error:
+                return f"{r.id}: {r.last_error}"
+            return f"{r.id}: probes passed {r.probe_passes}/{needed}"
+    return None
 
 
 def _pending(rec: ServiceRecord) -> str | None:
@@ -165,6 +182,7 @@ def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = Non
                         offer=r.offer,
                         price=r.price,
                         probe_failures=r.probe_failures,
+                        probe_passes=r.probe_passes,
                     )
                     for r in rec.replicas
                 ),

@@ -181,8 +181,6 @@ def test_real_dstack_config_with_extras_validates() -> None:
         "working_dir",
         "privileged",
         "shell",
-        "probes",
-        "rate_limits",
         "volumes",
         "registry_auth",
         "resources.shm_size",
@@ -190,6 +188,9 @@ def test_real_dstack_config_with_extras_validates() -> None:
         "resources.gpu.total_memory",
     }
     assert parsed.config.resources.gpu is not None and parsed.config.resources.gpu.name == ["A100"]
+    # probes and rate_limits are acted on now (readiness, the routes snapshot)
+    assert [p.url for p in parsed.config.probes] == ["/health"]
+    assert [(r.prefix, r.rps) for r in parsed.config.rate_limits] == [("/v1", 10)]
 
 
 def test_profile_values_fill_gaps_and_file_wins() -> None:

@@ -21,7 +21,7 @@ BROKEN = "type: service\ncommands: [x]\nport: 8000\nauth: maybe\n"  # wrong type
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "good").mkdir()
-    (tmp_path / "good/.dstack.yml").write_text(GOOD + "probes: []\n")
+    (tmp_path / "good/.dstack.yml").write_text(GOOD + "volumes: []\n")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad/.dstack.yml").write_text(BROKEN)
     monkeypatch.chdir(tmp_path)
@@ -60,7 +60,7 @@ def test_valid_tree_exits_zero(tree: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["validate", "good"]) == 0
     out = capsys.readouterr().out
     assert (
-        "good/.dstack.yml:4:1: warning: probes:" in out and "1 valid service, 0 error(s), 1 warning(s)" in out
+        "good/.dstack.yml:4:1: warning: volumes:" in out and "1 valid service, 0 error(s), 1 warning(s)" in out
     )
 
 
