@@ -66,6 +66,7 @@ def build_engine(settings: Settings, read_only: bool = False) -> Engine:
         allow_empty=settings.allow_empty,
         env=settings.env,
         ready_timeout=settings.ready_timeout,
+        default_backends=settings.default_backends,
     )
     return Engine(settings.state_dir, build_registry(settings, owner), engine_settings, read_only=read_only)
 

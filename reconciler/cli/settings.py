@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import ValidationError
 
+from reconciler.config.yamldoc import Document, YamlSyntaxError, load_document, locate
 from tidegate.state_dir import choose_state_dir
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -25,7 +26,8 @@ DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_READY_TIMEOUT = 1800.0
 # Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
-RECONCILER_KEYS = ("previews", "webhook_secret")
+RECONCILER_KEYS = ("previews", "webhook_secret", "default_backends", "default_backend")
+BACKEND_KINDS = ("local", "aws", "azure")
 WEBHOOK_SECRET_ENV = "TIDEGATE_WEBHOOK_SECRET"
 
 
@@ -56,6 +58,8 @@ class Settings:
     previews_section: Mapping[str, Any] = field(default_factory=dict)
     # GitHub webhook secret: TIDEGATE_WEBHOOK_SECRET, else the settings file's `webhook_secret`.
     webhook_secret: str | None = field(default=None, repr=False)
+    # Where a service without `backends:` may go (the cheapest offer wins); empty: every backend.
+    default_backends: tuple[str, ...] = ()
 
     @property
     def listen_host(self) -> str:
@@ -105,27 +109,91 @@ def parse_env_file(text: str, source: str = "env file") -> dict[str, str]:
 
 def read_settings_file(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The `--settings` YAML split in two: (the cloud backends' part, the reconciler's part:
-    `previews`, `webhook_secret`). The cloud part goes to `backends.settings.parse_settings`."""
+    `previews`, `webhook_secret`, `default_backends`). The cloud part goes to
+    `backends.settings.parse_settings`. Every error names the file and the line."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise SettingsError(f"cannot read settings {path}: {e}") from e
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SettingsError(f"cannot read settings {path}: {e.strerror or e}") from e
+    try:
+        doc = load_document(text)
+    except YamlSyntaxError as e:
+        raise SettingsError(f"{path}:{e.position.line}:{e.position.column}: {e.message}") from e
+    raw = doc.data
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: expected a mapping at the top level")
+        raise SettingsError(f"{path}:1:1: expected a mapping at the top level")
     ours = {k: raw[k] for k in RECONCILER_KEYS if k in raw}
     if "previews" in ours and not isinstance(ours["previews"] or {}, dict):
-        raise SettingsError(f"{path}: previews: expected a mapping")
+        raise SettingsError(_where(path, doc, ("previews",), "previews: expected a mapping"))
+    if "default_backend" in ours and "default_backends" in ours:
+        raise SettingsError(
+            _where(path, doc, ("default_backend",), "set `default_backends` or `default_backend`, not both")
+        )
+    key = "default_backends" if "default_backends" in ours else "default_backend"
+    if key in ours:
+        ours["default_backends"] = _default_backends(path, doc, key, ours.pop(key))
     return {k: v for k, v in raw.items() if k not in RECONCILER_KEYS}, ours
 
 
+def _default_backends(path: Path | str, doc: Document, key: str, value: Any) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SettingsError(_where(path, doc, (key,), f"{key}: expected a list of backend names"))
+    for index, name in enumerate(names):
+        if name not in BACKEND_KINDS:
+            loc: tuple[str | int, ...] = (key, index) if isinstance(value, list) else (key,)
+            message = f"{key}: unknown backend {name!r}; valid backends: {', '.join(BACKEND_KINDS)}"
+            raise SettingsError(_where(path, doc, loc, message))
+    return tuple(dict.fromkeys(names))
+
+
+def _where(path: Path | str, doc: Document | None, loc: Sequence[str | int], message: str) -> str:
+    position = locate(doc.node if doc else None, loc)[0]
+    return f"{path}:{position.line}:{position.column}: {message}"
+
+
 def load_cloud_settings(path: Path | str | None, environ: Mapping[str, str]) -> Any:
-    """`backends.settings.CloudSettings` from the `--settings` file without the reconciler's keys."""
+    """`backends.settings.CloudSettings` from the `--settings` file without the reconciler's keys;
+    an invalid file is a SettingsError naming the file, line and field of each problem."""
+    from backends.settings import SettingsError as CloudSettingsError
     from backends.settings import parse_settings
 
     cloud = read_settings_file(path)[0] if path is not None else {}
-    return parse_settings(cloud, environ, source=str(path or "<settings>"))
+    try:
+        return parse_settings(cloud, environ, source=str(path or "<settings>"))
+    except CloudSettingsError as e:
+        cause = e.__cause__
+        if path is None or not isinstance(cause, ValidationError):
+            raise SettingsError(str(e)) from e
+        doc = load_document(Path(path).read_text(encoding="utf-8"))
+        problems = []
+        for err in cause.errors(include_url=False):
+            loc = _settings_loc(doc, err["loc"])
+            position, matched = locate(doc.node, loc, key=err["type"] == "extra_forbidden")
+            shown = [*matched, loc[-1]] if loc and (not matched or matched[-1] != loc[-1]) else matched
+            field = ".".join(str(p) for p in shown)
+            problems.append(f"{path}:{position.line}:{position.column}: {field}: {_message(err)}")
+        raise SettingsError("\n".join(problems)) from e
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _settings_loc(doc: Document, loc: Sequence[str | int]) -> tuple[str | int, ...]:
+    """`backends` may be a mapping (`{aws: {...}}`) that the cloud settings see as a list: map the
+    list index back to the mapping's key so the line is the user's."""
+    out: list[str | int] = list(loc)
+    data = doc.data
+    if len(out) >= 2 and out[0] == "backends" and isinstance(out[1], int) and isinstance(data, dict):
+        section = data.get("backends")
+        if isinstance(section, dict) and out[1] < len(section):
+            out[1] = list(section)[out[1]]
+    return tuple(out)
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, gateway: bool = False) -> None:
@@ -198,6 +266,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         env=values,
         previews_section=dict(ours.get("previews") or {}),
         webhook_secret=str(secret) if secret else None,
+        default_backends=tuple(ours.get("default_backends") or ()),
     )
 
 

@@ -53,6 +53,9 @@ class DesiredService:
     route: RouteInfo
     env_names: tuple[str, ...] = ()
     summary: Mapping[str, str] = field(default_factory=dict)
+    # No `backends:` in the file: every default backend may run it (dstack's rule; the cheapest
+    # offer wins, chosen by engine.offers.with_offers) -> its spec hash on each. Empty: fixed.
+    candidates: Mapping[str, str] = field(default_factory=dict)
 
     def spec_for(self, ordinal: int) -> ReplicaSpec:
         return replace(
@@ -187,10 +190,12 @@ def build_desired(
     domain: str = "localhost",
     default_backend: str = "local",
     code_hash: Callable[[], str] | None = None,
+    default_backends: Sequence[str] = (),
 ) -> DesiredSet:
     """The desired set of one load. `code_hash` gives the content hash of the files replicas get
     (default: `code_files.code_hash_at(workdir, revision)`); it is asked at most once, and only
-    when some service runs on a backend in WORKDIR_BACKENDS."""
+    when some service runs on a backend in WORKDIR_BACKENDS. A service without `backends:` may
+    run on any of `default_backends` (empty: every configured backend) that is configured."""
     services: dict[str, DesiredService] = {}
     files_memo: list[str | None] = []
 
@@ -227,6 +232,23 @@ def build_desired(
         env_hash = env_values_hash(salt, resolved)
         files = files_for(backend)
         spec_hash = replica_spec_hash(ls, env_hash, backend, files)
+        candidates: dict[str, str] = {}
+        if not c.backends:
+            pool = [b for b in (default_backends or backends) if b in backends]
+            if not pool:
+                blocked[name] = (
+                    f"none of the settings' default_backends ({', '.join(default_backends)}) is configured"
+                    f" (have: {', '.join(backends) or 'none'}); add `backends:` to the service or configure one"
+                )
+                continue
+            if backend in pool:  # the default backend first: it wins ties
+                pool.remove(backend)
+                pool.insert(0, backend)
+            if len(pool) > 1:
+                candidates = {b: replica_spec_hash(ls, env_hash, b, files_for(b)) for b in pool}
+            elif pool and pool[0] != backend:
+                backend = pool[0]
+                spec_hash = replica_spec_hash(ls, env_hash, backend, files_for(backend))
         requirements: Requirements = c.requirements()
         template = ReplicaSpec(
             replica_id="",
@@ -277,6 +299,7 @@ def build_desired(
             route=route,
             env_names=tuple(sorted(c.env)),
             summary=_summary(ls, backend, resolved, env_hash, files),
+            candidates=candidates,
         )
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(

@@ -66,6 +66,7 @@ class DesiredLoader:
             backends=self.backends.names(),
             domain=self.settings.domain,
             default_backend=self.settings.default_backend,
+            default_backends=self.settings.default_backends,
         )
         # An empty production config keeps everything (unless --allow-empty); previews must not
         # make it look non-empty, which would let the prune take production down.

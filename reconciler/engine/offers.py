@@ -14,11 +14,20 @@ from reconciler.engine.desired import DesiredService, DesiredSet
 
 
 def with_offers(ds: DesiredSet, backends: BackendRegistry) -> tuple[DesiredSet, bool]:
-    """Pick the cheapest offer per service; a service nothing offers is blocked with the reason."""
+    """Pick the cheapest offer per service; a service nothing offers is blocked with the reason.
+    A service without `backends:` (`d.candidates`) goes to the backend with the cheapest offer
+    that can run it, as dstack does; on a tie the default backend (listed first) wins."""
     services: dict[str, DesiredService] = {}
     blocked = dict(ds.blocked)
     complete = True
     for name, d in ds.services.items():
+        if d.candidates:
+            chosen, why, ok = _cheapest(d, backends)
+            complete = complete and ok
+            if chosen is None:
+                blocked[name] = why
+                continue
+            d = chosen
         try:
             offers = backends.get(d.backend).offers(d.template.requirements)
         except Exception as e:  # an unreachable backend: try again next pass
@@ -35,3 +44,44 @@ def with_offers(ds: DesiredSet, backends: BackendRegistry) -> tuple[DesiredSet, 
             continue
         services[name] = replace(d, template=replace(d.template, offer=offers[0]))
     return replace(ds, services=services, blocked=blocked), complete
+
+
+def _cheapest(d: DesiredService, backends: BackendRegistry) -> tuple[DesiredService | None, str, bool]:
+    """(the service moved to the cheapest candidate backend, or None; why none; all answered)."""
+    best: tuple[float, int, str] | None = None
+    reasons: list[str] = []
+    complete = True
+    for index, name in enumerate(d.candidates):
+        moved = _on(d, name)
+        backend = backends.get(name)
+        try:
+            offers = backend.offers(moved.template.requirements)
+        except Exception as e:  # an unreachable backend: the others may still run it
+            reasons.append(f"{name}: could not list offers: {type(e).__name__}: {e}")
+            complete = False
+            continue
+        if not offers:
+            reasons.append(f"{name}: no offer for this service's resources/settings")
+            continue
+        reason = backend.can_run(moved.spec_for(0)) if isinstance(backend, ScreensSpecs) else None
+        if reason:
+            reasons.append(f"{name}: {reason}")
+            continue
+        key = (min(o.price for o in offers), index, name)
+        best = key if best is None or key < best else best
+    if best is None:
+        return None, "no configured backend can run it (" + "; ".join(reasons) + ")", complete
+    return _on(d, best[2]), "", complete
+
+
+def _on(d: DesiredService, backend: str) -> DesiredService:
+    if backend == d.backend:
+        return d
+    spec_hash = d.candidates[backend]
+    return replace(
+        d,
+        backend=backend,
+        spec_hash=spec_hash,
+        template=replace(d.template, spec_hash=spec_hash),
+        summary={**d.summary, "backend": backend},
+    )

@@ -51,6 +51,8 @@ class EngineSettings:
     allow_empty: bool = False
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # values for bare KEYs
     default_backend: str = "local"
+    # Backends a service without `backends:` may go to (settings `default_backends`); empty: all.
+    default_backends: tuple[str, ...] = ()
     probe_timeout: float = 2.0
     ready_timeout: float = 600.0  # a python: service builds a venv first; be generous
     backoff_base: float = 2.0
