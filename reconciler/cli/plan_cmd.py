@@ -79,7 +79,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         checkout = source.current()
         if args.baseline is not None and not Path(args.baseline).is_dir():
             raise runtime.RuntimeError_(f"--baseline {args.baseline}: not a directory")
-        engine = runtime.build_engine(settings, read_only=True)  # plan works beside a running `up`
+        # plan works beside a running `up`; a PR's plan (--baseline) cannot see production's secrets
+        engine = runtime.build_engine(settings, read_only=True, missing_env_ok=args.baseline is not None)
         result = engine.plan(runtime.to_snapshot(checkout))
         if args.baseline is not None and result.desired is not None:
             base_dir = Path(args.baseline).resolve()

@@ -57,9 +57,9 @@ def build_registry(settings: Settings, owner: str) -> BackendRegistry:
     return registry
 
 
-def build_engine(settings: Settings, read_only: bool = False) -> Engine:
+def build_engine(settings: Settings, read_only: bool = False, *, missing_env_ok: bool = False) -> Engine:
     """The engine over this state dir. Not read-only: takes the state-dir lock (StateLockedError
-    naming the holder when another process has it)."""
+    naming the holder when another process has it). `missing_env_ok`: a pull request's plan."""
     owner = owner_of(settings.state_dir)
     engine_settings = EngineSettings(
         domain=settings.domain,
@@ -67,6 +67,7 @@ def build_engine(settings: Settings, read_only: bool = False) -> Engine:
         env=settings.env,
         ready_timeout=settings.ready_timeout,
         default_backends=settings.default_backends,
+        missing_env_ok=missing_env_ok,
     )
     return Engine(settings.state_dir, build_registry(settings, owner), engine_settings, read_only=read_only)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backends.base import ReplicaSpec, Requirements
+from reconciler.config.diagnostics import Diagnostic
 from reconciler.config.loader import LoadedService, LoadResult
 from reconciler.engine.autoscale import ScalingPolicy
 from reconciler.engine.naming import replica_id, service_host
@@ -70,6 +71,10 @@ class DesiredSet:
     failed: Mapping[str, str] = field(default_factory=dict)  # name -> path of the broken file
     diagnostics: tuple[str, ...] = ()
     revision: str | None = None
+    # The same problems as values (file, line, column, field, message, severity) for `plan --json`.
+    problems: tuple[Diagnostic, ...] = ()
+    # name -> a problem that does not stop the service here (a secret a PR plan cannot see).
+    warnings: Mapping[str, str] = field(default_factory=dict)
     # Values that came from the reconciler's env (bare KEYs): redacted from every message.
     secret_values: frozenset[str] = frozenset()
 
@@ -162,7 +167,36 @@ def _summary(
         out["image"] = c.image
     if c.python:
         out["python"] = c.python
+    out.update(route_summary(ls))
     return {k: v for k, v in out.items() if v}
+
+
+def route_summary(ls: LoadedService) -> dict[str, str]:
+    """The fields that change what is routed or where/how a replica may be placed, as plan shows
+    them. `auth` is always present: plan.ROUTE_FIELDS diffs them even when no replica changes."""
+    c = ls.config
+    out = {
+        "auth": "true" if c.auth else "false",
+        "spot_policy": str(c.spot_policy) if c.spot_policy else "",
+        "max_price": f"{c.max_price:g}" if c.max_price is not None else "",
+        "regions": ", ".join(c.regions or ()),
+        "probes": _compact([p.model_dump(mode="json") for p in c.probes]),
+        "rate_limits": _compact([r.model_dump(mode="json") for r in c.rate_limits]),
+        "scaling": _compact(c.scaling.model_dump(mode="json")) if c.scaling else "",
+    }
+    if c.model is not None:
+        m = c.model
+        where = f"prefix {m.prefix}" if m.format == ModelFormat.OPENAI else "tgi"
+        out["model"] = f"{m.name} ({where})"
+        if m.chat_template:
+            out["model.chat_template"] = hashlib.sha256(m.chat_template.encode()).hexdigest()[:8]
+        if m.eos_token:
+            out["model.eos_token"] = m.eos_token
+    return out
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
 
 
 def _model_route(ls: LoadedService) -> ModelRoute | None:
@@ -191,11 +225,14 @@ def build_desired(
     default_backend: str = "local",
     code_hash: Callable[[], str] | None = None,
     default_backends: Sequence[str] = (),
+    missing_env_ok: bool = False,
 ) -> DesiredSet:
     """The desired set of one load. `code_hash` gives the content hash of the files replicas get
     (default: `code_files.code_hash_at(workdir, revision)`); it is asked at most once, and only
     when some service runs on a backend in WORKDIR_BACKENDS. A service without `backends:` may
-    run on any of `default_backends` (empty: every configured backend) that is configured."""
+    run on any of `default_backends` (empty: every configured backend) that is configured.
+    `missing_env_ok` (a plan for a pull request, which never sees production's secrets): a bare
+    `KEY` without a value is a warning instead of blocking the service."""
     services: dict[str, DesiredService] = {}
     files_memo: list[str | None] = []
 
@@ -212,6 +249,7 @@ def build_desired(
         return files_memo[0]
 
     blocked: dict[str, str] = {}
+    warnings: dict[str, str] = {}
     secrets: set[str] = set()
     for name in sorted(load.services):
         ls = load.services[name]
@@ -219,12 +257,15 @@ def build_desired(
         resolved, missing = resolve_env(c.env, env)
         secrets.update(resolved[k] for k, v in c.env.items() if v is None and k in resolved)
         if missing:
-            blocked[name] = (
+            why = (
                 f"env variable{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))} "
                 f"ha{'ve' if len(missing) > 1 else 's'} no value: set {'them' if len(missing) > 1 else 'it'} "
                 "in the reconciler's environment or the --env-file"
             )
-            continue
+            if not missing_env_ok:
+                blocked[name] = why
+                continue
+            warnings[name] = why + " (not visible to this plan; needed where the reconciler runs)"
         backend, why = choose_backend(list(c.backends or ()), list(backends), default_backend)
         if backend is None:
             blocked[name] = why
@@ -307,6 +348,8 @@ def build_desired(
         blocked=blocked,
         failed=failed,
         diagnostics=tuple(d.format() for d in load.diagnostics),
+        problems=tuple(load.diagnostics),
+        warnings=warnings,
         revision=revision,
         secret_values=frozenset(secrets),
     )

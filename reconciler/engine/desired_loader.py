@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from backends.base import BackendRegistry
+from backends.base import BackendRegistry, Offer, Requirements
 from reconciler.config.loader import load_tree
 from reconciler.engine.desired import DesiredService, DesiredSet, build_desired
 from reconciler.engine.offers import with_offers
@@ -26,7 +26,9 @@ log = logging.getLogger("tidegate.engine")
 
 
 class DesiredLoader:
-    def __init__(self, settings: EngineSettings, salt: str, backends: BackendRegistry, redact: Redactor) -> None:
+    def __init__(
+        self, settings: EngineSettings, salt: str, backends: BackendRegistry, redact: Redactor
+    ) -> None:
         self.settings = settings
         self.salt = salt
         self.backends = backends
@@ -67,13 +69,16 @@ class DesiredLoader:
             domain=self.settings.domain,
             default_backend=self.settings.default_backend,
             default_backends=self.settings.default_backends,
+            missing_env_ok=self.settings.missing_env_ok,
         )
         # An empty production config keeps everything (unless --allow-empty); previews must not
         # make it look non-empty, which would let the prune take production down.
         if ext is not None and (self.settings.allow_empty or not ds.empty):
             ds = ext.extend(ds)
         self.redact.update(ds.secret_values)
-        ds, complete = with_offers(ds, self.backends)
+        ds, complete = with_offers(
+            ds, self.backends, _catalog_offers if self.settings.missing_env_ok else None
+        )
         if complete:
             self._desired_cache = (key, ds)
         return ds
@@ -122,3 +127,11 @@ class DesiredLoader:
             return None
         finally:
             self._desired_cache = cache
+
+
+def _catalog_offers(requirements: Requirements) -> list[Offer]:
+    """Offers of the shipped (or refreshed) catalog, offline: a pull request's plan prices a cloud
+    service even where no cloud is configured."""
+    from backends.cloud.catalog import load_catalog, resolve_catalog_path, select_offers
+
+    return select_offers(load_catalog(resolve_catalog_path(None)), requirements)

@@ -7,18 +7,27 @@ desired-set builder and from the engine that calls it each pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from backends.base import BackendRegistry, ScreensSpecs
-from reconciler.engine.desired import DesiredService, DesiredSet
+from backends.base import BackendRegistry, Offer, Requirements, ScreensSpecs
+from reconciler.engine.desired import WORKDIR_BACKENDS, DesiredService, DesiredSet
+
+Catalog = Callable[[Requirements], Sequence[Offer]]
 
 
-def with_offers(ds: DesiredSet, backends: BackendRegistry) -> tuple[DesiredSet, bool]:
+def with_offers(
+    ds: DesiredSet, backends: BackendRegistry, catalog: Catalog | None = None
+) -> tuple[DesiredSet, bool]:
     """Pick the cheapest offer per service; a service nothing offers is blocked with the reason.
     A service without `backends:` (`d.candidates`) goes to the backend with the cheapest offer
-    that can run it, as dstack does; on a tie the default backend (listed first) wins."""
+    that can run it, as dstack does; on a tie the default backend (listed first) wins.
+    `catalog` (a pull request's plan, where production's clouds are not configured): a service
+    no configured backend offers is priced from the offline catalog instead of blocked, with a
+    warning, so the reviewer sees what it would cost."""
     services: dict[str, DesiredService] = {}
     blocked = dict(ds.blocked)
+    warnings = dict(ds.warnings)
     complete = True
     for name, d in ds.services.items():
         if d.candidates:
@@ -43,7 +52,25 @@ def with_offers(ds: DesiredSet, backends: BackendRegistry) -> tuple[DesiredSet, 
             blocked[name] = reason
             continue
         services[name] = replace(d, template=replace(d.template, offer=offers[0]))
-    return replace(ds, services=services, blocked=blocked), complete
+    if catalog is not None:
+        for name, why in list(blocked.items()):
+            unplaced = ds.services.get(name)
+            if unplaced is None or name in services:
+                continue
+            found = [o for o in catalog(unplaced.template.requirements) if o.backend not in backends]
+            if found:
+                offer = found[0]
+                del blocked[name]
+                services[name] = replace(
+                    unplaced,
+                    template=replace(unplaced.template, offer=offer),
+                    summary=_summary_on(unplaced.summary, offer.backend),
+                )
+                note = (
+                    f"priced from the offline catalog: {why}; {offer.backend} is not configured for this plan"
+                )
+                warnings[name] = f"{warnings[name]}; {note}" if name in warnings else note
+    return replace(ds, services=services, blocked=blocked, warnings=warnings), complete
 
 
 def _cheapest(d: DesiredService, backends: BackendRegistry) -> tuple[DesiredService | None, str, bool]:
@@ -83,5 +110,13 @@ def _on(d: DesiredService, backend: str) -> DesiredService:
         backend=backend,
         spec_hash=spec_hash,
         template=replace(d.template, spec_hash=spec_hash),
-        summary={**d.summary, "backend": backend},
+        summary=_summary_on(d.summary, backend),
     )
+
+
+def _summary_on(summary: Mapping[str, str], backend: str) -> dict[str, str]:
+    """The summary on another backend: a cloud replica gets no copy of the repository's files."""
+    out = {**summary, "backend": backend}
+    if backend not in WORKDIR_BACKENDS:
+        out.pop("files", None)
+    return out

@@ -79,7 +79,8 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not self.steps
+        """Nothing to do: no step and no field change (a route-only change has no step)."""
+        return not self.steps and not self.changes
 
     def counts(self) -> dict[Action, int]:
         out: dict[Action, int] = {}
@@ -91,7 +92,8 @@ class Plan:
         return [s for s in self.steps if s.service == name]
 
     def services(self) -> list[str]:
-        return list(dict.fromkeys(s.service for s in self.steps))
+        """Services with a step, then services whose only change is a routing field."""
+        return list(dict.fromkeys([*(s.service for s in self.steps), *self.changes]))
 
 
 _PHASE_RANK = {
@@ -116,6 +118,23 @@ def _free_ordinals(used: set[int]) -> list[int]:
             out.append(i)
         i += 1
     return out
+
+
+# Summary fields that change routing, placement or scaling without changing the replica's spec hash
+# (auth, the model mapping, probes, rate limits, the replica range and scaling policy): a change of them alone is still a change the plan shows.
+# `auth` is in every summary made since they were added, so an older record (no `auth`) is not
+# reported as a change of all of them at once.
+ROUTE_FIELDS = (
+    "auth", "model", "model.chat_template", "model.eos_token", "probes", "rate_limits",
+    "spot_policy", "max_price", "regions", "replicas", "scaling",
+)  # fmt: skip
+
+
+def _route_diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, ...]:
+    if "auth" not in old:
+        return ()
+    pick = {k: v for k, v in old.items() if k in ROUTE_FIELDS}
+    return _diff(pick, {k: v for k, v in new.items() if k in ROUTE_FIELDS})
 
 
 def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, ...]:
@@ -242,5 +261,7 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> P
             replicas = a.replicas
             if a.spec_hash != t.spec_hash:
                 changes[name] = _diff(a.spec_summary, t.summary)
+            elif routed := _route_diff(a.spec_summary, t.summary):
+                changes[name] = routed  # applied by publishing the routes; no replica step
         steps.extend(_service_steps(t, replicas, now))
     return Plan(steps=tuple(steps), changes=changes, notes=tuple(notes))

@@ -51,6 +51,8 @@ class EngineSettings:
     allow_empty: bool = False
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # values for bare KEYs
     default_backend: str = "local"
+    # A plan for a pull request (`plan --baseline`): a secret without a value is only a warning.
+    missing_env_ok: bool = False
     # Backends a service without `backends:` may go to (settings `default_backends`); empty: all.
     default_backends: tuple[str, ...] = ()
     probe_timeout: float = 2.0

@@ -80,6 +80,8 @@ def rows(plan: Plan, services: Mapping[str, DesiredService]) -> list[ServiceRow]
             verb = "delete"
         elif Action.CREATE_SERVICE in actions:
             verb = "create"
+        elif actions & _SCALE_ACTIONS and {c.field for c in changes} <= {"replicas"}:
+            verb, changes = "scale", ()  # a new fixed count: the scale steps say it all
         elif changes:
             verb = "update"
         elif actions & _ROLL_ACTIONS:
@@ -148,6 +150,9 @@ def render(result: PlanResult, *, marker: bool = True, title: str = "tidegate pl
                 f"| {_ICONS[r.verb]} {r.verb} | `{cell(r.name, 63)}` | {cell(r.replicas)} | {cell(r.price)} | {changed} |"
             )
         lines.append("")
+    elif result.exit_code == 1:
+        lines.append("**Nothing can be applied yet:** fix the problems below.")
+        lines.append("")
     else:
         lines.append("**No changes.** Production already matches this revision.")
         lines.append("")
@@ -171,6 +176,13 @@ def render(result: PlanResult, *, marker: bool = True, title: str = "tidegate pl
                 lines.append(f"| {cell(c.field, 40)} | {cell(c.old)} | {cell(c.new)} |")
             lines.append("")
         lines.append("</details>")
+        lines.append("")
+
+    warnings = sorted(desired.warnings.items()) if desired is not None else []
+    if warnings:
+        lines.append("#### :warning: Warnings")
+        lines.append("")
+        lines.extend(f"- `{cell(name, 63)}`: {cell(why, 300)}" for name, why in warnings)
         lines.append("")
 
     problems = _problems(result)

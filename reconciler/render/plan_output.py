@@ -8,9 +8,11 @@ values (the engine summarises env as names + a salted hash), so nothing secret i
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
+from reconciler.config.diagnostics import Diagnostic
 from reconciler.engine.plan import Action, Plan, Step
 from reconciler.state.records import offer_label
 
@@ -77,15 +79,19 @@ def render_plan(result: Any) -> str:
         for reason in reasons[:3]:
             lines.append(f"      why: {reason}")
     if desired is not None:
+        for name, why in sorted(desired.warnings.items()):
+            lines.append(f"  warning: {name}: {why}")
         for name, why in sorted(desired.blocked.items()):
-            lines.append(f"  ! {name}: blocked: {why}")
+            lines.append(f"  ! {name}: blocked: {_one_line(why)}")
         for name, path in sorted(desired.failed.items()):
             lines.append(f"  ! {name}: {path} has errors; the running service is kept as it is")
     for diag in result.diagnostics:
         lines.append(f"  error: {diag}")
     for note in result.notes:
         lines.append(f"  note: {note}")
-    if p.empty:
+    if p.empty and result.exit_code == 1:
+        lines.append("Nothing to apply, but the configuration has errors (above): fix them and plan again.")
+    elif p.empty:
         lines.append("No changes. The deployed services match the configuration.")
     else:
         lines.append("")
@@ -93,9 +99,59 @@ def render_plan(result: Any) -> str:
     return "\n".join(lines)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def typed(field: str, value: str | None) -> Any:
+    """A summary value as JSON wants it: numbers as numbers, resources/probes/limits as objects,
+    lists as lists (summaries hold strings so the plan can diff them)."""
+    if value is None:
+        return None
+    try:
+        if field in ("resources", "probes", "rate_limits", "scaling"):
+            return json.loads(value)
+        if field == "port":
+            return int(value)
+        if field == "max_price":
+            return float(value)
+        if field == "auth":
+            return value == "true"
+        if field == "replicas":
+            low, sep, high = value.partition("..")
+            return {"min": int(low or 0), "max": int(high)} if sep else int(value)
+        if field in ("env", "regions"):
+            return [v for v in value.split(", ") if v]
+    except ValueError:
+        return value
+    return value
+
+
+def _diagnostic(d: Diagnostic) -> dict[str, Any]:
+    return {
+        "file": d.path,
+        "line": d.line,
+        "column": d.column,
+        "field": d.field,
+        "message": d.message,
+        "severity": str(d.severity),
+    }
+
+
 def plan_json(result: Any) -> dict[str, Any]:
+    """`plan --json`: typed field values, diagnostics as objects, why each failed/blocked service
+    is not deployed."""
     p: Plan = result.plan
     desired = result.desired
+    problems: tuple[Diagnostic, ...] = desired.problems if desired is not None else ()
+    failed = {
+        name: {
+            "file": path,
+            "reasons": [d.message for d in problems if d.path == path and d.severity == "error"]
+            or ["the file has errors"],
+        }
+        for name, path in (desired.failed.items() if desired is not None else ())
+    }
     return {
         "revision": result.revision,
         "changes": not p.empty,
@@ -106,15 +162,35 @@ def plan_json(result: Any) -> dict[str, Any]:
                     {"action": str(s.action), "replica": s.replica, "replaces": s.replaces, "reason": s.reason}
                     for s in p.for_service(name)
                 ],
-                "fields": [{"field": c.field, "old": c.old, "new": c.new} for c in p.changes.get(name, ())],
+                "fields": [
+                    {"field": c.field, "old": typed(c.field, c.old), "new": typed(c.field, c.new)}
+                    for c in p.changes.get(name, ())
+                ],
+                "offer": _offer_json(desired.services.get(name) if desired is not None else None),
             }
             for name in p.services()
         },
         "blocked": dict(desired.blocked) if desired is not None else {},
-        "failed": dict(desired.failed) if desired is not None else {},
-        "diagnostics": list(result.diagnostics),
+        "warnings": dict(desired.warnings) if desired is not None else {},
+        "failed": failed,
+        "diagnostics": [_diagnostic(d) for d in problems]
+        if problems or not result.diagnostics
+        else [{"message": m} for m in result.diagnostics],
         "notes": list(result.notes),
         "exit_code": result.exit_code,
+    }
+
+
+def _offer_json(d: Any) -> dict[str, Any] | None:
+    offer = getattr(getattr(d, "template", None), "offer", None)
+    if offer is None:
+        return None
+    return {
+        "backend": offer.backend,
+        "region": offer.region,
+        "instance_type": offer.instance_type,
+        "spot": offer.spot,
+        "price_per_hour": offer.price,
     }
 
 
