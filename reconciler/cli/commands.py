@@ -14,12 +14,20 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.cli.next_steps import print_next_steps
 from reconciler.cli.output import print_table, say
-from reconciler.cli.settings import Settings, SettingsError, add_common_options, build_settings
+from reconciler.cli.settings import (
+    Settings,
+    SettingsError,
+    add_common_options,
+    build_settings,
+    state_inside_repo,
+)
+from reconciler.engine.plan import Plan
 from reconciler.previews.pr_source import read_decision
 from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.render.plan_output import render_report
@@ -74,7 +82,11 @@ def register(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return build_settings(args)
+    settings = build_settings(args)
+    warning = state_inside_repo(settings)
+    if warning:
+        say(f"warning: {warning}", stream=sys.stderr, style="yellow")
+    return settings
 
 
 def _fail(message: str) -> int:
@@ -107,12 +119,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
             engine.recover()
             snapshot = runtime.to_snapshot(checkout)
             report = engine.reconcile(snapshot)
+            applied = list(report.plan.steps)  # every pass's steps: the report says what was done
+            changes = dict(report.plan.changes)
             deadline = time.monotonic() + args.wait
             # Like `terraform apply`, wait for what was started to become ready (or fail); replicas
             # keep running after exit either way.
             while report.next_run_in is not None and time.monotonic() < deadline:
                 time.sleep(min(report.next_run_in, 2.0))
                 report = engine.reconcile(snapshot)
+                applied += report.plan.steps
+                changes.update(report.plan.changes)
+            report = replace(report, plan=Plan(steps=tuple(applied), changes=changes))
         finally:
             engine.close()
     except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:

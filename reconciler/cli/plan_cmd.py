@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.cli.output import say
-from reconciler.cli.settings import SettingsError, add_common_options, build_settings
+from reconciler.cli.settings import SettingsError, add_common_options, build_settings, state_inside_repo
 from reconciler.engine.reconcile import Snapshot
 from reconciler.source.checkout import SourceError
 from reconciler.state.errors import ReconcilerError
@@ -75,6 +75,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     fmt = output_format(args)
     try:
         settings = build_settings(args)
+        warning = state_inside_repo(settings)
+        if warning:
+            say(f"warning: {warning}", stream=sys.stderr, style="yellow")
         source = runtime.require_source(settings)
         checkout = source.current()
         if args.baseline is not None and not Path(args.baseline).is_dir():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,11 @@ def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, 
     parser.add_argument("--settings", metavar="FILE", help="cloud backend settings (aws/azure)")
     if source:
         parser.add_argument("--repo", metavar="URL|PATH", help="git URL (file://, https, ssh) or local path")
-        parser.add_argument("--branch", default="main", help="branch to deploy (default: main)")
+        parser.add_argument(
+            "--branch",
+            default=None,
+            help="branch to deploy (default: the branch checked out in a local --repo, else main)",
+        )
         parser.add_argument("--path", metavar="DIR", help="sub-folder of the repo holding the configs")
         parser.add_argument("--watch", action="store_true", help="watch a local working tree (development)")
         parser.add_argument("--env-file", metavar="FILE", help="values for bare KEY env entries (never printed)")
@@ -253,7 +258,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     return Settings(
         state_dir=Path(state).expanduser().resolve(),
         repo=repo,
-        branch=getattr(args, "branch", None) or "main",
+        branch=getattr(args, "branch", None) or checked_out_branch(repo) or "main",
         path=(getattr(args, "path", None) or None),
         watch=bool(getattr(args, "watch", False)),
         allow_empty=bool(getattr(args, "allow_empty", False)),
@@ -267,6 +272,37 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         previews_section=dict(ours.get("previews") or {}),
         webhook_secret=str(secret) if secret else None,
         default_backends=tuple(ours.get("default_backends") or ()),
+    )
+
+
+def checked_out_branch(repo: str | None) -> str | None:
+    """The branch checked out in a local repository (`plan --repo .` plans what you are on);
+    None for a URL, a detached HEAD or anything that is not a git work tree."""
+    if not repo or "://" in repo or _looks_like_scp(repo) or not Path(repo).is_dir():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", repo, "symbolic-ref", "--quiet", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name = out.stdout.strip()
+    return name if out.returncode == 0 and name else None
+
+
+def state_inside_repo(settings: Settings) -> str | None:
+    """A warning when the state directory lies inside a local config repository: its copies of
+    the configs (revisions, work dirs) would be found as more services."""
+    if not settings.repo or "://" in settings.repo or _looks_like_scp(settings.repo):
+        return None
+    repo = Path(settings.repo).resolve()
+    if not settings.state_dir.resolve().is_relative_to(repo):
+        return None
+    return (
+        f"the state directory {settings.state_dir} is inside the config repository {repo}: its copies "
+        "of the configs can be picked up as duplicate services; use --state (or TIDEGATE_STATE) "
+        "to put it elsewhere, or list it in the repository's .gitignore"
     )
 
 

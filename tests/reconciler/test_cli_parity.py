@@ -1,0 +1,72 @@
+"""The CLI does what it says: `plan --repo .` plans the checked-out branch, a state directory
+inside the config repository warns, `apply` reports every step it applied."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import kill_replicas
+from tests.support.git_repo import commit, git
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = """\
+type: service
+name: {name}
+commands:
+  - python3 -m http.server 8000
+port: 8000
+auth: false
+backends: [local]
+"""
+
+
+def tidegate(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler.cli.main", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    commit(path, {"web.dstack.yml": SERVICE.format(name="web")})
+    git(path, "checkout", "-q", "-b", "feature")
+    commit(path, {"extra.dstack.yml": SERVICE.format(name="extra")}, "feature")
+    return path
+
+
+def test_plan_without_branch_plans_the_checked_out_branch(repo: Path, tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    out = tidegate(repo, "plan", "--repo", ".", "--state", state)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "+ extra: create" in out.stdout and "+ web: create" in out.stdout
+    main = tidegate(repo, "plan", "--repo", ".", "--branch", "main", "--state", state)
+    assert "+ web: create" in main.stdout and "extra" not in main.stdout
+
+
+def test_a_state_dir_inside_the_config_repository_warns(repo: Path, tmp_path: Path) -> None:
+    inside = tidegate(repo, "plan", "--repo", ".", "--state", "state")
+    assert "warning: the state directory" in inside.stderr and "inside the config repository" in inside.stderr
+    outside = tidegate(repo, "plan", "--repo", ".", "--state", str(tmp_path / "state"))
+    assert "inside the config repository" not in outside.stderr
+
+
+@pytest.mark.slow
+def test_apply_reports_the_steps_it_applied(repo: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    out = tidegate(repo, "apply", "--repo", ".", "--state", str(state), "--wait", "60", timeout=180)
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        # 2 services: create + add replica each, whatever number of passes the wait took
+        assert ": 4 step(s) applied" in out.stdout, out.stdout
+        assert "  + extra" in out.stdout and "  + web" in out.stdout
+    finally:
+        kill_replicas(state)  # `apply` leaves replicas running on purpose
