@@ -58,6 +58,7 @@ def print_table(
     stream: TextIO | None = None,
 ) -> None:
     out = stream or sys.stdout
+    rows = [[" ".join(str(cell).split()) for cell in row] for row in rows]  # a multi-line reason: one line
     if not is_tty(out):
         if title:
             out.write(title + "\n")

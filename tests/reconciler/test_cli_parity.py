@@ -70,3 +70,40 @@ def test_apply_reports_the_steps_it_applied(repo: Path, tmp_path: Path) -> None:
         assert "  + extra" in out.stdout and "  + web" in out.stdout
     finally:
         kill_replicas(state)  # `apply` leaves replicas running on purpose
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("validate", "--format", "json", "examples"), id="validate"),
+        pytest.param(("schema",), id="schema"),
+        pytest.param(("offers",), id="offers"),
+        pytest.param(("ps", "--json", "--state", "{state}"), id="ps-json"),
+    ],
+)
+def test_a_closed_pipe_ends_quietly(args: tuple[str, ...], tmp_path: Path) -> None:
+    """`tidegate ps --json | head`: the reader is gone before tidegate writes; no traceback."""
+    argv = [a.format(state=tmp_path / "state") for a in args]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli.main", *argv],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the interpreter has even imported tidegate
+    err = proc.stderr.read()
+    code = proc.wait(60)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert code in (0, 141), (code, err)
+
+
+def test_a_multi_line_reason_stays_on_one_table_row() -> None:
+    import io
+
+    from reconciler.cli.output import print_table
+
+    out = io.StringIO()
+    print_table(
+        ["SERVICE", "STATUS", "REASON"], [["web", "stalled", "first line\nsecond line\n  third"]], stream=out
+    )
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].split(None, 2)[2].strip() == "first line second line third"
