@@ -61,13 +61,31 @@ def register(subparsers: Any) -> None:
 
 
 # ---- offers ------------------------------------------------------------------------------------
+OFFER_BACKENDS = ("aws", "azure")
+
+
+class OffersError(Exception):
+    """A flag or config `tidegate offers` cannot use; the message is for the user as it is."""
+
+
+def _validated(model: Any, text: str, flag: str) -> Any:
+    """`model.model_validate(text)`; a pydantic error becomes one readable line naming the flag."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(text)
+    except ValidationError as e:
+        why = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors(include_url=False))
+        raise OffersError(f"{flag} {text!r}: {why}") from e
+
+
 def _range(text: str | None, *, memory: bool) -> Range | None:
     if not text:
         return None
     from reconciler.config.resources import IntRange, MemoryRange
 
     model = MemoryRange if memory else IntRange
-    return model.model_validate(text).to_requirement()
+    return _validated(model, text, "--memory" if memory else "--cpu").to_requirement()  # type: ignore[no-any-return]
 
 
 def requirements_from_args(args: argparse.Namespace) -> Requirements:
@@ -79,7 +97,13 @@ def requirements_from_args(args: argparse.Namespace) -> Requirements:
     if args.gpu:
         from reconciler.config.resources import GpuSpec
 
-        gpu = GpuSpec.model_validate(args.gpu).to_requirement()
+        gpu = _validated(GpuSpec, args.gpu, "--gpu").to_requirement()
+    unknown = [b for b in args.backend if b not in OFFER_BACKENDS]
+    if unknown:
+        raise OffersError(
+            f"--backend {unknown[0]!r}: unknown backend; offers come from {', '.join(OFFER_BACKENDS)}"
+            " (`local` runs on this machine and has no price list)"
+        )
     return Requirements(
         cpus=_range(args.cpu, memory=False) or base.cpus,
         memory_gb=_range(args.memory, memory=True) or base.memory_gb,
@@ -98,15 +122,21 @@ def _service_requirements(args: argparse.Namespace) -> Requirements:
 
     if args.config:
         path = Path(args.config).resolve()
+        if not path.is_file():
+            raise OffersError(f"--config {args.config}: no such file")
         root, target = path.parent, path.name
+        result = load_tree(root, path.name)  # this file only (and the folder's profiles)
     else:
         root, target = Path(args.repo_dir).resolve(), str(args.service)
-    result = load_tree(root)
+        if not root.is_dir():
+            raise OffersError(f"--repo-dir {args.repo_dir}: no such directory")
+        result = load_tree(root)
     for name, loaded in result.services.items():
         if target in (name, loaded.path, Path(loaded.path).name):
             return loaded.config.requirements()
-    problems = "; ".join(str(d) for d in result.errors) or f"no service {target!r} under {root}"
-    raise ValueError(problems)
+    mine = [d for d in result.errors if not args.config or d.path == target] or result.errors
+    problems = "\n".join(d.format() for d in mine) or f"no service {target!r} under {root}"
+    raise OffersError(problems)
 
 
 def _backends_for_offers(args: argparse.Namespace) -> list[Backend] | None:

@@ -3,6 +3,7 @@ inside the config repository warns, `apply` reports every step it applied."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,52 @@ def test_a_multi_line_reason_stays_on_one_table_row() -> None:
     )
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[1].split(None, 2)[2].strip() == "first line second line third"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(
+            ["--gpu", "A100:x"], "error: --gpu 'A100:x': GPU spec 'A100:x' gives the name twice", id="bad-gpu"
+        ),
+        pytest.param(["--cpu", "lots"], "error: --cpu 'lots': ", id="bad-cpu"),
+        pytest.param(
+            ["--backend", "gcp"],
+            "error: --backend 'gcp': unknown backend; offers come from aws, azure",
+            id="gcp",
+        ),
+        pytest.param(
+            ["--config", "{tmp}/missing.dstack.yml"],
+            "error: --config {tmp}/missing.dstack.yml: no such file",
+            id="missing",
+        ),
+    ],
+)
+def test_offers_errors_are_readable(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reconciler.cli.main import main
+
+    assert main(["offers", *(a.format(tmp=tmp_path) for a in args)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(expected.format(tmp=tmp_path)), err
+    assert "Diagnostic(" not in err and "pydantic" not in err and "Traceback" not in err
+
+
+def test_offers_config_reads_only_that_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli.main import main
+
+    gpu = SERVICE.format(name="gpu").replace("backends: [local]\n", "") + "resources:\n  gpu: 24GB\n"
+    (tmp_path / "a.dstack.yml").write_text(gpu)
+    (tmp_path / "b.dstack.yml").write_text(
+        gpu
+    )  # the same name: a conflict in the folder, not in a.dstack.yml
+    (tmp_path / "broken.dstack.yml").write_text("type: service\nport: [\n")
+    assert main(["offers", "--config", str(tmp_path / "a.dstack.yml"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all("24GB" in r["resources"] or "GB)" in r["resources"] for r in rows)
+    (tmp_path / "c.dstack.yml").write_text(SERVICE.format(name="cc") + "replicaz: 2\n")
+    assert main(["offers", "--config", str(tmp_path / "c.dstack.yml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: c.dstack.yml:8:1: replicaz: unknown key 'replicaz'"), err
+    assert "Diagnostic(" not in err
