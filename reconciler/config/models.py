@@ -502,8 +502,11 @@ class ServiceConfig(ProfileParams):
         return self
 
     def requirements(self) -> Requirements:
-        """What an offer must satisfy; a service defaults to on-demand instances."""
+        """What an offer must satisfy; a service defaults to on-demand instances. `regions` and
+        `instance_types` are cloud terms: a service pinned to `backends: [local]` ignores them
+        (a default profile's `regions: [us-east-1]` must not block it)."""
         res = self.resources
+        cloud = self.backends != ["local"]
         return Requirements(
             cpus=res.cpu.to_requirement(),
             memory_gb=res.memory.to_requirement(),
@@ -511,7 +514,7 @@ class ServiceConfig(ProfileParams):
             gpu=res.gpu.to_requirement() if res.gpu else None,
             spot_policy=str(self.spot_policy or SpotPolicy.ON_DEMAND),
             max_price=self.max_price,
-            regions=tuple(self.regions or ()),
-            instance_types=tuple(self.instance_types or ()),
+            regions=tuple(self.regions or ()) if cloud else (),
+            instance_types=tuple(self.instance_types or ()) if cloud else (),
             backends=tuple(self.backends or ()),
         )

@@ -85,8 +85,11 @@ def render_plan(result: Any) -> str:
             lines.append(f"  ! {name}: blocked: {_one_line(why)}")
         for name, path in sorted(desired.failed.items()):
             lines.append(f"  ! {name}: {path} has errors; the running service is kept as it is")
-    for diag in result.diagnostics:
-        lines.append(f"  error: {diag}")
+    problems = desired.problems if desired is not None else ()
+    if problems:  # each with its own severity: a profile warning is not an error
+        lines += [f"  {d.severity}: {d.format()}" for d in problems]
+    else:
+        lines += [f"  error: {diag}" for diag in result.diagnostics]
     for note in result.notes:
         lines.append(f"  note: {note}")
     if p.empty and result.exit_code == 1:

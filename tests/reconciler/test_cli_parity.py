@@ -157,3 +157,18 @@ def test_offers_config_reads_only_that_file(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert err.startswith("error: c.dstack.yml:8:1: replicaz: unknown key 'replicaz'"), err
     assert "Diagnostic(" not in err
+
+
+def test_a_profile_region_does_not_block_a_local_service(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    profiles = (
+        "profiles:\n  - name: p\n    default: true\n    regions: [us-east-1]\n    creation_policy: reuse\n"
+    )
+    commit(repo, {".dstack/profiles.yml": profiles, "web.dstack.yml": SERVICE.format(name="web")})
+    out = tidegate(repo, "plan", "--repo", ".", "--state", str(tmp_path / "state"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "+ web: create" in out.stdout and "blocked" not in out.stdout
+    warning = "  warning: .dstack/profiles.yml:5:5: profiles.0.creation_policy: `creation_policy` is accepted"
+    assert warning in out.stdout and "error:" not in out.stdout
