@@ -81,6 +81,8 @@ class ServiceRoute(BaseModel):
     preview_pr: int | None = None
     # Per path prefix, longest prefix first; empty: no limit. Not enforced by the gateway yet.
     rate_limits: tuple[RateLimit, ...] = ()
+    # `tidegate stop`: no upstreams until `tidegate start`; the gateway may answer 503 saying so.
+    stopped: bool = False
 
 
 class RoutesSnapshot(BaseModel):

@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--follow", "-f", action="store_true")
     p.set_defaults(func=cmd_logs)
 
-    for name, text in (("stop", "stop a service until its config changes or `start`"), ("start", "undo `stop`")):
+    for name, text in (("stop", "stop a service (stays stopped across commits) until `start`"), ("start", "undo `stop`")):
         p = subparsers.add_parser(name, help=text)
         add_common_options(p, source=False)
         p.add_argument("service")
@@ -224,6 +224,9 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
         for r in v.replicas:
             if r.last_error and not reason:
                 reason = f"{r.id}: {r.last_error}"
+        if v.diagnostics:  # the first error of its file, so `ps` alone says what to fix
+            more = f" (+{len(v.diagnostics) - 1} more: `tidegate ps --json`)" if len(v.diagnostics) > 1 else ""
+            reason = f"{reason}: {v.diagnostics[0]}{more}" if reason else v.diagnostics[0] + more
         rows.append(
             {
                 "name": v.name,
@@ -236,6 +239,7 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
                 "scaling": v.last_scaling,
                 "scaling_history": list(v.scaling_history),
                 "scaling_pending": v.scaling_pending,
+                "diagnostics": list(v.diagnostics),
                 "cost_per_hour": round(v.cost_per_hour, 4),
                 "replicas": [
                     {
@@ -371,6 +375,23 @@ def cmd_start(args: argparse.Namespace) -> int:
     return _stop_start(args, "start")
 
 
+def _stop_now(engine: Any, name: str, timeout: float = 60.0) -> str:
+    """No `up` runs: reconcile here until the service's replicas are gone, and say only what is
+    true (a replica that still runs is not "stopped")."""
+    deadline = time.monotonic() + timeout
+    report = engine.reconcile(None)
+    while engine.doc.services[name].replicas and report.next_run_in is not None and time.monotonic() < deadline:
+        time.sleep(min(report.next_run_in, 1.0))
+        report = engine.reconcile(None)
+    left = [r.id for r in engine.doc.services[name].replicas]
+    if not left:
+        return "stopped (no replica runs); it stays stopped across commits until `tidegate start`"
+    return (
+        f"stop recorded, but {len(left)} replica(s) still run ({', '.join(left)}); they stop when "
+        "`tidegate up` or `tidegate apply` next runs"
+    )
+
+
 def _stop_start(args: argparse.Namespace, kind: str) -> int:
     from reconciler.cli import runtime
     try:
@@ -388,9 +409,12 @@ def _stop_start(args: argparse.Namespace, kind: str) -> int:
             engine.recover()
             try:
                 (engine.stop_service if kind == "stop" else engine.start_service)(args.service)
+                message = _stop_now(engine, args.service) if kind == "stop" else (
+                    "started (replicas come up on the next `up`/`apply`)"
+                )
             finally:
                 engine.close()
-            say(f"{args.service}: {'stopped' if kind == 'stop' else 'started (replicas come up on the next `up`/`apply`)'}")
+            say(f"{args.service}: {message}")
             return EXIT_OK
         except StateLockedError as e:
             holder = e.holder or "another process"  # someone started `up` meanwhile: ask it

@@ -128,12 +128,10 @@ def build_targets(
             )
     for name, d in ds.services.items():
         cur = doc.services.get(name)
-        if cur is not None and mutate:
-            if cur.stopped and cur.stopped_spec != d.spec_hash:
-                cur.stopped = False
-                cur.note(now, "started", "config changed since `tidegate stop`")
-            if cur.stalled_spec and cur.stalled_spec != d.spec_hash:
-                cur.stalled_spec = None
+        # A stopped service stays stopped across commits (a README change, an editor's swap file
+        # in --watch) until `tidegate start`; a new spec only lifts a permanent-error stall.
+        if cur is not None and mutate and cur.stalled_spec and cur.stalled_spec != d.spec_hash:
+            cur.stalled_spec = None
         decisions[name] = decide_count(d, cur, stats, now, name in demand)
         targets[name] = _target(d, cur, decisions[name], now, settings)
     prune = True
@@ -145,6 +143,18 @@ def build_targets(
         )
         log.warning(notes[-1])
     return Desired(targets, prune=prune), decisions, notes
+
+
+def _record_diagnostics(rec: ServiceRecord, ds: DesiredSet, path: str | None) -> None:
+    """Keep the errors of the service's file on its record (for `ps`); log them once, when they
+    first appear or change (a new revision with other errors), not on every pass."""
+    found = [d.format() for d in ds.problems if path and d.path == path and d.severity == "error"]
+    if path and not found:
+        found = [f"{path}: the file has errors"]
+    if found != rec.diagnostics:
+        for line in found:
+            log.warning("%s: config error at revision %s: %s", rec.name, str(ds.revision)[:12], line)
+        rec.diagnostics = found
 
 
 def _record_decision(rec: ServiceRecord, d: DesiredService, dec: ScalingDecision, now: float) -> None:
@@ -174,21 +184,39 @@ def sync_records(
 ) -> None:
     """After apply: carry config-derived fields into each record and set its status and reason.
     A service kept at its `last_good` spec records its scaling decision and stays KEPT."""
+    for name, path in ds.failed.items():
+        if name not in doc.services:  # never deployed: a record so `ps` shows why
+            doc.services[name] = ServiceRecord(
+                name=name,
+                spec_hash="",
+                config_path=path,
+                status=ServiceStatus.BLOCKED,
+                reason=f"{path} has errors; not deployed",
+            )
     for name, rec in doc.services.items():
         d = ds.services.get(name)
         t = desired.services.get(name)
         if rec.backoff_until is not None and now >= rec.backoff_until:
             rec.backoff_until = None  # expired; `failures` keeps growing the next delay until a success
         if d is None:
+            _record_diagnostics(rec, ds, ds.failed.get(name))
             if name in ds.blocked:
                 rec.status, rec.reason = ServiceStatus.BLOCKED, ds.blocked[name]
+            elif t is not None and not rec.spec_hash:  # broken before it ever ran
+                rec.status, rec.reason = ServiceStatus.BLOCKED, f"{ds.failed.get(name)} has errors; not deployed"
             elif t is not None:  # its file broke: kept (and maybe healed at its last good spec)
                 lg, dec = (last_good or {}).get(name), decisions.get(name)
                 if lg is not None and dec is not None:
                     scaling_reasons[name] = dec.reason
                     _record_decision(rec, lg, dec, now)
                 rec.status, rec.reason = ServiceStatus.KEPT, t.keep_reason
+            elif ds.empty and not desired.prune:  # an empty commit refused without --allow-empty
+                rec.reason = (
+                    f"revision {str(ds.revision)[:12]} has no services; kept as it runs "
+                    "(`--allow-empty` tears services down)"
+                )
             continue
+        _record_diagnostics(rec, ds, None)
         rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
             d.spec_hash,
             d.revision,

@@ -138,7 +138,10 @@ class ServiceRecord(BaseModel):
     replicas: list[ReplicaRecord] = Field(default_factory=list)
     route: RouteInfo | None = None
     stopped: bool = False
-    stopped_spec: str | None = None  # `stop` holds until the spec hash differs from this
+    stopped_spec: str | None = None  # the spec when stopped (kept for history; `start` alone resumes)
+    # The problems of its config file at the current revision (`path:line:col: field: message`),
+    # while that file has errors; shown by `ps`. Empty when the file is fine.
+    diagnostics: list[str] = Field(default_factory=list)
     stalled_spec: str | None = None  # permanent error for this spec hash
     backoff_until: float | None = None  # service-level backoff after temporary errors
     failures: int = 0

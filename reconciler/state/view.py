@@ -50,6 +50,7 @@ class ServiceView:
     scaling_now: str | None = None  # the autoscaler's latest decision (only known to the owner)
     scaling_history: tuple[str, ...] = ()  # every recorded change of the count (oldest first)
     scaling_pending: str | None = None  # a change the autoscaler wants that a delay holds back
+    diagnostics: tuple[str, ...] = ()  # its config file's errors at the current revision
 
     @property
     def cost_per_hour(self) -> float:
@@ -82,6 +83,7 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
             max_replicas=rec.route.max_replicas,
             preview_pr=(preview_prs or {}).get(name),
             rate_limits=rec.route.rate_limits,
+            stopped=rec.stopped,
         )
     revision = doc.last_snapshot.revision if doc.last_snapshot else None
     return RoutesSnapshot(serial=doc.serial, revision=revision, domain=domain, services=services)
@@ -97,7 +99,7 @@ def service_status(rec: ServiceRecord) -> tuple[ServiceStatus, str]:
     if rec.stopped:
         return (
             ServiceStatus.STOPPED,
-            "stopped by `tidegate stop`; `tidegate start` or a config change resumes it",
+            "stopped by `tidegate stop`; stays stopped across commits until `tidegate start`",
         )
     if rec.stalled_spec and rec.stalled_spec == rec.spec_hash:
         return ServiceStatus.STALLED, rec.reason
@@ -165,6 +167,7 @@ def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = Non
                 last_scaling=f"{last.previous} -> {last.count}: {last.reason}" if last else None,
                 scaling_history=tuple(f"{x.previous} -> {x.count}: {x.reason}" for x in rec.scaling),
                 scaling_pending=_pending(rec),
+                diagnostics=tuple(rec.diagnostics),
                 replicas=tuple(
                     ReplicaView(
                         id=r.id,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import kill_replicas
+from tests.e2e.helpers import kill_replicas, replica_processes
 from tests.support.git_repo import commit, git
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,3 +172,22 @@ def test_a_profile_region_does_not_block_a_local_service(tmp_path: Path) -> None
     assert "+ web: create" in out.stdout and "blocked" not in out.stdout
     warning = "  warning: .dstack/profiles.yml:5:5: profiles.0.creation_policy: `creation_policy` is accepted"
     assert warning in out.stdout and "error:" not in out.stdout
+
+
+@pytest.mark.slow
+def test_stop_without_up_stops_the_replicas_before_saying_so(repo: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    try:
+        applied = tidegate(
+            repo, "apply", "--repo", ".", "--branch", "main", "--state", str(state), "--wait", "60"
+        )
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert replica_processes(state)
+        out = tidegate(repo, "stop", "web", "--state", str(state))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "web: stopped (no replica runs)" in out.stdout, out.stdout
+        assert replica_processes(state) == []
+        ps = json.loads(tidegate(repo, "ps", "--json", "--state", str(state)).stdout)
+        assert {s["name"]: s["status"] for s in ps["services"]}["web"] == "stopped"
+    finally:
+        kill_replicas(state)
