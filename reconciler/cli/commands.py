@@ -25,6 +25,8 @@ from reconciler.cli.settings import (
     SettingsError,
     add_common_options,
     build_settings,
+    publish_gateway_address,
+    running_gateway_listen,
     state_inside_repo,
 )
 from reconciler.engine.plan import Plan
@@ -169,6 +171,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             gateway = runtime.GatewayThread(settings)
             if not gateway.start():
                 return _fail(f"gateway: {gateway.error}")
+            publish_gateway_address(settings)
         announced: list[frozenset[str]] = []
 
         def on_report(report: PassReport) -> None:
@@ -267,6 +270,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
     try:
         settings = _settings(args)
+        running = None if args.listen else running_gateway_listen(settings.state_dir)
+        if running:  # URLs where the running gateway really listens, not the default port
+            settings = replace(settings, listen=running)
         engine = runtime.build_engine(settings, read_only=True)
         views = engine.status()
     except (SettingsError, ReconcilerError) as e:

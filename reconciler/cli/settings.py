@@ -10,6 +10,7 @@ value from here) are secrets: `Settings.__repr__` never shows them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -273,6 +274,31 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         webhook_secret=str(secret) if secret else None,
         default_backends=tuple(ours.get("default_backends") or ()),
     )
+
+
+GATEWAY_ADDRESS_FILE = "gateway-address.json"
+
+
+def publish_gateway_address(settings: Settings) -> None:
+    """`up` says where its gateway listens, so `ps` in another terminal prints the right URLs."""
+    from tidegate.fsio import write_json_atomic
+
+    payload = {"listen": settings.listen, "domain": settings.domain, "pid": os.getpid()}
+    write_json_atomic(settings.state_dir / GATEWAY_ADDRESS_FILE, payload)
+
+
+def running_gateway_listen(state_dir: Path) -> str | None:
+    """The `--listen` of the `up` whose gateway is running on this state dir, else None."""
+    try:
+        raw = json.loads((state_dir / GATEWAY_ADDRESS_FILE).read_text(encoding="utf-8"))
+        listen, pid = str(raw["listen"]), int(raw["pid"])
+        split_listen(listen)
+        os.kill(pid, 0)  # still alive (signal 0 only checks)
+    except PermissionError:
+        return listen  # alive, but another user's process
+    except (OSError, ValueError, KeyError, TypeError, SettingsError):
+        return None
+    return listen
 
 
 def checked_out_branch(repo: str | None) -> str | None:

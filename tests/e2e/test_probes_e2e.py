@@ -70,3 +70,6 @@ def test_probes_gate_routing_and_rate_limits_are_published(remote: Remote, tideg
         {"prefix": "/", "rps": 5.0, "burst": 10, "key": "ip_address", "header": None}
     ]
     assert tidegate.get("web", "/health").status_code == 200
+    # `ps` (no --listen) prints URLs at the running gateway's address, not the default :8080
+    assert web["url"] == f"http://web.localhost:{tidegate.port}"
+    assert f"http://web.localhost:{tidegate.port}" in tidegate.run("ps").stdout

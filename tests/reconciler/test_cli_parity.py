@@ -191,3 +191,16 @@ def test_stop_without_up_stops_the_replicas_before_saying_so(repo: Path, tmp_pat
         assert {s["name"]: s["status"] for s in ps["services"]}["web"] == "stopped"
     finally:
         kill_replicas(state)
+
+
+def test_ps_finds_the_running_gateway_address(tmp_path: Path) -> None:
+
+    from reconciler.cli.settings import Settings, publish_gateway_address, running_gateway_listen
+
+    assert running_gateway_listen(tmp_path) is None
+    publish_gateway_address(Settings(state_dir=tmp_path, listen="127.0.0.1:18555"))
+    assert running_gateway_listen(tmp_path) == "127.0.0.1:18555"  # this process is alive
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "gateway-address.json").write_text(json.dumps({"listen": "127.0.0.1:1", "pid": dead.pid}))
+    assert running_gateway_listen(tmp_path) is None, "a gateway that is gone says nothing"
