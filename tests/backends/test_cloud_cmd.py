@@ -31,7 +31,8 @@ def test_offers_gpu_80gb_prints_the_seed_table(capsys: pytest.CaptureFixture[str
     assert main(["offers", "--gpu", "80GB"]) == 0
     header, rows = table(capsys.readouterr().out)
     assert header == ["BACKEND", "REGION", "RESOURCES", "SPOT", "PRICE"]
-    assert rows and all("(80GB)" in row[2] and row[2].count("1xA100") == 1 for row in rows)
+    assert rows and all("(80GB)" in row[2] and (", 1xA100" in row[2] or ", 1xH100" in row[2]) for row in rows)
+    assert any(row[0] == "aws" for row in rows)  # p5.4xlarge: one H100 80GB
     prices = [float(row[4].lstrip("$")) for row in rows]
     assert prices == sorted(prices)
     assert ["azure", "eastus", "24xCPU, 220GB, 1xA100 (80GB)", "no", "$3.673"] in rows
