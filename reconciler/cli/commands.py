@@ -60,6 +60,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
     add_common_options(p, gateway=True)
     p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    p.add_argument(
+        "--log-format", choices=["text", "json"], default="text",
+        help="text (default) or json: one JSON object per line (time, level, logger, message, service, event, detail)",
+    )  # fmt: skip
     add_preview_options(p)
     p.set_defaults(func=cmd_up)
 
@@ -96,12 +100,34 @@ def _fail(message: str) -> int:
     return EXIT_ERROR
 
 
-def _logging(verbose: bool = False) -> None:
+class JsonLogFormatter(logging.Formatter):
+    """`up --log-format json`: one object per line for log shippers; the event fields the engine
+    attaches (`service`, `event`, `detail`) become keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("service", "event", "detail"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _logging(verbose: bool = False, fmt: str = "text") -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if fmt == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
     for noisy in ("apscheduler", "httpx", "httpcore", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -147,7 +173,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
     from reconciler.engine.loop import Loop
 
-    _logging()
+    _logging(fmt=getattr(args, "log_format", "text"))
     try:
         settings = _settings(args)
         source = runtime.require_source(settings)

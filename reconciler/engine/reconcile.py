@@ -30,7 +30,7 @@ from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.liveness import recheck_in, recheck_ready
 from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
-from reconciler.engine.plan import plan
+from reconciler.engine.plan import Plan, plan
 from reconciler.engine.probe import HttpProber, probe_http, probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
@@ -45,7 +45,7 @@ from reconciler.engine.values import (
 )
 from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
-from reconciler.state.records import ReplicaPhase, SnapshotRef
+from reconciler.state.records import ReplicaPhase, SnapshotRef, StateDoc
 from reconciler.state.redact import Redactor
 from reconciler.state.store import StateStore
 from reconciler.state.view import ServiceView, build_routes, status_views
@@ -96,6 +96,7 @@ class Engine:
         self._stats = stats
         self._prober: Prober = prober or probe_replica
         self._http_prober = http_prober  # dstack `probes:` (a service's own readiness requests)
+        self._logged_events: set[int] = set()  # history entries already logged (ids, this process)
         self._fault = FaultHook(self.settings.fault or os.environ.get("TIDEGATE_FAULT"))
         self._observe = ObserveSettings(
             probe_timeout=self.settings.probe_timeout,
@@ -321,6 +322,7 @@ class Engine:
                 )
         # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
         self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
+        self._logged_events = _log_events(p, doc, now, self._logged_events)
         wrote = self._save()
         routes = self._publish_routes(force=self._last_routes is None)
         self.journal.compact(doc.journal_seq)
@@ -343,3 +345,22 @@ class Engine:
     def routes(self) -> RoutesSnapshot:
         prs = self.extension.preview_prs() if self.extension is not None else None
         return build_routes(self.doc, self.settings.domain, prs)
+
+
+def _log_events(p: Plan, doc: StateDoc, now: float, logged: set[int]) -> set[int]:
+    """One log line per event of this pass (service, what, why): the steps applied and what the
+    records noted (ready, failed, probe failed, scaled…), each history entry once (`logged`: the
+    ids of entries already logged; returned for the next pass). `extra` carries the same fields
+    for `up --log-format json`."""
+    seen: set[int] = set()
+    for step in p.steps:
+        what = str(step.action).replace("_", " ") + (f" {step.replica}" if step.replica else "")
+        log.info("%s: %s (%s)", step.service, what, step.reason or "-",
+                 extra={"service": step.service, "event": str(step.action), "detail": step.reason})  # fmt: skip
+    for name, rec in doc.services.items():
+        for h in rec.history:
+            seen.add(id(h))
+            if h.at >= now and id(h) not in logged:
+                log.info("%s: %s: %s", name, h.event, h.detail or "-",
+                         extra={"service": name, "event": h.event, "detail": h.detail})  # fmt: skip
+    return seen

@@ -72,3 +72,30 @@ def test_stop_holds_across_commits_until_start(world: World) -> None:
     world.converge(changed)
     assert len(world.backend.running("api")) == 1
     assert read_snapshot(world.state).services["api"].stopped is False
+
+
+def test_a_pass_logs_one_line_per_event(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "tidegate.engine")
+    snap = world.repo.commit({"api.dstack.yml": api()})
+    world.engine.reconcile(snap)
+    world.clock.t += 1
+    world.engine.reconcile(snap)
+    events = [(getattr(r, "service", None), getattr(r, "event", None)) for r in caplog.records]
+    assert ("api", "create_service") in events and ("api", "add_replica") in events
+    assert ("api", "replica ready") in events
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "service", None) == "api"]
+    assert any(line.startswith("api: add replica api-") and "(scale to 1)" in line for line in lines), lines
+    world.engine.reconcile(snap)  # nothing happens: nothing is logged again
+    assert len([r for r in caplog.records if getattr(r, "service", None) == "api"]) == len(lines)
+
+
+def test_json_log_lines() -> None:
+    import json
+
+    from reconciler.cli.commands import JsonLogFormatter
+
+    record = logging.LogRecord("tidegate.engine", logging.INFO, __file__, 1, "%s: %s", ("api", "x"), None)
+    record.service, record.event, record.detail = "api", "replica ready", "api-1 (GET / -> 200)"
+    doc = json.loads(JsonLogFormatter().format(record))
+    assert doc["message"] == "api: x" and doc["level"] == "info"
+    assert (doc["service"], doc["event"], doc["detail"]) == ("api", "replica ready", "api-1 (GET / -> 200)")
