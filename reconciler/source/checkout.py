@@ -154,10 +154,11 @@ class WorktreeSource:
     def current(self) -> Checkout:
         if not self.path.is_dir():
             raise SourceError(f"{self.path} is not a folder")
-        revision = "worktree-" + tree_hash(self.path)[:16]
+        ignore = worktree_ignore(self.path)
+        revision = "worktree-" + tree_hash(self.path, ignore)[:16]
         root = self.revisions_dir / revision
         if not root.is_dir():
-            build_dir_atomic(root, lambda tmp: _copy_tree(self.path, tmp))
+            build_dir_atomic(root, lambda tmp: _copy_tree(self.path, tmp, ignore))
         if revision != self.observed:
             self.observed = revision
             record_source(self.state_dir, self.describe(), revision)
@@ -167,8 +168,12 @@ class WorktreeSource:
         return Checkout(revision, root, self.config_path)
 
     def watch(self, on_change: Callable[[], None], stop: threading.Event) -> threading.Thread:
-        """Call `on_change` (debounced) whenever a file under the tree changes, until `stop` is set."""
-        return watch_folder(self.path, on_change, stop, name="tidegate-worktree-watch")
+        """Call `on_change` once the tree has been quiet for WATCH_QUIET_MS after a change, until
+        `stop` is set; what git ignores, `.dstackignore`d files and editor droppings never count."""
+        return watch_folder(
+            self.path, on_change, stop, name="tidegate-worktree-watch", ignore=worktree_ignore(self.path),
+            quiet_ms=WATCH_QUIET_MS,
+        )  # fmt: skip
 
 
 def watch_folder(
@@ -177,6 +182,8 @@ def watch_folder(
     stop: threading.Event,
     name: str,
     poll_every: float | None = None,
+    ignore: IgnoreFn | None = None,
+    quiet_ms: int = 50,
 ) -> threading.Thread:
     """A daemon thread running watchfiles on `path` (VCS/cache folders ignored). With
     `poll_every`, `on_change` also runs after that many idle seconds: a change made before the
@@ -184,7 +191,19 @@ def watch_folder(
     import watchfiles
 
     def keep(change: watchfiles.Change, filename: str) -> bool:
-        return not (set(Path(filename).parts) & _SKIP_DIRS)
+        if set(Path(filename).parts) & _SKIP_DIRS:
+            return False
+        if ignore is None:
+            return True
+        parts = Path(os.path.relpath(filename, path)).parts
+        if not parts or parts[0] == "..":
+            return True
+        folder = Path(path)
+        for part in parts:  # the file, or a folder above it, may be ignored
+            if part in ignore(str(folder), [part]):
+                return False
+            folder = folder / part
+        return True
 
     def run() -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -192,8 +211,8 @@ def watch_folder(
             path,
             watch_filter=keep,
             stop_event=stop,
-            debounce=150,
-            step=50,
+            debounce=max(150, quiet_ms * 5),
+            step=quiet_ms,
             rust_timeout=int((poll_every or 5) * 1000),
             yield_on_timeout=poll_every is not None,
         ):
@@ -207,6 +226,59 @@ def watch_folder(
 
 # A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
 IgnoreFn = Callable[[str, list[str]], set[str]]
+
+# `--watch`: editors' swap, backup and lock files (vim, emacs, JetBrains, macOS) never count as a
+# change and never reach a revision snapshot. With `.gitignore` (at any depth) and the root
+# `.dstackignore`; `_SKIP_DIRS` (.git, node_modules, .venv, __pycache__, caches) is always out.
+EDITOR_DROPPINGS = ("*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913", ".DS_Store", "*___jb_tmp___")
+WATCH_QUIET_MS = 300  # a burst of saves is one change once the tree has been quiet this long
+
+
+def worktree_ignore(root: Path) -> IgnoreFn:
+    """What a watched working tree leaves out of its revision (hash and snapshot) and its watch:
+    what git would ignore, what the root `.dstackignore` excludes, and editor droppings. Each
+    folder's `.gitignore` is read when the folder is first seen (os.walk goes top-down)."""
+    import pathspec
+
+    top = os.path.normpath(root)
+    droppings = pathspec.GitIgnoreSpec.from_lines(EDITOR_DROPPINGS)
+    specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
+
+    def spec_of(rel_dir: str) -> pathspec.GitIgnoreSpec | None:
+        if rel_dir not in specs:
+            names = (".gitignore", ".dstackignore") if rel_dir == "" else (".gitignore",)
+            lines: list[str] = []
+            for name in names:
+                try:
+                    lines += (Path(top, rel_dir) / name).read_text(encoding="utf-8", errors="replace").splitlines()
+                except OSError:
+                    continue
+            specs[rel_dir] = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+        return specs[rel_dir]
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel_dir = os.path.relpath(os.path.normpath(directory), top)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+        if rel_dir.startswith(".."):
+            return set()
+        levels = rel_dir.split("/") if rel_dir else []
+        ancestors = ["", *("/".join(levels[: i + 1]) for i in range(len(levels)))]
+        out: set[str] = set()
+        for name in names:
+            if droppings.match_file(name):
+                out.add(name)
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if os.path.isdir(os.path.join(directory, name)):
+                rel += "/"
+            for base in ancestors:
+                spec = spec_of(base)
+                if spec is not None and spec.match_file(rel[len(base) + 1 :] if base else rel):
+                    out.add(name)
+                    break
+        return out
+
+    return ignore
 
 
 def _walk(path: Path, ignore: IgnoreFn | None = None) -> Iterator[Path]:
@@ -237,8 +309,8 @@ def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
     return h.hexdigest()
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    for file in _walk(src):
+def _copy_tree(src: Path, dst: Path, ignore: IgnoreFn | None = None) -> None:
+    for file in _walk(src, ignore):
         if file.is_symlink() or not file.is_file():
             continue
         target = dst / file.relative_to(src)
