@@ -377,6 +377,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
     for line in seen:
         print(line)
     sys.stdout.flush()
+    log_path = getattr(backend, "log_path", None)
+    if args.follow and log_path is not None:  # a local log file: follow it by byte offset
+        from reconciler.cli.follow import follow_lines
+
+        def followed() -> tuple[str, Path | None]:
+            rid = _current_replica(settings.state_dir, args.service, replica.ordinal) or replica.id
+            return rid, log_path(rid)
+
+        def emit(line: str) -> None:
+            print(line, flush=True)
+
+        follow_lines(followed, emit, lambda: False, time.sleep)
+        return EXIT_OK
     while args.follow:
         time.sleep(0.5)
         current = backend.logs(replica.id, lines=max(args.lines, 200))
@@ -385,6 +398,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         seen = current
     return EXIT_OK
+
+
+def _current_replica(state_dir: Path, service: str, ordinal: int) -> str | None:
+    """The newest replica of `service` at `ordinal` in the state (it changes when replaced)."""
+    try:
+        rec = _load_doc(state_dir).services.get(service)
+    except ReconcilerError:
+        return None
+    mine = [r for r in (rec.replicas if rec else []) if r.ordinal == ordinal and r.phase != "draining"]
+    return max(mine, key=lambda r: r.created_at or 0).id if mine else None
 
 
 def new_lines(previous: list[str], current: list[str]) -> list[str]:
