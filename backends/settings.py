@@ -37,8 +37,11 @@ class AwsSettings(_Model):
     # A string applies to every region; a mapping gives one per region. None: the default VPC.
     vpc_id: str | dict[str, str] | None = None
     subnet_id: str | dict[str, str] | None = None
-    # Who may reach the service port (the gateway's address). Required to provision.
+    # Who may reach the instances' SSH port: the gateway's egress address. Required to provision.
+    # The service port itself is never opened; the gateway tunnels through SSH.
     allowed_cidr: str | None = None
+    ssh_port: int = Field(default=22, gt=0, lt=65536)  # where the instance's sshd listens
+    tunnel_user: str = "tidegate-tunnel"  # the forward-only account the tunnel logs in as
     # A fixed AMI (string, or per-region mapping); otherwise the newest image matching the name
     # filter, otherwise `ami_fallback`.
     ami: str | dict[str, str] | None = None
@@ -72,7 +75,9 @@ class AzureSettings(_Model):
     subnet_name: str = "default"
     vnet_cidr: str = "10.77.0.0/16"
     subnet_cidr: str = "10.77.0.0/24"
-    allowed_cidr: str | None = None
+    allowed_cidr: str | None = None  # who may reach SSH (the gateway's egress address); as for aws
+    ssh_port: int = Field(default=22, gt=0, lt=65536)
+    tunnel_user: str = "tidegate-tunnel"
     image: AzureImage = AzureImage()
     admin_username: str = "tidegate"
     ssh_public_key: str | None = None
@@ -163,9 +168,14 @@ def build_backends(
     state_dir: str | Path,
     *,
     azure_credential: Any = None,
+    tunnels: bool = False,
 ) -> list[Backend]:
-    """One backend per configured cloud; SDKs are imported here, not at module import."""
+    """One backend per configured cloud; SDKs are imported here, not at module import.
+
+    `tunnels=True` only in the process that owns the state dir (`up`, `apply`): it opens the SSH
+    tunnels to running replicas. Otherwise the backends report the same addresses and open none."""
     from backends.catalog import load_catalog, resolve_catalog_path
+    from backends.cloud_tunnels import CloudTunnels
 
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     out: list[Backend] = []
@@ -173,10 +183,13 @@ def build_backends(
         if isinstance(entry, AwsSettings):
             from backends.aws import AwsBackend
 
-            out.append(AwsBackend(entry, owner, catalog=catalog))
+            aws_tunnels = CloudTunnels(Path(state_dir), "aws", active=tunnels)
+            out.append(AwsBackend(entry, owner, catalog=catalog, tunnels=aws_tunnels))
         else:
             from backends.azure import AzureBackend
 
-            out.append(AzureBackend(entry, owner, catalog=catalog, credential=azure_credential))
-    del state_dir  # cloud backends keep no local state; kept in the signature for symmetry
+            az_tunnels = CloudTunnels(Path(state_dir), "azure", active=tunnels)
+            out.append(
+                AzureBackend(entry, owner, catalog=catalog, credential=azure_credential, tunnels=az_tunnels)
+            )
     return out
