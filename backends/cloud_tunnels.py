@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,8 +78,12 @@ class CloudTunnels:
         active: bool = False,
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
+        resolve: Callable[[TunnelTarget], TunnelTarget] | None = None,
     ) -> None:
         self.keys = KeyStore(state_dir / "ssh")
+        # Where to really connect for a target; tests point each replica at its own loopback sshd
+        # (cloud emulators hand out addresses that are not ours to reach). Never set in production.
+        self._resolve = resolve
         self.socket_dir = state_dir / "run" / "tunnels" / backend
         self.active = active
         self._backoff = backoff
@@ -120,7 +124,7 @@ class CloudTunnels:
     def open(self, target: TunnelTarget) -> None:
         """Keep a tunnel to this running replica (no-op when not active)."""
         if self.active:
-            self._get_manager().ensure(target)
+            self._get_manager().ensure(self._resolve(target) if self._resolve else target)
 
     def close(self, replica_id: str) -> None:
         if self._manager is not None:
