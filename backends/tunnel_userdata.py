@@ -42,9 +42,9 @@ class TunnelEndpoint:
     user: str = TUNNEL_USER
 
     def __post_init__(self) -> None:
-        if not _USER.match(self.user):
+        if not _USER.fullmatch(self.user):
             raise ValueError(f"invalid tunnel user name {self.user!r}")
-        if not _PUBLIC.match(self.client_public.strip()):
+        if not _PUBLIC.fullmatch(self.client_public.strip()):
             raise ValueError("the client key must be one 'ssh-ed25519 <base64>' line")
         for port in (self.service_port, self.ssh_port):
             if not 0 < port < 65536:
