@@ -53,7 +53,7 @@ from backends.cloud_common import (
     NoCapacity,
     launch_first_with_capacity,
 )
-from backends.cloud_tunnels import HOST_KEY_TAG, CloudTunnels, TunnelTarget
+from backends.cloud_tunnels import HOST_KEY_TAG, NO_HOST_KEY, CloudTunnels, TunnelTarget
 from backends.settings import AwsSettings
 from backends.startup import render_startup_script
 
@@ -111,6 +111,8 @@ class AwsBackend(AwsNetwork):
             reason_code=str(reason.get("Code", "")),
             reason=str(reason.get("Message") or inst.get("StateTransitionReason") or ""),
         )
+        if status is ReplicaStatus.RUNNING and HOST_KEY_TAG not in tags:
+            status, message = ReplicaStatus.EXITED, NO_HOST_KEY
         ip = inst.get("PrivateIpAddress") if self.settings.use_private_ip else None
         ip = ip or inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
         ip = self.settings.address_host or ip

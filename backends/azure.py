@@ -43,7 +43,7 @@ from backends.cloud_common import (
     NoCapacity,
     launch_first_with_capacity,
 )
-from backends.cloud_tunnels import HOST_KEY_TAG, CloudTunnels, TunnelTarget
+from backends.cloud_tunnels import HOST_KEY_TAG, NO_HOST_KEY, CloudTunnels, TunnelTarget
 from backends.settings import AzureSettings
 from backends.startup import render_startup_script
 
@@ -116,6 +116,8 @@ class AzureBackend(AzureNetwork):
             status, message = ReplicaStatus.EXITED, f"VM is {power}"
             if vm.priority == "Spot":
                 message = f"spot VM evicted or stopped ({power})"
+        elif power in ("running", "") and HOST_KEY_TAG not in tags:
+            status, message = ReplicaStatus.EXITED, NO_HOST_KEY
         elif power in ("running", ""):
             status = ReplicaStatus.RUNNING
         else:

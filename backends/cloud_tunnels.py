@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin (as backends/local_layout.py)
 HOST_KEY_TAG = "tidegate:hostkey"  # the pinned public host key, on the instance / VM
+# An instance without that tag was launched before tunnels: its service port is open and it can
+# only be reached in clear text. It is reported as exited so the reconciler replaces it.
+NO_HOST_KEY = "launched without a pinned SSH host key (before tunnels): replaced, never reached in clear text"
 
 
 @dataclass(frozen=True)

@@ -364,3 +364,20 @@ def test_no_real_aws_endpoint_is_configured(moto_url: str) -> None:
     assert moto_url.startswith("http://127.0.0.1:")
     session = boto3.session.Session()
     assert session.get_credentials().access_key == "testing"
+
+
+def test_an_instance_without_a_pinned_host_key_is_reported_exited_not_reached(
+    make_aws: Callable[..., AwsBackend], ec2: Any
+) -> None:
+    """An instance from before tunnels (no `tidegate:hostkey` tag, its service port open) gets no
+    address — it would only be reachable in clear text — and is reported exited, so the reconciler
+    replaces it."""
+    backend = make_aws()
+    spec = spec_for("legacy")
+    backend.create(spec)
+    (inst,) = instances_tagged(ec2, "tidegate:replica", spec.replica_id)
+    ec2.delete_tags(Resources=[inst["InstanceId"]], Tags=[{"Key": "tidegate:hostkey"}])
+    info = backend.describe(spec.replica_id)
+    assert info is not None and info.status is ReplicaStatus.EXITED and info.address is None
+    assert "without a pinned SSH host key" in (info.message or "")
+    backend.delete(spec.replica_id)

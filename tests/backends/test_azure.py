@@ -291,3 +291,19 @@ def test_the_static_credential_is_what_authenticates(az_settings: AzureSettings,
     backend = AzureBackend(az_settings, "tg-cred", catalog=load_catalog(), credential=cred, tunnels=None)
     assert backend.list_owned() == []
     assert cred.calls >= 1
+
+
+def test_a_vm_without_a_pinned_host_key_is_reported_exited_not_reached(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    """A VM from before tunnels (no `tidegate:hostkey` tag) is never reached in clear text: no
+    address, reported exited, so the reconciler replaces it."""
+    backend = make_azure()
+    backend.create(spec_for("legacy"))
+    vm = resource(arm, "Microsoft.Compute/virtualMachines", "legacy-abcdef12-0")
+    assert vm is not None
+    del vm["tags"]["tidegate:hostkey"]
+    info = backend.describe("legacy-abcdef12-0")
+    assert info is not None and info.status is ReplicaStatus.EXITED and info.address is None
+    assert "without a pinned SSH host key" in (info.message or "")
+    backend.delete("legacy-abcdef12-0")
