@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,6 +59,18 @@ def run_server() -> tuple[int, subprocess.Popen[str]]:
     proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return int(proc.stdout.readline()), proc
+
+
+def sshd_cpu(instance: FakeInstance) -> float:
+    """CPU seconds of the instance's sshd and its per-connection children."""
+    assert instance.sshd.proc is not None
+    root = psutil.Process(instance.sshd.proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 def latencies(client: httpx.Client, base: str, path: str, n: int) -> list[float]:
@@ -117,18 +131,26 @@ def main() -> int:
             ]:
                 with httpx.Client(transport=transport) as c:
                     latencies(c, base, "/", 200)  # warm up
+                    cpu0, ssh0 = time.process_time(), sshd_cpu(instance)
                     small = latencies(c, base, "/", args.requests)
+                    cpu_small = (time.process_time() - cpu0) / args.requests * 1e6
+                    ssh_small = (sshd_cpu(instance) - ssh0) / args.requests * 1e6
                     big = latencies(c, base, "/big", max(50, args.requests // 10))
                 atransport = httpx.AsyncHTTPTransport(uds=sock) if transport is not None else None
                 rps = asyncio.run(throughput(atransport, base, args.seconds))
-                rows.append((name, small, big, rps))
+                rows.append((name, small, big, rps, cpu_small, ssh_small))
             print(f"first SSH connection (TCP + handshake + auth): {connect_ms:.1f} ms")
-            print(f"{'path':<12} {'2 B p50':>9} {'p99':>8} {'256 KiB p50':>12} {'p99':>8} {'req/s @16':>10}")
-            for name, small, big, rps in rows:
+            print(
+                f"{'path':<12} {'2 B p50':>9} {'p99':>8} {'256 KiB p50':>12} {'p99':>8} {'req/s @16':>10}"
+                f" {'CPU/req here':>13} {'sshd CPU/req':>13}"
+            )
+            for name, small, big, rps, cpu, ssh in rows:
                 print(
                     f"{name:<12} {statistics.median(small):>7.3f}ms {pct(small, 0.99):>6.3f}ms "
                     f"{statistics.median(big):>10.3f}ms {pct(big, 0.99):>6.3f}ms {rps:>10.0f}"
+                    f" {cpu:>11.0f}us {ssh:>11.0f}us"
                 )
+            print("CPU/req here: client + tunnel (this process, 2 B requests); sshd: the instance side")
         finally:
             tunnels.shutdown()
             instance.sshd.close()
