@@ -29,7 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.cloud_tunnels import Backoff, CloudTunnels
+from backends.cloud.tunnels import Backoff, CloudTunnels
 from tests.support.sshd import FakeInstance
 
 BIG = 256 * 1024

@@ -14,7 +14,7 @@ from azure.core.credentials import AccessToken
 from contract import BackendContract, SpecFactory
 from fake_arm import FakeArm
 
-from backends.azure import AzureBackend
+from backends.azure.backend import AzureBackend
 from backends.base import (
     GpuRequirement,
     PermanentError,
@@ -24,8 +24,8 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
-from backends.catalog import load_catalog
-from backends.cloud_tunnels import CloudTunnels
+from backends.cloud.catalog import load_catalog
+from backends.cloud.tunnels import CloudTunnels
 from backends.settings import AzureSettings
 from tests.support.userdata import RECONCILER_ONLY, check_tunnel_user_data, decoded_text
 

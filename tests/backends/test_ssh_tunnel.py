@@ -23,9 +23,9 @@ import asyncssh
 import httpx
 import pytest
 
-from backends.cloud_tunnels import Backoff, CloudTunnels, socket_path
-from backends.ssh_tunnel import open_ssh
-from reconciler.probe import probe_replica
+from backends.cloud.ssh_tunnel import open_ssh
+from backends.cloud.tunnels import Backoff, CloudTunnels, socket_path
+from reconciler.engine.probe import probe_replica
 from tests.support.sshd import FakeInstance, require_sshd
 
 

@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from backends.ssh_keys import KeyStore, derive_host_key, public_line
-from backends.tunnel_userdata import (
+from backends.cloud.ssh_keys import KeyStore, derive_host_key, public_line
+from backends.cloud.tunnel_userdata import (
     AUTHORIZED_KEYS_PATH,
     DROPIN_PATH,
     HOST_KEY_PATH,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from backends.cloud_tunnels import Backoff, CloudTunnels
-from gateway.snapshot import ModelFormat, ModelRoute, ServiceRoute, Upstream
+from backends.cloud.tunnels import Backoff, CloudTunnels
 from tests.gateway.conftest import RunningGateway, snapshot_of, start_example, stop
 from tests.gateway.conftest import Upstream as Proc
 from tests.support.sshd import FakeInstance, require_sshd
+from tidegate.routes import ModelFormat, ModelRoute, ServiceRoute, Upstream
 
 MakeGateway = Callable[..., RunningGateway]
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from backends.aws import AwsBackend
-from backends.cloud_tunnels import TunnelTarget
-from reconciler import runtime
-from reconciler.settings import build_settings
+from backends.aws.backend import AwsBackend
+from backends.cloud.tunnels import TunnelTarget
+from reconciler.cli import runtime
+from reconciler.cli.settings import build_settings
 
 
 def _settings(tmp_path: Path) -> argparse.Namespace:

@@ -24,9 +24,9 @@ import psutil
 import pytest
 
 from backends.base import ReplicaSpec
-from backends.cloud_tunnels import CloudTunnels, TunnelTarget
-from backends.startup import render_startup_script
-from backends.tunnel_userdata import AUTHORIZED_KEYS_PATH, DROPIN_PATH, HOST_KEY_PATH, written_files
+from backends.cloud.startup import render_startup_script
+from backends.cloud.tunnel_userdata import AUTHORIZED_KEYS_PATH, DROPIN_PATH, HOST_KEY_PATH, written_files
+from backends.cloud.tunnels import CloudTunnels, TunnelTarget
 
 SSHD = Path("/usr/sbin/sshd")
 

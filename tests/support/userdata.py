@@ -9,8 +9,8 @@ import re
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from backends.ssh_keys import public_line
-from backends.tunnel_userdata import AUTHORIZED_KEYS_PATH, DROPIN_PATH, HOST_KEY_PATH, written_files
+from backends.cloud.ssh_keys import public_line
+from backends.cloud.tunnel_userdata import AUTHORIZED_KEYS_PATH, DROPIN_PATH, HOST_KEY_PATH, written_files
 
 # Values the reconciler's process environment holds in these tests; none may reach an instance.
 RECONCILER_ONLY = {
