@@ -25,6 +25,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 64 * 1024
 HALF_CLOSE_GRACE = 30.0  # after one direction ended, how long the other may still run
+SHORT_LIVED = 2.0  # a connection closed sooner counts as a failed attempt (no reconnect storm)
 
 
 async def open_ssh(
@@ -154,6 +156,7 @@ class _Tunnel:
                 log.info("tunnel %s: connected after %d failed attempts", t.replica_id, self.failures)
             self.conn, self.failures, self.last_error = conn, 0, None
             self.up.set()
+            opened = time.monotonic()
             try:
                 await conn.wait_closed()
             finally:
@@ -161,6 +164,9 @@ class _Tunnel:
                 self.conn = None
             self.last_error = "connection closed"
             log.info("tunnel %s: connection closed; reconnecting", t.replica_id)
+            if time.monotonic() - opened < SHORT_LIVED:  # a server that accepts and drops: back off
+                self.failures += 1
+                await asyncio.sleep(self.backoff.delay(self.failures))
 
     async def _connection(self) -> asyncssh.SSHClientConnection | None:
         if self.conn is None:
