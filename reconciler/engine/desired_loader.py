@@ -10,6 +10,7 @@ Kept apart, the engine's pass reads as the sequence it is.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,23 @@ class DesiredLoader:
         self._rebuilt: set[tuple[str, str]] = set()  # (service, revision) rebuilds already tried
 
     def desired(
-        self, last: SnapshotRef | None, snapshot: SnapshotLike | None, ext: DesiredExtension | None
+        self,
+        last: SnapshotRef | None,
+        snapshot: SnapshotLike | None,
+        ext: DesiredExtension | None,
+        running: Mapping[str, str] | None = None,
     ) -> DesiredSet | None:
-        """The desired set of `snapshot`, else of the last applied snapshot while its folder exists."""
+        """The desired set of `snapshot`, else of the last applied snapshot while its folder exists.
+        `running`: service -> the backend its replicas are on (kept when it can still run it)."""
         if snapshot is None and last is not None and Path(last.root).is_dir():
             snapshot = Snapshot(last.revision, Path(last.root), last.config_path)
         if snapshot is None:
             return None
-        return self._load(snapshot, ext)
+        return self._load(snapshot, ext, running or {})
 
-    def _load(self, snapshot: SnapshotLike, ext: DesiredExtension | None) -> DesiredSet:
+    def _load(
+        self, snapshot: SnapshotLike, ext: DesiredExtension | None, running: Mapping[str, str]
+    ) -> DesiredSet:
         key = (
             snapshot.revision,
             str(snapshot.root),
@@ -98,7 +106,7 @@ class DesiredLoader:
             d = self.applied.get(name)
             if d is None and rec.revision and (name, rec.revision) not in self._rebuilt:
                 self._rebuilt.add((name, rec.revision))
-                d = self._rebuild(doc.last_snapshot, name, rec.revision)
+                d = self._rebuild(doc.last_snapshot, name, rec.revision, rec.backend)
                 if d is not None and d.spec_hash == rec.spec_hash:
                     self.applied[name] = d
                 else:
@@ -113,7 +121,9 @@ class DesiredLoader:
                 out[name] = d
         return out
 
-    def _rebuild(self, last: SnapshotRef | None, name: str, revision: str) -> DesiredService | None:
+    def _rebuild(
+        self, last: SnapshotRef | None, name: str, revision: str, backend: str | None = None
+    ) -> DesiredService | None:
         if last is None:
             return None
         root = Path(last.root) if last.revision == revision else Path(last.root).parent / revision
@@ -121,7 +131,8 @@ class DesiredLoader:
             return None
         cache = self._desired_cache  # keep the current revision's cached set
         try:
-            return self._load(Snapshot(revision, root, last.config_path), None).services.get(name)
+            running = {name: backend} if backend else {}
+            return self._load(Snapshot(revision, root, last.config_path), None, running).services.get(name)
         except Exception as e:  # a best-effort fallback: never fail the pass over it
             log.warning("%s: rebuilding revision %s failed: %s: %s", name, revision, type(e).__name__, e)
             return None

@@ -17,11 +17,16 @@ Catalog = Callable[[Requirements], Sequence[Offer]]
 
 
 def with_offers(
-    ds: DesiredSet, backends: BackendRegistry, catalog: Catalog | None = None
+    ds: DesiredSet,
+    backends: BackendRegistry,
+    catalog: Catalog | None = None,
+    running: Mapping[str, str] | None = None,
 ) -> tuple[DesiredSet, bool]:
     """Pick the cheapest offer per service; a service nothing offers is blocked with the reason.
     A service without `backends:` (`d.candidates`) goes to the backend with the cheapest offer
-    that can run it, as dstack does; on a tie the default backend (listed first) wins.
+    that can run it, as dstack does; on a tie the default backend (listed first) wins. A service
+    that already runs on one of them (`running`: service -> backend) stays there while that backend
+    can still run it: a price change or a flaky price API never moves replicas between clouds.
     `catalog` (a pull request's plan, where production's clouds are not configured): a service
     no configured backend offers is priced from the offline catalog instead of blocked, with a
     warning, so the reviewer sees what it would cost."""
@@ -31,7 +36,7 @@ def with_offers(
     complete = True
     for name, d in ds.services.items():
         if d.candidates:
-            chosen, why, ok = _cheapest(d, backends)
+            chosen, why, ok = _cheapest(d, backends, (running or {}).get(name))
             complete = complete and ok
             if chosen is None:
                 blocked[name] = why
@@ -73,8 +78,11 @@ def with_offers(
     return replace(ds, services=services, blocked=blocked, warnings=warnings), complete
 
 
-def _cheapest(d: DesiredService, backends: BackendRegistry) -> tuple[DesiredService | None, str, bool]:
-    """(the service moved to the cheapest candidate backend, or None; why none; all answered)."""
+def _cheapest(
+    d: DesiredService, backends: BackendRegistry, current: str | None = None
+) -> tuple[DesiredService | None, str, bool]:
+    """(the service moved to the cheapest candidate backend, or None; why none; all answered).
+    `current`, the backend it runs on now, wins whenever it can still run it."""
     best: tuple[float, int, str] | None = None
     reasons: list[str] = []
     complete = True
@@ -94,6 +102,8 @@ def _cheapest(d: DesiredService, backends: BackendRegistry) -> tuple[DesiredServ
         if reason:
             reasons.append(f"{name}: {reason}")
             continue
+        if name == current:
+            return moved, "", complete
         key = (min(o.price for o in offers), index, name)
         best = key if best is None or key < best else best
     if best is None:

@@ -177,7 +177,8 @@ class Engine:
 
     # -- desired ---------------------------------------------------------------------------------
     def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
-        return self._loader.desired(self.doc.last_snapshot, snapshot, self.extension)
+        running = {n: r.backend for n, r in self.doc.services.items() if r.backend and r.replicas}
+        return self._loader.desired(self.doc.last_snapshot, snapshot, self.extension, running)
 
     def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
         return self._loader.last_good(self.doc, ds)

@@ -138,6 +138,21 @@ def test_cheapest_default_backend(
     assert d.summary["backend"] == chosen
 
 
+def test_a_running_service_stays_on_its_backend_while_it_can_run_there(tmp_path: Path) -> None:
+    (tmp_path / "svc.dstack.yml").write_text(SERVICE)
+    registry = BackendRegistry()
+    aws, azure = PricedBackend("aws", 3.0), PricedBackend("azure", 2.0)
+    for b in (aws, azure):
+        registry.register(b)  # type: ignore[arg-type]
+    ds = build_desired(
+        load_tree(tmp_path), revision="r", workdir=None, env={}, salt="s", backends=registry.names()
+    )
+    assert with_offers(ds, registry)[0].services["svc"].backend == "azure"  # cheapest for a new service
+    assert with_offers(ds, registry, running={"svc": "aws"})[0].services["svc"].backend == "aws"
+    aws.price = None  # aws cannot run it any more: the cheapest that can
+    assert with_offers(ds, registry, running={"svc": "aws"})[0].services["svc"].backend == "azure"
+
+
 def test_the_spec_hash_follows_the_chosen_backend(tmp_path: Path) -> None:
     on_local = desired(tmp_path, SERVICE, [PricedBackend("local", 0.0), PricedBackend("aws", 1.0)])
     on_aws = desired(tmp_path, SERVICE, [PricedBackend("local", None), PricedBackend("aws", 1.0)])
