@@ -304,8 +304,8 @@ def running_gateway_listen(state_dir: Path) -> str | None:
 def checked_out_branch(repo: str | None) -> str | None:
     """The branch checked out in a local repository (`plan --repo .` plans what you are on);
     None for a URL, a detached HEAD or anything that is not a git work tree."""
-    if not repo or "://" in repo or _looks_like_scp(repo) or not Path(repo).is_dir():
-        return None
+    if not repo or "://" in repo or _looks_like_scp(repo) or not (Path(repo) / ".git").exists():
+        return None  # a URL or a bare repository (its HEAD is not what anyone "checked out")
     try:
         out = subprocess.run(
             ["git", "-C", repo, "symbolic-ref", "--quiet", "--short", "HEAD"],

@@ -204,3 +204,16 @@ def test_ps_finds_the_running_gateway_address(tmp_path: Path) -> None:
     dead.wait()
     (tmp_path / "gateway-address.json").write_text(json.dumps({"listen": "127.0.0.1:1", "pid": dead.pid}))
     assert running_gateway_listen(tmp_path) is None, "a gateway that is gone says nothing"
+
+
+def test_a_bare_repository_still_defaults_to_main(tmp_path: Path) -> None:
+    from reconciler.cli.settings import checked_out_branch
+
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "trunk", str(bare)], check=True)
+    assert checked_out_branch(str(bare)) is None
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "feature-x")
+    assert checked_out_branch(str(work)) == "feature-x"
+    assert checked_out_branch("https://example.com/x.git") is None
