@@ -7,20 +7,151 @@ Litestar's router and exception middleware (~10 us per request); Litestar runs t
 starts N processes that each import `worker_app`; they get the settings from an environment
 variable the parent sets, share routes and tokens through the state directory, and Prometheus
 runs in multiprocess mode so `/metrics` sums all of them.
+
+Clients are not trusted either. uvicorn offers `timeout_keep_alive` (idle between requests, used)
+and `limit_concurrency` (not used: it counts connections only once a request arrives and then
+answers 503, so silent connections still take every file descriptor). `GatewayHttpProtocol`
+adds what it lacks, per worker: at most `max_connections` open connections (one more is answered
+503 and closed at once), a request head complete within `header_timeout` of the connection's
+start or of the previous response's end (idle and slowloris connections are closed), a head of
+at most `max_header_bytes` (431), and the request's task cancelled when its client goes away
+(so the replica's connection is closed and the counters go back at once). On shutdown, requests
+get `shutdown_grace` s to finish (uvicorn's `timeout_graceful_shutdown`), then are cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import resource
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, asgi
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.asgi import CANCEL_ON_DISCONNECT, DISCONNECTED, WATCHED
 from gateway.core import Gateway
+from gateway.errors import ResponseAborted
 from gateway.settings import SETTINGS_ENV, GatewaySettings
+
+FD_RESERVE = 64  # descriptors kept for listening sockets, files, render workers, logs
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    max_connections: int
+    header_timeout: float
+    max_header_bytes: int
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> ClientLimits:
+        return cls(settings.max_connections or auto_max_connections(), settings.header_timeout, settings.max_header_bytes)
+
+
+def auto_max_connections() -> int:
+    """Half the descriptors this process may open (a proxied client can pair with one replica
+    connection), less a reserve: past that, accept() fails and every client suffers."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
+def raise_fd_limit() -> None:
+    """Soft open-file limit up to the hard one (what nginx's worker_rlimit_nofile does)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+_DEFAULT_LIMITS = ClientLimits(0, 15.0, 64 * 1024)
+_TOO_MANY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n"
+_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the client limits above (settings from the app's gateway)."""
+
+    def _limits(self) -> ClientLimits:
+        gateway = getattr(self.app, "gateway", None)
+        settings = gateway.settings if isinstance(gateway, Gateway) else None
+        if settings is None:
+            return ClientLimits(auto_max_connections(), _DEFAULT_LIMITS.header_timeout, _DEFAULT_LIMITS.max_header_bytes)
+        return ClientLimits.of(settings)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limits = self.limits = self._limits()
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        if len(self.connections) > limits.max_connections:
+            transport.write(_TOO_MANY)
+            transport.close()
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._head_timer is None and self.limits.header_timeout > 0:
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
+
+    def _disarm(self) -> None:
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        reading_head = self._head_timer is not None
+        super().data_received(data)
+        if reading_head and self._head_timer is not None:  # the head is still not complete
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        scope: Any = self.scope
+        scope[WATCHED] = True
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        self._disarm()
+        if cycle is not None and not cycle.response_complete:
+            scope: Any = cycle.scope
+            task = scope.get(CANCEL_ON_DISCONNECT)
+            if task is not None and not task.done():
+                scope[DISCONNECTED] = True
+                task.cancel("client disconnected")
+
+
+class _QuietAborts(logging.Filter):
+    """uvicorn logs an exception escaping the app with its traceback. A `ResponseAborted` was
+    logged by the gateway already (one line), and a task cancelled at shutdown is no error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ResponseAborted | asyncio.CancelledError)
+
+
+_QUIET = _QuietAborts()
 
 
 class GatewayApp(Litestar):
@@ -53,6 +184,9 @@ def build_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Lite
     )
     app.gateway = gw
     app.state.gateway = gw
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if _QUIET not in uvicorn_log.filters:
+        uvicorn_log.addFilter(_QUIET)
     return app
 
 
@@ -77,7 +211,9 @@ def uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
         "date_header": False,
         "log_level": "warning",
         "lifespan": "on",
-        "timeout_keep_alive": 30,
+        "http": "gateway.server:GatewayHttpProtocol",
+        "timeout_keep_alive": settings.keepalive_timeout,
+        "timeout_graceful_shutdown": settings.shutdown_grace,
     }
 
 
@@ -86,6 +222,7 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
     import uvicorn
 
     _configure_logging()
+    raise_fd_limit()
     common = uvicorn_options(settings)
     if settings.workers <= 1:
         uvicorn.run(build_app(settings, gateway), **common)

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from gateway import core
+from gateway import coldstart
 from gateway.snapshot import ModelRoute, ServiceRoute, Upstream
 from tests.gateway.conftest import RunningGateway, snapshot_of, wait_for
 from tests.gateway.conftest import Upstream as Proc
@@ -22,7 +22,7 @@ MakeGateway = Callable[..., RunningGateway]
 @pytest.fixture(autouse=True)
 def no_periodic_wakeup(monkeypatch: pytest.MonkeyPatch) -> None:
     """Held requests must wake on the route change itself, not on the periodic demand reminder."""
-    monkeypatch.setattr(core, "DEMAND_REPEAT", 3600.0)
+    monkeypatch.setattr(coldstart, "DEMAND_REPEAT", 3600.0)
 
 
 def demand_signals(state: Path) -> list[str]:
