@@ -45,7 +45,7 @@ class GatewaySettings:
     max_header_bytes: int = 64 * 1024
     keepalive_timeout: float = 30.0
     # On SIGTERM, requests in flight get this long to finish before they are cancelled.
-    shutdown_grace: float = 5.0
+    shutdown_grace: float = 3.0
     # TGI chat templates: rendered in worker processes, this long and this much output at most.
     template_timeout: float = 1.0
     template_max_bytes: int = 1024 * 1024

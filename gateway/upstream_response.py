@@ -211,10 +211,13 @@ class Response:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamError("the replica switched protocols on a plain request"))
-        except httptools.HttpParserError as e:
-            self._fail(UpstreamError(f"bad response from the replica: {e}"))
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError) as e:
+            if self._done:  # our message was complete; what broke the parser came after it
+                self._extra = True
+            elif isinstance(e, httptools.HttpParserUpgrade):
+                self._fail(UpstreamError("the replica switched protocols on a plain request"))
+            else:
+                self._fail(UpstreamError(f"bad response from the replica: {e}"))
         if not self._head_done and self._head_bytes > MAX_HEAD_BYTES and self._error is None:
             self._fail(UpstreamError(f"the replica's response head is over {MAX_HEAD_BYTES // 1024} KiB"))
         if self._extra:

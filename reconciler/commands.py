@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.options import add_gateway_options
 from gateway.signals import send_signal
 from gateway.snapshot import read_snapshot
 from reconciler.errors import ReconcilerError, StateLockedError
@@ -50,6 +51,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
     add_common_options(p, gateway=True)
     p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    add_gateway_options(p)
     add_preview_options(p)
     p.set_defaults(func=cmd_up)
 

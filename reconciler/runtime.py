@@ -282,6 +282,7 @@ class GatewayThread:
             port=self.settings.listen_port,
             domain=self.settings.domain,
             webhook_secret=self.settings.webhook_secret,
+            **self.settings.gateway_options,
         )
         app = _gateway_app(gw)
         config = uvicorn.Config(app, **uvicorn_options(gw))
@@ -310,7 +311,8 @@ class GatewayThread:
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:
-            self.thread.join(timeout=10)
+            # uvicorn cancels what still runs after the gateway's shutdown grace.
+            self.thread.join(timeout=float(self.server.config.timeout_graceful_shutdown or 5) + 5 if self.server else 10)
 
 
 def _gateway_app(gw: Any) -> Any:

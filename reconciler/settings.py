@@ -55,6 +55,8 @@ class Settings:
     previews_section: Mapping[str, Any] = field(default_factory=dict)
     # GitHub webhook secret: TIDEGATE_WEBHOOK_SECRET, else the settings file's `webhook_secret`.
     webhook_secret: str | None = field(default=None, repr=False)
+    # `up`'s gateway tuning options (gateway.options), as GatewaySettings fields.
+    gateway_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def listen_host(self) -> str:
@@ -181,6 +183,12 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     settings_file = getattr(args, "settings", None)
     ours = read_settings_file(Path(settings_file).expanduser())[1] if settings_file else {}
     secret = env_map.get(WEBHOOK_SECRET_ENV) or values.get(WEBHOOK_SECRET_ENV) or ours.get("webhook_secret")
+    from gateway.options import gateway_overrides
+
+    try:
+        gateway_options = gateway_overrides(args)
+    except ValueError as e:
+        raise SettingsError(str(e)) from e
     return Settings(
         state_dir=Path(state).expanduser().resolve(),
         repo=repo,
@@ -197,6 +205,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         env=values,
         previews_section=dict(ours.get("previews") or {}),
         webhook_secret=str(secret) if secret else None,
+        gateway_options=gateway_options,
     )
 
 
