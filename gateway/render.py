@@ -134,6 +134,7 @@ class RenderPool:
         except BaseException:
             self._all.discard(worker)
             worker.kill()
+            self._idle.append(self._spawn())  # its replacement starts now, not on the next render
             await asyncio.to_thread(worker.proc.join, 5)
             raise
         worker.warm = True
