@@ -30,13 +30,19 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--keepalive-timeout", "keepalive_timeout", float, "seconds an idle client connection is kept between requests"),
     ("--shutdown-grace", "shutdown_grace", float, "seconds requests in flight get on shutdown before they are cancelled"),
     ("--template-timeout", "template_timeout", float, "max seconds to render a TGI chat template"),
+    ("--max-header-bytes", "max_header_bytes", int, "size of a client's request head in bytes"),
+    ("--hold-queue", "hold_queue", int, "requests held per service during a cold start"),
+    ("--template-max-bytes", "template_max_bytes", int, "output of a TGI chat template in bytes"),
+    ("--template-workers", "template_workers", int, "processes rendering chat templates per gateway worker"),
+    ("--max-tgi-response", "max_tgi_response_bytes", int, "a non-streaming TGI answer in bytes"),
 )
 
 
 def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     for flag, name, kind, text in _OPTIONS:
-        parser.add_argument(flag, dest=f"gw_{name}", type=kind, default=None, metavar="N",
-                            help=f"{text} (default {_default(name):g})")
+        default = _default(name)
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        parser.add_argument(flag, dest=f"gw_{name}", type=kind, default=None, metavar="N", help=f"{text} (default {shown})")
     parser.add_argument("--metrics", dest="gw_metrics", choices=("auto", "open", "token"), default=None,
                         help="who may read /metrics: auto (open on a loopback address, else a token), open, token")
     parser.add_argument("--no-access-log", dest="gw_no_access_log", action="store_true", help="do not log one line per request")
