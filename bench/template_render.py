@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway import tgi  # noqa: E402
+from gateway import chat_template  # noqa: E402
 from gateway.render import RenderPool  # noqa: E402
 
 NORMAL = (
@@ -38,8 +38,8 @@ BOMB = "{{ 'x' * 100000000 }}"
 Render = Callable[[str], Awaitable[str]]
 
 
-def budget() -> tgi.Budget:
-    return tgi.Budget(1024 * 1024, 1.0, time.monotonic)
+def budget() -> chat_template.Budget:
+    return chat_template.Budget(1024 * 1024, 1.0, time.monotonic)
 
 
 async def measure(render: Render, template: str) -> tuple[float, float, str]:
@@ -61,7 +61,7 @@ async def measure(render: Render, template: str) -> tuple[float, float, str]:
     try:
         out = await render(template)
         outcome = f"rendered {len(out)} chars"
-    except tgi.TranslationError as e:
+    except chat_template.TranslationError as e:
         outcome = f"refused: {e}"
     took = time.perf_counter() - t0
     stop.set()
@@ -73,13 +73,13 @@ async def main() -> None:
     pool = RenderPool(2, 1.0, 1024 * 1024)
 
     async def inline(t: str) -> str:
-        return tgi.render_prompt(t, MESSAGES, "<s>", "</s>")
+        return chat_template.render_prompt(t, MESSAGES, "<s>", "</s>")
 
     async def inline_budget(t: str) -> str:
-        return tgi.render_prompt(t, MESSAGES, "<s>", "</s>", budget())
+        return chat_template.render_prompt(t, MESSAGES, "<s>", "</s>", budget())
 
     async def thread(t: str) -> str:
-        return await asyncio.to_thread(tgi.render_prompt, t, MESSAGES, "<s>", "</s>", budget())
+        return await asyncio.to_thread(chat_template.render_prompt, t, MESSAGES, "<s>", "</s>", budget())
 
     async def processes(t: str) -> str:
         return await pool.render(t, MESSAGES, "<s>", "</s>")

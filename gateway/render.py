@@ -4,7 +4,7 @@ A template comes from a service config or a model repository, so it is not trust
 `range` loop ran 9 s on the event loop and stalled every service; `{{ 'x' * N }}` took the
 process to 2 GB. Measured (bench/template_render.py): rendering on the loop delays every other
 request by the whole render; in a thread it still takes the GIL from the loop (and a thread
-cannot be stopped); jinja2's sandbox with a budget (tgi.BudgetedSandbox) stops output bombs and
+cannot be stopped); jinja2's sandbox with a budget (chat_template.BudgetedSandbox) stops output bombs and
 call-heavy loops, but not a loop that makes no call. So each render goes to a worker process:
 - the loop only writes a request to a pipe and waits for its fd (~0.1-0.3 ms per render);
 - a worker that is not done `timeout` s after the request is killed and replaced: the client
@@ -13,7 +13,8 @@ call-heavy loops, but not a loop that makes no call. So each render goes to a wo
   or the worker's death (400 again), never the gateway's;
 - inside, the render runs under the budget (time and output size), which ends most hostile
   templates cleanly without losing the worker.
-At most `workers` renders run at once (more wait their turn, within the same timeout).
+At most `workers` renders run at once; more wait their turn, and past a few timeouts' wait the
+request is a 503 (no renderer freed up: not the client's fault).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gateway import tgi
+from gateway import chat_template
 
 log = logging.getLogger("tidegate.gateway")
 
@@ -57,9 +58,9 @@ def _serve(conn: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            budget = tgi.Budget(req.max_output, req.seconds, time.monotonic)
-            out: tuple[str, str] = ("ok", tgi.render_prompt(req.template, req.messages, req.bos_token, req.eos_token, budget))
-        except tgi.TranslationError as e:
+            budget = chat_template.Budget(req.max_output, req.seconds, time.monotonic)
+            out: tuple[str, str] = ("ok", chat_template.render_prompt(req.template, req.messages, req.bos_token, req.eos_token, budget))
+        except chat_template.TranslationError as e:
             out = ("error", str(e))
         except MemoryError:
             out = ("error", "chat template used too much memory")
@@ -101,9 +102,9 @@ class RenderPool:
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
 
     async def render(self, template: str, messages: Any, bos_token: Any, eos_token: Any) -> str:
-        """The prompt, or `tgi.TranslationError` (the client's 400): a bad template, or one over
+        """The prompt, or `chat_template.TranslationError` (the client's 400): a bad template, or one over
         its time, output or memory budget; `RenderBusy` when no renderer freed up in time."""
-        req = RenderRequest(template, tgi.normalize_messages(messages), bos_token, eos_token, self.max_output, self.timeout)
+        req = RenderRequest(template, chat_template.normalize_messages(messages), bos_token, eos_token, self.max_output, self.timeout)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         try:
@@ -117,7 +118,7 @@ class RenderPool:
         finally:
             self._slots.release()
         if kind != "ok":
-            raise tgi.TemplateRenderError(value)
+            raise chat_template.TemplateRenderError(value)
         return value
 
     async def _run(self, req: RenderRequest) -> tuple[str, str]:
@@ -126,11 +127,11 @@ class RenderPool:
             worker.conn.send(req)
             # A fresh worker loads its interpreter first: that time is not the template's.
             if not await self._readable(worker.conn, self.timeout + (0.0 if worker.warm else STARTUP)):
-                raise tgi.TemplateLimit(f"chat template took over {self.timeout:g} s")
+                raise chat_template.TemplateLimit(f"chat template took over {self.timeout:g} s")
             try:
                 kind, value = worker.conn.recv()
             except (EOFError, OSError) as e:
-                raise tgi.TemplateRenderError("chat template used too much memory (its renderer died)") from e
+                raise chat_template.TemplateRenderError("chat template used too much memory (its renderer died)") from e
         except BaseException:
             self._all.discard(worker)
             worker.kill()

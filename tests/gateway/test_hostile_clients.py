@@ -173,6 +173,7 @@ def test_up_takes_the_gateway_options(tmp_path: Path) -> None:
         "read_timeout": 7.0, "first_byte_timeout": 11.0, "header_timeout": 3.0, "max_connections": 50, "metrics": "token",
         "shutdown_grace": 1.0,
     }
+    hung = RawUpstream({"hang": lambda ex: ex.hang_until_closed() or False}).start()
     thread = GatewayThread(settings)
     assert thread.start(), thread.error
     try:
@@ -180,10 +181,20 @@ def test_up_takes_the_gateway_options(tmp_path: Path) -> None:
         assert (gw.settings.read_timeout, gw.settings.first_byte_timeout, gw.settings.max_connections) == (7.0, 11.0, 50)
         port = thread.server.servers[0].sockets[0].getsockname()[1]
         assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 401  # --metrics token
+        route = ServiceRoute(name="hung", host="hung.localhost", auth=False, upstreams=(Upstream(replica_id="hung-0", url=hung.url),))
+        write_snapshot(settings.state_dir, RoutesSnapshot(serial=2, services={"hung": route}))
+        wait_for(lambda: gw.router.service("hung") is not None, "routes")
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"GET /hang HTTP/1.1\r\nHost: hung.localhost\r\n\r\n")
+        assert wait_until(lambda: len(hung.requests) == 1)
     finally:
         started = time.monotonic()
-        thread.stop()
-        assert time.monotonic() - started < 3
+        thread.stop()  # a request still hangs on its replica: cancelled after the 1 s grace
+        assert time.monotonic() - started < 3.5
+        assert not thread.thread or not thread.thread.is_alive()
+        hung.stop()
+    assert wait_until(lambda: hung.closed_by_peer == 1, 2)
+    client.close()
 
 
 @pytest.mark.parametrize(
