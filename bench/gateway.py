@@ -279,8 +279,8 @@ http {{
 
 
 def start_gateway(upstream_port: int, workers: int, workdir: Path) -> Target:
+    from gateway.access.tokens import create_token
     from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
-    from gateway.tokens import create_token
 
     state = workdir / f"state-{workers}"
     write_snapshot(

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway import chat_template  # noqa: E402
-from gateway.render import RenderPool  # noqa: E402
+from gateway.api import chat_template  # noqa: E402
+from gateway.api.render import RenderPool  # noqa: E402
 
 NORMAL = (
     "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]"

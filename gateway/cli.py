@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.access.tokens import TokenError, create_token, load_records, revoke_token
 from gateway.options import add_gateway_options, gateway_overrides
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
-from gateway.tokens import TokenError, create_token, load_records, revoke_token
 
 
 def state_dir(args: argparse.Namespace) -> Path:

@@ -15,12 +15,12 @@ import time
 from gateway.asgi import ClientGone, Receive
 from gateway.balancer import has_ready
 from gateway.errors import GatewayError
-from gateway.proxy import wait_disconnect
 from gateway.routing import Router
 from gateway.settings import GatewaySettings
 from gateway.signals import send_signal
 from gateway.snapshot import ServiceRoute
-from gateway.stats import ServiceStats
+from gateway.stats.counters import ServiceStats
+from gateway.upstream.relay import wait_disconnect
 
 log = logging.getLogger("tidegate.gateway")
 

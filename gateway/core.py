@@ -15,18 +15,19 @@ import logging
 import os
 import time
 
-from gateway import hooks, openai_api
+from gateway.access.auth import MetricsAccess, metrics_need_token
+from gateway.access.tokens import TOKENS_FILE
+from gateway.api import openai as openai_api  # not `openai`: the SDK of that name
 from gateway.asgi import Receive, Scope, Send, scan, send_json
-from gateway.auth import MetricsAccess, metrics_need_token
 from gateway.errors import GatewayError, ResponseAborted
 from gateway.forward import Forwarder, refuse_websocket
-from gateway.metrics_view import MULTIPROC_ENV, metrics_response
 from gateway.routing import RouteTable
 from gateway.settings import GatewaySettings
 from gateway.snapshot import ROUTES_FILE, RoutesSnapshot
-from gateway.stats import stats_path, write_stats
-from gateway.tokens import TOKENS_FILE
-from gateway.upstream import UpstreamPool
+from gateway.stats.counters import stats_path, write_stats
+from gateway.stats.metrics import MULTIPROC_ENV, metrics_response
+from gateway.upstream.websocket import UpstreamPool
+from gateway.webhooks import handler as hooks
 
 log = logging.getLogger("tidegate.gateway")
 

@@ -1,6 +1,6 @@
 """Every error the gateway raises on its request path, and how a `GatewayError` is answered.
 
-Kept apart from the modules that raise them so the handlers (`openai_api`, `hooks`, `forward`)
+Kept apart from the modules that raise them so the handlers (`api`, `webhooks`, `forward`)
 and the upstream client share one vocabulary without importing each other or the core.
 `GatewayError` is the one the client sees: a status and OpenAI's error shape, which SDK clients
 show as is. The others are translated to it where the request path catches them.

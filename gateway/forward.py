@@ -2,7 +2,7 @@
 
 `Forwarder` holds what every handler of the request path shares (settings, routes, tokens,
 balancer, stats, the upstream clients); `Gateway` (core.py) adds the lifecycle and the dispatch,
-and the API handlers (`openai_api`, `hooks`) take a `Forwarder`, so nothing imports the core back.
+and the handlers (`api.openai`, `webhooks.handler`) take a `Forwarder`, so nothing imports the core back.
 
 Counters (`in_flight` per service and per replica) are taken and given back in `finally`, so a
 request that fails, times out or is cancelled (its client went away: the server cancels it, see
@@ -22,6 +22,10 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.access.auth import Authenticator
+from gateway.access.tokens import TokenStore
+from gateway.api.render import RenderPool
+from gateway.api.templates import TemplateResolver
 from gateway.asgi import (
     CANCEL_ON_DISCONNECT,
     DISCONNECTED,
@@ -34,22 +38,24 @@ from gateway.asgi import (
     read_body,
     scan,
 )
-from gateway.auth import Authenticator
 from gateway.balancer import Balancer
 from gateway.coldstart import ColdStart
-from gateway.deliveries import DeliveryLog
 from gateway.errors import ConnectFailed, GatewayError, ResponseAborted, UpstreamError
-from gateway.proxy import relay_response, relay_websocket, request_head, request_headers, upstream_failure
-from gateway.render import RenderPool
 from gateway.routing import Router
 from gateway.settings import GatewaySettings
 from gateway.snapshot import ServiceRoute, Upstream
-from gateway.stats import ServiceStats, Stats
-from gateway.templates import TemplateResolver
-from gateway.tokens import TokenStore
-from gateway.upstream import UpstreamPool
-from gateway.upstream_client import UpstreamClient
-from gateway.upstream_response import Response
+from gateway.stats.counters import ServiceStats, Stats
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.relay import (
+    relay_response,
+    relay_websocket,
+    request_head,
+    request_headers,
+    upstream_failure,
+)
+from gateway.upstream.response import Response
+from gateway.upstream.websocket import UpstreamPool
+from gateway.webhooks.deliveries import DeliveryLog
 
 log = logging.getLogger("tidegate.gateway")
 access_log = logging.getLogger("tidegate.gateway.access")

@@ -16,11 +16,11 @@ import httpx
 import pytest
 import uvicorn
 
+from gateway.access.tokens import create_token
 from gateway.core import Gateway
 from gateway.server import build_app, uvicorn_options
 from gateway.settings import GatewaySettings
 from gateway.snapshot import RoutesSnapshot, ServiceRoute, write_snapshot
-from gateway.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ROOT / "examples" / "servers"

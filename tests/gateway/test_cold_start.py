@@ -84,7 +84,7 @@ def test_hold_queue_bound(make_gateway: MakeGateway) -> None:
 
 
 def test_openai_sdk_call_to_model_at_zero(make_gateway: MakeGateway, openai_upstream: Proc) -> None:
-    from gateway.tokens import create_token
+    from gateway.access.tokens import create_token
 
     gw = make_gateway()
     cold = at_zero("llm", model="cold-model")

@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth import MetricsAccess, metrics_need_token
-from gateway.proxy import wire_close_code
+from gateway.access.auth import MetricsAccess, metrics_need_token
 from gateway.signals import drain_signals
 from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
+from gateway.upstream.relay import wire_close_code
 from tests.gateway.aio_upstream import AioUpstream
 from tests.gateway.conftest import ROOT, RunningGateway, snapshot_of, wait_for
 from tests.gateway.raw_upstream import RawUpstream, wait_until

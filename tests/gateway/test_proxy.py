@@ -97,7 +97,7 @@ def test_auth_refusals(make_gateway: MakeGateway, openai_upstream: Proc, header:
 def test_forward_auth_opt_in_and_token_revocation(
     make_gateway: MakeGateway, token_for: TokenFor, openai_upstream: Proc
 ) -> None:
-    from gateway.tokens import load_records, revoke_token
+    from gateway.access.tokens import load_records, revoke_token
 
     gw = make_gateway()
     gw.publish(snapshot_of(svc("fwd", openai_upstream.url, forward_auth=True)))

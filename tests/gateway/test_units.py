@@ -10,12 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway import templates
-from gateway.balancer import Balancer, choose
-from gateway.cli import state_dir
-from gateway.settings import GatewaySettings, parse_listen
-from gateway.snapshot import ModelRoute, Upstream
-from gateway.tokens import (
+from gateway.access.tokens import (
     AuthResult,
     TokenError,
     TokenStore,
@@ -24,6 +19,11 @@ from gateway.tokens import (
     load_records,
     revoke_token,
 )
+from gateway.api import templates
+from gateway.balancer import Balancer, choose
+from gateway.cli import state_dir
+from gateway.settings import GatewaySettings, parse_listen
+from gateway.snapshot import ModelRoute, Upstream
 from reconciler.cli import main
 
 A, B, C = (Upstream(replica_id=r, url=f"http://127.0.0.1:{p}") for r, p in (("a", 1), ("b", 2), ("c", 3)))

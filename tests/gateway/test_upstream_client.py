@@ -1,4 +1,4 @@
-"""gateway.upstream_client against a scripted raw-socket replica: framing, pooling, streaming, failures."""
+"""gateway.upstream.client against a scripted raw-socket replica: framing, pooling, streaming, failures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.upstream_client import ConnectFailed, HostPool, UpstreamClient, UpstreamError
+from gateway.upstream.client import ConnectFailed, HostPool, UpstreamClient, UpstreamError
 
 # A scripted answer: bytes to write, "pause" (wait for the test's gate), or "close".
 Script = list[Any]
@@ -267,7 +267,7 @@ def test_stale_retry_takes_a_fresh_connection_not_another_pooled_one() -> None:
 
 
 def test_idle_connections_are_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import upstream_client
+    from gateway.upstream import client as upstream_client
 
     monkeypatch.setattr(upstream_client, "KEEPALIVE", 0.2)
     replica = Replica([OK])

@@ -1,6 +1,6 @@
 """aiohttp sessions to replicas, for WebSocket proxying: one for TCP upstreams, one per unix socket.
 
-Plain HTTP goes through `gateway.upstream_client` (cheaper per request); WebSockets stay on
+Plain HTTP goes through `gateway.upstream.client` (cheaper per request); WebSockets stay on
 aiohttp, whose session is tuned for a proxy: no connection limit, no cookie jar, no decompression (bytes pass through untouched) and
 no auto-added headers. Replicas of the local backend listen on unix sockets, so an upstream URL
 is either `http://host:port` or `unix:///abs/path.sock`.

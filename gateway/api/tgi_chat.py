@@ -1,7 +1,7 @@
 """`/v1/chat/completions` for `format: tgi` services: validate, render, call `/generate(_stream)`, translate back.
 
-The decisions are the pure `gateway.tgi`; this module does the I/O around them. The chat
-template is rendered by `gateway.render` (worker processes, bounded in time, output and memory).
+The decisions are the pure `gateway.api.tgi`; this module does the I/O around them. The chat
+template is rendered by `gateway.api.render` (worker processes, bounded in time, output and memory).
 A non-streaming answer is read whole to translate it, so it is capped (`max_tgi_response_bytes`);
 an error answer is read only up to `ERROR_BODY` bytes for its message. A stream failing midway
 ends with an error event and `[DONE]` (the client's response has started by then).
@@ -15,14 +15,14 @@ import time
 import uuid
 from typing import Any
 
-from gateway import tgi
+from gateway.api import tgi
+from gateway.api.render import RenderBusy
+from gateway.api.templates import TemplateUnavailable
 from gateway.asgi import BadJSON, Send, loads, send_json
 from gateway.errors import GatewayError, UpstreamError
 from gateway.forward import Forwarder
-from gateway.render import RenderBusy
 from gateway.snapshot import ServiceRoute
-from gateway.templates import TemplateUnavailable
-from gateway.upstream_response import Response
+from gateway.upstream.response import Response
 
 ERROR_BODY = 64 * 1024
 JSON_HEADERS = b"content-type: application/json\r\n"

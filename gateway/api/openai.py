@@ -3,7 +3,7 @@
 Requests are routed by their `model` field to the service whose config maps that model. For
 `format: openai` the request is passed through to `<prefix>/chat/completions` (and `completions`,
 `embeddings`) byte for byte, once it is known to be strict JSON (no NaN/Infinity, not nested
-beyond the parser); for `format: tgi` it is translated (`gateway.tgi_chat`). Every error here is
+beyond the parser); for `format: tgi` it is translated (`gateway.api.tgi_chat`). Every error here is
 in OpenAI's `{"error": {"message", "type", "code"}}` shape, and a token is always required.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway import tgi_chat
+from gateway.api import tgi_chat
 from gateway.asgi import BadJSON, ClientGone, Receive, Scope, Send, loads, send_json
 from gateway.balancer import has_ready
 from gateway.errors import GatewayError
 from gateway.forward import COLD_START_HEADER, Forwarder
-from gateway.proxy import request_head
 from gateway.snapshot import ModelFormat, ServiceRoute
+from gateway.upstream.relay import request_head
 
 PASSTHROUGH = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 

@@ -2,7 +2,7 @@
 
 aiohttp's client cost 150-200 us of CPU per proxied request, most of the gateway's budget; this
 client does only what a reverse proxy needs, at a fraction of that (the parsing and its limits
-are in `gateway.upstream_response`):
+are in `gateway.upstream.response`):
 
 - One `HostPool` per upstream URL (`http://host:port`, `https://...`, `unix:///abs/path.sock`).
   Idle connections are reused last-in first-out: the most recently used connection is the one
@@ -29,7 +29,7 @@ import contextlib
 import ssl
 
 from gateway.errors import ConnectFailed, UpstreamError
-from gateway.upstream_response import Conn, Response, Stale
+from gateway.upstream.response import Conn, Response, Stale
 
 KEEPALIVE = 4.0
 MAX_IDLE = 512  # idle connections kept per upstream

@@ -1,7 +1,7 @@
 """Pure translation between OpenAI chat completions and TGI's `/generate` / `/generate_stream`.
 
 No I/O here (import-linter enforces it): the OpenAI API handler feeds request dicts and TGI
-responses in and gets dicts out; the prompt comes from `gateway.chat_template`. `eos_token` is
+responses in and gets dicts out; the prompt comes from `gateway.api.chat_template`. `eos_token` is
 added to the stop sequences. Every field the translation reads is checked for type and range (a
 bool is not a number, NaN and infinities are not numbers) so nothing the client sends reaches
 TGI unchecked.
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.chat_template import (
+from gateway.api.chat_template import (
     Budget,
     TemplateLimit,
     TemplateRenderError,

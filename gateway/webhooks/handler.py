@@ -4,7 +4,7 @@
 from settings, compared in constant time) and drops a `wake` signal naming the ref (a `pull_request`
 event's signal also carries the payload's `pull_request` object); a bad or missing signature is
 401, and without a configured secret the hook is disabled (404). A delivery seen before (same
-`X-GitHub-Delivery`, or same signed body) is answered 200 and ignored (`gateway.deliveries`).
+`X-GitHub-Delivery`, or same signed body) is answered 200 and ignored (`gateway.webhooks.deliveries`).
 `POST /hooks/git` needs a gateway bearer token. Neither does any git work itself. Bodies are
 capped at `MAX_HOOK_BODY` (GitHub's own cap on webhook payloads is 25 MB, but a push event is
 kilobytes; 413 past it).

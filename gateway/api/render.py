@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gateway import chat_template
+from gateway.api import chat_template
 
 log = logging.getLogger("tidegate.gateway")
 

@@ -8,7 +8,7 @@ tokenizer_config.json has.
 `BudgetedSandbox` intercepts `*`, `**` and `+` to refuse results over the output cap before they
 are built, checks the clock at every call, attribute and item access, and the output is counted
 as it is generated. It cannot interrupt a loop that makes no call (jinja2 has no hook per
-iteration), so the gateway runs it in worker processes it can kill (`gateway.render`); the budget
+iteration), so the gateway runs it in worker processes it can kill (`gateway.api.render`); the budget
 makes most hostile templates end on their own, cleanly, without losing a worker.
 """
 

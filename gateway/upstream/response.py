@@ -36,7 +36,7 @@ class Stale(UpstreamError):
 
 
 class PoolHooks(Protocol):
-    """What a connection needs from the pool that owns it (`upstream_client.HostPool`)."""
+    """What a connection needs from the pool that owns it (`gateway.upstream.client.HostPool`)."""
 
     read_timeout: float
     first_byte_timeout: float

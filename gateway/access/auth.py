@@ -12,9 +12,9 @@ import ipaddress
 import time
 from enum import StrEnum
 
+from gateway.access.tokens import AuthResult, TokenStore
 from gateway.asgi import Scope, scan
 from gateway.errors import GatewayError
-from gateway.tokens import AuthResult, TokenStore
 
 CACHE_SECONDS = 1.0
 CACHE_SIZE = 4096

@@ -3,7 +3,7 @@
 Hop-by-hop headers (RFC 9110 7.6.1, plus any the Connection header names) are dropped both
 ways, `X-Forwarded-For/-Proto/-Host` are set, and the client's Authorization header stays here
 unless the service opted in: a replica never learns users' tokens. HTTP responses come from
-`gateway.upstream_client` and are relayed chunk by chunk as they arrive, so SSE reaches the client
+`gateway.upstream.client` and are relayed chunk by chunk as they arrive, so SSE reaches the client
 as the replica emits it; WebSockets go through aiohttp.
 
 A replica failing mid-answer is a 502 (504 for a timeout) while nothing was sent to the client,
@@ -22,7 +22,7 @@ import aiohttp
 
 from gateway.asgi import Receive, Scope, Send
 from gateway.errors import GatewayError, ResponseAborted, UpstreamError
-from gateway.upstream_response import Response
+from gateway.upstream.response import Response
 
 HOP_BY_HOP = frozenset(
     {
