@@ -144,28 +144,33 @@ class Forwarder:
                 await e.send(send)
                 self.access(scope, route.name, path, e.status, started)
                 return
+        # The hot path: counted inline (what `counted` does, without its generator's cost).
+        st = self.stats.service(route.name)
+        st.begin(time.monotonic())
         status = [500]
         self.watch_disconnect(scope)
-        with self.counted(scope, route.name, path, status) as st:
-            try:
-                body = await self.read_request_body(scope, receive)
-                route, waited = await self.cold.ready_route(route, st, receive)
-                extra = [(COLD_START_HEADER, f"{waited:.3f}".encode())] if waited is not None else []
-                target = path.partition("?")[0].encode("latin-1")
-                query: bytes = scope.get("query_string", b"")
-                if query:
-                    target += b"?" + query
-                headers = request_head(scope, host, route.forward_auth)
-                await self.forward(route, scope, receive, send, scope["method"], target, headers, body, extra, status)
-            except GatewayError as e:
-                status[0] = e.status
-                await e.send(send)
-            except ClientGone:
-                status[0] = 499
-            except asyncio.CancelledError:
-                if not self.cancelled_by_disconnect(scope):
-                    raise
-                status[0] = 499
+        try:
+            body = await self.read_request_body(scope, receive)
+            route, waited = await self.cold.ready_route(route, st, receive)
+            extra = [(COLD_START_HEADER, f"{waited:.3f}".encode())] if waited is not None else []
+            target = path.partition("?")[0].encode("latin-1")
+            query: bytes = scope.get("query_string", b"")
+            if query:
+                target += b"?" + query
+            headers = request_head(scope, host, route.forward_auth)
+            await self.forward(route, scope, receive, send, scope["method"], target, headers, body, extra, status)
+        except GatewayError as e:
+            status[0] = e.status
+            await e.send(send)
+        except ClientGone:
+            status[0] = 499
+        except asyncio.CancelledError:
+            if not self.cancelled_by_disconnect(scope):
+                raise
+            status[0] = 499
+        finally:
+            st.end(status[0], time.perf_counter() - started)
+            self.access(scope, route.name, path, status[0], started)
 
     async def forward(
         self, route: ServiceRoute, scope: Scope, receive: Receive, send: Send, method: str, target: bytes, headers: bytes,

@@ -75,6 +75,33 @@ _TOO_MANY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nco
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+class _HeadWatch:
+    """Connections reading a request head, and since when: one sweep every `timeout / 4` s (at
+    most 1 s) closes the overdue ones. A timer per request (call_later + cancel) would cost ~8 us
+    each on uvloop; a dict entry costs a fraction of one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.since: dict[GatewayHttpProtocol, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def arm(self, proto: GatewayHttpProtocol) -> None:
+        if proto not in self.since:
+            self.since[proto] = self.loop.time()
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(min(self.timeout / 4, 1.0), self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = self.loop.time() - self.timeout
+        for proto in [p for p, t in self.since.items() if t <= cutoff]:
+            del self.since[proto]
+            proto.head_timed_out()
+        if self.since:
+            self._sweeper = self.loop.call_later(min(self.timeout / 4, 1.0), self._sweep)
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the client limits above (settings from the app's gateway)."""
 
@@ -89,7 +116,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         limits = self.limits = self._limits()
         self._head_bytes = 0
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = False
+        self._heads: _HeadWatch | None = None
+        if limits.header_timeout > 0:
+            # One watch per uvicorn server (per event loop), kept on its shared state.
+            heads = getattr(self.server_state, "tidegate_heads", None)
+            if heads is None:
+                heads = _HeadWatch(self.loop, limits.header_timeout)
+                self.server_state.tidegate_heads = heads  # type: ignore[attr-defined]
+            self._heads = heads
         if len(self.connections) > limits.max_connections:
             transport.write(_TOO_MANY)
             transport.close()
@@ -97,24 +132,27 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm()
 
     def _arm(self) -> None:
-        if self._head_timer is None and self.limits.header_timeout > 0:
-            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
+        if not self._in_head:
+            self._in_head = True
+            if self._heads is not None:
+                self._heads.arm(self)
 
     def _disarm(self) -> None:
         self._head_bytes = 0
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._in_head:
+            self._in_head = False
+            if self._heads is not None:
+                self._heads.since.pop(self, None)
 
-    def _head_timeout(self) -> None:
-        self._head_timer = None
+    def head_timed_out(self) -> None:
+        self._in_head = False
         if not self.transport.is_closing():
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        reading_head = self._head_timer is not None
+        reading_head = self._in_head
         super().data_received(data)
-        if reading_head and self._head_timer is not None:  # the head is still not complete
+        if reading_head and self._in_head:  # the head is still not complete
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
                 self.transport.write(_TOO_LARGE)
