@@ -35,6 +35,7 @@ from gateway.asgi import (
     Receive,
     Scope,
     Send,
+    error_body,
     read_body,
     scan,
 )
@@ -68,7 +69,7 @@ async def refuse_websocket(scope: Scope, send: Send, error: GatewayError) -> Non
     the server supports it (ASGI `websocket.http.response`); else a close, which uvicorn turns
     into a bare 403."""
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = json.dumps({"error": {"message": error.message, "type": error.type, "code": error.code}}).encode()
+        body = json.dumps(error_body(error.message, error.type, error.code)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *error.headers()]
         await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
