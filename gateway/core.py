@@ -18,7 +18,7 @@ import time
 from gateway.access.auth import MetricsAccess, metrics_need_token
 from gateway.access.tokens import TOKENS_FILE
 from gateway.api import openai as openai_api  # not `openai`: the SDK of that name
-from gateway.asgi import Receive, Scope, Send, scan, send_json
+from gateway.asgi import ClientGone, Receive, Scope, Send, scan, send_json
 from gateway.errors import GatewayError, ResponseAborted
 from gateway.forward import Forwarder, refuse_websocket
 from gateway.routing import RouteTable
@@ -136,6 +136,8 @@ class Gateway(Forwarder):
                 await refuse_websocket(scope, send, e)
             else:
                 await e.send(send)
+        except ClientGone:
+            return  # hung up while sending its request: nobody to answer
         except ResponseAborted:
             raise  # logged where it happened; the server cuts the connection
         except Exception:

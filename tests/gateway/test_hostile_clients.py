@@ -390,3 +390,18 @@ class _RecordingWebSocket:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+
+
+def test_client_hanging_up_mid_body_is_not_an_error(make_gateway: MakeGateway, token_for: TokenFor, caplog: pytest.LogCaptureFixture) -> None:
+    gw = make_gateway()
+    token = token_for(gw).encode()
+    with caplog.at_level(logging.INFO):
+        for path in (b"/v1/chat/completions", b"/hooks/git"):
+            s = socket.create_connection(("127.0.0.1", gw.port))
+            s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + b"\r\nContent-Length: 100\r\n\r\n{\"model\"")
+            time.sleep(0.2)
+            s.close()
+        time.sleep(0.3)
+        with gw.client() as c:
+            assert c.get("/healthz").status_code == 200
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
