@@ -17,10 +17,10 @@ from gateway.balancer import has_ready
 from gateway.errors import GatewayError
 from gateway.routing import Router
 from gateway.settings import GatewaySettings
-from gateway.signals import send_signal
-from gateway.snapshot import ServiceRoute
 from gateway.stats.counters import ServiceStats
 from gateway.upstream.relay import wait_disconnect
+from tidegate.routes import ServiceRoute
+from tidegate.signals import send_signal
 
 log = logging.getLogger("tidegate.gateway")
 

@@ -23,11 +23,11 @@ from gateway.errors import GatewayError, ResponseAborted
 from gateway.forward import Forwarder, refuse_websocket
 from gateway.routing import RouteTable
 from gateway.settings import GatewaySettings
-from gateway.snapshot import ROUTES_FILE, RoutesSnapshot
-from gateway.stats.counters import stats_path, write_stats
 from gateway.stats.metrics import MULTIPROC_ENV, metrics_response
 from gateway.upstream.websocket import UpstreamPool
 from gateway.webhooks import handler as hooks
+from tidegate.routes import ROUTES_FILE, RoutesSnapshot
+from tidegate.stats_file import stats_path, write_stats
 
 log = logging.getLogger("tidegate.gateway")
 

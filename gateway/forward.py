@@ -44,7 +44,6 @@ from gateway.coldstart import ColdStart
 from gateway.errors import ConnectFailed, GatewayError, ResponseAborted, UpstreamError
 from gateway.routing import Router
 from gateway.settings import GatewaySettings
-from gateway.snapshot import ServiceRoute, Upstream
 from gateway.stats.counters import ServiceStats, Stats
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.relay import (
@@ -57,6 +56,7 @@ from gateway.upstream.relay import (
 from gateway.upstream.response import Response
 from gateway.upstream.websocket import UpstreamPool
 from gateway.webhooks.deliveries import DeliveryLog
+from tidegate.routes import ServiceRoute, Upstream
 
 log = logging.getLogger("tidegate.gateway")
 access_log = logging.getLogger("tidegate.gateway.access")

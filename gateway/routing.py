@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.snapshot import RoutesSnapshot, ServiceRoute, read_snapshot
+from tidegate.routes import RoutesSnapshot, ServiceRoute
+from tidegate.routes_io import read_snapshot
 
 log = logging.getLogger("tidegate.gateway")
 

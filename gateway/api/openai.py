@@ -17,8 +17,8 @@ from gateway.asgi import BadJSON, ClientGone, Receive, Scope, Send, loads, send_
 from gateway.balancer import has_ready
 from gateway.errors import GatewayError
 from gateway.forward import COLD_START_HEADER, Forwarder
-from gateway.snapshot import ModelFormat, ServiceRoute
 from gateway.upstream.relay import request_head
+from tidegate.routes import ModelFormat, ServiceRoute
 
 PASSTHROUGH = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 

@@ -21,8 +21,8 @@ from gateway.api.templates import TemplateUnavailable
 from gateway.asgi import BadJSON, Send, loads, send_json
 from gateway.errors import GatewayError, UpstreamError
 from gateway.forward import Forwarder
-from gateway.snapshot import ServiceRoute
 from gateway.upstream.response import Response
+from tidegate.routes import ServiceRoute
 
 ERROR_BODY = 64 * 1024
 JSON_HEADERS = b"content-type: application/json\r\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.stats.counters import ServiceStats, Stats, stats_path, write_stats
+from gateway.stats.counters import ServiceStats, Stats
 from gateway.stats.metrics import MULTIPROC_ENV, metrics_response
 
-__all__ = ["MULTIPROC_ENV", "ServiceStats", "Stats", "metrics_response", "stats_path", "write_stats"]
+__all__ = ["MULTIPROC_ENV", "ServiceStats", "Stats", "metrics_response"]

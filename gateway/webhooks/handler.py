@@ -21,7 +21,7 @@ from typing import Any
 from gateway.asgi import BadJSON, Receive, Scope, Send, header, loads, send_json
 from gateway.errors import GatewayError
 from gateway.forward import Forwarder
-from gateway.signals import send_signal
+from tidegate.signals import send_signal
 
 log = logging.getLogger("tidegate.gateway")
 

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from gateway.snapshot import ModelRoute, ServiceRoute, Upstream
 from tests.gateway.conftest import RunningGateway, snapshot_of
 from tests.gateway.conftest import Upstream as Proc
 from tests.gateway.raw_upstream import Exchange, RawUpstream
+from tidegate.routes import ModelRoute, ServiceRoute, Upstream
 
 MakeGateway = Callable[..., RunningGateway]
 TokenFor = Callable[[RunningGateway], str]

@@ -22,12 +22,13 @@ import httpx
 import pytest
 
 from gateway.access.auth import MetricsAccess, metrics_need_token
-from gateway.signals import drain_signals
-from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
 from gateway.upstream.relay import wire_close_code
 from tests.gateway.aio_upstream import AioUpstream
 from tests.gateway.conftest import ROOT, RunningGateway, snapshot_of, wait_for
 from tests.gateway.raw_upstream import RawUpstream, wait_until
+from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
+from tidegate.routes_io import write_snapshot
+from tidegate.signals import drain_signals
 
 MakeGateway = Callable[..., RunningGateway]
 TokenFor = Callable[[RunningGateway], str]
@@ -92,7 +93,7 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.P
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}", *args],
+            [sys.executable, "-m", "reconciler.cli.main", "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}", *args],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=limit,
         )
         procs.append(proc)
@@ -160,9 +161,9 @@ def test_sigterm_with_a_hung_request_stops_within_the_grace(gateway_process: Cal
 
 
 def test_up_takes_the_gateway_options(tmp_path: Path) -> None:
-    from reconciler.cli import build_parser
-    from reconciler.runtime import GatewayThread
-    from reconciler.settings import build_settings
+    from reconciler.cli.main import build_parser
+    from reconciler.cli.runtime import GatewayThread
+    from reconciler.cli.settings import build_settings
 
     args = build_parser().parse_args(
         ["up", "--state", str(tmp_path / "state"), "--listen", "127.0.0.1:0", "--read-timeout", "7",

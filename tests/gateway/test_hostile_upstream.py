@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from gateway.snapshot import ServiceRoute, Upstream
 from tests.gateway.conftest import RunningGateway, snapshot_of
 from tests.gateway.raw_upstream import Exchange, RawUpstream, wait_until
+from tidegate.routes import ServiceRoute, Upstream
 
 MakeGateway = Callable[..., RunningGateway]
 
