@@ -115,6 +115,7 @@ class Forwarder:
         try:
             yield st
         finally:
+            scope.pop(CANCEL_ON_DISCONNECT, None)
             st.end(status[0], time.perf_counter() - started)
             self.access(scope, service, path, status[0], started)
 
@@ -170,6 +171,7 @@ class Forwarder:
                 raise
             status[0] = 499
         finally:
+            scope.pop(CANCEL_ON_DISCONNECT, None)  # scope -> task -> coroutine -> scope: no cycle left for the GC
             st.end(status[0], time.perf_counter() - started)
             self.access(scope, route.name, path, status[0], started)
 
