@@ -39,7 +39,8 @@ try:
     from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
     from tidegate.routes_io import write_snapshot
 except ImportError:
-    from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
+    from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
+    from tidegate.routes_io import write_snapshot
 try:
     from gateway.access.tokens import create_token
 except ImportError:
@@ -55,7 +56,9 @@ def start(tree: Path, state: Path, upstream_port: int) -> tuple[subprocess.Popen
     token = subprocess.run([sys.executable, "-c", SETUP, str(state), str(upstream_port)], cwd=tree,
                            capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
-    module = "reconciler.cli.main" if (tree / "reconciler" / "cli" / "main.py").exists() else "reconciler.cli"
+    # A tree from before the package restructure runs as `python -m reconciler.cli.main` (spelled in
+    # two parts so scripts/restructure_imports.py leaves it alone).
+    module = "reconciler.cli.main" if (tree / "reconciler" / "cli" / "main.py").exists() else "reconciler" + ".cli"
     proc = subprocess.Popen([sys.executable, "-m", module, "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}",
                              "--no-access-log"], cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
