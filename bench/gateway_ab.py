@@ -38,9 +38,10 @@ from pathlib import Path
 try:
     from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
     from tidegate.routes_io import write_snapshot
-except ImportError:
-    from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
-    from tidegate.routes_io import write_snapshot
+except ImportError:  # a tree from before the package restructure (names split: see below)
+    import importlib
+    old = importlib.import_module("gateway" + ".snapshot")
+    RoutesSnapshot, ServiceRoute, Upstream, write_snapshot = old.RoutesSnapshot, old.ServiceRoute, old.Upstream, old.write_snapshot
 try:
     from gateway.access.tokens import create_token
 except ImportError:
@@ -56,8 +57,8 @@ def start(tree: Path, state: Path, upstream_port: int) -> tuple[subprocess.Popen
     token = subprocess.run([sys.executable, "-c", SETUP, str(state), str(upstream_port)], cwd=tree,
                            capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
-    # A tree from before the package restructure runs as `python -m reconciler.cli.main` (spelled in
-    # two parts so scripts/restructure_imports.py leaves it alone).
+    # A tree from before the package restructure runs its CLI as the package `reconciler` + `.cli`
+    # (module names spelled in parts so scripts/restructure_imports.py leaves them alone).
     module = "reconciler.cli.main" if (tree / "reconciler" / "cli" / "main.py").exists() else "reconciler" + ".cli"
     proc = subprocess.Popen([sys.executable, "-m", module, "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}",
                              "--no-access-log"], cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
