@@ -19,6 +19,15 @@ with whatever interpreter runs the reconciler, independent of the replica's virt
 
 Start-up handshake: one line on stdout, `ok <relay pid>` or `error: <reason>`, then stdout is
 closed; the backend waits for it so namespace and spawn failures surface in `create()`.
+
+Sandbox (`--sandbox ARGV-JSON`, built by `local_sandbox.bwrap_argv`): the commands run as
+`<bwrap … setpriv …> bash run.sh`. The supervisor itself stays outside (it binds the socket in the
+replica dir, writes the log and exit.json, builds the venv as root and then hands it to the
+service's uid). bwrap is started in its own process group and without the replica marks in its own
+environment (the marks are set inside with `--setenv`): a stop then signals the sandboxed
+processes themselves (they carry the marks), which shut down gracefully, instead of killing bwrap,
+which would SIGKILL the whole sandbox at once. `--die-with-parent` still takes the sandbox down
+with the supervisor.
 """
 
 from __future__ import annotations
@@ -153,7 +162,7 @@ def make_unix_forwarder(path: str) -> Handler:
     return _relay_to(lambda: asyncio.open_unix_connection(path))
 
 
-def fork_egress_proxy(socket_path: str) -> None:
+def fork_egress_proxy(socket_path: str, policy_json: str | None = None) -> None:
     """Fork the egress proxy while still in the host's network namespace (see local_egress).
 
     The child is in the supervisor's process group (one killpg stops both) and also dies with the
@@ -175,7 +184,8 @@ def fork_egress_proxy(socket_path: str) -> None:
 
         import local_egress  # type: ignore[import-not-found]
 
-        asyncio.run(local_egress.serve(socket_path))
+        policy = local_egress.EgressPolicy.from_json(policy_json) if policy_json else local_egress.EgressPolicy()
+        asyncio.run(local_egress.serve(socket_path, policy))
     finally:
         os._exit(0)
 
@@ -198,16 +208,29 @@ def _handshake(message: str) -> None:
     os.close(devnull)
 
 
-def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) -> bool:
+def give_to(path: Path, uid: int) -> None:
+    """chown -R without following symlinks (the venv's python links into the system)."""
+    os.chown(path, uid, uid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+
+
+def ensure_venv(
+    venv: Path, interpreter: str, with_pip: bool, log: RotatingLog, owner: int | None = None
+) -> bool:
     """Build the spec's virtualenv once (replicas of one spec share it); False when it failed.
 
     Built in place (venvs are not relocatable) under an flock, and marked ready last, so a venv
-    half-built by a killed replica is detected and rebuilt by the next one.
+    half-built by a killed replica is detected and rebuilt by the next one. With `owner` (a
+    sandboxed replica's uid) the venv is that uid's, so `pip install` in the commands works.
     """
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         if (venv / READY_MARKER).exists():
+            if owner is not None and venv.stat().st_uid != owner:
+                give_to(venv, owner)
             return True
         cmd = [interpreter, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)]
         log.write(f"[tidegate] creating virtualenv: {' '.join(cmd)}\n".encode())
@@ -217,6 +240,8 @@ def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) 
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
             log.write(proc.stdout + proc.stderr)
             if proc.returncode == 0:
+                if owner is not None:
+                    give_to(venv, owner)
                 (venv / READY_MARKER).write_text(interpreter + "\n")
                 return True
             problem = f"exit code {proc.returncode}"
@@ -227,13 +252,49 @@ def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) 
         return False
 
 
+MARKS = ("TIDEGATE_REPLICA", "TIDEGATE_REPLICA_DIR", "TIDEGATE_OWNER")
+
+
+def marked_pids(replica_dir: str, exclude: int) -> list[int]:
+    """Processes whose environment carries this replica's directory mark (a /proc scan)."""
+    needle = f"TIDEGATE_REPLICA_DIR={replica_dir}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def spawn(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    if not args.sandbox:
+        return subprocess.Popen(
+            ["bash", args.script],
+            cwd=args.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    wrapper = json.loads(args.sandbox)
+    if args.venv:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import local_sandbox  # type: ignore[import-not-found]
+
+        wrapper = local_sandbox.with_venv_base(wrapper, Path(args.venv))
+    env = {k: v for k, v in os.environ.items() if k not in MARKS}  # set inside by --setenv
     return subprocess.Popen(
-        ["bash", args.script],
+        [*wrapper, "bash", args.script],
         cwd=args.workdir,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        process_group=0,
     )
 
 
@@ -288,7 +349,12 @@ async def supervise(
     def forward(signum: int) -> None:
         # A group signal already reached the child; this covers a signal sent to the relay alone.
         stopping.append(signum)
-        if proc is not None:
+        if proc is not None and args.sandbox:
+            # Not bwrap itself (its death SIGKILLs the sandbox): the marked processes inside.
+            for pid in marked_pids(os.environ.get("TIDEGATE_REPLICA_DIR", "?"), exclude=os.getpid()):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+        elif proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
 
@@ -299,7 +365,7 @@ async def supervise(
     if proc is None:
         try:
             built = await loop.run_in_executor(
-                None, ensure_venv, Path(args.venv), args.venv_python, args.venv_with_pip, log
+                None, ensure_venv, Path(args.venv), args.venv_python, args.venv_with_pip, log, args.venv_owner
             )
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -348,9 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provisioning-file", help="present while the virtualenv is being built")
     parser.add_argument("--egress-socket", help="unix socket of the egress proxy (namespace mode)")
     parser.add_argument("--egress-port", type=int, help="loopback port of the proxy inside the namespace")
+    parser.add_argument("--egress-policy", help="the proxy's destination policy (JSON, local_egress.EgressPolicy)")
+    parser.add_argument("--sandbox", help="JSON argv the commands run under (bwrap ... setpriv ...)")
+    parser.add_argument("--venv-owner", type=int, help="uid (and gid) the virtualenv is given to")
     args = parser.parse_args(argv)
     if args.netns and args.egress_socket and not args.probe:
-        fork_egress_proxy(args.egress_socket)
+        fork_egress_proxy(args.egress_socket, args.egress_policy)
     if args.netns or args.probe:
         try:
             enter_network_namespace()
