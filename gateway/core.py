@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,9 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by an in-process reconciler: receives (event, payload) of webhooks that passed the
+        # HMAC check (gateway/hooks.py); the only way webhook facts reach it (signal files cannot).
+        self.verified_events: Callable[[str, dict[str, Any]], None] | None = None
         self._last_demand: dict[str, float] = {}
         self._gateway_host = settings.gateway_host
         self._domain_suffix = "." + settings.domain.lower()

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway.signals import SIGNALS_DIR, drain_signals
+from gateway.signals import drain_signals, signals_folder
 from reconciler.source import watch_folder
 
 log = logging.getLogger("tidegate.loop")
@@ -146,8 +146,7 @@ class Loop:
         )
         self._scheduler.start()
         if self.state_dir is not None:
-            folder = self.state_dir / SIGNALS_DIR
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = signals_folder(self.state_dir)  # 0700
             self._threads.append(watch_folder(folder, self.drain, self._stop, name="tidegate-signals", poll_every=1.0))
             self.drain()  # files written while nobody was watching
 
