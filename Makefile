@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-fast lint plain-install slow bench clean
+.PHONY: up test test-fast lint plain-install slow bench clean sandbox-tool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-up: $(STAMP)
+# The replica sandbox (bubblewrap): installed when missing and we are root, else a clear warning.
+sandbox-tool:
+	@bash scripts/ensure_sandbox.sh
+
+up: $(STAMP) sandbox-tool
 	$(BIN)/python -m reconciler.quickstart
 
 lint: $(STAMP)
@@ -26,11 +30,11 @@ lint: $(STAMP)
 plain-install:
 	bash scripts/check_plain_install.sh
 
-test: lint plain-install
+test: sandbox-tool lint plain-install
 	$(BIN)/python -m pytest -m "not slow" -q
 	$(BIN)/python -m pytest -m slow -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sandbox-tool
 	$(BIN)/python -m pytest -m "not slow" -q -x
 
 bench: $(STAMP)

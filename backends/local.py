@@ -451,6 +451,9 @@ class LocalBackend:
             return (), None
         uid = local_sandbox.replica_uid(spec.service)
         local_sandbox.chown_tree(paths.work, uid)
+        # bwrap enters it (--chdir) as root without CAP_DAC_*; a checkout's mkdtemp mode (0700)
+        # would shut it out. Its contents keep their modes; only the replica's mounts see it.
+        paths.work.chmod(0o755)
         local_sandbox.chown_tree(paths.home, uid)
         plan = local_sandbox.SandboxPlan(
             tools=tools,

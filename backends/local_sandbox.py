@@ -113,8 +113,8 @@ def bwrap_argv(plan: SandboxPlan, layout: Sequence[str]) -> list[str]:
         "--ro-bind", "/etc", "/etc",
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
-        "--tmpfs", "/var/tmp",
+        "--perms", "1777", "--tmpfs", "/tmp",
+        "--perms", "1777", "--tmpfs", "/var/tmp",
     ]  # fmt: skip
     binds = [plan.work, plan.home, *([plan.venv] if plan.venv else []), plan.script]
     # bwrap would create the missing parents of a bind as 0700 root: unreadable to the replica.
