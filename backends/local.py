@@ -8,6 +8,7 @@ Layout under `root` (the reconciler passes `<state>/replicas`)::
 
     <root>/<replica_id>/replica.json   metadata: ids, owner, port, env NAMES, pid + start time
     <root>/<replica_id>/work/          copy of spec.workdir (repo at the commit, minus .git/.dstackignore)
+    <root>/<replica_id>/home/          the replica's HOME (+ tmp/, its TMPDIR, when not sandboxed)
     <root>/<replica_id>/run.sh         the commands
     <root>/<replica_id>/logs/replica.log (+ .1)  stdout+stderr, size-capped, one backup
     <root>/<replica_id>/http.sock      the replica's port, exposed as a unix socket
@@ -60,7 +61,6 @@ the reconciler can show it in the plan; `create()` raises PermanentError with th
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -70,9 +70,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from backends import local_egress, local_host, local_proc, local_sandbox, local_spawn
+from backends import local_confine, local_egress, local_host, local_proc, local_sandbox, local_spawn
 from backends.base import (
     Offer,
     PermanentError,
@@ -96,8 +94,6 @@ from backends.local_sandbox import SandboxMode
 from backends.local_status import recorded, replica_info, start_meta
 
 __all__ = ["META", "LocalBackend", "NetworkMode", "SandboxMode", "socket_path"]
-
-log = logging.getLogger("tidegate.local")
 
 META = "replica.json"
 KEPT_LOG_LINES = 200
@@ -436,53 +432,12 @@ class LocalBackend:
     def _sandbox_for(
         self, spec: ReplicaSpec, paths: ReplicaPaths, venv: tuple[Path, str] | None
     ) -> tuple[tuple[str, ...], int | None]:
-        """The sandbox prefix and uid for a commands replica, after giving it its files; ((), None)
-        for an unsandboxed one (a trusted service on a machine without bwrap: said loudly)."""
-        paths.home.mkdir(exist_ok=True)
         problem = self.sandbox_unavailable()
-        tools = local_sandbox.find_tools()
-        if problem is not None or tools is None:
-            paths.tmp.mkdir(exist_ok=True)
-            warning = f"{spec.replica_id} runs WITHOUT the replica sandbox: {problem}"
-            log.warning("%s", warning)
-            paths.log.parent.mkdir(exist_ok=True)
-            with open(paths.log, "a", encoding="utf-8") as f:
-                f.write(f"[tidegate] WARNING: {warning}\n")
-            return (), None
-        uid = local_sandbox.replica_uid(spec.service)
-        local_sandbox.chown_tree(paths.work, uid)
-        # bwrap enters it (--chdir) as root without CAP_DAC_*; a checkout's mkdtemp mode (0700)
-        # would shut it out. Its contents keep their modes; only the replica's mounts see it.
-        paths.work.chmod(0o755)
-        local_sandbox.chown_tree(paths.home, uid)
-        plan = local_sandbox.SandboxPlan(
-            tools=tools,
-            uid=uid,
-            work=paths.work,
-            home=paths.home,
-            script=paths.script,
-            marks=(
-                (local_proc.MARK_REPLICA, spec.replica_id),
-                (local_proc.MARK_DIR, str(paths.dir)),
-                (local_proc.MARK_OWNER, self.owner),
-            ),
-            venv=venv[0] if venv else None,
-            devices=local_sandbox.gpu_devices() if spec.requirements.gpu is not None else (),
-        )
-        return tuple(local_sandbox.bwrap_argv(plan, local_sandbox.root_layout())), uid
+        return local_confine.prepare(spec, paths, self.owner, venv[0] if venv else None, problem)
 
     def _egress_policy(self, spec: ReplicaSpec) -> local_egress.EgressPolicy:
-        """Public internet; never this host's own addresses (the gateway, whatever it listens on);
-        plus the operator's rules for a trusted service."""
-        deny = []
-        with contextlib.suppress(OSError):
-            for addrs in psutil.net_if_addrs().values():
-                for a in addrs:
-                    if a.family.name in ("AF_INET", "AF_INET6"):
-                        with contextlib.suppress(ValueError):
-                            deny.append(local_egress.parse_rule(a.address.split("%", 1)[0]))
         allow = self.egress_allow.get(spec.service, ()) if spec.trusted else ()
-        return local_egress.EgressPolicy(allow=allow, deny=tuple(deny))
+        return local_confine.egress_policy(allow)
 
     def _describe(self, replica_id: str, holding_lock: bool = False) -> ReplicaInfo | None:
         return replica_info(self.name, self.owner, self._paths(replica_id), self.logs, holding_lock=holding_lock)
