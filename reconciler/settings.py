@@ -160,7 +160,9 @@ def load_cloud_settings(path: Path | str | None, environ: Mapping[str, str]) -> 
 def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, gateway: bool = False) -> None:
     """Options shared by the runtime commands (each command adds only what it uses)."""
     parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
-    parser.add_argument("--settings", metavar="FILE", help="cloud backend settings (aws/azure)")
+    parser.add_argument(
+        "--settings", metavar="FILE", help="settings file: cloud backends (aws/azure), previews, egress, sandbox"
+    )
     if source:
         parser.add_argument("--repo", metavar="URL|PATH", help="git URL (file://, https, ssh) or local path")
         parser.add_argument("--branch", default="main", help="branch to deploy (default: main)")

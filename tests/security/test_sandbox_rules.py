@@ -159,3 +159,34 @@ def test_sandbox_required_refuses_even_trusted(tmp_path: Path, monkeypatch: pyte
     backend = LocalBackend(tmp_path / "replicas", "me", sandbox=SandboxMode.REQUIRED)
     reason = backend.can_run(spec(tmp_path, "web", trusted=True))
     assert reason is not None and "bubblewrap" in reason
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param("egress:\n  allow:\n    web: ['10.0.0.0/8', '[fd00::/8]:443']\nsandbox: required\n", None, id="ok"),
+        pytest.param("egress:\n  allow:\n    web: ['db.internal:5432']\n", "egress.allow.web: bad egress rule", id="a-name"),
+        pytest.param("egress:\n  deny: {}\n", "one key, allow", id="unknown-key"),
+        pytest.param("egress:\n  allow:\n    web: '10.0.0.0/8'\n", "expected a list", id="not-a-list"),
+        pytest.param("sandbox: maybe\n", "sandbox: expected one of auto, required, off", id="bad-mode"),
+    ],
+)
+def test_the_settings_file_shapes_egress_and_sandbox(tmp_path: Path, text: str, problem: str | None) -> None:
+    import argparse
+
+    from reconciler.settings import SettingsError, build_settings
+
+    path = tmp_path / "settings.yml"
+    path.write_text(text)
+    args = argparse.Namespace(settings=str(path), state=str(tmp_path / "state"))
+    if problem is not None:
+        with pytest.raises(SettingsError, match=problem):
+            build_settings(args, {})
+        return
+    settings = build_settings(args, {})
+    assert settings.egress_allow == {"web": ("10.0.0.0/8", "[fd00::/8]:443")} and settings.sandbox == "required"
+    from reconciler.runtime import build_registry
+
+    local = build_registry(settings, "me").get("local")
+    assert isinstance(local, LocalBackend) and local.sandbox == SandboxMode.REQUIRED
+    assert [str(r) for r in local.egress_allow["web"]] == ["10.0.0.0/8", "[fd00::/8]:443"]
