@@ -337,6 +337,7 @@ class LocalBackend:
                 if meta is not None and meta.get("venv") == str(venv):
                     return
             shutil.rmtree(venv, ignore_errors=True)
+            local_sandbox.venv_base_file(venv).unlink(missing_ok=True)
 
     def _venv_for(self, spec: ReplicaSpec) -> tuple[Path, str] | None:
         """Where the spec's virtualenv lives (cached by spec hash) and the interpreter to build it."""

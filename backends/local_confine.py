@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def prepare(
     # bwrap enters it (--chdir) as root without CAP_DAC_*; a checkout's mkdtemp mode (0700) would
     # shut it out. Its contents keep their modes; only the replica's own mounts show it.
     paths.work.chmod(0o755)
-    local_sandbox.chown_tree(paths.home, uid)
+    # Only the folder: what is inside was written by this uid (a root walk over a tree a replica
+    # wrote is how symlink races start).
+    os.chown(paths.home, uid, uid)
     plan = local_sandbox.SandboxPlan(
         tools=tools,
         uid=uid,

@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -47,7 +48,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily at run time: it is the slowest part of start-up
     import asyncio
@@ -208,12 +209,12 @@ def _handshake(message: str) -> None:
     os.close(devnull)
 
 
-def give_to(path: Path, uid: int) -> None:
-    """chown -R without following symlinks (the venv's python links into the system)."""
-    os.chown(path, uid, uid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+def sibling(name: str) -> Any:
+    """A standard-library-only module beside this file (this script runs with `-I -S`, by path)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
 
 
 def ensure_venv(
@@ -223,14 +224,19 @@ def ensure_venv(
 
     Built in place (venvs are not relocatable) under an flock, and marked ready last, so a venv
     half-built by a killed replica is detected and rebuilt by the next one. With `owner` (a
-    sandboxed replica's uid) the venv is that uid's, so `pip install` in the commands works.
+    sandboxed replica's uid) the venv is that uid's, so `pip install` in the commands works: it is
+    handed over right after the build, before any replica can touch it, and never chowned again (a
+    tree a running replica can change is no place for a root `chown -R`); a venv of another owner
+    is rebuilt instead. Its base prefix is recorded beside it at the same moment (local_sandbox).
     """
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if (venv / READY_MARKER).exists():
-            if owner is not None and venv.stat().st_uid != owner:
-                give_to(venv, owner)
+        ready = (venv / READY_MARKER).exists()
+        if ready and owner is not None:
+            sandbox = sibling("local_sandbox")
+            ready = venv.stat().st_uid == owner and sandbox.venv_base_file(venv).exists()
+        if ready:
             return True
         cmd = [interpreter, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)]
         log.write(f"[tidegate] creating virtualenv: {' '.join(cmd)}\n".encode())
@@ -240,9 +246,12 @@ def ensure_venv(
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
             log.write(proc.stdout + proc.stderr)
             if proc.returncode == 0:
-                if owner is not None:
-                    give_to(venv, owner)
                 (venv / READY_MARKER).write_text(interpreter + "\n")
+                if owner is not None:
+                    sandbox = sibling("local_sandbox")
+                    base = sandbox.venv_base_prefix(venv)  # written by the build, not yet by a replica
+                    sandbox.venv_base_file(venv).write_text(f"{base or ''}\n")
+                    sandbox.chown_tree(venv, owner)
                 return True
             problem = f"exit code {proc.returncode}"
         except OSError as e:
@@ -282,10 +291,8 @@ def spawn(args: argparse.Namespace) -> subprocess.Popen[bytes]:
         )
     wrapper = json.loads(args.sandbox)
     if args.venv:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import local_sandbox  # type: ignore[import-not-found]
-
-        wrapper = local_sandbox.with_venv_base(wrapper, Path(args.venv))
+        sandbox = sibling("local_sandbox")
+        wrapper = sandbox.with_venv_base(wrapper, sandbox.recorded_venv_base(Path(args.venv)))
     env = {k: v for k, v in os.environ.items() if k not in MARKS}  # set inside by --setenv
     return subprocess.Popen(
         [*wrapper, "bash", args.script],

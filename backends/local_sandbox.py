@@ -202,10 +202,24 @@ def venv_base_prefix(venv: Path) -> Path | None:
     return None
 
 
-def with_venv_base(argv: Sequence[str], venv: Path) -> list[str]:
-    """`argv` (from `bwrap_argv`) with the venv's base interpreter bound read-only, when that lives
-    outside /usr (a pyenv build under /root, say). Called by the supervisor once the venv exists."""
-    prefix = venv_base_prefix(venv)
+def venv_base_file(venv: Path) -> Path:
+    """Where the supervisor records a venv's base prefix when it builds it: beside the venv, outside
+    it. The venv itself is the replica's to write, so its pyvenv.cfg is never read again after that
+    (a replica rewriting `home` would otherwise choose what of the host gets bound in next time)."""
+    return venv.parent / f".{venv.name}.base"
+
+
+def recorded_venv_base(venv: Path) -> Path | None:
+    try:
+        text = venv_base_file(venv).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def with_venv_base(argv: Sequence[str], prefix: Path | None) -> list[str]:
+    """`argv` (from `bwrap_argv`) with a venv's base interpreter prefix (`recorded_venv_base`) bound
+    read-only, when that lives outside /usr (a pyenv build under /root, say)."""
     if prefix is None or prefix.is_relative_to("/usr") or "--chdir" not in argv:
         return list(argv)
     extra: list[str] = []

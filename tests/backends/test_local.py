@@ -16,6 +16,7 @@ import psutil
 import pytest
 from contract import BackendContract, SpecFactory, eventually
 
+from backends import local_sandbox
 from backends.base import (
     GpuRequirement,
     PermanentError,
@@ -155,11 +156,13 @@ def test_python_gets_a_cached_isolated_venv(make_backend: Factory, app_dir: Path
     assert replies[0]["prefix"] == replies[1]["prefix"]
     assert Path(replies[0]["prefix"]).parent == venvs
     assert replies[0]["virtual_env"] == replies[0]["prefix"]
-    assert len(list(venvs.iterdir())) == 2  # one venv and its lock file
+    # One venv, its lock file and (sandboxed) the record of its base interpreter.
+    assert len(list(venvs.iterdir())) == (3 if backend.sandbox_unavailable() is None else 2)
     backend.delete(first.replica_id)
     assert Path(replies[0]["prefix"]).is_dir()  # still used by the second replica
     backend.delete(second.replica_id)
     assert not Path(replies[0]["prefix"]).exists()  # pruned with its last replica
+    assert not local_sandbox.venv_base_file(Path(replies[0]["prefix"])).exists()
 
 
 def test_missing_python_version_is_a_permanent_error(make_backend: Factory, app_dir: Path) -> None:

@@ -82,11 +82,24 @@ def test_a_venv_base_outside_usr_is_bound_read_only(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     venv.mkdir()
     (venv / "pyvenv.cfg").write_text("home = /root/.pyenv/versions/3.11.7/bin\nversion = 3.11.7\n")
-    argv = local_sandbox.with_venv_base(bwrap_argv(plan(tmp_path), []), venv)
+    prefix = local_sandbox.venv_base_prefix(venv)
+    argv = local_sandbox.with_venv_base(bwrap_argv(plan(tmp_path), []), prefix)
     assert "/root/.pyenv/versions/3.11.7" in pairs(argv, "--ro-bind")
     assert "/root" in pairs(argv, "--dir")  # made 0755, or the uid could not reach the interpreter
-    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    assert local_sandbox.with_venv_base(bwrap_argv(plan(tmp_path), []), venv) == bwrap_argv(plan(tmp_path), [])
+    usr = local_sandbox.with_venv_base(bwrap_argv(plan(tmp_path), []), Path("/usr"))
+    assert usr == bwrap_argv(plan(tmp_path), [])
+
+
+def test_a_replica_rewriting_its_pyvenv_cfg_chooses_nothing(tmp_path: Path) -> None:
+    """The venv is the replica's to write; what gets bound comes from the record the supervisor made
+    beside the venv (outside it) when it built it."""
+    venv = tmp_path / ".venvs" / "abc-py3.11"
+    venv.mkdir(parents=True)
+    local_sandbox.venv_base_file(venv).write_text("/root/.pyenv/versions/3.11.7\n")
+    (venv / "pyvenv.cfg").write_text(f"home = {tmp_path / 'state'}/bin\n")  # the replica's edit
+    argv = local_sandbox.with_venv_base(bwrap_argv(plan(tmp_path), []), local_sandbox.recorded_venv_base(venv))
+    assert str(tmp_path / "state") not in pairs(argv, "--ro-bind")
+    assert "/root/.pyenv/versions/3.11.7" in pairs(argv, "--ro-bind")
 
 
 def hide_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
