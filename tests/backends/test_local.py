@@ -616,3 +616,17 @@ def test_namespaced_replica_reaches_out_through_the_egress_proxy(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_delete_right_after_create_leaves_no_sandbox_behind(make_backend: Factory, app_dir: Path) -> None:
+    """A stop that lands while the sandbox is still starting (its app not yet exec'd, so not yet
+    marked) must still end every process of it, bwrap included."""
+    from backends.local_proc import sandbox_processes
+
+    backend = make_backend(grace=1.0)
+    for ordinal in range(4):
+        spec = spec_for(app_dir, ordinal=ordinal)
+        backend.create(spec)
+        backend.delete(spec.replica_id)
+        replica_dir = str(backend.root / spec.replica_id)
+        assert marked_processes(replica_dir) == [] and sandbox_processes(replica_dir) == []
