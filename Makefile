@@ -17,10 +17,10 @@ sandbox-tool:
 	@bash scripts/ensure_sandbox.sh
 
 up: $(STAMP) sandbox-tool
-	$(BIN)/python -m reconciler.quickstart
+	$(BIN)/python -m reconciler.cli.quickstart
 
 lint: $(STAMP)
-	$(BIN)/ruff check reconciler backends gateway tests bench examples
+	$(BIN)/ruff check tidegate reconciler backends gateway tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	bash scripts/actionlint.sh

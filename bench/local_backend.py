@@ -28,7 +28,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.base import ReplicaSpec
-from backends.local import LocalBackend, NetworkMode, SandboxMode
+from backends.local.backend import LocalBackend, NetworkMode, SandboxMode
 
 APP = """
 from http.server import BaseHTTPRequestHandler, HTTPServer

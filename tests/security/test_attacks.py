@@ -27,13 +27,13 @@ from typing import Any
 import httpx
 import pytest
 
-from backends import local_sandbox
-from backends.local_proc import MARK_REPLICA
-from gateway.signals import SIGNALS_DIR, send_signal
-from reconciler.pr_source import read_decision
+from backends.local import sandbox as local_sandbox
+from backends.local.proc import MARK_REPLICA
+from reconciler.previews.pr_source import read_decision
 from tests.e2e.helpers import Remote, Tidegate, free_port, kill_replicas, replica_processes, wait_for
 from tests.security.attacker import APP
 from tests.support.git_repo import bare_remote, open_pr
+from tidegate.signals import SIGNALS_DIR, send_signal
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +182,7 @@ def test_other_processes_are_invisible(deployment: Deployment, name: str) -> Non
     assert seen["foreign_environs"] == []
     assert len(seen["pids"]) < 10, seen["cmdlines"]
     joined = "\n".join(seen["cmdlines"])
-    for other in ("reconciler.cli", "local_relay", "victim", "uvicorn"):
+    for other in ("reconciler.cli", "relay.py", "victim", "uvicorn"):
         assert other not in joined, seen["cmdlines"]
     # What is there: the sandbox's own init (bwrap), the run script's bash and the app.
     assert all(("bwrap" in c) or ("run.sh" in c) or ("app.py" in c) for c in seen["cmdlines"]), seen["cmdlines"]

@@ -12,7 +12,7 @@ import ipaddress
 
 import pytest
 
-from backends.local_egress import EgressPolicy, choose, decide, parse_rule, resolve
+from backends.local.egress import EgressPolicy, choose, decide, parse_rule, resolve
 
 HOST = EgressPolicy(deny=(parse_rule("203.0.113.7"), parse_rule("2001:db8::7")))  # "this host"
 WIDENED = EgressPolicy(

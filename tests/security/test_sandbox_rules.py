@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends import local_sandbox
 from backends.base import BackendRegistry, GpuRequirement, ReplicaSpec, Requirements
-from backends.local import LocalBackend, NetworkMode, SandboxMode
-from backends.local_layout import ReplicaPaths
-from backends.local_sandbox import SandboxPlan, SandboxTools, bwrap_argv, replica_uid, root_layout
+from backends.local import sandbox as local_sandbox
+from backends.local.backend import LocalBackend, NetworkMode, SandboxMode
+from backends.local.layout import ReplicaPaths
+from backends.local.sandbox import SandboxPlan, SandboxTools, bwrap_argv, replica_uid, root_layout
 
 TOOLS = SandboxTools(bwrap="/usr/bin/bwrap", setpriv="/usr/bin/setpriv")
 APP = "from http.server import *\nHTTPServer(('127.0.0.1', 8000), SimpleHTTPRequestHandler).serve_forever()\n"
@@ -128,9 +128,9 @@ def spec(tmp_path: Path, service: str, trusted: bool) -> ReplicaSpec:
 
 
 def test_without_bwrap_a_preview_is_refused_with_the_reason(tmp_path: Path, without_bwrap: LocalBackend) -> None:
-    from reconciler.desired import DesiredService, DesiredSet
-    from reconciler.offers import with_offers
-    from reconciler.records import RouteInfo
+    from reconciler.engine.desired import DesiredService, DesiredSet
+    from reconciler.engine.offers import with_offers
+    from reconciler.state.records import RouteInfo
 
     preview = spec(tmp_path, "web-pr-1", trusted=False)
     reason = without_bwrap.can_run(preview)
@@ -187,7 +187,7 @@ def test_sandbox_required_refuses_even_trusted(tmp_path: Path, monkeypatch: pyte
 def test_the_settings_file_shapes_egress_and_sandbox(tmp_path: Path, text: str, problem: str | None) -> None:
     import argparse
 
-    from reconciler.settings import SettingsError, build_settings
+    from reconciler.cli.settings import SettingsError, build_settings
 
     path = tmp_path / "settings.yml"
     path.write_text(text)
@@ -198,7 +198,7 @@ def test_the_settings_file_shapes_egress_and_sandbox(tmp_path: Path, text: str, 
         return
     settings = build_settings(args, {})
     assert settings.egress_allow == {"web": ("10.0.0.0/8", "[fd00::/8]:443")} and settings.sandbox == "required"
-    from reconciler.runtime import build_registry
+    from reconciler.cli.runtime import build_registry
 
     local = build_registry(settings, "me").get("local")
     assert isinstance(local, LocalBackend) and local.sandbox == SandboxMode.REQUIRED
