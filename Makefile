@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-fast lint plain-install slow bench clean sandbox-tool
+# Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so):
+# sshd for the tunnel tests, bubblewrap for the replica sandbox (tests/security needs it).
+SYSTEM_PACKAGES := openssh-server bubblewrap
+
+.PHONY: up test test-fast lint plain-install system-packages slow bench clean sandbox-tool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +34,10 @@ lint: $(STAMP)
 plain-install:
 	bash scripts/check_plain_install.sh
 
-test: sandbox-tool lint plain-install
+system-packages:
+	bash scripts/system-packages.sh $(SYSTEM_PACKAGES)
+
+test: system-packages lint plain-install
 	$(BIN)/python -m pytest -m "not slow" -q
 	$(BIN)/python -m pytest -m slow -q
 
