@@ -149,9 +149,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     gateway: runtime.GatewayThread | None = None
     loop: Loop | None = None
+    verified = runtime.VerifiedInbox()
     try:
         if not args.no_gateway:
-            gateway = runtime.GatewayThread(settings)
+            gateway = runtime.GatewayThread(settings, verified)
             if not gateway.start():
                 return _fail(f"gateway: {gateway.error}")
         announced: list[frozenset[str]] = []
@@ -174,6 +175,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             deploy_reporter=runtime.build_deploy_reporter(settings),
             status_url=settings.gateway_url,
             sweeper=runtime.build_orphan_sweeper(engine),
+            verified=verified,
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
         signals.append(loop)
