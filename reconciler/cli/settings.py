@@ -28,7 +28,8 @@ DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_READY_TIMEOUT = 1800.0
 # Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
-RECONCILER_KEYS = ("previews", "webhook_secret", "default_backends", "default_backend")
+RECONCILER_KEYS = ("previews", "webhook_secret", "egress", "sandbox", "default_backends", "default_backend")
+SANDBOX_MODES = ("auto", "required", "off")
 BACKEND_KINDS = ("local", "aws", "azure")
 WEBHOOK_SECRET_ENV = "TIDEGATE_WEBHOOK_SECRET"
 
@@ -62,6 +63,13 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     # Where a service without `backends:` may go (the cheapest offer wins); empty: every backend.
     default_backends: tuple[str, ...] = ()
+    # `up`'s gateway tuning options (gateway.options), as GatewaySettings fields.
+    gateway_options: Mapping[str, Any] = field(default_factory=dict)
+    # The settings file's `egress: {allow: {<service>: [CIDR[:port], ...]}}`: destinations a
+    # trusted service's replicas may reach beyond the public internet (never a preview's).
+    egress_allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The settings file's `sandbox:` (auto | required | off) for local replicas.
+    sandbox: str = "auto"
 
     @property
     def listen_host(self) -> str:
@@ -136,6 +144,14 @@ def read_settings_file(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]
     key = "default_backends" if "default_backends" in ours else "default_backend"
     if key in ours:
         ours["default_backends"] = _default_backends(path, doc, key, ours.pop(key))
+    if "sandbox" in ours and ours["sandbox"] not in SANDBOX_MODES:
+        message = f"sandbox: expected one of {', '.join(SANDBOX_MODES)}, got {ours['sandbox']!r}"
+        raise SettingsError(_where(path, doc, ("sandbox",), message))
+    if "egress" in ours:
+        try:
+            ours["egress_allow"] = egress_allow(ours["egress"], path)
+        except SettingsError as e:  # name the line too
+            raise SettingsError(_where(path, doc, ("egress",), str(e).removeprefix(f"{path}: "))) from e
     return {k: v for k, v in raw.items() if k not in RECONCILER_KEYS}, ours
 
 
@@ -154,6 +170,26 @@ def _default_backends(path: Path | str, doc: Document, key: str, value: Any) -> 
 def _where(path: Path | str, doc: Document | None, loc: Sequence[str | int], message: str) -> str:
     position = locate(doc.node if doc else None, loc)[0]
     return f"{path}:{position.line}:{position.column}: {message}"
+
+
+def egress_allow(section: Any, path: Path | str) -> dict[str, tuple[str, ...]]:
+    """`egress: {allow: {<service>: [rule, ...]}}` checked rule by rule (backends.local.egress)."""
+    from backends.local.egress import parse_rule
+
+    if not isinstance(section or {}, dict) or set(section or {}) - {"allow"}:
+        raise SettingsError(f"{path}: egress: expected a mapping with one key, allow")
+    allow = (section or {}).get("allow") or {}
+    if not isinstance(allow, dict):
+        raise SettingsError(f"{path}: egress.allow: expected a mapping of service name to a list of rules")
+    out: dict[str, tuple[str, ...]] = {}
+    for service, rules in allow.items():
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            raise SettingsError(f"{path}: egress.allow.{service}: expected a list of CIDR[:port] strings")
+        try:
+            out[str(service)] = tuple(str(parse_rule(r)) for r in rules)
+        except ValueError as e:
+            raise SettingsError(f"{path}: egress.allow.{service}: {e}") from e
+    return out
 
 
 def load_cloud_settings(path: Path | str | None, environ: Mapping[str, str]) -> Any:
@@ -201,7 +237,9 @@ def _settings_loc(doc: Document, loc: Sequence[str | int]) -> tuple[str | int, .
 def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, gateway: bool = False) -> None:
     """Options shared by the runtime commands (each command adds only what it uses)."""
     parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
-    parser.add_argument("--settings", metavar="FILE", help="cloud backend settings (aws/azure)")
+    parser.add_argument(
+        "--settings", metavar="FILE", help="settings file: cloud backends (aws/azure), previews, egress, sandbox"
+    )
     if source:
         parser.add_argument("--repo", metavar="URL|PATH", help="git URL (file://, https, ssh) or local path")
         parser.add_argument(
@@ -256,6 +294,12 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     settings_file = getattr(args, "settings", None)
     ours = read_settings_file(Path(settings_file).expanduser())[1] if settings_file else {}
     secret = env_map.get(WEBHOOK_SECRET_ENV) or values.get(WEBHOOK_SECRET_ENV) or ours.get("webhook_secret")
+    from gateway.options import gateway_overrides
+
+    try:
+        gateway_options = gateway_overrides(args)
+    except ValueError as e:
+        raise SettingsError(str(e)) from e
     return Settings(
         state_dir=Path(state).expanduser().resolve(),
         repo=repo,
@@ -273,6 +317,9 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         previews_section=dict(ours.get("previews") or {}),
         webhook_secret=str(secret) if secret else None,
         default_backends=tuple(ours.get("default_backends") or ()),
+        gateway_options=gateway_options,
+        egress_allow=ours.get("egress_allow") or {},
+        sandbox=str(ours.get("sandbox") or "auto"),
     )
 
 

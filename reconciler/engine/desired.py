@@ -226,13 +226,16 @@ def build_desired(
     code_hash: Callable[[], str] | None = None,
     default_backends: Sequence[str] = (),
     missing_env_ok: bool = False,
+    trusted: bool = True,
 ) -> DesiredSet:
     """The desired set of one load. `code_hash` gives the content hash of the files replicas get
     (default: `code_files.code_hash_at(workdir, revision)`); it is asked at most once, and only
     when some service runs on a backend in WORKDIR_BACKENDS. A service without `backends:` may
     run on any of `default_backends` (empty: every configured backend) that is configured.
     `missing_env_ok` (a plan for a pull request, which never sees production's secrets): a bare
-    `KEY` without a value is a warning instead of blocking the service."""
+    `KEY` without a value is a warning instead of blocking the service. `trusted`: the load is the
+    deployed branch (True) or a PR's head (False: its replicas are sandboxed without exception and
+    get no operator egress rules; SECURITY.md)."""
     services: dict[str, DesiredService] = {}
     files_memo: list[str | None] = []
 
@@ -304,6 +307,7 @@ def build_desired(
             requirements=requirements,
             workdir=workdir,
             revision=revision,
+            trusted=trusted,
         )
         scaling = None
         if c.scaling is not None:
