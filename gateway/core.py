@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from backends.fsutil import describe_os_error
 from gateway import hooks, openai_api
 from gateway.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from gateway.balancer import Balancer, has_ready
@@ -179,13 +180,17 @@ class Gateway:
 
     async def _publish_stats(self) -> None:
         pid = os.getpid()
+        failing: str | None = None  # logged once per distinct error (a full disk fails every time)
         while True:
             try:
                 self.stats.flush()
                 data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time())
                 await asyncio.to_thread(write_stats, self.settings.state_dir, data)
+                failing = None
             except OSError as e:
-                log.warning("cannot write gateway stats: %s", e)
+                if describe_os_error(e) != failing:
+                    failing = describe_os_error(e)
+                    log.warning("cannot write gateway stats: %s", failing)
             await asyncio.sleep(self.settings.stats_interval)
 
     def _per_upstream(self, service: str) -> dict[str, int]:
@@ -252,7 +257,12 @@ class Gateway:
             if path.startswith("/v1/") or path == "/v1":
                 await openai_api.handle(self, scope, receive, send, path)
             elif path == "/healthz":
-                await send_json(send, 200, {"status": "ok", "routes_serial": self.table.snapshot.serial})
+                self.tokens.refresh()
+                if self.tokens.error is not None:  # serving with the last good tokens: say so
+                    body = {"status": "unhealthy", "error": self.tokens.error, "routes_serial": self.table.snapshot.serial}
+                    await send_json(send, 503, body)
+                else:
+                    await send_json(send, 200, {"status": "ok", "routes_serial": self.table.snapshot.serial})
             elif path == "/metrics":
                 self.stats.flush()
                 await metrics_response(send)

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from backends.fsutil import describe_os_error
+
 # Modules contributing subcommands, in help order.
 COMMAND_MODULES = (
     "reconciler.validate_cmd",  # validate, schema
@@ -19,6 +21,7 @@ COMMAND_MODULES = (
     "reconciler.commands",  # apply, up, ps, logs, stop, start
     "gateway.cli",  # gateway, token
     "reconciler.cloud_cmd",  # offers, gc
+    "reconciler.state_cmd",  # state restore
 )
 
 
@@ -50,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args))
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        # What the machine did (disk full, read-only, permissions), not a bug: one line, no traceback.
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.signals import send_signal
 from gateway.snapshot import read_snapshot
-from reconciler.errors import ReconcilerError, StateLockedError
+from reconciler.errors import ReconcilerError, StateLockedError, StateUnreadableError
 from reconciler.next_steps import print_next_steps
 from reconciler.output import print_table, say
 from reconciler.plan_output import render_report
@@ -244,21 +244,46 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
 
 def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler import runtime
+    from reconciler.state_health import serving_problems, state_problems
+    from reconciler.view import status_views
 
     try:
         settings = _settings(args)
+    except SettingsError as e:
+        return _fail(str(e))
+    if not settings.state_dir.is_dir():
+        return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
+    problems = state_problems(settings.state_dir)
+    if problems:
+        holder = StateStore(settings.state_dir).holder()
+        if holder is not None:
+            problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
+    problems += serving_problems(settings.state_dir)
+    try:
         engine = runtime.build_engine(settings, read_only=True)
         views = engine.status()
+    except StateUnreadableError:
+        try:
+            backup = StateStore(settings.state_dir).read_backup()
+        except ReconcilerError:
+            backup = None
+        views = status_views(backup) if backup is not None else []
+        if backup is not None:
+            problems.append(f"showing the backup (serial {backup.serial})")
     except (SettingsError, ReconcilerError) as e:
         return _fail(str(e))
+    code = EXIT_ERROR if problems else EXIT_OK
     rows = service_rows(views, settings)
     src = read_source(settings.state_dir)
     decision = read_decision(settings.state_dir)
     previews = ps_rows(decision, time.time())
     total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
-        print(json.dumps({"source": src, "services": rows, "previews": decision, "cost_per_hour": total}, indent=2))
-        return EXIT_OK
+        body = {"source": src, "services": rows, "previews": decision, "cost_per_hour": total, "problems": problems}
+        print(json.dumps(body, indent=2))
+        return code
+    for problem in problems:
+        say(f"error: {problem}", style="red")
     if src:
         head = f"source {src.get('source')} at {str(src.get('revision') or '-')[:12]}"
         if src.get("error"):
@@ -266,7 +291,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         say(head)
     if not rows:
         say("no services deployed yet")
-        return EXIT_OK
+        return code
     print_table(
         ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING", "COST"],
         [
@@ -294,7 +319,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 say(f"last lines of {rep['id']}:")
                 for line in rep["log_tail"]:
                     say(f"  | {line}")
-    return EXIT_OK
+    return code
 
 
 # --- logs ------------------------------------------------------------------------------------

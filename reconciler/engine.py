@@ -11,6 +11,12 @@ reconciler.offers and the next-run time in reconciler.schedule.
 
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
+
+When the state cannot be persisted (state.json unreadable or changed under us, the disk full or
+read-only) a pass takes no action that changes what runs: creating or deleting a replica whose
+record cannot be saved is how a roll turns into an outage. It still observes and probes, keeps
+the last published routes (rewriting them if the file went missing), says why once in the log
+(`state_fault`), and resumes by itself once the state can be written again.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry
-from gateway.snapshot import RoutesSnapshot, write_snapshot
+from backends.fsutil import describe_os_error
+from gateway.snapshot import ROUTES_FILE, RoutesSchemaError, RoutesSnapshot, check_schema, write_snapshot
 from reconciler.apply import ApplyContext, FaultHook, apply_plan
 from reconciler.autoscale import ServiceStats
 from reconciler.desired import DesiredService, DesiredSet, build_desired
@@ -36,7 +43,7 @@ from reconciler.engine_types import (
     Snapshot,
     SnapshotLike,
 )
-from reconciler.errors import StateError
+from reconciler.errors import StateError, StateUnreadableError, StateUnwritableError
 from reconciler.journal import Journal
 from reconciler.liveness import recheck_in, recheck_ready
 from reconciler.loader import load_tree
@@ -47,7 +54,7 @@ from reconciler.probe import probe_replica
 from reconciler.records import ReplicaPhase, SnapshotRef
 from reconciler.redact import Redactor
 from reconciler.schedule import next_run_in
-from reconciler.state import StateStore
+from reconciler.state import StateStore, stamp_of
 from reconciler.stats import read_stats
 from reconciler.targets import TargetSettings, build_targets, config_broken, sync_records
 from reconciler.view import ServiceView, build_routes, status_views
@@ -89,7 +96,7 @@ class Engine:
         self.store = StateStore(self.state_dir, redact=self.redact)
         if not read_only:
             self.store.acquire()
-        self.installation = self.store.installation()
+        self.installation = self.store.installation(create=not read_only)
         self.journal = Journal(self.state_dir, redact=self.redact)
         self.doc = self.store.load()
         self._stats = stats
@@ -112,6 +119,10 @@ class Engine:
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
         self._last_routes: str | None = None
+        self._routes_body: bytes | None = None  # routes.json as last written, and its stamp
+        self._routes_stamp: tuple[int, int, int] | None = None
+        # Why passes take no action (the state cannot be persisted); None when all is well.
+        self.state_fault: str | None = None
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
@@ -152,26 +163,81 @@ class Engine:
         self._fault("after_state_write")
         return True
 
-    def _publish_routes(self, force: bool = False) -> bool:
-        snap = self.routes
-        key = snap.model_copy(update={"serial": 0}).model_dump_json()
-        if not force and key == self._last_routes:
-            return False
-        write_snapshot(self.state_dir, snap)
-        self._last_routes = key
+    def _publish_routes(self, force: bool = False, hold: bool = False) -> bool:
+        """Write routes.json when they changed, or when the file on disk is not the one this
+        engine last wrote (deleted, replaced by hand). `hold` (the state cannot be persisted):
+        never publish new routes, only put the last written file back if it went missing."""
+        path = self.state_dir / ROUTES_FILE
+        on_disk = stamp_of(path)
+        intact = on_disk is not None and on_disk == self._routes_stamp
+        if not intact and on_disk is not None:
+            try:
+                check_schema(path)  # a newer tidegate's routes.json is refused, never rewritten
+            except RoutesSchemaError as e:
+                raise StateUnreadableError(str(e)) from e
+        if hold:
+            if intact or self._routes_body is None:
+                return False
+            body = self._routes_body
+            key = self._last_routes
+        else:
+            snap = self.routes
+            key = snap.model_copy(update={"serial": 0}).model_dump_json()
+            if not force and key == self._last_routes and intact:
+                return False
+            body = snap.model_dump_json(indent=2).encode()
+        try:
+            write_snapshot(self.state_dir, body)
+        except OSError as e:
+            raise StateUnwritableError(describe_os_error(e, path)) from e
+        if not intact and on_disk is None and self._routes_stamp is not None:
+            log.warning("%s was missing: published the routes again", path)
+        self._last_routes, self._routes_body, self._routes_stamp = key, body, stamp_of(path)
         self._fault("after_routes")
         return True
 
+    def _set_state_fault(self, reason: str | None) -> None:
+        """Remember why passes hold their actions; log it once per distinct reason."""
+        if reason == self.state_fault:
+            return
+        if reason is not None:
+            log.error("%s; taking no action that changes what runs until the state can be saved", reason)
+        else:
+            log.warning("the state can be saved again (%s): resuming", self.store.path)
+        self.state_fault = reason
+
     def recover(self) -> list[str]:
-        """On start: settle every journal intent newer than the state, then publish routes."""
+        """On start: settle every journal intent newer than the state, then publish routes. A state
+        that cannot be saved is not fatal here: it becomes `state_fault` and passes hold."""
         self._require_owner()
         done = settle_journal(self.doc, self.journal, self.backends, self.clock())
         for line in done:
             log.info("recovery: %s", line)
-        self._save(force=bool(done))
-        self.journal.compact(self.doc.journal_seq)
-        self._publish_routes(force=True)
+        try:
+            self._save(force=bool(done))
+            self._compact()
+            self._publish_routes(force=True)
+        except StateError as e:
+            self._set_state_fault(str(e))
         return done
+
+    def _compact(self) -> None:
+        try:
+            self.journal.compact(self.doc.journal_seq)
+        except OSError as e:
+            raise StateUnwritableError(describe_os_error(e, self.journal.path)) from e
+
+    def _hold_reason(self, acting: bool) -> str | None:
+        """Why this pass must not act, or None. Acting (or already faulted): the full check,
+        including a probe write; otherwise only whether state.json is still ours (a stat)."""
+        try:
+            if acting or self.state_fault is not None:
+                self.store.check(self.doc)
+            else:
+                self.store.verify(self.doc)
+        except StateError as e:
+            return str(e)
+        return None
 
     # -- desired ---------------------------------------------------------------------------------
     def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
@@ -372,6 +438,9 @@ class Engine:
         )
         notes += tnotes
         p = plan(desired, doc.services, now)
+        held = self._hold_reason(acting=not p.empty)
+        if held is not None:
+            return self._held(ds, p, tuple(notes), now, held)
         ctx = ApplyContext(
             self.backends,
             self.journal,
@@ -395,9 +464,15 @@ class Engine:
                 )
         # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
         self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
-        wrote = self._save()
-        routes = self._publish_routes(force=self._last_routes is None)
-        self.journal.compact(doc.journal_seq)
+        wrote = routes = False
+        try:
+            wrote = self._save()
+            routes = self._publish_routes(force=self._last_routes is None)
+            self._compact()
+        except StateError as e:
+            self._set_state_fault(str(e))
+        else:
+            self._set_state_fault(None)
         return PassReport(
             ds.revision if ds else None,
             p,
@@ -409,9 +484,32 @@ class Engine:
             recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
         )
 
+    def _held(self, ds: DesiredSet | None, p: Any, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
+        """A pass that found the state cannot be persisted: nothing applied, nothing saved, the
+        last published routes kept (put back if the file went missing)."""
+        self._set_state_fault(reason)
+        routes = False
+        try:
+            routes = self._publish_routes(hold=True)
+        except StateError as e:
+            log.debug("routes: %s", e)
+        return PassReport(
+            ds.revision if ds else None,
+            p,
+            (),
+            False,
+            routes,
+            (*notes, f"held: {reason}"),
+            None,  # the normal interval: nothing is started while held, so nothing to watch for
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
+        )
+
     def _checkpoint(self) -> None:
         if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
-            self._save()
+            try:
+                self._save()
+            except StateError as e:  # mid-apply: the final save will say it again, the next pass holds
+                self._set_state_fault(str(e))
 
     @property
     def routes(self) -> RoutesSnapshot:

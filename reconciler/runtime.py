@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import BackendRegistry
+from backends.fsutil import describe_os_error
 from backends.orphans import OrphanSweeper, read_known_replica_ids
 from gateway.snapshot import read_snapshot
 from reconciler.engine import Engine, EngineSettings, PassReport, Snapshot
@@ -37,8 +38,8 @@ class RuntimeError_(Exception):
     """A command cannot run as asked (no --repo, unknown service); the message is for the user."""
 
 
-def owner_of(state_dir: Path) -> str:
-    return StateStore(state_dir).installation().id
+def owner_of(state_dir: Path, create: bool = True) -> str:
+    return StateStore(state_dir).installation(create=create).id
 
 
 def build_registry(settings: Settings, owner: str) -> BackendRegistry:
@@ -60,7 +61,7 @@ def build_registry(settings: Settings, owner: str) -> BackendRegistry:
 def build_engine(settings: Settings, read_only: bool = False) -> Engine:
     """The engine over this state dir. Not read-only: takes the state-dir lock (StateLockedError
     naming the holder when another process has it)."""
-    owner = owner_of(settings.state_dir)
+    owner = owner_of(settings.state_dir, create=not read_only)
     engine_settings = EngineSettings(
         domain=settings.domain,
         allow_empty=settings.allow_empty,
@@ -74,10 +75,16 @@ def to_snapshot(checkout: Checkout) -> Snapshot:
     return Snapshot(revision=checkout.revision, root=checkout.root, config_path=checkout.config_path)
 
 
-def require_source(settings: Settings) -> Source:
+def require_source(settings: Settings, scratch: Path | None = None) -> Source:
+    """The configured source; with `scratch` (read-only commands) it keeps its clone, revisions
+    and source.json there instead of in the state dir, borrowing the state's clone's objects."""
     if not settings.repo:
         raise RuntimeError_("this command needs --repo URL|PATH (the git repository holding the service configs)")
     try:
+        if scratch is not None:
+            return make_source(
+                settings.repo, settings.branch, scratch, settings.path, settings.watch, borrow_from=settings.state_dir
+            )
         return make_source(settings.repo, settings.branch, settings.state_dir, settings.path, settings.watch)
     except SourceError as e:
         raise RuntimeError_(str(e)) from e
@@ -181,11 +188,13 @@ class Pass:
                     fetched = True
                     self.last = self.source.current()
                     self.source_error = None
-            except SourceError as e:
-                # Keep reconciling the last good revision: drift repair must not wait on the remote.
-                if self.source_error != str(e):
-                    log.warning("%s", e)
-                self.source_error = str(e)
+            except (SourceError, OSError) as e:
+                # Keep reconciling the last good revision: drift repair must not wait on the remote
+                # (nor on a full disk, which the engine reports and holds on by itself).
+                message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+                if self.source_error != message:
+                    log.warning("source: %s", message)
+                self.source_error = message
             # Without any checkout yet (remote down at start) the engine reconciles the last
             # revision it applied (from its state), so drift is still repaired.
             if self.previews is not None and fetched and self.last is not None:

@@ -84,9 +84,18 @@ class GitSource:
     """A branch of a git remote, fetched into `<state>/repos/<hash of url>/` (bare)."""
 
     def __init__(
-        self, url: str, branch: str, state_dir: Path, config_path: str | None = None, keep: int = KEEP_REVISIONS
+        self,
+        url: str,
+        branch: str,
+        state_dir: Path,
+        config_path: str | None = None,
+        keep: int = KEEP_REVISIONS,
+        borrow_from: Path | None = None,
     ) -> None:
         self.url = url
+        # Another state dir whose clone of this URL may lend its objects (read-only, through git's
+        # alternates): `plan` fetches into a scratch dir without refetching the whole history.
+        self.borrow_from = borrow_from
         self.branch = branch
         self.state_dir = state_dir
         self.config_path = config_path
@@ -105,7 +114,13 @@ class GitSource:
         if (self.repo_dir / "HEAD").exists():
             return git.Repo(self.repo_dir)
         self.repo_dir.parent.mkdir(parents=True, exist_ok=True)
-        return git.Repo.init(self.repo_dir, bare=True)
+        repo = git.Repo.init(self.repo_dir, bare=True)
+        if self.borrow_from is not None:
+            objects = self.borrow_from / REPOS_DIR / url_key(self.url) / "objects"
+            if objects.is_dir():
+                (self.repo_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+                (self.repo_dir / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+        return repo
 
     def fetch(self) -> str:
         """Fetch the branch; return its commit sha."""
@@ -300,10 +315,15 @@ def deployed_revisions(state_dir: Path) -> set[str]:
         return set()
 
 
-def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> None:
-    """`<state>/source.json`: what the source last observed (for `ps`); written atomically."""
+def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> bool:
+    """`<state>/source.json`: what the source last observed (for `ps`); written atomically. Only a
+    courtesy for `ps`: a disk that takes no writes is reported by the engine, not here."""
     body = {"schema_version": 1, "source": description, "revision": revision, "error": error, "at": time.time()}
-    write_json_atomic(state_dir / SOURCE_FILE, body)
+    try:
+        write_json_atomic(state_dir / SOURCE_FILE, body)
+    except OSError:
+        return False
+    return True
 
 
 def read_source(state_dir: Path) -> dict[str, object]:
@@ -320,11 +340,15 @@ def _git_error(e: Exception, url: str) -> str:
     return "; ".join(ln for ln in lines if ln) or "git failed"
 
 
-def make_source(repo: str, branch: str, state_dir: Path, config_path: str | None, watch: bool) -> Source:
-    """`--watch` reads the folder as it is; anything else is fetched as a git branch."""
+def make_source(
+    repo: str, branch: str, state_dir: Path, config_path: str | None, watch: bool, borrow_from: Path | None = None
+) -> Source:
+    """`--watch` reads the folder as it is; anything else is fetched as a git branch. `state_dir`
+    is where the source keeps its clone, revisions and source.json (a scratch folder for `plan`,
+    which never writes the real state; `borrow_from` then lends that state's clone's objects)."""
     if watch:
         path = Path(repo)
         if "://" in repo or not path.is_dir():
             raise SourceError("--watch needs --repo to be a local folder")
         return WorktreeSource(path, state_dir, config_path)
-    return GitSource(repo, branch, state_dir, config_path)
+    return GitSource(repo, branch, state_dir, config_path, borrow_from=borrow_from)
