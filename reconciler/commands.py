@@ -173,6 +173,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             deploy_reporter=runtime.build_deploy_reporter(settings),
             status_url=settings.gateway_url,
             sweeper=runtime.build_orphan_sweeper(engine),
+            housekeeping=runtime.build_housekeeping(engine),
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
         signals.append(loop)
@@ -259,9 +260,12 @@ def cmd_ps(args: argparse.Namespace) -> int:
         if holder is not None:
             problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
     problems += serving_problems(settings.state_dir)
+    config: list[str] = []
     try:
         engine = runtime.build_engine(settings, read_only=True)
         views = engine.status()
+        if engine.doc.last_snapshot is not None:
+            config = list(engine.doc.last_snapshot.diagnostics)
     except StateUnreadableError:
         try:
             backup = StateStore(settings.state_dir).read_backup()
@@ -279,7 +283,14 @@ def cmd_ps(args: argparse.Namespace) -> int:
     previews = ps_rows(decision, time.time())
     total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
-        body = {"source": src, "services": rows, "previews": decision, "cost_per_hour": total, "problems": problems}
+        body = {
+            "source": src,
+            "services": rows,
+            "previews": decision,
+            "cost_per_hour": total,
+            "problems": problems,
+            "config_diagnostics": config,
+        }
         print(json.dumps(body, indent=2))
         return code
     for problem in problems:
@@ -289,6 +300,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
         if src.get("error"):
             head += f"  (last fetch failed: {src['error']})"
         say(head)
+    for line in config:
+        say(f"config: {line}")
     if not rows:
         say("no services deployed yet")
         return code

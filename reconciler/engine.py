@@ -72,6 +72,8 @@ __all__ = [
 
 log = logging.getLogger("tidegate.engine")
 
+MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
+
 
 class Engine:
     def __init__(
@@ -461,6 +463,7 @@ class Engine:
                     revision=snapshot.revision,
                     root=str(Path(snapshot.root).absolute()),
                     config_path=snapshot.config_path,
+                    diagnostics=list(ds.diagnostics[:MAX_DIAGNOSTICS]),
                 )
         # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
         self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))

@@ -130,6 +130,13 @@ def build_orphan_sweeper(engine: Engine, grace: float = 900.0) -> OrphanSweeper 
     )
 
 
+def build_housekeeping(engine: Engine) -> Callable[[], list[Path]]:
+    """The litter collection `up` runs on start and periodically (reconciler.housekeeping)."""
+    from reconciler.housekeeping import collect_litter
+
+    return lambda: collect_litter(engine.state_dir, engine.backends)
+
+
 def build_deploy_reporter(settings: Settings) -> StatusReporter | None:
     """Commit statuses on the deployed commit, when a GitHub repository and token are configured."""
     from reconciler.github import GitHubClient, GitHubSettings, StatusReporter
@@ -172,6 +179,11 @@ class Pass:
     sweeper: OrphanSweeper | None = None
     sweep_every: float = 600.0
     _last_sweep: float | None = None
+    # Housekeeping (reconciler.housekeeping.collect_litter over this engine's state dir and
+    # backends): on the first pass, then at most every `housekeeping_every` seconds.
+    housekeeping: Callable[[], list[Path]] | None = None
+    housekeeping_every: float = 600.0
+    _last_housekeeping: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> float | None:
@@ -206,6 +218,7 @@ class Pass:
             report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None)
             self._post_statuses(report)
             self._sweep_orphans(now)
+            self._housekeeping(now)
             self.reports += 1
             if self.on_report is not None:
                 self.on_report(report)
@@ -225,6 +238,20 @@ class Pass:
             return
         for error in swept.errors:
             log.warning("orphan sweep: %s", error)
+
+    def _housekeeping(self, now: float) -> None:
+        last = self._last_housekeeping
+        if self.housekeeping is None or (last is not None and now - last < self.housekeeping_every):
+            return
+        self._last_housekeeping = now
+        try:
+            removed = self.housekeeping()
+        except OSError as e:  # housekeeping must never hold the reconcile loop back
+            log.warning("housekeeping: %s", describe_os_error(e))
+            return
+        if removed:
+            shown = ", ".join(str(p) for p in removed[:3]) + (" …" if len(removed) > 3 else "")
+            log.info("housekeeping: removed %d leftover files (%s)", len(removed), shown)
 
     def request_fetch(self, reason: str = "") -> None:
         """The next pass fetches even if the interval has not elapsed (a wake-up from outside)."""

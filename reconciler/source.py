@@ -254,9 +254,12 @@ def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
     so a file vanishing mid-walk does not abort the hash."""
     h = hashlib.sha256()
     for file in _walk(path, ignore):
-        if file.is_symlink() or not file.is_file():
-            continue
         rel = file.relative_to(path).as_posix()
+        if file.is_symlink():
+            h.update(f"{rel}\0link:{os.readlink(file)}\0".encode())
+            continue
+        if not file.is_file():
+            continue
         h.update(rel.encode() + b"\0")
         h.update(b"x" if os.access(file, os.X_OK) else b"-")
         try:
@@ -268,24 +271,47 @@ def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
+    """Files as they are; symbolic links as links (never followed), so the loader sees the tree
+    the user has, links leading outside it included (it reports those)."""
     for file in _walk(src):
-        if file.is_symlink() or not file.is_file():
+        if not file.is_symlink() and not file.is_file():
             continue
         target = dst / file.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(file, target)
+        if file.is_symlink():
+            os.symlink(os.readlink(file), target)
+        else:
+            shutil.copy2(file, target)
 
 
 def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
+    """Extract a `git archive` tar safely: nothing is ever written outside `dst` or through a
+    link. A symbolic link leading outside the tree is not extracted by the filter but recreated
+    as the same link afterwards (never followed), so the loader reports it on its file exactly as
+    it does for a working tree, and the replicas' copy leaves it out."""
+    outside: list[tuple[str, str]] = []
     with tarfile.open(fileobj=buf, mode="r:") as tar:
         if hasattr(tarfile, "data_filter"):
-            tar.extractall(dst, filter="data")
+
+            def keep(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+                try:
+                    return tarfile.data_filter(member, path)
+                except tarfile.FilterError:
+                    if member.issym():
+                        outside.append((member.name, member.linkname))
+                    return None  # anything else that would escape is left out
+
+            tar.extractall(dst, filter=keep)
         else:  # Python < 3.11.4: reject escaping members ourselves
             for member in tar.getmembers():
                 target = (dst / member.name).resolve()
                 if not target.is_relative_to(dst.resolve()) or member.issym() or member.islnk():
                     continue
                 tar.extract(member, dst)
+    for name, linkname in outside:
+        link = dst / name
+        if link.parent.is_dir() and not link.is_symlink() and not link.exists() and link.parent.resolve().is_relative_to(dst.resolve()):
+            os.symlink(linkname, link)
 
 
 def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
@@ -302,6 +328,31 @@ def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p.name)
+    return removed
+
+
+# What an interrupted `git fetch` leaves in a bare repository: loose-object and pack temp files,
+# and lock files that make the next fetch fail ("Unable to create '…lock': File exists").
+_GIT_LITTER = ("tmp_obj_*", "tmp_pack_*", "tmp_idx_*", "tmp_rev_*", "*.lock")
+
+
+def collect_git_litter(repos_dir: Path) -> list[Path]:
+    """Remove what interrupted fetches left in the clones under `repos_dir`. Only call it when no
+    fetch runs in them (the reconcile loop fetches on its own thread, and calls this there)."""
+    removed: list[Path] = []
+    if not repos_dir.is_dir():
+        return removed
+    for repo in repos_dir.iterdir():
+        if not (repo / "HEAD").exists():
+            continue
+        for pattern in _GIT_LITTER:
+            for path in repo.rglob(pattern):
+                if path.is_file() and not path.is_symlink():
+                    try:
+                        path.unlink()
+                    except OSError:
+                        continue
+                    removed.append(path)
     return removed
 
 
