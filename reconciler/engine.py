@@ -172,11 +172,7 @@ class Engine:
         path = self.state_dir / ROUTES_FILE
         on_disk = stamp_of(path)
         intact = on_disk is not None and on_disk == self._routes_stamp
-        if not intact and on_disk is not None:
-            try:
-                check_schema(path)  # a newer tidegate's routes.json is refused, never rewritten
-            except RoutesSchemaError as e:
-                raise StateUnreadableError(str(e)) from e
+        self._check_routes(path, intact)
         if hold:
             if intact or self._routes_body is None:
                 return False
@@ -197,6 +193,15 @@ class Engine:
         self._last_routes, self._routes_body, self._routes_stamp = key, body, stamp_of(path)
         self._fault("after_routes")
         return True
+
+    def _check_routes(self, path: Path, intact: bool) -> None:
+        """A routes.json that is not ours and carries a newer schema is refused, never rewritten."""
+        if intact or not path.exists():
+            return
+        try:
+            check_schema(path)
+        except RoutesSchemaError as e:
+            raise StateUnreadableError(str(e)) from e
 
     def _set_state_fault(self, reason: str | None) -> None:
         """Remember why passes hold their actions; log it once per distinct reason."""
@@ -235,6 +240,8 @@ class Engine:
         try:
             if acting or self.state_fault is not None:
                 self.store.check(self.doc)
+                routes = self.state_dir / ROUTES_FILE
+                self._check_routes(routes, stamp_of(routes) == self._routes_stamp)
             else:
                 self.store.verify(self.doc)
         except StateError as e:

@@ -223,11 +223,11 @@ class StateStore:
         if backup is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(backup.updated_at)) if backup.updated_at else "?"
             hint = (
-                f"the previous good state (serial {backup.serial}, saved {when}) is in {self.backup_path}; "
+                f"The previous good state (serial {backup.serial}, saved {when}) is in {self.backup_path}; "
                 f"`{restore_command(self.dir)}` puts it back"
             )
         else:
-            hint = f"there is no usable backup ({self.backup_path}); move the file away to start from an empty state"
+            hint = f"There is no usable backup ({self.backup_path}); move the file away to start from an empty state"
         return StateUnreadableError(f"{error}. {hint}")
 
     def load(self) -> StateDoc:

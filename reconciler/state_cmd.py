@@ -58,7 +58,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         current = f"({_describe(store.load())})" if store.path.exists() else "(missing)"
     except StateError as e:
-        current = f"(cannot be read: {str(e).split('. ', 1)[0]})"
+        reason = str(e).split(". ", 1)[0].replace(str(store.path), "").strip(" :").removeprefix("cannot be read: ")
+        current = f"(cannot be read: {reason})"
     say("This puts the previous good state back:")
     say(f"  from {store.backup_path}  ({_describe(backup)})")
     say(f"  over {store.path}  {current}")
