@@ -158,6 +158,10 @@ class Gateway:
         old.set()  # wakes every held request to look at the new table
 
     def reload(self) -> None:
+        if self.table.snapshot.services and not (self.settings.state_dir / ROUTES_FILE).exists():
+            # Deleted under a running gateway: keep serving; the reconciler publishes it again.
+            log.warning("routes.json is missing, keeping the previous routes until it is published again")
+            return
         try:
             snapshot = read_snapshot(self.settings.state_dir)
         except (OSError, ValueError) as e:
@@ -188,8 +192,8 @@ class Gateway:
                 await asyncio.to_thread(write_stats, self.settings.state_dir, data)
                 failing = None
             except OSError as e:
-                if describe_os_error(e) != failing:
-                    failing = describe_os_error(e)
+                if describe_os_error(e, self.settings.state_dir) != failing:
+                    failing = describe_os_error(e, self.settings.state_dir)
                     log.warning("cannot write gateway stats: %s", failing)
             await asyncio.sleep(self.settings.stats_interval)
 

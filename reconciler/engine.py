@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry
-from backends.fsutil import describe_os_error
+from backends.fsutil import describe_os_error, free_bytes
 from gateway.snapshot import ROUTES_FILE, RoutesSchemaError, RoutesSnapshot, check_schema, write_snapshot
 from reconciler.apply import ApplyContext, FaultHook, apply_plan
 from reconciler.autoscale import ServiceStats
@@ -73,6 +73,9 @@ __all__ = [
 log = logging.getLogger("tidegate.engine")
 
 MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
+# Below this many free bytes on the state's filesystem even an idle pass probes a write, so a full
+# disk is said at once (not only when a push next asks for an action).
+DISK_FULL_BELOW = 256 * 1024
 
 
 class Engine:
@@ -235,10 +238,13 @@ class Engine:
             raise StateUnwritableError(describe_os_error(e, self.journal.path)) from e
 
     def _hold_reason(self, acting: bool) -> str | None:
-        """Why this pass must not act, or None. Acting (or already faulted): the full check,
-        including a probe write; otherwise only whether state.json is still ours (a stat)."""
+        """Why this pass must not act, or None. Acting, already faulted or nearly out of space:
+        the full check, including a probe write; otherwise only whether state.json is still ours
+        (a stat)."""
         try:
-            if acting or self.state_fault is not None:
+            free = free_bytes(self.state_dir)
+            low = free is not None and free < DISK_FULL_BELOW
+            if acting or low or self.state_fault is not None:
                 self.store.check(self.doc)
                 routes = self.state_dir / ROUTES_FILE
                 self._check_routes(routes, stamp_of(routes) == self._routes_stamp)

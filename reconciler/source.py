@@ -133,6 +133,8 @@ class GitSource:
             sha = str(repo.git.rev_parse("--verify", f"{self._ref}^{{commit}}"))
         except git.GitCommandError as e:
             message = _git_error(e, self.url)
+            if "No space left on device" in message:
+                message = f"disk full at {self.repo_dir} ({message})"
             record_source(self.state_dir, self.describe(), self.observed, error=message)
             raise SourceError(f"cannot fetch {self.describe()}: {message}") from e
         return sha

@@ -13,12 +13,9 @@ from pathlib import Path
 from backends.fsutil import free_bytes
 from gateway.snapshot import read_snapshot
 from gateway.tokens import TokenError, load_records
+from reconciler.engine import DISK_FULL_BELOW
 from reconciler.errors import StateError
 from reconciler.state import StateStore
-
-# Below this many free bytes the filesystem counts as full: a state save, a journal line or a
-# replica's metadata no longer fits reliably.
-DISK_FULL_BELOW = 256 * 1024
 
 
 def state_problems(state_dir: Path) -> list[str]:
