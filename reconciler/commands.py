@@ -119,6 +119,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
         return _fail(str(e))
     print(render_report(report))
+    if engine.state_fault is not None:  # nothing was applied: say why, and fail
+        say(f"error: {engine.state_fault}", stream=sys.stderr, style="red")
+        return EXIT_ERROR
     return EXIT_ERROR if report.errors else EXIT_OK
 
 
@@ -354,7 +357,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not replicas:
                 return _fail(f"{args.service} has no replica {args.replica}")
         replica = replicas[0]
-        registry = runtime.build_registry(settings, runtime.owner_of(settings.state_dir))
+        registry = runtime.build_registry(settings, runtime.owner_of(settings.state_dir, create=False))
         backend = registry.get(replica.backend)
     except (SettingsError, ReconcilerError, runtime.RuntimeError_) as e:
         return _fail(str(e))

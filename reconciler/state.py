@@ -136,9 +136,12 @@ class StateStore:
                 f"state directory {self.dir} is in use by {holder}; stop it first or use another --state",
                 holder=holder,
             ) from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
+            os.fsync(fd)
+        except OSError:
+            pass  # who holds it is a courtesy for the refused; a full disk must not stop the owner
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -200,6 +203,9 @@ class StateStore:
             finally:
                 tmp.unlink(missing_ok=True)
             raw = read_json(path)
+        version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
+        if not isinstance(version, int) or version > 1:
+            raise StateUnreadableError(f"{path} has schema_version {version!r}; this tidegate reads up to 1")
         try:
             return Installation(id=str(raw["id"]), salt=str(raw["salt"]), created_at=float(raw["created_at"]))
         except (KeyError, TypeError, ValueError) as e:
