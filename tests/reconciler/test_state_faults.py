@@ -333,3 +333,59 @@ def test_plan_on_an_empty_state_dir_creates_no_installation(tmp_path: Path, caps
     assert main(["plan", "--repo", f"file://{bare}", "--state", str(state)]) == 2
     assert "web" in capsys.readouterr().out
     assert not state.exists()
+
+
+def test_the_loop_logs_a_repeated_pass_error_once_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    from reconciler.loop import Loop
+
+    errors = iter([ValueError("boom"), ValueError("boom"), ValueError("boom"), ValueError("other")])
+
+    def failing() -> float | None:
+        raise next(errors)
+
+    loop = Loop(failing, interval=60)
+    with caplog.at_level(logging.DEBUG, logger="tidegate.loop"):
+        for _ in range(4):
+            loop._job()
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert [str(r.exc_info[1]) for r in tracebacks if r.exc_info] == ["boom", "other"]
+    assert loop.passes == 4 and loop.last_error == "ValueError: other"
+
+
+def test_apply_fails_and_says_why_when_the_state_cannot_be_saved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.git_repo import make_remote
+
+    (tmp_path / "r").mkdir()
+    bare, _ = make_remote(tmp_path / "r", {"web.dstack.yml": WEB.format(greeting="x")})
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text("{not json")
+    assert main(["apply", "--repo", f"file://{bare}", "--state", str(state), "--wait", "0"]) == 1
+    err = capsys.readouterr().err
+    assert str(state / STATE_FILE) in err and "not valid JSON" in err and "Traceback" not in err
+    assert (state / STATE_FILE).read_text() == "{not json"
+
+
+def test_apply_on_a_full_disk_creates_nothing_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.git_repo import make_remote
+
+    (tmp_path / "r").mkdir()
+    bare, _ = make_remote(tmp_path / "r", {"web.dstack.yml": WEB.format(greeting="x")})
+    state = tmp_path / "state"
+    real_open = os.open
+
+    def full_open(path: str | os.PathLike[str], flags: int, mode: int = 0o777, **kw: object) -> int:
+        if str(path).endswith(".write-probe"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", full_open)
+    assert main(["apply", "--repo", f"file://{bare}", "--state", str(state), "--wait", "0"]) == 1
+    assert f"error: disk full at {state}" in capsys.readouterr().err
+    assert not (state / "replicas").exists() or not any(
+        p for p in (state / "replicas").iterdir() if not p.name.startswith(".")
+    )
