@@ -21,6 +21,7 @@ the last published routes (rewriting them if the file went missing), says why on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -487,6 +488,11 @@ class Engine:
             self._compact()
         except StateError as e:
             self._set_state_fault(str(e))
+            if outcomes and not routes:
+                # The state broke between the check and the save, after actions ran: the routes
+                # must follow what now runs (the old replicas may be gone), saved or not.
+                with contextlib.suppress(StateError):
+                    routes = self._publish_routes()
         else:
             self._set_state_fault(None)
         return PassReport(

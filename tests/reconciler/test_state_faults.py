@@ -389,3 +389,18 @@ def test_apply_on_a_full_disk_creates_nothing_and_exits_1(
     assert not (state / "replicas").exists() or not any(
         p for p in (state / "replicas").iterdir() if not p.name.startswith(".")
     )
+
+
+def test_a_state_that_breaks_after_the_check_still_gets_routes_that_follow_what_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.converge(world.commit("v1"))
+    v2 = world.commit("v2")
+    monkeypatch.setattr(world.engine.store, "check", lambda doc: None)  # the race: broken after it
+    (world.state / STATE_FILE).write_text("{not json")
+    for _ in range(6):  # the roll: start the new replica, probe it, retire the old one
+        world.engine.reconcile(v2)
+        world.t += 31
+    running = world.backend.running("web")
+    routed = [u.replica_id for u in read_snapshot(world.state).services["web"].upstreams if not u.draining]
+    assert world.engine.state_fault is not None and routed and set(routed) <= set(running)
