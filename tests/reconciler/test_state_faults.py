@@ -404,3 +404,13 @@ def test_a_state_that_breaks_after_the_check_still_gets_routes_that_follow_what_
     running = world.backend.running("web")
     routed = [u.replica_id for u in read_snapshot(world.state).services["web"].upstreams if not u.draining]
     assert world.engine.state_fault is not None and routed and set(routed) <= set(running)
+
+
+def test_a_journal_of_a_newer_schema_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    from reconciler.journal import JOURNAL_FILE, Journal
+
+    line = '{"seq": 9, "kind": "mark", "schema_version": 99}\n'
+    (tmp_path / JOURNAL_FILE).write_text(line)
+    with pytest.raises(StateUnreadableError, match="schema_version 99"):
+        Journal(tmp_path)
+    assert (tmp_path / JOURNAL_FILE).read_text() == line
