@@ -13,10 +13,9 @@ One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_o
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
 
 When the state cannot be persisted (state.json unreadable or changed under us, the disk full or
-read-only) a pass takes no action that changes what runs: creating or deleting a replica whose
-record cannot be saved is how a roll turns into an outage. It still observes and probes, keeps
-the last published routes (rewriting them if the file went missing), says why once in the log
-(`state_fault`), and resumes by itself once the state can be written again.
+read-only) a pass takes no action that changes what runs (see reconciler.persist): it still
+observes and probes, keeps the last published routes, says why once in the log (`state_fault`),
+and resumes by itself once the state can be written again.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry
-from backends.fsutil import describe_os_error, free_bytes
-from gateway.snapshot import ROUTES_FILE, RoutesSchemaError, RoutesSnapshot, check_schema, write_snapshot
+from gateway.snapshot import RoutesSnapshot
 from reconciler.apply import ApplyContext, FaultHook, apply_plan
 from reconciler.autoscale import ServiceStats
 from reconciler.desired import DesiredService, DesiredSet, build_desired
@@ -44,18 +42,19 @@ from reconciler.engine_types import (
     Snapshot,
     SnapshotLike,
 )
-from reconciler.errors import StateError, StateUnreadableError, StateUnwritableError
+from reconciler.errors import StateError
 from reconciler.journal import Journal
 from reconciler.liveness import recheck_in, recheck_ready
 from reconciler.loader import load_tree
 from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
 from reconciler.offers import with_offers
+from reconciler.persist import Outputs
 from reconciler.plan import plan
 from reconciler.probe import probe_replica
 from reconciler.records import ReplicaPhase, SnapshotRef
 from reconciler.redact import Redactor
 from reconciler.schedule import next_run_in
-from reconciler.state import StateStore, stamp_of
+from reconciler.state import StateStore
 from reconciler.stats import read_stats
 from reconciler.targets import TargetSettings, build_targets, config_broken, sync_records
 from reconciler.view import ServiceView, build_routes, status_views
@@ -74,9 +73,6 @@ __all__ = [
 log = logging.getLogger("tidegate.engine")
 
 MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
-# Below this many free bytes on the state's filesystem even an idle pass probes a write, so a full
-# disk is said at once (not only when a push next asks for an action).
-DISK_FULL_BELOW = 256 * 1024
 
 
 class Engine:
@@ -124,11 +120,7 @@ class Engine:
         self._desired_cache: tuple[tuple[str, str, str | None, Any], DesiredSet] | None = None
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
-        self._last_routes: str | None = None
-        self._routes_body: bytes | None = None  # routes.json as last written, and its stamp
-        self._routes_stamp: tuple[int, int, int] | None = None
-        # Why passes take no action (the state cannot be persisted); None when all is well.
-        self.state_fault: str | None = None
+        self.outputs = Outputs(self.state_dir, self.store, self.journal, lambda: self._fault("after_routes"))
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
@@ -169,53 +161,13 @@ class Engine:
         self._fault("after_state_write")
         return True
 
+    @property
+    def state_fault(self) -> str | None:
+        """Why passes take no action that changes what runs (the state cannot be saved), or None."""
+        return self.outputs.fault
+
     def _publish_routes(self, force: bool = False, hold: bool = False) -> bool:
-        """Write routes.json when they changed, or when the file on disk is not the one this
-        engine last wrote (deleted, replaced by hand). `hold` (the state cannot be persisted):
-        never publish new routes, only put the last written file back if it went missing."""
-        path = self.state_dir / ROUTES_FILE
-        on_disk = stamp_of(path)
-        intact = on_disk is not None and on_disk == self._routes_stamp
-        self._check_routes(path, intact)
-        if hold:
-            if intact or self._routes_body is None:
-                return False
-            body = self._routes_body
-            key = self._last_routes
-        else:
-            snap = self.routes
-            key = snap.model_copy(update={"serial": 0}).model_dump_json()
-            if not force and key == self._last_routes and intact:
-                return False
-            body = snap.model_dump_json(indent=2).encode()
-        try:
-            write_snapshot(self.state_dir, body)
-        except OSError as e:
-            raise StateUnwritableError(describe_os_error(e, path)) from e
-        if not intact and on_disk is None and self._routes_stamp is not None:
-            log.warning("%s was missing: published the routes again", path)
-        self._last_routes, self._routes_body, self._routes_stamp = key, body, stamp_of(path)
-        self._fault("after_routes")
-        return True
-
-    def _check_routes(self, path: Path, intact: bool) -> None:
-        """A routes.json that is not ours and carries a newer schema is refused, never rewritten."""
-        if intact or not path.exists():
-            return
-        try:
-            check_schema(path)
-        except RoutesSchemaError as e:
-            raise StateUnreadableError(str(e)) from e
-
-    def _set_state_fault(self, reason: str | None) -> None:
-        """Remember why passes hold their actions; log it once per distinct reason."""
-        if reason == self.state_fault:
-            return
-        if reason is not None:
-            log.error("%s; taking no action that changes what runs until the state can be saved", reason)
-        else:
-            log.warning("the state can be saved again (%s): resuming", self.store.path)
-        self.state_fault = reason
+        return self.outputs.publish_routes(lambda: self.routes, force=force, hold=hold)
 
     def recover(self) -> list[str]:
         """On start: settle every journal intent newer than the state, then publish routes. A state
@@ -229,31 +181,11 @@ class Engine:
             self._compact()
             self._publish_routes(force=True)
         except StateError as e:
-            self._set_state_fault(str(e))
+            self.outputs.set_fault(str(e))
         return done
 
     def _compact(self) -> None:
-        try:
-            self.journal.compact(self.doc.journal_seq)
-        except OSError as e:
-            raise StateUnwritableError(describe_os_error(e, self.journal.path)) from e
-
-    def _hold_reason(self, acting: bool) -> str | None:
-        """Why this pass must not act, or None. Acting, already faulted or nearly out of space:
-        the full check, including a probe write; otherwise only whether state.json is still ours
-        (a stat)."""
-        try:
-            free = free_bytes(self.state_dir)
-            low = free is not None and free < DISK_FULL_BELOW
-            if acting or low or self.state_fault is not None:
-                self.store.check(self.doc)
-                routes = self.state_dir / ROUTES_FILE
-                self._check_routes(routes, stamp_of(routes) == self._routes_stamp)
-            else:
-                self.store.verify(self.doc)
-        except StateError as e:
-            return str(e)
-        return None
+        self.outputs.compact(self.doc.journal_seq)
 
     # -- desired ---------------------------------------------------------------------------------
     def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
@@ -454,7 +386,7 @@ class Engine:
         )
         notes += tnotes
         p = plan(desired, doc.services, now)
-        held = self._hold_reason(acting=not p.empty)
+        held = self.outputs.hold_reason(self.doc, acting=not p.empty)
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
         ctx = ApplyContext(
@@ -484,17 +416,17 @@ class Engine:
         wrote = routes = False
         try:
             wrote = self._save()
-            routes = self._publish_routes(force=self._last_routes is None)
+            routes = self._publish_routes(force=self.outputs.routes_key is None)
             self._compact()
         except StateError as e:
-            self._set_state_fault(str(e))
+            self.outputs.set_fault(str(e))
             if outcomes and not routes:
                 # The state broke between the check and the save, after actions ran: the routes
                 # must follow what now runs (the old replicas may be gone), saved or not.
                 with contextlib.suppress(StateError):
                     routes = self._publish_routes()
         else:
-            self._set_state_fault(None)
+            self.outputs.set_fault(None)
         return PassReport(
             ds.revision if ds else None,
             p,
@@ -509,7 +441,7 @@ class Engine:
     def _held(self, ds: DesiredSet | None, p: Any, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
         """A pass that found the state cannot be persisted: nothing applied, nothing saved, the
         last published routes kept (put back if the file went missing)."""
-        self._set_state_fault(reason)
+        self.outputs.set_fault(reason)
         routes = False
         try:
             routes = self._publish_routes(hold=True)
@@ -531,7 +463,7 @@ class Engine:
             try:
                 self._save()
             except StateError as e:  # mid-apply: the final save will say it again, the next pass holds
-                self._set_state_fault(str(e))
+                self.outputs.set_fault(str(e))
 
     @property
     def routes(self) -> RoutesSnapshot:

@@ -13,8 +13,8 @@ from pathlib import Path
 from backends.fsutil import free_bytes
 from gateway.snapshot import read_snapshot
 from gateway.tokens import TokenError, load_records
-from reconciler.engine import DISK_FULL_BELOW
 from reconciler.errors import StateError
+from reconciler.persist import DISK_FULL_BELOW
 from reconciler.state import StateStore
 
 
