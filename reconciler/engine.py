@@ -49,7 +49,7 @@ from reconciler.loader import load_tree
 from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
 from reconciler.offers import with_offers
 from reconciler.persist import Outputs
-from reconciler.plan import plan
+from reconciler.plan import Plan, plan
 from reconciler.probe import probe_replica
 from reconciler.records import ReplicaPhase, SnapshotRef
 from reconciler.redact import Redactor
@@ -73,6 +73,9 @@ __all__ = [
 log = logging.getLogger("tidegate.engine")
 
 MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
+# A held pass looks again this soon (not the whole interval): the roll it holds resumes within
+# seconds of the state becoming writable. The check is a stat, a statvfs and one small write.
+HELD_RECHECK = 5.0
 
 
 class Engine:
@@ -438,7 +441,7 @@ class Engine:
             recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
         )
 
-    def _held(self, ds: DesiredSet | None, p: Any, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
+    def _held(self, ds: DesiredSet | None, p: Plan, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
         """A pass that found the state cannot be persisted: nothing applied, nothing saved, the
         last published routes kept (put back if the file went missing)."""
         self.outputs.set_fault(reason)
@@ -454,7 +457,7 @@ class Engine:
             False,
             routes,
             (*notes, f"held: {reason}"),
-            None,  # the normal interval: nothing is started while held, so nothing to watch for
+            HELD_RECHECK,
             recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
         )
 
