@@ -17,15 +17,10 @@ second) and before answering `/metrics`.
 from __future__ import annotations
 
 import bisect
-import json
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-
-from gateway.signals import STATS_DIR
 
 WINDOWS = (30, 60, 300)
 RING = 300
@@ -169,15 +164,3 @@ class Stats:
                 for name, s in self.services.items()
             },
         }
-
-
-def stats_path(state_dir: Path, pid: int) -> Path:
-    return state_dir / STATS_DIR / f"stats-{pid}.json"
-
-
-def write_stats(state_dir: Path, data: Mapping[str, Any]) -> None:
-    path = stats_path(state_dir, int(data["pid"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from backends.fsutil import describe_os_error, write_atomic
+from tidegate.fsio import describe_os_error, write_atomic
 
 TOKENS_FILE = "tokens.json"
 SCHEMA_VERSION = 1

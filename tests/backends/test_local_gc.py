@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
-from backends.local_gc import collect_local_litter, remove_unheld_lock
-from reconciler.housekeeping import collect_litter
+from backends.local.backend import LocalBackend
+from backends.local.gc import collect_local_litter, remove_unheld_lock
+from reconciler.engine.housekeeping import collect_litter
 
 OLD = time.time() - 7200
 

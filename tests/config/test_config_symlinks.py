@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from backends.local_layout import copy_workdir
-from reconciler.loader import Severity, load_tree
-from reconciler.source import _copy_tree, _extract_tar, tree_hash
-from reconciler.validate_cmd import OutputFormat, validate_paths
+from backends.local.layout import copy_workdir
+from reconciler.cli.validate_cmd import OutputFormat, validate_paths
+from reconciler.config.loader import Severity, load_tree
+from reconciler.source.checkout import _copy_tree, _extract_tar, tree_hash
 
 GOOD = "type: service\nname: good\ncommands: [python3 -m http.server 8000]\nport: 8000\n"
 SECRET_LINE = "secret-line-outside-the-repo"

@@ -279,7 +279,7 @@ def test_read_only_commands_never_write_the_state_of_a_running_up(
 def tg_cli() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "reconciler.cli"]
+    return [sys.executable, "-m", "reconciler.cli.main"]
 
 
 def test_a_symlink_out_of_the_repo_is_a_diagnostic_and_the_rest_deploys(remote: Remote, tidegate: Tidegate) -> None:

@@ -18,7 +18,7 @@ from gateway.tokens import (
     load_records,
     revoke_token,
 )
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 BROKEN = [
     pytest.param(b'{"schema_version": 1, "tok', "not valid JSON", id="truncated"),

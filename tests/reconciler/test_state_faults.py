@@ -17,13 +17,14 @@ import pytest
 from fakes import FakeBackend, FakeProber
 
 from backends.base import BackendRegistry
-from backends.fsutil import describe_os_error
-from gateway.snapshot import ROUTES_FILE, read_snapshot
-from reconciler.cli import main
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.errors import StateUnreadableError, StateUnwritableError
-from reconciler.records import ServiceRecord
-from reconciler.state import BACKUP_FILE, STATE_FILE, StateStore
+from reconciler.cli.main import main
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.errors import StateUnreadableError, StateUnwritableError
+from reconciler.state.records import ServiceRecord
+from reconciler.state.store import BACKUP_FILE, STATE_FILE, StateStore
+from tidegate.fsio import describe_os_error
+from tidegate.routes import ROUTES_FILE
+from tidegate.routes_io import read_snapshot
 
 WEB = """\
 type: service
@@ -336,7 +337,7 @@ def test_plan_on_an_empty_state_dir_creates_no_installation(tmp_path: Path, caps
 
 
 def test_the_loop_logs_a_repeated_pass_error_once_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    from reconciler.loop import Loop
+    from reconciler.engine.loop import Loop
 
     errors = iter([ValueError("boom"), ValueError("boom"), ValueError("boom"), ValueError("other")])
 
@@ -407,7 +408,7 @@ def test_a_state_that_breaks_after_the_check_still_gets_routes_that_follow_what_
 
 
 def test_a_journal_of_a_newer_schema_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
-    from reconciler.journal import JOURNAL_FILE, Journal
+    from reconciler.state.journal import JOURNAL_FILE, Journal
 
     line = '{"seq": 9, "kind": "mark", "schema_version": 99}\n'
     (tmp_path / JOURNAL_FILE).write_text(line)
