@@ -345,12 +345,18 @@ def collect_git_litter(repos_dir: Path) -> list[Path]:
 
 def deployed_revisions(state_dir: Path) -> set[str]:
     """Revisions some service still runs (a service kept at its last good revision restarts its
-    replicas from that folder), read from state.json without the engine."""
-    try:
-        doc = json.loads((state_dir / "state.json").read_bytes())
-        return {str(s["revision"]) for s in doc.get("services", {}).values() if s.get("revision")}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return set()
+    replicas from that folder), read from state.json without the engine; from its backup when
+    state.json cannot be read (a broken state must not let the prune take a running revision)."""
+    found: set[str] = set()
+    for name in ("state.json", "state.json.backup"):
+        try:
+            doc = json.loads((state_dir / name).read_bytes())
+            found |= {str(s["revision"]) for s in doc.get("services", {}).values() if s.get("revision")}
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue  # missing or unreadable: the backup's revisions are protected instead
+        if name == "state.json":
+            return found
+    return found
 
 
 def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> bool:

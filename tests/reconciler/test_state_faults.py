@@ -415,3 +415,14 @@ def test_a_journal_of_a_newer_schema_is_refused_and_left_as_it_is(tmp_path: Path
     with pytest.raises(StateUnreadableError, match="schema_version 99"):
         Journal(tmp_path)
     assert (tmp_path / JOURNAL_FILE).read_text() == line
+
+
+def test_a_broken_state_json_still_protects_the_running_revisions_from_the_prune(tmp_path: Path) -> None:
+    from reconciler.source.checkout import deployed_revisions
+
+    doc = {"services": {"web": {"revision": "abc"}}}
+    (tmp_path / BACKUP_FILE).write_text(json.dumps(doc))
+    (tmp_path / STATE_FILE).write_text("{not json")
+    assert deployed_revisions(tmp_path) == {"abc"}
+    (tmp_path / STATE_FILE).write_text(json.dumps({"services": {"web": {"revision": "def"}}}))
+    assert deployed_revisions(tmp_path) == {"def"}
