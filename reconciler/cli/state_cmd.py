@@ -21,7 +21,7 @@ from reconciler.state.store import StateStore
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("state", help="inspect or repair the state directory")
+    p = subparsers.add_parser("state", help="repair the state directory (restore state.json from its backup)")
     sub = p.add_subparsers(dest="state_command", metavar="ACTION", required=True)
     r = sub.add_parser("restore", help="put the previous good state (state.json.backup) back as state.json")
     r.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
