@@ -2,12 +2,13 @@
 
 Why: the running `up` holds its actions when its state cannot be saved, but a full disk is also
 where it could write that down. So `ps` (another process) looks for itself, read-only: is
-state.json readable (else the restore command), is there space left on the state's filesystem,
-are tokens.json and routes.json readable.
+state.json readable (else the restore command), is there space left on the state's filesystem
+and is it writable at all (mounted read-only), are tokens.json and routes.json readable.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from gateway.tokens import TokenError, load_records
@@ -28,6 +29,11 @@ def state_problems(state_dir: Path) -> list[str]:
     free = free_bytes(state_dir)
     if free is not None and free < DISK_FULL_BELOW:
         problems.append(f"disk full at {state_dir} ({free} bytes free)")
+    try:
+        if os.statvfs(state_dir).f_flag & os.ST_RDONLY:
+            problems.append(f"read-only file system at {state_dir}")
+    except OSError:
+        pass
     return problems
 
 

@@ -426,3 +426,27 @@ def test_a_broken_state_json_still_protects_the_running_revisions_from_the_prune
     assert deployed_revisions(tmp_path) == {"abc"}
     (tmp_path / STATE_FILE).write_text(json.dumps({"services": {"web": {"revision": "def"}}}))
     assert deployed_revisions(tmp_path) == {"def"}
+
+
+def test_ps_says_when_the_state_filesystem_is_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+
+    mount = tmp_path / "state"
+    mount.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {e}")
+    try:
+        w = World(tmp_path)
+        w.converge(w.commit("v1"))
+        w.engine.close()  # a remount read-only waits for no file open for writing
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        assert main(["ps", "--json", "--state", str(mount)]) == 1
+        body = json.loads(capsys.readouterr().out)
+        assert f"read-only file system at {mount}" in body["problems"] and body["services"][0]["name"] == "web"
+        assert main(["stop", "web", "--state", str(mount)]) == 1  # wants the lock: one line, no traceback
+        err = capsys.readouterr().err
+        assert err.startswith("error: read-only file system at") and "Traceback" not in err
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
