@@ -15,9 +15,33 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import BackendRegistry
-from reconciler.source.checkout import REPOS_DIR, collect_git_litter
+from reconciler.source.checkout import REPOS_DIR
 
 TEMP_GRACE = 3600.0  # an interrupted atomic write's temp file older than this is litter
+# What an interrupted `git fetch` leaves in a bare repository: loose-object and pack temp files,
+# and lock files that make the next fetch fail ("Unable to create '…lock': File exists").
+_GIT_LITTER = ("tmp_obj_*", "tmp_pack_*", "tmp_idx_*", "tmp_rev_*", "*.lock")
+
+
+def collect_git_litter(repos_dir: Path) -> list[Path]:
+    """Remove what interrupted fetches left in the clones under `repos_dir`. Only call it when no
+    fetch runs in them (the reconcile loop fetches on its own thread, and calls this there)."""
+    removed: list[Path] = []
+    if not repos_dir.is_dir():
+        return removed
+    for repo in repos_dir.iterdir():
+        if not (repo / "HEAD").exists():
+            continue
+        for pattern in _GIT_LITTER:
+            for path in repo.rglob(pattern):
+                if path.is_file() and not path.is_symlink():
+                    try:
+                        path.unlink()
+                    except OSError:
+                        continue
+                    removed.append(path)
+    return removed
+
 
 
 def stale_temp_files(state_dir: Path, now: float, grace: float = TEMP_GRACE) -> list[Path]:

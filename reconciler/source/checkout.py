@@ -318,31 +318,6 @@ def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
     return removed
 
 
-# What an interrupted `git fetch` leaves in a bare repository: loose-object and pack temp files,
-# and lock files that make the next fetch fail ("Unable to create '…lock': File exists").
-_GIT_LITTER = ("tmp_obj_*", "tmp_pack_*", "tmp_idx_*", "tmp_rev_*", "*.lock")
-
-
-def collect_git_litter(repos_dir: Path) -> list[Path]:
-    """Remove what interrupted fetches left in the clones under `repos_dir`. Only call it when no
-    fetch runs in them (the reconcile loop fetches on its own thread, and calls this there)."""
-    removed: list[Path] = []
-    if not repos_dir.is_dir():
-        return removed
-    for repo in repos_dir.iterdir():
-        if not (repo / "HEAD").exists():
-            continue
-        for pattern in _GIT_LITTER:
-            for path in repo.rglob(pattern):
-                if path.is_file() and not path.is_symlink():
-                    try:
-                        path.unlink()
-                    except OSError:
-                        continue
-                    removed.append(path)
-    return removed
-
-
 def deployed_revisions(state_dir: Path) -> set[str]:
     """Revisions some service still runs (a service kept at its last good revision restarts its
     replicas from that folder), read from state.json without the engine; from its backup when
