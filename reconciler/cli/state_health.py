@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gateway.tokens import TokenError, load_records
+from gateway.access.tokens import TokenError, load_records
 from reconciler.engine.persist import DISK_FULL_BELOW
 from reconciler.state.errors import StateError
 from reconciler.state.store import StateStore

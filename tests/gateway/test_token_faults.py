@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.tokens import (
+from gateway.access.tokens import (
     TOKENS_FILE,
     AuthResult,
     TokenError,
