@@ -84,6 +84,7 @@ def test_apply_reports_the_steps_it_applied(repo: Path, tmp_path: Path) -> None:
 )
 def test_a_closed_pipe_ends_quietly(args: tuple[str, ...], tmp_path: Path) -> None:
     """`tidegate ps --json | head`: the reader is gone before tidegate writes; no traceback."""
+    (tmp_path / "state").mkdir()  # `ps` refuses a state dir that does not exist
     argv = [a.format(state=tmp_path / "state") for a in args]
     proc = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli.main", *argv],
