@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backends.fsutil import write_json_atomic
 from gateway.signals import send_signal
 from gateway.snapshot import read_snapshot
 from reconciler.errors import ReconcilerError, StateLockedError
@@ -26,6 +27,7 @@ from reconciler.plan_output import render_report
 from reconciler.pr_source import read_decision
 from reconciler.preview_wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.records import StateDoc
+from reconciler.redact import SecretBook, withheld
 from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
 from reconciler.source import SourceError, read_source
 from reconciler.state import StateStore
@@ -55,11 +57,13 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("ps", help="services, revision, replicas, URL, status")
     add_common_options(p, source=False, gateway=True)
+    _add_mask_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ps)
 
     p = subparsers.add_parser("logs", help="the last lines a service's replica wrote")
     add_common_options(p, source=False)
+    _add_mask_option(p)
     p.add_argument("service")
     p.add_argument("--replica", type=int, default=None, metavar="N", help="replica ordinal (default: first)")
     p.add_argument("--lines", "-n", type=int, default=100)
@@ -74,6 +78,49 @@ def register(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    return build_settings(args)
+
+
+# --- masking replica output in another process ------------------------------------------------
+# `ps` and `logs` show what a replica printed, masked with the values of the secrets it received.
+# The state holds only their salted hashes, so these commands re-derive the values from their own
+# environment and env file (a candidate counts only when its hash matches). By default the env
+# file is the one `up`/`apply` was started with: they record its *path* (never its contents) in
+# ENV_FILE_RECORD, so `tidegate ps` in a second terminal masks without repeating --env-file.
+
+ENV_FILE_RECORD = "env-file.json"
+
+
+def _add_mask_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="values for bare KEY env entries, to mask them in replica output (default: the file `up` was given)",
+    )
+
+
+def record_env_file(state_dir: Path, env_file: Path | None) -> None:
+    """Remember the path of the env file `up`/`apply` runs with (for `ps`/`logs` masking)."""
+    path = state_dir / ENV_FILE_RECORD
+    try:
+        if env_file is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_json_atomic(path, {"schema_version": 1, "path": str(Path(env_file).absolute())}, mode=0o600)
+    except OSError as e:  # only a convenience for `ps`/`logs`: never stop `up` over it
+        log.warning("cannot record the env file path in %s: %s", path, e)
+
+
+def _mask_settings(args: argparse.Namespace) -> Settings:
+    """Settings for `ps`/`logs`: with no --env-file, the env file `up` recorded (when readable)."""
+    if getattr(args, "env_file", None) is None:
+        state = build_settings(args).state_dir
+        try:
+            recorded = json.loads((state / ENV_FILE_RECORD).read_text()).get("path")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and Path(recorded).is_file():
+            args = argparse.Namespace(**{**vars(args), "env_file": recorded})
     return build_settings(args)
 
 
@@ -106,6 +153,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         engine = runtime.build_engine(settings)
         try:
             engine.recover()
+            record_env_file(settings.state_dir, settings.env_file)
             snapshot = runtime.to_snapshot(checkout)
             report = engine.reconcile(snapshot)
             deadline = time.monotonic() + args.wait
@@ -135,6 +183,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         source = runtime.require_source(settings)
         engine = runtime.build_engine(settings)
         engine.recover()  # takes the lock: a second `up` stops here, naming the holder
+        record_env_file(settings.state_dir, settings.env_file)
         try:
             previews = runtime.build_previews(settings, args, source, engine)
         except runtime.RuntimeError_:
@@ -246,7 +295,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler import runtime
 
     try:
-        settings = _settings(args)
+        settings = _mask_settings(args)
         engine = runtime.build_engine(settings, read_only=True)
         views = engine.status()
     except (SettingsError, ReconcilerError) as e:
@@ -304,7 +353,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from reconciler import runtime
 
     try:
-        settings = _settings(args)
+        settings = _mask_settings(args)
         doc = _load_doc(settings.state_dir)
         rec = doc.services.get(args.service)
         if rec is None or not rec.replicas:
@@ -316,21 +365,28 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not replicas:
                 return _fail(f"{args.service} has no replica {args.replica}")
         replica = replicas[0]
-        registry = runtime.build_registry(settings, runtime.owner_of(settings.state_dir))
+        installation = StateStore(settings.state_dir).installation()
+        registry = runtime.build_registry(settings, installation.id)
         backend = registry.get(replica.backend)
+        # The replica's output is shown with the values of the secrets it received masked; they
+        # are re-derived from this process's environment / --env-file (reconciler.redact).
+        book = SecretBook(installation.salt, settings.env)
+        masker = book.masker(replica.secrets)
+        if masker is None:
+            return _fail(withheld(book.unknown(replica.secrets)))
     except (SettingsError, ReconcilerError, runtime.RuntimeError_) as e:
         return _fail(str(e))
     except Exception as e:  # backend construction (cloud settings) failing is a user-facing error
         return _fail(str(e))
     seen = backend.logs(replica.id, lines=args.lines)
     for line in seen:
-        print(line)
+        print(masker(line))
     sys.stdout.flush()
     while args.follow:
         time.sleep(0.5)
         current = backend.logs(replica.id, lines=max(args.lines, 200))
         for line in new_lines(seen, current):
-            print(line)
+            print(masker(line))
         sys.stdout.flush()
         seen = current
     return EXIT_OK

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,8 @@ from reconciler.observe import ObserveSettings, Prober, observe, probe_pending, 
 from reconciler.offers import with_offers
 from reconciler.plan import plan
 from reconciler.probe import probe_replica
-from reconciler.records import ReplicaPhase, SnapshotRef
-from reconciler.redact import Redactor
+from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord, SnapshotRef
+from reconciler.redact import SecretBook, withheld
 from reconciler.schedule import next_run_in
 from reconciler.state import StateStore
 from reconciler.stats import read_stats
@@ -85,12 +85,14 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.clock = clock
         self.read_only = read_only
-        self.redact = Redactor()
-        self.store = StateStore(self.state_dir, redact=self.redact)
+        self.store = StateStore(self.state_dir)
         if not read_only:
             self.store.acquire()
         self.installation = self.store.installation()
-        self.journal = Journal(self.state_dir, redact=self.redact)
+        # The secret values this process knows (its env + every resolved desired set), found by
+        # the salted hashes records carry; masks replica output before it is stored or shown.
+        self.secrets = SecretBook(self.installation.salt, self.settings.env)
+        self.journal = Journal(self.state_dir)
         self.doc = self.store.load()
         self._stats = stats
         self._prober: Prober = prober or probe_replica
@@ -210,7 +212,10 @@ class Engine:
         # make it look non-empty, which would let the prune take production down.
         if ext is not None and (self.settings.allow_empty or not ds.empty):
             ds = ext.extend(ds)
-        self.redact.update(ds.secret_values)
+        for d in ds.services.values():
+            for name, value in d.secret_values().items():
+                self.secrets.learn(name, value)
+            self.secrets.learn_spec(d.spec_hash, d.secrets)
         ds, complete = with_offers(ds, self.backends)
         if complete:
             self._desired_cache = (key, ds)
@@ -262,6 +267,34 @@ class Engine:
         finally:
             self._desired_cache = cache
 
+    # -- secrets -------------------------------------------------------------------------------
+    def _received(self, r: ReplicaRecord) -> Mapping[str, str]:
+        """The secrets (name -> hash) replica `r` received: recorded at its creation, else (adopted
+        after a crash) those of its spec, when a desired set of this process had that spec."""
+        return r.secrets or self.secrets.for_spec(r.spec_hash) or {}
+
+    def _fill_secrets(self, records: Iterable[ServiceRecord]) -> None:
+        for rec in records:
+            for r in rec.replicas:
+                if not r.secrets:
+                    known = self.secrets.for_spec(r.spec_hash)
+                    if known:
+                        r.secrets = dict(known)
+
+    def mask_replica(self, r: ReplicaRecord, text: str) -> str:
+        """Text from replica `r` (its exit message, a probe error) with its secrets masked."""
+        return self.secrets.mask(self._received(r), text)
+
+    def mask_service(self, name: str, text: str, desired: DesiredService | None = None) -> str:
+        """Text from a backend about service `name` (a create/delete error) with the secrets of its
+        desired spec and of every replica it has masked."""
+        received: list[Mapping[str, str]] = [desired.secrets] if desired is not None else []
+        rec = self.doc.services.get(name)
+        received += [self._received(r) for r in rec.replicas] if rec is not None else []
+        for one in received:
+            text = self.secrets.mask(one, text)
+        return text
+
     # -- public API ------------------------------------------------------------------------------
     def desired(self, snapshot: SnapshotLike) -> DesiredSet:
         """The desired set of a checkout (offers chosen, previews added when configured); no state
@@ -284,6 +317,7 @@ class Engine:
                 now,
                 self._observe,
                 {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
+                mask=self.mask_replica,
             )
             desired, _, notes = build_targets(
                 self.doc,
@@ -337,9 +371,16 @@ class Engine:
             for r in rec.replicas:
                 if r.phase is ReplicaPhase.FAILED and r.backend in self.backends:
                     try:
-                        logs[r.id] = tuple(self.backends.get(r.backend).logs(r.id, log_lines))
+                        lines = self.backends.get(r.backend).logs(r.id, log_lines)
                     except Exception:  # logs are a courtesy; never fail ps over them
-                        logs[r.id] = ()
+                        lines = []
+                    # Replica output: masked with the values of the secrets it received, or
+                    # withheld when this process cannot re-derive one of them (reconciler.redact).
+                    masker = self.secrets.masker(self._received(r))
+                    if masker is None:
+                        logs[r.id] = (withheld(self.secrets.unknown(self._received(r))),) if lines else ()
+                    else:
+                        logs[r.id] = tuple(masker.lines(lines))
         views = status_views(doc, logs)
         return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
 
@@ -357,15 +398,19 @@ class Engine:
             now,
             self._observe,
             hashes,
+            mask=self.mask_replica,
         )
+        self._fill_secrets(doc.services.values())
         stats = self._read_stats(now)
         for rec in doc.services.values():
             st = stats.get(rec.name)
             for r in rec.replicas:
                 r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
-        probe_pending(doc, self._prober, now, self._observe, routes_models)
-        recheck_ready(doc, self._prober, now, self._observe, routes_models, self._last_probe)
+        probe_pending(doc, self._prober, now, self._observe, routes_models, mask=self.mask_replica)
+        recheck_ready(
+            doc, self._prober, now, self._observe, routes_models, self._last_probe, mask=self.mask_replica
+        )
         last_good = self._last_good(ds)
         desired, decisions, tnotes = build_targets(
             doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good
@@ -380,9 +425,9 @@ class Engine:
             self.settings.backoff_base,
             self.settings.backoff_max,
             checkpoint=self._checkpoint,
-            redact=self.redact,
         )
         specs = {**last_good, **(ds.services if ds else {})}
+        ctx.mask = lambda service, text: self.mask_service(service, text, specs.get(service))
         outcomes = apply_plan(p, doc, specs, ctx) if not p.empty else []
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, MutableMapping
 
 from backends.base import ReplicaStatus
 from gateway.snapshot import ModelRoute
-from reconciler.observe import ObserveSettings, Prober, mark_failed
+from reconciler.observe import ObserveSettings, Prober, ReplicaMask, mark_failed, no_mask
 from reconciler.records import ReplicaPhase, ReplicaRecord, StateDoc
 
 
@@ -44,6 +44,7 @@ def recheck_ready(
     s: ObserveSettings,
     routes: Mapping[str, ModelRoute | None],
     last_probe: MutableMapping[str, float],
+    mask: ReplicaMask = no_mask,
 ) -> list[str]:
     """Probe every READY replica whose last probe is `recheck_interval` old. Returns the ids probed."""
     probed: list[str] = []
@@ -56,7 +57,8 @@ def recheck_ready(
             if now - _last_probe(r, last_probe) < s.recheck_interval:
                 continue
             model = routes.get(rec.name, rec.route.model if rec.route else None)
-            res = _probe(prober, r, model, s)
+            ok, detail = _probe(prober, r, model, s)
+            res = (ok, mask(r, detail))
             last_probe[r.id] = now
             probed.append(r.id)
             if res[0]:

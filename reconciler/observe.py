@@ -28,6 +28,13 @@ from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord, State
 log = logging.getLogger("tidegate.observe")
 
 Prober = Callable[[str, ModelRoute | None, float], ProbeResult]
+# (replica, text from outside: backend message, probe error) -> the text with the values of the
+# secrets that replica received masked (reconciler.redact.SecretBook via the engine).
+ReplicaMask = Callable[[ReplicaRecord, str], str]
+
+
+def no_mask(r: ReplicaRecord, text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True)
@@ -114,8 +121,10 @@ def observe(
     now: float,
     s: ObserveSettings,
     desired_hashes: Mapping[str, str],
+    mask: ReplicaMask = no_mask,
 ) -> list[str]:
-    """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report."""
+    """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report.
+    Backend messages are masked with `mask` before they are recorded."""
     problems: list[str] = []
     names = in_use | {r.backend for rec in doc.services.values() for r in rec.replicas}
     for bname in sorted(names):
@@ -148,8 +157,9 @@ def observe(
                     ReplicaPhase.PROVISIONING,
                     ReplicaPhase.READY,
                 ):
-                    mark_failed(r, info.message or "exited", now, s)
-                    rec.note(now, "replica failed", f"{r.id}: {info.message or 'exited'}")
+                    message = mask(r, info.message) if info.message else "exited"
+                    mark_failed(r, message, now, s)
+                    rec.note(now, "replica failed", f"{r.id}: {message}")
         for info in infos.values():
             if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
                 continue  # on its way out (a delete we already made): nothing to adopt
@@ -158,7 +168,12 @@ def observe(
 
 
 def probe_pending(
-    doc: StateDoc, prober: Prober, now: float, s: ObserveSettings, routes: Mapping[str, ModelRoute | None]
+    doc: StateDoc,
+    prober: Prober,
+    now: float,
+    s: ObserveSettings,
+    routes: Mapping[str, ModelRoute | None],
+    mask: ReplicaMask = no_mask,
 ) -> None:
     """Probe every PROVISIONING replica that runs; promote to READY or fail it past the timeout."""
     for rec in doc.services.values():
@@ -175,9 +190,9 @@ def probe_pending(
                     r.attempts = 0
                     r.last_error = None
                     r.next_attempt_at = None
-                    rec.note(now, "replica ready", f"{r.id} ({res.detail})")
+                    rec.note(now, "replica ready", f"{r.id} ({mask(r, res.detail)})")
                     continue
-                detail = res.detail
+                detail = mask(r, res.detail)
             started = r.started_at or r.created_at or now
             if now - started > s.ready_timeout:
                 mark_failed(r, f"not ready after {s.ready_timeout:g}s: {detail}", now, s)

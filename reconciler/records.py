@@ -80,6 +80,9 @@ class ReplicaRecord(BaseModel):
     # The cloud offer the replica runs on (label + USD/hour), for `ps` cost; None on free backends.
     offer: str | None = None
     price: float | None = None
+    # Bare-KEY secrets this replica received: name -> salted hash (reconciler.redact), never the
+    # value. Whoever shows the replica's output masks exactly these values in it.
+    secrets: dict[str, str] = Field(default_factory=dict)
     # Last seen from gateway stats (picks the replica to remove); not persisted: it changes
     # with traffic and must not cause a state write every pass.
     in_flight: int = Field(default=0, exclude=True)

@@ -11,17 +11,23 @@ reconcilers driving the same replicas would start everything twice. So:
   fixed at creation); a write whose lineage differs from the file on disk is refused.
 - `installation.json` holds the installation id (the owner tag on every resource) and the salt
   for hashing env values; it is created once and never rewritten.
+- documents are serialised as they are: secret values never enter them (reconciler.redact hashes
+  them where they enter and masks outside text field by field), so nothing is rewritten as text.
+- permissions: the state dir and its folders are 0700, its files 0600 (the lock, state.json,
+  journal, installation, tokens, routes, stats…): created so, and tightened on `acquire` when an
+  older tidegate or a umask left them wider (`tighten_modes`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
+import stat
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +36,48 @@ from backends.fsutil import fsync_dir, write_atomic
 from reconciler.errors import StaleStateError, StateError, StateLockedError
 from reconciler.records import SCHEMA_VERSION, StateDoc
 
+log = logging.getLogger("tidegate.state")
+
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 INSTALLATION_FILE = "installation.json"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def tighten_modes(state_dir: Path) -> list[str]:
+    """Take group and other permissions off the state dir, the folders in it and the files in it
+    (top level and one folder down: `signals/`, a replica folder's own files; a replica's work
+    tree is left as it is), so folders end 0700 and files 0600 (an owner's x bit is kept). Returns
+    the paths changed. Symlinks are never followed."""
+    changed: list[str] = []
+
+    def fix(path: Path) -> None:
+        try:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+                return
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+        except OSError:
+            return
+        changed.append(str(path))
+
+    def walk(folder: Path, depth: int) -> None:
+        fix(folder)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for e in entries:
+            if e.is_symlink():
+                continue
+            if e.is_dir() and depth > 0:
+                walk(Path(e.path), depth - 1)
+            else:
+                fix(Path(e.path))
+
+    walk(Path(state_dir), 1)
+    return changed
 
 
 def read_json(path: Path) -> Any:
@@ -54,9 +99,8 @@ class Installation:
 class StateStore:
     """Reads and writes the documents of one state directory."""
 
-    def __init__(self, state_dir: Path, redact: Callable[[str], str] | None = None) -> None:
+    def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir)
-        self.redact = redact or (lambda text: text)
         self._lock_fd: int | None = None
         self._lineage: str | None = None
 
@@ -69,8 +113,8 @@ class StateStore:
         """Become the one owner of this state dir, or raise StateLockedError naming the holder."""
         if self._lock_fd is not None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -84,6 +128,8 @@ class StateStore:
         os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
         os.fsync(fd)
         self._lock_fd = fd
+        for path in tighten_modes(self.dir):
+            log.info("tightened the permissions of %s (state files are 0600, folders 0700)", path)
 
     def release(self) -> None:
         if self._lock_fd is None:
@@ -122,7 +168,7 @@ class StateStore:
         path = self.dir / INSTALLATION_FILE
         raw = read_json(path)
         if raw is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             data = {
                 "schema_version": 1,
                 "id": f"tg-{uuid.uuid4().hex[:12]}",
@@ -130,8 +176,10 @@ class StateStore:
                 "created_at": time.time(),
             }
             tmp = self.dir / f".{INSTALLATION_FILE}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(data, indent=2))
-            with open(tmp, "rb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(data, indent=2).encode())
+                f.flush()
                 os.fsync(f.fileno())
             try:
                 os.link(tmp, path)  # atomic create-if-absent
@@ -180,5 +228,5 @@ class StateStore:
                 raise StaleStateError(f"{path} moved on (serial {on_disk.get('serial')} > {doc.serial})")
         doc.serial += 1
         doc.updated_at = time.time()
-        write_atomic(path, self.redact(doc.model_dump_json(indent=1)).encode())
+        write_atomic(path, doc.model_dump_json(indent=1).encode(), mode=FILE_MODE)
         return doc
