@@ -46,10 +46,11 @@ FILE_MODE = 0o600
 
 
 def tighten_modes(state_dir: Path) -> list[str]:
-    """Take group and other permissions off the state dir, the folders in it and the files in it
-    (top level and one folder down: `signals/`, a replica folder's own files; a replica's work
-    tree is left as it is), so folders end 0700 and files 0600 (an owner's x bit is kept). Returns
-    the paths changed. Symlinks are never followed."""
+    """Take group and other permissions off the state dir and what is in it, two levels deep (its
+    files, and the folders `signals/`, `gateway/`, `replicas/` with their entries: each replica
+    folder becomes 0700, and what a replica keeps inside it is left as it is), so folders end 0700
+    and files 0600 (an owner's x bit is kept). Returns the paths changed. Symlinks are never
+    followed."""
     changed: list[str] = []
 
     def fix(path: Path) -> None:
