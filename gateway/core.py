@@ -202,7 +202,7 @@ class Gateway:
         self._loop_thread = threading.get_ident()
         self._changed = asyncio.Event()
         self.pool = UpstreamPool(self.settings.connect_timeout, self.settings.read_timeout)
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state dirs are private
         if self.settings.watch_routes:
             self.reload()
             self._tasks.append(asyncio.ensure_future(self._watch()))

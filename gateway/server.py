@@ -92,7 +92,7 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
         return
     prom_dir = Path(settings.state_dir) / "gateway" / f"prometheus-{os.getpid()}"
     shutil.rmtree(prom_dir, ignore_errors=True)
-    prom_dir.mkdir(parents=True)
+    prom_dir.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     os.environ[SETTINGS_ENV] = settings.to_json()
     try:

@@ -147,7 +147,7 @@ class Loop:
         self._scheduler.start()
         if self.state_dir is not None:
             folder = self.state_dir / SIGNALS_DIR
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # signals are private to the owner
             self._threads.append(watch_folder(folder, self.drain, self._stop, name="tidegate-signals", poll_every=1.0))
             self.drain()  # files written while nobody was watching
 
