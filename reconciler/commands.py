@@ -27,7 +27,7 @@ from reconciler.plan_output import render_report
 from reconciler.pr_source import read_decision
 from reconciler.preview_wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.records import StateDoc
-from reconciler.redact import SecretBook, withheld
+from reconciler.redact import SecretBook, mask_logs, withheld
 from reconciler.settings import Settings, SettingsError, add_common_options, build_settings
 from reconciler.source import SourceError, read_source
 from reconciler.state import StateStore
@@ -151,6 +151,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         source = runtime.require_source(settings)
         checkout = source.current()
         engine = runtime.build_engine(settings)
+        mask_logs(engine.secrets)
         try:
             engine.recover()
             record_env_file(settings.state_dir, settings.env_file)
@@ -183,6 +184,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         source = runtime.require_source(settings)
         engine = runtime.build_engine(settings)
         engine.recover()  # takes the lock: a second `up` stops here, naming the holder
+        mask_logs(engine.secrets)  # up's own log: every secret value masked, whatever quotes it
         record_env_file(settings.state_dir, settings.env_file)
         try:
             previews = runtime.build_previews(settings, args, source, engine)

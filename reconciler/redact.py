@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -87,11 +88,21 @@ class SecretBook:
         self._env = dict(env or {})
         self._known: dict[str, str] = {}  # hash -> value
         self._by_spec: dict[str, dict[str, str]] = {}  # spec hash -> {name: hash}
+        self._all: Masker | None = None
 
     def learn(self, name: str, value: str) -> str:
         h = secret_hash(self.salt, name, value)
-        self._known[h] = value
+        if self._known.get(h) != value:
+            self._known[h] = value
+            self._all = None
         return h
+
+    def all_secrets(self) -> Masker:
+        """A masker of every secret value a desired set resolved (not of the whole environment):
+        for this process's own log, where any message may quote any of them."""
+        if self._all is None:
+            self._all = Masker(tuple(self._known.values()))
+        return self._all
 
     def learn_spec(self, spec_hash: str, secrets: Mapping[str, str]) -> None:
         """`secrets` (name -> hash) are what a replica of `spec_hash` receives (the spec hash covers
@@ -107,7 +118,7 @@ class SecretBook:
             return known
         candidate = self._env.get(name)
         if candidate is not None and hmac.compare_digest(secret_hash(self.salt, name, candidate), digest):
-            self._known[digest] = candidate
+            self.learn(name, candidate)
             return candidate
         return None
 
@@ -129,3 +140,40 @@ class SecretBook:
         """`text` masked for a replica that received `received`; withheld when that is impossible."""
         m = self.masker(received)
         return m(text) if m is not None else withheld(self.unknown(received))
+
+
+class MaskingFilter(logging.Filter):
+    """Masks every known secret value in a log record's text (message and traceback) before a
+    handler formats it: `up`'s own log is free-form text, and an error from a backend or a replica
+    may quote a value anywhere in it (the per-service boundary logs tracebacks)."""
+
+    def __init__(self, book: SecretBook) -> None:
+        super().__init__()
+        self.book = book
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        masker = self.book.all_secrets()
+        if not masker.values:
+            return True
+        record.msg, record.args = masker(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = masker(record.exc_text)
+        if record.stack_info:
+            record.stack_info = masker(record.stack_info)
+        return True
+
+
+def mask_logs(book: SecretBook, logger: logging.Logger | None = None) -> MaskingFilter:
+    """Install a MaskingFilter on every handler of `logger` (the root logger by default), so
+    records from every library are masked too. Returns it (remove it with `unmask_logs`)."""
+    f = MaskingFilter(book)
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(f)
+    return f
+
+
+def unmask_logs(f: MaskingFilter, logger: logging.Logger | None = None) -> None:
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.removeFilter(f)

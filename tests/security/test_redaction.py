@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import stat
@@ -43,7 +44,16 @@ from reconciler.observe import ObserveSettings, observe
 from reconciler.plan_markdown import render as render_markdown
 from reconciler.plan_output import plan_json, render_plan
 from reconciler.records import ReplicaPhase, ReplicaRecord
-from reconciler.redact import MASK, MIN_SECRET_LEN, Masker, SecretBook, secret_hash, withheld
+from reconciler.redact import (
+    MASK,
+    MIN_SECRET_LEN,
+    Masker,
+    SecretBook,
+    mask_logs,
+    secret_hash,
+    unmask_logs,
+    withheld,
+)
 from reconciler.state import StateStore, tighten_modes
 from tests.reconciler.fakes import FakeBackend, FakeProber
 
@@ -429,3 +439,30 @@ def _exited(r: ReplicaRecord) -> ReplicaInfo:
         replica_id=r.id, backend="local", status=ReplicaStatus.EXITED, service=r.service,
         spec_hash=r.spec_hash, message="crash: old-value-of-the-token",
     )
+
+
+def test_up_log_masks_every_known_secret_in_messages_and_tracebacks() -> None:
+    secret = "hunter2-the-token"
+    book = SecretBook(SALT)
+    logger = logging.getLogger("tidegate.test-redaction")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    f = mask_logs(book, logger)
+    try:
+        logger.warning("before it is known: %s", "nothing to mask")
+        book.learn(NAME, secret)
+        logger.error("service web: %s", f"backend said {secret}")
+        try:
+            raise RuntimeError(f"token {secret} refused")
+        except RuntimeError:
+            logger.exception("pass failed")
+    finally:
+        unmask_logs(f, logger)
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert secret not in text
+    assert f"backend said {MASK}" in text and f"RuntimeError: token {MASK} refused" in text
+    assert "nothing to mask" in text
