@@ -52,7 +52,10 @@ class Masker:
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        maskable = sorted({v for v in self.values if len(v) >= MIN_SECRET_LEN}, key=len, reverse=True)
+        # A multi-line value (a key file's contents) is also masked line by line: output is shown
+        # and stored a line at a time, so the whole value rarely appears in one string.
+        forms = {form for v in self.values for form in (v, *v.splitlines())}
+        maskable = sorted({v for v in forms if len(v) >= MIN_SECRET_LEN}, key=len, reverse=True)
         object.__setattr__(self, "values", tuple(maskable))
         if maskable:
             object.__setattr__(self, "_pattern", re.compile("|".join(re.escape(v) for v in maskable)))

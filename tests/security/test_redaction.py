@@ -277,6 +277,7 @@ def test_debug_flag_true_keeps_the_state_readable(tmp_path: Path) -> None:
         pytest.param(("***x",), "a***xb", "a***b", id="the mask is not rescanned"),
         pytest.param(("a.b*",), "a.b* axbb", "*** axbb", id="values are not patterns"),
         pytest.param((), "anything", "anything", id="nothing to mask"),
+        pytest.param(("-----KEY-----\nabcdefgh\n-----END-----",), "got abcdefgh", "got ***", id="a line of a multi-line value"),
     ],
 )
 def test_masker(values: tuple[str, ...], text: str, expected: str) -> None:
