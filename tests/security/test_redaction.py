@@ -28,6 +28,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,7 @@ SPECIAL = [
     "true", "false", "null", "1", "8000", "local", "web", "prod", "MODE", "auth", "1700000000",
     "17000", "0000", '"', '",', '"}', "}", "{", "\\", "\\n", ": ", '"auth": true', "***", "degraded",
     "failed", "replica", "DEBUG_FLAG", "=", "sha256",
+    str(int(time.time()))[:5], str(int(time.time()))[2:8],  # pieces of the write times (updated_at)
 ]
 VALUES = st.one_of(
     st.sampled_from(SPECIAL),
