@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/python -m reconciler.quickstart
+	$(BIN)/python -m reconciler.cli.quickstart
 
 lint: $(STAMP)
-	$(BIN)/ruff check reconciler backends gateway tests bench examples
+	$(BIN)/ruff check tidegate reconciler backends gateway tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	bash scripts/actionlint.sh

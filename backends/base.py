@@ -180,6 +180,16 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class ScreensSpecs(Protocol):
+    """An optional backend member: reasons a spec cannot run there that `Requirements` do not
+    capture (the local backend: an image without a container engine, a missing Python)."""
+
+    def can_run(self, spec: ReplicaSpec) -> str | None:
+        """None when the spec can run here, else the reason shown as the service's blocked reason."""
+        ...
+
+
 class BackendRegistry:
     """Explicit name -> backend mapping, built once at the entry point."""
 

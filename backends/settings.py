@@ -7,7 +7,7 @@ overridden from the environment as `TIDEGATE_<BACKEND>_<FIELD>` (for example
 of it: boto3's default chain and azure-identity's `DefaultAzureCredential` find them, and nothing
 here writes them anywhere.
 
-Importing this module imports no cloud SDK; `build_backends` imports each backend lazily.
+Importing this module imports no cloud SDK and no backend: backends.registry builds them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from backends.base import Backend
 
 
 class SettingsError(Exception):
@@ -89,7 +87,7 @@ class AzureSettings(_Model):
 BackendSettings = Annotated[AwsSettings | AzureSettings, Field(discriminator="type")]
 
 
-class Settings(_Model):
+class CloudSettings(_Model):
     backends: list[BackendSettings] = Field(default_factory=list)
     catalog: str | None = None  # a catalog CSV; default: refreshed cache, else the shipped one
 
@@ -131,13 +129,13 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
 
 def parse_settings(
     raw: Any, environ: Mapping[str, str] | None = None, source: str = "<settings>"
-) -> Settings:
+) -> CloudSettings:
     raw = _normalise(raw if raw is not None else {})
     if not isinstance(raw, dict):
         raise SettingsError(f"{source}: expected a mapping at the top level")
     raw = _apply_env(raw, environ if environ is not None else {})
     try:
-        return Settings.model_validate(raw)
+        return CloudSettings.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
@@ -145,7 +143,7 @@ def parse_settings(
         raise SettingsError(f"{source}: {problems}") from e
 
 
-def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> CloudSettings:
     """Read the settings file (None: no file, environment only) and apply environment overrides."""
     env = os.environ if environ is None else environ
     if path is None:
@@ -155,28 +153,3 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
     except (OSError, yaml.YAMLError) as e:
         raise SettingsError(f"cannot read settings {path}: {e}") from e
     return parse_settings(raw, env, source=str(path))
-
-
-def build_backends(
-    settings: Settings,
-    owner: str,
-    state_dir: str | Path,
-    *,
-    azure_credential: Any = None,
-) -> list[Backend]:
-    """One backend per configured cloud; SDKs are imported here, not at module import."""
-    from backends.catalog import load_catalog, resolve_catalog_path
-
-    catalog = load_catalog(resolve_catalog_path(settings.catalog))
-    out: list[Backend] = []
-    for entry in settings.backends:
-        if isinstance(entry, AwsSettings):
-            from backends.aws import AwsBackend
-
-            out.append(AwsBackend(entry, owner, catalog=catalog))
-        else:
-            from backends.azure import AzureBackend
-
-            out.append(AzureBackend(entry, owner, catalog=catalog, credential=azure_credential))
-    del state_dir  # cloud backends keep no local state; kept in the signature for symmetry
-    return out

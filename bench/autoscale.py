@@ -211,7 +211,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "reconciler.cli",
+                "reconciler.cli.main",
                 "up",
                 "--repo",
                 f"file://{bare}",

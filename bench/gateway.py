@@ -279,8 +279,9 @@ http {{
 
 
 def start_gateway(upstream_port: int, workers: int, workdir: Path) -> Target:
-    from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
     from gateway.tokens import create_token
+    from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
+    from tidegate.routes_io import write_snapshot
 
     state = workdir / f"state-{workers}"
     write_snapshot(
@@ -298,7 +299,7 @@ def start_gateway(upstream_port: int, workers: int, workdir: Path) -> Target:
     token = create_token(state, "bench")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "reconciler.cli.main", "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}",
          "--workers", str(workers), "--no-access-log"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -22,7 +22,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.base import ReplicaSpec
-from backends.local import LocalBackend, NetworkMode
+from backends.local.backend import LocalBackend, NetworkMode
 
 APP = """
 from http.server import BaseHTTPRequestHandler, HTTPServer

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends.base import BackendRegistry  # noqa: E402
-from reconciler.engine import Engine, EngineSettings, Snapshot  # noqa: E402
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
 from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
 
 SERVICE = """\
@@ -125,7 +125,7 @@ def ready(state: Path, name: str) -> bool:
 
 
 def push_to_ready(runs: int, webhook: bool) -> list[float]:
-    from gateway.signals import send_signal
+    from tidegate.signals import send_signal
 
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +142,7 @@ def push_to_ready(runs: int, webhook: bool) -> list[float]:
         git(work, "push", "-q", "origin", "main")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
         up = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "up", "--repo", f"file://{bare}", "--state", str(state),
+            [sys.executable, "-m", "reconciler.cli.main", "up", "--repo", f"file://{bare}", "--state", str(state),
              "--listen", f"127.0.0.1:{free_port()}", "--interval", "30" if webhook else "1"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from gateway.snapshot import Upstream
+from tidegate.routes import Upstream
 
 
 def choose(

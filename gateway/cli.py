@@ -14,11 +14,11 @@ from pathlib import Path
 
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
 from gateway.tokens import TokenError, create_token, load_records, revoke_token
+from tidegate.state_dir import choose_state_dir
 
 
 def state_dir(args: argparse.Namespace) -> Path:
-    chosen = getattr(args, "state", None) or os.environ.get("TIDEGATE_STATE") or "state"
-    return Path(chosen).resolve()
+    return choose_state_dir(getattr(args, "state", None), os.environ).resolve()
 
 
 def _add_state(parser: argparse.ArgumentParser) -> None:

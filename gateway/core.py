@@ -28,12 +28,14 @@ from gateway.balancer import Balancer, has_ready
 from gateway.metrics_view import MULTIPROC_ENV, metrics_response
 from gateway.proxy import relay_response, relay_websocket, request_head, request_headers, wait_disconnect
 from gateway.settings import GatewaySettings
-from gateway.signals import send_signal
-from gateway.snapshot import ROUTES_FILE, RoutesSnapshot, ServiceRoute, Upstream, read_snapshot
-from gateway.stats import ServiceStats, Stats, stats_path, write_stats
+from gateway.stats import ServiceStats, Stats
 from gateway.templates import TemplateResolver
 from gateway.tokens import TOKENS_FILE, AuthResult, TokenStore
 from gateway.upstream_client import ConnectFailed, Response, UpstreamClient, UpstreamError
+from tidegate.routes import ROUTES_FILE, RoutesSnapshot, ServiceRoute, Upstream
+from tidegate.routes_io import read_snapshot
+from tidegate.signals import send_signal
+from tidegate.stats_file import stats_path, write_stats
 
 log = logging.getLogger("tidegate.gateway")
 access_log = logging.getLogger("tidegate.gateway.access")

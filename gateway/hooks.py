@@ -15,7 +15,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from gateway.asgi import Receive, Scope, Send, read_body, send_json
-from gateway.signals import send_signal
+from tidegate.signals import send_signal
 
 if TYPE_CHECKING:
     from gateway.core import Gateway

@@ -19,9 +19,9 @@ from gateway import tgi
 from gateway.asgi import ClientGone, Receive, Scope, Send, send_json
 from gateway.balancer import has_ready
 from gateway.proxy import relay_response, request_head
-from gateway.snapshot import ModelFormat, ServiceRoute
 from gateway.templates import TemplateUnavailable
 from gateway.upstream_client import Response, UpstreamError
+from tidegate.routes import ModelFormat, ServiceRoute
 
 if TYPE_CHECKING:
     from gateway.core import Gateway

@@ -17,15 +17,10 @@ second) and before answering `/metrics`.
 from __future__ import annotations
 
 import bisect
-import json
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-
-from gateway.signals import STATS_DIR
 
 WINDOWS = (30, 60, 300)
 RING = 300
@@ -169,17 +164,3 @@ class Stats:
                 for name, s in self.services.items()
             },
         }
-
-
-def stats_path(state_dir: Path, pid: int) -> Path:
-    return state_dir / STATS_DIR / f"stats-{pid}.json"
-
-
-def write_stats(state_dir: Path, data: Mapping[str, Any]) -> None:
-    path = stats_path(state_dir, int(data["pid"]))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # state files are 0600
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data))
-    os.replace(tmp, path)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.snapshot import ModelRoute
+from tidegate.routes import ModelRoute
 
 FAILURE_TTL = 60.0
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from backends.fsutil import write_atomic
+from tidegate.fsio import write_atomic
 
 TOKENS_FILE = "tokens.json"
 SCHEMA_VERSION = 1

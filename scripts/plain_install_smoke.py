@@ -32,7 +32,7 @@ def run(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def main() -> int:
     binary, examples = sys.argv[1], sys.argv[2]
-    from reconciler.cli import build_parser  # the installed package, not the source tree
+    from reconciler.cli.main import build_parser  # the installed package, not the source tree
 
     run(binary, "--help")
     paths = subcommand_paths(build_parser())

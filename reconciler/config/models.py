@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from backends.base import Requirements
+from tidegate.routes import ModelFormat as ModelFormat  # the formats the gateway serves: one enum
 
 from .durations import parse_duration
 from .errors import located
@@ -38,11 +39,6 @@ class SpotPolicy(StrEnum):
     SPOT = "spot"
     ON_DEMAND = "on-demand"
     AUTO = "auto"
-
-
-class ModelFormat(StrEnum):
-    OPENAI = "openai"
-    TGI = "tgi"
 
 
 class RetryEvent(StrEnum):

@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from backends.local import LocalBackend, NetworkMode
-from backends.local_proc import MARK_DIR
+from backends.local.backend import LocalBackend, NetworkMode
+from backends.local.proc import MARK_DIR
 
 # A service that answers GET with facts about itself (which replica, its env, its interpreter).
 APP = textwrap.dedent(

@@ -15,8 +15,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from backends.aws import AwsBackend
-from backends.catalog import load_catalog
+from backends.aws.backend import AwsBackend
+from backends.cloud.catalog import load_catalog
 from backends.settings import AwsSettings
 
 REGION = "us-east-1"

@@ -1,6 +1,6 @@
 """A small Azure Resource Manager endpoint on 127.0.0.1 for the Azure backend tests.
 
-It implements exactly the ARM calls `backends.azure` makes, with ARM's long-running-operation
+It implements exactly the ARM calls `backends.azure.backend` makes, with ARM's long-running-operation
 protocol: PUT answers 201/200 with `Azure-AsyncOperation` (polled until Succeeded or Failed),
 DELETE answers 202 with `Location` (polled until 200) or 204 when there is nothing to delete.
 Resources are kept in memory by lowercased path. Faults are injected per method + path fragment;

@@ -13,7 +13,7 @@ import pytest
 from conftest_cloud import REGION, FaultyEc2, IdempotentEc2, client_error, instances_tagged
 from contract import BackendContract, SpecFactory
 
-from backends.aws import AwsBackend, client_token, replica_status
+from backends.aws.backend import AwsBackend, client_token, replica_status
 from backends.base import (
     GpuRequirement,
     PermanentError,
@@ -23,7 +23,7 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
-from backends.orphans import OrphanSweeper
+from backends.cloud.orphans import OrphanSweeper
 from backends.settings import AwsSettings
 
 # Fixtures shared with the other cloud test modules (tests/backends/conftest.py is not ours).
@@ -293,7 +293,7 @@ def test_instance_state_mapping(state: str, spot: bool, code: str, expected: Rep
 def test_client_token_is_deterministic_and_short() -> None:
     backend_offer = AwsBackend(AwsSettings(), "o", catalog=[]).offers  # no catalog: no offers
     assert backend_offer(Requirements()) == []
-    from backends.catalog import load_catalog
+    from backends.cloud.catalog import load_catalog
 
     offer = next(o for o in load_catalog() if o.backend == "aws")
     long_id = "a-very-long-service-name-that-goes-on-and-on-and-on-abcdef12-3"

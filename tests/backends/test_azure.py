@@ -13,7 +13,7 @@ from azure.core.credentials import AccessToken
 from contract import BackendContract, SpecFactory
 from fake_arm import FakeArm
 
-from backends.azure import AzureBackend
+from backends.azure.backend import AzureBackend
 from backends.base import (
     GpuRequirement,
     PermanentError,
@@ -23,7 +23,7 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
-from backends.catalog import load_catalog
+from backends.cloud.catalog import load_catalog
 from backends.settings import AzureSettings
 
 T4 = GpuRequirement(names=("T4",))

@@ -22,7 +22,7 @@ from backends.base import (
     ReplicaStatus,
     Requirements,
 )
-from backends.catalog import (
+from backends.cloud.catalog import (
     SHIPPED_CATALOG,
     CatalogError,
     load_catalog,
@@ -31,9 +31,9 @@ from backends.catalog import (
     resolve_catalog_path,
     select_offers,
 )
-from backends.orphans import find_orphans, read_known_replica_ids
+from backends.cloud.orphans import find_orphans, read_known_replica_ids
+from backends.cloud.startup import render_startup_script
 from backends.settings import AwsSettings, AzureSettings, SettingsError, load_settings, parse_settings
-from backends.startup import render_startup_script
 
 A100_80 = Offer("azure", "eastus", "NC24", 24, 220, GpuInfo("A100", 80, 1), False, 3.673)
 A100_40x8 = Offer("aws", "us-east-1", "p4d.24xlarge", 96, 1152, GpuInfo("A100", 40, 8), False, 32.77)
@@ -188,10 +188,9 @@ def test_settings_errors_name_the_field(raw: object, fragment: str) -> None:
 
 
 def test_build_backends_makes_one_per_cloud_without_touching_it(tmp_path: Path) -> None:
-    from backends.aws import AwsBackend
-    from backends.azure import AzureBackend
-    from backends.settings import build_backends
-
+    from backends.aws.backend import AwsBackend
+    from backends.azure.backend import AzureBackend
+    from backends.registry import build_backends
     settings = parse_settings(
         {"backends": {"aws": {}, "azure": {"subscription_id": "s", "resource_group": "r"}}}, {}
     )
@@ -203,7 +202,7 @@ def test_build_backends_makes_one_per_cloud_without_touching_it(tmp_path: Path) 
 
 def test_importing_settings_imports_no_cloud_sdk() -> None:
     code = (
-        "import sys, backends.settings, backends.catalog, backends.orphans; "
+        "import sys, backends.settings, backends.cloud.catalog, backends.cloud.orphans; "
         "print([m for m in ('boto3', 'botocore', 'azure') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

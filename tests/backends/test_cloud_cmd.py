@@ -12,9 +12,9 @@ import conftest_cloud as cloud
 import pytest
 from conftest_cloud import instances_tagged
 
-from backends.aws import AwsBackend
+from backends.aws.backend import AwsBackend
 from backends.base import ReplicaSpec, Requirements
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 moto_url, ec2, linux_ami, owner = cloud.moto_url, cloud.ec2, cloud.linux_ami, cloud.owner
 aws_settings, make_aws = cloud.aws_settings, cloud.make_aws

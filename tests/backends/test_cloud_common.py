@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backends.base import Offer, PermanentError, ReplicaInfo, ReplicaStatus, Requirements, TemporaryError
-from backends.cloud_common import CloudOffers, NoCapacity, launch_first_with_capacity
+from backends.cloud.common import CloudOffers, NoCapacity, launch_first_with_capacity
 
 
 def offer(backend: str = "aws", region: str = "r1", itype: str = "m.large", spot: bool = False) -> Offer:

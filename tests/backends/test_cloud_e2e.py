@@ -16,14 +16,14 @@ import pytest
 from azure.core.credentials import AccessToken
 from fake_arm import FakeArm
 
-from backends.aws import AwsBackend
-from backends.azure import AzureBackend
+from backends.aws.backend import AwsBackend
+from backends.azure.backend import AzureBackend
 from backends.base import Backend, BackendRegistry
-from backends.catalog import load_catalog
+from backends.cloud.catalog import load_catalog
 from backends.settings import AwsSettings, AzureSettings
-from gateway.snapshot import read_snapshot
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.state import StateStore
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.store import StateStore
+from tidegate.routes_io import read_snapshot
 
 moto_url, ec2, linux_ami = cloud.moto_url, cloud.ec2, cloud.linux_ami
 
@@ -182,13 +182,13 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from azure.core.credentials import AccessToken
-from backends.aws import AwsBackend
-from backends.azure import AzureBackend
+from backends.aws.backend import AwsBackend
+from backends.azure.backend import AzureBackend
 from backends.base import BackendRegistry
-from backends.catalog import load_catalog
+from backends.cloud.catalog import load_catalog
 from backends.settings import AwsSettings, AzureSettings
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.state import StateStore
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.store import StateStore
 
 class Token:
     def get_token(self, *scopes, **kwargs):

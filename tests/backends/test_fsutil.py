@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.fsutil import build_dir_atomic, fsync_dir, write_atomic, write_json_atomic
+from tidegate.fsio import build_dir_atomic, fsync_dir, write_atomic, write_json_atomic
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -26,12 +26,12 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
-from backends.local import META, LocalBackend, NetworkMode
-from backends.local_host import Gpu, Machine, match_offer, parse_nvidia_smi, python_minor
-from backends.local_layout import ReplicaPaths, copy_workdir, script_for, socket_path
-from backends.local_proc import MARK_DIR, MARK_OWNER, find_supervisor, marked_processes
-from backends.local_relay import RotatingLog
-from backends.local_spawn import Launch, relay_command, replica_env
+from backends.local.backend import META, LocalBackend, NetworkMode
+from backends.local.host import Gpu, Machine, match_offer, parse_nvidia_smi, python_minor
+from backends.local.layout import ReplicaPaths, copy_workdir, script_for, socket_path
+from backends.local.proc import MARK_DIR, MARK_OWNER, find_supervisor, marked_processes
+from backends.local.relay import RotatingLog
+from backends.local.spawn import Launch, relay_command, replica_env
 
 DEADLINE = 20.0  # bound for "the socket answers" on a loaded 2-core machine; not a speed assertion
 Factory = Callable[..., LocalBackend]
@@ -441,9 +441,9 @@ def test_pip_in_commands_installs_into_the_replica_venv(make_backend: Factory, a
 CRASHING_CREATE = """
 import os, signal, subprocess, sys
 from pathlib import Path
-from backends import local_spawn
+from backends.local import spawn as local_spawn
 from backends.base import ReplicaSpec
-from backends.local import LocalBackend
+from backends.local.backend import LocalBackend
 
 class DieAfterSpawn:  # kill -9 right after the spawn, before the handshake and the pid record
     def __getattr__(self, name):

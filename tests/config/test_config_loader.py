@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loader import Severity, derive_service_name, discover, load_tree, spec_hash
+from reconciler.config.loader import Severity, derive_service_name, discover, load_tree, spec_hash
 
 SERVICE = "type: service\ncommands: [python3 -m http.server 8000]\nport: 8000\n"
 

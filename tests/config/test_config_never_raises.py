@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler.config.loader import load_tree
 from reconciler.config.parse import FileKind, parse_service_text
 from reconciler.config.profiles import parse_profiles_text
-from reconciler.loader import load_tree
 
 KEYS = [
     "type",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
-from reconciler.loader import load_tree
+from reconciler.cli.main import main
+from reconciler.config.loader import load_tree
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -116,8 +116,8 @@ def test_github_format(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_github_escapes_newlines_and_percent() -> None:
+    from reconciler.cli.validate_cmd import github_annotation
     from reconciler.config.diagnostics import Diagnostic
-    from reconciler.validate_cmd import github_annotation
 
     text = github_annotation("a,b:c.yml", Diagnostic("x", 2, 3, "f", "50%\nnext"))
     assert text == "::error file=a%2Cb%3Ac.yml,line=2,col=3,title=tidegate%3A f::50%25%0Anext"
@@ -190,7 +190,7 @@ def test_schema_accepts_the_examples(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_console_script_on_examples() -> None:
     exe = Path(sys.executable).with_name("tidegate")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "reconciler.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "reconciler.cli.main"]
     proc = subprocess.run(
         [*command, "validate", "examples/"], cwd=REPO, capture_output=True, text=True, timeout=60
     )

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psutil
 
-from backends.local_proc import MARK_DIR, MARK_REPLICA
+from backends.local.proc import MARK_DIR, MARK_REPLICA
 from tests.support.git_repo import commit_push
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ class Tidegate:
     def up(self, repo: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"up-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "up", "--repo", repo, "--state", str(self.state),
+            [sys.executable, "-m", "reconciler.cli.main", "up", "--repo", repo, "--state", str(self.state),
              "--listen", f"127.0.0.1:{self.port}", "--interval", "1", *args],
             cwd=ROOT, env=self.env(env), stdout=log, stderr=subprocess.STDOUT,
         )
@@ -175,7 +175,7 @@ class Tidegate:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", *args, "--state", str(self.state)],
+            [sys.executable, "-m", "reconciler.cli.main", *args, "--state", str(self.state)],
             cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=60,
         )
 

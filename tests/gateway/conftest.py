@@ -19,8 +19,9 @@ import uvicorn
 from gateway.core import Gateway
 from gateway.server import build_app, uvicorn_options
 from gateway.settings import GatewaySettings
-from gateway.snapshot import RoutesSnapshot, ServiceRoute, write_snapshot
 from gateway.tokens import create_token
+from tidegate.routes import RoutesSnapshot, ServiceRoute
+from tidegate.routes_io import write_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ROOT / "examples" / "servers"

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.snapshot import RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
 from tests.gateway.conftest import ROOT, wait_for
 from tests.gateway.conftest import Upstream as Proc
+from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
+from tidegate.routes_io import write_snapshot
 
 
 @pytest.mark.slow
@@ -27,7 +28,7 @@ def test_two_worker_gateway_process(tmp_path: Path, openai_upstream: Proc) -> No
         "oa": ServiceRoute(name="oa", host="oa.localhost", auth=False, upstreams=(Upstream(replica_id="oa-0", url=openai_upstream.url),)),
     }))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}", "--workers", "2"],
+        [sys.executable, "-m", "reconciler.cli.main", "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}", "--workers", "2"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

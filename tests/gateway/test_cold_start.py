@@ -12,9 +12,9 @@ import openai
 import pytest
 
 from gateway import core
-from gateway.snapshot import ModelRoute, ServiceRoute, Upstream
 from tests.gateway.conftest import RunningGateway, snapshot_of, wait_for
 from tests.gateway.conftest import Upstream as Proc
+from tidegate.routes import ModelRoute, ServiceRoute, Upstream
 
 MakeGateway = Callable[..., RunningGateway]
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from gateway.snapshot import ModelRoute, ServiceRoute, Upstream
 from tests.gateway.conftest import RunningGateway, snapshot_of
 from tests.gateway.conftest import Upstream as Proc
+from tidegate.routes import ModelRoute, ServiceRoute, Upstream
 
 ZEPHYR = (
     "{% for message in messages %}\n"

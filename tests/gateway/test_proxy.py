@@ -10,10 +10,10 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from gateway.snapshot import ServiceRoute, Upstream
 from tests.gateway.aio_upstream import AioUpstream
 from tests.gateway.conftest import RunningGateway, snapshot_of, wait_for
 from tests.gateway.conftest import Upstream as Proc
+from tidegate.routes import ServiceRoute, Upstream
 
 MakeGateway = Callable[..., RunningGateway]
 TokenFor = Callable[[RunningGateway], str]
@@ -241,7 +241,7 @@ def test_webhooks(make_gateway: MakeGateway, token_for: TokenFor) -> None:
     import hashlib
     import hmac
 
-    from gateway.signals import drain_signals
+    from tidegate.signals import drain_signals
 
     gw = make_gateway(webhook_secret="s3cret")
     body = json.dumps({"ref": "refs/heads/main"}).encode()

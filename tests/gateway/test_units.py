@@ -14,7 +14,6 @@ from gateway import templates
 from gateway.balancer import Balancer, choose
 from gateway.cli import state_dir
 from gateway.settings import GatewaySettings, parse_listen
-from gateway.snapshot import ModelRoute, Upstream
 from gateway.tokens import (
     AuthResult,
     TokenError,
@@ -24,7 +23,8 @@ from gateway.tokens import (
     load_records,
     revoke_token,
 )
-from reconciler.cli import main
+from reconciler.cli.main import main
+from tidegate.routes import ModelRoute, Upstream
 
 A, B, C = (Upstream(replica_id=r, url=f"http://127.0.0.1:{p}") for r, p in (("a", 1), ("b", 2), ("c", 3)))
 DRAINING = Upstream(replica_id="d", url="http://127.0.0.1:4", draining=True)

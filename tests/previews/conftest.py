@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from previews_support import FakeGitHub, serve_github
 
-from reconciler.github import GitHubClient
+from reconciler.previews.github import GitHubClient
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from reconciler.github import GitHubClient, GitHubSettings
+from reconciler.previews.github import GitHubClient, GitHubSettings
 
 TOKEN = "ghp_s3cretT0kenValue"
 REPO = "acme/models"

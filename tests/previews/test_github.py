@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from previews_support import REPO, SHA, TOKEN, FakeGitHub, event, pull_request
 
-from reconciler.github import (
+from reconciler.previews.decision import PullRequestState
+from reconciler.previews.github import (
     PLAN_COMMENT_MARKER,
     CommitState,
     GitHubClient,
@@ -22,7 +23,6 @@ from reconciler.github import (
     parse_github_repo,
     parse_pull_request_event,
 )
-from reconciler.previews import PullRequestState
 
 # -- webhook payloads ------------------------------------------------------------------------------
 

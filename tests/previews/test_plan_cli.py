@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.plan_markdown import PLAN_COMMENT_MARKER
+from reconciler.render.plan_markdown import PLAN_COMMENT_MARKER
 from tests.support.git_repo import commit, git
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def pr_repo(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def plan(repo: Path, runner: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(TIDEGATE)] if TIDEGATE.exists() else [sys.executable, "-m", "reconciler.cli"]
+    cmd = [str(TIDEGATE)] if TIDEGATE.exists() else [sys.executable, "-m", "reconciler.cli.main"]
     return subprocess.run(
         [*cmd, "plan", *extra, "--repo", ".", "--watch",
          "--baseline", str(runner / "base"), "--state", str(runner / "tidegate-state")],

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from backends.base import GpuInfo, Offer
-from reconciler.desired import DesiredSet, build_desired
-from reconciler.engine import PlanResult
-from reconciler.loader import load_tree
-from reconciler.plan import Action, Desired, Plan, Step, Target, plan
-from reconciler.plan_markdown import PLAN_COMMENT_MARKER, baseline_plan, cell, render, rows
-from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
+from reconciler.config.loader import load_tree
+from reconciler.engine.desired import DesiredSet, build_desired
+from reconciler.engine.plan import Action, Desired, Plan, Step, Target, plan
+from reconciler.engine.reconcile import PlanResult
+from reconciler.render.plan_markdown import PLAN_COMMENT_MARKER, baseline_plan, cell, render, rows
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 GOLDEN = Path(__file__).parent / "golden" / "plan.md"
 NOW = 1_800_000_000.0

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.plan_markdown import PLAN_COMMENT_MARKER
+from reconciler.render.plan_markdown import PLAN_COMMENT_MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "examples" / "github" / "workflows" / "plan-comment.yml"

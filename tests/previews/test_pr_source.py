@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.github import parse_pull_request_event
-from reconciler.loader import load_tree
-from reconciler.pr_source import (
-    PREVIEWS_DIR,
-    PullRequestSource,
-    PullSourceError,
-    forget_pull_requests,
-    read_pull_requests,
-    record_pull_request,
-)
-from reconciler.previews import (
+from reconciler.config.loader import load_tree
+from reconciler.previews.decision import (
     PreviewSettings,
     PullRequestHead,
     PullRequestInfo,
@@ -26,7 +17,16 @@ from reconciler.previews import (
     combine,
     decide_previews,
 )
-from reconciler.source import GitSource
+from reconciler.previews.github import parse_pull_request_event
+from reconciler.previews.pr_source import (
+    PREVIEWS_DIR,
+    PullRequestSource,
+    PullSourceError,
+    forget_pull_requests,
+    read_pull_requests,
+    record_pull_request,
+)
+from reconciler.source.checkout import GitSource
 from tests.support.git_repo import commit, git, make_remote
 
 NOW = 1_800_000_000.0

@@ -9,23 +9,29 @@ from pathlib import Path
 import pytest
 from previews_support import REPO, FakeGitHub, pull_request
 
-from reconciler.github import (
-    CommitState,
-    GitHubClient,
-    StatusReporter,
-    preview_status_updates,
-    pull_request_from_signal,
-)
-from reconciler.loader import load_tree
-from reconciler.pr_source import PullRequestSource, collect, read_decision, read_pull_requests, write_decision
-from reconciler.previews import (
+from reconciler.config.loader import load_tree
+from reconciler.previews.decision import (
     PreviewDecision,
     PreviewSettings,
     RejectReason,
     decide_previews,
     previews_by_pr,
 )
-from reconciler.source import GitSource
+from reconciler.previews.github import (
+    CommitState,
+    GitHubClient,
+    StatusReporter,
+    preview_status_updates,
+    pull_request_from_signal,
+)
+from reconciler.previews.pr_source import (
+    PullRequestSource,
+    collect,
+    read_decision,
+    read_pull_requests,
+    write_decision,
+)
+from reconciler.source.checkout import GitSource
 from tests.support.git_repo import make_remote, open_pr
 
 NOW = 1_800_000_000.0
@@ -158,7 +164,7 @@ def test_polling_alone_and_api_outage(
 
 def test_webhook_signal_carrying_the_pull_request(remote: tuple[Path, Path], tmp_path: Path) -> None:
     """If the gateway's wake signal carries the payload's `pull_request`, the PR is known at once."""
-    from reconciler.pr_source import record_pull_request
+    from reconciler.previews.pr_source import record_pull_request
 
     bare, work = remote
     state = tmp_path / "state"

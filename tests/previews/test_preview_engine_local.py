@@ -13,15 +13,15 @@ import httpx
 import pytest
 
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
-from gateway.snapshot import read_snapshot
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.pr_source import PullRequestSource, read_decision, record_pull_request
-from reconciler.preview_loop import PreviewProvider
-from reconciler.previews import PreviewSettings, PullRequestInfo, PullRequestState, RejectReason
-from reconciler.source import GitSource
-from reconciler.state import StateStore
+from backends.local.backend import LocalBackend
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.previews.decision import PreviewSettings, PullRequestInfo, PullRequestState, RejectReason
+from reconciler.previews.loop import PreviewProvider
+from reconciler.previews.pr_source import PullRequestSource, read_decision, record_pull_request
+from reconciler.source.checkout import GitSource
+from reconciler.state.store import StateStore
 from tests.support.git_repo import make_remote, open_pr
+from tidegate.routes_io import read_snapshot
 
 pytestmark = pytest.mark.slow
 

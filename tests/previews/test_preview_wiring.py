@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from reconciler.config import SpotPolicy
-from reconciler.desired import build_desired
-from reconciler.loader import load_tree
-from reconciler.preview_wiring import (
+from reconciler.config.loader import load_tree
+from reconciler.engine.desired import build_desired
+from reconciler.previews.decision import PreviewSettings, PullRequestInfo, decide_previews
+from reconciler.previews.wiring import (
     PreviewSettingsError,
     add_preview_options,
     merge_desired,
@@ -19,7 +20,6 @@ from reconciler.preview_wiring import (
     preview_settings,
     ps_rows,
 )
-from reconciler.previews import PreviewSettings, PullRequestInfo, decide_previews
 
 NOW = 1_800_000_000.0
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from reconciler.config import ServiceConfig, SpotPolicy
-from reconciler.loader import LoadedService, LoadResult, spec_hash
-from reconciler.previews import (
+from reconciler.config.loader import LoadedService, LoadResult, spec_hash
+from reconciler.previews.decision import (
     MAX_DNS_LABEL,
     PreviewSettings,
     PullRequestHead,

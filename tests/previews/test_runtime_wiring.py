@@ -26,14 +26,14 @@ from previews_support import (
 )
 
 from backends.base import BackendRegistry
-from gateway.snapshot import read_snapshot
-from reconciler import runtime
-from reconciler.engine import Engine, EngineSettings
-from reconciler.pr_source import read_decision
-from reconciler.settings import Settings, SettingsError, build_settings
-from reconciler.source import GitSource, make_source
+from reconciler.cli import runtime
+from reconciler.cli.settings import Settings, SettingsError, build_settings
+from reconciler.engine.reconcile import Engine, EngineSettings
+from reconciler.previews.pr_source import read_decision
+from reconciler.source.checkout import GitSource, make_source
 from tests.reconciler.fakes import FakeBackend, FakeProber
 from tests.support.git_repo import commit, git, make_remote, open_pr
+from tidegate.routes_io import read_snapshot
 
 WEB = """\
 type: service

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from backends.base import BackendError, Offer, ReplicaInfo, ReplicaSpec, ReplicaStatus, Requirements
-from gateway.snapshot import ModelRoute
-from reconciler.probe import ProbeResult
+from reconciler.engine.probe import ProbeResult
+from tidegate.routes import ModelRoute
 
 
 @dataclass

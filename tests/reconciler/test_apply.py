@@ -16,14 +16,14 @@ import pytest
 from fakes import FakeBackend
 
 from backends.base import BackendRegistry, ReplicaInfo, ReplicaSpec, TemporaryError
-from gateway.snapshot import ModelFormat, ModelRoute
-from reconciler.apply import ApplyContext, FaultHook, apply_plan, backoff_delay
-from reconciler.autoscale import ScalingPolicy
-from reconciler.desired import DesiredService
-from reconciler.journal import Journal
-from reconciler.plan import Desired, Target, plan
-from reconciler.probe import probe_replica
-from reconciler.records import RouteInfo, StateDoc
+from reconciler.engine.apply import ApplyContext, FaultHook, apply_plan, backoff_delay
+from reconciler.engine.autoscale import ScalingPolicy
+from reconciler.engine.desired import DesiredService
+from reconciler.engine.plan import Desired, Target, plan
+from reconciler.engine.probe import probe_replica
+from reconciler.state.journal import Journal
+from reconciler.state.records import RouteInfo, StateDoc
+from tidegate.routes import ModelFormat, ModelRoute
 
 
 def desired_service(name: str, spec_hash: str = "c" * 64) -> DesiredService:
@@ -106,7 +106,7 @@ def test_fault_hook_rejects_unknown_points() -> None:
 
 def test_fault_hook_kills_the_process_on_the_nth_hit() -> None:
     code = (
-        "from reconciler.apply import FaultHook\n"
+        "from reconciler.engine.apply import FaultHook\n"
         "f = FaultHook('after_create:2')\n"
         "f('after_intent'); f('after_create'); print('survived first', flush=True)\n"
         "f('after_create'); print('survived second', flush=True)\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.autoscale import ScalingPolicy, ServiceStats, desired_replicas
-from reconciler.stats import read_stats
+from reconciler.engine.autoscale import ScalingPolicy, ServiceStats, desired_replicas
+from reconciler.engine.stats import read_stats
 
 POLICY = ScalingPolicy(min=1, max=4, target=10, scale_up_delay=300, scale_down_delay=600, window=60)
 ZERO = ScalingPolicy(min=0, max=3, target=5, scale_up_delay=300, scale_down_delay=600, window=60)
@@ -141,8 +141,8 @@ def test_read_stats_without_folder(tmp_path: Path) -> None:
 def test_ps_view_lists_every_scaling_change_and_the_deferred_one(
     wanted: int | None, pending: str | None
 ) -> None:
-    from reconciler.records import ScalingRecord, ServiceRecord, StateDoc
-    from reconciler.view import status_views
+    from reconciler.state.records import ScalingRecord, ServiceRecord, StateDoc
+    from reconciler.state.view import status_views
 
     rec = ServiceRecord(name="web", spec_hash="h", desired_count=3, scaling_wanted=wanted)
     rec.record_scaling(ScalingRecord(at=1, previous=0, count=1, reason="steady at 1"))

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.signals import drain_signals
-from gateway.snapshot import ModelRoute, RoutesSnapshot, ServiceRoute, Upstream, write_snapshot
-from reconciler.cli import build_parser, main
-from reconciler.commands import new_lines
-from reconciler.next_steps import print_next_steps
-from reconciler.quickstart import local_examples, sync_repo
-from reconciler.records import ServiceRecord, StateDoc
-from reconciler.settings import Settings, SettingsError, build_settings
-from reconciler.state import StateStore
+from reconciler.cli.commands import new_lines
+from reconciler.cli.main import build_parser, main
+from reconciler.cli.next_steps import print_next_steps
+from reconciler.cli.quickstart import local_examples, sync_repo
+from reconciler.cli.settings import Settings, SettingsError, build_settings
+from reconciler.state.records import ServiceRecord, StateDoc
+from reconciler.state.store import StateStore
+from tidegate.routes import ModelRoute, RoutesSnapshot, ServiceRoute, Upstream
+from tidegate.routes_io import write_snapshot
+from tidegate.signals import drain_signals
 
 SERVICE = """\
 type: service
@@ -88,7 +89,7 @@ def test_env_file_overlays_the_environment_and_is_never_shown(tmp_path: Path) ->
 
 
 def test_ready_timeout_defaults_generously_and_reaches_the_engine(tmp_path: Path) -> None:
-    from reconciler.runtime import build_engine
+    from reconciler.cli.runtime import build_engine
 
     assert build_settings(parse("up", "--repo", str(tmp_path)), {}).ready_timeout == 1800.0
     settings = build_settings(parse("up", "--repo", str(tmp_path), "--ready-timeout", "42", "--state", str(tmp_path / "s")), {})

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import code_files
-from reconciler.desired import DesiredSet, build_desired, env_values_hash, replica_spec_hash
-from reconciler.loader import load_tree
-from reconciler.plan import Desired, Target, plan
-from reconciler.plan_output import render_plan
-from reconciler.records import ServiceRecord
+from reconciler.config.loader import load_tree
+from reconciler.engine.desired import DesiredSet, build_desired, env_values_hash, replica_spec_hash
+from reconciler.engine.plan import Desired, Target, plan
+from reconciler.render.plan_output import render_plan
+from reconciler.source import code_files
+from reconciler.state.records import ServiceRecord
 
 
 def service(name: str, backend: str = "local", greeting: str = "hi") -> str:

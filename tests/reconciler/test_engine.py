@@ -10,13 +10,13 @@ import pytest
 from fakes import FakeBackend, FakeProber
 
 from backends.base import BackendRegistry, PermanentError, TemporaryError
-from gateway.snapshot import read_snapshot
-from reconciler import apply as apply_mod
-from reconciler.autoscale import ServiceStats
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.journal import Journal, Op
-from reconciler.naming import parse_replica_id
-from reconciler.records import ReplicaPhase, ServiceStatus
+from reconciler.engine import apply as apply_mod
+from reconciler.engine.autoscale import ServiceStats
+from reconciler.engine.naming import parse_replica_id
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.journal import Journal, Op
+from reconciler.state.records import ReplicaPhase, ServiceStatus
+from tidegate.routes_io import read_snapshot
 
 SECRET = "s3cr3t-value-0f-the-token"
 
@@ -518,7 +518,7 @@ def test_plan_shows_the_offer_and_ps_the_running_cost(world: World, monkeypatch:
     """On a paid offer the plan names it with its hourly price, and every replica created on it
     carries the price into state, so `ps` can sum the running cost per service and in total."""
     from backends.base import Offer
-    from reconciler.plan_output import render_plan
+    from reconciler.render.plan_output import render_plan
 
     paid = Offer("local", "us-east-1", "g5.xlarge", cpus=4, memory_gb=16, gpu=None, spot=True, price=0.5)
     monkeypatch.setattr(world.backend, "offers", lambda requirements: [paid])

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
-from gateway.snapshot import read_snapshot
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.state import StateStore
+from backends.local.backend import LocalBackend
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.store import StateStore
+from tidegate.routes_io import read_snapshot
 
 SERVICE = """\
 type: service
@@ -92,9 +92,9 @@ CHILD = """
 import sys
 from pathlib import Path
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.state import StateStore
+from backends.local.backend import LocalBackend
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.store import StateStore
 state, repo = Path(sys.argv[1]), Path(sys.argv[2])
 backend = LocalBackend(state / "replicas", owner=StateStore(state).installation().id, grace=2.0)
 eng = Engine(state, BackendRegistry({"local": backend}), EngineSettings(env={"GREETING": "x"}))

@@ -14,14 +14,14 @@ import pytest
 from test_engine import World, web
 
 from backends.base import BackendRegistry
-from backends.local import LocalBackend
-from gateway.snapshot import read_snapshot
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.liveness import recheck_in
-from reconciler.probe import ProbeResult
-from reconciler.records import ReplicaPhase, ServiceStatus, StateDoc
-from reconciler.state import StateStore
-from reconciler.view import status_views
+from backends.local.backend import LocalBackend
+from reconciler.engine.liveness import recheck_in
+from reconciler.engine.probe import ProbeResult
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state.records import ReplicaPhase, ServiceStatus, StateDoc
+from reconciler.state.store import StateStore
+from reconciler.state.view import status_views
+from tidegate.routes_io import read_snapshot
 
 INTERVAL = 10.0
 

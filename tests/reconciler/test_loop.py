@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.signals import send_signal
-from reconciler.loop import Loop
+from reconciler.engine.loop import Loop
+from tidegate.signals import send_signal
 
 
 class Recorder:
@@ -171,7 +171,7 @@ class FakeSource:
         self.fetches = 0
 
     def current(self) -> object:
-        from reconciler.source import Checkout
+        from reconciler.source.checkout import Checkout
 
         self.fetches += 1
         return Checkout(f"rev-{self.fetches}", Path("/nonexistent"), None)
@@ -205,7 +205,7 @@ class FakeEngine:
 
 
 def test_pass_fetches_on_the_interval_or_when_woken_and_applies_signals() -> None:
-    from reconciler.runtime import Pass
+    from reconciler.cli.runtime import Pass
 
     now = [0.0]
     queued: list[dict[str, object]] = []
@@ -232,8 +232,8 @@ def test_pass_sweeps_cloud_orphans_on_its_interval_and_never_without_state(tmp_p
     import json
 
     from backends.base import ReplicaInfo, ReplicaStatus
-    from backends.orphans import OrphanSweeper
-    from reconciler.runtime import Pass
+    from backends.cloud.orphans import OrphanSweeper
+    from reconciler.cli.runtime import Pass
 
     class Cloud:
         name = "aws"

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from reconciler.engine import PlanResult
-from reconciler.naming import replica_id
-from reconciler.plan import Action, Desired, Plan, Target, plan
-from reconciler.plan_output import plan_json, render_plan
-from reconciler.records import ReplicaPhase, ReplicaRecord, ServiceRecord
+from reconciler.engine.naming import replica_id
+from reconciler.engine.plan import Action, Desired, Plan, Target, plan
+from reconciler.engine.reconcile import PlanResult
+from reconciler.render.plan_output import plan_json, render_plan
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
 
 OLD = "a" * 64
 NEW = "b" * 64
@@ -201,7 +201,7 @@ def test_rolling_update_converges_without_losing_capacity() -> None:
 
 
 def test_render_text_and_json() -> None:
-    """The CLI's renderings (reconciler.plan_output) of a plan with a create, an update and a delete."""
+    """The CLI's renderings (reconciler.render.plan_output) of a plan with a create, an update and a delete."""
     actual = svc(rep(0), rep(1))
     actual["web"].spec_summary = {"commands": "serve --old"}
     actual["gone"] = ServiceRecord(name="gone", spec_hash=OLD)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.settings import SettingsError, parse_env_file
-from reconciler.source import (
+from reconciler.cli.settings import SettingsError, parse_env_file
+from reconciler.source.checkout import (
     GitSource,
     SourceError,
     WorktreeSource,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import StaleStateError, StateError, StateLockedError
-from reconciler.journal import Journal, Op
-from reconciler.naming import parse_replica_id, replica_id
-from reconciler.records import ServiceRecord
-from reconciler.state import StateStore
+from reconciler.engine.naming import parse_replica_id, replica_id
+from reconciler.state.errors import StaleStateError, StateError, StateLockedError
+from reconciler.state.journal import Journal, Op
+from reconciler.state.records import ServiceRecord
+from reconciler.state.store import StateStore
 
 
 def test_fresh_state_then_serial_bumps_and_lineage_is_kept(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_second_owner_is_refused_naming_the_holder_process(tmp_path: Path) -> No
     code = textwrap.dedent(
         f"""
         import sys, time
-        from reconciler.state import StateStore
+        from reconciler.state.store import StateStore
         s = StateStore({str(tmp_path)!r}); s.acquire(); print("locked", flush=True)
         sys.stdin.read()
         """

@@ -39,13 +39,13 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from backends.base import BackendRegistry, ReplicaInfo, ReplicaStatus
-from reconciler.cli import main as cli_main
-from reconciler.engine import Engine, EngineSettings, Snapshot
-from reconciler.observe import ObserveSettings, observe
-from reconciler.plan_markdown import render as render_markdown
-from reconciler.plan_output import plan_json, render_plan
-from reconciler.records import ReplicaPhase, ReplicaRecord
-from reconciler.redact import (
+from reconciler.cli.main import main as cli_main
+from reconciler.engine.observe import ObserveSettings, observe
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.render.plan_markdown import render as render_markdown
+from reconciler.render.plan_output import plan_json, render_plan
+from reconciler.state.records import ReplicaPhase, ReplicaRecord
+from reconciler.state.redact import (
     MASK,
     MIN_SECRET_LEN,
     Masker,
@@ -55,7 +55,7 @@ from reconciler.redact import (
     unmask_logs,
     withheld,
 )
-from reconciler.state import StateStore, tighten_modes
+from reconciler.state.store import StateStore, tighten_modes
 from tests.reconciler.fakes import FakeBackend, FakeProber
 
 SALT = "0123456789abcdef0123456789abcdef"
@@ -110,7 +110,7 @@ def _cli(*argv: str) -> tuple[int, str]:
 def scenario(root: Path, value: str, printed: bool | None = None) -> Run:
     """`up`'s engine with a bare-KEY secret `value`; the replica prints it and crashes; then the
     read-only commands. The replica prints the value only when it is maskable (shorter values are
-    not masked by design: see reconciler.redact)."""
+    not masked by design: see reconciler.state.redact)."""
     state = root / "state"
     state.mkdir(mode=0o700)
     (state / "installation.json").write_text(json.dumps(INSTALLATION))
@@ -338,7 +338,7 @@ def test_ps_and_logs_withhold_output_they_cannot_mask(tmp_path: Path) -> None:
 
 
 def test_ps_and_logs_use_the_env_file_up_recorded(tmp_path: Path) -> None:
-    from reconciler.commands import record_env_file
+    from reconciler.cli.commands import record_env_file
 
     secret = "hunter2-the-token"
     run = scenario(tmp_path, secret)
@@ -404,7 +404,7 @@ def test_acquire_tightens_what_an_older_tidegate_left_open(tmp_path: Path) -> No
 
 
 def test_replica_log_file_is_private(tmp_path: Path) -> None:
-    from backends.local_relay import RotatingLog
+    from backends.local.relay import RotatingLog
 
     log = RotatingLog(tmp_path / "replica.log", max_bytes=10)
     log.write(b"hunter2-the-token\n")

@@ -1,0 +1,3 @@
+"""The AWS backend (boto3 EC2): the Backend (backend), EC2 calls and error classes (ec2), and the
+VPC/security-group setup (network).
+"""

@@ -1,0 +1,3 @@
+"""The Azure backend (azure-mgmt-compute): the Backend (backend), ARM helpers and error classes
+(arm), and the network setup (network).
+"""

@@ -1,0 +1,152 @@
+"""Networking for the Azure backend: the subnet, and per VM its NSG, public IP and NIC.
+
+Why a module of its own: every VM gets its own network resources, named after the VM
+(`<vm>-nsg`, `<vm>-ip`, `<vm>-nic`) and tagged with our owner id, so a retried create converges on
+the same ones and cleanup deletes only what is ours, in dependency order (VM, NIC, IP, NSG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from backends.azure.arm import ArmAccess, log
+from backends.cloud.common import OWNER
+
+
+class AzureNetwork(ArmAccess):
+    """A VM's network resources: created before it, found for its address, deleted after it."""
+
+    def _subnet_id(self, location: str) -> str:
+        rg, s = self.settings.resource_group, self.settings
+        vnet = f"{s.vnet_name}-{location}" if len(s.locations) > 1 else s.vnet_name
+        subnet = self._run(
+            "get subnet", lambda: self.network.subnets.get(rg, vnet, s.subnet_name), missing_ok=True
+        )
+        if subnet is None:
+            body: dict[str, Any] = {
+                "location": location,
+                "tags": {OWNER: self.owner},
+                "properties": {
+                    "addressSpace": {"addressPrefixes": [s.vnet_cidr]},
+                    "subnets": [{"name": s.subnet_name, "properties": {"addressPrefix": s.subnet_cidr}}],
+                },
+            }
+            self._run(
+                "create vnet",
+                lambda: self.network.virtual_networks.begin_create_or_update(rg, vnet, body).result(),
+            )
+            subnet = self._run("get subnet", lambda: self.network.subnets.get(rg, vnet, s.subnet_name))
+        return str(subnet.id)
+
+    def _create_nic(self, name: str, loc: str, port: int, tags: dict[str, str]) -> Any:
+        """The VM's NSG (the service port open to `allowed_cidr`), static public IP and NIC."""
+        rg, s = self.settings.resource_group, self.settings
+        net = self.network
+        subnet_id = self._subnet_id(loc)
+        # Request bodies are ARM's REST JSON (what the service and the test endpoint see).
+        nsg_body: dict[str, Any] = {
+            "location": loc,
+            "tags": tags,
+            "properties": {
+                "securityRules": [
+                    {
+                        "name": "tidegate-service",
+                        "properties": {
+                            "protocol": "Tcp",
+                            "sourceAddressPrefix": s.allowed_cidr,
+                            "sourcePortRange": "*",
+                            "destinationAddressPrefix": "*",
+                            "destinationPortRange": str(port),
+                            "access": "Allow",
+                            "direction": "Inbound",
+                            "priority": 100,
+                        },
+                    }
+                ]
+            },
+        }
+        nsg = self._run(
+            "create nsg",
+            lambda: net.network_security_groups.begin_create_or_update(rg, f"{name}-nsg", nsg_body).result(),
+        )
+        ip_body: dict[str, Any] = {
+            "location": loc,
+            "tags": tags,
+            "sku": {"name": "Standard"},
+            "properties": {"publicIPAllocationMethod": "Static"},
+        }
+        ip = self._run(
+            "create public ip",
+            lambda: net.public_ip_addresses.begin_create_or_update(rg, f"{name}-ip", ip_body).result(),
+        )
+        nic_body: dict[str, Any] = {
+            "location": loc,
+            "tags": tags,
+            "properties": {
+                "networkSecurityGroup": {"id": nsg.id},
+                "ipConfigurations": [
+                    {
+                        "name": "ipconfig",
+                        "properties": {"subnet": {"id": subnet_id}, "publicIPAddress": {"id": ip.id}},
+                    }
+                ],
+            },
+        }
+        nic = self._run(
+            "create nic",
+            lambda: net.network_interfaces.begin_create_or_update(rg, f"{name}-nic", nic_body).result(),
+        )
+        return nic
+
+    def _address(self, name: str) -> str | None:
+        if self.settings.address_host:
+            return self.settings.address_host
+        rg = self.settings.resource_group
+        if not self.settings.use_private_ip:
+            ip = self._run(
+                "get public ip",
+                lambda: self.network.public_ip_addresses.get(rg, f"{name}-ip"),
+                missing_ok=True,
+            )
+            if ip is not None and ip.ip_address:
+                return str(ip.ip_address)
+        nic = self._run(
+            "get nic", lambda: self.network.network_interfaces.get(rg, f"{name}-nic"), missing_ok=True
+        )
+        if nic is not None and nic.ip_configurations:
+            private = nic.ip_configurations[0].private_ip_address
+            return str(private) if private else None
+        return None
+
+    def _delete_resources(self, name: str) -> None:
+        rg = self.settings.resource_group
+        net = self.network
+        steps: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+            (
+                "vm",
+                lambda: self.compute.virtual_machines.get(rg, name),
+                lambda: self.compute.virtual_machines.begin_delete(rg, name).result(),
+            ),
+            (
+                "nic",
+                lambda: net.network_interfaces.get(rg, f"{name}-nic"),
+                lambda: net.network_interfaces.begin_delete(rg, f"{name}-nic").result(),
+            ),
+            (
+                "public ip",
+                lambda: net.public_ip_addresses.get(rg, f"{name}-ip"),
+                lambda: net.public_ip_addresses.begin_delete(rg, f"{name}-ip").result(),
+            ),
+            (
+                "nsg",
+                lambda: net.network_security_groups.get(rg, f"{name}-nsg"),
+                lambda: net.network_security_groups.begin_delete(rg, f"{name}-nsg").result(),
+            ),
+        ]
+        for kind, get, delete in steps:
+            resource = self._run(f"get {kind} {name}", get, missing_ok=True)
+            if resource is None or not self._owned(resource):
+                continue  # gone already, or not ours: never touched
+            self._run(f"delete {kind} {name}", delete, missing_ok=True)
+            log.info("azure: deleted %s of %s", kind, name)

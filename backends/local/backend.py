@@ -1,0 +1,400 @@
+"""The local backend: each replica is a process tree on this machine (the embedded default).
+
+Why it exists: the whole product has to work with nothing installed but Python. A replica here is
+`bash run.sh` (the spec's `commands`, one per line under `set -e`, as dstack runs them) started by
+a small supervisor (`local_relay.py`) in its own session and process group.
+
+Layout under `root` (the reconciler passes `<state>/replicas`)::
+
+    <root>/<replica_id>/replica.json   metadata: ids, owner, port, env NAMES, pid + start time
+    <root>/<replica_id>/work/          copy of spec.workdir (repo at the commit, minus .git/.dstackignore)
+    <root>/<replica_id>/run.sh         the commands
+    <root>/<replica_id>/logs/replica.log (+ .1)  stdout+stderr, size-capped, one backup
+    <root>/<replica_id>/http.sock      the replica's port, exposed as a unix socket
+    <root>/<replica_id>/exit.json      written by the supervisor when the commands exit
+    <root>/.venvs/<spec_hash>-py3.11/  virtualenv per spec for `python:` (cached; built by the
+                                       supervisor while the replica is PROVISIONING)
+    <root>/.locks/<replica_id>.lock    flock serialising create/delete of one replica
+    <root>/.logs/<replica_id>.log      last lines of a deleted replica
+
+Addresses: every replica listens on its configured port inside its own network namespace
+(`unshare(CLONE_NEWNET)` with `lo` up, done by the supervisor), so any number of replicas can use
+port 8000. The supervisor relays `<dir>/http.sock` to `127.0.0.1:<port>` inside the namespace, and
+`ReplicaInfo.address` is `unix://<abs path of the socket>` (a shorter path under /tmp when the real
+one exceeds the unix-socket limit). Where namespaces are unavailable (not root, not Linux),
+`NetworkMode.AUTO` falls back to the shared host network: the relay still provides the socket, and
+a port already in use is refused with a TemporaryError (`NetworkMode.NAMESPACE` makes that a
+PermanentError instead).
+
+Environment: the spec's env values reach the replica only through the supervisor's process
+environment; `replica.json` records the names. With `python: "3.11"` the venv's bin comes first on
+PATH (so `pip install` goes there); otherwise the host environment is used as is.
+
+Adoption and crash safety (the record and how a status is read from it: `local_status.py`):
+`replica.json` is written (atomically) with state "starting" before
+anything is spawned, and completed with the supervisor's pid + start time afterwards. Every
+process of a replica carries `TIDEGATE_REPLICA_DIR` in its environment, so a supervisor spawned by
+a reconciler killed before it recorded the pid is found by scanning /proc. A new `LocalBackend` on
+the same root therefore reports live replicas as RUNNING, and `create()` of a live replica returns
+it instead of starting another; create/delete of one replica hold an flock, so two processes never
+start it twice. A replica whose commands exited is EXITED with the exit code and its last log lines
+in `message`; `create()` restarts it under the same id.
+
+Images: `image:` runs through `docker`/`podman run` when that engine answers `info` (the engine
+gives the container its own network; the port is published on a free loopback port that the relay
+targets, env values are passed by name only, and delete also runs `<engine> rm -f`). Without an
+engine, `can_run(spec)` returns the reason ("cannot run images: no Docker/Podman engine"), as it
+does for a missing Python version, unfitting GPUs or (in NAMESPACE mode) missing namespaces, so
+the reconciler can show it in the plan; `create()` raises PermanentError with the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from backends.base import (
+    Offer,
+    PermanentError,
+    ReplicaInfo,
+    ReplicaSpec,
+    ReplicaStatus,
+    Requirements,
+    TemporaryError,
+)
+from backends.local import host as local_host
+from backends.local import proc as local_proc
+from backends.local import spawn as local_spawn
+from backends.local.layout import (
+    ReplicaPaths,
+    container_name,
+    copy_workdir,
+    read_json,
+    script_for,
+    socket_path,
+    tail,
+    write_json_atomic,
+)
+from backends.local.status import recorded, replica_info, start_meta
+
+__all__ = ["META", "LocalBackend", "NetworkMode", "socket_path"]
+
+META = "replica.json"
+KEPT_LOG_LINES = 200
+
+
+class NetworkMode(StrEnum):
+    AUTO = "auto"  # namespaces when available, else the shared host network
+    NAMESPACE = "namespace"  # namespaces or a PermanentError
+    SHARED = "shared"  # host network; a busy port is a TemporaryError
+
+
+class LocalBackend:
+    """Replicas as process trees on this machine; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        root: Path,
+        owner: str,
+        *,
+        grace: float = 10.0,
+        network: NetworkMode = NetworkMode.AUTO,
+        log_max_bytes: int = 5 * 1024 * 1024,
+        venv_with_pip: bool = True,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.root = Path(root).absolute()
+        self.owner = owner
+        self.grace = grace
+        self.network = network
+        self.log_max_bytes = log_max_bytes
+        self.venv_with_pip = venv_with_pip
+        self.start_timeout = start_timeout
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._namespace_problem: str | bool | None = False  # False = not probed yet
+        self._engine: str | bool | None = False
+        self._machine: local_host.Machine | None = None
+        self._interpreters: dict[str, str | None] = {}
+
+    # ---- host facts (probed once per instance) ----------------------------------------------------
+    def machine(self) -> local_host.Machine:
+        if self._machine is None:
+            self._machine = local_host.probe_machine()
+        return self._machine
+
+    def _namespaces_unavailable(self) -> str | None:
+        if self._namespace_problem is False:
+            self._namespace_problem = local_host.probe_namespaces(local_spawn.RELAY)
+        assert not isinstance(self._namespace_problem, bool)
+        return self._namespace_problem
+
+    def _engine_exe(self) -> str | None:
+        if self._engine is False:
+            self._engine = local_host.probe_engine()
+        assert not isinstance(self._engine, bool)
+        return self._engine
+
+    def _interpreter(self, version: str) -> str | None:
+        minor = local_host.python_minor(version)
+        if minor not in self._interpreters:
+            self._interpreters[minor] = local_host.find_interpreter(minor)
+        return self._interpreters[minor]
+
+    # ---- Backend protocol -----------------------------------------------------------------------
+    def offers(self, requirements: Requirements) -> Sequence[Offer]:
+        offer = local_host.match_offer(requirements, self.machine())
+        return [] if offer is None else [offer]
+
+    def can_run(self, spec: ReplicaSpec) -> str | None:
+        """None when this backend can run `spec`, else a reason to show in the plan.
+
+        `offers()` sees only Requirements; this also checks what the spec itself needs: an image
+        engine, the Python version, the GPUs, and (in NAMESPACE mode) network namespaces.
+        """
+        if spec.image is not None:
+            if spec.python is not None:
+                return "`image` and `python` are mutually exclusive"
+            if self._engine_exe() is None:
+                return "local backend cannot run images: no Docker/Podman engine"
+        elif not spec.commands:
+            return "nothing to run: the service has neither `commands` nor `image`"
+        if spec.python is not None:
+            try:
+                found = self._interpreter(spec.python)
+            except PermanentError as e:
+                return str(e)
+            if found is None:
+                minor = local_host.python_minor(spec.python)
+                return f"python {spec.python} is not installed on this machine (no working python{minor})"
+        if (
+            spec.requirements.gpu is not None
+            and local_host.match_offer(spec.requirements, self.machine()) is None
+        ):
+            gpus = ", ".join(f"{g.name} ({g.memory_gb:g}GB)" for g in self.machine().gpus) or "none"
+            return f"this machine's GPUs do not fit the requirements (found: {gpus})"
+        if (
+            self.network == NetworkMode.NAMESPACE
+            and spec.image is None
+            and (problem := self._namespaces_unavailable())
+        ):
+            return problem
+        return None
+
+    def create(self, spec: ReplicaSpec) -> ReplicaInfo:
+        reason = self.can_run(spec)
+        if reason is not None:
+            raise PermanentError(reason)
+        venv = self._venv_for(spec)  # built by the supervisor, after create() returned
+        paths = self._paths(spec.replica_id)
+        with local_host.file_lock(paths.lock):
+            self._reap()
+            current = self._describe(spec.replica_id, holding_lock=True)
+            meta = read_json(paths.meta)
+            if current is not None and current.status in (ReplicaStatus.RUNNING, ReplicaStatus.PROVISIONING):
+                if meta is not None and meta.get("pid") is None and current.handle is not None:
+                    # Adopted by /proc scan (the creator died before recording it): record it now.
+                    pid, started = current.handle.split(":")
+                    meta.update(pid=int(pid), started=float(started), state="started")
+                    write_json_atomic(paths.meta, meta)
+                return current
+            if meta is not None and meta.get("owner") != self.owner:
+                raise PermanentError(f"{paths.dir} belongs to another owner; refusing to touch it")
+            if meta is not None:  # leftovers of an exited run or an interrupted start/delete
+                self._stop(paths, meta)
+            return self._start(spec, paths, venv, attempt=int((meta or {}).get("attempt", 0)) + 1)
+
+    def describe(self, replica_id: str) -> ReplicaInfo | None:
+        self._reap()
+        return self._describe(replica_id)
+
+    def list_owned(self) -> Sequence[ReplicaInfo]:
+        self._reap()
+        if not self.root.is_dir():
+            return []
+        infos = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            info = self._describe(entry.name)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    def delete(self, replica_id: str) -> None:
+        paths = self._paths(replica_id)
+        if not paths.dir.exists():
+            return
+        with local_host.file_lock(paths.lock):
+            meta = read_json(paths.meta)
+            if meta is None:
+                # A directory without metadata never got as far as spawning anything.
+                if paths.dir.exists() and not local_proc.marked_processes(str(paths.dir)):
+                    shutil.rmtree(paths.dir, ignore_errors=True)
+                    return
+                meta = {"owner": self.owner}
+            if meta.get("owner") != self.owner:
+                return  # never delete what is not ours
+            meta["state"] = "deleting"
+            write_json_atomic(paths.meta, meta)
+            self._stop(paths, meta)
+            self._keep_last_logs(paths)
+            with contextlib.suppress(FileNotFoundError):
+                Path(str(meta.get("socket") or paths.socket)).unlink()
+            shutil.rmtree(paths.dir, ignore_errors=True)
+        if meta.get("venv"):
+            self._prune_venv(Path(str(meta["venv"])))
+
+    def log_path(self, replica_id: str) -> Path | None:
+        """The live log file of a replica (for `tidegate logs --follow`), None when it has none."""
+        path = self._paths(replica_id).log
+        return path if path.exists() else None
+
+    def logs(self, replica_id: str, lines: int = 100) -> list[str]:
+        paths = self._paths(replica_id)
+        if paths.log.exists():
+            return tail([paths.log_backup, paths.log], lines)
+        return tail([paths.kept_log], lines)
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _paths(self, replica_id: str) -> ReplicaPaths:
+        if not replica_id or "/" in replica_id or replica_id.startswith("."):
+            raise PermanentError(f"invalid replica id {replica_id!r}")
+        return ReplicaPaths(self.root, replica_id)
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+    def _stop(self, paths: ReplicaPaths, meta: dict[str, Any]) -> None:
+        """Stop every process of the replica (and its container, for an image)."""
+        local_proc.terminate_replica(recorded(meta), str(paths.dir), self.grace, self._reap)
+        engine = meta.get("engine")
+        if engine:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [str(engine), "rm", "-f", container_name(paths.replica_id)],
+                    capture_output=True,
+                    timeout=max(self.grace, 10.0) + 20.0,
+                )
+
+    def _prune_venv(self, venv: Path) -> None:
+        """Remove a spec's venv once no replica refers to it (after a rolling update, say).
+
+        Safe against a concurrent create: its metadata (naming the venv) is written before its
+        supervisor looks for the venv, and the supervisor rebuilds a venv that is not marked ready.
+        """
+        if venv.parent != self.root / ".venvs" or not venv.exists():
+            return
+        with local_host.file_lock(venv.parent / f".{venv.name}.lock"):
+            for entry in self.root.iterdir():
+                meta = read_json(entry / "replica.json") if not entry.name.startswith(".") else None
+                if meta is not None and meta.get("venv") == str(venv):
+                    return
+            shutil.rmtree(venv, ignore_errors=True)
+
+    def _venv_for(self, spec: ReplicaSpec) -> tuple[Path, str] | None:
+        """Where the spec's virtualenv lives (cached by spec hash) and the interpreter to build it."""
+        if spec.python is None:
+            return None
+        interpreter = self._interpreter(spec.python)
+        if interpreter is None:  # can_run checked it; keep mypy and races honest
+            raise PermanentError(f"python {spec.python} is not installed on this machine")
+        key = f"{spec.spec_hash}-py{local_host.python_minor(spec.python)}"
+        return self.root / ".venvs" / key, interpreter
+
+    def _ensure_port_free(self, port: int) -> None:
+        if not local_spawn.port_is_free(port):
+            why = (
+                "the backend runs in shared network mode"
+                if self.network == NetworkMode.SHARED
+                else f"network namespaces are unavailable: {self._namespaces_unavailable()}"
+            )
+            raise TemporaryError(f"port {port} is busy on this host ({why})")
+
+    def _start(
+        self, spec: ReplicaSpec, paths: ReplicaPaths, venv: tuple[Path, str] | None, attempt: int
+    ) -> ReplicaInfo:
+        engine = self._engine_exe() if spec.image is not None else None
+        # An image gets its own network from the engine; the relay reaches it on a loopback port.
+        netns = (
+            engine is None and self.network != NetworkMode.SHARED and self._namespaces_unavailable() is None
+        )
+        if engine is None and self.network == NetworkMode.NAMESPACE and not netns:
+            raise PermanentError(self._namespaces_unavailable() or "network namespaces unavailable")
+        host_port = local_spawn.free_loopback_port() if engine is not None else None
+        if engine is None and not netns:
+            self._ensure_port_free(spec.port)
+        sock = paths.socket
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        meta = start_meta(
+            spec,
+            self.owner,
+            engine=engine,
+            host_port=host_port,
+            network="namespace" if netns else ("engine" if engine else "shared"),
+            socket=sock,
+            venv=venv[0] if venv else None,
+            attempt=attempt,
+        )
+        write_json_atomic(paths.meta, meta)  # intent, before anything runs
+        copy_workdir(spec.workdir, paths.work)
+        paths.log.parent.mkdir(exist_ok=True)
+        script = script_for(spec, engine=engine, owner=self.owner, host_port=host_port, work=paths.work)
+        paths.script.write_text(script, encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            paths.exit_file.unlink()
+        sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+        launch = local_spawn.Launch(
+            paths=paths,
+            port=host_port or spec.port,
+            netns=netns,
+            log_max_bytes=self.log_max_bytes,
+            venv=venv[0] if venv else None,
+            venv_python=venv[1] if venv else None,
+            venv_with_pip=self.venv_with_pip,
+        )
+        env = local_spawn.replica_env(os.environ, spec, paths.dir, self.owner, launch.venv)
+        if netns:
+            env.update(local_spawn.proxy_env(spec.port, spec.env))
+        proc, handshake = local_spawn.spawn_supervisor(
+            local_spawn.relay_command(launch), env, paths, self.start_timeout
+        )
+        self._children[proc.pid] = proc
+        if not handshake.startswith("ok"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # it leads its own group: nothing else is hit
+            proc.wait()
+            self._reap()
+            detail = handshake.removeprefix("error:").strip() or "supervisor exited without a word"
+            raise TemporaryError(f"starting {spec.replica_id} failed: {detail}")
+        identity = local_proc.identify(proc.pid)
+        # started=0.0 marks a supervisor that already exited (its exit.json tells why).
+        meta.update(pid=proc.pid, started=identity.started if identity else 0.0, state="started")
+        write_json_atomic(paths.meta, meta)
+        info = self._describe(spec.replica_id, holding_lock=True)
+        assert info is not None
+        return info
+
+    def _describe(self, replica_id: str, holding_lock: bool = False) -> ReplicaInfo | None:
+        return replica_info(self.name, self.owner, self._paths(replica_id), self.logs, holding_lock=holding_lock)
+
+    def _keep_last_logs(self, paths: ReplicaPaths) -> None:
+        last = self.logs(paths.replica_id, KEPT_LOG_LINES)
+        if not last:
+            return
+        paths.kept_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Raw replica output (may quote its secrets): private like the live log.
+        fd = os.open(paths.kept_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(last) + "\n")

@@ -1,0 +1,381 @@
+"""The per-replica supervisor of the local backend: namespace, log pump, unix-socket relay.
+
+Why it exists: every replica of every service may listen on the same port (8000 in the dstack
+examples). On Linux each replica therefore gets its own network namespace, and the gateway cannot
+reach a port inside it. This small process enters the namespace first, starts the replica's
+commands inside it, and exposes `127.0.0.1:<port>` of the namespace as a unix socket in the
+replica's directory. Unix sockets live in the filesystem, not in a network namespace, so the
+gateway (and the reconciler's readiness probe) connect to `<dir>/http.sock` from outside.
+
+For `python:` specs it first builds the spec's virtualenv (shared by the spec's replicas, under an
+flock) while a `provisioning` marker tells the backend to report PROVISIONING. It also pumps the
+replica's stdout+stderr into a size-capped log with one backup, and when the
+commands exit it records the exit status in `exit.json` (atomically) and exits with it. It is the
+session and process-group leader of the replica (the backend starts it with a new session), so
+one `killpg` reaches it, `bash` and everything the commands started.
+
+This file is run by path with `python -I -S` and imports the standard library only: it must work
+with whatever interpreter runs the reconciler, independent of the replica's virtualenv.
+
+Start-up handshake: one line on stdout, `ok <relay pid>` or `error: <reason>`, then stdout is
+closed; the backend waits for it so namespace and spawn failures surface in `create()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: it is the slowest part of start-up
+    import asyncio
+
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFREQ = "16sh22x"  # struct ifreq: name + flags, padded to 40 bytes
+CHUNK = 64 * 1024
+PUMP_DRAIN_SECONDS = 2.0
+READY_MARKER = ".tidegate-ready"  # written last into a virtualenv that was built completely  # after the commands exit, how long to wait for stragglers' output
+
+
+def enter_network_namespace() -> None:
+    """unshare(CLONE_NEWNET) for this process (inherited by its children), then bring `lo` up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack(IFREQ, b"lo", 0)
+        flags = struct.unpack(IFREQ, fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
+
+
+def _private(path: str, flags: int) -> int:
+    """`open` opener: a log holds what the replica printed, secrets included, so it is 0600."""
+    return os.open(path, flags, 0o600)
+
+
+class RotatingLog:
+    """Append-only log file capped at `max_bytes`, keeping one backup (`<name>.1`). Raw output,
+    kept 0600 on disk; tidegate masks the replica's secrets whenever it shows it."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._file = open(path, "ab", opener=_private)  # noqa: SIM115 - lives as long as the relay
+        os.chmod(path, 0o600)  # a log an older tidegate created wider
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._file = open(self.path, "ab", opener=_private)  # noqa: SIM115
+            self._size = 0
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_json_atomic(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+
+async def _open_upstream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    import asyncio
+
+    last: OSError | None = None
+    for host in ("127.0.0.1", "::1"):
+        try:
+            return await asyncio.open_connection(host, port)
+        except OSError as e:
+            last = e
+    assert last is not None
+    raise last
+
+
+Handler = Callable[["asyncio.StreamReader", "asyncio.StreamWriter"], Awaitable[None]]
+Opener = Callable[[], Awaitable[tuple["asyncio.StreamReader", "asyncio.StreamWriter"]]]
+
+
+def _relay_to(open_upstream: Opener) -> Handler:
+    """A connection handler that pipes both ways to what `open_upstream` connects to; when that
+    fails (the replica is not listening yet) the client sees a closed connection (not ready)."""
+    import asyncio
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await open_upstream()
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for w in (up_writer, writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    return handle
+
+
+def make_unix_forwarder(path: str) -> Handler:
+    """Pipe each connection accepted inside the namespace to the egress proxy's unix socket."""
+    import asyncio
+
+    return _relay_to(lambda: asyncio.open_unix_connection(path))
+
+
+def fork_egress_proxy(socket_path: str) -> None:
+    """Fork the egress proxy while still in the host's network namespace (see local_egress).
+
+    The child is in the supervisor's process group (one killpg stops both) and also dies with the
+    supervisor (PR_SET_PDEATHSIG), so it never outlives its replica.
+    """
+    parent = os.getpid()
+    if os.fork() != 0:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(devnull, fd)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import asyncio
+
+        import egress  # type: ignore[import-not-found]
+
+        asyncio.run(egress.serve(socket_path))
+    finally:
+        os._exit(0)
+
+
+def make_handler(port: int) -> Handler:
+    """Pipe each connection on the replica's socket to its port (IPv4 or IPv6 loopback)."""
+    return _relay_to(lambda: _open_upstream(port))
+
+
+async def _pump(stream: asyncio.StreamReader, log: RotatingLog) -> None:
+    while data := await stream.read(CHUNK):
+        log.write(data)
+
+
+def _handshake(message: str) -> None:
+    with contextlib.suppress(OSError):  # the backend went away; the replica is adopted later
+        os.write(1, (message + "\n").encode())
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) -> bool:
+    """Build the spec's virtualenv once (replicas of one spec share it); False when it failed.
+
+    Built in place (venvs are not relocatable) under an flock, and marked ready last, so a venv
+    half-built by a killed replica is detected and rebuilt by the next one.
+    """
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if (venv / READY_MARKER).exists():
+            return True
+        cmd = [interpreter, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)]
+        log.write(f"[tidegate] creating virtualenv: {' '.join(cmd)}\n".encode())
+        try:
+            if venv.exists():
+                shutil.rmtree(venv)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+            log.write(proc.stdout + proc.stderr)
+            if proc.returncode == 0:
+                (venv / READY_MARKER).write_text(interpreter + "\n")
+                return True
+            problem = f"exit code {proc.returncode}"
+        except OSError as e:
+            problem = str(e)
+        log.write(f"[tidegate] creating the virtualenv failed: {problem}\n".encode())
+        shutil.rmtree(venv, ignore_errors=True)
+        return False
+
+
+def spawn(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["bash", args.script],
+        cwd=args.workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start(args: argparse.Namespace) -> tuple[socket.socket, subprocess.Popen[bytes] | None] | None:
+    """Bind the socket and spawn the commands (unless a venv must be built first), then handshake.
+
+    Done before asyncio is imported (the slowest part of start-up), so `create()` returns as soon
+    as the replica runs; connections arriving meanwhile wait in the listen backlog. A venv is
+    built after the handshake, with `--provisioning-file` present meanwhile, so a slow build
+    (ensurepip takes seconds) never blocks the caller.
+    """
+    path = Path(args.socket)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        os.chmod(path, 0o660)
+        listener.listen(128)
+        if args.egress_socket and args.egress_port:
+            # Bound before the commands start, so their first download finds the proxy.
+            egress = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            egress.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            egress.bind(("127.0.0.1", args.egress_port))
+            egress.listen(128)
+            args.egress_listener = egress
+        if args.venv:
+            Path(args.provisioning_file).touch()
+            proc = None
+        else:
+            proc = spawn(args)
+    except OSError as e:
+        _handshake(f"error: {e}")
+        return None
+    _handshake(f"ok {os.getpid()}")
+    return listener, proc
+
+
+async def supervise(
+    args: argparse.Namespace, listener: socket.socket, proc: subprocess.Popen[bytes] | None
+) -> int:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    log = RotatingLog(Path(args.log), args.log_max_bytes)
+    server = await asyncio.start_unix_server(make_handler(args.port), sock=listener)
+    egress = None
+    if getattr(args, "egress_listener", None) is not None:
+        egress = await asyncio.start_server(make_unix_forwarder(args.egress_socket), sock=args.egress_listener)
+    stopping: list[int] = []
+
+    def forward(signum: int) -> None:
+        # A group signal already reached the child; this covers a signal sent to the relay alone.
+        stopping.append(signum)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, forward, signum)
+
+    returncode: int | None = None
+    if proc is None:
+        try:
+            built = await loop.run_in_executor(
+                None, ensure_venv, Path(args.venv), args.venv_python, args.venv_with_pip, log
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                Path(args.provisioning_file).unlink()
+        if stopping:
+            returncode = -stopping[0]
+        elif not built:
+            returncode = 1
+        else:
+            proc = spawn(args)
+    if proc is not None:
+        assert proc.stdout is not None
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        pump = asyncio.create_task(_pump(reader, log))
+        returncode = await loop.run_in_executor(None, proc.wait)
+        try:
+            await asyncio.wait_for(pump, PUMP_DRAIN_SECONDS)
+        except TimeoutError:
+            pump.cancel()  # a background process still holds the pipe open
+    assert returncode is not None
+    server.close()
+    if egress is not None:
+        egress.close()
+    with contextlib.suppress(FileNotFoundError):
+        Path(args.socket).unlink()
+    write_json_atomic(Path(args.exit_file), {"returncode": returncode, "finished_at": time.time()})
+    log.close()
+    return returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--probe", action="store_true", help="only check that namespaces work")
+    parser.add_argument("--netns", action="store_true", help="run in a new network namespace")
+    parser.add_argument("--workdir")
+    parser.add_argument("--script")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--socket")
+    parser.add_argument("--log")
+    parser.add_argument("--log-max-bytes", type=int, default=5 * 1024 * 1024)
+    parser.add_argument("--exit-file")
+    parser.add_argument("--venv", help="virtualenv to build (if missing) before running the commands")
+    parser.add_argument("--venv-python", help="interpreter that builds the virtualenv")
+    parser.add_argument("--venv-with-pip", action="store_true")
+    parser.add_argument("--provisioning-file", help="present while the virtualenv is being built")
+    parser.add_argument("--egress-socket", help="unix socket of the egress proxy (namespace mode)")
+    parser.add_argument("--egress-port", type=int, help="loopback port of the proxy inside the namespace")
+    args = parser.parse_args(argv)
+    if args.netns and args.egress_socket and not args.probe:
+        fork_egress_proxy(args.egress_socket)
+    if args.netns or args.probe:
+        try:
+            enter_network_namespace()
+        except OSError as e:
+            if args.probe:
+                print(e, file=sys.stderr)
+                return 1
+            _handshake(f"error: {e}")
+            return 1
+    if args.probe:
+        return 0
+    started = start(args)
+    if started is None:
+        return 1
+    import asyncio
+
+    return asyncio.run(supervise(args, *started))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

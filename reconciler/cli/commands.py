@@ -1,0 +1,441 @@
+"""The runtime commands: `apply`, `up`, `ps`, `logs`, `stop`, `start` (`plan` is in plan_cmd.py).
+
+Each handler builds `Settings` once from its arguments (and the environment, read only there) and
+returns an exit code. Every command finds the state directory the same way, so `ps`, `logs`,
+`stop` and `start` in a second terminal act on a running `up`: reads need no lock (documents are
+replaced whole), and `stop`/`start` either take the lock when nobody holds it or drop a signal
+file that the running `up` applies on its next pass (woken at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.cli.next_steps import print_next_steps
+from reconciler.cli.output import print_table, say
+from reconciler.cli.settings import Settings, SettingsError, add_common_options, build_settings
+from reconciler.previews.pr_source import read_decision
+from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
+from reconciler.render.plan_output import render_report
+from reconciler.source.checkout import SourceError, read_source
+from reconciler.state.errors import ReconcilerError, StateLockedError
+from reconciler.state.records import StateDoc
+from reconciler.state.redact import SecretBook, mask_logs, withheld
+from reconciler.state.store import StateStore
+from tidegate.fsio import write_json_atomic
+from tidegate.routes_io import read_snapshot
+from tidegate.signals import send_signal
+
+if TYPE_CHECKING:
+    from reconciler.engine.reconcile import PassReport
+    from reconciler.state.view import ServiceView
+
+log = logging.getLogger("tidegate")
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("apply", help="reconcile, wait for started replicas, exit")
+    add_common_options(p, gateway=True)
+    p.add_argument(
+        "--wait", type=float, default=300.0, metavar="SECONDS", help="max wait for replicas to settle (0: one pass)"
+    )
+    p.set_defaults(func=cmd_apply)
+
+    p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
+    add_common_options(p, gateway=True)
+    p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    add_preview_options(p)
+    p.set_defaults(func=cmd_up)
+
+    p = subparsers.add_parser("ps", help="services, revision, replicas, URL, status")
+    add_common_options(p, source=False, gateway=True)
+    _add_mask_option(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ps)
+
+    p = subparsers.add_parser("logs", help="the last lines a service's replica wrote")
+    add_common_options(p, source=False)
+    _add_mask_option(p)
+    p.add_argument("service")
+    p.add_argument("--replica", type=int, default=None, metavar="N", help="replica ordinal (default: first)")
+    p.add_argument("--lines", "-n", type=int, default=100)
+    p.add_argument("--follow", "-f", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    for name, text in (("stop", "stop a service until its config changes or `start`"), ("start", "undo `stop`")):
+        p = subparsers.add_parser(name, help=text)
+        add_common_options(p, source=False)
+        p.add_argument("service")
+        p.set_defaults(func=cmd_stop if name == "stop" else cmd_start)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return build_settings(args)
+
+
+# --- masking replica output in another process ------------------------------------------------
+# `ps` and `logs` show what a replica printed, masked with the values of the secrets it received.
+# The state holds only their salted hashes, so these commands re-derive the values from their own
+# environment and env file (a candidate counts only when its hash matches). By default the env
+# file is the one `up`/`apply` was started with: they record its *path* (never its contents) in
+# ENV_FILE_RECORD, so `tidegate ps` in a second terminal masks without repeating --env-file.
+
+ENV_FILE_RECORD = "env-file.json"
+
+
+def _add_mask_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="values for bare KEY env entries, to mask them in replica output (default: the file `up` was given)",
+    )
+
+
+def record_env_file(state_dir: Path, env_file: Path | None) -> None:
+    """Remember the path of the env file `up`/`apply` runs with (for `ps`/`logs` masking)."""
+    path = state_dir / ENV_FILE_RECORD
+    try:
+        if env_file is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_json_atomic(path, {"schema_version": 1, "path": str(Path(env_file).absolute())}, mode=0o600)
+    except OSError as e:  # only a convenience for `ps`/`logs`: never stop `up` over it
+        log.warning("cannot record the env file path in %s: %s", path, e)
+
+
+def _mask_settings(args: argparse.Namespace) -> Settings:
+    """Settings for `ps`/`logs`: with no --env-file, the env file `up` recorded (when readable)."""
+    if getattr(args, "env_file", None) is None:
+        state = build_settings(args).state_dir
+        try:
+            recorded = json.loads((state / ENV_FILE_RECORD).read_text()).get("path")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and Path(recorded).is_file():
+            args = argparse.Namespace(**{**vars(args), "env_file": recorded})
+    return build_settings(args)
+
+
+def _fail(message: str) -> int:
+    say(f"error: {message}", stream=sys.stderr, style="red")
+    return EXIT_ERROR
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("apscheduler", "httpx", "httpcore", "watchfiles"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- apply -----------------------------------------------------------------------------------
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.cli import runtime
+    _logging()
+    try:
+        settings = _settings(args)
+        source = runtime.require_source(settings)
+        checkout = source.current()
+        engine = runtime.build_engine(settings)
+        mask_logs(engine.secrets)
+        try:
+            engine.recover()
+            record_env_file(settings.state_dir, settings.env_file)
+            snapshot = runtime.to_snapshot(checkout)
+            report = engine.reconcile(snapshot)
+            deadline = time.monotonic() + args.wait
+            # Like `terraform apply`, wait for what was started to become ready (or fail); replicas
+            # keep running after exit either way.
+            while report.next_run_in is not None and time.monotonic() < deadline:
+                time.sleep(min(report.next_run_in, 2.0))
+                report = engine.reconcile(snapshot)
+        finally:
+            engine.close()
+    except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
+        return _fail(str(e))
+    print(render_report(report))
+    return EXIT_ERROR if report.errors else EXIT_OK
+
+
+# --- up --------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from reconciler.cli import runtime
+    from reconciler.engine.loop import Loop
+
+    _logging()
+    try:
+        settings = _settings(args)
+        source = runtime.require_source(settings)
+        engine = runtime.build_engine(settings)
+        engine.recover()  # takes the lock: a second `up` stops here, naming the holder
+        mask_logs(engine.secrets)  # up's own log: every secret value masked, whatever quotes it
+        record_env_file(settings.state_dir, settings.env_file)
+        try:
+            previews = runtime.build_previews(settings, args, source, engine)
+        except runtime.RuntimeError_:
+            engine.close()
+            raise
+        engine.extension = previews
+    except StateLockedError as e:
+        return _fail(str(e))
+    except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
+        return _fail(str(e))
+
+    gateway: runtime.GatewayThread | None = None
+    loop: Loop | None = None
+    try:
+        if not args.no_gateway:
+            gateway = runtime.GatewayThread(settings)
+            if not gateway.start():
+                return _fail(f"gateway: {gateway.error}")
+        announced: list[frozenset[str]] = []
+
+        def on_report(report: PassReport) -> None:
+            # Tell the newcomer what to do once something answers, and again when more does.
+            ready = frozenset(n for n, r in read_snapshot(settings.state_dir).services.items() if r.upstreams)
+            if (not announced and (ready or report.next_run_in is None)) or (announced and ready - announced[-1]):
+                announced.append(ready)
+                print_next_steps(settings, gateway is not None)
+
+        signals: list[Loop] = []  # the pass drains signals through the loop built right after it
+        the_pass = runtime.Pass(
+            engine,
+            source,
+            lambda: signals[0].take_signals(),
+            on_report=on_report,
+            fetch_every=settings.interval * 0.8,  # a timer tick (jittered +-10%) always fetches
+            previews=previews,
+            deploy_reporter=runtime.build_deploy_reporter(settings),
+            status_url=settings.gateway_url,
+            sweeper=runtime.build_orphan_sweeper(engine),
+        )
+        loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
+        signals.append(loop)
+        if hasattr(source, "watch"):
+            loop.add_watcher(source.watch(lambda: loop.wake("file saved"), loop.stop_event))
+        say(f"tidegate up: watching {source.describe()} (state {settings.state_dir}); Ctrl-C stops, replicas keep running")
+        if previews is not None:
+            say(f"previews: open pull requests get <service>-pr-<N>.{settings.domain} ({previews.settings.max_concurrent} at most)")
+        loop.start()
+        loop.run()
+    finally:
+        if loop is not None:
+            loop.shutdown()
+        if gateway is not None:
+            gateway.stop()
+        engine.close()
+    say("tidegate stopped; replicas keep running (the next `tidegate up` adopts them)")
+    return EXIT_OK
+
+
+# --- ps --------------------------------------------------------------------------------------
+
+
+def _load_doc(state_dir: Path) -> StateDoc:
+    return StateStore(state_dir).load()
+
+
+def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str, Any]]:
+    """`ps` rows (also its --json): status views plus the URL the gateway serves each at."""
+    rows = []
+    for v in views:
+        reason = v.reason
+        for r in v.replicas:
+            if r.last_error and not reason:
+                reason = f"{r.id}: {r.last_error}"
+        rows.append(
+            {
+                "name": v.name,
+                "revision": v.revision,
+                "ready": v.ready,
+                "desired": 0 if v.stopped else v.desired,
+                "url": f"http://{v.host}:{settings.listen_port}" if v.host else None,
+                "status": v.status,
+                "reason": reason,
+                "scaling": v.last_scaling,
+                "scaling_history": list(v.scaling_history),
+                "scaling_pending": v.scaling_pending,
+                "cost_per_hour": round(v.cost_per_hour, 4),
+                "replicas": [
+                    {
+                        "id": r.id,
+                        "ordinal": r.ordinal,
+                        "phase": r.phase,
+                        "current": r.current,
+                        "address": r.address,
+                        "attempts": r.attempts,
+                        "error": r.last_error,
+                        "probe_failures": r.probe_failures,
+                        "log_tail": list(r.log_tail),
+                        "offer": r.offer,
+                        "price": r.price,
+                    }
+                    for r in v.replicas
+                ],
+            }
+        )
+    return rows
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from reconciler.cli import runtime
+    try:
+        settings = _mask_settings(args)
+        engine = runtime.build_engine(settings, read_only=True)
+        views = engine.status()
+    except (SettingsError, ReconcilerError) as e:
+        return _fail(str(e))
+    rows = service_rows(views, settings)
+    src = read_source(settings.state_dir)
+    decision = read_decision(settings.state_dir)
+    previews = ps_rows(decision, time.time())
+    total = round(sum(r["cost_per_hour"] for r in rows), 4)
+    if args.json:
+        print(json.dumps({"source": src, "services": rows, "previews": decision, "cost_per_hour": total}, indent=2))
+        return EXIT_OK
+    if src:
+        head = f"source {src.get('source')} at {str(src.get('revision') or '-')[:12]}"
+        if src.get("error"):
+            head += f"  (last fetch failed: {src['error']})"
+        say(head)
+    if not rows:
+        say("no services deployed yet")
+        return EXIT_OK
+    print_table(
+        ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING", "COST"],
+        [
+            [
+                r["name"],
+                (r["revision"] or "-")[:12],
+                f"{r['ready']}/{r['desired']}",
+                r["url"] or "-",
+                r["status"],
+                r["reason"] or "",
+                r["scaling"] or "",
+                f"${r['cost_per_hour']:.2f}/h" if r["cost_per_hour"] else "-",
+            ]
+            for r in rows
+        ],
+    )
+    if total:
+        say(f"running cost: ${total:.2f}/h")
+    if previews:
+        say("")
+        print_table(PS_HEADERS, previews)
+    for r in rows:
+        for rep in r["replicas"]:
+            if rep["log_tail"]:
+                say(f"last lines of {rep['id']}:")
+                for line in rep["log_tail"]:
+                    say(f"  | {line}")
+    return EXIT_OK
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from reconciler.cli import runtime
+    try:
+        settings = _mask_settings(args)
+        doc = _load_doc(settings.state_dir)
+        rec = doc.services.get(args.service)
+        if rec is None or not rec.replicas:
+            known = ", ".join(sorted(doc.services)) or "none"
+            return _fail(f"no replicas for service {args.service!r} (services: {known})")
+        replicas = sorted(rec.replicas, key=lambda r: (r.ordinal, -(r.created_at or 0)))
+        if args.replica is not None:
+            replicas = [r for r in replicas if r.ordinal == args.replica]
+            if not replicas:
+                return _fail(f"{args.service} has no replica {args.replica}")
+        replica = replicas[0]
+        installation = StateStore(settings.state_dir).installation()
+        registry = runtime.build_registry(settings, installation.id)
+        backend = registry.get(replica.backend)
+        # The replica's output is shown with the values of the secrets it received masked; they
+        # are re-derived from this process's environment / --env-file (reconciler.state.redact).
+        book = SecretBook(installation.salt, settings.env)
+        masker = book.masker(replica.secrets)
+        if masker is None:
+            return _fail(withheld(book.unknown(replica.secrets)))
+    except (SettingsError, ReconcilerError, runtime.RuntimeError_) as e:
+        return _fail(str(e))
+    except Exception as e:  # backend construction (cloud settings) failing is a user-facing error
+        return _fail(str(e))
+    seen = backend.logs(replica.id, lines=args.lines)
+    for line in seen:
+        print(masker(line))
+    sys.stdout.flush()
+    while args.follow:
+        time.sleep(0.5)
+        current = backend.logs(replica.id, lines=max(args.lines, 200))
+        for line in new_lines(seen, current):
+            print(masker(line))
+        sys.stdout.flush()
+        seen = current
+    return EXIT_OK
+
+
+def new_lines(previous: list[str], current: list[str]) -> list[str]:
+    """Lines of `current` after the longest overlap with the end of `previous` (tail -f over a
+    window of the last lines)."""
+    for size in range(min(len(previous), len(current)), 0, -1):
+        if previous[-size:] == current[:size]:
+            return current[size:]
+    return current if previous != current else []
+
+
+# --- stop / start ----------------------------------------------------------------------------
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _stop_start(args, "stop")
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _stop_start(args, "start")
+
+
+def _stop_start(args: argparse.Namespace, kind: str) -> int:
+    from reconciler.cli import runtime
+    try:
+        settings = _settings(args)
+        doc = _load_doc(settings.state_dir)
+    except (SettingsError, ReconcilerError) as e:
+        return _fail(str(e))
+    if args.service not in doc.services:
+        known = ", ".join(sorted(doc.services)) or "none"
+        return _fail(f"unknown service {args.service!r} (services: {known})")
+    holder = StateStore(settings.state_dir).holder()
+    if holder is None:
+        try:
+            engine = runtime.build_engine(settings)
+            engine.recover()
+            try:
+                (engine.stop_service if kind == "stop" else engine.start_service)(args.service)
+            finally:
+                engine.close()
+            say(f"{args.service}: {'stopped' if kind == 'stop' else 'started (replicas come up on the next `up`/`apply`)'}")
+            return EXIT_OK
+        except StateLockedError as e:
+            holder = e.holder or "another process"  # someone started `up` meanwhile: ask it
+        except (ReconcilerError, runtime.RuntimeError_) as e:
+            return _fail(str(e))
+    send_signal(settings.state_dir, kind, {"service": args.service})
+    say(f"asked the running tidegate ({holder}) to {kind} {args.service}; `tidegate ps` shows the result")
+    return EXIT_OK

@@ -1,0 +1,64 @@
+"""The `tidegate` command line: one argparse parser, subcommands contributed by their modules.
+
+Each module that owns a command exposes `register(subparsers)`, adding its parser with
+`set_defaults(func=handler)`; a handler takes the parsed namespace and returns the exit code.
+Settings are built from the namespace inside the handler (nothing reads the environment at import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tidegate.install_check import foreign_packages
+
+# Modules contributing subcommands, in help order.
+COMMAND_MODULES = (
+    "reconciler.cli.validate_cmd",  # validate, schema
+    "reconciler.cli.plan_cmd",  # plan
+    "reconciler.cli.commands",  # apply, up, ps, logs, stop, start
+    "gateway.cli",  # gateway, token
+    "reconciler.cli.cloud_cmd",  # offers, gc
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tidegate",
+        description="GitOps deployer for model-serving services (dstack service configs).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # not written yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    problems = foreign_packages()
+    if problems:  # before importing any subcommand module, which would import the wrong package
+        for line in problems:
+            print(f"tidegate: {line}", file=sys.stderr)
+        print("tidegate: install tidegate in a virtualenv of its own (README: Installing)", file=sys.stderr)
+        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""Desired state: what the config at one revision asks for, resolved against the reconciler's env.
+
+Why: the loader says what the files contain; the engine needs, per service, a spec hash that
+changes exactly when a replica must be replaced, a replica template, the backend to use and the
+route. Pure but for one cached read: values in, values out (env values come in as a mapping;
+nothing reads os.environ); the code hash below is read from the checkout once per revision
+(reconciler.source.code_files) unless the caller passes `code_hash`.
+
+- A bare `KEY` takes its value from `env` (process env + --env-file, built by the caller). A missing
+  value blocks that one service with a message naming the variable; others go on.
+- The spec hash covers the config minus routing-only fields (replicas, scaling, auth, model: those
+  change the count or the gateway, not what runs), the backend and a *salted* hash of the resolved
+  env values, so changing a secret rolls the replicas while the value itself is never stored.
+- Secrets (bare `KEY` values) are hashed here, where they enter: `DesiredService.secrets` maps each
+  bare name to `redact.secret_hash(salt, name, value)`. Records, plans and outputs carry that map;
+  the value itself lives only in `template.env` (what the backend hands the replica) and in memory.
+- Code: when the chosen backend ships the checkout to the replica (`WORKDIR_BACKENDS`: `local`,
+  which runs each replica in a copy of the repository), the spec hash also covers a content hash of
+  the repository files at that revision, minus every `.dstack.yml`/`*.dstack.yml`, the `.dstack/`
+  folder and what `.dstackignore` excludes: pushing a fix to `app.py` rolls the replicas, editing
+  another service's config does not. Cloud backends run the image and commands only and never get
+  the workdir, so for them the code hash is left out (a code push must not replace a GPU instance
+  for nothing). The summary shows it as `files: <hash8>`, so `tidegate plan` says why replicas roll.
+- A file that failed validation keeps its service as it is (`failed`), reported, never deleted;
+  the engine still heals it at its last applied spec (reconciler.engine.targets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from backends.base import ReplicaSpec, Requirements
+from reconciler.config.loader import LoadedService, LoadResult
+from reconciler.engine.autoscale import ScalingPolicy
+from reconciler.engine.naming import replica_id, service_host
+from reconciler.source.code_files import code_hash_at
+from reconciler.state.records import RouteInfo
+from reconciler.state.redact import secret_hash
+from tidegate.routes import ModelFormat, ModelRoute
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    name: str
+    spec_hash: str
+    config_path: str
+    revision: str | None
+    backend: str
+    min_replicas: int
+    max_replicas: int
+    scaling: ScalingPolicy | None  # None: a fixed count of `min_replicas`
+    template: ReplicaSpec  # replica_id/ordinal filled by `spec_for`
+    route: RouteInfo
+    env_names: tuple[str, ...] = ()
+    summary: Mapping[str, str] = field(default_factory=dict)
+    # Bare-KEY env names -> salted hash of the value this service's replicas receive.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+    def secret_values(self) -> dict[str, str]:
+        """name -> value of the secrets its replicas receive (in memory only, for masking)."""
+        return {k: self.template.env[k] for k in self.secrets if k in self.template.env}
+
+    def spec_for(self, ordinal: int) -> ReplicaSpec:
+        return replace(
+            self.template, replica_id=replica_id(self.name, self.spec_hash, ordinal), ordinal=ordinal
+        )
+
+
+@dataclass(frozen=True)
+class DesiredSet:
+    services: Mapping[str, DesiredService]
+    blocked: Mapping[str, str] = field(default_factory=dict)  # name -> why it cannot be deployed
+    failed: Mapping[str, str] = field(default_factory=dict)  # name -> path of the broken file
+    diagnostics: tuple[str, ...] = ()
+    revision: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing at all in the config (not even a broken file)."""
+        return not self.services and not self.blocked and not self.failed
+
+
+def env_values_hash(salt: str, env: Mapping[str, str]) -> str:
+    """A salted digest of the resolved env, so a changed secret changes the spec hash."""
+    h = hashlib.sha256(salt.encode())
+    for k in sorted(env):
+        h.update(b"\0" + k.encode() + b"=" + env[k].encode())
+    return h.hexdigest()
+
+
+def resolve_env(
+    declared: Mapping[str, str | None], available: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """Values for every declared name; bare names come from `available`. Returns (env, missing)."""
+    out: dict[str, str] = {}
+    missing: list[str] = []
+    for k, v in declared.items():
+        if v is not None:
+            out[k] = v
+        elif k in available:
+            out[k] = available[k]
+        else:
+            missing.append(k)
+    return out, missing
+
+
+# Fields that change routing or the replica count but not what a replica runs: changing them
+# must not roll the replicas (the loader's own spec_hash covers the whole file).
+ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model"})
+
+# Backends that run a replica in a copy of the checkout: for them the repository's files are part
+# of what runs. Cloud backends (aws, azure) start the image/commands only.
+WORKDIR_BACKENDS = frozenset({"local"})
+
+
+def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
+    """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
+    for a backend in WORKDIR_BACKENDS, the code hash (`files`; None leaves the hash as it was)."""
+    config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
+    payload: dict[str, object] = {"config": config, "env": env_hash, "backend": backend}
+    if files is not None:
+        payload["files"] = files
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def choose_backend(
+    requested: Sequence[str], configured: Sequence[str], default: str
+) -> tuple[str | None, str]:
+    """The backend for a service: the first requested one that is configured, else the default."""
+    if requested:
+        for name in requested:
+            if name in configured:
+                return name, ""
+        return (
+            None,
+            f"none of the requested backends ({', '.join(requested)}) is configured (have: {', '.join(configured) or 'none'})",
+        )
+    if default in configured:
+        return default, ""
+    if configured:
+        return configured[0], ""
+    return None, "no backend is configured"
+
+
+def _summary(
+    ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
+) -> dict[str, str]:
+    c = ls.config
+    out = {
+        "backend": backend,
+        "port": str(c.port.container_port),
+        "commands": " && ".join(c.commands),
+        "resources": json.dumps(c.resources.model_dump(mode="json", exclude_none=True), sort_keys=True),
+        "replicas": str(c.replicas.min)
+        if c.replicas.min == c.replicas.max
+        else f"{c.replicas.min}..{c.replicas.max}",
+        "env": ", ".join(sorted(env)),
+        "env values": env_hash[:8],
+        "files": files[:8] if files else "",
+    }
+    if c.image:
+        out["image"] = c.image
+    if c.python:
+        out["python"] = c.python
+    return {k: v for k, v in out.items() if v}
+
+
+def _model_route(ls: LoadedService) -> ModelRoute | None:
+    m = ls.config.model
+    if m is None:
+        return None
+    return ModelRoute(
+        name=m.name,
+        type=m.type,
+        format=ModelFormat(str(m.format)),
+        prefix=m.prefix or "/v1",
+        chat_template=m.chat_template,
+        eos_token=m.eos_token,
+    )
+
+
+def build_desired(
+    load: LoadResult,
+    *,
+    revision: str | None,
+    workdir: str | None,
+    env: Mapping[str, str],
+    salt: str,
+    backends: Sequence[str],
+    domain: str = "localhost",
+    default_backend: str = "local",
+    code_hash: Callable[[], str] | None = None,
+) -> DesiredSet:
+    """The desired set of one load. `code_hash` gives the content hash of the files replicas get
+    (default: `code_files.code_hash_at(workdir, revision)`); it is asked at most once, and only
+    when some service runs on a backend in WORKDIR_BACKENDS."""
+    services: dict[str, DesiredService] = {}
+    files_memo: list[str | None] = []
+
+    def files_for(backend: str) -> str | None:
+        if backend not in WORKDIR_BACKENDS:
+            return None
+        if not files_memo:
+            if code_hash is not None:
+                files_memo.append(code_hash())
+            elif workdir is not None:
+                files_memo.append(code_hash_at(Path(workdir), revision))
+            else:
+                files_memo.append(None)  # an empty workdir: nothing to hash
+        return files_memo[0]
+
+    blocked: dict[str, str] = {}
+    for name in sorted(load.services):
+        ls = load.services[name]
+        c = ls.config
+        resolved, missing = resolve_env(c.env, env)
+        secrets = {k: secret_hash(salt, k, resolved[k]) for k, v in c.env.items() if v is None and k in resolved}
+        if missing:
+            blocked[name] = (
+                f"env variable{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))} "
+                f"ha{'ve' if len(missing) > 1 else 's'} no value: set {'them' if len(missing) > 1 else 'it'} "
+                "in the reconciler's environment or the --env-file"
+            )
+            continue
+        backend, why = choose_backend(list(c.backends or ()), list(backends), default_backend)
+        if backend is None:
+            blocked[name] = why
+            continue
+        env_hash = env_values_hash(salt, resolved)
+        files = files_for(backend)
+        spec_hash = replica_spec_hash(ls, env_hash, backend, files)
+        requirements: Requirements = c.requirements()
+        template = ReplicaSpec(
+            replica_id="",
+            service=name,
+            spec_hash=spec_hash,
+            ordinal=-1,
+            port=c.port.container_port,
+            commands=tuple(c.commands),
+            image=c.image,
+            python=c.python,
+            env=resolved,
+            requirements=requirements,
+            workdir=workdir,
+            revision=revision,
+        )
+        scaling = None
+        if c.scaling is not None:
+            scaling = ScalingPolicy(
+                min=c.replicas.min,
+                max=c.replicas.max,
+                target=float(c.scaling.target),
+                scale_up_delay=float(c.scaling.scale_up_delay),
+                scale_down_delay=float(c.scaling.scale_down_delay),
+                window=float(c.scaling.window),
+            )
+        route = RouteInfo(
+            host=service_host(name, domain),
+            auth=c.auth,
+            model=_model_route(ls),
+            min_replicas=c.replicas.min,
+            max_replicas=c.replicas.max,
+        )
+        services[name] = DesiredService(
+            name=name,
+            spec_hash=spec_hash,
+            config_path=str(ls.path),
+            revision=revision,
+            backend=backend,
+            min_replicas=c.replicas.min,
+            max_replicas=c.replicas.max,
+            scaling=scaling,
+            template=template,
+            route=route,
+            env_names=tuple(sorted(c.env)),
+            summary=_summary(ls, backend, resolved, env_hash, files),
+            secrets=dict(sorted(secrets.items())),
+        )
+    failed = {name: str(path) for name, path in load.failed.items() if name not in services}
+    return DesiredSet(
+        services=services,
+        blocked=blocked,
+        failed=failed,
+        diagnostics=tuple(d.format() for d in load.diagnostics),
+        revision=revision,
+    )

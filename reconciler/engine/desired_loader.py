@@ -1,0 +1,126 @@
+"""Loading desired sets for the engine, cached per revision, and remembering each service's last
+good spec.
+
+Why a module of its own: loading is the one part of a pass that reads a checkout and asks the
+backends for offers, and it carries memory across passes (the cached set of the current revision;
+per service the spec it last ran, so a service whose file broke is still healed at that spec).
+Kept apart, the engine's pass reads as the sequence it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from backends.base import BackendRegistry
+from reconciler.config.loader import load_tree
+from reconciler.engine.desired import DesiredService, DesiredSet, build_desired
+from reconciler.engine.offers import with_offers
+from reconciler.engine.targets import config_broken
+from reconciler.engine.values import DesiredExtension, EngineSettings, Snapshot, SnapshotLike
+from reconciler.state.records import SnapshotRef, StateDoc
+from reconciler.state.redact import SecretBook
+
+log = logging.getLogger("tidegate.engine")
+
+
+class DesiredLoader:
+    def __init__(self, settings: EngineSettings, salt: str, backends: BackendRegistry, secrets: SecretBook) -> None:
+        self.settings = settings
+        self.salt = salt
+        self.backends = backends
+        self.secrets = secrets  # learns every secret value a set resolves (for masking, in memory)
+        self._desired_cache: tuple[tuple[str, str, str | None, Any], DesiredSet] | None = None
+        # service -> the spec it last ran (in memory; after a restart rebuilt once from its
+        # revision's folder, see last_good). The engine sets it after each applied pass.
+        self.applied: dict[str, DesiredService] = {}
+        self._rebuilt: set[tuple[str, str]] = set()  # (service, revision) rebuilds already tried
+
+    def desired(
+        self, last: SnapshotRef | None, snapshot: SnapshotLike | None, ext: DesiredExtension | None
+    ) -> DesiredSet | None:
+        """The desired set of `snapshot`, else of the last applied snapshot while its folder exists."""
+        if snapshot is None and last is not None and Path(last.root).is_dir():
+            snapshot = Snapshot(last.revision, Path(last.root), last.config_path)
+        if snapshot is None:
+            return None
+        return self._load(snapshot, ext)
+
+    def _load(self, snapshot: SnapshotLike, ext: DesiredExtension | None) -> DesiredSet:
+        key = (
+            snapshot.revision,
+            str(snapshot.root),
+            snapshot.config_path,
+            ext.fingerprint() if ext else None,
+        )
+        if self._desired_cache is not None and self._desired_cache[0] == key:
+            return self._desired_cache[1]
+        load = load_tree(Path(snapshot.root), snapshot.config_path)
+        ds = build_desired(
+            load,
+            revision=snapshot.revision,
+            workdir=str(Path(snapshot.root).absolute()),
+            env=self.settings.env,
+            salt=self.salt,
+            backends=self.backends.names(),
+            domain=self.settings.domain,
+            default_backend=self.settings.default_backend,
+        )
+        # An empty production config keeps everything (unless --allow-empty); previews must not
+        # make it look non-empty, which would let the prune take production down.
+        if ext is not None and (self.settings.allow_empty or not ds.empty):
+            ds = ext.extend(ds)
+        for d in ds.services.values():
+            for name, value in d.secret_values().items():
+                self.secrets.learn(name, value)
+            self.secrets.learn_spec(d.spec_hash, d.secrets)
+        ds, complete = with_offers(ds, self.backends)
+        if complete:
+            self._desired_cache = (key, ds)
+        return ds
+
+    def last_good(self, doc: StateDoc, ds: DesiredSet | None) -> dict[str, DesiredService]:
+        """For every deployed service whose file broke at `ds`: the spec it last ran (same spec hash
+        as its record), so it keeps being healed at that spec. Remembered from earlier passes; after
+        a restart rebuilt once from its revision's folder (the source keeps folders of deployed
+        revisions). When that folder is gone or gives another spec hash, the service is left
+        exactly as it is until its file is fixed."""
+        out: dict[str, DesiredService] = {}
+        if ds is None:
+            return out
+        for name, rec in doc.services.items():
+            if not config_broken(name, rec, ds):
+                continue
+            d = self.applied.get(name)
+            if d is None and rec.revision and (name, rec.revision) not in self._rebuilt:
+                self._rebuilt.add((name, rec.revision))
+                d = self._rebuild(doc.last_snapshot, name, rec.revision)
+                if d is not None and d.spec_hash == rec.spec_hash:
+                    self.applied[name] = d
+                else:
+                    log.warning(
+                        "%s: its file has errors and its last good revision %s cannot be rebuilt "
+                        "with the same spec; left as it is (failed replicas are not restarted) "
+                        "until the file is fixed",
+                        name,
+                        rec.revision,
+                    )
+            if d is not None and d.spec_hash == rec.spec_hash:
+                out[name] = d
+        return out
+
+    def _rebuild(self, last: SnapshotRef | None, name: str, revision: str) -> DesiredService | None:
+        if last is None:
+            return None
+        root = Path(last.root) if last.revision == revision else Path(last.root).parent / revision
+        if not root.is_dir():
+            return None
+        cache = self._desired_cache  # keep the current revision's cached set
+        try:
+            return self._load(Snapshot(revision, root, last.config_path), None).services.get(name)
+        except Exception as e:  # a best-effort fallback: never fail the pass over it
+            log.warning("%s: rebuilding revision %s failed: %s: %s", name, revision, type(e).__name__, e)
+            return None
+        finally:
+            self._desired_cache = cache

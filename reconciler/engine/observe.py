@@ -1,0 +1,235 @@
+"""Observe: make the state document agree with what the backends really have, and probe readiness.
+
+Why separate from the plan: this is the I/O half of "actual state". Every pass asks each backend in
+use for `list_owned()` (one call per backend, not one per replica) and folds the answer into the
+records: a replica that exited or vanished becomes FAILED (restarted later with backoff), a
+draining one that vanished is simply dropped, and a replica the backend has but the state does not
+know (a crash between create and the state write) is adopted, never started twice. Then every
+PROVISIONING replica that runs is probed; past `ready_timeout` it counts as failed.
+
+`settle_journal` is the start-up half: every journal intent newer than the state is settled by
+asking the backend about that replica id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from backends.base import BackendRegistry, ReplicaInfo, ReplicaStatus
+from reconciler.engine.apply import backoff_delay
+from reconciler.engine.naming import dns_safe, parse_replica_id
+from reconciler.engine.probe import ProbeResult
+from reconciler.state.journal import Journal, Op
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
+from tidegate.routes import ModelRoute
+
+log = logging.getLogger("tidegate.observe")
+
+Prober = Callable[[str, ModelRoute | None, float], ProbeResult]
+# (replica, text from outside: backend message, probe error) -> the text with the values of the
+# secrets that replica received masked (reconciler.state.redact.SecretBook via the engine).
+ReplicaMask = Callable[[ReplicaRecord, str], str]
+
+
+def no_mask(r: ReplicaRecord, text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class ObserveSettings:
+    probe_timeout: float = 2.0
+    ready_timeout: float = 600.0
+    backoff_base: float = 2.0
+    backoff_max: float = 300.0
+    recheck_interval: float = 10.0  # READY replicas are re-probed this often (reconciler.engine.liveness)
+    unhealthy_threshold: int = 3  # failed re-probes in a row before a READY replica is failed
+
+
+def mark_failed(r: ReplicaRecord, message: str, now: float, s: ObserveSettings) -> None:
+    r.phase = ReplicaPhase.FAILED
+    r.attempts += 1
+    r.last_error = message[:300]
+    r.next_attempt_at = now + backoff_delay(r.attempts, s.backoff_base, s.backoff_max)
+    r.ready_at = None
+    r.probe_failures = 0
+
+
+def _service_for(doc: StateDoc, info: ReplicaInfo, hint: str | None) -> str | None:
+    if info.service:
+        return info.service
+    if hint:
+        return hint
+    parsed = parse_replica_id(info.replica_id)
+    if parsed is None:
+        return None
+    for name in doc.services:
+        if dns_safe(name)[: len(parsed.service_part)] == parsed.service_part:
+            return name
+    return parsed.service_part
+
+
+def adopt(
+    doc: StateDoc, info: ReplicaInfo, now: float, desired_hashes: Mapping[str, str], hint: str | None = None
+) -> ReplicaRecord | None:
+    """Record a replica the backend has and the state lacks. The plan then keeps or removes it."""
+    parsed = parse_replica_id(info.replica_id)
+    service = _service_for(doc, info, hint)
+    if service is None or parsed is None:
+        log.warning(
+            "backend %s owns %s, which is not a tidegate replica id: left alone",
+            info.backend,
+            info.replica_id,
+        )
+        return None
+    spec_hash = info.spec_hash or ""
+    if not spec_hash:
+        for h in (
+            desired_hashes.get(service),
+            doc.services[service].spec_hash if service in doc.services else None,
+        ):
+            if h and h[:8] == parsed.spec_hash8:
+                spec_hash = h
+        spec_hash = spec_hash or parsed.spec_hash8
+    rec = doc.services.get(service)
+    if rec is None:
+        rec = ServiceRecord(name=service, spec_hash=spec_hash, backend=info.backend)
+        doc.services[service] = rec
+    r = ReplicaRecord(
+        id=info.replica_id,
+        service=service,
+        spec_hash=spec_hash,
+        ordinal=parsed.ordinal,
+        backend=info.backend,
+        handle=info.handle,
+        address=info.address,
+        backend_status=str(info.status),
+        created_at=info.started_at or now,
+        started_at=info.started_at or now,
+        **offer_fields(info.offer),
+    )
+    rec.replicas = sorted([x for x in rec.replicas if x.id != r.id] + [r], key=lambda x: (x.ordinal, x.id))
+    rec.note(now, "replica adopted", f"{r.id} found on backend {info.backend}")
+    return r
+
+
+def observe(
+    doc: StateDoc,
+    backends: BackendRegistry,
+    in_use: set[str],
+    now: float,
+    s: ObserveSettings,
+    desired_hashes: Mapping[str, str],
+    mask: ReplicaMask = no_mask,
+) -> list[str]:
+    """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report.
+    Backend messages are masked with `mask` before they are recorded."""
+    problems: list[str] = []
+    names = in_use | {r.backend for rec in doc.services.values() for r in rec.replicas}
+    for bname in sorted(names):
+        if bname not in backends:
+            problems.append(f"backend {bname} is not configured; its replicas are left as recorded")
+            continue
+        try:
+            infos = {i.replica_id: i for i in backends.get(bname).list_owned()}
+        except Exception as e:  # one unreachable backend must not stop the pass
+            problems.append(f"backend {bname}: list_owned failed: {type(e).__name__}: {e}")
+            continue
+        for rec in doc.services.values():
+            for r in list(rec.replicas):
+                if r.backend != bname:
+                    continue
+                info = infos.pop(r.id, None)
+                if info is None or info.status is ReplicaStatus.GONE:
+                    if r.phase is ReplicaPhase.DRAINING:
+                        rec.replicas.remove(r)
+                    elif r.phase is not ReplicaPhase.FAILED:
+                        mark_failed(r, "replica is gone from the backend", now, s)
+                        rec.note(now, "replica failed", f"{r.id}: gone")
+                    continue
+                r.backend_status = str(info.status)
+                if info.address and info.address != r.address:
+                    r.address = info.address
+                if info.handle and info.handle != r.handle:
+                    r.handle = info.handle
+                if info.status is ReplicaStatus.EXITED and r.phase in (
+                    ReplicaPhase.PROVISIONING,
+                    ReplicaPhase.READY,
+                ):
+                    message = mask(r, info.message) if info.message else "exited"
+                    mark_failed(r, message, now, s)
+                    rec.note(now, "replica failed", f"{r.id}: {message}")
+        for info in infos.values():
+            if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
+                continue  # on its way out (a delete we already made): nothing to adopt
+            adopt(doc, info, now, desired_hashes)
+    return problems
+
+
+def probe_pending(
+    doc: StateDoc,
+    prober: Prober,
+    now: float,
+    s: ObserveSettings,
+    routes: Mapping[str, ModelRoute | None],
+    mask: ReplicaMask = no_mask,
+) -> None:
+    """Probe every PROVISIONING replica that runs; promote to READY or fail it past the timeout."""
+    for rec in doc.services.values():
+        for r in rec.replicas:
+            if r.phase is not ReplicaPhase.PROVISIONING:
+                continue
+            detail = f"backend status {r.backend_status}"
+            if r.backend_status == ReplicaStatus.RUNNING and r.address:
+                model = routes.get(rec.name, rec.route.model if rec.route else None)
+                res = prober(r.address, model, s.probe_timeout)
+                if res.ready:
+                    r.phase = ReplicaPhase.READY
+                    r.ready_at = now
+                    r.attempts = 0
+                    r.last_error = None
+                    r.next_attempt_at = None
+                    rec.note(now, "replica ready", f"{r.id} ({mask(r, res.detail)})")
+                    continue
+                detail = mask(r, res.detail)
+            started = r.started_at or r.created_at or now
+            if now - started > s.ready_timeout:
+                mark_failed(r, f"not ready after {s.ready_timeout:g}s: {detail}", now, s)
+                rec.note(now, "replica failed", f"{r.id}: not ready after {s.ready_timeout:g}s")
+
+
+def settle_journal(doc: StateDoc, journal: Journal, backends: BackendRegistry, now: float) -> list[str]:
+    """Settle every intent newer than the state by asking the backend. Returns what was done."""
+    done: list[str] = []
+    last: dict[str, tuple[Op, str, str, str | None]] = {}
+    for it in journal.intents_after(doc.journal_seq):
+        last[it.replica] = (it.op, it.backend, it.service, it.intent_id if it.outcome is None else None)
+    for rid, (op, bname, service, open_id) in last.items():
+        if bname not in backends:
+            done.append(f"{rid}: backend {bname} not configured; intent left open")
+            continue
+        backend = backends.get(bname)
+        info = backend.describe(rid)
+        exists = info is not None and info.status is not ReplicaStatus.GONE
+        holder = next((rec for rec in doc.services.values() if rec.replica(rid) is not None), None)
+        if op is Op.CREATE:
+            if exists and holder is None:
+                assert info is not None
+                adopt(doc, info, now, {}, hint=service)
+                done.append(f"{rid}: created before the crash; adopted")
+            elif not exists and holder is not None:
+                holder.replicas = [r for r in holder.replicas if r.id != rid]
+                done.append(f"{rid}: never started; forgotten")
+        else:
+            if exists:
+                iid = journal.intent(Op.DELETE, rid, service, bname, now)
+                backend.delete(rid)
+                journal.outcome(iid, "ok", now)
+                done.append(f"{rid}: delete interrupted by the crash; finished")
+            if holder is not None:
+                holder.replicas = [r for r in holder.replicas if r.id != rid]
+        if open_id is not None:
+            journal.outcome(open_id, "settled", now, "exists" if exists else "gone")
+    doc.journal_seq = journal.seq
+    return done

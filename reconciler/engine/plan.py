@@ -1,0 +1,246 @@
+"""The plan: `plan(desired, actual, now) -> Plan`, a pure function over values.
+
+Why pure: this is where every decision about replicas is made (create, roll, restart with
+backoff, drain, remove), and it must be table-tested and deterministic: no I/O, no clock (`now` is
+passed in), no randomness. The engine observes, calls `plan`, and `apply` executes the steps.
+
+Rules (DESIGN.md, reliability): updates roll with at most one surge replica per service: a new
+replica starts, and an outdated one is drained only once enough new ones are READY. A FAILED
+replica is restarted when its backoff time has passed. Scale-down drains the least useful replica
+(not ready, then outdated, then fewest in-flight). A `keep` target (blocked, stalled, backing off,
+or a broken config with no last good spec known) is left exactly as it is. Services missing from the desired set are deleted only when `prune` is true.
+
+Rendering lives elsewhere: `reconciler.render.plan_output` (text, JSON) and `reconciler.render.plan_markdown`
+(the PR comment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from reconciler.engine.naming import replica_id
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
+
+
+class Action(StrEnum):
+    CREATE_SERVICE = "create_service"
+    ADD_REPLICA = "add_replica"
+    REPLACE_REPLICA = "replace_replica"  # start a new-spec replica that will retire `replaces`
+    RESTART_REPLICA = "restart_replica"  # a FAILED replica whose backoff expired
+    DRAIN_REPLICA = "drain_replica"  # out of the routes; removed after the drain grace
+    REMOVE_REPLICA = "remove_replica"
+    DELETE_SERVICE = "delete_service"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One desired service as the planner sees it (the engine resolves config, autoscale, stop)."""
+
+    name: str
+    spec_hash: str
+    count: int
+    keep: bool = False  # touch nothing (config error, blocked, stalled, backoff)
+    keep_reason: str = ""
+    drain_grace: float = 30.0  # a draining replica is removed after this long at the latest
+    drain_min: float = 2.0  # ... and not before this long, so the gateway has reloaded routes
+    summary: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Desired:
+    services: Mapping[str, Target]
+    prune: bool = True  # False: services absent from `services` are left alone (empty commit)
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    service: str
+    replica: str | None = None
+    ordinal: int | None = None
+    replaces: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...] = ()
+    changes: Mapping[str, tuple[FieldChange, ...]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def counts(self) -> dict[Action, int]:
+        out: dict[Action, int] = {}
+        for s in self.steps:
+            out[s.action] = out.get(s.action, 0) + 1
+        return out
+
+    def for_service(self, name: str) -> list[Step]:
+        return [s for s in self.steps if s.service == name]
+
+    def services(self) -> list[str]:
+        return list(dict.fromkeys(s.service for s in self.steps))
+
+
+_PHASE_RANK = {
+    ReplicaPhase.FAILED: 0,
+    ReplicaPhase.PROVISIONING: 1,
+    ReplicaPhase.DRAINING: 2,
+    ReplicaPhase.READY: 3,
+}
+
+
+def usefulness(r: ReplicaRecord, spec_hash: str) -> tuple[int, int, int, int, str]:
+    """Sort key, least useful first: not ready, then outdated, then fewest in-flight requests."""
+    return (_PHASE_RANK[r.phase], int(r.spec_hash == spec_hash), r.in_flight, -r.ordinal, r.id)
+
+
+def _free_ordinals(used: set[int]) -> list[int]:
+    """An endless-enough supply of the smallest ordinals not in `used`."""
+    out: list[int] = []
+    i = 0
+    while len(out) < len(used) + 64:
+        if i not in used:
+            out.append(i)
+        i += 1
+    return out
+
+
+def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, ...]:
+    keys = sorted(set(old) | set(new))
+    return tuple(FieldChange(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k))
+
+
+def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> list[Step]:
+    steps: list[Step] = []
+    rs = sorted(replicas, key=lambda r: (r.ordinal, r.id))
+    n = max(0, t.count)
+
+    for r in rs:
+        if r.phase is ReplicaPhase.DRAINING:
+            since = r.draining_since if r.draining_since is not None else now
+            waited = now - since
+            if waited >= t.drain_grace or (r.in_flight == 0 and waited >= t.drain_min):
+                steps.append(Step(Action.REMOVE_REPLICA, t.name, r.id, r.ordinal, reason="drained"))
+
+    live = [r for r in rs if r.phase is not ReplicaPhase.DRAINING]
+    cur = [r for r in live if r.spec_hash == t.spec_hash]
+    out = [r for r in live if r.spec_hash != t.spec_hash]
+
+    # Outdated replicas that serve nothing go at once; ready ones wait for their replacements.
+    for r in out:
+        if r.phase is not ReplicaPhase.READY:
+            steps.append(
+                Step(Action.REMOVE_REPLICA, t.name, r.id, r.ordinal, reason="outdated and not serving")
+            )
+    out_ready = sorted(
+        (r for r in out if r.phase is ReplicaPhase.READY), key=lambda r: usefulness(r, t.spec_hash)
+    )
+
+    # Scale down: the least useful current replicas beyond the count.
+    if len(cur) > n:
+        by_use = sorted(cur, key=lambda r: usefulness(r, t.spec_hash))
+        excess, keep = by_use[: len(cur) - n], by_use[len(cur) - n :]
+        for r in excess:
+            if r.phase is ReplicaPhase.READY:
+                steps.append(Step(Action.DRAIN_REPLICA, t.name, r.id, r.ordinal, reason=f"scale down to {n}"))
+            else:
+                steps.append(
+                    Step(Action.REMOVE_REPLICA, t.name, r.id, r.ordinal, reason=f"scale down to {n}")
+                )
+        cur = sorted(keep, key=lambda r: (r.ordinal, r.id))
+
+    for r in cur:
+        if r.phase is ReplicaPhase.FAILED and (r.next_attempt_at is None or now >= r.next_attempt_at):
+            steps.append(
+                Step(
+                    Action.RESTART_REPLICA,
+                    t.name,
+                    r.id,
+                    r.ordinal,
+                    reason=f"failed: {r.last_error or 'exited'}",
+                )
+            )
+
+    used = {r.ordinal for r in rs if r.spec_hash == t.spec_hash}
+    free = iter(_free_ordinals(used))
+    missing = n - len(cur)
+    if missing > 0:
+        # Capacity lost (nothing to replace): add at once. Rolling: one surge at a time, and
+        # only while every new replica already started is ready.
+        deficit = max(0, n - len(cur) - len(out_ready)) if out_ready else missing
+        for _ in range(deficit):
+            o = next(free)
+            steps.append(
+                Step(
+                    Action.ADD_REPLICA, t.name, replica_id(t.name, t.spec_hash, o), o, reason=f"scale to {n}"
+                )
+            )
+        pending = any(r.phase is not ReplicaPhase.READY for r in cur)
+        if out_ready and missing > deficit and not pending and deficit == 0:
+            o = next(free)
+            old = next((r for r in out_ready if r.ordinal == o), out_ready[0])
+            steps.append(
+                Step(
+                    Action.REPLACE_REPLICA,
+                    t.name,
+                    replica_id(t.name, t.spec_hash, o),
+                    o,
+                    replaces=old.id,
+                    reason="rolling update",
+                )
+            )
+
+    # Retire outdated replicas once enough current ones are ready to carry the count.
+    # Those whose ordinal a ready new replica took over go first.
+    ready_cur = [r for r in cur if r.phase is ReplicaPhase.READY]
+    taken = {r.ordinal for r in ready_cur}
+    out_ready.sort(key=lambda r: (r.ordinal not in taken, usefulness(r, t.spec_hash)))
+    surplus = len(ready_cur) + len(out_ready) - n
+    for r in out_ready[: max(0, min(surplus, len(out_ready)))]:
+        steps.append(
+            Step(Action.DRAIN_REPLICA, t.name, r.id, r.ordinal, reason="replaced by a ready new replica")
+        )
+    return steps
+
+
+def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> Plan:
+    """Steps that move `actual` towards `desired`, deterministic for equal inputs."""
+    steps: list[Step] = []
+    changes: dict[str, tuple[FieldChange, ...]] = {}
+    notes: list[str] = []
+    for name in sorted(set(desired.services) | set(actual)):
+        t = desired.services.get(name)
+        a = actual.get(name)
+        if t is None:
+            assert a is not None
+            if not desired.prune:
+                notes.append(f"{name}: no longer in the config, kept because pruning is off")
+                continue
+            steps.append(Step(Action.DELETE_SERVICE, name, reason="config removed"))
+            continue
+        if t.keep:
+            notes.append(f"{name}: left as it is: {t.keep_reason}")
+            continue
+        if a is None:
+            steps.append(Step(Action.CREATE_SERVICE, name, reason="new service"))
+            changes[name] = _diff({}, t.summary)
+            replicas: Sequence[ReplicaRecord] = ()
+        else:
+            replicas = a.replicas
+            if a.spec_hash != t.spec_hash:
+                changes[name] = _diff(a.spec_summary, t.summary)
+        steps.extend(_service_steps(t, replicas, now))
+    return Plan(steps=tuple(steps), changes=changes, notes=tuple(notes))

@@ -1,0 +1,375 @@
+"""The engine: one level-triggered reconcile pass, and everything the CLI asks of the state dir.
+
+Why: the loop (reconciler.engine.loop), `tidegate apply`, `plan`, `ps`, `stop` and `start` all need the
+same sequence — desired state from a snapshot, actual state from the state dir and the backends,
+a pure plan, an apply that journals every side effect, readiness probes, then state and routes
+written in that order. `reconcile()` is idempotent: calling it every few seconds with nothing
+changed and nothing drifted does no backend writes and no file writes.
+
+The values it takes and returns live in reconciler.engine.values, loading (and remembering) desired
+sets in reconciler.engine.desired_loader, the offer choice in reconciler.engine.offers and the
+next-run time in reconciler.engine.schedule.
+
+One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
+`plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from backends.base import BackendRegistry
+from reconciler.engine.apply import ApplyContext, FaultHook, apply_plan
+from reconciler.engine.autoscale import ServiceStats
+from reconciler.engine.desired import DesiredService, DesiredSet
+from reconciler.engine.desired_loader import DesiredLoader
+from reconciler.engine.liveness import recheck_in, recheck_ready
+from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
+from reconciler.engine.plan import plan
+from reconciler.engine.probe import probe_replica
+from reconciler.engine.schedule import next_run_in
+from reconciler.engine.stats import read_stats
+from reconciler.engine.targets import TargetSettings, build_targets, sync_records
+from reconciler.engine.values import (
+    DesiredExtension,
+    EngineSettings,
+    PassReport,
+    PlanResult,
+    Snapshot,
+    SnapshotLike,
+)
+from reconciler.state.errors import StateError
+from reconciler.state.journal import Journal
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, SnapshotRef
+from reconciler.state.redact import SecretBook, withheld
+from reconciler.state.store import StateStore
+from reconciler.state.view import ServiceView, build_routes, status_views
+from tidegate.routes import RoutesSnapshot
+from tidegate.routes_io import write_snapshot
+
+# The values live in reconciler.engine.values; they stay importable from here.
+__all__ = [
+    "DesiredExtension",
+    "Engine",
+    "EngineSettings",
+    "PassReport",
+    "PlanResult",
+    "Snapshot",
+    "SnapshotLike",
+]
+
+log = logging.getLogger("tidegate.engine")
+
+
+class Engine:
+    def __init__(
+        self,
+        state_dir: Path,
+        backends: BackendRegistry,
+        settings: EngineSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        stats: Callable[[], Mapping[str, ServiceStats]] | None = None,
+        prober: Prober | None = None,
+        read_only: bool = False,
+        extension: DesiredExtension | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        # Previews (or None): services beyond production's config, added to every desired set.
+        self.extension = extension
+        self.backends = backends
+        self.settings = settings or EngineSettings()
+        self.clock = clock
+        self.read_only = read_only
+        self.store = StateStore(self.state_dir)
+        if not read_only:
+            self.store.acquire()
+        self.installation = self.store.installation()
+        # The secret values this process knows (its env + every resolved desired set), found by
+        # the salted hashes records carry; masks replica output before it is stored or shown.
+        self.secrets = SecretBook(self.installation.salt, self.settings.env)
+        self.journal = Journal(self.state_dir)
+        self.doc = self.store.load()
+        self._stats = stats
+        self._prober: Prober = prober or probe_replica
+        self._fault = FaultHook(self.settings.fault or os.environ.get("TIDEGATE_FAULT"))
+        self._observe = ObserveSettings(
+            probe_timeout=self.settings.probe_timeout,
+            ready_timeout=self.settings.ready_timeout,
+            backoff_base=self.settings.backoff_base,
+            backoff_max=self.settings.backoff_max,
+            recheck_interval=self.settings.recheck_interval,
+            unhealthy_threshold=self.settings.unhealthy_threshold,
+        )
+        self._target_settings = TargetSettings(
+            allow_empty=self.settings.allow_empty,
+            drain_grace=self.settings.drain_grace,
+            drain_min=self.settings.drain_min,
+        )
+        self._loader = DesiredLoader(self.settings, self.installation.salt, backends, self.secrets)
+        self._demand: set[str] = set()
+        self._scaling_reason: dict[str, str] = {}
+        self._last_routes: str | None = None
+        self._last_saved: str = self._dump()
+        self._last_checkpoint = 0.0
+        self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def owner(self) -> str:
+        return self.installation.id
+
+    def close(self) -> None:
+        self.store.release()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_owner(self) -> None:
+        if self.read_only:
+            raise StateError("this engine was opened read-only")
+
+    def _dump(self) -> str:
+        return self.doc.model_dump_json(exclude={"serial", "updated_at"})
+
+    def _save(self, force: bool = False) -> bool:
+        self.doc.journal_seq = self.journal.seq
+        dumped = self._dump()
+        if not force and dumped == self._last_saved:
+            return False
+        self.store.save(self.doc)
+        self._last_saved = self._dump()
+        self._last_checkpoint = self.clock()
+        self._fault("after_state_write")
+        return True
+
+    def _publish_routes(self, force: bool = False) -> bool:
+        snap = self.routes
+        key = snap.model_copy(update={"serial": 0}).model_dump_json()
+        if not force and key == self._last_routes:
+            return False
+        write_snapshot(self.state_dir, snap)
+        self._last_routes = key
+        self._fault("after_routes")
+        return True
+
+    def recover(self) -> list[str]:
+        """On start: settle every journal intent newer than the state, then publish routes."""
+        self._require_owner()
+        done = settle_journal(self.doc, self.journal, self.backends, self.clock())
+        for line in done:
+            log.info("recovery: %s", line)
+        self._save(force=bool(done))
+        self.journal.compact(self.doc.journal_seq)
+        self._publish_routes(force=True)
+        return done
+
+    # -- desired ---------------------------------------------------------------------------------
+    def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
+        return self._loader.desired(self.doc.last_snapshot, snapshot, self.extension)
+
+    def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
+        return self._loader.last_good(self.doc, ds)
+
+    # -- secrets -------------------------------------------------------------------------------
+    def _received(self, r: ReplicaRecord) -> Mapping[str, str]:
+        """The secrets (name -> hash) replica `r` received: recorded at its creation, else (adopted
+        after a crash) those of its spec, when a desired set of this process had that spec."""
+        return r.secrets or self.secrets.for_spec(r.spec_hash) or {}
+
+    def _fill_secrets(self, records: Iterable[ServiceRecord]) -> None:
+        for rec in records:
+            for r in rec.replicas:
+                if not r.secrets:
+                    known = self.secrets.for_spec(r.spec_hash)
+                    if known:
+                        r.secrets = dict(known)
+
+    def mask_replica(self, r: ReplicaRecord, text: str) -> str:
+        """Text from replica `r` (its exit message, a probe error) with its secrets masked."""
+        return self.secrets.mask(self._received(r), text)
+
+    def mask_service(self, name: str, text: str, desired: DesiredService | None = None) -> str:
+        """Text from a backend about service `name` (a create/delete error) with the secrets of its
+        desired spec and of every replica it has masked."""
+        received: list[Mapping[str, str]] = [desired.secrets] if desired is not None else []
+        rec = self.doc.services.get(name)
+        received += [self._received(r) for r in rec.replicas] if rec is not None else []
+        for one in received:
+            text = self.secrets.mask(one, text)
+        return text
+
+    # -- public API ------------------------------------------------------------------------------
+    def desired(self, snapshot: SnapshotLike) -> DesiredSet:
+        """The desired set of a checkout (offers chosen, previews added when configured); no state
+        is read or written. `tidegate plan --baseline DIR` plans a PR against the base's set."""
+        ds = self._desired(snapshot)
+        assert ds is not None  # a snapshot was given
+        return ds
+
+    def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
+        """What `reconcile` would do now. No side effects: works on a copy of the state."""
+        now = self.clock()
+        saved = self.doc
+        self.doc = saved.model_copy(deep=True)
+        try:
+            ds = self._desired(snapshot)
+            observe(
+                self.doc,
+                self.backends,
+                {d.backend for d in (ds.services.values() if ds else [])},
+                now,
+                self._observe,
+                {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
+                mask=self.mask_replica,
+            )
+            desired, _, notes = build_targets(
+                self.doc,
+                ds,
+                self._read_stats(now),
+                self._demand,
+                now,
+                self._target_settings,
+                mutate=False,
+                last_good=self._last_good(ds),
+            )
+            p = plan(desired, self.doc.services, now)
+        finally:
+            self.doc = saved
+        return PlanResult(
+            p, ds, ds.revision if ds else None, ds.diagnostics if ds else (), tuple(notes) + p.notes
+        )
+
+    def _read_stats(self, now: float) -> Mapping[str, ServiceStats]:
+        if self._stats is not None:
+            return self._stats()
+        return read_stats(self.state_dir, now, self.settings.stats_max_age)
+
+    def note_demand(self, service: str) -> None:
+        """A request is held for `service` at zero replicas: scale it to at least one at once."""
+        self._demand.add(service)
+
+    def stop_service(self, name: str) -> None:
+        self._require_owner()
+        rec = self.doc.services.get(name)
+        if rec is None:
+            raise StateError(f"no service named {name!r} is deployed")
+        rec.stopped, rec.stopped_spec = True, rec.spec_hash
+        rec.note(self.clock(), "stopped", "tidegate stop")
+        self._save()
+
+    def start_service(self, name: str) -> None:
+        self._require_owner()
+        rec = self.doc.services.get(name)
+        if rec is None:
+            raise StateError(f"no service named {name!r} is deployed")
+        rec.stopped, rec.stopped_spec = False, None
+        rec.note(self.clock(), "started", "tidegate start")
+        self._save()
+
+    def status(self, log_lines: int = 5) -> list[ServiceView]:
+        """Rows for `tidegate ps`, with the last log lines of failed replicas (best effort)."""
+        doc = self.store.load() if self.read_only else self.doc
+        logs: dict[str, tuple[str, ...]] = {}
+        for rec in doc.services.values():
+            for r in rec.replicas:
+                if r.phase is ReplicaPhase.FAILED and r.backend in self.backends:
+                    try:
+                        lines = self.backends.get(r.backend).logs(r.id, log_lines)
+                    except Exception:  # logs are a courtesy; never fail ps over them
+                        lines = []
+                    # Replica output: masked with the values of the secrets it received, or
+                    # withheld when this process cannot re-derive one of them (reconciler.state.redact).
+                    masker = self.secrets.masker(self._received(r))
+                    if masker is None:
+                        logs[r.id] = (withheld(self.secrets.unknown(self._received(r))),) if lines else ()
+                    else:
+                        logs[r.id] = tuple(masker.lines(lines))
+        views = status_views(doc, logs)
+        return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
+
+    def reconcile(self, snapshot: SnapshotLike | None = None) -> PassReport:
+        """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order)."""
+        self._require_owner()
+        now = self.clock()
+        doc = self.doc
+        ds = self._desired(snapshot)
+        hashes = {n: d.spec_hash for n, d in (ds.services.items() if ds else [])}
+        notes = observe(
+            doc,
+            self.backends,
+            {d.backend for d in (ds.services.values() if ds else [])},
+            now,
+            self._observe,
+            hashes,
+            mask=self.mask_replica,
+        )
+        self._fill_secrets(doc.services.values())
+        stats = self._read_stats(now)
+        for rec in doc.services.values():
+            st = stats.get(rec.name)
+            for r in rec.replicas:
+                r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
+        routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
+        probe_pending(doc, self._prober, now, self._observe, routes_models, mask=self.mask_replica)
+        recheck_ready(
+            doc, self._prober, now, self._observe, routes_models, self._last_probe, mask=self.mask_replica
+        )
+        last_good = self._last_good(ds)
+        desired, decisions, tnotes = build_targets(
+            doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good
+        )
+        notes += tnotes
+        p = plan(desired, doc.services, now)
+        ctx = ApplyContext(
+            self.backends,
+            self.journal,
+            now,
+            self._fault,
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            checkpoint=self._checkpoint,
+        )
+        specs = {**last_good, **(ds.services if ds else {})}
+        ctx.mask = lambda service, text: self.mask_service(service, text, specs.get(service))
+        outcomes = apply_plan(p, doc, specs, ctx) if not p.empty else []
+        if ds is not None:
+            sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
+            self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
+            if snapshot is not None:
+                doc.last_snapshot = SnapshotRef(
+                    revision=snapshot.revision,
+                    root=str(Path(snapshot.root).absolute()),
+                    config_path=snapshot.config_path,
+                )
+        # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
+        self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
+        wrote = self._save()
+        routes = self._publish_routes(force=self._last_routes is None)
+        self.journal.compact(doc.journal_seq)
+        return PassReport(
+            ds.revision if ds else None,
+            p,
+            tuple(outcomes),
+            wrote,
+            routes,
+            tuple(notes) + p.notes,
+            next_run_in(self.doc, now, self.settings.drain_min),
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
+        )
+
+    def _checkpoint(self) -> None:
+        if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
+            self._save()
+
+    @property
+    def routes(self) -> RoutesSnapshot:
+        prs = self.extension.preview_prs() if self.extension is not None else None
+        return build_routes(self.doc, self.settings.domain, prs)

@@ -1,0 +1,213 @@
+"""From desired services to planner targets, and back from the applied plan to the records.
+
+Why: between "what the config says" (desired.py) and "what to do" (plan.py) sit decisions that
+depend on what the state remembers: how many replicas the autoscaler wants now, whether a service
+is stopped, stalled on a permanent error or backing off, whether its file broke (keep its last
+good spec: no roll, but failed replicas still restart),
+and whether an empty config may prune. After apply, the records take the config-derived fields
+(spec hash, route, env names), the scaling decision and a status line. No I/O here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+
+from reconciler.engine.autoscale import ScalingDecision, ServiceStats, desired_replicas
+from reconciler.engine.desired import DesiredService, DesiredSet
+from reconciler.engine.plan import Desired, Target
+from reconciler.state.records import ScalingRecord, ServiceRecord, ServiceStatus, StateDoc
+from reconciler.state.view import service_status
+
+log = logging.getLogger("tidegate.engine")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    allow_empty: bool = False
+    drain_grace: float = 30.0
+    drain_min: float = 2.0
+
+
+def decide_count(
+    d: DesiredService,
+    rec: ServiceRecord | None,
+    stats: Mapping[str, ServiceStats],
+    now: float,
+    demand: bool,
+) -> ScalingDecision:
+    if d.scaling is None:
+        return ScalingDecision(d.min_replicas, f"fixed count {d.min_replicas}")
+    if rec is None:
+        # A new service starts at the minimum of its range (more when traffic already waits), and
+        # the first recorded change (0 -> min) says so rather than "steady".
+        dec = desired_replicas(d.scaling, stats.get(d.name), d.scaling.min, None, now, demand=demand)
+        if dec.count == d.scaling.min and dec.wanted is None:
+            return ScalingDecision(
+                dec.count, f"new service: start at the minimum of {d.scaling.min}..{d.scaling.max}"
+            )
+        return dec
+    return desired_replicas(
+        d.scaling, stats.get(d.name), rec.desired_count, rec.last_scaled_at, now, demand=demand
+    )
+
+
+def config_broken(name: str, rec: ServiceRecord, ds: DesiredSet) -> bool:
+    """The file that defines this deployed service failed validation at `ds`'s revision."""
+    return name in ds.failed or (name not in ds.services and rec.config_path in set(ds.failed.values()))
+
+
+def _target(
+    d: DesiredService,
+    cur: ServiceRecord | None,
+    decision: ScalingDecision,
+    now: float,
+    settings: TargetSettings,
+    keep_reason: str = "",
+) -> Target:
+    """A live target for `d`; held (keep) while stalled or backing off. A non-empty `keep_reason`
+    replaces the hold's own reason (a broken file is the reason users must see)."""
+    count = 0 if cur is not None and cur.stopped else decision.count
+    hold, why = False, keep_reason
+    if cur is not None and cur.stalled_spec == d.spec_hash:
+        hold, why = True, keep_reason or cur.reason or "stalled on a permanent error"
+    elif cur is not None and cur.backoff_until is not None and now < cur.backoff_until:
+        hold, why = True, keep_reason or f"backing off for {cur.backoff_until - now:.0f}s: {cur.reason}"
+    return Target(
+        d.name,
+        d.spec_hash,
+        count,
+        keep=hold,
+        keep_reason=why,
+        drain_grace=settings.drain_grace,
+        drain_min=settings.drain_min,
+        summary=d.summary,
+    )
+
+
+def build_targets(
+    doc: StateDoc,
+    ds: DesiredSet | None,
+    stats: Mapping[str, ServiceStats],
+    demand: set[str],
+    now: float,
+    settings: TargetSettings,
+    mutate: bool,
+    last_good: Mapping[str, DesiredService] | None = None,
+) -> tuple[Desired, dict[str, ScalingDecision], list[str]]:
+    """Targets for `plan`; with `mutate`, also lifts a stop/stall that a new spec ends.
+
+    `last_good`: for services whose file broke, the spec they last ran (same spec hash as the
+    record). Such a service gets no spec change, but its replicas are still restarted and its
+    count kept (autoscaled by the last good policy); without one it is left exactly as it is."""
+    last_good = last_good or {}
+    notes: list[str] = []
+    if ds is None:
+        held = {
+            n: Target(n, r.spec_hash, r.desired_count, keep=True, keep_reason="no revision loaded yet")
+            for n, r in doc.services.items()
+        }
+        return Desired(held, prune=False), {}, notes
+    targets: dict[str, Target] = {}
+    decisions: dict[str, ScalingDecision] = {}
+    for name, rec in doc.services.items():
+        if config_broken(name, rec, ds):
+            where = ds.failed.get(name, rec.config_path)
+            why = f"{where} has errors; left at revision {rec.revision}"
+            lg = last_good.get(name)
+            if lg is not None and lg.spec_hash == rec.spec_hash:
+                # Kept at its last applied spec, but still healed: restarts, lost replicas.
+                decisions[name] = decide_count(lg, rec, stats, now, name in demand)
+                targets[name] = _target(lg, rec, decisions[name], now, settings, keep_reason=why)
+            else:
+                targets[name] = Target(name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=why)
+        elif name in ds.blocked:
+            targets[name] = Target(
+                name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=ds.blocked[name]
+            )
+    for name, d in ds.services.items():
+        cur = doc.services.get(name)
+        if cur is not None and mutate:
+            if cur.stopped and cur.stopped_spec != d.spec_hash:
+                cur.stopped = False
+                cur.note(now, "started", "config changed since `tidegate stop`")
+            if cur.stalled_spec and cur.stalled_spec != d.spec_hash:
+                cur.stalled_spec = None
+        decisions[name] = decide_count(d, cur, stats, now, name in demand)
+        targets[name] = _target(d, cur, decisions[name], now, settings)
+    prune = True
+    if ds.empty and doc.services and not settings.allow_empty:
+        prune = False
+        notes.append(
+            f"the config at revision {ds.revision} has no services; keeping all {len(doc.services)} deployed "
+            "service(s). Use --allow-empty to tear them down."
+        )
+        log.warning(notes[-1])
+    return Desired(targets, prune=prune), decisions, notes
+
+
+def _record_decision(rec: ServiceRecord, d: DesiredService, dec: ScalingDecision, now: float) -> None:
+    if dec.wanted != rec.scaling_wanted:
+        # Recorded once per wanted count (the reason's counters change every pass).
+        if dec.wanted is not None:
+            rec.note(now, "scaling deferred", dec.reason)
+        rec.scaling_wanted = dec.wanted
+    if dec.count != rec.desired_count:
+        if d.scaling is not None:
+            rec.record_scaling(
+                ScalingRecord(at=now, previous=rec.desired_count, count=dec.count, reason=dec.reason)
+            )
+            rec.note(now, "scaled", f"{rec.desired_count} -> {dec.count}: {dec.reason}")
+        rec.desired_count = dec.count
+        rec.last_scaled_at = now
+
+
+def sync_records(
+    doc: StateDoc,
+    ds: DesiredSet,
+    decisions: Mapping[str, ScalingDecision],
+    desired: Desired,
+    now: float,
+    scaling_reasons: MutableMapping[str, str],
+    last_good: Mapping[str, DesiredService] | None = None,
+) -> None:
+    """After apply: carry config-derived fields into each record and set its status and reason.
+    A service kept at its `last_good` spec records its scaling decision and stays KEPT."""
+    for name, rec in doc.services.items():
+        d = ds.services.get(name)
+        t = desired.services.get(name)
+        if rec.backoff_until is not None and now >= rec.backoff_until:
+            rec.backoff_until = None  # expired; `failures` keeps growing the next delay until a success
+        if d is None:
+            if name in ds.blocked:
+                rec.status, rec.reason = ServiceStatus.BLOCKED, ds.blocked[name]
+            elif t is not None:  # its file broke: kept (and maybe healed at its last good spec)
+                lg, dec = (last_good or {}).get(name), decisions.get(name)
+                if lg is not None and dec is not None:
+                    scaling_reasons[name] = dec.reason
+                    _record_decision(rec, lg, dec, now)
+                rec.status, rec.reason = ServiceStatus.KEPT, t.keep_reason
+            continue
+        rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
+            d.spec_hash,
+            d.revision,
+            d.config_path,
+            d.backend,
+        )
+        rec.env_names, rec.spec_summary, rec.route = list(d.env_names), dict(d.summary), d.route
+        dec = decisions.get(name)
+        if dec is not None:
+            scaling_reasons[name] = dec.reason
+            _record_decision(rec, d, dec, now)
+        if rec.stalled_spec == d.spec_hash:
+            rec.status = ServiceStatus.STALLED
+        elif rec.backoff_until is not None:
+            rec.status = ServiceStatus.DEGRADED
+        else:
+            rec.status, rec.reason = service_status(rec)
+    for name, why in ds.blocked.items():
+        if name not in doc.services:
+            doc.services[name] = ServiceRecord(
+                name=name, spec_hash="", status=ServiceStatus.BLOCKED, reason=why
+            )

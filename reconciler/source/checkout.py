@@ -1,0 +1,338 @@
+"""Where desired state comes from: a git branch (cloned + fetched) or a watched local working tree.
+
+The source turns "the repo at some moment" into a checkout: a revision id and a directory holding
+the repository's files at that revision, which the loader reads and the engine hands to backends as
+the replicas' working directory. It owns `<state>/repos/` (one bare clone per URL) and
+`<state>/revisions/` (one extracted tree per revision, the last few kept).
+
+Two kinds, one small interface (`current()`):
+- `GitSource`: fetch `refs/heads/<branch>` from the URL into a bare repo, `git archive` the commit
+  into `revisions/<sha>/` (once; a revision already extracted is not extracted again).
+- `WorktreeSource`: a local folder watched with watchfiles; the revision is
+  `worktree-<content hash>` so an unchanged tree yields the same revision and no new work.
+
+The observed revision (and the last fetch error) is recorded in `<state>/source.json`; URLs there
+and in errors have credentials stripped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from tidegate.fsio import build_dir_atomic, write_json_atomic
+
+KEEP_REVISIONS = 5
+REPOS_DIR = "repos"
+REVISIONS_DIR = "revisions"
+SOURCE_FILE = "source.json"
+_SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"})
+
+
+class SourceError(Exception):
+    """The source could not be read (unreachable remote, missing branch, unreadable folder)."""
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """The repository's files at one revision; `config_path` is the sub-folder holding configs."""
+
+    revision: str
+    root: Path
+    config_path: str | None
+
+
+class Source(Protocol):
+    def current(self) -> Checkout:
+        """Fetch if needed and return the checkout of the newest revision. Raises SourceError."""
+        ...
+
+    def describe(self) -> str:
+        """A credential-free one-line description, for logs and `ps`."""
+        ...
+
+
+def redact_url(url: str) -> str:
+    """Drop `user:password@` from URLs so tokens in clone URLs never reach logs or state files."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+class GitSource:
+    """A branch of a git remote, fetched into `<state>/repos/<hash of url>/` (bare)."""
+
+    def __init__(
+        self, url: str, branch: str, state_dir: Path, config_path: str | None = None, keep: int = KEEP_REVISIONS
+    ) -> None:
+        self.url = url
+        self.branch = branch
+        self.state_dir = state_dir
+        self.config_path = config_path
+        self.keep = keep
+        self.repo_dir = state_dir / REPOS_DIR / url_key(url)
+        self.revisions_dir = state_dir / REVISIONS_DIR
+        self._ref = f"refs/tidegate/{branch}"
+        self.observed: str | None = None
+
+    def describe(self) -> str:
+        return f"{redact_url(self.url)}@{self.branch}" + (f":{self.config_path}" if self.config_path else "")
+
+    def _repo(self) -> object:
+        return open_bare_repo(self.repo_dir)
+
+    def fetch(self) -> str:
+        """Fetch the branch; return its commit sha."""
+        import git
+
+        repo = self._repo()
+        assert isinstance(repo, git.Repo)
+        try:
+            repo.git.fetch("--quiet", "--no-tags", "--force", self.url, f"+refs/heads/{self.branch}:{self._ref}")
+            sha = str(repo.git.rev_parse("--verify", f"{self._ref}^{{commit}}"))
+        except git.GitCommandError as e:
+            message = git_error(e, self.url)
+            record_source(self.state_dir, self.describe(), self.observed, error=message)
+            raise SourceError(f"cannot fetch {self.describe()}: {message}") from e
+        return sha
+
+    def current(self) -> Checkout:
+        sha = self.fetch()
+        root = self.revisions_dir / sha
+        if not root.is_dir():
+            self._extract(sha, root)
+        if sha != self.observed:
+            self.observed = sha
+            record_source(self.state_dir, self.describe(), sha)
+            prune_revisions(self.revisions_dir, keep=self.keep, protect={sha} | deployed_revisions(self.state_dir))
+        return Checkout(sha, root, self.config_path)
+
+    def _extract(self, sha: str, root: Path) -> None:
+        import git
+
+        try:
+            extract_revision(self._repo(), sha, root)
+        except git.GitCommandError as e:
+            raise SourceError(f"cannot read revision {sha[:12]}: {git_error(e, self.url)}") from e
+
+
+class WorktreeSource:
+    """A local folder (usually a working tree), read as it is on disk. `--watch` mode."""
+
+    def __init__(self, path: Path, state_dir: Path, config_path: str | None = None, keep: int = KEEP_REVISIONS) -> None:
+        self.path = path
+        self.state_dir = state_dir
+        self.config_path = config_path
+        self.keep = keep
+        self.revisions_dir = state_dir / REVISIONS_DIR
+        self.observed: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.path} (watched)" + (f":{self.config_path}" if self.config_path else "")
+
+    def current(self) -> Checkout:
+        if not self.path.is_dir():
+            raise SourceError(f"{self.path} is not a folder")
+        revision = "worktree-" + tree_hash(self.path)[:16]
+        root = self.revisions_dir / revision
+        if not root.is_dir():
+            build_dir_atomic(root, lambda tmp: _copy_tree(self.path, tmp))
+        if revision != self.observed:
+            self.observed = revision
+            record_source(self.state_dir, self.describe(), revision)
+            prune_revisions(
+                self.revisions_dir, keep=self.keep, protect={revision} | deployed_revisions(self.state_dir)
+            )
+        return Checkout(revision, root, self.config_path)
+
+    def watch(self, on_change: Callable[[], None], stop: threading.Event) -> threading.Thread:
+        """Call `on_change` (debounced) whenever a file under the tree changes, until `stop` is set."""
+        return watch_folder(self.path, on_change, stop, name="tidegate-worktree-watch")
+
+
+def watch_folder(
+    path: Path,
+    on_change: Callable[[], None],
+    stop: threading.Event,
+    name: str,
+    poll_every: float | None = None,
+) -> threading.Thread:
+    """A daemon thread running watchfiles on `path` (VCS/cache folders ignored). With
+    `poll_every`, `on_change` also runs after that many idle seconds: a change made before the
+    watch was registered is then still seen, at the latest one period later."""
+    import watchfiles
+
+    def keep(change: watchfiles.Change, filename: str) -> bool:
+        return not (set(Path(filename).parts) & _SKIP_DIRS)
+
+    def run() -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        for changes in watchfiles.watch(
+            path,
+            watch_filter=keep,
+            stop_event=stop,
+            debounce=150,
+            step=50,
+            rust_timeout=int((poll_every or 5) * 1000),
+            yield_on_timeout=poll_every is not None,
+        ):
+            if changes or poll_every is not None:
+                on_change()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+# A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
+IgnoreFn = Callable[[str, list[str]], set[str]]
+
+
+def _walk(path: Path, ignore: IgnoreFn | None = None) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(path):
+        skip = ignore(dirpath, [*dirnames, *filenames]) if ignore is not None else set()
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and d not in skip)
+        for name in sorted(filenames):
+            if name not in skip:
+                yield Path(dirpath) / name
+
+
+def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
+    """Content hash of a folder: relative paths, modes and bytes (VCS/cache folders skipped, and
+    whatever `ignore` leaves out). A file that cannot be read counts by its name and the error,
+    so a file vanishing mid-walk does not abort the hash."""
+    h = hashlib.sha256()
+    for file in _walk(path, ignore):
+        if file.is_symlink() or not file.is_file():
+            continue
+        rel = file.relative_to(path).as_posix()
+        h.update(rel.encode() + b"\0")
+        h.update(b"x" if os.access(file, os.X_OK) else b"-")
+        try:
+            with file.open("rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+        except OSError as e:
+            h.update(f"unreadable:{e.errno}".encode())
+    return h.hexdigest()
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    for file in _walk(src):
+        if file.is_symlink() or not file.is_file():
+            continue
+        target = dst / file.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, target)
+
+
+def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
+    with tarfile.open(fileobj=buf, mode="r:") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dst, filter="data")
+        else:  # Python < 3.11.4: reject escaping members ourselves
+            for member in tar.getmembers():
+                target = (dst / member.name).resolve()
+                if not target.is_relative_to(dst.resolve()) or member.issym() or member.islnk():
+                    continue
+                tar.extract(member, dst)
+
+
+def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
+    """Delete extracted revisions beyond the newest `keep` (by mtime); never the protected ones.
+    Replicas run from their own copies, so an old revision folder is only a cache."""
+    if not folder.is_dir():
+        return []
+    entries = [p for p in folder.iterdir() if p.is_dir()]
+    stale = [p for p in entries if p.name.startswith(".") and time.time() - p.stat().st_mtime > 3600]
+    live = sorted((p for p in entries if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
+    removed: list[str] = []
+    for p in stale + live[keep:]:
+        if p.name in protect:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p.name)
+    return removed
+
+
+def deployed_revisions(state_dir: Path) -> set[str]:
+    """Revisions some service still runs (a service kept at its last good revision restarts its
+    replicas from that folder), read from state.json without the engine."""
+    try:
+        doc = json.loads((state_dir / "state.json").read_bytes())
+        return {str(s["revision"]) for s in doc.get("services", {}).values() if s.get("revision")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
+
+
+def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> None:
+    """`<state>/source.json`: what the source last observed (for `ps`); written atomically."""
+    body = {"schema_version": 1, "source": description, "revision": revision, "error": error, "at": time.time()}
+    write_json_atomic(state_dir / SOURCE_FILE, body)
+
+
+def read_source(state_dir: Path) -> dict[str, object]:
+    try:
+        data = json.loads((state_dir / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def open_bare_repo(repo_dir: Path) -> Any:
+    """The bare clone in `repo_dir`, created empty the first time (branch and PR refs share it)."""
+    import git  # gitpython; imported here so `tidegate ps` never pays for it
+
+    if (repo_dir / "HEAD").exists() or (repo_dir / ".git").exists():
+        return git.Repo(repo_dir)
+    repo_dir.parent.mkdir(parents=True, exist_ok=True)
+    return git.Repo.init(repo_dir, bare=True)
+
+
+def extract_revision(repo: Any, sha: str, root: Path) -> None:
+    """The files of `sha` into `root`, atomically. Raises git.GitCommandError for the caller to word."""
+    if not repo.git.ls_tree(sha):
+        # An empty tree (every file deleted): git archive writes only a pax header, which
+        # tarfile refuses; the checkout is simply an empty folder.
+        build_dir_atomic(root, lambda tmp: None)
+        return
+    buf = io.BytesIO()
+    repo.archive(buf, sha, format="tar")
+    buf.seek(0)
+    build_dir_atomic(root, lambda tmp: _extract_tar(buf, tmp))
+
+
+def git_error(e: Exception, url: str) -> str:
+    text = str(getattr(e, "stderr", "") or e).strip().replace(url, redact_url(url))
+    lines = [ln.strip().removeprefix("stderr:").strip(" '") for ln in text.splitlines() if ln.strip()]
+    return "; ".join(ln for ln in lines if ln) or "git failed"
+
+
+def make_source(repo: str, branch: str, state_dir: Path, config_path: str | None, watch: bool) -> Source:
+    """`--watch` reads the folder as it is; anything else is fetched as a git branch."""
+    if watch:
+        path = Path(repo)
+        if "://" in repo or not path.is_dir():
+            raise SourceError("--watch needs --repo to be a local folder")
+        return WorktreeSource(path, state_dir, config_path)
+    return GitSource(repo, branch, state_dir, config_path)

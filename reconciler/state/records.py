@@ -1,0 +1,175 @@
+"""The persisted state document: services, their replicas, history and scaling decisions.
+
+Why a module of its own: `plan` (pure) reads these records and `state` (I/O) stores them; keeping
+the shapes here lets the pure code import them without touching the filesystem layer.
+
+These are pydantic models and deliberately mutable: the engine edits one document during a pass
+and the store writes it whole. Nothing here holds a secret value: env is kept as names only, and
+the spec hash covers a salted hash of the values (so a secret change rolls replicas) never the
+values themselves.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backends.base import Offer
+from tidegate.routes import ModelRoute
+
+SCHEMA_VERSION = 1
+HISTORY_LIMIT = 50
+SCALING_LIMIT = 20
+
+
+class ReplicaPhase(StrEnum):
+    PROVISIONING = "provisioning"  # created; not yet passing the readiness probe
+    READY = "ready"  # probe passed; routed
+    FAILED = "failed"  # exited / gone / never became ready; restarted with backoff
+    DRAINING = "draining"  # out of the routes; removed after the drain grace
+
+
+class ServiceStatus(StrEnum):
+    PENDING = "pending"  # no replica ready yet
+    RUNNING = "running"  # all desired replicas ready
+    UPDATING = "updating"  # rolling / scaling in progress
+    DEGRADED = "degraded"  # fewer ready than desired, failures waiting on backoff
+    STOPPED = "stopped"  # `tidegate stop`
+    BLOCKED = "blocked"  # missing env, no backend offers it: nothing deployed for this spec
+    STALLED = "stalled"  # permanent error: waits for the config to change
+    KEPT = "kept"  # its config file fails validation: left running at the last good revision
+    SCALED_TO_ZERO = "scaled-to-zero"
+
+
+def offer_label(offer: Offer) -> str:
+    kind = "spot" if offer.spot else "on-demand"
+    return f"{offer.backend} {offer.region} {offer.instance_type} {kind}"
+
+
+def offer_fields(offer: Offer | None) -> dict[str, Any]:
+    """ReplicaRecord's `offer`/`price` for the offer a replica was created on (none: free/local)."""
+    if offer is None or offer.price <= 0:
+        return {}
+    return {"offer": offer_label(offer), "price": offer.price}
+
+
+class ReplicaRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    service: str
+    spec_hash: str
+    ordinal: int
+    backend: str
+    phase: ReplicaPhase = ReplicaPhase.PROVISIONING
+    handle: str | None = None
+    address: str | None = None
+    backend_status: str | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+    attempts: int = 0  # consecutive failed starts; resets when ready
+    last_error: str | None = None
+    next_attempt_at: float | None = None  # FAILED: not restarted before this time
+    draining_since: float | None = None
+    # READY only: liveness probes failed in a row (reconciler.engine.liveness). Above 0 it is out of the
+    # routes; at the threshold it becomes FAILED. Changes only when a probe's outcome does.
+    probe_failures: int = 0
+    # The cloud offer the replica runs on (label + USD/hour), for `ps` cost; None on free backends.
+    offer: str | None = None
+    price: float | None = None
+    # Bare-KEY secrets this replica received: name -> salted hash (reconciler.state.redact), never the
+    # value. Whoever shows the replica's output masks exactly these values in it.
+    secrets: dict[str, str] = Field(default_factory=dict)
+    # Last seen from gateway stats (picks the replica to remove); not persisted: it changes
+    # with traffic and must not cause a state write every pass.
+    in_flight: int = Field(default=0, exclude=True)
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    at: float
+    event: str
+    detail: str = ""
+
+
+class ScalingRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    at: float
+    previous: int
+    count: int
+    reason: str
+
+
+class RouteInfo(BaseModel):
+    """What the gateway needs from the config, kept so a service whose file broke stays routed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    host: str
+    auth: bool = True
+    model: ModelRoute | None = None
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+
+class ServiceRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    spec_hash: str
+    revision: str | None = None
+    config_path: str | None = None
+    backend: str | None = None
+    env_names: list[str] = Field(default_factory=list)
+    # Non-secret view of the spec (image, commands, port, resources, env names…) for plan diffs.
+    spec_summary: dict[str, str] = Field(default_factory=dict)
+    status: ServiceStatus = ServiceStatus.PENDING
+    reason: str = ""
+    desired_count: int = 0
+    replicas: list[ReplicaRecord] = Field(default_factory=list)
+    route: RouteInfo | None = None
+    stopped: bool = False
+    stopped_spec: str | None = None  # `stop` holds until the spec hash differs from this
+    stalled_spec: str | None = None  # permanent error for this spec hash
+    backoff_until: float | None = None  # service-level backoff after temporary errors
+    failures: int = 0
+    last_scaled_at: float | None = None
+    scaling_wanted: int | None = None  # a change the autoscaler wants but a delay holds back
+    scaling: list[ScalingRecord] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    def note(self, at: float, event: str, detail: str = "") -> None:
+        self.history.append(HistoryEntry(at=at, event=event, detail=detail))
+        del self.history[:-HISTORY_LIMIT]
+
+    def record_scaling(self, rec: ScalingRecord) -> None:
+        self.scaling.append(rec)
+        del self.scaling[:-SCALING_LIMIT]
+
+    def replica(self, rid: str) -> ReplicaRecord | None:
+        return next((r for r in self.replicas if r.id == rid), None)
+
+
+class SnapshotRef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    revision: str
+    root: str
+    config_path: str | None = None
+
+
+class StateDoc(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    serial: int = 0
+    lineage: str = ""
+    journal_seq: int = 0  # last journal entry whose effect this document reflects
+    updated_at: float | None = None
+    last_snapshot: SnapshotRef | None = None
+    services: dict[str, ServiceRecord] = Field(default_factory=dict)

@@ -1,0 +1,76 @@
+"""The routes snapshot (pure values; reading and writing it is tidegate.routes_io): the one contract between the reconciler (writer) and the gateway (reader).
+
+The reconciler publishes `routes.json` in the state directory atomically (temp file + fsync +
+os.replace) after the state it derives from; the gateway loads it whole and swaps its table in one
+assignment, so a request never sees half a table. Only ready replicas appear as upstreams; a
+replica being drained is listed with `draining: true` so in-flight requests finish while no new
+ones are sent to it.
+
+Nothing secret is in here: no env values, no tokens.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROUTES_FILE = "routes.json"
+SCHEMA_VERSION = 1
+
+
+class ModelFormat(StrEnum):
+    OPENAI = "openai"
+    TGI = "tgi"
+
+
+class Upstream(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    replica_id: str
+    # "http://host:port" or "unix:///abs/path.sock"
+    url: str
+    draining: bool = False
+
+
+class ModelRoute(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    type: str = "chat"
+    format: ModelFormat = ModelFormat.OPENAI
+    prefix: str = "/v1"
+    chat_template: str | None = None
+    # A string, or the `{"content": ...}` mapping tokenizer_config.json uses (gateway.tgi takes both).
+    eos_token: str | dict[str, Any] | None = None
+    bos_token: str | dict[str, Any] | None = None
+
+
+class ServiceRoute(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    host: str  # fully qualified, e.g. "mistral.localhost"
+    auth: bool = True
+    forward_auth: bool = False  # pass the client's Authorization header to the replica
+    upstreams: tuple[Upstream, ...] = ()
+    model: ModelRoute | None = None
+    # Scale-to-zero support: when the service may have zero replicas, the gateway holds requests
+    # and asks the reconciler for a replica instead of answering 503 straight away.
+    min_replicas: int = 1
+    max_replicas: int = 1
+    preview_pr: int | None = None
+
+
+class RoutesSnapshot(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    serial: int = 0
+    revision: str | None = None
+    domain: str = "localhost"
+    services: dict[str, ServiceRoute] = Field(default_factory=dict)
+
+    def by_host(self) -> dict[str, ServiceRoute]:
+        return {s.host.lower(): s for s in self.services.values()}
