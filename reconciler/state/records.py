@@ -6,7 +6,9 @@ the shapes here lets the pure code import them without touching the filesystem l
 These are pydantic models and deliberately mutable: the engine edits one document during a pass
 and the store writes it whole. Nothing here holds a secret value: env is kept as names only, and
 the spec hash covers a salted hash of the values (so a secret change rolls replicas) never the
-values themselves.
+values themselves; a replica records the names and salted hashes of the secrets it received.
+Text from outside (`last_error`, history details) is masked before it is stored here
+(reconciler.state.redact): a record is serialised as it is, never rewritten as text.
 """
 
 from __future__ import annotations
