@@ -38,7 +38,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from backends.base import BackendRegistry, ReplicaInfo, ReplicaStatus
+from backends.base import BackendRegistry, PermanentError, ReplicaInfo, ReplicaStatus, TemporaryError
 from reconciler.cli.main import main as cli_main
 from reconciler.engine.observe import ObserveSettings, observe
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
@@ -469,3 +469,39 @@ def test_up_log_masks_every_known_secret_in_messages_and_tracebacks() -> None:
     assert secret not in text
     assert f"backend said {MASK}" in text and f"RuntimeError: token {MASK} refused" in text
     assert "nothing to mask" in text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(TemporaryError("quota: request echoed API_KEY=hunter2-the-token"), id="temporary"),
+        pytest.param(PermanentError("bad image: hunter2-the-token is not a tag"), id="permanent"),
+    ],
+)
+def test_a_backend_error_quoting_a_secret_is_masked_before_it_is_recorded(
+    tmp_path: Path, error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """apply: the journal outcome, the service's reason and history, and up's log line."""
+    secret = "hunter2-the-token"
+    state = tmp_path / "state"
+    snap_root = tmp_path / "repo"
+    snap_root.mkdir()
+    (snap_root / "web.dstack.yml").write_text(SERVICE)
+    backend = FakeBackend(create_errors={"web": error})  # type: ignore[dict-item]
+    engine = Engine(
+        state, BackendRegistry({"local": backend}), EngineSettings(env={NAME: secret}), clock=Clock(), prober=FakeProber()
+    )
+    try:
+        with caplog.at_level(logging.INFO):
+            report = engine.reconcile(Snapshot(revision="b" * 40, root=snap_root))
+        rec = engine.doc.services["web"]
+        assert report.errors and MASK in rec.reason and secret not in rec.reason
+        assert any(MASK in h.detail for h in rec.history)
+    finally:
+        engine.close()
+    journal = (state / "journal.jsonl").read_text()
+    assert MASK in journal and secret not in journal
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace"), path
+    assert secret not in caplog.text and MASK in caplog.text
