@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,7 +120,7 @@ def _mask_settings(args: argparse.Namespace) -> Settings:
             recorded = json.loads((state / ENV_FILE_RECORD).read_text()).get("path")
         except (OSError, ValueError, AttributeError):
             recorded = None
-        if isinstance(recorded, str) and Path(recorded).is_file():
+        if isinstance(recorded, str) and Path(recorded).is_file() and os.access(recorded, os.R_OK):
             args = argparse.Namespace(**{**vars(args), "env_file": recorded})
     return build_settings(args)
 
