@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.options import add_gateway_options
 from reconciler.cli.next_steps import print_next_steps
 from reconciler.cli.output import print_table, say
 from reconciler.cli.settings import Settings, SettingsError, add_common_options, build_settings
@@ -53,6 +54,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
     add_common_options(p, gateway=True)
     p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    add_gateway_options(p)
     add_preview_options(p)
     p.set_defaults(func=cmd_up)
 
@@ -199,9 +201,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     gateway: runtime.GatewayThread | None = None
     loop: Loop | None = None
+    verified = runtime.VerifiedInbox()
     try:
         if not args.no_gateway:
-            gateway = runtime.GatewayThread(settings)
+            gateway = runtime.GatewayThread(settings, verified)
             if not gateway.start():
                 return _fail(f"gateway: {gateway.error}")
         announced: list[frozenset[str]] = []
@@ -224,6 +227,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             deploy_reporter=runtime.build_deploy_reporter(settings),
             status_url=settings.gateway_url,
             sweeper=runtime.build_orphan_sweeper(engine),
+            verified=verified,
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
         signals.append(loop)
