@@ -87,7 +87,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    records = load_records(state_dir(args))
+    try:
+        records = load_records(state_dir(args))
+    except TokenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if not records:
         print("no tokens (create one with `tidegate token create NAME`)")
         return 0

@@ -26,7 +26,7 @@ from reconciler.previews.pr_source import read_decision
 from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.render.plan_output import render_report
 from reconciler.source.checkout import SourceError, read_source
-from reconciler.state.errors import ReconcilerError, StateLockedError
+from reconciler.state.errors import ReconcilerError, StateLockedError, StateUnreadableError
 from reconciler.state.records import StateDoc
 from reconciler.state.redact import SecretBook, mask_logs, withheld
 from reconciler.state.store import StateStore
@@ -170,6 +170,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
         return _fail(str(e))
     print(render_report(report))
+    if engine.state_fault is not None:  # nothing was applied: say why, and fail
+        say(f"error: {engine.state_fault}", stream=sys.stderr, style="red")
+        return EXIT_ERROR
     return EXIT_ERROR if report.errors else EXIT_OK
 
 
@@ -227,6 +230,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             deploy_reporter=runtime.build_deploy_reporter(settings),
             status_url=settings.gateway_url,
             sweeper=runtime.build_orphan_sweeper(engine),
+            housekeeping=runtime.build_housekeeping(engine),
             verified=verified,
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
@@ -299,28 +303,66 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
 
 def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
+    from reconciler.cli.state_health import serving_problems, state_problems
+    from reconciler.state.view import status_views
+
     try:
         settings = _mask_settings(args)
+    except SettingsError as e:
+        return _fail(str(e))
+    if not settings.state_dir.is_dir():
+        return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
+    problems = state_problems(settings.state_dir)
+    if problems:
+        holder = StateStore(settings.state_dir).holder()
+        if holder is not None:
+            problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
+    problems += serving_problems(settings.state_dir)
+    config: list[str] = []
+    try:
         engine = runtime.build_engine(settings, read_only=True)
         views = engine.status()
+        if engine.doc.last_snapshot is not None:
+            config = list(engine.doc.last_snapshot.diagnostics)
+    except StateUnreadableError:
+        try:
+            backup = StateStore(settings.state_dir).read_backup()
+        except ReconcilerError:
+            backup = None
+        views = status_views(backup) if backup is not None else []
+        if backup is not None:
+            problems.append(f"showing the backup (serial {backup.serial})")
     except (SettingsError, ReconcilerError) as e:
         return _fail(str(e))
+    code = EXIT_ERROR if problems else EXIT_OK
     rows = service_rows(views, settings)
     src = read_source(settings.state_dir)
     decision = read_decision(settings.state_dir)
     previews = ps_rows(decision, time.time())
     total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
-        print(json.dumps({"source": src, "services": rows, "previews": decision, "cost_per_hour": total}, indent=2))
-        return EXIT_OK
+        body = {
+            "source": src,
+            "services": rows,
+            "previews": decision,
+            "cost_per_hour": total,
+            "problems": problems,
+            "config_diagnostics": config,
+        }
+        print(json.dumps(body, indent=2))
+        return code
+    for problem in problems:
+        say(f"error: {problem}", style="red")
     if src:
         head = f"source {src.get('source')} at {str(src.get('revision') or '-')[:12]}"
         if src.get("error"):
             head += f"  (last fetch failed: {src['error']})"
         say(head)
+    for line in config:
+        say(f"config: {line}")
     if not rows:
         say("no services deployed yet")
-        return EXIT_OK
+        return code
     print_table(
         ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING", "COST"],
         [
@@ -348,7 +390,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 say(f"last lines of {rep['id']}:")
                 for line in rep["log_tail"]:
                     say(f"  | {line}")
-    return EXIT_OK
+    return code
 
 
 # --- logs ------------------------------------------------------------------------------------
@@ -369,7 +411,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not replicas:
                 return _fail(f"{args.service} has no replica {args.replica}")
         replica = replicas[0]
-        installation = StateStore(settings.state_dir).installation()
+        installation = StateStore(settings.state_dir).installation(create=False)
         registry = runtime.build_registry(settings, installation.id)
         backend = registry.get(replica.backend)
         # The replica's output is shown with the values of the secrets it received masked; they
