@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
-from gateway.tokens import TokenError, create_token, load_records, revoke_token
+from gateway.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
 from tidegate.state_dir import choose_state_dir
 
 
@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     create = tsub.add_parser("create", help="create a token and print it (only this once)")
     create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="admin scope: the control API and dashboard too")
     _add_state(create)
     create.set_defaults(func=cmd_token_create)
     listing = tsub.add_parser("list", help="list tokens (names and prefixes, never the tokens)")
@@ -81,12 +82,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     try:
-        token = create_token(state_dir(args), args.name)
+        scope = TokenScope.ADMIN if getattr(args, "admin", False) else TokenScope.INFERENCE
+        token = create_token(state_dir(args), args.name, scope=scope)
     except TokenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(token)
-    print(f"token {args.name!r} created; it is shown only now (the state directory keeps its hash)", file=sys.stderr)
+    print(f"{scope} token {args.name!r} created; it is shown only now (the state directory keeps its hash)", file=sys.stderr)
     return 0
 
 
@@ -97,7 +99,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
-        print(f"{r.name}\t{r.prefix}...\t{created}")
+        print(f"{r.name}\t{r.prefix}...\t{r.scope}\t{created}")
     return 0
 
 

@@ -134,6 +134,9 @@ class Gateway:
         self._domain_suffix = "." + settings.domain.lower()
         self._auth_cache: dict[bytes | None, AuthResult] = {}
         self._auth_cache_until = 0.0
+        # The control API and dashboard (reconciler.control, mounted by `tidegate up`): gets
+        # `/api/…` and `/ui/…` on the gateway host and the bare address, nothing else.
+        self.control: Any = None
 
     # -- routes ------------------------------------------------------------------------------
     def set_snapshot(self, snapshot: RoutesSnapshot) -> None:
@@ -246,6 +249,13 @@ class Gateway:
                 await self._refuse(scope, send, GatewayError(404, f"no service named {name!r}", code="service_not_found"))
                 return
             await self.serve_service(found, scope, receive, send, "/" + rest, host)
+            return
+        if (
+            self.control is not None
+            and (path.startswith(("/api/", "/ui/")) or path == "/ui")
+            and (bare == self._gateway_host or not bare.endswith(self._domain_suffix))
+        ):
+            await self.control(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 4404})

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.cli.next_steps import print_next_steps
 from reconciler.cli.output import print_table, say
 from reconciler.cli.settings import Settings, SettingsError, add_common_options, build_settings
+from reconciler.control.tail import new_lines
 from reconciler.previews.pr_source import read_decision
 from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.render.plan_output import render_report
@@ -50,6 +52,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
     add_common_options(p, gateway=True)
     p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    p.add_argument(
+        "--control-open-reads",
+        action="store_true",
+        help="let loopback clients read the control API and dashboard without a token (actions still need one)",
+    )
     add_preview_options(p)
     p.set_defaults(func=cmd_up)
 
@@ -147,9 +154,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     gateway: runtime.GatewayThread | None = None
     loop: Loop | None = None
+    control_stop = threading.Event()
     try:
         if not args.no_gateway:
-            gateway = runtime.GatewayThread(settings)
+            control = runtime.build_control(settings, engine, control_stop)
+            gateway = runtime.GatewayThread(settings, control)
             if not gateway.start():
                 return _fail(f"gateway: {gateway.error}")
         announced: list[frozenset[str]] = []
@@ -185,6 +194,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         if loop is not None:
             loop.shutdown()
+        control_stop.set()
         if gateway is not None:
             gateway.stop()
         engine.close()
@@ -331,15 +341,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         seen = current
     return EXIT_OK
-
-
-def new_lines(previous: list[str], current: list[str]) -> list[str]:
-    """Lines of `current` after the longest overlap with the end of `previous` (tail -f over a
-    window of the last lines)."""
-    for size in range(min(len(previous), len(current)), 0, -1):
-        if previous[-size:] == current[:size]:
-            return current[size:]
-    return current if previous != current else []
 
 
 # --- stop / start ----------------------------------------------------------------------------
