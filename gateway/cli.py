@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
 from gateway.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
+from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
 from tidegate.state_dir import choose_state_dir
 
 
@@ -23,6 +24,17 @@ def state_dir(args: argparse.Namespace) -> Path:
 
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
+
+
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server", metavar="URL", help="a remote tidegate (default $TIDEGATE_SERVER); admin token from $TIDEGATE_TOKEN"
+    )
+
+
+def _remote(args: argparse.Namespace) -> ControlClient | None:
+    server = server_from(getattr(args, "server", None), os.environ)
+    return ControlClient(server, os.environ.get(TOKEN_ENV)) if server else None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,13 +56,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("name")
     create.add_argument("--admin", action="store_true", help="admin scope: the control API and dashboard too")
     _add_state(create)
+    _add_server(create)
     create.set_defaults(func=cmd_token_create)
     listing = tsub.add_parser("list", help="list tokens (names and prefixes, never the tokens)")
     _add_state(listing)
+    _add_server(listing)
     listing.set_defaults(func=cmd_token_list)
     revoke = tsub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
     _add_state(revoke)
+    _add_server(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
 
@@ -81,6 +96,17 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                created = client.call("POST", "/tokens", json={"name": args.name, "admin": bool(args.admin)})
+            except ControlClientError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        print(created["token"])
+        print(f"{created['scope']} token {args.name!r} created on {client.http.base_url}; it is shown only now", file=sys.stderr)
+        return 0
     try:
         scope = TokenScope.ADMIN if getattr(args, "admin", False) else TokenScope.INFERENCE
         token = create_token(state_dir(args), args.name, scope=scope)
@@ -93,6 +119,18 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                rows = client.call("GET", "/tokens")
+            except ControlClientError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        for t in rows:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created_at"]))
+            print(f"{t['name']}\t{t['prefix']}...\t{t['scope']}\t{created}")
+        return 0
     records = load_records(state_dir(args))
     if not records:
         print("no tokens (create one with `tidegate token create NAME`)")
@@ -104,6 +142,16 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                client.call("DELETE", f"/tokens/{args.name}")
+            except ControlClientError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        print(f"token {args.name!r} revoked")
+        return 0
     try:
         revoke_token(state_dir(args), args.name)
     except TokenError as e:

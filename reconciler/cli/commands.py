@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from reconciler.source.checkout import SourceError, read_source
 from reconciler.state.errors import ReconcilerError, StateLockedError
 from reconciler.state.records import StateDoc
 from reconciler.state.store import StateStore
+from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
 from tidegate.routes_io import read_snapshot
 from tidegate.signals import send_signal
 
@@ -63,6 +65,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("ps", help="services, revision, replicas, URL, status")
     add_common_options(p, source=False, gateway=True)
     p.add_argument("--json", action="store_true")
+    add_server_option(p)
     p.set_defaults(func=cmd_ps)
 
     p = subparsers.add_parser("logs", help="the last lines a service's replica wrote")
@@ -71,13 +74,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replica", type=int, default=None, metavar="N", help="replica ordinal (default: first)")
     p.add_argument("--lines", "-n", type=int, default=100)
     p.add_argument("--follow", "-f", action="store_true")
+    add_server_option(p)
     p.set_defaults(func=cmd_logs)
 
     for name, text in (("stop", "stop a service until its config changes or `start`"), ("start", "undo `stop`")):
         p = subparsers.add_parser(name, help=text)
         add_common_options(p, source=False)
         p.add_argument("service")
+        add_server_option(p)
         p.set_defaults(func=cmd_stop if name == "stop" else cmd_start)
+
+
+def add_server_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="a remote tidegate's gateway (default $TIDEGATE_SERVER); its admin token from $TIDEGATE_TOKEN",
+    )
+
+
+def _remote(args: argparse.Namespace) -> ControlClient | None:
+    server = server_from(getattr(args, "server", None), os.environ)
+    return ControlClient(server, os.environ.get(TOKEN_ENV)) if server else None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -251,17 +269,55 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
     return rows
 
 
+def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """(source, ps rows, preview decision) from a remote control API's overview."""
+    ov = client.call("GET", "/overview")
+    rows = [
+        {
+            "name": s["name"],
+            "revision": s["revision"],
+            "ready": s["ready"],
+            "desired": s["desired"],
+            "url": s["url"],
+            "status": s["status"],
+            "reason": s["reason"],
+            "scaling": None,
+            "cost_per_hour": s["cost_per_hour"],
+            "replicas": [],
+        }
+        for s in ov["services"]
+    ]
+    src = {"source": ov["source"], "revision": ov["revision"], "error": ov["source_error"]}
+    previews = ov["previews"]
+    decision = {
+        "previews": [{**p, "model": None} for p in previews["previews"]],
+        "rejected": previews["rejected"],
+    }
+    return src, rows, decision
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
-    try:
-        settings = _settings(args)
-        engine = runtime.build_engine(settings, read_only=True)
-        views = engine.status()
-    except (SettingsError, ReconcilerError) as e:
-        return _fail(str(e))
-    rows = service_rows(views, settings)
-    src = read_source(settings.state_dir)
-    decision = read_decision(settings.state_dir)
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                if args.json:
+                    print(json.dumps(client.call("GET", "/overview"), indent=2))
+                    return EXIT_OK
+                src, rows, decision = remote_ps(client)
+            except ControlClientError as e:
+                return _fail(str(e))
+    else:
+        try:
+            settings = _settings(args)
+            engine = runtime.build_engine(settings, read_only=True)
+            views = engine.status()
+        except (SettingsError, ReconcilerError) as e:
+            return _fail(str(e))
+        rows = service_rows(views, settings)
+        src = read_source(settings.state_dir)
+        decision = read_decision(settings.state_dir)
     previews = ps_rows(decision, time.time())
     total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
@@ -308,8 +364,30 @@ def cmd_ps(args: argparse.Namespace) -> int:
 # --- logs ------------------------------------------------------------------------------------
 
 
+def remote_logs(client: ControlClient, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"lines": args.lines}
+    if args.replica is not None:
+        params["replica"] = str(args.replica)
+    try:
+        if not args.follow:
+            for line in client.call("GET", f"/services/{args.service}/logs", params=params)["lines"]:
+                print(line)
+            return EXIT_OK
+        for event, data in client.stream_lines(f"/services/{args.service}/logs/stream", params):
+            if event == "end":
+                return _fail(data)
+            print(data, flush=True)
+    except ControlClientError as e:
+        return _fail(str(e))
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
+    client = _remote(args)
+    if client is not None:
+        with client:
+            return remote_logs(client, args)
     try:
         settings = _settings(args)
         doc = _load_doc(settings.state_dir)
@@ -356,6 +434,14 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def _stop_start(args: argparse.Namespace, kind: str) -> int:
     from reconciler.cli import runtime
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                say(client.call("POST", f"/services/{args.service}/{kind}")["detail"])
+            except ControlClientError as e:
+                return _fail(str(e))
+        return EXIT_OK
     try:
         settings = _settings(args)
         doc = _load_doc(settings.state_dir)
