@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from backends.base import Requirements
@@ -39,21 +39,21 @@ class OverviewController(Controller):
     dependencies = PLANE
 
     @get("/overview", sync_to_thread=True, summary="Everything `tidegate ps` shows: source, services, previews, cost")
-    def overview(self, plane: ControlPlane) -> m.Overview:
+    def overview(self, plane: NamedDependency[ControlPlane]) -> m.Overview:
         return plane.overview()
 
     @get("/previews", sync_to_thread=True, summary="Pull-request previews and the PRs refused one, with reasons")
-    def previews(self, plane: ControlPlane) -> m.Previews:
+    def previews(self, plane: NamedDependency[ControlPlane]) -> m.Previews:
         return plane.previews()
 
     @get("/offers", sync_to_thread=True, summary="Offers of the configured backends for some resources, cheapest first")
     def offers(
         self,
-        plane: ControlPlane,
-        gpu: str | None = None,
+        plane: NamedDependency[ControlPlane],
+        gpu: FromQuery[str | None] = None,
         spot_policy: Annotated[str, Parameter(pattern="^(spot|on-demand|auto)$")] = "auto",
-        max_price: float | None = None,
-        backend: list[str] | None = None,
+        max_price: FromQuery[float | None] = None,
+        backend: FromQuery[list[str] | None] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
     ) -> list[m.OfferOut]:
         gpu_req = None
@@ -70,7 +70,7 @@ class OverviewController(Controller):
         return plane.offers(requirements, limit)
 
     @post("/sync", guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Fetch and reconcile now (as a push webhook)")
-    def sync(self, plane: ControlPlane) -> m.ActionResult:
+    def sync(self, plane: NamedDependency[ControlPlane]) -> m.ActionResult:
         return plane.sync()
 
 
@@ -81,19 +81,19 @@ class ServicesController(Controller):
     dependencies = PLANE
 
     @get("/", sync_to_thread=True, summary="Every service: status, reason, revision, ready/desired, URL, model, cost, rps")
-    def list_services(self, plane: ControlPlane) -> list[m.ServiceSummary]:
+    def list_services(self, plane: NamedDependency[ControlPlane]) -> list[m.ServiceSummary]:
         return plane.services()
 
     @get("/{name:str}", sync_to_thread=True, summary="One service: replicas, scaling decisions, deploys, plan diff")
-    def get_service(self, plane: ControlPlane, name: str) -> m.ServiceDetail:
+    def get_service(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> m.ServiceDetail:
         return plane.service(name)
 
     @get("/{name:str}/logs", sync_to_thread=True, summary="The last lines of a replica (default: the first)")
     def logs(
         self,
-        plane: ControlPlane,
-        name: str,
-        replica: str | None = None,
+        plane: NamedDependency[ControlPlane],
+        name: FromPath[str],
+        replica: FromQuery[str | None] = None,
         lines: Annotated[int, Parameter(ge=1, le=5000)] = 100,
     ) -> m.LogLines:
         return plane.log_lines(name, replica, lines)
@@ -101,24 +101,24 @@ class ServicesController(Controller):
     @get("/{name:str}/logs/stream", summary="Follow a replica's log as server-sent events (one `line` event per line)")
     async def follow_logs(
         self,
-        plane: ControlPlane,
-        name: str,
-        replica: str | None = None,
+        plane: NamedDependency[ControlPlane],
+        name: FromPath[str],
+        replica: FromQuery[str | None] = None,
         lines: Annotated[int, Parameter(ge=0, le=5000)] = 100,
     ) -> ServerSentEvent:
         first = await asyncio.to_thread(plane.log_lines, name, replica, max(lines, 1))  # 404 before streaming
         return ServerSentEvent(_follow(plane, name, first, lines))
 
     @post("/{name:str}/stop", guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Stop a service (as `tidegate stop`)")
-    def stop(self, plane: ControlPlane, name: str) -> m.ActionResult:
+    def stop(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> m.ActionResult:
         return plane.act("stop", name)
 
     @post("/{name:str}/start", guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Undo stop (as `tidegate start`)")
-    def start(self, plane: ControlPlane, name: str) -> m.ActionResult:
+    def start(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> m.ActionResult:
         return plane.act("start", name)
 
 
-async def _follow(plane: ControlPlane, name: str, first: m.LogLines, lines: int) -> AsyncIterator[ServerSentEventMessage]:
+async def _follow(plane: NamedDependency[ControlPlane], name: FromPath[str], first: m.LogLines, lines: int) -> AsyncIterator[ServerSentEventMessage]:
     seen = first.lines
     for line in seen[-lines:] if lines else []:
         yield ServerSentEventMessage(data=line, event="line")
@@ -142,15 +142,15 @@ class TokensController(Controller):
     dependencies = PLANE
 
     @get("/", sync_to_thread=True, summary="Tokens: names, prefixes, scopes (never the tokens)")
-    def list_tokens(self, plane: ControlPlane) -> list[m.TokenOut]:
+    def list_tokens(self, plane: NamedDependency[ControlPlane]) -> list[m.TokenOut]:
         return plane.tokens()
 
     @post("/", sync_to_thread=True, summary="Create a token; the response is the only time it is shown")
-    def create_token(self, plane: ControlPlane, data: m.TokenCreate) -> m.TokenCreated:
+    def create_token(self, plane: NamedDependency[ControlPlane], data: JSONBody[m.TokenCreate]) -> m.TokenCreated:
         return plane.create_token(data.name, data.admin)
 
     @delete("/{name:str}", sync_to_thread=True, summary="Revoke a token by name")
-    def revoke_token(self, plane: ControlPlane, name: str) -> None:
+    def revoke_token(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> None:
         plane.revoke_token(name)
 
 

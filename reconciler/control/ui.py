@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
 from gateway.tokens import TokenScope
@@ -41,17 +42,17 @@ def is_admin(request: Request[Any, Any, Any]) -> bool:
     return context(request).tokens.scope_of(token, time.monotonic()) is TokenScope.ADMIN
 
 
-def _render(request: Request[Any, Any, Any], name: str, **values: Any) -> str:
+def _render(request: Request[Any, Any, Any], name: FromPath[str], **values: Any) -> str:
     engine = request.app.template_engine
     assert engine is not None
     return str(engine.get_template(name).render(**values))
 
 
-def overview_values(plane: ControlPlane) -> dict[str, Any]:
+def overview_values(plane: NamedDependency[ControlPlane]) -> dict[str, Any]:
     return {"ov": plane.overview(), "now": time.time()}
 
 
-def service_values(plane: ControlPlane, name: str) -> dict[str, Any]:
+def service_values(plane: NamedDependency[ControlPlane], name: FromPath[str]) -> dict[str, Any]:
     detail = plane.service(name)
     now = time.time()
     return {"d": detail, "now": now, "chart": rps_chart(detail.series, detail.scaling, now)}
@@ -74,20 +75,20 @@ class DashboardController(Controller):
     dependencies = PLANE
 
     @get("/", guards=[page_guard], sync_to_thread=True)
-    def overview(self, request: Request[Any, Any, Any], plane: ControlPlane) -> Template:
+    def overview(self, request: Request[Any, Any, Any], plane: NamedDependency[ControlPlane]) -> Template:
         return Template("overview.html", context={**overview_values(plane), "admin": is_admin(request)})
 
     @get("/events", guards=[page_guard])
-    async def overview_events(self, request: Request[Any, Any, Any], plane: ControlPlane) -> ServerSentEvent:
+    async def overview_events(self, request: Request[Any, Any, Any], plane: NamedDependency[ControlPlane]) -> ServerSentEvent:
         return ServerSentEvent(_live(lambda: _render(request, "_overview.html", **overview_values(plane))))
 
     @get("/services/{name:str}", guards=[page_guard], sync_to_thread=True)
-    def service(self, request: Request[Any, Any, Any], plane: ControlPlane, name: str) -> Template:
+    def service(self, request: Request[Any, Any, Any], plane: NamedDependency[ControlPlane], name: FromPath[str]) -> Template:
         values = service_values(plane, name)
         return Template("service.html", context={**values, "admin": is_admin(request)})
 
     @get("/services/{name:str}/events", guards=[page_guard])
-    async def service_events(self, request: Request[Any, Any, Any], plane: ControlPlane, name: str) -> ServerSentEvent:
+    async def service_events(self, request: Request[Any, Any, Any], plane: NamedDependency[ControlPlane], name: FromPath[str]) -> ServerSentEvent:
         await asyncio.to_thread(plane.service, name)  # 404 before streaming
         return ServerSentEvent(_live(lambda: _render(request, "_service.html", **service_values(plane, name))))
 
