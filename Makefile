@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-fast lint plain-install slow bench clean
+# Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so).
+SYSTEM_PACKAGES := openssh-server
+
+.PHONY: up test test-fast lint plain-install system-packages slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +29,10 @@ lint: $(STAMP)
 plain-install:
 	bash scripts/check_plain_install.sh
 
-test: lint plain-install
+system-packages:
+	bash scripts/system-packages.sh $(SYSTEM_PACKAGES)
+
+test: system-packages lint plain-install
 	$(BIN)/python -m pytest -m "not slow" -q
 	$(BIN)/python -m pytest -m slow -q
 

@@ -214,6 +214,13 @@ class BackendRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._backends
 
+    def close(self) -> None:
+        """Release what backends hold in this process (a cloud backend's SSH tunnels); optional."""
+        for backend in self._backends.values():
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+
 
 def owner_tags(owner: str, spec: ReplicaSpec) -> dict[str, str]:
     """The ownership tags every cloud resource carries (DESIGN.md, names and ownership)."""

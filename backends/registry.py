@@ -21,12 +21,15 @@ def build_backends(
     state_dir: str | Path,
     *,
     azure_credential: Any = None,
+    tunnels: bool = False,
 ) -> list[Backend]:
     """One backend per configured cloud; SDKs are imported here, not at module import.
 
-    `state_dir` is unused: cloud backends keep no local state (the local backend is built by the
-    runtime with its own work dir)."""
+    `state_dir` holds the tunnels' keys (`ssh/`) and sockets (`run/tunnels/`). `tunnels=True` only in
+    the process that owns the state dir (`up`, `apply`): it opens the SSH tunnels to running
+    replicas. Otherwise the backends report the same addresses and open none."""
     from backends.cloud.catalog import load_catalog, resolve_catalog_path
+    from backends.cloud.tunnels import CloudTunnels
 
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     out: list[Backend] = []
@@ -34,9 +37,13 @@ def build_backends(
         if isinstance(entry, AwsSettings):
             from backends.aws.backend import AwsBackend
 
-            out.append(AwsBackend(entry, owner, catalog=catalog))
+            aws_tunnels = CloudTunnels(Path(state_dir), "aws", active=tunnels)
+            out.append(AwsBackend(entry, owner, catalog=catalog, tunnels=aws_tunnels))
         else:
             from backends.azure.backend import AzureBackend
 
-            out.append(AzureBackend(entry, owner, catalog=catalog, credential=azure_credential))
+            az_tunnels = CloudTunnels(Path(state_dir), "azure", active=tunnels)
+            out.append(
+                AzureBackend(entry, owner, catalog=catalog, credential=azure_credential, tunnels=az_tunnels)
+            )
     return out

@@ -35,8 +35,11 @@ class AwsSettings(_Model):
     # A string applies to every region; a mapping gives one per region. None: the default VPC.
     vpc_id: str | dict[str, str] | None = None
     subnet_id: str | dict[str, str] | None = None
-    # Who may reach the service port (the gateway's address). Required to provision.
+    # Who may reach the instances' SSH port: the gateway's egress address. Required to provision.
+    # The service port itself is never opened; the gateway tunnels through SSH.
     allowed_cidr: str | None = None
+    ssh_port: int = Field(default=22, gt=0, lt=65536)  # where the instance's sshd listens
+    tunnel_user: str = "tidegate-tunnel"  # the forward-only account the tunnel logs in as
     # A fixed AMI (string, or per-region mapping); otherwise the newest image matching the name
     # filter, otherwise `ami_fallback`.
     ami: str | dict[str, str] | None = None
@@ -70,7 +73,9 @@ class AzureSettings(_Model):
     subnet_name: str = "default"
     vnet_cidr: str = "10.77.0.0/16"
     subnet_cidr: str = "10.77.0.0/24"
-    allowed_cidr: str | None = None
+    allowed_cidr: str | None = None  # who may reach SSH (the gateway's egress address); as for aws
+    ssh_port: int = Field(default=22, gt=0, lt=65536)
+    tunnel_user: str = "tidegate-tunnel"
     image: AzureImage = AzureImage()
     admin_username: str = "tidegate"
     ssh_public_key: str | None = None

@@ -7,6 +7,11 @@ call whose answer was lost (or not yet visible to describe, EC2 is eventually co
 the same instance. Capacity errors move to the next offer (bounded); throttling, 5xx and network
 errors become `TemporaryError`; everything else is `PermanentError`. Only instances and security
 groups carrying our owner tag are ever terminated or deleted. boto3 is imported lazily.
+
+The gateway reaches an instance only through SSH (backends/cloud/tunnels.py): its security group
+opens the SSH port to `allowed_cidr` and nothing else, its user data carries the pinned host key
+generated for this launch, and its `tidegate:hostkey` tag is the public half the tunnel trusts. A
+replica's address is the tunnel's unix socket.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from backends.cloud.common import (
     launch_first_with_capacity,
 )
 from backends.cloud.startup import render_startup_script
+from backends.cloud.tunnels import HOST_KEY_TAG, NO_HOST_KEY, CloudTunnels, TunnelTarget
 from backends.settings import AwsSettings
 
 __all__ = ["AwsBackend", "classify", "client_token", "error_code", "replica_status"]
@@ -67,8 +73,10 @@ class AwsBackend(AwsNetwork):
         catalog: Sequence[Offer] = (),
         client_factory: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
+        tunnels: CloudTunnels | None = None,
     ) -> None:
         super().__init__(settings, owner, client_factory)
+        self.tunnels = tunnels
         self._offers = CloudOffers(
             self.name,
             catalog,
@@ -82,6 +90,11 @@ class AwsBackend(AwsNetwork):
 
     def offers(self, requirements: Requirements) -> Sequence[Offer]:
         return self._offers.offers(requirements)
+
+    def close(self) -> None:
+        """Close this process's tunnels (the replicas keep running; the next owner reopens them)."""
+        if self.tunnels is not None:
+            self.tunnels.shutdown()
 
     # ---- lookup --------------------------------------------------------------------------
     def _by_replica(self, replica_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -98,15 +111,17 @@ class AwsBackend(AwsNetwork):
             reason_code=str(reason.get("Code", "")),
             reason=str(reason.get("Message") or inst.get("StateTransitionReason") or ""),
         )
+        if status is ReplicaStatus.RUNNING and HOST_KEY_TAG not in tags:
+            status, message = ReplicaStatus.EXITED, NO_HOST_KEY
         ip = inst.get("PrivateIpAddress") if self.settings.use_private_ip else None
         ip = ip or inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
         ip = self.settings.address_host or ip
-        port = tags.get(PORT)
-        address = f"http://{ip}:{port}" if ip and port and status is ReplicaStatus.RUNNING else None
+        replica_id = tags.get(REPLICA, inst["InstanceId"])
+        address = self._tunnel(replica_id, status, ip, tags)
         launch = inst.get("LaunchTime")
         offer = self._offers.match(region, inst.get("InstanceType"), spot)
         return ReplicaInfo(
-            replica_id=tags.get(REPLICA, inst["InstanceId"]),
+            replica_id=replica_id,
             backend=self.name,
             status=status,
             address=address,
@@ -121,7 +136,23 @@ class AwsBackend(AwsNetwork):
             tags=tags,
         )
 
+    def _tunnel(self, replica_id: str, status: ReplicaStatus, ip: str | None, tags: dict[str, str]) -> str | None:
+        """The replica's address: its tunnel socket, kept open while the instance runs. None for an
+        instance without a pinned host key (launched before tunnels): it is never reached in clear."""
+        port, host_key = tags.get(PORT), tags.get(HOST_KEY_TAG)
+        if self.tunnels is None or status is not ReplicaStatus.RUNNING or not (ip and port and host_key):
+            return None  # closing is left to describe/list_owned/delete, which see the whole replica
+        s = self.settings
+        self.tunnels.open(TunnelTarget(replica_id, ip, s.ssh_port, s.tunnel_user, host_key, int(port)))
+        return self.tunnels.address(replica_id)
+
     def describe(self, replica_id: str) -> ReplicaInfo | None:
+        info = self._describe(replica_id)
+        if self.tunnels is not None and (info is None or info.address is None):
+            self.tunnels.close(replica_id)
+        return info
+
+    def _describe(self, replica_id: str) -> ReplicaInfo | None:
         found = self._by_replica(replica_id)
         live = [(r, i) for r, i in found if i["State"]["Name"] != "terminated"]
         if live:
@@ -132,7 +163,10 @@ class AwsBackend(AwsNetwork):
 
     def list_owned(self) -> Sequence[ReplicaInfo]:
         filters = [*self._owned_filter(), {"Name": "instance-state-name", "Values": LIVE_STATES}]
-        return [self._info(r, i) for r in self.settings.regions for i in self._instances(r, filters)]
+        infos = [self._info(r, i) for r in self.settings.regions for i in self._instances(r, filters)]
+        if self.tunnels is not None:
+            self.tunnels.retain(i.replica_id for i in infos if i.address)
+        return infos
 
     # ---- create --------------------------------------------------------------------------
     def create(self, spec: ReplicaSpec) -> ReplicaInfo:
@@ -142,7 +176,9 @@ class AwsBackend(AwsNetwork):
                 log.info("aws: adopting %s for replica %s", inst["InstanceId"], spec.replica_id)
                 return self._info(region, inst)
         if not self.settings.allowed_cidr:
-            raise PermanentError("aws: settings.allowed_cidr is not set (who may reach the service port)")
+            raise PermanentError("aws: settings.allowed_cidr is not set (who may reach SSH: the gateway's address)")
+        if self.tunnels is None:
+            raise PermanentError("aws: no tunnel keys configured (backends are built with the state dir)")
         generation = len(found)
 
         def no_capacity(offer: Offer, e: NoCapacity) -> str:
@@ -164,7 +200,13 @@ class AwsBackend(AwsNetwork):
         image_id, root_device = self._image(region)
         subnet = per_region(self.settings.subnet_id, region)
         group_id = self._security_group(region, spec, subnet)
-        tags = {**owner_tags(self.owner, spec), PORT: str(spec.port)}
+        token = client_token(spec.replica_id, generation, offer)
+        assert self.tunnels is not None  # checked by create()
+        # Derived from the ClientToken: a retried launch sends byte-identical user data.
+        endpoint = self.tunnels.endpoint(
+            f"aws:{token}", spec.port, self.settings.ssh_port, self.settings.tunnel_user
+        )
+        tags = {**owner_tags(self.owner, spec), PORT: str(spec.port), HOST_KEY_TAG: endpoint.host_key.public}
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         disk = int(max(spec.requirements.disk_gb.min or 100, 30))
         params: dict[str, Any] = {
@@ -172,8 +214,8 @@ class AwsBackend(AwsNetwork):
             "InstanceType": offer.instance_type,
             "MinCount": 1,
             "MaxCount": 1,
-            "ClientToken": client_token(spec.replica_id, generation, offer),
-            "UserData": render_startup_script(spec),
+            "ClientToken": token,
+            "UserData": render_startup_script(spec, endpoint),
             "SecurityGroupIds": [group_id],
             "BlockDeviceMappings": [
                 {
@@ -257,6 +299,8 @@ class AwsBackend(AwsNetwork):
     def delete(self, replica_id: str) -> None:
         from botocore.exceptions import ClientError
 
+        if self.tunnels is not None:
+            self.tunnels.close(replica_id)
         for region, inst in self._by_replica(replica_id):
             if inst["State"]["Name"] == "terminated":
                 continue

@@ -1,11 +1,17 @@
-"""Security groups for the AWS backend: one per (owner, service, port), opened to `allowed_cidr`.
+"""Security groups for the AWS backend: one per (owner, service), opening only SSH to `allowed_cidr`.
 
 Why a module of its own: a group outlives the instances that use it, so it is found again by
 name (a concurrent create that won is adopted), tagged with our owner id, and deleted only when
 no live instance uses it any more (`sweep_security_groups` runs from the orphan sweeper).
+
+The service port is never opened: the gateway tunnels through SSH. A group found again is
+brought back to exactly that one rule (an older tidegate opened the service port; an operator may
+have widened it), so adopting a group can never re-expose a replica.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from backends.aws.ec2 import LIVE_STATES, Ec2Access, classify, error_code, log, per_region
 from backends.base import PermanentError, ReplicaSpec
@@ -33,7 +39,52 @@ class AwsNetwork(Ec2Access):
         return str(vpcs[0]["VpcId"])
 
     def _group_name(self, spec: ReplicaSpec) -> str:
-        return f"tidegate-{self.owner[:16]}-{spec.service}-{spec.port}"[:255]
+        return f"tidegate-{self.owner[:16]}-{spec.service}-ssh"[:255]
+
+    def _ingress(self) -> list[dict[str, Any]]:
+        port = self.settings.ssh_port
+        cidr = self.settings.allowed_cidr
+        return [
+            {
+                "IpProtocol": "tcp",
+                "FromPort": port,
+                "ToPort": port,
+                "IpRanges": [{"CidrIp": cidr, "Description": "tidegate gateway (SSH tunnel)"}],
+            }
+        ]
+
+    def _enforce_ingress(self, region: str, group: dict[str, Any]) -> None:
+        """Make an existing group's ingress exactly `_ingress()`."""
+        want = self._ingress()[0]
+        have = group.get("IpPermissions", [])
+        ok = len(have) == 1 and (
+            have[0].get("IpProtocol"),
+            have[0].get("FromPort"),
+            have[0].get("ToPort"),
+            [r.get("CidrIp") for r in have[0].get("IpRanges", [])],
+            have[0].get("Ipv6Ranges", []),
+            have[0].get("UserIdGroupPairs", []),
+            have[0].get("PrefixListIds", []),
+        ) == ("tcp", want["FromPort"], want["ToPort"], [self.settings.allowed_cidr], [], [], [])
+        if ok:
+            return
+        group_id = str(group["GroupId"])
+        if have:
+            self._call(
+                region,
+                "revoke_security_group_ingress",
+                "revoke_security_group_ingress",
+                GroupId=group_id,
+                IpPermissions=have,
+            )
+        self._call(
+            region,
+            "authorize_security_group_ingress",
+            "authorize_security_group_ingress",
+            GroupId=group_id,
+            IpPermissions=self._ingress(),
+        )
+        log.info("aws %s: security group %s reset to SSH from %s only", region, group_id, self.settings.allowed_cidr)
 
     def _security_group(self, region: str, spec: ReplicaSpec, subnet: str | None) -> str:
         from botocore.exceptions import ClientError
@@ -43,6 +94,7 @@ class AwsNetwork(Ec2Access):
         filters = [{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}]
         existing = self._call(region, "describe_security_groups", "describe_security_groups", Filters=filters)
         if existing["SecurityGroups"]:
+            self._enforce_ingress(region, existing["SecurityGroups"][0])
             return str(existing["SecurityGroups"][0]["GroupId"])
         tags = [
             {"Key": OWNER, "Value": self.owner},
@@ -52,7 +104,7 @@ class AwsNetwork(Ec2Access):
         try:
             created = self._client(region).create_security_group(
                 GroupName=name,
-                Description=f"tidegate service {spec.service}: port {spec.port} from {self.settings.allowed_cidr}",
+                Description=f"tidegate service {spec.service}: SSH tunnel from {self.settings.allowed_cidr}",
                 VpcId=vpc,
                 TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}],
             )
@@ -61,6 +113,7 @@ class AwsNetwork(Ec2Access):
                 again = self._call(
                     region, "describe_security_groups", "describe_security_groups", Filters=filters
                 )
+                self._enforce_ingress(region, again["SecurityGroups"][0])
                 return str(again["SecurityGroups"][0]["GroupId"])
             raise classify(e, f"aws {region} create_security_group") from e
         group_id = str(created["GroupId"])
@@ -69,14 +122,7 @@ class AwsNetwork(Ec2Access):
             "authorize_security_group_ingress",
             "authorize_security_group_ingress",
             GroupId=group_id,
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": spec.port,
-                    "ToPort": spec.port,
-                    "IpRanges": [{"CidrIp": self.settings.allowed_cidr, "Description": "tidegate gateway"}],
-                }
-            ],
+            IpPermissions=self._ingress(),
         )
         return group_id
 

@@ -8,6 +8,11 @@ touched). Spot offers use Spot priority with eviction policy Delete and a max pr
 quota failures move to the next offer after the failed VM's leftovers are removed; 429, 5xx and
 transport errors become `TemporaryError`. The SDKs are imported lazily; a test passes its own
 credential and a `base_url` (plain http is allowed only for such an explicit endpoint).
+
+The gateway reaches a VM only through SSH (backends/cloud/tunnels.py): its NSG allows the SSH
+port from `allowed_cidr` and denies every other inbound packet (the virtual network included), its
+custom data carries the pinned host key generated for it, and its `tidegate:hostkey` tag is the
+public half the tunnel trusts. A replica's address is the tunnel's unix socket.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from backends.cloud.common import (
     launch_first_with_capacity,
 )
 from backends.cloud.startup import render_startup_script
+from backends.cloud.tunnels import HOST_KEY_TAG, NO_HOST_KEY, CloudTunnels, TunnelTarget
 from backends.settings import AzureSettings
 
 __all__ = ["ARM_SCOPE", "CAPACITY_CODES", "AzureBackend", "classify", "error_code", "vm_name"]
@@ -57,8 +63,10 @@ class AzureBackend(AzureNetwork):
         catalog: Sequence[Offer] = (),
         credential: Any = None,
         clock: Callable[[], float] = time.time,
+        tunnels: CloudTunnels | None = None,
     ) -> None:
         super().__init__(settings, owner, credential)
+        self.tunnels = tunnels
         self._offers = CloudOffers(
             self.name,
             catalog,
@@ -68,6 +76,11 @@ class AzureBackend(AzureNetwork):
             clock=clock,
             refine=self._refine,
         )
+
+    def close(self) -> None:
+        """Close this process's tunnels (the replicas keep running; the next owner reopens them)."""
+        if self.tunnels is not None:
+            self.tunnels.shutdown()
 
     # ---- offers --------------------------------------------------------------------------
     def offers(self, requirements: Requirements) -> Sequence[Offer]:
@@ -103,19 +116,27 @@ class AzureBackend(AzureNetwork):
             status, message = ReplicaStatus.EXITED, f"VM is {power}"
             if vm.priority == "Spot":
                 message = f"spot VM evicted or stopped ({power})"
+        elif power in ("running", "") and HOST_KEY_TAG not in tags:
+            status, message = ReplicaStatus.EXITED, NO_HOST_KEY
         elif power in ("running", ""):
             status = ReplicaStatus.RUNNING
         else:
             status = ReplicaStatus.PROVISIONING
         address = None
-        if status is ReplicaStatus.RUNNING and tags.get(PORT):
+        replica_id = tags.get(REPLICA, vm.name)
+        port, host_key = tags.get(PORT), tags.get(HOST_KEY_TAG)
+        # No pinned host key (a VM from before tunnels): no address; it is never reached in clear.
+        if self.tunnels is not None and status is ReplicaStatus.RUNNING and port and host_key:
             ip = self._address(vm.name)
-            address = f"http://{ip}:{tags[PORT]}" if ip else None
+            if ip:
+                s = self.settings
+                self.tunnels.open(TunnelTarget(replica_id, ip, s.ssh_port, s.tunnel_user, host_key, int(port)))
+                address = self.tunnels.address(replica_id)
         spot = vm.priority == "Spot"
         size = vm.hardware_profile.vm_size if vm.hardware_profile else None
         offer = self._offers.match(vm.location, size, spot)
         return ReplicaInfo(
-            replica_id=tags.get(REPLICA, vm.name),
+            replica_id=replica_id,
             backend=self.name,
             status=status,
             address=address,
@@ -129,7 +150,10 @@ class AzureBackend(AzureNetwork):
 
     def describe(self, replica_id: str) -> ReplicaInfo | None:
         vm = self._get_vm(vm_name(replica_id))
-        return self._info(vm) if self._owned(vm) else None
+        info = self._info(vm) if self._owned(vm) else None
+        if self.tunnels is not None and (info is None or info.address is None):
+            self.tunnels.close(replica_id)
+        return info
 
     def list_owned(self) -> Sequence[ReplicaInfo]:
         rg = self.settings.resource_group
@@ -141,6 +165,8 @@ class AzureBackend(AzureNetwork):
             full = self._get_vm(str(vm.name))
             if self._owned(full):
                 out.append(self._info(full))
+        if self.tunnels is not None:
+            self.tunnels.retain(i.replica_id for i in out if i.address)
         return out
 
     # ---- create --------------------------------------------------------------------------
@@ -155,7 +181,9 @@ class AzureBackend(AzureNetwork):
                 return self._info(existing)
             self._delete_resources(name)  # a failed attempt: clear it and launch again
         if not self.settings.allowed_cidr:
-            raise PermanentError("azure: settings.allowed_cidr is not set (who may reach the service port)")
+            raise PermanentError("azure: settings.allowed_cidr is not set (who may reach SSH: the gateway's address)")
+        if self.tunnels is None:
+            raise PermanentError("azure: no tunnel keys configured (backends are built with the state dir)")
         if not self.settings.ssh_public_key:
             raise PermanentError("azure: settings.ssh_public_key is required for Linux VMs")
 
@@ -174,10 +202,13 @@ class AzureBackend(AzureNetwork):
 
     def _launch(self, spec: ReplicaSpec, name: str, offer: Offer) -> ReplicaInfo:
         rg, s, loc = self.settings.resource_group, self.settings, offer.region
-        tags = {**owner_tags(self.owner, spec), PORT: str(spec.port)}
+        assert self.tunnels is not None  # checked by create()
+        # Deterministic per VM, like the AWS launch (a retried PUT sends the same custom data).
+        endpoint = self.tunnels.endpoint(f"azure:{s.subscription_id}:{rg}:{name}", spec.port, s.ssh_port, s.tunnel_user)
+        tags = {**owner_tags(self.owner, spec), PORT: str(spec.port), HOST_KEY_TAG: endpoint.host_key.public}
         # Request bodies are ARM's REST JSON (what the service and the test endpoint see).
-        nic = self._create_nic(name, loc, spec.port, tags)
-        custom_data = base64.b64encode(render_startup_script(spec).encode()).decode()
+        nic = self._create_nic(name, loc, s.ssh_port, tags)
+        custom_data = base64.b64encode(render_startup_script(spec, endpoint).encode()).decode()
         disk = int(max(spec.requirements.disk_gb.min or 100, 30))
         image = s.image
         props: dict[str, Any] = {
@@ -238,6 +269,8 @@ class AzureBackend(AzureNetwork):
 
     # ---- delete --------------------------------------------------------------------------
     def delete(self, replica_id: str) -> None:
+        if self.tunnels is not None:
+            self.tunnels.close(replica_id)
         self._delete_resources(vm_name(replica_id))
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:

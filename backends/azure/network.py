@@ -39,8 +39,10 @@ class AzureNetwork(ArmAccess):
             subnet = self._run("get subnet", lambda: self.network.subnets.get(rg, vnet, s.subnet_name))
         return str(subnet.id)
 
-    def _create_nic(self, name: str, loc: str, port: int, tags: dict[str, str]) -> Any:
-        """The VM's NSG (the service port open to `allowed_cidr`), static public IP and NIC."""
+    def _create_nic(self, name: str, loc: str, ssh_port: int, tags: dict[str, str]) -> Any:
+        """The VM's NSG (SSH from `allowed_cidr`, every other inbound packet denied — Azure's
+        default rules would let the whole virtual network, other replicas included, reach every
+        port), static public IP and NIC."""
         rg, s = self.settings.resource_group, self.settings
         net = self.network
         subnet_id = self._subnet_id(loc)
@@ -51,18 +53,31 @@ class AzureNetwork(ArmAccess):
             "properties": {
                 "securityRules": [
                     {
-                        "name": "tidegate-service",
+                        "name": "tidegate-ssh-tunnel",
                         "properties": {
                             "protocol": "Tcp",
                             "sourceAddressPrefix": s.allowed_cidr,
                             "sourcePortRange": "*",
                             "destinationAddressPrefix": "*",
-                            "destinationPortRange": str(port),
+                            "destinationPortRange": str(ssh_port),
                             "access": "Allow",
                             "direction": "Inbound",
                             "priority": 100,
                         },
-                    }
+                    },
+                    {
+                        "name": "tidegate-deny-other-inbound",
+                        "properties": {
+                            "protocol": "*",
+                            "sourceAddressPrefix": "*",
+                            "sourcePortRange": "*",
+                            "destinationAddressPrefix": "*",
+                            "destinationPortRange": "*",
+                            "access": "Deny",
+                            "direction": "Inbound",
+                            "priority": 4096,
+                        },
+                    },
                 ]
             },
         }

@@ -2,8 +2,12 @@
 
 Why this module exists: both clouds boot a GPU image and must start the service the same way —
 its `image` under docker with the GPUs and the port mapped, or its `python` + `commands` on the
-host — with its env. The env goes into the instance's own user data (base64, written to a root-only
-file), never into tidegate's logs or state. Pure: a spec in, a script out.
+host — with its env — and must first set up the SSH endpoint the gateway tunnels through
+(backends/cloud/tunnel_userdata.py), before anything slow can fail. The env is the service's declared
+`env` only (resolved by the reconciler, bare-`KEY` secrets only where the trust model allows), never
+the reconciler's own environment; it goes into the instance's own user data (base64, written to a
+root-only file), never into tidegate's logs or state. A container's port is published on the
+instance's loopback only: the tunnel is the one way in. Pure: values in, a script out.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import re
 import shlex
 
 from backends.base import ReplicaSpec
+from backends.cloud.tunnel_userdata import TunnelEndpoint, tunnel_setup_lines
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -35,8 +40,10 @@ def _command_line(commands: tuple[str, ...]) -> str:
     return " && ".join(f"({c})" for c in commands)
 
 
-def render_startup_script(spec: ReplicaSpec) -> str:
-    """A `#!/bin/bash` cloud-init script that starts the replica and keeps it running."""
+def render_startup_script(spec: ReplicaSpec, tunnel: TunnelEndpoint) -> str:
+    """A `#!/bin/bash` cloud-init script that opens the tunnel endpoint, then starts the replica."""
+    if tunnel.service_port != spec.port:
+        raise ValueError(f"tunnel forwards to port {tunnel.service_port}, the service listens on {spec.port}")
     unit = unit_name(spec.replica_id)
     env_b64 = base64.b64encode(_env_file(spec).encode()).decode()
     env_path = f"/etc/tidegate/{unit}.env"
@@ -46,6 +53,7 @@ def render_startup_script(spec: ReplicaSpec) -> str:
         "set -euo pipefail",
         "install -d -m 700 /etc/tidegate",
         "umask 077",
+        *tunnel_setup_lines(tunnel),
         f"echo {env_b64} | base64 -d > {env_path}",
     ]
     if spec.image:
@@ -57,7 +65,7 @@ def render_startup_script(spec: ReplicaSpec) -> str:
             f"docker rm -f {unit} >/dev/null 2>&1 || true",
             f"docker pull {shlex.quote(spec.image)}",
             f"docker run -d --name {unit} --restart unless-stopped {gpus}"
-            f"-p {spec.port}:{spec.port} {env_flags}{shlex.quote(spec.image)}{cmd}",
+            f"-p 127.0.0.1:{spec.port}:{spec.port} {env_flags}{shlex.quote(spec.image)}{cmd}",
         ]
     else:
         python = spec.python or "3.11"

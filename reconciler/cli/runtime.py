@@ -41,8 +41,9 @@ def owner_of(state_dir: Path) -> str:
     return StateStore(state_dir).installation().id
 
 
-def build_registry(settings: Settings, owner: str) -> BackendRegistry:
-    """The local backend always; cloud backends when `--settings FILE` names them."""
+def build_registry(settings: Settings, owner: str, tunnels: bool = False) -> BackendRegistry:
+    """The local backend always; cloud backends when `--settings FILE` names them. `tunnels`: this
+    process owns the state dir and keeps the SSH tunnels to cloud replicas (`up`, `apply`)."""
     from backends.local.backend import LocalBackend
 
     registry = BackendRegistry()
@@ -52,7 +53,7 @@ def build_registry(settings: Settings, owner: str) -> BackendRegistry:
         from reconciler.cli.settings import load_cloud_settings
 
         cloud = load_cloud_settings(settings.settings_file, settings.env)
-        for backend in build_backends(cloud, owner, settings.state_dir):
+        for backend in build_backends(cloud, owner, settings.state_dir, tunnels=tunnels):
             registry.register(backend)
     return registry
 
@@ -67,7 +68,8 @@ def build_engine(settings: Settings, read_only: bool = False) -> Engine:
         env=settings.env,
         ready_timeout=settings.ready_timeout,
     )
-    return Engine(settings.state_dir, build_registry(settings, owner), engine_settings, read_only=read_only)
+    registry = build_registry(settings, owner, tunnels=not read_only)
+    return Engine(settings.state_dir, registry, engine_settings, read_only=read_only)
 
 
 def to_snapshot(checkout: Checkout) -> Snapshot:

@@ -122,7 +122,10 @@ class Engine:
         return self.installation.id
 
     def close(self) -> None:
-        self.store.release()
+        try:
+            self.backends.close()
+        finally:
+            self.store.release()
 
     def __enter__(self) -> Engine:
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -17,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from backends.aws.backend import AwsBackend
 from backends.cloud.catalog import load_catalog
+from backends.cloud.tunnels import CloudTunnels
 from backends.settings import AwsSettings
 
 REGION = "us-east-1"
@@ -93,9 +95,10 @@ def aws_settings(moto_url: str, linux_ami: str) -> AwsSettings:
 
 
 @pytest.fixture
-def make_aws(aws_settings: AwsSettings, owner: str, ec2: Any) -> Callable[..., AwsBackend]:
+def make_aws(aws_settings: AwsSettings, owner: str, ec2: Any, tmp_path: Path) -> Callable[..., AwsBackend]:
     """Backends sharing one moto client (building boto3 clients is slow); `real_clients=True` lets
-    the backend build its own from `endpoint_url`, as in production."""
+    the backend build its own from `endpoint_url`, as in production. Their tunnel keys live in the
+    test's state dir; no tunnel is opened (that is test_ssh_tunnel.py's business)."""
     catalog = load_catalog()
 
     def make(
@@ -107,6 +110,7 @@ def make_aws(aws_settings: AwsSettings, owner: str, ec2: Any) -> Callable[..., A
     ) -> AwsBackend:
         if not real_clients:
             kwargs.setdefault("client_factory", lambda region: ec2)
+        kwargs.setdefault("tunnels", CloudTunnels(tmp_path / "state", "aws"))
         return AwsBackend(settings or aws_settings, owner_id or owner, catalog=catalog, **kwargs)
 
     return make

@@ -25,6 +25,7 @@ from backends.base import (
 )
 from backends.cloud.orphans import OrphanSweeper
 from backends.settings import AwsSettings
+from tests.support.userdata import RECONCILER_ONLY, check_tunnel_user_data, decoded_text
 
 # Fixtures shared with the other cloud test modules (tests/backends/conftest.py is not ours).
 moto_url, ec2, linux_ami, owner = cloud.moto_url, cloud.ec2, cloud.linux_ami, cloud.owner
@@ -63,9 +64,11 @@ class TestAwsContract(BackendContract):
         return make
 
 
-def test_create_tags_sizes_and_opens_only_the_service_port(
-    make_aws: Callable[..., AwsBackend], ec2: Any, owner: str
+def test_create_tags_sizes_and_opens_only_ssh_to_the_gateway(
+    make_aws: Callable[..., AwsBackend], ec2: Any, owner: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name, value in RECONCILER_ONLY.items():  # the reconciler's own secrets, in its environment
+        monkeypatch.setenv(name, value)
     backend = make_aws()
     spec = spec_for("tagged")
     info = backend.create(spec)
@@ -75,9 +78,11 @@ def test_create_tags_sizes_and_opens_only_the_service_port(
     assert tags["tidegate:service"] == "tagged"
     assert tags["tidegate:spec"] == "abcdef12"
     assert tags["Name"] == spec.replica_id
+    assert tags["tidegate:hostkey"].startswith("ssh-ed25519 ")
     assert inst["InstanceType"] == "g4dn.xlarge"  # cheapest on-demand T4 offer
     assert info.handle == inst["InstanceId"]
-    assert info.address is None or info.address.endswith(":8000")
+    # Never http://<ip>:<port>: the address is the tunnel's unix socket.
+    assert info.address is None or info.address == backend.tunnels.address(spec.replica_id)  # type: ignore[union-attr]
     # The root volume has the requested size and carries the same tags.
     volumes = ec2.describe_volumes(
         Filters=[{"Name": "attachment.instance-id", "Values": [inst["InstanceId"]]}]
@@ -85,24 +90,77 @@ def test_create_tags_sizes_and_opens_only_the_service_port(
     (volume,) = volumes["Volumes"]
     assert volume["Size"] == 150
     assert {t["Key"]: t["Value"] for t in volume.get("Tags", [])}.get("tidegate:replica") == spec.replica_id
-    # One security group, tagged, opening only port 8000 to the allowed CIDR.
+    # One security group, tagged, opening only SSH (22) to the gateway's address: never 8000.
     (group,) = inst["SecurityGroups"]
     sg = ec2.describe_security_groups(GroupIds=[group["GroupId"]])["SecurityGroups"][0]
     assert {t["Key"]: t["Value"] for t in sg["Tags"]}["tidegate:owner"] == owner
     (perm,) = sg["IpPermissions"]
-    assert (perm["FromPort"], perm["ToPort"], perm["IpProtocol"]) == (8000, 8000, "tcp")
+    assert (perm["FromPort"], perm["ToPort"], perm["IpProtocol"]) == (22, 22, "tcp")
     assert [r["CidrIp"] for r in perm["IpRanges"]] == ["203.0.113.7/32"]
-    # User data starts the image with the GPUs and the port; env only base64 inside it.
+    assert not perm.get("Ipv6Ranges") and not perm.get("UserIdGroupPairs")
+    # User data: the pinned host key and the installation's forward-only key; the image with the
+    # GPUs, its port published on the instance's loopback only; env only base64 inside it, and
+    # nothing from the reconciler's environment.
     raw = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
     script = base64.b64decode(raw["UserData"]["Value"]).decode()
-    assert "--gpus all" in script and "-p 8000:8000" in script and "ghcr.io/example/tiny:1" in script
-    assert "s3cret-value" not in script
+    assert "--gpus all" in script and "-p 127.0.0.1:8000:8000" in script and "ghcr.io/example/tiny:1" in script
+    assert "s3cret-value" not in script and "s3cret-value" in decoded_text(script)  # declared: delivered
+    assert backend.tunnels is not None
+    check_tunnel_user_data(
+        script,
+        client_public=backend.tunnels.keys.client_public(),
+        pinned_host_key=tags["tidegate:hostkey"],
+        service_port=8000,
+    )
     backend.delete(spec.replica_id)
     assert instances_tagged(ec2, "tidegate:replica", spec.replica_id) == []
     # The group went with its last instance.
     assert not ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [group["GroupId"]]}])[
         "SecurityGroups"
     ]
+
+
+def test_an_adopted_group_is_reset_to_ssh_only(make_aws: Callable[..., AwsBackend], ec2: Any) -> None:
+    """A group found again (made by an older tidegate that opened the service port, or widened by
+    hand) is brought back to the one SSH rule before an instance is launched into it."""
+    backend = make_aws()
+    spec = spec_for("widened")
+    backend.create(spec)
+    (inst,) = instances_tagged(ec2, "tidegate:replica", spec.replica_id)
+    group_id = inst["SecurityGroups"][0]["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=group_id,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 8000, "ToPort": 8000, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+        ],
+    )
+    backend.create(spec_for("widened", ordinal=1))
+    (perm,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["IpPermissions"]
+    assert (perm["FromPort"], [r["CidrIp"] for r in perm["IpRanges"]]) == (22, ["203.0.113.7/32"])
+    for ordinal in (0, 1):
+        backend.delete(spec_for("widened", ordinal=ordinal).replica_id)
+
+
+def test_a_retried_launch_sends_byte_identical_user_data(make_aws: Callable[..., AwsBackend], ec2: Any) -> None:
+    """The host key is derived from the ClientToken, so a retry after a lost response is the same
+    request (EC2 answers a token reused with other parameters with IdempotentParameterMismatch)."""
+    faulty = FaultyEc2(ec2)
+    backend = make_aws(client_factory=lambda region: faulty)
+    spec = spec_for("retried")
+    backend._launch(spec, backend._offers.candidates(spec)[0], 0)
+    first = [kw for name, kw in faulty.calls if name == "run_instances"][-1]
+    backend.delete(spec.replica_id)
+    again = make_aws(client_factory=lambda region: faulty)  # a new process, same state dir
+    again._launch(spec, again._offers.candidates(spec)[0], 0)
+    second = [kw for name, kw in faulty.calls if name == "run_instances"][-1]
+    assert first["ClientToken"] == second["ClientToken"]
+    assert first["UserData"] == second["UserData"]
+    other = again._offers.candidates(spec_for("retried", ordinal=1))[0]
+    third = spec_for("retried", ordinal=1)
+    again._launch(third, other, 0)
+    assert [kw for name, kw in faulty.calls if name == "run_instances"][-1]["UserData"] != first["UserData"]
+    for s in (spec, third):
+        again.delete(s.replica_id)
 
 
 def test_spot_offer_launches_a_spot_instance_priced_from_spot_history(
@@ -306,3 +364,20 @@ def test_no_real_aws_endpoint_is_configured(moto_url: str) -> None:
     assert moto_url.startswith("http://127.0.0.1:")
     session = boto3.session.Session()
     assert session.get_credentials().access_key == "testing"
+
+
+def test_an_instance_without_a_pinned_host_key_is_reported_exited_not_reached(
+    make_aws: Callable[..., AwsBackend], ec2: Any
+) -> None:
+    """An instance from before tunnels (no `tidegate:hostkey` tag, its service port open) gets no
+    address — it would only be reachable in clear text — and is reported exited, so the reconciler
+    replaces it."""
+    backend = make_aws()
+    spec = spec_for("legacy")
+    backend.create(spec)
+    (inst,) = instances_tagged(ec2, "tidegate:replica", spec.replica_id)
+    ec2.delete_tags(Resources=[inst["InstanceId"]], Tags=[{"Key": "tidegate:hostkey"}])
+    info = backend.describe(spec.replica_id)
+    assert info is not None and info.status is ReplicaStatus.EXITED and info.address is None
+    assert "without a pinned SSH host key" in (info.message or "")
+    backend.delete(spec.replica_id)

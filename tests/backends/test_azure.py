@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,9 @@ from backends.base import (
     TemporaryError,
 )
 from backends.cloud.catalog import load_catalog
+from backends.cloud.tunnels import CloudTunnels
 from backends.settings import AzureSettings
+from tests.support.userdata import RECONCILER_ONLY, check_tunnel_user_data, decoded_text
 
 T4 = GpuRequirement(names=("T4",))
 RG_PATH = "/subscriptions/sub-1/resourceGroups/rg-test/providers"
@@ -93,11 +96,14 @@ def az_settings(arm: FakeArm) -> AzureSettings:
 
 
 @pytest.fixture
-def make_azure(az_settings: AzureSettings) -> Callable[..., AzureBackend]:
+def make_azure(az_settings: AzureSettings, tmp_path: Path) -> Callable[..., AzureBackend]:
     catalog = load_catalog()
 
     def make(*, settings: AzureSettings | None = None, owner: str = "tg-azure-test") -> AzureBackend:
-        return AzureBackend(settings or az_settings, owner, catalog=catalog, credential=StaticCredential())
+        tunnels = CloudTunnels(tmp_path / "state", "azure")  # keys only; no tunnel is opened here
+        return AzureBackend(
+            settings or az_settings, owner, catalog=catalog, credential=StaticCredential(), tunnels=tunnels
+        )
 
     return make
 
@@ -135,12 +141,17 @@ class TestAzureContract(BackendContract):
 
 
 def test_spot_vm_with_tags_custom_data_and_its_network(
-    make_azure: Callable[..., AzureBackend], arm: FakeArm
+    make_azure: Callable[..., AzureBackend], arm: FakeArm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name, value in RECONCILER_ONLY.items():  # the reconciler's own secrets, in its environment
+        monkeypatch.setenv(name, value)
     req = Requirements(gpu=T4, spot_policy="spot", max_price=0.5)
-    info = make_azure().create(spec_for("spotty", requirements=req))
+    backend = make_azure()
+    info = backend.create(spec_for("spotty", requirements=req))
     assert info.status is ReplicaStatus.RUNNING
-    assert info.address == "http://127.0.0.1:8000"  # the fake's public IP
+    assert backend.tunnels is not None
+    # Never http://<ip>:<port>: the address is the tunnel's unix socket.
+    assert info.address == backend.tunnels.address("spotty-abcdef12-0")
     vm = resource(arm, "Microsoft.Compute/virtualMachines", "spotty-abcdef12-0")
     assert vm is not None
     props = vm["properties"]
@@ -154,12 +165,25 @@ def test_spot_vm_with_tags_custom_data_and_its_network(
     assert vm["tags"]["tidegate:replica"] == "spotty-abcdef12-0"
     assert props["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
     script = base64.b64decode(props["osProfile"]["customData"]).decode()
-    assert "--gpus all" in script and "-p 8000:8000" in script and "s3cret-value" not in script
+    assert "--gpus all" in script and "-p 127.0.0.1:8000:8000" in script and "s3cret-value" not in script
+    assert "s3cret-value" in decoded_text(script)  # the declared env is delivered (base64, root-only file)
+    check_tunnel_user_data(
+        script,
+        client_public=backend.tunnels.keys.client_public(),
+        pinned_host_key=vm["tags"]["tidegate:hostkey"],
+        service_port=8000,
+    )
+    # The NSG allows SSH (22) from the gateway's address and denies every other inbound packet
+    # (above Azure's default AllowVnetInBound): the service port is reachable from nowhere.
     nsg = resource(arm, "Microsoft.Network/networkSecurityGroups", "spotty-abcdef12-0-nsg")
     assert nsg is not None
-    (rule,) = nsg["properties"]["securityRules"]
-    assert rule["properties"]["destinationPortRange"] == "8000"
-    assert rule["properties"]["sourceAddressPrefix"] == "203.0.113.7/32"
+    allow, deny = sorted(nsg["properties"]["securityRules"], key=lambda r: r["properties"]["priority"])
+    assert (allow["properties"]["access"], allow["properties"]["direction"]) == ("Allow", "Inbound")
+    assert allow["properties"]["destinationPortRange"] == "22"
+    assert allow["properties"]["sourceAddressPrefix"] == "203.0.113.7/32"
+    assert (deny["properties"]["access"], deny["properties"]["direction"]) == ("Deny", "Inbound")
+    assert deny["properties"]["destinationPortRange"] == "*" and deny["properties"]["sourceAddressPrefix"] == "*"
+    assert deny["properties"]["priority"] < 65000  # wins over AllowVnetInBound
     nic = resource(arm, "Microsoft.Network/networkInterfaces", "spotty-abcdef12-0-nic")
     assert nic is not None and nic["properties"]["networkSecurityGroup"]["id"].endswith("-nsg")
     # Every PUT went through ARM's long-running operation protocol (polled, not just fired).
@@ -264,6 +288,22 @@ def test_offers_drop_restricted_skus_and_fall_back_to_the_catalog(
 
 def test_the_static_credential_is_what_authenticates(az_settings: AzureSettings, arm: FakeArm) -> None:
     cred = StaticCredential()
-    backend = AzureBackend(az_settings, "tg-cred", catalog=load_catalog(), credential=cred)
+    backend = AzureBackend(az_settings, "tg-cred", catalog=load_catalog(), credential=cred, tunnels=None)
     assert backend.list_owned() == []
     assert cred.calls >= 1
+
+
+def test_a_vm_without_a_pinned_host_key_is_reported_exited_not_reached(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    """A VM from before tunnels (no `tidegate:hostkey` tag) is never reached in clear text: no
+    address, reported exited, so the reconciler replaces it."""
+    backend = make_azure()
+    backend.create(spec_for("legacy"))
+    vm = resource(arm, "Microsoft.Compute/virtualMachines", "legacy-abcdef12-0")
+    assert vm is not None
+    del vm["tags"]["tidegate:hostkey"]
+    info = backend.describe("legacy-abcdef12-0")
+    assert info is not None and info.status is ReplicaStatus.EXITED and info.address is None
+    assert "without a pinned SSH host key" in (info.message or "")
+    backend.delete("legacy-abcdef12-0")

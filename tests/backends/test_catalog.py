@@ -32,7 +32,9 @@ from backends.cloud.catalog import (
     select_offers,
 )
 from backends.cloud.orphans import find_orphans, read_known_replica_ids
+from backends.cloud.ssh_keys import derive_host_key
 from backends.cloud.startup import render_startup_script
+from backends.cloud.tunnel_userdata import TunnelEndpoint
 from backends.settings import AwsSettings, AzureSettings, SettingsError, load_settings, parse_settings
 
 A100_80 = Offer("azure", "eastus", "NC24", 24, 220, GpuInfo("A100", 80, 1), False, 3.673)
@@ -223,15 +225,23 @@ def _spec(**kw: object) -> ReplicaSpec:
     return ReplicaSpec(**base)  # type: ignore[arg-type]
 
 
+def _tunnel(port: int = 8000) -> TunnelEndpoint:
+    client = derive_host_key(b"c" * 32, "client").public  # any ed25519 public key line
+    return TunnelEndpoint(client_public=client, host_key=derive_host_key(b"k" * 32, "test"), service_port=port)
+
+
 def test_startup_script_for_an_image() -> None:
     spec = _spec(
         image="ghcr.io/huggingface/text-generation-inference:latest",
         commands=("serve --port 8000",),
         requirements=Requirements(gpu=GpuRequirement()),
     )
-    script = render_startup_script(spec)
+    script = render_startup_script(spec, _tunnel())
     assert script.startswith("#!/bin/bash\n")
-    assert "--gpus all" in script and "-p 8000:8000" in script and "-e HF_TOKEN" in script
+    # Published on the instance's loopback only: the SSH tunnel is the way in.
+    assert "--gpus all" in script and "-p 127.0.0.1:8000:8000" in script and "-e HF_TOKEN" in script
+    # The tunnel is set up before anything slow (docker pull) can fail the script.
+    assert script.index("sshd -t") < script.index("docker pull")
     assert "/bin/sh -c '(serve --port 8000)'" in script
     assert "secret" not in script  # only inside the base64 env file
     env_line = next(line for line in script.splitlines() if "base64 -d > /etc/tidegate/" in line)
@@ -240,7 +250,7 @@ def test_startup_script_for_an_image() -> None:
 
 
 def test_startup_script_for_python_commands_runs_a_unit() -> None:
-    script = render_startup_script(_spec(python="3.11", commands=("pip install vllm", "vllm serve m")))
+    script = render_startup_script(_spec(python="3.11", commands=("pip install vllm", "vllm serve m")), _tunnel())
     assert "docker" not in script and "systemd-run --unit=tidegate-svc-abcdef12-0" in script
     run_line = next(line for line in script.splitlines() if "base64 -d > /opt/" in line)
     run = base64.b64decode(run_line.split()[1]).decode()
@@ -249,7 +259,12 @@ def test_startup_script_for_python_commands_runs_a_unit() -> None:
 
 def test_startup_script_rejects_bad_env_names() -> None:
     with pytest.raises(ValueError, match="invalid environment"):
-        render_startup_script(_spec(env={"BAD-NAME": "x"}, image="x"))
+        render_startup_script(_spec(env={"BAD-NAME": "x"}, image="x"), _tunnel())
+
+
+def test_startup_script_refuses_a_tunnel_to_another_port() -> None:
+    with pytest.raises(ValueError, match="tunnel forwards to port 9000"):
+        render_startup_script(_spec(image="x"), _tunnel(9000))
 
 
 # ---- orphans ---------------------------------------------------------------------------------------
