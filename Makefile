@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so).
-SYSTEM_PACKAGES := openssh-server
+SYSTEM_PACKAGES := openssh-server chromium
 
 .PHONY: up test test-fast lint plain-install system-packages slow bench clean
 

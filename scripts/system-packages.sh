@@ -2,6 +2,7 @@
 # Debian packages the test suite needs, named on the command line (the Makefile's SYSTEM_PACKAGES):
 # installed with apt-get when missing and running as root; otherwise a message naming them.
 #   openssh-server  /usr/sbin/sshd, the stand-in for a cloud instance's sshd in the tunnel tests
+#   chromium        /usr/bin/chromium, the headless browser of the dashboard tests (Playwright drives it)
 set -euo pipefail
 
 missing=()
