@@ -112,6 +112,18 @@ class Previews:
 
 
 @dataclass(frozen=True)
+class ValidationOut:
+    """A problem in a config file of the deployed revision, as `tidegate validate` reports it."""
+
+    path: str
+    line: int
+    column: int
+    field: str
+    message: str
+    severity: str
+
+
+@dataclass(frozen=True)
 class Overview:
     source: str | None
     revision: str | None
@@ -119,6 +131,7 @@ class Overview:
     cost_per_hour: float
     services: list[ServiceSummary]
     previews: Previews
+    validation: list[ValidationOut] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class ControlPlane:
         self.clock = clock
         self.commits = commits or CommitLookup(None)
         self._series: dict[str, deque[m.SamplePoint]] = {}
+        self._validation: tuple[str, list[m.ValidationOut]] | None = None
         self._lock = threading.Lock()
 
     # -- reads ---------------------------------------------------------------------------------
@@ -152,7 +153,30 @@ class ControlPlane:
             cost_per_hour=round(sum(s.cost_per_hour for s in services), 4),
             services=services,
             previews=self.previews(),
+            validation=self.validation(doc),
         )
+
+    def validation(self, doc: StateDoc) -> list[m.ValidationOut]:
+        """Errors and warnings of the config files at the revision the engine last loaded (its
+        checkout in the state dir), parsed once per revision."""
+        snap = doc.last_snapshot
+        if snap is None:
+            return []
+        key = f"{snap.revision}:{snap.root}:{snap.config_path}"
+        if self._validation is not None and self._validation[0] == key:
+            return self._validation[1]
+        root = Path(snap.root)
+        if not root.is_dir():
+            return []
+        from reconciler.config.loader import load_tree
+
+        result = load_tree(root, snap.config_path)
+        found = [
+            m.ValidationOut(path=d.path, line=d.line, column=d.column, field=d.field, message=d.message, severity=str(d.severity))
+            for d in result.diagnostics
+        ]
+        self._validation = (key, found)
+        return found
 
     def service(self, name: str) -> m.ServiceDetail:
         doc = self._doc()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from openapi_spec_validator import validate
 
 from gateway.tokens import load_records
 from reconciler.control.auth import CSRF_HEADER
-from tests.control.conftest import Api
+from reconciler.state.records import SnapshotRef
+from tests.control.conftest import Api, state_doc, write_state
 
 
 def test_services_list_what_ps_shows(api: Api) -> None:
@@ -126,3 +128,31 @@ def test_openapi_document_validates(api: Api) -> None:
     assert {"/api/v1/services", "/api/v1/services/{name}", "/api/v1/tokens", "/api/v1/sync"} <= paths
     assert not any(p.startswith("/ui") for p in paths)
     assert api.client.get("/api/schema/swagger").status_code == 200
+
+
+def test_samples_feed_the_service_series(api: Api) -> None:
+    plane = api.client.app.state.control.plane
+    clock = [1000.0]
+    plane.clock = lambda: clock[0]
+    plane.sample()
+    clock[0] += 1.0
+    plane.sample()  # within the minimum gap: not kept
+    clock[0] += 5.0
+    plane.sample()
+    series = api.client.get("/api/v1/services/web", headers=api.h()).json()["series"]
+    assert [(p["at"], p["ready"]) for p in series] == [(1000.0, 2), (1006.0, 2)]
+
+
+def test_overview_reports_config_problems_with_file_and_line(api: Api, tmp_path: Path) -> None:
+    tree = tmp_path / "checkout"
+    tree.mkdir()
+    (tree / "ok.dstack.yml").write_text("type: service\nname: ok\ncommands: [x]\nport: 8000\n")
+    (tree / "bad.dstack.yml").write_text("type: service\nname: bad\ncommands: [x]\nport: 8000\nreplicas_typo: 3\n")
+    doc = state_doc()
+    doc.last_snapshot = SnapshotRef(revision="2" * 40, root=str(tree))
+    write_state(api.state, doc)
+    problems = api.client.get("/api/v1/overview", headers=api.h()).json()["validation"]
+    assert [(p["path"], p["line"], p["severity"]) for p in problems] == [("bad.dstack.yml", 5, "error")]
+    assert "replicas_typo" in problems[0]["message"] or "replicas_typo" in problems[0]["field"]
+    page = api.client.get("/ui/", headers=api.h()).text
+    assert "bad.dstack.yml:5:1" in page

@@ -163,10 +163,16 @@ def test_dashboard_in_a_real_browser(deployed: Deployed, browser: Any) -> None:
 
     # A push changes the row without a reload (the marker survives only if the page is not reloaded).
     page.evaluate("window.__noReload = 'still here'")
-    rev2 = d.remote.push({"web.dstack.yml": service_yaml("web", 1, "v2")}, "web: greeting v2")
+    # The same push breaks other's file: its row says it is kept, and the error shows file and line.
+    broken = service_yaml("other", 1, "o") + "replicas_typo: 3\n"
+    rev2 = d.remote.push({"web.dstack.yml": service_yaml("web", 1, "v2"), "other.dstack.yml": broken}, "web: greeting v2")
     page.wait_for_selector(f'#svc-web[data-revision="{rev2}"]', timeout=90_000)
     page.wait_for_selector('#svc-web[data-status="running"]', timeout=90_000)
+    page.wait_for_selector('#svc-other[data-status="kept"]', timeout=30_000)
     assert "web: greeting v2" in page.inner_text("#svc-web")
+    assert "other.dstack.yml has errors" in page.inner_text("#svc-other")
+    problems = page.inner_text("#validation")
+    assert "other.dstack.yml:15:" in problems and "replicas_typo" in problems, problems
     assert page.evaluate("window.__noReload") == "still here"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
