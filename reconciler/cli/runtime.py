@@ -366,7 +366,9 @@ def build_control(settings: Settings, engine: Engine, stop: threading.Event) -> 
                 log.debug("control: sampling failed", exc_info=True)
 
     threading.Thread(target=sample, name="tidegate-control-sampler", daemon=True).start()
-    ctx = ControlContext(plane=plane, tokens=TokenStore(settings.state_dir), open_reads=settings.control_open_reads)
+    ctx = ControlContext(
+        plane=plane, tokens=TokenStore(settings.state_dir), open_reads=settings.control_open_reads, stopping=stop
+    )
     return build_control_app(ctx)
 
 

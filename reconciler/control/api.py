@@ -7,6 +7,7 @@ Handlers that read files or run `git` are synchronous and run in a worker thread
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -101,13 +102,14 @@ class ServicesController(Controller):
     @get("/{name:str}/logs/stream", summary="Follow a replica's log as server-sent events (one `line` event per line)")
     async def follow_logs(
         self,
+        request: Request[Any, Any, Any],
         plane: NamedDependency[ControlPlane],
         name: FromPath[str],
         replica: FromQuery[str | None] = None,
         lines: Annotated[int, Parameter(ge=0, le=5000)] = 100,
     ) -> ServerSentEvent:
         first = await asyncio.to_thread(plane.log_lines, name, replica, max(lines, 1))  # 404 before streaming
-        return ServerSentEvent(_follow(plane, name, first, lines))
+        return ServerSentEvent(_follow(plane, name, first, lines, context(request).stopping))
 
     @post("/{name:str}/stop", guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Stop a service (as `tidegate stop`)")
     def stop(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> m.ActionResult:
@@ -118,13 +120,18 @@ class ServicesController(Controller):
         return plane.act("start", name)
 
 
-async def _follow(plane: NamedDependency[ControlPlane], name: FromPath[str], first: m.LogLines, lines: int) -> AsyncIterator[ServerSentEventMessage]:
+async def _follow(
+    plane: ControlPlane, name: str, first: m.LogLines, lines: int, stopping: threading.Event
+) -> AsyncIterator[ServerSentEventMessage]:
     seen = first.lines
     for line in seen[-lines:] if lines else []:
         yield ServerSentEventMessage(data=line, event="line")
     window = max(lines, 200)
     while True:
         await asyncio.sleep(FOLLOW_EVERY)
+        if stopping.is_set():
+            yield ServerSentEventMessage(data="tidegate is shutting down", event="end")
+            return
         try:
             current = (await asyncio.to_thread(plane.log_lines, name, first.replica, window)).lines
         except ControlError as e:  # the replica went away: say so and end the stream

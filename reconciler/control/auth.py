@@ -13,8 +13,9 @@ SameSite.
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -36,6 +37,9 @@ class ControlContext:
     plane: ControlPlane
     tokens: TokenStore
     open_reads: bool = False  # GETs without a token from loopback
+    # Set when `up` shuts down: live streams (dashboard fragments, followed logs) end, so the
+    # server's graceful shutdown does not wait on a browser that keeps a page open.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 class LoginRequired(NotAuthorizedException):

@@ -8,11 +8,18 @@ from html import escape
 from reconciler.control.models import SamplePoint, ScalingOut
 
 W, H, PAD = 720, 200, 32
+MIN_SPAN, MAX_SPAN = 120.0, 3600.0
 
 
-def rps_chart(series: Sequence[SamplePoint], decisions: Sequence[ScalingOut], now: float, span: float = 3600.0) -> str:
+def rps_chart(
+    series: Sequence[SamplePoint], decisions: Sequence[ScalingOut], now: float, span: float | None = None
+) -> str:
     """An inline `<svg>`: rps (line, left axis), ready replicas (steps, right axis), one marker per
-    scaling decision inside the window (its reason as the marker's tooltip)."""
+    scaling decision inside the window (its reason as the marker's tooltip). The window is the last
+    hour, or less while fewer samples exist (two minutes at least), so a fresh `up` shows a curve."""
+    if span is None:
+        oldest = min((p.at for p in series), default=now)
+        span = min(MAX_SPAN, max(MIN_SPAN, now - oldest))
     start = now - span
     points = [p for p in series if p.at >= start]
     max_rps = max([p.rps for p in points] + [1.0])
@@ -25,11 +32,11 @@ def rps_chart(series: Sequence[SamplePoint], decisions: Sequence[ScalingOut], no
         return H - PAD - v / top * (H - 2 * PAD)
 
     parts = [
-        f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="requests per second and ready replicas, last hour">',
+        f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="requests per second and ready replicas">',
         f'<rect x="{PAD}" y="{PAD}" width="{W - 2 * PAD}" height="{H - 2 * PAD}" class="frame"/>',
         f'<text x="4" y="{PAD - 8}" class="axis rps">{max_rps:.3g} rps</text>',
         f'<text x="{W - 4}" y="{PAD - 8}" class="axis replicas" text-anchor="end">{max_rep} replicas</text>',
-        f'<text x="{PAD}" y="{H - 8}" class="axis">-60 min</text>',
+        f'<text x="{PAD}" y="{H - 8}" class="axis">-{span / 60:.0f} min</text>',
         f'<text x="{W - PAD}" y="{H - 8}" class="axis" text-anchor="end">now</text>',
     ]
     if points:

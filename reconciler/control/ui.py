@@ -10,6 +10,7 @@ step, no CDN.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,25 +43,25 @@ def is_admin(request: Request[Any, Any, Any]) -> bool:
     return context(request).tokens.scope_of(token, time.monotonic()) is TokenScope.ADMIN
 
 
-def _render(request: Request[Any, Any, Any], name: FromPath[str], **values: Any) -> str:
+def _render(request: Request[Any, Any, Any], name: str, **values: Any) -> str:
     engine = request.app.template_engine
     assert engine is not None
     return str(engine.get_template(name).render(**values))
 
 
-def overview_values(plane: NamedDependency[ControlPlane]) -> dict[str, Any]:
+def overview_values(plane: ControlPlane) -> dict[str, Any]:
     return {"ov": plane.overview(), "now": time.time()}
 
 
-def service_values(plane: NamedDependency[ControlPlane], name: FromPath[str]) -> dict[str, Any]:
+def service_values(plane: ControlPlane, name: str) -> dict[str, Any]:
     detail = plane.service(name)
     now = time.time()
     return {"d": detail, "now": now, "chart": rps_chart(detail.series, detail.scaling, now)}
 
 
-async def _live(render: Callable[[], str]) -> AsyncIterator[ServerSentEventMessage]:
+async def _live(render: Callable[[], str], stopping: threading.Event) -> AsyncIterator[ServerSentEventMessage]:
     last = None
-    while True:
+    while not stopping.is_set():
         html = await asyncio.to_thread(render)
         if html != last:
             # One line: SSE data lines end at a newline, and HTML does not care.
@@ -80,7 +81,7 @@ class DashboardController(Controller):
 
     @get("/events", guards=[page_guard])
     async def overview_events(self, request: Request[Any, Any, Any], plane: NamedDependency[ControlPlane]) -> ServerSentEvent:
-        return ServerSentEvent(_live(lambda: _render(request, "_overview.html", **overview_values(plane))))
+        return ServerSentEvent(_live(lambda: _render(request, "_overview.html", **overview_values(plane)), context(request).stopping))
 
     @get("/services/{name:str}", guards=[page_guard], sync_to_thread=True)
     def service(self, request: Request[Any, Any, Any], plane: NamedDependency[ControlPlane], name: FromPath[str]) -> Template:
@@ -90,7 +91,7 @@ class DashboardController(Controller):
     @get("/services/{name:str}/events", guards=[page_guard])
     async def service_events(self, request: Request[Any, Any, Any], plane: NamedDependency[ControlPlane], name: FromPath[str]) -> ServerSentEvent:
         await asyncio.to_thread(plane.service, name)  # 404 before streaming
-        return ServerSentEvent(_live(lambda: _render(request, "_service.html", **service_values(plane, name))))
+        return ServerSentEvent(_live(lambda: _render(request, "_service.html", **service_values(plane, name)), context(request).stopping))
 
     @get("/login")
     async def login_form(self) -> Template:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,12 @@ def test_live_fragments_are_one_line_and_sent_only_on_change(monkeypatch: pytest
     values = iter(["<p>a\nb</p>", "<p>a\nb</p>", "<p>c</p>"])
 
     async def two() -> list[str | int | bytes | None]:
-        gen = _live(lambda: next(values))
-        return [(await gen.__anext__()).data, (await gen.__anext__()).data]
+        stopping = threading.Event()
+        gen = _live(lambda: next(values), stopping)
+        got = [(await gen.__anext__()).data, (await gen.__anext__()).data]
+        stopping.set()  # `up` shutting down ends the stream
+        assert [m async for m in gen] == []
+        return got
 
     assert asyncio.run(two()) == ["<p>a b</p>", "<p>c</p>"]  # the unchanged second render is not sent
 
@@ -101,3 +106,13 @@ def test_gateway_hands_only_api_and_ui_on_the_gateway_host_to_the_control_app(tm
         assert client.get("/healthz", headers={"host": "127.0.0.1:8080"}).json()["status"] == "ok"
         assert client.get("/apix", headers={"host": "127.0.0.1:8080"}).status_code == 404
     assert control.paths == ["/api/v1/services", "/ui/", "/ui"]
+
+
+def test_chart_window_follows_the_samples_between_two_minutes_and_an_hour() -> None:
+    now = 100_000.0
+    young = rps_chart([SamplePoint(at=now - 30, rps=1.0, ready=1)], [], now)
+    assert "-2 min" in young
+    mid = rps_chart([SamplePoint(at=now - 900, rps=1.0, ready=1)], [], now)
+    assert "-15 min" in mid
+    old = rps_chart([SamplePoint(at=now - 7200, rps=1.0, ready=1), SamplePoint(at=now - 10, rps=1.0, ready=1)], [], now)
+    assert "-60 min" in old

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,11 +178,29 @@ def test_dashboard_in_a_real_browser(deployed: Deployed, browser: Any) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
 
-    # The service page: the log tail shows new lines as requests arrive.
+    # The service page: the log tail shows new lines as requests arrive; the chart fills with the
+    # rps the gateway measures while a client sends requests (sampled every 5 s).
     for i in range(5):
         d.tg.get("web", f"/warmup-{i}")
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=f"{d.base}/services/web", timeout=5) as client:
+            while not stop.wait(0.05):
+                client.get("/traffic")
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
     page.goto(d.base + "/ui/services/web")
     page.wait_for_selector("#replicas")
+    try:
+        page.wait_for_selector("svg.chart polyline.rps", timeout=30_000)
+        page.wait_for_function(
+            "!document.querySelector('.summary').textContent.includes(' 0.00 rps')", timeout=30_000
+        )
+    finally:
+        stop.set()
+        sender.join(10)
     page.wait_for_function("document.getElementById('log').textContent.includes('listening')", timeout=20_000)
     for i in range(3):
         assert d.tg.get("web", f"/browser-{i}").status_code == 200
