@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from openapi_spec_validator import validate
 
+from backends.base import GpuInfo, Offer, Requirements
 from gateway.tokens import load_records
 from reconciler.control.auth import CSRF_HEADER
 from reconciler.state.records import SnapshotRef
@@ -156,3 +157,37 @@ def test_overview_reports_config_problems_with_file_and_line(api: Api, tmp_path:
     assert "replicas_typo" in problems[0]["message"] or "replicas_typo" in problems[0]["field"]
     page = api.client.get("/ui/", headers=api.h()).text
     assert "bad.dstack.yml:5:1" in page
+
+
+def test_offers_pass_the_requirements_and_validate_the_gpu(api: Api) -> None:
+    seen: list[Requirements] = []
+
+    def finder(req: Requirements) -> list[Offer]:
+        seen.append(req)
+        gpu = GpuInfo(name="A100", memory_gb=80, count=1)
+        return [Offer("aws", "us-east-1", f"p4d.{i}", 8, 64, gpu, True, 1.5 + i) for i in range(3)]
+
+    api.client.app.state.control.plane.offers_for = finder
+    r = api.client.get("/api/v1/offers", params={"gpu": "A100:80GB", "spot_policy": "spot", "limit": 2}, headers=api.h())
+    assert r.status_code == 200, r.text
+    assert [o["instance_type"] for o in r.json()] == ["p4d.0", "p4d.1"] and r.json()[0]["gpu"] == "A100:80GB:1"
+    assert seen[0].spot_policy == "spot" and seen[0].gpu is not None
+    assert api.client.get("/api/v1/offers", params={"gpu": "80GB..10GB"}, headers=api.h()).status_code == 400
+    assert api.client.get("/api/v1/offers", params={"spot_policy": "cheap"}, headers=api.h()).status_code == 400
+
+
+def test_previews_with_pr_links_and_rejections(api: Api) -> None:
+    folder = api.state / "previews"
+    folder.mkdir()
+    (folder / "decision.json").write_text(json.dumps({
+        "schema_version": 1, "at": 1.0,
+        "previews": [{"name": "web-pr-7", "pr": 7, "head_sha": "abc", "service": "web", "expires_at": 9e9, "model": None, "withheld_env": ["KEY"]}],
+        "rejected": [{"pr": 8, "reason": "fork", "detail": "secrets withheld", "service": "web"}],
+    }))
+    api.client.app.state.control.plane.pr_url_base = "https://github.com/o/r/pull/"
+    p = api.client.get("/api/v1/previews", headers=api.h()).json()
+    assert p["previews"][0]["pr_url"] == "https://github.com/o/r/pull/7"
+    assert p["previews"][0]["url"] == "http://web-pr-7.localhost:8080" and "KEY" in p["previews"][0]["note"]
+    assert p["rejected"] == [{"pr": 8, "reason": "fork", "service": "web", "detail": "secrets withheld"}]
+    page = api.client.get("/ui/", headers=api.h()).text
+    assert 'href="https://github.com/o/r/pull/7"' in page and "fork: web: secrets withheld" in page
