@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -31,6 +32,17 @@ def provide_plane(request: Request[Any, Any, Any]) -> ControlPlane:
 
 
 PLANE = {"plane": Provide(provide_plane, sync_to_thread=False)}
+# The error shape every handler may answer with, documented in the OpenAPI document.
+ERRORS = {
+    status: ResponseSpec(m.ErrorOut, description=text)
+    for status, text in (
+        (400, "invalid parameters"),
+        (401, "no token, or an unknown one"),
+        (403, "not an admin token (or a cookie-authenticated action without X-Tidegate-Request)"),
+        (404, "no such service, replica or token"),
+        (503, "the state or a backend cannot answer now"),
+    )
+}
 
 
 class OverviewController(Controller):
@@ -39,15 +51,15 @@ class OverviewController(Controller):
     guards = [read_guard]
     dependencies = PLANE
 
-    @get("/overview", sync_to_thread=True, summary="Everything `tidegate ps` shows: source, services, previews, cost")
+    @get("/overview", responses=ERRORS, sync_to_thread=True, summary="Everything `tidegate ps` shows: source, services, previews, cost")
     def overview(self, plane: NamedDependency[ControlPlane]) -> m.Overview:
         return plane.overview()
 
-    @get("/previews", sync_to_thread=True, summary="Pull-request previews and the PRs refused one, with reasons")
+    @get("/previews", responses=ERRORS, sync_to_thread=True, summary="Pull-request previews and the PRs refused one, with reasons")
     def previews(self, plane: NamedDependency[ControlPlane]) -> m.Previews:
         return plane.previews()
 
-    @get("/offers", sync_to_thread=True, summary="Offers of the configured backends for some resources, cheapest first")
+    @get("/offers", responses=ERRORS, sync_to_thread=True, summary="Offers of the configured backends for some resources, cheapest first")
     def offers(
         self,
         plane: NamedDependency[ControlPlane],
@@ -70,7 +82,7 @@ class OverviewController(Controller):
         )
         return plane.offers(requirements, limit)
 
-    @post("/sync", guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Fetch and reconcile now (as a push webhook)")
+    @post("/sync", responses=ERRORS, guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Fetch and reconcile now (as a push webhook)")
     def sync(self, plane: NamedDependency[ControlPlane]) -> m.ActionResult:
         return plane.sync()
 
@@ -81,15 +93,15 @@ class ServicesController(Controller):
     guards = [read_guard]
     dependencies = PLANE
 
-    @get("/", sync_to_thread=True, summary="Every service: status, reason, revision, ready/desired, URL, model, cost, rps")
+    @get("/", responses=ERRORS, sync_to_thread=True, summary="Every service: status, reason, revision, ready/desired, URL, model, cost, rps")
     def list_services(self, plane: NamedDependency[ControlPlane]) -> list[m.ServiceSummary]:
         return plane.services()
 
-    @get("/{name:str}", sync_to_thread=True, summary="One service: replicas, scaling decisions, deploys, plan diff")
+    @get("/{name:str}", responses=ERRORS, sync_to_thread=True, summary="One service: replicas, scaling decisions, deploys, plan diff")
     def get_service(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> m.ServiceDetail:
         return plane.service(name)
 
-    @get("/{name:str}/logs", sync_to_thread=True, summary="The last lines of a replica (default: the first)")
+    @get("/{name:str}/logs", responses=ERRORS, sync_to_thread=True, summary="The last lines of a replica (default: the first)")
     def logs(
         self,
         plane: NamedDependency[ControlPlane],
@@ -99,7 +111,7 @@ class ServicesController(Controller):
     ) -> m.LogLines:
         return plane.log_lines(name, replica, lines)
 
-    @get("/{name:str}/logs/stream", summary="Follow a replica's log as server-sent events (one `line` event per line)")
+    @get("/{name:str}/logs/stream", responses=ERRORS, summary="Follow a replica's log as server-sent events (one `line` event per line)")
     async def follow_logs(
         self,
         request: Request[Any, Any, Any],
@@ -111,11 +123,11 @@ class ServicesController(Controller):
         first = await asyncio.to_thread(plane.log_lines, name, replica, max(lines, 1))  # 404 before streaming
         return ServerSentEvent(_follow(plane, name, first, lines, context(request).stopping))
 
-    @post("/{name:str}/stop", guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Stop a service (as `tidegate stop`)")
+    @post("/{name:str}/stop", responses=ERRORS, guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Stop a service (as `tidegate stop`)")
     def stop(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> m.ActionResult:
         return plane.act("stop", name)
 
-    @post("/{name:str}/start", guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Undo stop (as `tidegate start`)")
+    @post("/{name:str}/start", responses=ERRORS, guards=[admin_guard], status_code=202, sync_to_thread=True, summary="Undo stop (as `tidegate start`)")
     def start(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> m.ActionResult:
         return plane.act("start", name)
 
@@ -148,15 +160,15 @@ class TokensController(Controller):
     guards = [admin_guard]
     dependencies = PLANE
 
-    @get("/", sync_to_thread=True, summary="Tokens: names, prefixes, scopes (never the tokens)")
+    @get("/", responses=ERRORS, sync_to_thread=True, summary="Tokens: names, prefixes, scopes (never the tokens)")
     def list_tokens(self, plane: NamedDependency[ControlPlane]) -> list[m.TokenOut]:
         return plane.tokens()
 
-    @post("/", sync_to_thread=True, summary="Create a token; the response is the only time it is shown")
+    @post("/", responses=ERRORS, sync_to_thread=True, summary="Create a token; the response is the only time it is shown")
     def create_token(self, plane: NamedDependency[ControlPlane], data: JSONBody[m.TokenCreate]) -> m.TokenCreated:
         return plane.create_token(data.name, data.admin)
 
-    @delete("/{name:str}", sync_to_thread=True, summary="Revoke a token by name")
+    @delete("/{name:str}", responses=ERRORS, sync_to_thread=True, summary="Revoke a token by name")
     def revoke_token(self, plane: NamedDependency[ControlPlane], name: FromPath[str]) -> None:
         plane.revoke_token(name)
 

@@ -191,3 +191,10 @@ def test_previews_with_pr_links_and_rejections(api: Api) -> None:
     assert p["rejected"] == [{"pr": 8, "reason": "fork", "service": "web", "detail": "secrets withheld"}]
     page = api.client.get("/ui/", headers=api.h()).text
     assert 'href="https://github.com/o/r/pull/7"' in page and "fork: web: secrets withheld" in page
+
+
+def test_openapi_documents_the_error_shape(api: Api) -> None:
+    doc = api.client.get("/api/schema/openapi.json").json()
+    get_service = doc["paths"]["/api/v1/services/{name}"]["get"]
+    assert {"401", "403", "404"} <= set(get_service["responses"])
+    assert "ErrorOut" in json.dumps(get_service["responses"]["404"])

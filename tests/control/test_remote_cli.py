@@ -72,3 +72,23 @@ def test_token_commands_over_the_api(remote: Api, capsys: pytest.CaptureFixture[
 def test_an_inference_token_is_refused_with_the_apis_message(api: Api) -> None:
     with _client(api, api.inference) as client, pytest.raises(ControlClientError, match=r"403: .*admin token"):
         client.call("GET", "/services")
+
+
+def test_follow_reads_server_sent_events_until_the_end_event(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    body = b"event: line\r\ndata: one\r\n\r\nevent: line\r\ndata: two\r\n\r\nevent: end\r\ndata: replica gone\r\n\r\n"
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    client = ControlClient("http://remote:8080", "tg_x", transport=httpx.MockTransport(handler))
+    assert list(client.stream_lines("/services/web/logs/stream", {"lines": 5})) == [
+        ("line", "one"), ("line", "two"), ("end", "replica gone"),
+    ]
+    monkeypatch.setattr(commands, "_remote", lambda args: ControlClient("http://remote:8080", "tg_x", transport=httpx.MockTransport(handler)))
+    args = argparse.Namespace(service="web", replica=1, lines=5, follow=True, server="x")
+    assert commands.cmd_logs(args) == 1  # the stream ended because the replica went away
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["one", "two"] and "replica gone" in captured.err
+    assert seen[-1].url.params["replica"] == "1" and seen[-1].headers["authorization"] == "Bearer tg_x"
