@@ -182,15 +182,20 @@ def test_previews_with_pr_links_and_rejections(api: Api) -> None:
     (folder / "decision.json").write_text(json.dumps({
         "schema_version": 1, "at": 1.0,
         "previews": [{"name": "web-pr-7", "pr": 7, "head_sha": "abc", "service": "web", "expires_at": 9e9, "model": None, "withheld_env": ["KEY"]}],
-        "rejected": [{"pr": 8, "reason": "fork", "detail": "secrets withheld", "service": "web"}],
+        "rejected": [
+            {"pr": 8, "reason": "fork", "detail": "secrets withheld", "service": "web"},
+            {"pr": 9, "reason": "invalid", "detail": "<script>alert(1)</script>", "service": None},
+        ],
     }))
     api.client.app.state.control.plane.pr_url_base = "https://github.com/o/r/pull/"
     p = api.client.get("/api/v1/previews", headers=api.h()).json()
     assert p["previews"][0]["pr_url"] == "https://github.com/o/r/pull/7"
     assert p["previews"][0]["url"] == "http://web-pr-7.localhost:8080" and "KEY" in p["previews"][0]["note"]
-    assert p["rejected"] == [{"pr": 8, "reason": "fork", "service": "web", "detail": "secrets withheld"}]
+    assert p["rejected"][0] == {"pr": 8, "reason": "fork", "service": "web", "detail": "secrets withheld"}
     page = api.client.get("/ui/", headers=api.h()).text
     assert 'href="https://github.com/o/r/pull/7"' in page and "fork: web: secrets withheld" in page
+    # A PR author's text is escaped (templates autoescape).
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
 
 
 def test_openapi_documents_the_error_shape(api: Api) -> None:
