@@ -279,7 +279,7 @@ http {{
 
 
 def start_gateway(upstream_port: int, workers: int, workdir: Path) -> Target:
-    from gateway.tokens import create_token
+    from gateway.access.tokens import create_token
     from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
     from tidegate.routes_io import write_snapshot
 

@@ -1,7 +1,7 @@
 """Small raw-ASGI helpers for the hot path: reading bodies, sending JSON, header access.
 
 The gateway answers from one `@asgi` mount (a normal Litestar route costs ~50-80 us more per
-request, issue 4), so responses are written as raw ASGI messages here.
+request), so responses are written as raw ASGI messages here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-RawHeaders = list[tuple[bytes, bytes]]
+
+_SCANNED = "tidegate.headers"
+# A contract with the gateway's uvicorn protocol (server.py), which sets WATCHED in every HTTP
+# scope: when the client's connection is lost while its request runs, it sets DISCONNECTED and
+# cancels the task the app put in CANCEL_ON_DISCONNECT (no watcher task per request needed).
+WATCHED = "tidegate.watched"
+CANCEL_ON_DISCONNECT = "tidegate.task"
+DISCONNECTED = "tidegate.disconnected"
 
 
 class BodyTooLarge(Exception):
@@ -23,6 +30,54 @@ class BodyTooLarge(Exception):
 
 class ClientGone(Exception):
     pass
+
+
+class BadJSON(ValueError):
+    pass
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a (lower-case) request header."""
+    for k, v in scope["headers"]:
+        if k == name:
+            return bytes(v)
+    return None
+
+
+def scan(scope: Scope) -> tuple[bytes, bytes | None, bytes | None]:
+    """Host, Authorization and Content-Length in one pass over the headers (kept in the scope)."""
+    found = scope.get(_SCANNED)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    host = b""
+    auth = clen = None
+    for k, v in scope["headers"]:
+        if k == b"host":
+            host = v
+        elif k == b"authorization":
+            auth = v
+        elif k == b"content-length":
+            clen = v
+    found = (host, auth, clen)
+    scope[_SCANNED] = found
+    return found
+
+
+def _no_constants(name: str) -> Any:
+    raise BadJSON(f"{name} is not JSON")
+
+
+def loads(body: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity literals, and nesting too deep for the parser is an error,
+    not a RecursionError escaping as a 500."""
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except RecursionError as e:
+        raise BadJSON("JSON nested too deeply") from e
+    except BadJSON:
+        raise
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise BadJSON(str(e)) from e
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.access.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
+from gateway.options import add_gateway_options, gateway_overrides
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
-from gateway.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
 from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
 from tidegate.state_dir import choose_state_dir
 
@@ -43,10 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gw.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN})")
     gw.add_argument("--domain", default="localhost", help="services answer at <name>.<domain> (default localhost)")
     gw.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    gw.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="request body limit in bytes")
-    gw.add_argument("--read-timeout", type=float, default=3600.0, help="max seconds between upstream chunks (0: none)")
-    gw.add_argument("--hold-timeout", type=float, default=300.0, help="max seconds a request waits for a cold start")
-    gw.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    add_gateway_options(gw)
     gw.set_defaults(func=cmd_gateway)
 
     token = subparsers.add_parser("token", help="create, list or revoke API tokens")
@@ -74,6 +72,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     try:
         host, port = parse_listen(args.listen)
+        overrides = gateway_overrides(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,11 +82,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         port=port,
         domain=args.domain,
         workers=max(1, args.workers),
-        max_body_bytes=args.max_body,
-        read_timeout=args.read_timeout,
-        hold_timeout=args.hold_timeout,
-        access_log=not args.no_access_log,
         webhook_secret=os.environ.get("TIDEGATE_WEBHOOK_SECRET") or None,
+        **overrides,
     )
     print(f"tidegate gateway on http://{host}:{port} (services at http://<name>.{args.domain}:{port}, "
           f"OpenAI API at http://{host}:{port}/v1), state {settings.state_dir}", flush=True)

@@ -31,8 +31,29 @@ class GatewaySettings:
     workers: int = 1
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout: float = 10.0
-    # Longest silence between two upstream chunks; 0 means no limit (a long prefill must not be cut).
-    read_timeout: float = 3600.0
+    # From the request sent to the replica's response head: a non-streaming generation answers
+    # only when it is done, so this must cover the longest one (0: no limit).
+    first_byte_timeout: float = 900.0
+    # Longest silence between two chunks of a response that has started (0: no limit).
+    read_timeout: float = 300.0
+    # Client side, per worker: connections beyond this are closed at once (0: from the open-file
+    # limit, see server.py); a request's head must be complete this long after the connection
+    # opened or the previous response ended (idle or slow clients hold a socket, nothing else);
+    # its size is capped.
+    max_connections: int = 0
+    header_timeout: float = 15.0
+    max_header_bytes: int = 64 * 1024
+    keepalive_timeout: float = 30.0
+    # On SIGTERM, requests in flight get this long to finish before they are cancelled.
+    shutdown_grace: float = 3.0
+    # TGI chat templates: rendered in worker processes, this long and this much output at most.
+    template_timeout: float = 1.0
+    template_max_bytes: int = 1024 * 1024
+    template_workers: int = 2
+    # A non-streaming TGI answer is read whole to translate it; never more than this.
+    max_tgi_response_bytes: int = 16 * 1024 * 1024
+    # `/metrics`: "auto" (open on a loopback listener, else a token is needed), "open", "token".
+    metrics: str = "auto"
     # Scale to zero: how long and how many requests per service are held through a cold start.
     hold_timeout: float = 300.0
     hold_queue: int = 256

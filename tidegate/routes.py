@@ -42,7 +42,7 @@ class ModelRoute(BaseModel):
     format: ModelFormat = ModelFormat.OPENAI
     prefix: str = "/v1"
     chat_template: str | None = None
-    # A string, or the `{"content": ...}` mapping tokenizer_config.json uses (gateway.tgi takes both).
+    # A string, or the `{"content": ...}` mapping tokenizer_config.json uses (gateway.api.tgi takes both).
     eos_token: str | dict[str, Any] | None = None
     bos_token: str | dict[str, Any] | None = None
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.options import add_gateway_options
 from reconciler.cli.next_steps import print_next_steps
 from reconciler.cli.output import print_table, say
 from reconciler.cli.settings import Settings, SettingsError, add_common_options, build_settings
@@ -59,6 +60,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="let loopback clients read the control API and dashboard without a token (actions still need one)",
     )
+    add_gateway_options(p)
     add_preview_options(p)
     p.set_defaults(func=cmd_up)
 

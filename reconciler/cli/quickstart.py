@@ -68,7 +68,7 @@ def sync_repo(examples: Path, repo: Path) -> tuple[str, bool]:
 
 def ensure_token(state_dir: Path) -> str | None:
     """A new token when none exists (returned once), else None."""
-    from gateway.tokens import create_token, load_records
+    from gateway.access.tokens import create_token, load_records
 
     if load_records(state_dir):
         return None

@@ -286,6 +286,7 @@ class GatewayThread:
             port=self.settings.listen_port,
             domain=self.settings.domain,
             webhook_secret=self.settings.webhook_secret,
+            **self.settings.gateway_options,
         )
         app = _gateway_app(gw, self.control)
         config = uvicorn.Config(app, **uvicorn_options(gw))
@@ -314,7 +315,8 @@ class GatewayThread:
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:
-            self.thread.join(timeout=10)
+            # uvicorn cancels what still runs after the gateway's shutdown grace.
+            self.thread.join(timeout=float(self.server.config.timeout_graceful_shutdown or 5) + 5 if self.server else 10)
 
 
 def _gateway_app(gw: Any, control: Any = None) -> Any:
@@ -327,7 +329,7 @@ def build_control(settings: Settings, engine: Engine, stop: threading.Event) -> 
     """The control API and dashboard over this state dir, with the engine's backends for logs and
     offers, and a thread sampling rps/replicas every 5 s for the dashboard's chart (ends with `stop`)."""
     from backends.cloud.catalog import merge_offers
-    from gateway.tokens import TokenStore
+    from gateway.access.tokens import TokenStore
     from reconciler.control.app import build_control_app
     from reconciler.control.auth import ControlContext
     from reconciler.control.commits import CommitLookup

@@ -58,6 +58,8 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     # The control API's read-only endpoints and the dashboard answer loopback clients without a token.
     control_open_reads: bool = False
+    # `up`'s gateway tuning options (gateway.options), as GatewaySettings fields.
+    gateway_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def listen_host(self) -> str:
@@ -184,6 +186,12 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     settings_file = getattr(args, "settings", None)
     ours = read_settings_file(Path(settings_file).expanduser())[1] if settings_file else {}
     secret = env_map.get(WEBHOOK_SECRET_ENV) or values.get(WEBHOOK_SECRET_ENV) or ours.get("webhook_secret")
+    from gateway.options import gateway_overrides
+
+    try:
+        gateway_options = gateway_overrides(args)
+    except ValueError as e:
+        raise SettingsError(str(e)) from e
     return Settings(
         state_dir=Path(state).expanduser().resolve(),
         repo=repo,
@@ -201,6 +209,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         previews_section=dict(ours.get("previews") or {}),
         webhook_secret=str(secret) if secret else None,
         control_open_reads=bool(getattr(args, "control_open_reads", False)),
+        gateway_options=gateway_options,
     )
 
 

@@ -22,7 +22,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from gateway.tokens import TokenScope, TokenStore, bearer
+from gateway.access.tokens import TokenScope, TokenStore, bearer
 from reconciler.control.plane import ControlPlane
 
 COOKIE = "tidegate_session"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Offer, Requirements
-from gateway.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
+from gateway.access.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
 from reconciler.control import models as m
 from reconciler.control.commits import CommitInfo, CommitLookup
 from reconciler.engine.stats import read_stats

@@ -24,7 +24,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
-from gateway.tokens import TokenScope
+from gateway.access.tokens import TokenScope
 from reconciler.control.api import PLANE
 from reconciler.control.auth import COOKIE, context, page_guard, presented_token
 from reconciler.control.chart import rps_chart

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from gateway.tokens import TokenScope, TokenStore, create_token
+from gateway.access.tokens import TokenScope, TokenStore, create_token
 from reconciler.control.app import build_control_app
 from reconciler.control.auth import ControlContext
 from reconciler.control.plane import ControlPlane

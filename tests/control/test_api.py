@@ -9,7 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from backends.base import GpuInfo, Offer, Requirements
-from gateway.tokens import load_records
+from gateway.access.tokens import load_records
 from reconciler.control.auth import CSRF_HEADER
 from reconciler.state.records import SnapshotRef
 from tests.control.conftest import Api, state_doc, write_state

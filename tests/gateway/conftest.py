@@ -16,10 +16,10 @@ import httpx
 import pytest
 import uvicorn
 
+from gateway.access.tokens import create_token
 from gateway.core import Gateway
 from gateway.server import build_app, uvicorn_options
 from gateway.settings import GatewaySettings
-from gateway.tokens import create_token
 from tidegate.routes import RoutesSnapshot, ServiceRoute
 from tidegate.routes_io import write_snapshot
 

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from gateway import core
+from gateway import coldstart
 from tests.gateway.conftest import RunningGateway, snapshot_of, wait_for
 from tests.gateway.conftest import Upstream as Proc
 from tidegate.routes import ModelRoute, ServiceRoute, Upstream
@@ -22,7 +22,7 @@ MakeGateway = Callable[..., RunningGateway]
 @pytest.fixture(autouse=True)
 def no_periodic_wakeup(monkeypatch: pytest.MonkeyPatch) -> None:
     """Held requests must wake on the route change itself, not on the periodic demand reminder."""
-    monkeypatch.setattr(core, "DEMAND_REPEAT", 3600.0)
+    monkeypatch.setattr(coldstart, "DEMAND_REPEAT", 3600.0)
 
 
 def demand_signals(state: Path) -> list[str]:
@@ -84,7 +84,7 @@ def test_hold_queue_bound(make_gateway: MakeGateway) -> None:
 
 
 def test_openai_sdk_call_to_model_at_zero(make_gateway: MakeGateway, openai_upstream: Proc) -> None:
-    from gateway.tokens import create_token
+    from gateway.access.tokens import create_token
 
     gw = make_gateway()
     cold = at_zero("llm", model="cold-model")

@@ -28,7 +28,7 @@ STRICT = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first messag
 
 @pytest.fixture
 def api(make_gateway: Callable[..., RunningGateway], openai_upstream: Proc, tgi_unix_upstream: Proc) -> tuple[RunningGateway, str]:
-    from gateway.tokens import create_token
+    from gateway.access.tokens import create_token
 
     gw = make_gateway()
 

@@ -97,7 +97,7 @@ def test_auth_refusals(make_gateway: MakeGateway, openai_upstream: Proc, header:
 def test_forward_auth_opt_in_and_token_revocation(
     make_gateway: MakeGateway, token_for: TokenFor, openai_upstream: Proc
 ) -> None:
-    from gateway.tokens import load_records, revoke_token
+    from gateway.access.tokens import load_records, revoke_token
 
     gw = make_gateway()
     gw.publish(snapshot_of(svc("fwd", openai_upstream.url, forward_auth=True)))
@@ -302,7 +302,7 @@ def test_access_log_is_structured_and_token_free(
 
 
 def test_upstream_read_timeout_is_504(make_gateway: MakeGateway, aio: AioUpstream) -> None:
-    gw = make_gateway(read_timeout=0.3)
+    gw = make_gateway(first_byte_timeout=0.3)
     gw.publish(snapshot_of(svc("slow", aio.url, auth=False)))
     with gw.client("slow.localhost") as c:
         r = c.get("/hold")  # the replica never answers until released

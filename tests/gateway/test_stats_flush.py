@@ -7,7 +7,7 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.stats import Stats
+from gateway.stats.counters import Stats
 
 
 def sample(name: str, **labels: str) -> float:

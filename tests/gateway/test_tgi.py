@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway import tgi
+from gateway.api import tgi
 
 TEMPLATE = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 

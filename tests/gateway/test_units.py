@@ -10,11 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway import templates
-from gateway.balancer import Balancer, choose
-from gateway.cli import state_dir
-from gateway.settings import GatewaySettings, parse_listen
-from gateway.tokens import (
+from gateway.access.tokens import (
     AuthResult,
     TokenError,
     TokenStore,
@@ -23,6 +19,10 @@ from gateway.tokens import (
     load_records,
     revoke_token,
 )
+from gateway.api import templates
+from gateway.balancer import Balancer, choose
+from gateway.cli import state_dir
+from gateway.settings import GatewaySettings, parse_listen
 from reconciler.cli.main import main
 from tidegate.routes import ModelRoute, Upstream
 

@@ -1,4 +1,4 @@
-"""gateway.upstream_client against a scripted raw-socket replica: framing, pooling, streaming, failures."""
+"""gateway.upstream.client against a scripted raw-socket replica: framing, pooling, streaming, failures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.upstream_client import ConnectFailed, HostPool, UpstreamClient, UpstreamError
+from gateway.upstream.client import ConnectFailed, HostPool, UpstreamClient, UpstreamError
 
 # A scripted answer: bytes to write, "pause" (wait for the test's gate), or "close".
 Script = list[Any]
@@ -236,6 +236,67 @@ def test_unix_socket_and_connect_failures(tmp_path: Path) -> None:
             client.prune(set())  # no longer routed: its idle connections are closed
             assert client.pool(url).idle_count == 0
         finally:
+            client.close()
+            replica.stop()
+
+    asyncio.run(main())
+
+
+def test_stale_retry_takes_a_fresh_connection_not_another_pooled_one() -> None:
+    # Two kept connections; the third request finds one closing. Were the retry to take the other
+    # kept connection, the replica would see two connections, not three.
+    replica = Replica(["pause", OK], [OK], ["close"], [OK])
+
+    async def go(pool: HostPool) -> None:
+        first = asyncio.ensure_future(pool.request(b"GET", b"/", b"", None))
+        await asyncio.sleep(0.05)
+        second = await pool.request(b"GET", b"/", b"", None)  # a second connection (the first is busy)
+        assert await second.read() == b"hello"
+        replica.gate.set()
+        resp = await first
+        assert await resp.read() == b"hello"
+        resp.release()
+        second.release()
+        assert pool.idle_count == 2
+        again = await pool.request(b"GET", b"/", b"", None)  # the newest idle one is stale: retried once
+        assert await again.read() == b"hello"
+        again.release()
+
+    run(replica, go)
+    assert replica.connections == 3  # the retry opened a new connection instead of trying the other idle one
+
+
+def test_idle_connections_are_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.upstream import client as upstream_client
+
+    monkeypatch.setattr(upstream_client, "KEEPALIVE", 0.2)
+    replica = Replica([OK])
+
+    async def go(pool: HostPool) -> None:
+        resp = await pool.request(b"GET", b"/", b"", None)
+        await resp.read()
+        resp.release()
+        assert pool.idle_count == 1
+        await asyncio.sleep(0.5)  # no request meanwhile: only the reaper can close it
+        assert pool.idle_count == 0
+
+    run(replica, go)
+
+
+def test_first_byte_and_between_chunk_timeouts_are_separate() -> None:
+    replica = Replica([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n", "pause", b"1\r\nb\r\n0\r\n\r\n"])
+
+    async def main() -> None:
+        url = await replica.start_tcp()
+        client = UpstreamClient(2.0, read_timeout=0.2, first_byte_timeout=5.0)
+        try:
+            resp = await client.pool(url).request(b"GET", b"/", b"", None)
+            assert await resp.read_chunk() == b"a"
+            with pytest.raises(TimeoutError, match="read"):
+                await resp.read_chunk()
+            resp.release()
+        finally:
+            replica.gate.set()
             client.close()
             replica.stop()
 

@@ -1,6 +1,6 @@
 """aiohttp sessions to replicas, for WebSocket proxying: one for TCP upstreams, one per unix socket.
 
-Plain HTTP goes through `gateway.upstream_client` (cheaper per request); WebSockets stay on
+Plain HTTP goes through `gateway.upstream.client` (cheaper per request); WebSockets stay on
 aiohttp, whose session is tuned for a proxy: no connection limit, no cookie jar, no decompression (bytes pass through untouched) and
 no auto-added headers. Replicas of the local backend listen on unix sockets, so an upstream URL
 is either `http://host:port` or `unix:///abs/path.sock`.
@@ -8,6 +8,7 @@ is either `http://host:port` or `unix:///abs/path.sock`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ class UpstreamPool:
         self._tcp: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}
         self._targets: dict[str, Target] = {}
+        self._pruning: set[asyncio.Task[None]] = set()
 
     def _session(self, connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -84,6 +86,12 @@ class UpstreamPool:
             target = Target(self._tcp, parsed.scheme or "http", parsed.host or "127.0.0.1", parsed.explicit_port)
         self._targets[url] = target
         return target
+
+    def prune_soon(self, live_urls: set[str]) -> None:
+        """`prune` in a task of its own (called from a synchronous route swap)."""
+        task = asyncio.ensure_future(self.prune(live_urls))
+        self._pruning.add(task)
+        task.add_done_callback(self._pruning.discard)
 
     async def prune(self, live_urls: set[str]) -> None:
         """Close sessions of unix sockets no longer routed (their in-flight responses already hold

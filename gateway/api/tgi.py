@@ -1,10 +1,10 @@
 """Pure translation between OpenAI chat completions and TGI's `/generate` / `/generate_stream`.
 
 No I/O here (import-linter enforces it): the OpenAI API handler feeds request dicts and TGI
-responses in and gets dicts out. The chat template is rendered in jinja2's immutable sandbox with
-`trim_blocks`/`lstrip_blocks`, `raise_exception`, `add_generation_prompt=True`, and - unlike
-dstack - `bos_token`/`eos_token` passed to the template. `eos_token` may be a string or a
-`{"content": ...}` mapping (as tokenizer_config.json has it) and is added to the stop sequences.
+responses in and gets dicts out; the prompt comes from `gateway.api.chat_template`. `eos_token` is
+added to the stop sequences. Every field the translation reads is checked for type and range (a
+bool is not a number, NaN and infinities are not numbers) so nothing the client sends reaches
+TGI unchecked.
 
 `n > 1` is served by `n` independent TGI requests (seeds `seed + i` when a seed is given);
 TGI's `best_of` returns one sequence, not `n` choices, so it is not used. Streaming with `n > 1`
@@ -13,90 +13,39 @@ is refused (400). The matched trailing stop sequence is trimmed from the text, w
 
 from __future__ import annotations
 
-import functools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import TemplateError as JinjaTemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from gateway.api.chat_template import (
+    Budget,
+    TemplateLimit,
+    TemplateRenderError,
+    TranslationError,
+    normalize_messages,
+    render_prompt,
+    token_text,
+)
+
+__all__ = [
+    "DONE", "Budget", "Generation", "SSEParser", "StreamTranslator", "TemplateLimit", "TemplateRenderError",
+    "TranslationError", "chat_completion", "choice_count", "finish_reason", "generate_request", "normalize_messages",
+    "parse_generation", "render_prompt", "sse", "stop_sequences", "stream_flags", "tgi_parameters", "token_text", "trim_stop",
+]
+
+MAX_STOP_SEQUENCES = 16
+MAX_NEW_TOKENS = 1 << 24
 
 
-class TranslationError(Exception):
-    """The request cannot be translated; the message is shown to the client (400)."""
+def _number(value: Any) -> bool:
+    """A JSON number: not a bool, and finite (1e400 parses to inf)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class TemplateRenderError(TranslationError):
-    pass
-
-
-def _raise_exception(message: str) -> None:
-    raise TemplateRenderError(message)
-
-
-@functools.lru_cache(maxsize=64)
-def _compile(template: str) -> Any:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise_exception
-    return env.from_string(template)
-
-
-def token_text(token: Any) -> str | None:
-    """`"</s>"` or `{"content": "</s>", ...}` -> `"</s>"`."""
-    if token is None:
-        return None
-    if isinstance(token, str):
-        return token
-    if isinstance(token, Mapping) and isinstance(token.get("content"), str):
-        return str(token["content"])
-    raise TranslationError(f"a special token must be a string or {{content: ...}}, got {token!r}")
-
-
-def message_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, Mapping) or part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
-                raise TranslationError("only text content parts are supported by TGI models")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise TranslationError("message content must be a string or a list of text parts")
-
-
-def normalize_messages(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise TranslationError("`messages` must be a non-empty list")
-    out = []
-    for m in messages:
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
-            raise TranslationError("every message needs a string `role`")
-        out.append({"role": m["role"], "content": message_text(m.get("content"))})
-    return out
-
-
-def render_prompt(template: str, messages: Any, bos_token: Any = None, eos_token: Any = None) -> str:
-    try:
-        compiled = _compile(template)
-    except JinjaTemplateError as e:
-        raise TemplateRenderError(f"chat template does not compile: {e}") from e
-    try:
-        return str(
-            compiled.render(
-                messages=normalize_messages(messages),
-                add_generation_prompt=True,
-                bos_token=token_text(bos_token) or "",
-                eos_token=token_text(eos_token) or "",
-            )
-        )
-    except TranslationError:
-        raise
-    except JinjaTemplateError as e:
-        raise TemplateRenderError(f"chat template failed: {e}") from e
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def stop_sequences(request: Mapping[str, Any], eos_token: Any) -> list[str]:
@@ -106,10 +55,10 @@ def stop_sequences(request: Mapping[str, Any], eos_token: Any) -> list[str]:
         stops = []
     elif isinstance(stop, str):
         stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+    elif isinstance(stop, list) and len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) for s in stop):
         stops = list(stop)
     else:
-        raise TranslationError("`stop` must be a string or a list of strings")
+        raise TranslationError(f"`stop` must be a string or a list of at most {MAX_STOP_SEQUENCES} strings")
     eos = token_text(eos_token)
     if eos and eos not in stops:
         stops.append(eos)
@@ -121,13 +70,13 @@ def tgi_parameters(request: Mapping[str, Any], eos_token: Any, index: int = 0) -
     params: dict[str, Any] = {"details": True, "stop": stop_sequences(request, eos_token)}
     max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
     if max_tokens is not None:
-        if not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise TranslationError("`max_tokens` must be a positive integer")
+        if not _integer(max_tokens) or not 0 < max_tokens <= MAX_NEW_TOKENS:
+            raise TranslationError(f"`max_tokens` must be an integer from 1 to {MAX_NEW_TOKENS}")
         params["max_new_tokens"] = max_tokens
     temperature = request.get("temperature")
     if temperature is not None:
-        if not isinstance(temperature, int | float) or temperature < 0:
-            raise TranslationError("`temperature` must be a number >= 0")
+        if not _number(temperature) or not 0 <= temperature <= 2:
+            raise TranslationError("`temperature` must be a number from 0 to 2")
         if temperature > 0:
             params["temperature"] = float(temperature)
             params["do_sample"] = True
@@ -135,23 +84,40 @@ def tgi_parameters(request: Mapping[str, Any], eos_token: Any, index: int = 0) -
             params["do_sample"] = False
     top_p = request.get("top_p")
     if top_p is not None:
-        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        if not _number(top_p) or not 0 < top_p <= 1:
             raise TranslationError("`top_p` must be in (0, 1]")
         if top_p < 1:
             params["top_p"] = float(top_p)
     seed = request.get("seed")
     if seed is not None:
-        if not isinstance(seed, int):
-            raise TranslationError("`seed` must be an integer")
+        if not _integer(seed) or not 0 <= seed + index < 1 << 64:
+            raise TranslationError("`seed` must be an integer from 0 to 2**64-1")
         params["seed"] = seed + index
     return params
 
 
+def stream_flags(request: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(`stream`, `stream_options.include_usage`), checked: booleans and an object or null."""
+    stream = request.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise TranslationError("`stream` must be a boolean")
+    options = request.get("stream_options")
+    if options is None:
+        return bool(stream), False
+    if not isinstance(options, Mapping):
+        raise TranslationError("`stream_options` must be an object")
+    usage = options.get("include_usage", False)
+    if usage is not None and not isinstance(usage, bool):
+        raise TranslationError("`stream_options.include_usage` must be a boolean")
+    return bool(stream), bool(usage)
+
+
 def choice_count(request: Mapping[str, Any]) -> int:
-    n = request.get("n", 1) or 1
-    if not isinstance(n, int) or n < 1 or n > 16:
+    n = request.get("n", 1)
+    n = 1 if n is None else n
+    if not _integer(n) or n < 1 or n > 16:
         raise TranslationError("`n` must be an integer from 1 to 16")
-    if n > 1 and request.get("stream"):
+    if n > 1 and stream_flags(request)[0]:
         raise TranslationError("`n` > 1 is not supported with `stream: true` for TGI models")
     return n
 
@@ -219,20 +185,24 @@ def chat_completion(completion_id: str, created: int, model: str, generations: S
 
 
 def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+    return b"data: " + json.dumps(obj, allow_nan=False).encode() + b"\n\n"
 
 
 DONE = b"data: [DONE]\n\n"
 
 
 class SSEParser:
-    """Bytes of an event stream in, the `data` payload of each complete event out."""
+    """Bytes of an event stream in, the `data` payload of each complete event out; an event may
+    not grow past `max_event` bytes (ValueError)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = 1024 * 1024) -> None:
         self._buf = b""
+        self.max_event = max_event
 
     def feed(self, chunk: bytes) -> list[str]:
         self._buf += chunk.replace(b"\r\n", b"\n")
+        if len(self._buf) > self.max_event and b"\n\n" not in self._buf:
+            raise ValueError(f"an event of the stream is over {self.max_event} bytes")
         out: list[str] = []
         while True:
             end = self._buf.find(b"\n\n")

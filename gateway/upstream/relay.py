@@ -3,8 +3,13 @@
 Hop-by-hop headers (RFC 9110 7.6.1, plus any the Connection header names) are dropped both
 ways, `X-Forwarded-For/-Proto/-Host` are set, and the client's Authorization header stays here
 unless the service opted in: a replica never learns users' tokens. HTTP responses come from
-`gateway.upstream_client` and are relayed chunk by chunk as they arrive, so SSE reaches the client
+`gateway.upstream.client` and are relayed chunk by chunk as they arrive, so SSE reaches the client
 as the replica emits it; WebSockets go through aiohttp.
+
+A replica failing mid-answer is a 502 (504 for a timeout) while nothing was sent to the client,
+and a cut connection (`ResponseAborted`) once the response has started. WebSocket close codes
+that must never appear on the wire (RFC 6455 7.4.1: 1005, 1006, 1015, and anything outside the
+assignable ranges) are replaced: 1001 when the client went away, 1011 when the replica did.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from collections.abc import Iterable
 import aiohttp
 
 from gateway.asgi import Receive, Scope, Send
-from gateway.upstream_client import Response
+from gateway.errors import GatewayError, ResponseAborted, UpstreamError
+from gateway.upstream.response import Response
 
 HOP_BY_HOP = frozenset(
     {
@@ -107,25 +113,44 @@ def response_headers(raw: list[tuple[bytes, bytes]], extra: Iterable[tuple[bytes
     return out
 
 
-async def relay_response(resp: Response, receive: Receive, send: Send, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+def upstream_failure(e: UpstreamError | TimeoutError, service: str) -> GatewayError:
+    if isinstance(e, TimeoutError):
+        return GatewayError(504, f"replica of {service!r} timed out", "upstream_error", "upstream_timeout")
+    return GatewayError(502, f"replica of {service!r} failed: {e}", "upstream_error", "upstream_failed")
+
+
+async def relay_response(
+    resp: Response, receive: Receive, send: Send, extra: Iterable[tuple[bytes, bytes]] = (), service: str = "", watched: bool = False
+) -> None:
     """Send the replica's response to the client: whole when small, else chunk by chunk.
 
-    While streaming, a watcher notices the client hanging up and stops reading the replica
-    (for a model server that frees the slot instead of generating for nobody).
+    While streaming, a client hanging up stops the reading of the replica (for a model server
+    that frees the slot instead of generating for nobody). `watched`: the server cancels this
+    request when its client goes (`server.py`); otherwise a watcher task notices it between chunks.
     """
     headers = response_headers(resp.headers, extra)
     length = resp.content_length
-    if resp.at_eof or (length is not None and length <= SMALL_BODY):
-        body = await resp.read()
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-        return
+    try:
+        if resp.at_eof or (length is not None and length <= SMALL_BODY):
+            body = await resp.read()
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        first = await resp.read_chunk()
+    except (UpstreamError, TimeoutError) as e:
+        raise upstream_failure(e, service) from e
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    first = await resp.read_chunk()
-    if resp.at_eof:  # a short stream that arrived at once needs no watcher task
-        await send({"type": "http.response.body", "body": first, "more_body": False})
-        return
-    watcher = asyncio.ensure_future(wait_disconnect(receive))
+    try:
+        if resp.at_eof:  # a short stream that arrived at once needs no watcher task
+            await send({"type": "http.response.body", "body": first, "more_body": False})
+            return
+        await _stream(resp, receive, send, first, watched)
+    except (UpstreamError, TimeoutError) as e:
+        raise ResponseAborted(f"{type(e).__name__}: {e}") from e
+
+
+async def _stream(resp: Response, receive: Receive, send: Send, first: bytes, watched: bool) -> None:
+    watcher = None if watched else asyncio.ensure_future(wait_disconnect(receive))
     try:
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
@@ -133,15 +158,16 @@ async def relay_response(resp: Response, receive: Receive, send: Send, extra: It
             chunk = await resp.read_chunk()
             if not chunk:
                 break
-            if watcher.done():
+            if watcher is not None and watcher.done():
                 resp.close()
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
 
 
 async def wait_disconnect(receive: Receive) -> None:
@@ -149,6 +175,15 @@ async def wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def wire_close_code(code: object, fallback: int) -> int:
+    """A close code that may be sent in a Close frame (RFC 6455 7.4): else `fallback`."""
+    if not isinstance(code, int) or isinstance(code, bool):
+        return fallback
+    if (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999:
+        return code
+    return fallback
 
 
 async def relay_websocket(scope: Scope, receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse) -> None:
@@ -164,7 +199,8 @@ async def relay_websocket(scope: Scope, receive: Receive, send: Send, upstream: 
                 elif message.get("text") is not None:
                     await upstream.send_str(message["text"])
             elif kind == "websocket.disconnect":
-                await upstream.close(code=message.get("code", 1000))
+                # An abrupt client disconnect arrives as 1006, which no endpoint may send.
+                await upstream.close(code=wire_close_code(message.get("code", 1000), 1001))
                 return
 
     async def upstream_to_client() -> None:
@@ -175,7 +211,8 @@ async def relay_websocket(scope: Scope, receive: Receive, send: Send, upstream: 
                 await send({"type": "websocket.send", "bytes": msg.data})
             else:
                 break
-        await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+        code = upstream.close_code
+        await send({"type": "websocket.close", "code": 1000 if code is None else wire_close_code(code, 1011)})
 
     tasks = [asyncio.ensure_future(client_to_upstream()), asyncio.ensure_future(upstream_to_client())]
     try:

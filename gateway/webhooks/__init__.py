@@ -1,0 +1,1 @@
+"""Webhooks that wake the reconciler (`POST /hooks/github`, `POST /hooks/git`), replays ignored."""
