@@ -4,10 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so).
-SYSTEM_PACKAGES := openssh-server chromium
+# Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so):
+# sshd for the tunnel tests, bubblewrap for the replica sandbox (tests/security needs it), chromium
+# for the dashboard's browser tests.
+SYSTEM_PACKAGES := openssh-server bubblewrap chromium
 
-.PHONY: up test test-fast lint plain-install system-packages slow bench clean
+.PHONY: up test test-fast lint plain-install system-packages slow bench clean sandbox-tool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-up: $(STAMP)
+# The replica sandbox (bubblewrap): installed when missing and we are root, else a clear warning.
+sandbox-tool:
+	@bash scripts/ensure_sandbox.sh
+
+up: $(STAMP) sandbox-tool
 	$(BIN)/python -m reconciler.cli.quickstart
 
 lint: $(STAMP)
@@ -36,7 +42,7 @@ test: system-packages lint plain-install
 	$(BIN)/python -m pytest -m "not slow" -q
 	$(BIN)/python -m pytest -m slow -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sandbox-tool
 	$(BIN)/python -m pytest -m "not slow" -q -x
 
 bench: $(STAMP)

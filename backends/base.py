@@ -129,6 +129,9 @@ class ReplicaSpec:
     # it; cloud backends may ship it in user data or ignore it when an image is given).
     workdir: str | None = None
     revision: str | None = None
+    # True only for code committed to the deployed branch (SECURITY.md). An untrusted replica (a
+    # PR preview) never runs outside the local sandbox and never gets an operator's egress rules.
+    trusted: bool = False
 
 
 @dataclass(frozen=True)

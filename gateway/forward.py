@@ -16,9 +16,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -94,6 +95,9 @@ class Forwarder:
         self.client = UpstreamClient(settings.connect_timeout, settings.read_timeout, settings.first_byte_timeout)
         self.gateway_host = settings.gateway_host
         self.deliveries = DeliveryLog(settings.state_dir / "gateway" / "deliveries")
+        # Set by an in-process reconciler: receives (event, payload) of webhooks that passed the
+        # HMAC check (webhooks/handler.py); the only way webhook facts reach it (signal files cannot).
+        self.verified_events: Callable[[str, dict[str, Any]], None] | None = None
 
     def _after_swap(self, live: set[str], urls: set[str]) -> None:
         self.balancer.forget(live)

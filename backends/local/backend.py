@@ -8,6 +8,7 @@ Layout under `root` (the reconciler passes `<state>/replicas`)::
 
     <root>/<replica_id>/replica.json   metadata: ids, owner, port, env NAMES, pid + start time
     <root>/<replica_id>/work/          copy of spec.workdir (repo at the commit, minus .git/.dstackignore)
+    <root>/<replica_id>/home/          the replica's HOME (+ tmp/, its TMPDIR, when not sandboxed)
     <root>/<replica_id>/run.sh         the commands
     <root>/<replica_id>/logs/replica.log (+ .1)  stdout+stderr, size-capped, one backup
     <root>/<replica_id>/http.sock      the replica's port, exposed as a unix socket
@@ -26,9 +27,18 @@ one exceeds the unix-socket limit). Where namespaces are unavailable (not root, 
 a port already in use is refused with a TemporaryError (`NetworkMode.NAMESPACE` makes that a
 PermanentError instead).
 
-Environment: the spec's env values reach the replica only through the supervisor's process
-environment; `replica.json` records the names. With `python: "3.11"` the venv's bin comes first on
-PATH (so `pip install` goes there); otherwise the host environment is used as is.
+Environment: an allowlist (`spawn.replica_env`), never the reconciler's environment; the
+spec's env values reach the replica only through the supervisor's process environment;
+`replica.json` records the names. With `python: "3.11"` the venv's bin comes first on PATH (so
+`pip install` goes there).
+
+Sandbox (`sandbox.py`): the commands run under bubblewrap as the service's own non-root uid,
+seeing only their work dir, HOME, venv and a private /tmp writable, the system read-only, and
+nothing of the state directory. Without bwrap (`SandboxMode.AUTO`), trusted services run
+unsandboxed with a warning in the reconciler's log and the replica's own log, and untrusted ones
+(PR previews) are refused by `can_run` with the reason. Egress from the namespace goes through
+the proxy's destination policy (`egress.py`): public internet only, unless the operator's
+`egress_allow` widens it for a trusted service.
 
 Adoption and crash safety (the record and how a status is read from it: `local_status.py`):
 `replica.json` is written (atomically) with state "starting" before
@@ -55,7 +65,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -69,8 +79,11 @@ from backends.base import (
     Requirements,
     TemporaryError,
 )
+from backends.local import confine as local_confine
+from backends.local import egress as local_egress
 from backends.local import host as local_host
 from backends.local import proc as local_proc
+from backends.local import sandbox as local_sandbox
 from backends.local import spawn as local_spawn
 from backends.local.layout import (
     ReplicaPaths,
@@ -82,9 +95,10 @@ from backends.local.layout import (
     tail,
     write_json_atomic,
 )
+from backends.local.sandbox import SandboxMode
 from backends.local.status import recorded, replica_info, start_meta
 
-__all__ = ["META", "LocalBackend", "NetworkMode", "socket_path"]
+__all__ = ["META", "LocalBackend", "NetworkMode", "SandboxMode", "socket_path"]
 
 META = "replica.json"
 KEPT_LOG_LINES = 200
@@ -111,6 +125,8 @@ class LocalBackend:
         log_max_bytes: int = 5 * 1024 * 1024,
         venv_with_pip: bool = True,
         start_timeout: float = 15.0,
+        sandbox: SandboxMode = SandboxMode.AUTO,
+        egress_allow: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.root = Path(root).absolute()
         self.owner = owner
@@ -124,6 +140,12 @@ class LocalBackend:
         self._engine: str | bool | None = False
         self._machine: local_host.Machine | None = None
         self._interpreters: dict[str, str | None] = {}
+        self.sandbox = sandbox
+        # service name -> extra egress rules (the operator's settings; trusted services only)
+        self.egress_allow = {
+            name: tuple(local_egress.parse_rule(r) for r in rules) for name, rules in (egress_allow or {}).items()
+        }
+        self._sandbox_problem: str | bool | None = False
 
     # ---- host facts (probed once per instance) ----------------------------------------------------
     def machine(self) -> local_host.Machine:
@@ -136,6 +158,15 @@ class LocalBackend:
             self._namespace_problem = local_host.probe_namespaces(local_spawn.RELAY)
         assert not isinstance(self._namespace_problem, bool)
         return self._namespace_problem
+
+    def sandbox_unavailable(self) -> str | None:
+        """None when replicas can be sandboxed here, else why not (probed once)."""
+        if self.sandbox == SandboxMode.OFF:
+            return "the replica sandbox is turned off (sandbox: off)"
+        if self._sandbox_problem is False:
+            self._sandbox_problem = local_sandbox.probe(local_sandbox.find_tools())
+        assert not isinstance(self._sandbox_problem, bool)
+        return self._sandbox_problem
 
     def _engine_exe(self) -> str | None:
         if self._engine is False:
@@ -187,6 +218,16 @@ class LocalBackend:
             and (problem := self._namespaces_unavailable())
         ):
             return problem
+        if spec.image is None and (problem := self.sandbox_unavailable()) is not None:
+            if not spec.trusted:
+                return f"refusing to run untrusted code (a PR preview) outside the sandbox: {problem}"
+            if self.sandbox == SandboxMode.REQUIRED:
+                return problem
+        if spec.image is None and not spec.trusted:
+            if self.network == NetworkMode.SHARED:
+                return "refusing to run untrusted code (a PR preview) on the host network (network: shared)"
+            if problem := self._namespaces_unavailable():
+                return f"refusing to run untrusted code (a PR preview) without its own network namespace: {problem}"
         return None
 
     def create(self, spec: ReplicaSpec) -> ReplicaInfo:
@@ -301,6 +342,7 @@ class LocalBackend:
                 if meta is not None and meta.get("venv") == str(venv):
                     return
             shutil.rmtree(venv, ignore_errors=True)
+            local_sandbox.venv_base_file(venv).unlink(missing_ok=True)
 
     def _venv_for(self, spec: ReplicaSpec) -> tuple[Path, str] | None:
         """Where the spec's virtualenv lives (cached by spec hash) and the interpreter to build it."""
@@ -355,6 +397,7 @@ class LocalBackend:
             paths.exit_file.unlink()
         sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+        sandbox, uid = self._sandbox_for(spec, paths, venv) if engine is None else ((), None)
         launch = local_spawn.Launch(
             paths=paths,
             port=host_port or spec.port,
@@ -363,10 +406,16 @@ class LocalBackend:
             venv=venv[0] if venv else None,
             venv_python=venv[1] if venv else None,
             venv_with_pip=self.venv_with_pip,
+            sandbox=sandbox,
+            venv_owner=uid if venv else None,
+            egress_policy=self._egress_policy(spec).to_json() if netns else None,
         )
-        env = local_spawn.replica_env(os.environ, spec, paths.dir, self.owner, launch.venv)
-        if netns:
-            env.update(local_spawn.proxy_env(spec.port, spec.env))
+        env = local_spawn.replica_env(
+            os.environ, spec, paths.dir, self.owner, launch.venv,
+            home=paths.home, tmpdir=Path("/tmp") if sandbox else paths.tmp,
+            proxy=local_spawn.proxy_env(spec.port, spec.env) if netns else None,
+            engine_client=engine is not None,
+        )  # fmt: skip
         proc, handshake = local_spawn.spawn_supervisor(
             local_spawn.relay_command(launch), env, paths, self.start_timeout
         )
@@ -385,6 +434,16 @@ class LocalBackend:
         info = self._describe(spec.replica_id, holding_lock=True)
         assert info is not None
         return info
+
+    def _sandbox_for(
+        self, spec: ReplicaSpec, paths: ReplicaPaths, venv: tuple[Path, str] | None
+    ) -> tuple[tuple[str, ...], int | None]:
+        problem = self.sandbox_unavailable()
+        return local_confine.prepare(spec, paths, self.owner, venv[0] if venv else None, problem)
+
+    def _egress_policy(self, spec: ReplicaSpec) -> local_egress.EgressPolicy:
+        allow = self.egress_allow.get(spec.service, ()) if spec.trusted else ()
+        return local_confine.egress_policy(allow)
 
     def _describe(self, replica_id: str, holding_lock: bool = False) -> ReplicaInfo | None:
         return replica_info(self.name, self.owner, self._paths(replica_id), self.logs, holding_lock=holding_lock)

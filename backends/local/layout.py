@@ -51,6 +51,15 @@ class ReplicaPaths:
         return self.dir / "work"
 
     @property
+    def home(self) -> Path:
+        return self.dir / "home"
+
+    @property
+    def tmp(self) -> Path:
+        """TMPDIR of an unsandboxed replica (a sandboxed one has a private tmpfs on /tmp)."""
+        return self.dir / "tmp"
+
+    @property
     def script(self) -> Path:
         return self.dir / "run.sh"
 

@@ -11,7 +11,12 @@ it spawned even if it was killed before recording the pid. Three mechanisms, in 
   replica id and owner) in its environment, so `/proc` can be scanned for it. The supervisor is
   the marked process that leads its own session.
 - termination: SIGTERM to the process group and to every marked process, a grace period, then
-  SIGKILL to whatever is left.
+  SIGKILL to whatever is left. A sandboxed replica's bwrap carries no mark in its environment (a
+  SIGTERM to it would SIGKILL the sandbox at once, with no graceful stop for the app); it is
+  recognised by the mark on its command line (`--setenv TIDEGATE_REPLICA_DIR <dir>`), waited for,
+  and killed only if it outlives the grace period. That also covers a stop that lands while the
+  sandbox is still starting: its processes are marked only once they exec, so the marked set is
+  scanned again while waiting.
 """
 
 from __future__ import annotations
@@ -74,6 +79,21 @@ def marked_processes(replica_dir: str) -> list[psutil.Process]:
     return found
 
 
+def sandbox_processes(replica_dir: str) -> list[psutil.Process]:
+    """The bwrap processes of the replica's sandbox (by the `--setenv` mark on their command line)."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        try:
+            cmd = proc.cmdline()
+            if not cmd or not cmd[0].endswith("bwrap") or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any(cmd[i : i + 3] == ["--setenv", MARK_DIR, replica_dir] for i in range(len(cmd) - 2)):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def find_supervisor(replica_dir: str) -> ProcessIdentity | None:
     """The marked process leading its own session (the relay started with a new session)."""
     for proc in marked_processes(replica_dir):
@@ -116,23 +136,29 @@ def terminate_replica(
     as a zombie (a zombie counts as gone).
     """
     procs = marked_processes(replica_dir)
+    boxes = sandbox_processes(replica_dir)
     if leader is not None and is_alive(leader):
         with contextlib.suppress(psutil.NoSuchProcess):
             procs.append(psutil.Process(leader.pid))
-    if not procs:
+    if not procs and not boxes:
         return
     _signal_all(leader, procs, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while True:
         reap()
-        procs = _alive(procs)
-        if not procs or time.monotonic() >= deadline:
+        procs, boxes = _alive(procs), _alive(boxes)
+        if boxes:  # a sandbox still starting: what it runs is marked once it has exec'd
+            late = [p for p in marked_processes(replica_dir) if p not in procs]
+            _signal_all(None, late, signal.SIGTERM)
+            procs += late
+        if (not procs and not boxes) or time.monotonic() >= deadline:
             break
         time.sleep(POLL_SECONDS)
-    if procs:
-        _signal_all(leader, procs + marked_processes(replica_dir), signal.SIGKILL)
+    if procs or boxes:
+        everything = procs + boxes + marked_processes(replica_dir) + sandbox_processes(replica_dir)
+        _signal_all(leader, everything, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
-        while _alive(procs) and time.monotonic() < deadline:
+        while _alive(everything) and time.monotonic() < deadline:
             reap()
             time.sleep(POLL_SECONDS)
     reap()

@@ -19,6 +19,15 @@ with whatever interpreter runs the reconciler, independent of the replica's virt
 
 Start-up handshake: one line on stdout, `ok <relay pid>` or `error: <reason>`, then stdout is
 closed; the backend waits for it so namespace and spawn failures surface in `create()`.
+
+Sandbox (`--sandbox ARGV-JSON`, built by `local_sandbox.bwrap_argv`): the commands run as
+`<bwrap … setpriv …> bash run.sh`. The supervisor itself stays outside (it binds the socket in the
+replica dir, writes the log and exit.json, builds the venv as root and then hands it to the
+service's uid). bwrap is started in its own process group and without the replica marks in its own
+environment (the marks are set inside with `--setenv`): a stop then signals the sandboxed
+processes themselves (they carry the marks), which shut down gracefully, instead of killing bwrap,
+which would SIGKILL the whole sandbox at once. `--die-with-parent` still takes the sandbox down
+with the supervisor.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -38,7 +48,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily at run time: it is the slowest part of start-up
     import asyncio
@@ -50,6 +60,7 @@ IFF_UP = 0x1
 IFREQ = "16sh22x"  # struct ifreq: name + flags, padded to 40 bytes
 CHUNK = 64 * 1024
 PUMP_DRAIN_SECONDS = 2.0
+PROXY_START_TRIES = 200  # x 0.05 s: how long a first outbound connection waits for the egress proxy
 READY_MARKER = ".tidegate-ready"  # written last into a virtualenv that was built completely  # after the commands exit, how long to wait for stragglers' output
 
 
@@ -150,11 +161,21 @@ def make_unix_forwarder(path: str) -> Handler:
     """Pipe each connection accepted inside the namespace to the egress proxy's unix socket."""
     import asyncio
 
-    return _relay_to(lambda: asyncio.open_unix_connection(path))
+    async def open_proxy() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # The proxy is a forked child still importing when the commands make their first request
+        # (or its socket file is a previous run's): wait for it a little rather than drop that one.
+        for _ in range(PROXY_START_TRIES):
+            try:
+                return await asyncio.open_unix_connection(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.05)
+        return await asyncio.open_unix_connection(path)
+
+    return _relay_to(open_proxy)
 
 
-def fork_egress_proxy(socket_path: str) -> None:
-    """Fork the egress proxy while still in the host's network namespace (see local_egress).
+def fork_egress_proxy(socket_path: str, policy_json: str | None = None) -> None:
+    """Fork the egress proxy while still in the host's network namespace (see egress.py).
 
     The child is in the supervisor's process group (one killpg stops both) and also dies with the
     supervisor (PR_SET_PDEATHSIG), so it never outlives its replica.
@@ -175,7 +196,8 @@ def fork_egress_proxy(socket_path: str) -> None:
 
         import egress  # type: ignore[import-not-found]
 
-        asyncio.run(egress.serve(socket_path))
+        policy = egress.EgressPolicy.from_json(policy_json) if policy_json else egress.EgressPolicy()
+        asyncio.run(egress.serve(socket_path, policy))
     finally:
         os._exit(0)
 
@@ -198,16 +220,34 @@ def _handshake(message: str) -> None:
     os.close(devnull)
 
 
-def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) -> bool:
+def sibling(name: str) -> Any:
+    """A standard-library-only module beside this file (this script runs with `-I -S`, by path)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
+
+
+def ensure_venv(
+    venv: Path, interpreter: str, with_pip: bool, log: RotatingLog, owner: int | None = None
+) -> bool:
     """Build the spec's virtualenv once (replicas of one spec share it); False when it failed.
 
     Built in place (venvs are not relocatable) under an flock, and marked ready last, so a venv
-    half-built by a killed replica is detected and rebuilt by the next one.
+    half-built by a killed replica is detected and rebuilt by the next one. With `owner` (a
+    sandboxed replica's uid) the venv is that uid's, so `pip install` in the commands works: it is
+    handed over right after the build, before any replica can touch it, and never chowned again (a
+    tree a running replica can change is no place for a root `chown -R`); a venv of another owner
+    is rebuilt instead. Its base prefix is recorded beside it at the same moment (sandbox.py).
     """
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if (venv / READY_MARKER).exists():
+        ready = (venv / READY_MARKER).exists()
+        if ready and owner is not None:
+            sandbox = sibling("sandbox")
+            ready = venv.stat().st_uid == owner and sandbox.venv_base_file(venv).exists()
+        if ready:
             return True
         cmd = [interpreter, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)]
         log.write(f"[tidegate] creating virtualenv: {' '.join(cmd)}\n".encode())
@@ -218,6 +258,11 @@ def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) 
             log.write(proc.stdout + proc.stderr)
             if proc.returncode == 0:
                 (venv / READY_MARKER).write_text(interpreter + "\n")
+                if owner is not None:
+                    sandbox = sibling("sandbox")
+                    base = sandbox.venv_base_prefix(venv)  # written by the build, not yet by a replica
+                    sandbox.venv_base_file(venv).write_text(f"{base or ''}\n")
+                    sandbox.chown_tree(venv, owner)
                 return True
             problem = f"exit code {proc.returncode}"
         except OSError as e:
@@ -227,13 +272,47 @@ def ensure_venv(venv: Path, interpreter: str, with_pip: bool, log: RotatingLog) 
         return False
 
 
+MARKS = ("TIDEGATE_REPLICA", "TIDEGATE_REPLICA_DIR", "TIDEGATE_OWNER")
+
+
+def marked_pids(replica_dir: str, exclude: int) -> list[int]:
+    """Processes whose environment carries this replica's directory mark (a /proc scan)."""
+    needle = f"TIDEGATE_REPLICA_DIR={replica_dir}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def spawn(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    if not args.sandbox:
+        return subprocess.Popen(
+            ["bash", args.script],
+            cwd=args.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    wrapper = json.loads(args.sandbox)
+    if args.venv:
+        sandbox = sibling("sandbox")
+        wrapper = sandbox.with_venv_base(wrapper, sandbox.recorded_venv_base(Path(args.venv)))
+    env = {k: v for k, v in os.environ.items() if k not in MARKS}  # set inside by --setenv
     return subprocess.Popen(
-        ["bash", args.script],
+        [*wrapper, "bash", args.script],
         cwd=args.workdir,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        process_group=0,
     )
 
 
@@ -288,7 +367,12 @@ async def supervise(
     def forward(signum: int) -> None:
         # A group signal already reached the child; this covers a signal sent to the relay alone.
         stopping.append(signum)
-        if proc is not None:
+        if proc is not None and args.sandbox:
+            # Not bwrap itself (its death SIGKILLs the sandbox): the marked processes inside.
+            for pid in marked_pids(os.environ.get("TIDEGATE_REPLICA_DIR", "?"), exclude=os.getpid()):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+        elif proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
 
@@ -299,7 +383,7 @@ async def supervise(
     if proc is None:
         try:
             built = await loop.run_in_executor(
-                None, ensure_venv, Path(args.venv), args.venv_python, args.venv_with_pip, log
+                None, ensure_venv, Path(args.venv), args.venv_python, args.venv_with_pip, log, args.venv_owner
             )
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -348,9 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provisioning-file", help="present while the virtualenv is being built")
     parser.add_argument("--egress-socket", help="unix socket of the egress proxy (namespace mode)")
     parser.add_argument("--egress-port", type=int, help="loopback port of the proxy inside the namespace")
+    parser.add_argument("--egress-policy", help="the proxy's destination policy (JSON, local_egress.EgressPolicy)")
+    parser.add_argument("--sandbox", help="JSON argv the commands run under (bwrap ... setpriv ...)")
+    parser.add_argument("--venv-owner", type=int, help="uid (and gid) the virtualenv is given to")
     args = parser.parse_args(argv)
     if args.netns and args.egress_socket and not args.probe:
-        fork_egress_proxy(args.egress_socket)
+        fork_egress_proxy(args.egress_socket, args.egress_policy)
     if args.netns or args.probe:
         try:
             enter_network_namespace()

@@ -2,7 +2,9 @@
 
 Why it exists: this is the one place where the local backend crosses into a new process, and the
 things that must hold there are easy to state and to test apart from the backend's bookkeeping:
-env values travel only in the process environment (never on a command line or on disk); every
+the replica's environment is an allowlist (`replica_env`: never the reconciler's own environment,
+which holds the operator's tokens and cloud keys); env values travel only in the process
+environment (never on a command line or on disk); every
 process of the replica carries the marks that let /proc scanning find it; the supervisor leads
 its own session (so a reconciler exit or Ctrl-C never reaches it, and one killpg stops it all);
 and `create()` waits for the supervisor's one-line handshake, with a deadline.
@@ -10,6 +12,7 @@ and `create()` waits for the supervisor's one-line handshake, with a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import socket
@@ -22,9 +25,10 @@ from pathlib import Path
 from backends.base import ReplicaSpec
 from backends.local.layout import ReplicaPaths
 from backends.local.proc import MARK_DIR, MARK_OWNER, MARK_REPLICA
+from backends.local.sandbox import SAFE_PATH
 
 RELAY = Path(__file__).with_name("relay.py")
-# Where a namespaced replica finds its outbound HTTP(S) proxy (backends/local_egress.py).
+# Where a namespaced replica finds its outbound HTTP(S) proxy (backends/local/egress.py).
 EGRESS_PORT = 47128
 
 
@@ -39,6 +43,9 @@ class Launch:
     venv: Path | None = None
     venv_python: str | None = None
     venv_with_pip: bool = True
+    sandbox: tuple[str, ...] = ()  # the bwrap/setpriv prefix (local_sandbox.bwrap_argv); () = none
+    venv_owner: int | None = None  # the sandboxed service's uid, which gets the venv
+    egress_policy: str | None = None  # local_egress.EgressPolicy as JSON
 
 
 def relay_command(launch: Launch) -> list[str]:
@@ -56,11 +63,17 @@ def relay_command(launch: Launch) -> list[str]:
     if launch.netns:
         cmd.append("--netns")
         cmd += ["--egress-socket", str(egress_socket(p.socket)), "--egress-port", str(egress_port(launch.port))]
+        if launch.egress_policy is not None:
+            cmd += ["--egress-policy", launch.egress_policy]
+    if launch.sandbox:
+        cmd += ["--sandbox", json.dumps(list(launch.sandbox))]
     if launch.venv is not None and launch.venv_python is not None:
         cmd += ["--venv", str(launch.venv), "--venv-python", launch.venv_python]
         cmd += ["--provisioning-file", str(p.provisioning)]
         if launch.venv_with_pip:
             cmd.append("--venv-with-pip")
+        if launch.venv_owner is not None:
+            cmd += ["--venv-owner", str(launch.venv_owner)]
     return cmd
 
 
@@ -84,15 +97,54 @@ def proxy_env(service_port: int, spec_env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+# Taken from the reconciler's environment when set: they describe the machine, not a secret.
+LOCALE_NAMES = ("LANG", "LANGUAGE", "TZ")
+PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+# What a docker/podman client needs to find its engine (an `image:` replica runs that client).
+ENGINE_CLIENT_NAMES = (
+    "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
+    "CONTAINER_HOST", "CONTAINER_CONNECTION", "XDG_RUNTIME_DIR",
+)  # fmt: skip
+
+
 def replica_env(
-    base: Mapping[str, str], spec: ReplicaSpec, replica_dir: Path, owner: str, venv: Path | None
+    host: Mapping[str, str],
+    spec: ReplicaSpec,
+    replica_dir: Path,
+    owner: str,
+    venv: Path | None,
+    *,
+    home: Path,
+    tmpdir: Path,
+    proxy: Mapping[str, str] | None = None,
+    engine_client: bool = False,
 ) -> dict[str, str]:
-    """The host environment, the venv first on PATH, the spec's env, and the replica's marks."""
-    env = dict(base)
+    """A replica's whole environment, built from an allowlist (never a copy of `host`).
+
+    - PATH: the replica's venv (if any), then a fixed system PATH; HOME and TMPDIR of its own;
+    - LANG/LANGUAGE/LC_*/TZ from `host` when set there;
+    - the proxy variables: `proxy` (our egress proxy, in a network namespace) or else the host's
+      own proxy settings (a replica on the host network goes where the host goes);
+    - for an `image:` replica (`engine_client`), the docker/podman client's own variables;
+    - the spec's declared env (bare-KEY values are in it only when the reconciler decided this
+      replica may have them: never for an untrusted preview);
+    - last, the documented TIDEGATE_* marks (replica id, dir, owner), which the spec cannot override.
+    """
+    env: dict[str, str] = {"PATH": SAFE_PATH, "HOME": str(home), "TMPDIR": str(tmpdir)}
+    for name, value in host.items():
+        if name in LOCALE_NAMES or name.startswith("LC_"):
+            env[name] = value
+    if proxy is not None:
+        env.update(proxy)
+    else:
+        for name, value in host.items():
+            if name.upper() in PROXY_NAMES:
+                env[name] = value
+    if engine_client:
+        env.update({name: host[name] for name in ENGINE_CLIENT_NAMES if name in host})
     if venv is not None:
-        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{SAFE_PATH}"
         env["VIRTUAL_ENV"] = str(venv)
-        env.pop("PYTHONHOME", None)
     env.update(spec.env)
     env[MARK_REPLICA] = spec.replica_id
     env[MARK_DIR] = str(replica_dir)

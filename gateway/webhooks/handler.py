@@ -1,9 +1,12 @@
 """Webhook receivers that wake the reconciler: GitHub push events and a plain token-guarded hook.
 
 `POST /hooks/github` checks `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the secret
-from settings, compared in constant time) and drops a `wake` signal naming the ref (a `pull_request`
-event's signal also carries the payload's `pull_request` object); a bad or missing signature is
-401, and without a configured secret the hook is disabled (404). A delivery seen before (same
+from settings, compared in constant time) and drops a `wake` signal naming the ref (and, for a
+`pull_request` event, the PR number); a bad or missing signature is 401, and without a configured
+secret the hook is disabled (404). A signal file carries no trust (anyone able to write the signal
+folder could forge one), so what the verified payload says about a PR (open/closed, fork, labels)
+goes only to `Forwarder.verified_events`, a callback the in-process reconciler (`tidegate up`) sets;
+a standalone gateway has none, and the reconciler asks the GitHub API instead. A delivery seen before (same
 `X-GitHub-Delivery`, or same signed body) is answered 200 and ignored (`gateway.webhooks.deliveries`).
 `POST /hooks/git` needs a gateway bearer token. Neither does any git work itself. Bodies are
 capped at `MAX_HOOK_BODY` (GitHub's own cap on webhook payloads is 25 MB, but a push event is
@@ -73,9 +76,9 @@ async def _github(fw: Forwarder, scope: Scope, receive: Receive, send: Send) -> 
             payload["ref"] = data["ref"]
         pr = data.get("pull_request")
         if isinstance(pr, dict) and isinstance(pr.get("number"), int):
-            payload["pr"] = pr["number"]
-            # The PR object itself (state, head sha, labels, fork): the reconciler saves it so
-            # previews need no API call to learn that a PR closed or comes from a fork.
-            payload["pull_request"] = pr
+            payload["pr"] = pr["number"]  # a hint: which PR to look at, nothing about it
+            if fw.verified_events is not None:
+                # Before the signal, so the pass it wakes finds the verified facts queued.
+                fw.verified_events(event, data)
     send_signal(fw.settings.state_dir, "wake", payload)
     await send_json(send, 202, {"status": "accepted"})

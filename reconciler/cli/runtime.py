@@ -44,10 +44,17 @@ def owner_of(state_dir: Path) -> str:
 def build_registry(settings: Settings, owner: str, tunnels: bool = False) -> BackendRegistry:
     """The local backend always; cloud backends when `--settings FILE` names them. `tunnels`: this
     process owns the state dir and keeps the SSH tunnels to cloud replicas (`up`, `apply`)."""
-    from backends.local.backend import LocalBackend
+    from backends.local.backend import LocalBackend, SandboxMode
 
     registry = BackendRegistry()
-    registry.register(LocalBackend(root=settings.state_dir / "replicas", owner=owner))
+    registry.register(
+        LocalBackend(
+            root=settings.state_dir / "replicas",
+            owner=owner,
+            sandbox=SandboxMode(settings.sandbox),
+            egress_allow=settings.egress_allow,
+        )
+    )
     if settings.settings_file is not None:
         from backends.registry import build_backends
         from reconciler.cli.settings import load_cloud_settings
@@ -133,6 +140,27 @@ def build_deploy_reporter(settings: Settings) -> StatusReporter | None:
     return StatusReporter(GitHubClient(gh)) if gh is not None and gh.token else None
 
 
+class VerifiedInbox:
+    """Webhooks the in-process gateway verified (HMAC), queued for the pass thread.
+
+    The gateway's thread puts (event, payload); the pass takes them at its start. This, not a file
+    in `<state>/signals/`, is how webhook facts about a PR reach the reconciler: a file proves
+    nothing about who wrote it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[str, dict[str, Any]]] = []
+
+    def put(self, event: str, payload: dict[str, Any]) -> None:
+        with self._lock:
+            self._items.append((event, payload))
+
+    def take(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+
 @dataclass
 class Pass:
     """The loop's job: apply queued stop/start signals, fetch, reconcile. Runs on one thread.
@@ -166,11 +194,15 @@ class Pass:
     # the sweeper's grace period; run at most every `sweep_every` seconds, after a pass.
     sweeper: OrphanSweeper | None = None
     sweep_every: float = 600.0
+    verified: VerifiedInbox | None = None  # webhooks the in-process gateway checked
     _last_sweep: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> float | None:
         with self._lock:
+            for event, payload in self.verified.take() if self.verified is not None else ():
+                if self.previews is not None:
+                    self.previews.note_verified(event, payload)
             for sig in self.take_signals():
                 self._apply_signal(sig)
             now = self.clock()
@@ -267,8 +299,9 @@ class GatewayThread:
     """The gateway's uvicorn server in a daemon thread of the `up` process (dies with it on kill -9,
     so a restarted `up` can bind the port again)."""
 
-    def __init__(self, settings: Settings, control: Any = None) -> None:
+    def __init__(self, settings: Settings, verified: VerifiedInbox | None = None, control: Any = None) -> None:
         self.settings = settings
+        self.verified = verified
         self.control = control  # the control API / dashboard app (build_control), mounted at /api/ and /ui/
         self.server: Any = None
         self.thread: threading.Thread | None = None
@@ -289,6 +322,8 @@ class GatewayThread:
             **self.settings.gateway_options,
         )
         app = _gateway_app(gw, self.control)
+        if self.verified is not None:
+            app.gateway.verified_events = self.verified.put
         config = uvicorn.Config(app, **uvicorn_options(gw))
         self.server = uvicorn.Server(config)
 

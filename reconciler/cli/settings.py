@@ -25,7 +25,8 @@ DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_READY_TIMEOUT = 1800.0
 # Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
-RECONCILER_KEYS = ("previews", "webhook_secret")
+RECONCILER_KEYS = ("previews", "webhook_secret", "egress", "sandbox")
+SANDBOX_MODES = ("auto", "required", "off")
 WEBHOOK_SECRET_ENV = "TIDEGATE_WEBHOOK_SECRET"
 
 
@@ -60,6 +61,11 @@ class Settings:
     control_open_reads: bool = False
     # `up`'s gateway tuning options (gateway.options), as GatewaySettings fields.
     gateway_options: Mapping[str, Any] = field(default_factory=dict)
+    # The settings file's `egress: {allow: {<service>: [CIDR[:port], ...]}}`: destinations a
+    # trusted service's replicas may reach beyond the public internet (never a preview's).
+    egress_allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The settings file's `sandbox:` (auto | required | off) for local replicas.
+    sandbox: str = "auto"
 
     @property
     def listen_host(self) -> str:
@@ -121,7 +127,31 @@ def read_settings_file(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]
     ours = {k: raw[k] for k in RECONCILER_KEYS if k in raw}
     if "previews" in ours and not isinstance(ours["previews"] or {}, dict):
         raise SettingsError(f"{path}: previews: expected a mapping")
+    if "sandbox" in ours and ours["sandbox"] not in SANDBOX_MODES:
+        raise SettingsError(f"{path}: sandbox: expected one of {', '.join(SANDBOX_MODES)}, got {ours['sandbox']!r}")
+    if "egress" in ours:
+        ours["egress_allow"] = egress_allow(ours["egress"], path)
     return {k: v for k, v in raw.items() if k not in RECONCILER_KEYS}, ours
+
+
+def egress_allow(section: Any, path: Path | str) -> dict[str, tuple[str, ...]]:
+    """`egress: {allow: {<service>: [rule, ...]}}` checked rule by rule (backends.local.egress)."""
+    from backends.local.egress import parse_rule
+
+    if not isinstance(section or {}, dict) or set(section or {}) - {"allow"}:
+        raise SettingsError(f"{path}: egress: expected a mapping with one key, allow")
+    allow = (section or {}).get("allow") or {}
+    if not isinstance(allow, dict):
+        raise SettingsError(f"{path}: egress.allow: expected a mapping of service name to a list of rules")
+    out: dict[str, tuple[str, ...]] = {}
+    for service, rules in allow.items():
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            raise SettingsError(f"{path}: egress.allow.{service}: expected a list of CIDR[:port] strings")
+        try:
+            out[str(service)] = tuple(str(parse_rule(r)) for r in rules)
+        except ValueError as e:
+            raise SettingsError(f"{path}: egress.allow.{service}: {e}") from e
+    return out
 
 
 def load_cloud_settings(path: Path | str | None, environ: Mapping[str, str]) -> Any:
@@ -135,7 +165,9 @@ def load_cloud_settings(path: Path | str | None, environ: Mapping[str, str]) -> 
 def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, gateway: bool = False) -> None:
     """Options shared by the runtime commands (each command adds only what it uses)."""
     parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
-    parser.add_argument("--settings", metavar="FILE", help="cloud backend settings (aws/azure)")
+    parser.add_argument(
+        "--settings", metavar="FILE", help="settings file: cloud backends (aws/azure), previews, egress, sandbox"
+    )
     if source:
         parser.add_argument("--repo", metavar="URL|PATH", help="git URL (file://, https, ssh) or local path")
         parser.add_argument("--branch", default="main", help="branch to deploy (default: main)")
@@ -210,6 +242,8 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         webhook_secret=str(secret) if secret else None,
         control_open_reads=bool(getattr(args, "control_open_reads", False)),
         gateway_options=gateway_options,
+        egress_allow=ours.get("egress_allow") or {},
+        sandbox=str(ours.get("sandbox") or "auto"),
     )
 
 

@@ -186,10 +186,13 @@ def build_desired(
     domain: str = "localhost",
     default_backend: str = "local",
     code_hash: Callable[[], str] | None = None,
+    trusted: bool = True,
 ) -> DesiredSet:
     """The desired set of one load. `code_hash` gives the content hash of the files replicas get
     (default: `code_files.code_hash_at(workdir, revision)`); it is asked at most once, and only
-    when some service runs on a backend in WORKDIR_BACKENDS."""
+    when some service runs on a backend in WORKDIR_BACKENDS. `trusted`: the load is the deployed
+    branch (True) or a PR's head (False: its replicas are sandboxed without exception and get no
+    operator egress rules; SECURITY.md)."""
     services: dict[str, DesiredService] = {}
     files_memo: list[str | None] = []
 
@@ -240,6 +243,7 @@ def build_desired(
             requirements=requirements,
             workdir=workdir,
             revision=revision,
+            trusted=trusted,
         )
         scaling = None
         if c.scaling is not None:

@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler.source.checkout import watch_folder
-from tidegate.signals import SIGNALS_DIR, drain_signals
+from tidegate.signals import drain_signals, signals_folder
 
 log = logging.getLogger("tidegate.loop")
 
@@ -146,8 +146,7 @@ class Loop:
         )
         self._scheduler.start()
         if self.state_dir is not None:
-            folder = self.state_dir / SIGNALS_DIR
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = signals_folder(self.state_dir)  # 0700
             self._threads.append(watch_folder(folder, self.drain, self._stop, name="tidegate-signals", poll_every=1.0))
             self.drain()  # files written while nobody was watching
 

@@ -284,12 +284,12 @@ def _error_message(response: httpx.Response) -> str:
     return ""
 
 
-def pull_request_from_signal(signal: Mapping[str, Any]) -> PullRequestInfo | None:
-    """The PR carried by a `wake` signal the gateway dropped for a `pull_request` webhook, when the
-    signal includes the payload's `pull_request` object; None for other signals."""
-    if signal.get("event") not in (None, "pull_request"):
+def pull_request_from_webhook(event: str, payload: Mapping[str, Any]) -> PullRequestInfo | None:
+    """The PR of a `pull_request` webhook whose signature the gateway has checked (it hands the
+    payload over in-process, never through a file: SECURITY.md); None for other events."""
+    if event != "pull_request":
         return None
-    pr = signal.get("pull_request")
+    pr = payload.get("pull_request")
     if not isinstance(pr, Mapping):
         return None
     try:

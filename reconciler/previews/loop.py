@@ -7,10 +7,16 @@ webhook path each need one piece of it. `PreviewProvider` holds the sequence so 
 a line:
 
     provider = PreviewProvider(PullRequestSource.beside(git_source), preview_settings, ...)
-    provider.note_signal(signal)                       # loop, for every drained `wake` signal
+    provider.note_verified(event, payload)             # pass, for each HMAC-checked webhook
+    provider.note_signal(signal)                       # pass, for every drained `wake` signal
     provider.refresh(base_checkout, now)               # loop, before engine.reconcile
     ds = provider.extend(ds)                           # engine, right after build_desired
     provider.report(read_snapshot(state_dir))          # loop, after engine.reconcile
+
+Trust: what a PR is (open or closed, fork or not, its labels) is learnt only from a webhook whose
+signature the in-process gateway checked (`note_verified`) or from the GitHub API with the
+operator's token. A signal file is only a wake-up: anyone who can write `<state>/signals/` could
+write one, so `note_signal` reads nothing from it but the number of a PR to ask the API about.
 
 Failure policy: when the PR refs cannot be fetched, the previous decision stands (a network blip
 must not tear every preview down); when the API fails, saved webhook/API records are used.
@@ -32,7 +38,7 @@ from reconciler.previews.github import (
     GitHubError,
     StatusReporter,
     preview_status_updates,
-    pull_request_from_signal,
+    pull_request_from_webhook,
 )
 from reconciler.previews.pr_source import (
     PullRequestSnapshot,
@@ -70,17 +76,24 @@ class PreviewProvider:
 
     # -- webhooks ------------------------------------------------------------------------------
 
-    def note_signal(self, signal: Mapping[str, Any]) -> None:
-        """Save what a `wake` signal says about a PR: its `pull_request` object when the gateway
-        passed it on, else (with a token) the PR fetched from the API by the signal's `pr` number."""
-        info = pull_request_from_signal(signal)
-        if info is None and self.github is not None and isinstance(signal.get("pr"), int):
-            try:
-                info = self.github.get_pull(int(signal["pr"]))
-            except GitHubError as e:
-                log.warning("cannot read PR #%s from GitHub: %s", signal["pr"], e)
+    def note_verified(self, event: str, payload: Mapping[str, Any]) -> None:
+        """Save the PR of a webhook the gateway verified (HMAC) and handed over in-process."""
+        info = pull_request_from_webhook(event, payload)
         if info is not None:
             record_pull_request(self.source.state_dir, info)
+
+    def note_signal(self, signal: Mapping[str, Any]) -> None:
+        """A `wake` signal names at most a PR number to look at: with a token, that PR is read from
+        the API; whatever else the file claims (a `pull_request` object, fork, labels) is ignored."""
+        number = signal.get("pr")
+        if self.github is None or not isinstance(number, int) or isinstance(number, bool):
+            return
+        try:
+            info = self.github.get_pull(number)
+        except GitHubError as e:
+            log.warning("cannot read PR #%s from GitHub: %s", number, e)
+            return
+        record_pull_request(self.source.state_dir, info)
 
     # -- each pass -----------------------------------------------------------------------------
 

@@ -137,7 +137,7 @@ def preview_desired(
             continue
         ds = build_desired(
             load, revision=sha, workdir=str(Path(root).absolute()), env=env, salt=salt,
-            backends=backends, domain=domain, default_backend=default_backend,
+            backends=backends, domain=domain, default_backend=default_backend, trusted=False,
         )
         services.update(ds.services)
         blocked.update(ds.blocked)

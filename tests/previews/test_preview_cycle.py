@@ -22,7 +22,7 @@ from reconciler.previews.github import (
     GitHubClient,
     StatusReporter,
     preview_status_updates,
-    pull_request_from_signal,
+    pull_request_from_webhook,
 )
 from reconciler.previews.pr_source import (
     PullRequestSource,
@@ -162,18 +162,16 @@ def test_polling_alone_and_api_outage(
     assert [p.name for p in decision.previews] == ["chat-pr-7"] and decision.previews[0].withheld_env == ()
 
 
-def test_webhook_signal_carrying_the_pull_request(remote: tuple[Path, Path], tmp_path: Path) -> None:
-    """If the gateway's wake signal carries the payload's `pull_request`, the PR is known at once."""
+def test_verified_webhook_makes_the_pull_request_known(remote: tuple[Path, Path], tmp_path: Path) -> None:
+    """A `pull_request` webhook the gateway verified makes the PR known at once (no API call)."""
     from reconciler.previews.pr_source import record_pull_request
 
     bare, work = remote
     state = tmp_path / "state"
     sha = open_pr(work, 7, {"chat/.dstack.yml": CHAT.replace("serve.py", "serve.py --v2")})
-    signal = {"kind": "wake", "source": "github", "event": "pull_request", "pr": 7,
-              "pull_request": pull_request(7, state="closed", sha=sha)}
-    info = pull_request_from_signal(signal)
+    info = pull_request_from_webhook("pull_request", {"pull_request": pull_request(7, state="closed", sha=sha)})
     assert info is not None and info.number == 7
-    assert pull_request_from_signal({"kind": "wake", "source": "github", "event": "push", "ref": "refs/heads/main"}) is None
+    assert pull_request_from_webhook("push", {"ref": "refs/heads/main"}) is None
     record_pull_request(state, info)
     decision, _ = Cycle(bare, state, None, PreviewSettings(enabled=True)).run(NOW)
     assert decision.previews == [] and decision.rejected[0].reason == RejectReason.CLOSED

@@ -174,7 +174,7 @@ port: 8000
 
 
 def test_a_hung_local_replica_is_unrouted_then_restarted(tmp_path: Path) -> None:
-    state, repo, flag = tmp_path / "state", tmp_path / "repo", tmp_path / "hang.flag"
+    state, repo = tmp_path / "state", tmp_path / "repo"
     repo.mkdir()
     (repo / "hang.dstack.yml").write_text(HANG_SERVICE)
     (repo / "server.py").write_text(HANG_SERVER)
@@ -182,7 +182,8 @@ def test_a_hung_local_replica_is_unrouted_then_restarted(tmp_path: Path) -> None
     backend = LocalBackend(state / "replicas", owner=StateStore(state).installation().id, grace=1.0)
     clock = [time.time()]
     settings = EngineSettings(
-        env={"HANG_FLAG": str(flag)}, probe_timeout=0.5, recheck_interval=5.0, unhealthy_threshold=2
+        # Relative to the replica's work dir: the sandboxed replica sees nothing else of the host.
+        env={"HANG_FLAG": "hang.flag"}, probe_timeout=0.5, recheck_interval=5.0, unhealthy_threshold=2
     )
     eng = Engine(state, BackendRegistry({"local": backend}), settings, clock=lambda: clock[0])
     try:
@@ -196,6 +197,7 @@ def test_a_hung_local_replica_is_unrouted_then_restarted(tmp_path: Path) -> None
             time.sleep(0.2)
             clock[0] += 0.2
         [first] = [i.replica_id for i in backend.list_owned()]
+        flag = state / "replicas" / first / "work" / "hang.flag"
         flag.write_text("hang")
         clock[0] += 5.0
         eng.reconcile(snap)
@@ -207,7 +209,7 @@ def test_a_hung_local_replica_is_unrouted_then_restarted(tmp_path: Path) -> None
         assert rec.replicas[0].phase is ReplicaPhase.FAILED and "not answering" in (
             rec.replicas[0].last_error or ""
         )
-        flag.unlink()  # the restarted process answers
+        flag.unlink(missing_ok=True)  # the restarted process answers (its fresh work dir has no flag)
         clock[0] += 3.0
         end = time.monotonic() + 60
         while not read_snapshot(state).services["hang"].upstreams:
