@@ -127,7 +127,11 @@ def cmd_token_list(args: argparse.Namespace) -> int:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created_at"]))
             print(f"{t['name']}\t{t['prefix']}...\t{t['scope']}\t{created}")
         return 0
-    records = load_records(state_dir(args))
+    try:
+        records = load_records(state_dir(args))
+    except TokenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if not records:
         print("no tokens (create one with `tidegate token create NAME`)")
         return 0

@@ -27,6 +27,7 @@ from gateway.settings import GatewaySettings
 from gateway.stats.metrics import MULTIPROC_ENV, metrics_response
 from gateway.upstream.websocket import UpstreamPool
 from gateway.webhooks import handler as hooks
+from tidegate.fsio import describe_os_error
 from tidegate.routes import ROUTES_FILE, RoutesSnapshot
 from tidegate.stats_file import stats_path, write_stats
 
@@ -69,13 +70,17 @@ class Gateway(Forwarder):
 
     async def _publish_stats(self) -> None:
         pid = os.getpid()
+        failing: str | None = None  # logged once per distinct error (a full disk fails every time)
         while True:
             try:
                 self.stats.flush()
                 data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time())
                 await asyncio.to_thread(write_stats, self.settings.state_dir, data)
+                failing = None
             except OSError as e:
-                log.warning("cannot write gateway stats: %s", e)
+                if describe_os_error(e, self.settings.state_dir) != failing:
+                    failing = describe_os_error(e, self.settings.state_dir)
+                    log.warning("cannot write gateway stats: %s", failing)
             await asyncio.sleep(self.settings.stats_interval)
 
     def _per_upstream(self, service: str) -> dict[str, int]:
@@ -162,7 +167,12 @@ class Gateway(Forwarder):
         if path.startswith("/v1/") or path == "/v1":
             await openai_api.handle(self, scope, receive, send, path)
         elif path == "/healthz":
-            await send_json(send, 200, {"status": "ok", "routes_serial": self.router.table.snapshot.serial})
+            serial = self.router.table.snapshot.serial
+            self.tokens.refresh()
+            if self.tokens.error is not None:  # serving with the last good tokens: say so
+                await send_json(send, 503, {"status": "unhealthy", "error": self.tokens.error, "routes_serial": serial})
+            else:
+                await send_json(send, 200, {"status": "ok", "routes_serial": serial})
         elif path == "/metrics":
             if self._metrics_token:
                 self.check_token(scope)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidegate.routes import RoutesSnapshot, ServiceRoute
+from tidegate.routes import ROUTES_FILE, RoutesSnapshot, ServiceRoute
 from tidegate.routes_io import read_snapshot
 
 log = logging.getLogger("tidegate.gateway")
@@ -70,6 +70,10 @@ class Router:
         old.set()  # wakes every held request to look at the new table
 
     def reload(self, state_dir: Path) -> None:
+        if self.table.snapshot.services and not (state_dir / ROUTES_FILE).exists():
+            # Deleted under a running gateway: keep serving; the reconciler publishes it again.
+            log.warning("routes.json is missing, keeping the previous routes until it is published again")
+            return
         try:
             snapshot = read_snapshot(state_dir)
         except (OSError, ValueError) as e:

@@ -14,6 +14,7 @@ by path with `python -I -S` and may not import the package.)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,33 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# Errors that mean "this filesystem takes no more writes", whatever file was being written.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _FULL
+
+
+def describe_os_error(error: OSError, path: Path | str | None = None) -> str:
+    """One line for a user: "disk full at <path>", "read-only file system at <path>", or
+    "<path>: <strerror>". `path` is the file being written when the error does not name one."""
+    where = path if path is not None else (error.filename or "?")
+    if error.errno in _FULL:
+        return f"disk full at {where}"
+    if error.errno == errno.EROFS:
+        return f"read-only file system at {where}"
+    return f"{where}: {error.strerror or error}"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem of `path` (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def fsync_dir(path: Path) -> None:

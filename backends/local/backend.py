@@ -294,6 +294,12 @@ class LocalBackend:
         if meta.get("venv"):
             self._prune_venv(Path(str(meta["venv"])))
 
+    def collect_garbage(self) -> list[Path]:
+        """Remove lock files and kept logs that belong to nothing live (see local_gc)."""
+        from backends.local.gc import collect_local_litter
+
+        return collect_local_litter(self.root)
+
     def log_path(self, replica_id: str) -> Path | None:
         """The live log file of a replica (for `tidegate logs --follow`), None when it has none."""
         path = self._paths(replica_id).log

@@ -212,14 +212,24 @@ def find_interpreter(version: str) -> str | None:
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock, released by the kernel if this process dies."""
+    """An exclusive flock, released by the kernel if this process dies. Housekeeping may remove an
+    unheld lock file (local_gc): if the path no longer names the file locked, lock it again."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    while True:
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return
 
 
 def lock_is_held(path: Path) -> bool:

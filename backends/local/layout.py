@@ -135,8 +135,18 @@ def script_for(
     return "set -e\nexec " + shlex.join(argv) + "\n"
 
 
+def _leads_outside(path: Path, root: Path) -> bool:
+    if not path.is_symlink():
+        return False
+    try:
+        return not (path.parent / os.readlink(path)).resolve().is_relative_to(root)
+    except (OSError, RuntimeError, ValueError):
+        return True
+
+
 def dstackignore(src: Path) -> Callable[[str, list[str]], set[str]]:
-    """A copytree `ignore` callable: `.git` plus the patterns of `<src>/.dstackignore`.
+    """A copytree `ignore` callable: `.git`, the patterns of `<src>/.dstackignore`, and symbolic
+    links leading outside `src`.
 
     Patterns are matched like simple gitignore entries: against the name, and against the path
     relative to `src` (a leading or trailing `/` is dropped).
@@ -148,6 +158,8 @@ def dstackignore(src: Path) -> Callable[[str, list[str]], set[str]]:
             if line and not line.startswith("#"):
                 patterns.append(line.strip("/"))
 
+    inside = src.resolve()
+
     def ignore(directory: str, names: list[str]) -> set[str]:
         rel_dir = os.path.relpath(directory, src)
         ignored = set()
@@ -155,6 +167,8 @@ def dstackignore(src: Path) -> Callable[[str, list[str]], set[str]]:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             if any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns):
                 ignored.add(name)
+            elif _leads_outside(Path(directory) / name, inside):
+                ignored.add(name)  # a link out of the repository never reaches a replica
         return ignored
 
     return ignore

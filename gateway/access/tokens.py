@@ -10,6 +10,10 @@ The token itself is never logged or written anywhere.
 Scopes: an `inference` token (every token made before scopes existed loads as one) opens services
 and the OpenAI API; an `admin` token opens those and the control API and dashboard too
 (reconciler.control), so one operator token is enough for everything.
+
+A tokens.json that cannot be read (truncated, not JSON, a newer `schema_version`) is an error
+naming the file, never silently "no tokens": the commands refuse to rewrite it, and the gateway
+keeps the last good set, logs the problem once and answers 503 on /healthz until it is fixed.
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from tidegate.fsio import write_atomic
+from tidegate.fsio import describe_os_error, write_atomic
 
 TOKENS_FILE = "tokens.json"
 SCHEMA_VERSION = 1
 PREFIX = "tg_"
+
+log = logging.getLogger("tidegate.gateway.tokens")
 
 
 class TokenError(Exception):
@@ -63,19 +70,50 @@ def new_token() -> str:
 
 
 def load_records(state_dir: Path) -> list[TokenRecord]:
+    """The stored tokens ([] when there is no file). Raises TokenError naming the file and the
+    cause when it cannot be read, is malformed or has a newer schema_version."""
+    path = state_dir / TOKENS_FILE
     try:
-        raw = (state_dir / TOKENS_FILE).read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return []
-    data = json.loads(raw)
-    return [
-        TokenRecord(**{**t, "scope": TokenScope(t.get("scope") or TokenScope.INFERENCE)}) for t in data.get("tokens", [])
-    ]
+    except OSError as e:
+        raise TokenError(f"cannot read {describe_os_error(e, path)}") from e
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        why = "the file is empty" if not raw.strip() else f"not valid JSON ({e})"
+        raise TokenError(f"{path} cannot be read: {why}") from e
+    if not isinstance(data, dict):
+        raise TokenError(f"{path} cannot be read: expected a JSON object")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise TokenError(
+            f"{path} has schema_version {version!r}; this tidegate reads up to {SCHEMA_VERSION} "
+            "and will not rewrite it (a newer tidegate wrote it)"
+        )
+    try:
+        return [
+            TokenRecord(
+                name=str(t["name"]),
+                hash=str(t["hash"]),
+                prefix=str(t["prefix"]),
+                created_at=float(t["created_at"]),
+                scope=TokenScope(t.get("scope") or TokenScope.INFERENCE),
+            )
+            for t in data.get("tokens", [])
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TokenError(f"{path} is malformed: a token entry lacks or mistypes {e}") from e
 
 
 def _write_records(state_dir: Path, records: list[TokenRecord]) -> None:
+    path = state_dir / TOKENS_FILE
     body = json.dumps({"schema_version": SCHEMA_VERSION, "tokens": [asdict(r) for r in records]}, indent=2).encode()
-    write_atomic(state_dir / TOKENS_FILE, body, mode=0o600)
+    try:
+        write_atomic(path, body, mode=0o600)
+    except OSError as e:
+        raise TokenError(describe_os_error(e, path)) from e
 
 
 def create_token(
@@ -123,6 +161,8 @@ class TokenStore:
         self._admin: tuple[bytes, ...] = ()
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
+        # Why the file on disk is not in use (the last good set is), or None; /healthz shows it.
+        self.error: str | None = None
         self.refresh(force=True)
 
     def refresh(self, force: bool = False) -> None:
@@ -133,13 +173,19 @@ class TokenStore:
             stamp = None
         if stamp == self._stamp and not force:
             return
+        self._stamp = stamp  # a broken file is reported once, not re-read on every check
         try:
             records = load_records(self.state_dir)
-        except (OSError, ValueError, TypeError):
-            return  # a half-written or broken file: keep the last good set
+        except TokenError as e:
+            if str(e) != self.error:
+                log.error("%s; keeping the %d tokens loaded before", e, len(self._hashes))
+            self.error = str(e)
+            return
+        if self.error is not None:
+            log.warning("%s is readable again: %d tokens", self.path, len(records))
+        self.error = None
         self._hashes = tuple(r.hash.encode() for r in records)
         self._admin = tuple(r.hash.encode() for r in records if r.scope is TokenScope.ADMIN)
-        self._stamp = stamp
 
     def check(self, header: bytes | None, now: float) -> AuthResult:
         if now - self._checked >= self.recheck:

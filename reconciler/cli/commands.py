@@ -28,7 +28,7 @@ from reconciler.previews.pr_source import read_decision
 from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.render.plan_output import render_report
 from reconciler.source.checkout import SourceError, read_source
-from reconciler.state.errors import ReconcilerError, StateLockedError
+from reconciler.state.errors import ReconcilerError, StateLockedError, StateUnreadableError
 from reconciler.state.records import StateDoc
 from reconciler.state.store import StateStore
 from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
@@ -145,6 +145,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
         return _fail(str(e))
     print(render_report(report))
+    if engine.state_fault is not None:  # nothing was applied: say why, and fail
+        say(f"error: {engine.state_fault}", stream=sys.stderr, style="red")
+        return EXIT_ERROR
     return EXIT_ERROR if report.errors else EXIT_OK
 
 
@@ -202,6 +205,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             deploy_reporter=runtime.build_deploy_reporter(settings),
             status_url=settings.gateway_url,
             sweeper=runtime.build_orphan_sweeper(engine),
+            housekeeping=runtime.build_housekeeping(engine),
             verified=verified,
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
@@ -273,8 +277,8 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
     return rows
 
 
-def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """(source, ps rows, preview decision) from a remote control API's overview."""
+def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], list[str]]:
+    """(source, ps rows, preview decision, config problems) from a remote control API's overview."""
     ov = client.call("GET", "/overview")
     rows = [
         {
@@ -297,11 +301,13 @@ def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any
         "previews": [{**p, "model": None} for p in previews["previews"]],
         "rejected": previews["rejected"],
     }
-    return src, rows, decision
+    config = [f"{v['path']}:{v['line']}:{v['column']}: {v['message']}" for v in ov.get("validation", [])]
+    return src, rows, decision, config
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
+    config: list[str] = []
     client = _remote(args)
     if client is not None:
         with client:
@@ -309,32 +315,71 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(client.call("GET", "/overview"), indent=2))
                     return EXIT_OK
-                src, rows, decision = remote_ps(client)
+                src, rows, decision, config = remote_ps(client)
             except ControlClientError as e:
                 return _fail(str(e))
+        problems: list[str] = []
+        code = EXIT_OK
     else:
+        from reconciler.cli.state_health import serving_problems, state_problems
+        from reconciler.state.view import status_views
+
         try:
             settings = _settings(args)
+        except SettingsError as e:
+            return _fail(str(e))
+        if not settings.state_dir.is_dir():
+            return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
+        problems = state_problems(settings.state_dir)
+        if problems:
+            holder = StateStore(settings.state_dir).holder()
+            if holder is not None:
+                problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
+        problems += serving_problems(settings.state_dir)
+        try:
             engine = runtime.build_engine(settings, read_only=True)
             views = engine.status()
+            if engine.doc.last_snapshot is not None:
+                config = list(engine.doc.last_snapshot.diagnostics)
+        except StateUnreadableError:
+            try:
+                backup = StateStore(settings.state_dir).read_backup()
+            except ReconcilerError:
+                backup = None
+            views = status_views(backup) if backup is not None else []
+            if backup is not None:
+                problems.append(f"showing the backup (serial {backup.serial})")
         except (SettingsError, ReconcilerError) as e:
             return _fail(str(e))
+        code = EXIT_ERROR if problems else EXIT_OK
         rows = service_rows(views, settings)
         src = read_source(settings.state_dir)
         decision = read_decision(settings.state_dir)
     previews = ps_rows(decision, time.time())
     total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
-        print(json.dumps({"source": src, "services": rows, "previews": decision, "cost_per_hour": total}, indent=2))
-        return EXIT_OK
+        body = {
+            "source": src,
+            "services": rows,
+            "previews": decision,
+            "cost_per_hour": total,
+            "problems": problems,
+            "config_diagnostics": config,
+        }
+        print(json.dumps(body, indent=2))
+        return code
+    for problem in problems:
+        say(f"error: {problem}", style="red")
     if src:
         head = f"source {src.get('source')} at {str(src.get('revision') or '-')[:12]}"
         if src.get("error"):
             head += f"  (last fetch failed: {src['error']})"
         say(head)
+    for line in config:
+        say(f"config: {line}")
     if not rows:
         say("no services deployed yet")
-        return EXIT_OK
+        return code
     print_table(
         ["SERVICE", "REVISION", "READY", "URL", "STATUS", "REASON", "SCALING", "COST"],
         [
@@ -362,7 +407,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 say(f"last lines of {rep['id']}:")
                 for line in rep["log_tail"]:
                     say(f"  | {line}")
-    return EXIT_OK
+    return code
 
 
 # --- logs ------------------------------------------------------------------------------------
@@ -405,7 +450,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not replicas:
                 return _fail(f"{args.service} has no replica {args.replica}")
         replica = replicas[0]
-        registry = runtime.build_registry(settings, runtime.owner_of(settings.state_dir))
+        registry = runtime.build_registry(settings, runtime.owner_of(settings.state_dir, create=False))
         backend = registry.get(replica.backend)
     except (SettingsError, ReconcilerError, runtime.RuntimeError_) as e:
         return _fail(str(e))

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from tidegate.fsio import describe_os_error
 from tidegate.install_check import foreign_packages
 
 # Modules contributing subcommands, in help order.
@@ -21,6 +22,7 @@ COMMAND_MODULES = (
     "reconciler.cli.commands",  # apply, up, ps, logs, stop, start
     "gateway.cli",  # gateway, token
     "reconciler.cli.cloud_cmd",  # offers, gc
+    "reconciler.cli.state_cmd",  # state restore
 )
 
 
@@ -58,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args))
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        # What the machine did (disk full, read-only, permissions), not a bug: one line, no traceback.
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -68,14 +69,21 @@ def baseline_revision(folder: Path) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    fmt = output_format(args)
+    # The checkout goes to a scratch folder: plan never writes the state dir (a running `up` owns
+    # it; its source.json, clone and revisions are not plan's to change).
+    with tempfile.TemporaryDirectory(prefix="tidegate-plan-") as scratch:
+        return _plan(args, fmt, Path(scratch))
+
+
+def _plan(args: argparse.Namespace, fmt: PlanFormat, scratch: Path) -> int:
     from reconciler.cli import runtime
     from reconciler.render.plan_markdown import baseline_plan, render
     from reconciler.render.plan_output import plan_json, render_plan
 
-    fmt = output_format(args)
     try:
         settings = build_settings(args)
-        source = runtime.require_source(settings)
+        source = runtime.require_source(settings, scratch=scratch)
         checkout = source.current()
         if args.baseline is not None and not Path(args.baseline).is_dir():
             raise runtime.RuntimeError_(f"--baseline {args.baseline}: not a directory")

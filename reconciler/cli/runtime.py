@@ -24,6 +24,7 @@ from reconciler.engine.reconcile import Engine, EngineSettings, PassReport, Snap
 from reconciler.source.checkout import Checkout, GitSource, Source, SourceError, make_source
 from reconciler.state.store import StateStore
 from reconciler.state.view import status_views
+from tidegate.fsio import describe_os_error
 from tidegate.routes_io import read_snapshot
 
 if TYPE_CHECKING:
@@ -37,8 +38,8 @@ class RuntimeError_(Exception):
     """A command cannot run as asked (no --repo, unknown service); the message is for the user."""
 
 
-def owner_of(state_dir: Path) -> str:
-    return StateStore(state_dir).installation().id
+def owner_of(state_dir: Path, create: bool = True) -> str:
+    return StateStore(state_dir).installation(create=create).id
 
 
 def build_registry(settings: Settings, owner: str, tunnels: bool = False) -> BackendRegistry:
@@ -68,7 +69,7 @@ def build_registry(settings: Settings, owner: str, tunnels: bool = False) -> Bac
 def build_engine(settings: Settings, read_only: bool = False) -> Engine:
     """The engine over this state dir. Not read-only: takes the state-dir lock (StateLockedError
     naming the holder when another process has it)."""
-    owner = owner_of(settings.state_dir)
+    owner = owner_of(settings.state_dir, create=not read_only)
     engine_settings = EngineSettings(
         domain=settings.domain,
         allow_empty=settings.allow_empty,
@@ -83,10 +84,16 @@ def to_snapshot(checkout: Checkout) -> Snapshot:
     return Snapshot(revision=checkout.revision, root=checkout.root, config_path=checkout.config_path)
 
 
-def require_source(settings: Settings) -> Source:
+def require_source(settings: Settings, scratch: Path | None = None) -> Source:
+    """The configured source; with `scratch` (read-only commands) it keeps its clone, revisions
+    and source.json there instead of in the state dir, borrowing the state's clone's objects."""
     if not settings.repo:
         raise RuntimeError_("this command needs --repo URL|PATH (the git repository holding the service configs)")
     try:
+        if scratch is not None:
+            return make_source(
+                settings.repo, settings.branch, scratch, settings.path, settings.watch, borrow_from=settings.state_dir
+            )
         return make_source(settings.repo, settings.branch, settings.state_dir, settings.path, settings.watch)
     except SourceError as e:
         raise RuntimeError_(str(e)) from e
@@ -130,6 +137,13 @@ def build_orphan_sweeper(engine: Engine, grace: float = 900.0) -> OrphanSweeper 
     return OrphanSweeper(
         clouds, engine.installation.id, grace=grace, seen_file=engine.state_dir / "gc-seen.json"
     )
+
+
+def build_housekeeping(engine: Engine) -> Callable[[], list[Path]]:
+    """The litter collection `up` runs on start and periodically (reconciler.engine.housekeeping)."""
+    from reconciler.engine.housekeeping import collect_litter
+
+    return lambda: collect_litter(engine.state_dir, engine.backends)
 
 
 def build_deploy_reporter(settings: Settings) -> StatusReporter | None:
@@ -196,6 +210,11 @@ class Pass:
     sweep_every: float = 600.0
     verified: VerifiedInbox | None = None  # webhooks the in-process gateway checked
     _last_sweep: float | None = None
+    # Housekeeping (reconciler.engine.housekeeping.collect_litter over this engine's state dir and
+    # backends): on the first pass, then at most every `housekeeping_every` seconds.
+    housekeeping: Callable[[], list[Path]] | None = None
+    housekeeping_every: float = 600.0
+    _last_housekeeping: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> float | None:
@@ -215,11 +234,13 @@ class Pass:
                     fetched = True
                     self.last = self.source.current()
                     self.source_error = None
-            except SourceError as e:
-                # Keep reconciling the last good revision: drift repair must not wait on the remote.
-                if self.source_error != str(e):
-                    log.warning("%s", e)
-                self.source_error = str(e)
+            except (SourceError, OSError) as e:
+                # Keep reconciling the last good revision: drift repair must not wait on the remote
+                # (nor on a full disk, which the engine reports and holds on by itself).
+                message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+                if self.source_error != message:
+                    log.warning("source: %s", message)
+                self.source_error = message
             # Without any checkout yet (remote down at start) the engine reconciles the last
             # revision it applied (from its state), so drift is still repaired.
             if self.previews is not None and fetched and self.last is not None:
@@ -231,6 +252,7 @@ class Pass:
             report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None)
             self._post_statuses(report)
             self._sweep_orphans(now)
+            self._housekeeping(now)
             self.reports += 1
             if self.on_report is not None:
                 self.on_report(report)
@@ -250,6 +272,20 @@ class Pass:
             return
         for error in swept.errors:
             log.warning("orphan sweep: %s", error)
+
+    def _housekeeping(self, now: float) -> None:
+        last = self._last_housekeeping
+        if self.housekeeping is None or (last is not None and now - last < self.housekeeping_every):
+            return
+        self._last_housekeeping = now
+        try:
+            removed = self.housekeeping()
+        except OSError as e:  # housekeeping must never hold the reconcile loop back
+            log.warning("housekeeping: %s", describe_os_error(e))
+            return
+        if removed:
+            shown = ", ".join(str(p) for p in removed[:3]) + (" …" if len(removed) > 3 else "")
+            log.info("housekeeping: removed %d leftover files (%s)", len(removed), shown)
 
     def request_fetch(self, reason: str = "") -> None:
         """The next pass fetches even if the interval has not elapsed (a wake-up from outside)."""

@@ -132,6 +132,8 @@ def text_report(path: str, d: Diagnostic) -> str:
 
 
 def _source_line(path: str, line: int) -> str | None:
+    if os.path.islink(path):
+        return None  # never show what a link points at (it may lead outside the repository)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for number, text in enumerate(f, start=1):

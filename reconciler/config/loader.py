@@ -6,6 +6,11 @@ file (config/parse.py), names each service (`name:` or a DNS label derived from 
 refuses two services with one name. It never raises: an unreadable file, bad YAML or a bug in a
 validator becomes a diagnostic, because a broken config must never stop the reconciler from
 keeping the other services right.
+
+A symbolic link that leads outside the tree (absolute, or `../..` past the root) is never
+followed: a config file that is one is an error on that file (its service is not deployed, the
+others are), any other such link a warning (replicas do not get it). Links inside the tree are
+followed as usual.
 """
 
 from __future__ import annotations
@@ -91,6 +96,51 @@ def spec_hash(config: ServiceConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def link_outside(root: Path, path: Path) -> str | None:
+    """The target of `path` when it is a symbolic link leading outside `root` (or a loop), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = os.readlink(path)
+        resolved = (path.parent / target).resolve(strict=False)
+        inside = resolved.is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):
+        return "?"
+    return None if inside else target
+
+
+def outside_links(root: Path, subpath: str | None = None) -> list[Diagnostic]:
+    """A diagnostic for every symbolic link under root (or root/subpath) that leads outside root:
+    an error for a config file, a warning for anything else (the profiles file: _load_profiles)."""
+    start = root / subpath if subpath else root
+    found: list[Diagnostic] = []
+    if start.is_symlink() or not start.is_dir():
+        candidates = [start]
+    else:
+        candidates = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+            here = Path(dirpath)
+            candidates += [here / n for n in (*dirnames, *filenames)]
+    for path in candidates:
+        target = link_outside(root, path)
+        if target is None:
+            continue
+        rel = path.relative_to(root).as_posix()
+        if rel == PROFILES_PATH:
+            continue  # reported by _load_profiles (an error that fails every service)
+        if is_config_file(path.name):
+            found.append(Diagnostic(rel, 1, 1, "", f"symbolic link to {target} leads outside the repository: not read"))
+        else:
+            found.append(
+                Diagnostic(
+                    rel, 1, 1, "", f"symbolic link to {target} leads outside the repository: replicas do not get it",
+                    Severity.WARNING,
+                )
+            )
+    return sorted(found, key=Diagnostic.sort_key)
+
+
 def discover(root: Path, subpath: str | None = None) -> list[str]:
     """Config files under root (or root/subpath, which may be a file), posix paths relative to root."""
     start = root / subpath if subpath else root
@@ -154,6 +204,10 @@ def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:
 
 def _load_profiles(root: Path) -> ProfilesResult:
     path = root / PROFILES_PATH
+    target = link_outside(root, path)
+    if target is not None:
+        why = f"symbolic link to {target} leads outside the repository: not read"
+        return ProfilesResult(None, None, [Diagnostic(PROFILES_PATH, 1, 1, "", why)])
     if not path.is_file():
         return ProfilesResult(None)
     text, problem = _read(root, PROFILES_PATH)
@@ -182,9 +236,15 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
         )
     profiles = _load_profiles(root)
     diagnostics += profiles.diagnostics
+    links = outside_links(root, subpath)
+    linked_out = {d.path: d for d in links if d.severity == Severity.ERROR}
+    diagnostics += [d for d in links if d.path not in linked_out]
     base = subpath if subpath and (root / subpath).is_dir() else None
     parsed: list[ParsedFile] = []
     for rel in discover(root, subpath):
+        if rel in linked_out:
+            parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [linked_out[rel]]))
+            continue
         text, problem = _read(root, rel)
         if text is None:
             parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [problem] if problem else []))

@@ -79,8 +79,12 @@ class Loop:
                 self.last_error = None
             except Exception as e:  # the loop boundary: log, keep going on the next tick
                 delay = None
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.exception("reconcile pass failed")
+                error = f"{type(e).__name__}: {e}"
+                if error != self.last_error:  # once per distinct error, not once per pass
+                    log.exception("reconcile pass failed")
+                else:
+                    log.debug("reconcile pass failed again: %s", error)
+                self.last_error = error
             self.passes += 1
             with self._lock:
                 again = self._pending and not self._stop.is_set()

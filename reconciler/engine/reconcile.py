@@ -12,10 +12,16 @@ next-run time in reconciler.engine.schedule.
 
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
+
+When the state cannot be persisted (state.json unreadable or changed under us, the disk full or
+read-only) a pass takes no action that changes what runs (see reconciler.engine.persist): it still
+observes and probes, keeps the last published routes, says why once in the log (`state_fault`),
+and resumes by itself once the state can be written again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -30,7 +36,8 @@ from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.liveness import recheck_in, recheck_ready
 from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
-from reconciler.engine.plan import plan
+from reconciler.engine.persist import Outputs
+from reconciler.engine.plan import Plan, plan
 from reconciler.engine.probe import probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
@@ -50,7 +57,6 @@ from reconciler.state.redact import Redactor
 from reconciler.state.store import StateStore
 from reconciler.state.view import ServiceView, build_routes, status_views
 from tidegate.routes import RoutesSnapshot
-from tidegate.routes_io import write_snapshot
 
 # The values live in reconciler.engine.values; they stay importable from here.
 __all__ = [
@@ -64,6 +70,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("tidegate.engine")
+
+MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
+# A held pass looks again this soon (not the whole interval): the roll it holds resumes within
+# seconds of the state becoming writable. The check is a stat, a statvfs and one small write.
+HELD_RECHECK = 5.0
 
 
 class Engine:
@@ -89,7 +100,7 @@ class Engine:
         self.store = StateStore(self.state_dir, redact=self.redact)
         if not read_only:
             self.store.acquire()
-        self.installation = self.store.installation()
+        self.installation = self.store.installation(create=not read_only)
         self.journal = Journal(self.state_dir, redact=self.redact)
         self.doc = self.store.load()
         self._stats = stats
@@ -111,7 +122,7 @@ class Engine:
         self._loader = DesiredLoader(self.settings, self.installation.salt, backends, self.redact)
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
-        self._last_routes: str | None = None
+        self.outputs = Outputs(self.state_dir, self.store, self.journal, lambda: self._fault("after_routes"))
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
@@ -151,26 +162,31 @@ class Engine:
         self._fault("after_state_write")
         return True
 
-    def _publish_routes(self, force: bool = False) -> bool:
-        snap = self.routes
-        key = snap.model_copy(update={"serial": 0}).model_dump_json()
-        if not force and key == self._last_routes:
-            return False
-        write_snapshot(self.state_dir, snap)
-        self._last_routes = key
-        self._fault("after_routes")
-        return True
+    @property
+    def state_fault(self) -> str | None:
+        """Why passes take no action that changes what runs (the state cannot be saved), or None."""
+        return self.outputs.fault
+
+    def _publish_routes(self, force: bool = False, hold: bool = False) -> bool:
+        return self.outputs.publish_routes(lambda: self.routes, force=force, hold=hold)
 
     def recover(self) -> list[str]:
-        """On start: settle every journal intent newer than the state, then publish routes."""
+        """On start: settle every journal intent newer than the state, then publish routes. A state
+        that cannot be saved is not fatal here: it becomes `state_fault` and passes hold."""
         self._require_owner()
         done = settle_journal(self.doc, self.journal, self.backends, self.clock())
         for line in done:
             log.info("recovery: %s", line)
-        self._save(force=bool(done))
-        self.journal.compact(self.doc.journal_seq)
-        self._publish_routes(force=True)
+        try:
+            self._save(force=bool(done))
+            self._compact()
+            self._publish_routes(force=True)
+        except StateError as e:
+            self.outputs.set_fault(str(e))
         return done
+
+    def _compact(self) -> None:
+        self.outputs.compact(self.doc.journal_seq)
 
     # -- desired ---------------------------------------------------------------------------------
     def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
@@ -289,6 +305,9 @@ class Engine:
         )
         notes += tnotes
         p = plan(desired, doc.services, now)
+        held = self.outputs.hold_reason(self.doc, acting=not p.empty)
+        if held is not None:
+            return self._held(ds, p, tuple(notes), now, held)
         ctx = ApplyContext(
             self.backends,
             self.journal,
@@ -309,12 +328,24 @@ class Engine:
                     revision=snapshot.revision,
                     root=str(Path(snapshot.root).absolute()),
                     config_path=snapshot.config_path,
+                    diagnostics=list(ds.diagnostics[:MAX_DIAGNOSTICS]),
                 )
         # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
         self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
-        wrote = self._save()
-        routes = self._publish_routes(force=self._last_routes is None)
-        self.journal.compact(doc.journal_seq)
+        wrote = routes = False
+        try:
+            wrote = self._save()
+            routes = self._publish_routes(force=self.outputs.routes_key is None)
+            self._compact()
+        except StateError as e:
+            self.outputs.set_fault(str(e))
+            if outcomes and not routes:
+                # The state broke between the check and the save, after actions ran: the routes
+                # must follow what now runs (the old replicas may be gone), saved or not.
+                with contextlib.suppress(StateError):
+                    routes = self._publish_routes()
+        else:
+            self.outputs.set_fault(None)
         return PassReport(
             ds.revision if ds else None,
             p,
@@ -326,9 +357,32 @@ class Engine:
             recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
         )
 
+    def _held(self, ds: DesiredSet | None, p: Plan, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
+        """A pass that found the state cannot be persisted: nothing applied, nothing saved, the
+        last published routes kept (put back if the file went missing)."""
+        self.outputs.set_fault(reason)
+        routes = False
+        try:
+            routes = self._publish_routes(hold=True)
+        except StateError as e:
+            log.debug("routes: %s", e)
+        return PassReport(
+            ds.revision if ds else None,
+            p,
+            (),
+            False,
+            routes,
+            (*notes, f"held: {reason}"),
+            HELD_RECHECK,
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
+        )
+
     def _checkpoint(self) -> None:
         if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
-            self._save()
+            try:
+                self._save()
+            except StateError as e:  # mid-apply: the final save will say it again, the next pass holds
+                self.outputs.set_fault(str(e))
 
     @property
     def routes(self) -> RoutesSnapshot:

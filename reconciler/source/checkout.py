@@ -84,9 +84,18 @@ class GitSource:
     """A branch of a git remote, fetched into `<state>/repos/<hash of url>/` (bare)."""
 
     def __init__(
-        self, url: str, branch: str, state_dir: Path, config_path: str | None = None, keep: int = KEEP_REVISIONS
+        self,
+        url: str,
+        branch: str,
+        state_dir: Path,
+        config_path: str | None = None,
+        keep: int = KEEP_REVISIONS,
+        borrow_from: Path | None = None,
     ) -> None:
         self.url = url
+        # Another state dir whose clone of this URL may lend its objects (read-only, through git's
+        # alternates): `plan` fetches into a scratch dir without refetching the whole history.
+        self.borrow_from = borrow_from
         self.branch = branch
         self.state_dir = state_dir
         self.config_path = config_path
@@ -100,7 +109,13 @@ class GitSource:
         return f"{redact_url(self.url)}@{self.branch}" + (f":{self.config_path}" if self.config_path else "")
 
     def _repo(self) -> object:
-        return open_bare_repo(self.repo_dir)
+        repo = open_bare_repo(self.repo_dir)
+        if self.borrow_from is not None:
+            objects = self.borrow_from / REPOS_DIR / url_key(self.url) / "objects"
+            if objects.is_dir():
+                (self.repo_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+                (self.repo_dir / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+        return repo
 
     def fetch(self) -> str:
         """Fetch the branch; return its commit sha."""
@@ -113,6 +128,8 @@ class GitSource:
             sha = str(repo.git.rev_parse("--verify", f"{self._ref}^{{commit}}"))
         except git.GitCommandError as e:
             message = git_error(e, self.url)
+            if "No space left on device" in message:
+                message = f"disk full at {self.repo_dir} ({message})"
             record_source(self.state_dir, self.describe(), self.observed, error=message)
             raise SourceError(f"cannot fetch {self.describe()}: {message}") from e
         return sha
@@ -224,9 +241,12 @@ def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
     so a file vanishing mid-walk does not abort the hash."""
     h = hashlib.sha256()
     for file in _walk(path, ignore):
-        if file.is_symlink() or not file.is_file():
-            continue
         rel = file.relative_to(path).as_posix()
+        if file.is_symlink():
+            h.update(f"{rel}\0link:{os.readlink(file)}\0".encode())
+            continue
+        if not file.is_file():
+            continue
         h.update(rel.encode() + b"\0")
         h.update(b"x" if os.access(file, os.X_OK) else b"-")
         try:
@@ -238,24 +258,47 @@ def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
+    """Files as they are; symbolic links as links (never followed), so the loader sees the tree
+    the user has, links leading outside it included (it reports those)."""
     for file in _walk(src):
-        if file.is_symlink() or not file.is_file():
+        if not file.is_symlink() and not file.is_file():
             continue
         target = dst / file.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(file, target)
+        if file.is_symlink():
+            os.symlink(os.readlink(file), target)
+        else:
+            shutil.copy2(file, target)
 
 
 def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
+    """Extract a `git archive` tar safely: nothing is ever written outside `dst` or through a
+    link. A symbolic link leading outside the tree is not extracted by the filter but recreated
+    as the same link afterwards (never followed), so the loader reports it on its file exactly as
+    it does for a working tree, and the replicas' copy leaves it out."""
+    outside: list[tuple[str, str]] = []
     with tarfile.open(fileobj=buf, mode="r:") as tar:
         if hasattr(tarfile, "data_filter"):
-            tar.extractall(dst, filter="data")
+
+            def keep(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+                try:
+                    return tarfile.data_filter(member, path)
+                except tarfile.FilterError:
+                    if member.issym():
+                        outside.append((member.name, member.linkname))
+                    return None  # anything else that would escape is left out
+
+            tar.extractall(dst, filter=keep)
         else:  # Python < 3.11.4: reject escaping members ourselves
             for member in tar.getmembers():
                 target = (dst / member.name).resolve()
                 if not target.is_relative_to(dst.resolve()) or member.issym() or member.islnk():
                     continue
                 tar.extract(member, dst)
+    for name, linkname in outside:
+        link = dst / name
+        if link.parent.is_dir() and not link.is_symlink() and not link.exists() and link.parent.resolve().is_relative_to(dst.resolve()):
+            os.symlink(linkname, link)
 
 
 def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
@@ -277,18 +320,29 @@ def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
 
 def deployed_revisions(state_dir: Path) -> set[str]:
     """Revisions some service still runs (a service kept at its last good revision restarts its
-    replicas from that folder), read from state.json without the engine."""
-    try:
-        doc = json.loads((state_dir / "state.json").read_bytes())
-        return {str(s["revision"]) for s in doc.get("services", {}).values() if s.get("revision")}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return set()
+    replicas from that folder), read from state.json without the engine; from its backup when
+    state.json cannot be read (a broken state must not let the prune take a running revision)."""
+    found: set[str] = set()
+    for name in ("state.json", "state.json.backup"):
+        try:
+            doc = json.loads((state_dir / name).read_bytes())
+            found |= {str(s["revision"]) for s in doc.get("services", {}).values() if s.get("revision")}
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue  # missing or unreadable: the backup's revisions are protected instead
+        if name == "state.json":
+            return found
+    return found
 
 
-def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> None:
-    """`<state>/source.json`: what the source last observed (for `ps`); written atomically."""
+def record_source(state_dir: Path, description: str, revision: str | None, error: str | None = None) -> bool:
+    """`<state>/source.json`: what the source last observed (for `ps`); written atomically. Only a
+    courtesy for `ps`: a disk that takes no writes is reported by the engine, not here."""
     body = {"schema_version": 1, "source": description, "revision": revision, "error": error, "at": time.time()}
-    write_json_atomic(state_dir / SOURCE_FILE, body)
+    try:
+        write_json_atomic(state_dir / SOURCE_FILE, body)
+    except OSError:
+        return False
+    return True
 
 
 def read_source(state_dir: Path) -> dict[str, object]:
@@ -328,11 +382,15 @@ def git_error(e: Exception, url: str) -> str:
     return "; ".join(ln for ln in lines if ln) or "git failed"
 
 
-def make_source(repo: str, branch: str, state_dir: Path, config_path: str | None, watch: bool) -> Source:
-    """`--watch` reads the folder as it is; anything else is fetched as a git branch."""
+def make_source(
+    repo: str, branch: str, state_dir: Path, config_path: str | None, watch: bool, borrow_from: Path | None = None
+) -> Source:
+    """`--watch` reads the folder as it is; anything else is fetched as a git branch. `state_dir`
+    is where the source keeps its clone, revisions and source.json (a scratch folder for `plan`,
+    which never writes the real state; `borrow_from` then lends that state's clone's objects)."""
     if watch:
         path = Path(repo)
         if "://" in repo or not path.is_dir():
             raise SourceError("--watch needs --repo to be a local folder")
         return WorktreeSource(path, state_dir, config_path)
-    return GitSource(repo, branch, state_dir, config_path)
+    return GitSource(repo, branch, state_dir, config_path, borrow_from=borrow_from)

@@ -24,6 +24,17 @@ class StateLockedError(StateError):
         self.holder = holder
 
 
+class StateUnreadableError(StateError):
+    """A state document exists but cannot be used (truncated, not JSON, malformed, newer schema).
+    The message names the file, the cause and, for state.json, the command that restores the
+    backup."""
+
+
+class StateUnwritableError(StateError):
+    """The state directory takes no writes (disk full, read-only, permissions): nothing that
+    changes what runs may happen until it does, because its outcome could not be recorded."""
+
+
 class StaleStateError(StateError):
     """A write was refused because the state moved on since it was read (serial/lineage check)."""
 

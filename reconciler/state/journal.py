@@ -26,10 +26,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from reconciler.state.errors import StateUnreadableError
 from tidegate.fsio import write_atomic
 
 JOURNAL_FILE = "journal.jsonl"
 COMPACT_AFTER = 5000  # lines
+# Carried by the compaction mark; a journal with a line of a newer schema is refused (never
+# appended to or compacted), as state.json and routes.json are.
+SCHEMA_VERSION = 1
 
 
 class Op(StrEnum):
@@ -56,6 +60,12 @@ class Journal:
         self._seq = 0
         self._lines = 0
         for entry in self._read():
+            version = entry.get("schema_version", SCHEMA_VERSION)
+            if not isinstance(version, int) or version > SCHEMA_VERSION:
+                raise StateUnreadableError(
+                    f"{self.path} has schema_version {version!r}; this tidegate reads up to {SCHEMA_VERSION} "
+                    "and will not rewrite it (a newer tidegate wrote it)"
+                )
             self._seq = max(self._seq, int(entry.get("seq", 0)))
             self._lines += 1
 
@@ -150,7 +160,7 @@ class Journal:
             e for e in self._read() if int(e.get("seq", 0)) > upto_seq or str(e.get("intent_id")) in keep_ids
         ]
         # A mark keeps the sequence monotonic across restarts even when everything was dropped.
-        kept.insert(0, {"seq": self._seq, "kind": "mark"})
+        kept.insert(0, {"seq": self._seq, "kind": "mark", "schema_version": SCHEMA_VERSION})
         write_atomic(self.path, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept).encode())
         self._lines = len(kept)
         return True

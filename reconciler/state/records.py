@@ -158,6 +158,9 @@ class SnapshotRef(BaseModel):
     revision: str
     root: str
     config_path: str | None = None
+    # The loader's diagnostics at this revision (`path:line:col: message`), for `ps`: a file that
+    # cannot be deployed must say why even when no service of it was ever running.
+    diagnostics: list[str] = Field(default_factory=list)
 
 
 class StateDoc(BaseModel):

@@ -9,12 +9,20 @@ reconcilers driving the same replicas would start everything twice. So:
 - every document is written to a temp file, fsynced, `os.replace`d, and the directory fsynced.
 - `state.json` carries `schema_version`, `serial` (bumped on each write) and `lineage` (a uuid
   fixed at creation); a write whose lineage differs from the file on disk is refused.
+- the previous good `state.json` is kept as `state.json.backup` (a hard link to the replaced file,
+  so keeping it costs no copy); `tidegate state restore` puts it back. A file that cannot be read
+  (truncated, not JSON, a newer `schema_version`) is refused and never rewritten: the error names
+  the file, the cause and that command.
+- `check()` tells the engine, before it acts, whether what it is about to do could be recorded:
+  the file on disk is still the one it last wrote (or readable, same lineage, not ahead) and the
+  directory takes a write. When it cannot be, nothing that changes what runs happens.
 - `installation.json` holds the installation id (the owner tag on every resource) and the salt
   for hashing env values; it is created once and never rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,22 +34,68 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.state.errors import StaleStateError, StateError, StateLockedError
+from reconciler.state.errors import (
+    StaleStateError,
+    StateError,
+    StateLockedError,
+    StateUnreadableError,
+    StateUnwritableError,
+)
 from reconciler.state.records import SCHEMA_VERSION, StateDoc
-from tidegate.fsio import fsync_dir, write_atomic
+from tidegate.fsio import describe_os_error, fsync_dir, write_atomic
 
 STATE_FILE = "state.json"
+BACKUP_FILE = "state.json.backup"
 LOCK_FILE = "lock"
 INSTALLATION_FILE = "installation.json"
+PROBE_FILE = ".write-probe"
+
+# (inode, mtime ns, size): "is this still the file I last wrote?" without reading it.
+Stamp = tuple[int, int, int]
 
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
-        raise StateError(f"cannot read {path}: {e}") from e
+    except OSError as e:
+        raise StateUnreadableError(f"cannot read {path}: {describe_os_error(e, path)}") from e
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        why = "the file is empty" if not data.strip() else f"not valid JSON ({e})"
+        raise StateUnreadableError(f"{path} cannot be read: {why}") from e
+
+
+def stamp_of(path: Path) -> Stamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def restore_command(state_dir: Path) -> str:
+    return f"tidegate state restore --state {state_dir}"
+
+
+def parse_state(path: Path, raw: Any) -> StateDoc:
+    """A state document from parsed JSON; a newer schema or a malformed one is refused, naming
+    the file (never rewritten: a newer tidegate's state must not be downgraded by an older one)."""
+    if not isinstance(raw, dict):
+        raise StateUnreadableError(f"{path} cannot be read: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("schema_version", 0)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise StateUnreadableError(
+            f"{path} has schema_version {version!r}; this tidegate reads up to {SCHEMA_VERSION} "
+            "and will not rewrite it (a newer tidegate wrote it)"
+        )
+    try:
+        return StateDoc.model_validate(raw)
+    except ValueError as e:
+        first = str(e).splitlines()
+        raise StateUnreadableError(f"{path} is malformed: {' '.join(first[:3])}") from e
 
 
 @dataclass(frozen=True)
@@ -59,6 +113,8 @@ class StateStore:
         self.redact = redact or (lambda text: text)
         self._lock_fd: int | None = None
         self._lineage: str | None = None
+        # state.json as this store last read or wrote it: its stamp, lineage and serial.
+        self._known: tuple[Stamp, str, int] | None = None
 
     # -- ownership -------------------------------------------------------------------------
     @property
@@ -80,9 +136,12 @@ class StateStore:
                 f"state directory {self.dir} is in use by {holder}; stop it first or use another --state",
                 holder=holder,
             ) from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
+            os.fsync(fd)
+        except OSError:
+            pass  # who holds it is a courtesy for the refused; a full disk must not stop the owner
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -117,10 +176,13 @@ class StateStore:
             raise StateError("writing the state requires owning the state directory (acquire() first)")
 
     # -- installation ----------------------------------------------------------------------
-    def installation(self) -> Installation:
-        """The installation identity, created once (O_EXCL, so two creators cannot disagree)."""
+    def installation(self, create: bool = True) -> Installation:
+        """The installation identity, created once (O_EXCL, so two creators cannot disagree).
+        `create=False` (read-only commands) answers an unsaved one when none exists yet."""
         path = self.dir / INSTALLATION_FILE
         raw = read_json(path)
+        if raw is None and not create:
+            return Installation(id="tg-unsaved", salt=uuid.uuid4().hex, created_at=time.time())
         if raw is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             data = {
@@ -141,44 +203,159 @@ class StateStore:
             finally:
                 tmp.unlink(missing_ok=True)
             raw = read_json(path)
+        version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
+        if not isinstance(version, int) or version > 1:
+            raise StateUnreadableError(f"{path} has schema_version {version!r}; this tidegate reads up to 1")
         try:
             return Installation(id=str(raw["id"]), salt=str(raw["salt"]), created_at=float(raw["created_at"]))
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"{path} is malformed: {e}") from e
 
     # -- state.json ------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    @property
+    def backup_path(self) -> Path:
+        return self.dir / BACKUP_FILE
+
+    def _unreadable(self, error: StateUnreadableError) -> StateUnreadableError:
+        """`error` with what to do about it: the backup and the command that restores it."""
+        try:
+            backup = self.read_backup()
+        except StateError:
+            backup = None
+        if backup is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(backup.updated_at)) if backup.updated_at else "?"
+            hint = (
+                f"The previous good state (serial {backup.serial}, saved {when}) is in {self.backup_path}; "
+                f"`{restore_command(self.dir)}` puts it back"
+            )
+        else:
+            hint = f"There is no usable backup ({self.backup_path}); move the file away to start from an empty state"
+        return StateUnreadableError(f"{error}. {hint}")
+
     def load(self) -> StateDoc:
         """The current document; a fresh one (new lineage, serial 0) when none exists yet."""
-        raw = read_json(self.dir / STATE_FILE)
-        if raw is None:
-            doc = StateDoc(lineage=str(uuid.uuid4()))
-        else:
-            version = raw.get("schema_version", 0) if isinstance(raw, dict) else None
-            if not isinstance(version, int) or version > SCHEMA_VERSION:
-                raise StateError(
-                    f"{self.dir / STATE_FILE} has schema_version {version!r}; this tidegate reads up to {SCHEMA_VERSION}"
-                )
-            try:
-                doc = StateDoc.model_validate(raw)
-            except ValueError as e:
-                raise StateError(f"{self.dir / STATE_FILE} is malformed: {e}") from e
+        before = stamp_of(self.path)
+        try:
+            raw = read_json(self.path)
+            doc = StateDoc(lineage=str(uuid.uuid4())) if raw is None else parse_state(self.path, raw)
+        except StateUnreadableError as e:
+            raise self._unreadable(e) from e
         self._lineage = doc.lineage
+        if before is not None and raw is not None:
+            self._known = (before, doc.lineage, doc.serial)
         return doc
 
-    def save(self, doc: StateDoc) -> StateDoc:
-        """Write `doc` with serial+1. Refuses when the file on disk belongs to another lineage
-        or already has a serial at or past the one being written (someone else wrote it)."""
+    def read_backup(self) -> StateDoc | None:
+        """The backup document, or None when there is none. Raises StateUnreadableError."""
+        raw = read_json(self.backup_path)
+        return None if raw is None else parse_state(self.backup_path, raw)
+
+    def _check_on_disk(self, doc: StateDoc) -> None:
+        """Raise unless writing `doc` over the file on disk is safe. The file is read only when it
+        is not the one this store last read or wrote."""
+        path = self.path
+        stamp = stamp_of(path)
+        if stamp is None:
+            return
+        if self._known is not None and self._known[0] == stamp:
+            lineage, serial = self._known[1], self._known[2]
+        else:
+            try:
+                raw = read_json(path)
+                if raw is None:
+                    return
+                on_disk = parse_state(path, raw)
+            except StateUnreadableError as e:
+                raise self._unreadable(e) from e
+            lineage, serial = on_disk.lineage, on_disk.serial
+        if lineage != doc.lineage:
+            raise StaleStateError(f"{path} has lineage {lineage}, not {doc.lineage}: refusing to overwrite")
+        if serial > doc.serial:
+            raise StaleStateError(f"{path} moved on (serial {serial} > {doc.serial})")
+
+    def verify(self, doc: StateDoc) -> None:
+        """`check` without the probe write: is state.json still one `doc` may replace?"""
+        self._check_on_disk(doc)
+
+    def probe_writable(self) -> None:
+        """Raise StateUnwritableError unless the directory takes a small durable write."""
+        probe = self.dir / PROBE_FILE
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"x" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StateUnwritableError(describe_os_error(e, self.dir)) from e
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+
+    def check(self, doc: StateDoc) -> None:
+        """Raise (StateUnreadableError, StaleStateError, StateUnwritableError) when `doc` could
+        not be saved now. The engine calls it before any action that changes what runs."""
         self._require_lock()
-        path = self.dir / STATE_FILE
-        on_disk = read_json(path)
-        if isinstance(on_disk, dict):
-            if on_disk.get("lineage") != doc.lineage:
-                raise StaleStateError(
-                    f"{path} has lineage {on_disk.get('lineage')}, not {doc.lineage}: refusing to overwrite"
-                )
-            if int(on_disk.get("serial", 0)) > doc.serial:
-                raise StaleStateError(f"{path} moved on (serial {on_disk.get('serial')} > {doc.serial})")
-        doc.serial += 1
-        doc.updated_at = time.time()
-        write_atomic(path, self.redact(doc.model_dump_json(indent=1)).encode())
+        self._check_on_disk(doc)
+        self.probe_writable()
+
+    def save(self, doc: StateDoc) -> StateDoc:
+        """Write `doc` with serial+1, keeping the file it replaces as the backup. Refuses when the
+        file on disk is unreadable, belongs to another lineage or already has a serial past the one
+        being written (someone else wrote it). An I/O failure is StateUnwritableError; `doc` is
+        then left as it was (same serial)."""
+        self._require_lock()
+        path = self.path
+        self._check_on_disk(doc)
+        try:
+            self._keep_backup()
+            body = self.redact(doc.model_copy(update={"serial": doc.serial + 1, "updated_at": time.time()})
+                               .model_dump_json(indent=1)).encode()
+            write_atomic(path, body)
+        except OSError as e:
+            raise StateUnwritableError(describe_os_error(e, path)) from e
+        written = json.loads(body)
+        doc.serial, doc.updated_at = int(written["serial"]), float(written["updated_at"])
+        stamp = stamp_of(path)
+        self._known = (stamp, doc.lineage, doc.serial) if stamp is not None else None
         return doc
+
+    def _keep_backup(self) -> None:
+        """Hard-link the current state.json (checked good by the caller) as the backup."""
+        if not self.path.exists():
+            return
+        tmp = self.dir / f".{BACKUP_FILE}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.path, tmp)
+        except OSError:
+            # No hard links here (some network filesystems): copy, still atomically.
+            write_atomic(self.backup_path, self.path.read_bytes())
+            return
+        os.replace(tmp, self.backup_path)
+
+    def restore(self) -> tuple[StateDoc, Path | None]:
+        """Put the backup back as state.json. The file it replaces (when any) is kept as
+        `state.json.broken` for a post-mortem; returns (the restored doc, that path)."""
+        backup = self.read_backup()
+        if backup is None:
+            raise StateError(f"there is no backup to restore ({self.backup_path} does not exist)")
+        kept: Path | None = None
+        try:
+            if self.path.exists():
+                # Linked, not moved: state.json never goes missing, even for a moment.
+                kept = self.dir / f"{STATE_FILE}.broken"
+                tmp = self.dir / f".{kept.name}.{os.getpid()}.tmp"
+                tmp.unlink(missing_ok=True)
+                os.link(self.path, tmp)
+                os.replace(tmp, kept)
+            write_atomic(self.path, self.backup_path.read_bytes())
+        except OSError as e:
+            raise StateUnwritableError(describe_os_error(e, self.path)) from e
+        self._known = None
+        return backup, kept
