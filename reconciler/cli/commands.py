@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from gateway.options import add_gateway_options
 from reconciler.cli.next_steps import print_next_steps
 from reconciler.cli.output import print_table, say
 from reconciler.cli.settings import Settings, SettingsError, add_common_options, build_settings
+from reconciler.control.tail import new_lines
 from reconciler.previews.pr_source import read_decision
 from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
 from reconciler.render.plan_output import render_report
@@ -30,6 +32,7 @@ from reconciler.state.errors import ReconcilerError, StateLockedError, StateUnre
 from reconciler.state.records import StateDoc
 from reconciler.state.redact import SecretBook, mask_logs, withheld
 from reconciler.state.store import StateStore
+from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
 from tidegate.fsio import write_json_atomic
 from tidegate.routes_io import read_snapshot
 from tidegate.signals import send_signal
@@ -54,6 +57,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("up", help="run the reconciler loop and the gateway until Ctrl-C")
     add_common_options(p, gateway=True)
     p.add_argument("--no-gateway", action="store_true", help="run only the reconciler loop")
+    p.add_argument(
+        "--control-open-reads",
+        action="store_true",
+        help="let loopback clients read the control API and dashboard without a token (actions still need one)",
+    )
     add_gateway_options(p)
     add_preview_options(p)
     p.set_defaults(func=cmd_up)
@@ -62,6 +70,7 @@ def register(subparsers: Any) -> None:
     add_common_options(p, source=False, gateway=True)
     _add_mask_option(p)
     p.add_argument("--json", action="store_true")
+    add_server_option(p)
     p.set_defaults(func=cmd_ps)
 
     p = subparsers.add_parser("logs", help="the last lines a service's replica wrote")
@@ -71,13 +80,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replica", type=int, default=None, metavar="N", help="replica ordinal (default: first)")
     p.add_argument("--lines", "-n", type=int, default=100)
     p.add_argument("--follow", "-f", action="store_true")
+    add_server_option(p)
     p.set_defaults(func=cmd_logs)
 
     for name, text in (("stop", "stop a service until its config changes or `start`"), ("start", "undo `stop`")):
         p = subparsers.add_parser(name, help=text)
         add_common_options(p, source=False)
         p.add_argument("service")
+        add_server_option(p)
         p.set_defaults(func=cmd_stop if name == "stop" else cmd_start)
+
+
+def add_server_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="a remote tidegate's gateway (default $TIDEGATE_SERVER); its admin token from $TIDEGATE_TOKEN",
+    )
+
+
+def _remote(args: argparse.Namespace) -> ControlClient | None:
+    server = server_from(getattr(args, "server", None), os.environ)
+    return ControlClient(server, os.environ.get(TOKEN_ENV)) if server else None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -204,10 +228,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     gateway: runtime.GatewayThread | None = None
     loop: Loop | None = None
+    control_stop = threading.Event()
     verified = runtime.VerifiedInbox()
     try:
         if not args.no_gateway:
-            gateway = runtime.GatewayThread(settings, verified)
+            control = runtime.build_control(settings, engine, control_stop)
+            gateway = runtime.GatewayThread(settings, verified, control)
             if not gateway.start():
                 return _fail(f"gateway: {gateway.error}")
         announced: list[frozenset[str]] = []
@@ -245,6 +271,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         if loop is not None:
             loop.shutdown()
+        control_stop.set()
         if gateway is not None:
             gateway.stop()
         engine.close()
@@ -301,43 +328,84 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
     return rows
 
 
+def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], list[str]]:
+    """(source, ps rows, preview decision, config problems) from a remote control API's overview."""
+    ov = client.call("GET", "/overview")
+    rows = [
+        {
+            "name": s["name"],
+            "revision": s["revision"],
+            "ready": s["ready"],
+            "desired": s["desired"],
+            "url": s["url"],
+            "status": s["status"],
+            "reason": s["reason"],
+            "scaling": None,
+            "cost_per_hour": s["cost_per_hour"],
+            "replicas": [],
+        }
+        for s in ov["services"]
+    ]
+    src = {"source": ov["source"], "revision": ov["revision"], "error": ov["source_error"]}
+    previews = ov["previews"]
+    decision = {
+        "previews": [{**p, "model": None} for p in previews["previews"]],
+        "rejected": previews["rejected"],
+    }
+    config = [f"{v['path']}:{v['line']}:{v['column']}: {v['message']}" for v in ov.get("validation", [])]
+    return src, rows, decision, config
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
-    from reconciler.cli.state_health import serving_problems, state_problems
-    from reconciler.state.view import status_views
-
-    try:
-        settings = _mask_settings(args)
-    except SettingsError as e:
-        return _fail(str(e))
-    if not settings.state_dir.is_dir():
-        return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
-    problems = state_problems(settings.state_dir)
-    if problems:
-        holder = StateStore(settings.state_dir).holder()
-        if holder is not None:
-            problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
-    problems += serving_problems(settings.state_dir)
     config: list[str] = []
-    try:
-        engine = runtime.build_engine(settings, read_only=True)
-        views = engine.status()
-        if engine.doc.last_snapshot is not None:
-            config = list(engine.doc.last_snapshot.diagnostics)
-    except StateUnreadableError:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                if args.json:
+                    print(json.dumps(client.call("GET", "/overview"), indent=2))
+                    return EXIT_OK
+                src, rows, decision, config = remote_ps(client)
+            except ControlClientError as e:
+                return _fail(str(e))
+        problems: list[str] = []
+        code = EXIT_OK
+    else:
+        from reconciler.cli.state_health import serving_problems, state_problems
+        from reconciler.state.view import status_views
+
         try:
-            backup = StateStore(settings.state_dir).read_backup()
-        except ReconcilerError:
-            backup = None
-        views = status_views(backup) if backup is not None else []
-        if backup is not None:
-            problems.append(f"showing the backup (serial {backup.serial})")
-    except (SettingsError, ReconcilerError) as e:
-        return _fail(str(e))
-    code = EXIT_ERROR if problems else EXIT_OK
-    rows = service_rows(views, settings)
-    src = read_source(settings.state_dir)
-    decision = read_decision(settings.state_dir)
+            settings = _mask_settings(args)
+        except SettingsError as e:
+            return _fail(str(e))
+        if not settings.state_dir.is_dir():
+            return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
+        problems = state_problems(settings.state_dir)
+        if problems:
+            holder = StateStore(settings.state_dir).holder()
+            if holder is not None:
+                problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
+        problems += serving_problems(settings.state_dir)
+        try:
+            engine = runtime.build_engine(settings, read_only=True)
+            views = engine.status()
+            if engine.doc.last_snapshot is not None:
+                config = list(engine.doc.last_snapshot.diagnostics)
+        except StateUnreadableError:
+            try:
+                backup = StateStore(settings.state_dir).read_backup()
+            except ReconcilerError:
+                backup = None
+            views = status_views(backup) if backup is not None else []
+            if backup is not None:
+                problems.append(f"showing the backup (serial {backup.serial})")
+        except (SettingsError, ReconcilerError) as e:
+            return _fail(str(e))
+        code = EXIT_ERROR if problems else EXIT_OK
+        rows = service_rows(views, settings)
+        src = read_source(settings.state_dir)
+        decision = read_decision(settings.state_dir)
     previews = ps_rows(decision, time.time())
     total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
@@ -396,8 +464,30 @@ def cmd_ps(args: argparse.Namespace) -> int:
 # --- logs ------------------------------------------------------------------------------------
 
 
+def remote_logs(client: ControlClient, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"lines": args.lines}
+    if args.replica is not None:
+        params["replica"] = str(args.replica)
+    try:
+        if not args.follow:
+            for line in client.call("GET", f"/services/{args.service}/logs", params=params)["lines"]:
+                print(line)
+            return EXIT_OK
+        for event, data in client.stream_lines(f"/services/{args.service}/logs/stream", params):
+            if event == "end":
+                return _fail(data)
+            print(data, flush=True)
+    except ControlClientError as e:
+        return _fail(str(e))
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
+    client = _remote(args)
+    if client is not None:
+        with client:
+            return remote_logs(client, args)
     try:
         settings = _mask_settings(args)
         doc = _load_doc(settings.state_dir)
@@ -438,15 +528,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def new_lines(previous: list[str], current: list[str]) -> list[str]:
-    """Lines of `current` after the longest overlap with the end of `previous` (tail -f over a
-    window of the last lines)."""
-    for size in range(min(len(previous), len(current)), 0, -1):
-        if previous[-size:] == current[:size]:
-            return current[size:]
-    return current if previous != current else []
-
-
 # --- stop / start ----------------------------------------------------------------------------
 
 
@@ -460,6 +541,14 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def _stop_start(args: argparse.Namespace, kind: str) -> int:
     from reconciler.cli import runtime
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                say(client.call("POST", f"/services/{args.service}/{kind}")["detail"])
+            except ControlClientError as e:
+                return _fail(str(e))
+        return EXIT_OK
     try:
         settings = _settings(args)
         doc = _load_doc(settings.state_dir)

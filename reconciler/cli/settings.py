@@ -57,6 +57,8 @@ class Settings:
     previews_section: Mapping[str, Any] = field(default_factory=dict)
     # GitHub webhook secret: TIDEGATE_WEBHOOK_SECRET, else the settings file's `webhook_secret`.
     webhook_secret: str | None = field(default=None, repr=False)
+    # The control API's read-only endpoints and the dashboard answer loopback clients without a token.
+    control_open_reads: bool = False
     # `up`'s gateway tuning options (gateway.options), as GatewaySettings fields.
     gateway_options: Mapping[str, Any] = field(default_factory=dict)
     # The settings file's `egress: {allow: {<service>: [CIDR[:port], ...]}}`: destinations a
@@ -238,6 +240,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         env=values,
         previews_section=dict(ours.get("previews") or {}),
         webhook_secret=str(secret) if secret else None,
+        control_open_reads=bool(getattr(args, "control_open_reads", False)),
         gateway_options=gateway_options,
         egress_allow=ours.get("egress_allow") or {},
         sandbox=str(ours.get("sandbox") or "auto"),

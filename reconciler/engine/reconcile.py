@@ -215,6 +215,25 @@ class Engine:
         """Text from replica `r` (its exit message, a probe error) with its secrets masked."""
         return self.secrets.mask(self._received(r), text)
 
+    def mask_replica_lines(self, r: ReplicaRecord, lines: Iterable[str]) -> list[str]:
+        """Replica output: masked with the values of the secrets it received, or withheld when this
+        process cannot re-derive one of them (reconciler.state.redact)."""
+        lines = list(lines)
+        masker = self.secrets.masker(self._received(r))
+        if masker is None:
+            return [withheld(self.secrets.unknown(self._received(r)))] if lines else []
+        return masker.lines(lines)
+
+    def replica_logs(self, backend: str, replica_id: str, lines: int) -> list[str]:
+        """The last `lines` a replica wrote, masked as `ps` masks them. A replica this state no
+        longer knows is masked with every secret value this process resolved."""
+        got = list(self.backends.get(backend).logs(replica_id, lines))
+        for rec in self.doc.services.values():
+            for r in rec.replicas:
+                if r.id == replica_id:
+                    return self.mask_replica_lines(r, got)
+        return self.secrets.all_secrets().lines(got)
+
     def mask_service(self, name: str, text: str, desired: DesiredService | None = None) -> str:
         """Text from a backend about service `name` (a create/delete error) with the secrets of its
         desired spec and of every replica it has masked."""
@@ -304,13 +323,7 @@ class Engine:
                         lines = self.backends.get(r.backend).logs(r.id, log_lines)
                     except Exception:  # logs are a courtesy; never fail ps over them
                         lines = []
-                    # Replica output: masked with the values of the secrets it received, or
-                    # withheld when this process cannot re-derive one of them (reconciler.state.redact).
-                    masker = self.secrets.masker(self._received(r))
-                    if masker is None:
-                        logs[r.id] = (withheld(self.secrets.unknown(self._received(r))),) if lines else ()
-                    else:
-                        logs[r.id] = tuple(masker.lines(lines))
+                    logs[r.id] = tuple(self.mask_replica_lines(r, lines))
         views = status_views(doc, logs)
         return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
 
