@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so):
-# sshd for the tunnel tests, bubblewrap for the replica sandbox (tests/security needs it).
-SYSTEM_PACKAGES := openssh-server bubblewrap
+# sshd for the tunnel tests, bubblewrap for the replica sandbox (tests/security needs it), chromium
+# for the dashboard's browser tests.
+SYSTEM_PACKAGES := openssh-server bubblewrap chromium
 
 .PHONY: up test test-fast lint plain-install system-packages slow bench clean sandbox-tool
 

@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.access.tokens import TokenError, create_token, load_records, revoke_token
+from gateway.access.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
 from gateway.options import add_gateway_options, gateway_overrides
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
+from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
 from tidegate.state_dir import choose_state_dir
 
 
@@ -24,6 +25,17 @@ def state_dir(args: argparse.Namespace) -> Path:
 
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
+
+
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server", metavar="URL", help="a remote tidegate (default $TIDEGATE_SERVER); admin token from $TIDEGATE_TOKEN"
+    )
+
+
+def _remote(args: argparse.Namespace) -> ControlClient | None:
+    server = server_from(getattr(args, "server", None), os.environ)
+    return ControlClient(server, os.environ.get(TOKEN_ENV)) if server else None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,14 +52,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     create = tsub.add_parser("create", help="create a token and print it (only this once)")
     create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="admin scope: the control API and dashboard too")
     _add_state(create)
+    _add_server(create)
     create.set_defaults(func=cmd_token_create)
     listing = tsub.add_parser("list", help="list tokens (names and prefixes, never the tokens)")
     _add_state(listing)
+    _add_server(listing)
     listing.set_defaults(func=cmd_token_list)
     revoke = tsub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
     _add_state(revoke)
+    _add_server(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
 
@@ -76,17 +92,41 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                created = client.call("POST", "/tokens", json={"name": args.name, "admin": bool(args.admin)})
+            except ControlClientError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        print(created["token"])
+        print(f"{created['scope']} token {args.name!r} created on {client.http.base_url}; it is shown only now", file=sys.stderr)
+        return 0
     try:
-        token = create_token(state_dir(args), args.name)
+        scope = TokenScope.ADMIN if getattr(args, "admin", False) else TokenScope.INFERENCE
+        token = create_token(state_dir(args), args.name, scope=scope)
     except TokenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(token)
-    print(f"token {args.name!r} created; it is shown only now (the state directory keeps its hash)", file=sys.stderr)
+    print(f"{scope} token {args.name!r} created; it is shown only now (the state directory keeps its hash)", file=sys.stderr)
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                rows = client.call("GET", "/tokens")
+            except ControlClientError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        for t in rows:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created_at"]))
+            print(f"{t['name']}\t{t['prefix']}...\t{t['scope']}\t{created}")
+        return 0
     try:
         records = load_records(state_dir(args))
     except TokenError as e:
@@ -97,11 +137,21 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
-        print(f"{r.name}\t{r.prefix}...\t{created}")
+        print(f"{r.name}\t{r.prefix}...\t{r.scope}\t{created}")
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                client.call("DELETE", f"/tokens/{args.name}")
+            except ControlClientError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        print(f"token {args.name!r} revoked")
+        return 0
     try:
         revoke_token(state_dir(args), args.name)
     except TokenError as e:

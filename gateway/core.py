@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from typing import Any
 
 from gateway.access.auth import MetricsAccess, metrics_need_token
 from gateway.access.tokens import TOKENS_FILE
@@ -39,6 +40,9 @@ class Gateway(Forwarder):
         self._tasks: list[asyncio.Task[None]] = []
         self._domain_suffix = "." + settings.domain.lower()
         self._metrics_token = metrics_need_token(MetricsAccess(settings.metrics), settings.host)
+        # The control API and dashboard (reconciler.control, mounted by `tidegate up`): gets
+        # `/api/…` and `/ui/…` on the gateway host and the bare address, nothing else.
+        self.control: Any = None
 
     @property
     def table(self) -> RouteTable:
@@ -88,7 +92,7 @@ class Gateway(Forwarder):
     async def startup(self) -> None:
         self.router.bind(asyncio.get_running_loop())
         self.ws_pool = UpstreamPool(self.settings.connect_timeout, self.settings.read_timeout)
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state dirs are private
         if self.settings.watch_routes:
             self.reload()
             self._tasks.append(asyncio.ensure_future(self._watch()))
@@ -132,6 +136,13 @@ class Gateway(Forwarder):
                 if found is None:
                     raise GatewayError(404, f"no service named {name!r}", code="service_not_found")
                 await self.serve_service(found, scope, receive, send, "/" + rest, host)
+                return
+            if (
+                self.control is not None
+                and (path.startswith(("/api/", "/ui/")) or path == "/ui")
+                and (bare == self.gateway_host or not bare.endswith(self._domain_suffix))
+            ):
+                await self.control(scope, receive, send)
                 return
             if scope["type"] == "websocket":
                 raise GatewayError(404, f"no service at host {bare!r}", code="service_not_found")

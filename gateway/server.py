@@ -205,9 +205,12 @@ class GatewayApp(Litestar):
             await self.gateway(scope, receive, send)
 
 
-def build_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Litestar:
-    """The ASGI app. Pass your own `Gateway` to drive its routes in-process (`gateway.set_snapshot`)."""
+def build_app(settings: GatewaySettings, gateway: Gateway | None = None, control: Any = None) -> Litestar:
+    """The ASGI app. Pass your own `Gateway` to drive its routes in-process (`gateway.set_snapshot`);
+    `control` is an ASGI app for `/api/` and `/ui/` on the gateway host (the control API)."""
     gw = gateway or Gateway(settings)
+    if control is not None:
+        gw.control = control
 
     @asgi("/", is_mount=True, copy_scope=False)
     async def everything(scope: Any, receive: Any, send: Any) -> None:
@@ -267,7 +270,7 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
         return
     prom_dir = Path(settings.state_dir) / "gateway" / f"prometheus-{os.getpid()}"
     shutil.rmtree(prom_dir, ignore_errors=True)
-    prom_dir.mkdir(parents=True)
+    prom_dir.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     os.environ[SETTINGS_ENV] = settings.to_json()
     try:

@@ -40,7 +40,13 @@ def main() -> int:
         run(binary, *path, "--help")
     run(binary, "validate", examples)
     json.loads(run(binary, "schema").stdout)
-    print(f"plain install: tidegate --help, {len(paths)} subcommand --help, validate, schema: ok")
+    from reconciler.control.app import HERE  # the dashboard's templates and assets are package data
+
+    missing = [a for a in ("templates/overview.html", "templates/_service.html", "static/app.js", "static/style.css") if not (HERE / a).is_file()]
+    if missing:
+        sys.stderr.write(f"FAILED: the installed package lacks the dashboard's {', '.join(missing)}\n")
+        return 1
+    print(f"plain install: tidegate --help, {len(paths)} subcommand --help, validate, schema, dashboard assets: ok")
     return 0
 
 

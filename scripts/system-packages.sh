@@ -4,6 +4,7 @@
 #   openssh-server  /usr/sbin/sshd, the stand-in for a cloud instance's sshd in the tunnel tests
 #   bubblewrap      /usr/bin/bwrap, the local replica sandbox (tests/security; `make up` has its own
 #                   scripts/ensure_sandbox.sh, which never fails the command)
+#   chromium        /usr/bin/chromium, the headless browser of the dashboard tests (Playwright drives it)
 set -euo pipefail
 
 missing=()

@@ -42,7 +42,9 @@ def send_signal(state_dir: Path, kind: str, payload: dict[str, Any] | None = Non
     body = json.dumps({"kind": kind, "at": time.time(), **(payload or {})}).encode()
     name = f"{time.time_ns()}-{kind}-{uuid.uuid4().hex[:8]}.json"
     tmp = folder / f".{name}.tmp"
-    tmp.write_bytes(body)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # state files are 0600
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
     os.replace(tmp, folder / name)
     return folder / name
 

@@ -21,7 +21,9 @@ def stats_path(state_dir: Path, pid: int) -> Path:
 
 def write_stats(state_dir: Path, data: Mapping[str, Any]) -> None:
     path = stats_path(state_dir, int(data["pid"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # state files are 0600
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data))
     os.replace(tmp, path)

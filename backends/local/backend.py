@@ -458,5 +458,8 @@ class LocalBackend:
         last = self.logs(paths.replica_id, KEPT_LOG_LINES)
         if not last:
             return
-        paths.kept_log.parent.mkdir(parents=True, exist_ok=True)
-        paths.kept_log.write_text("\n".join(last) + "\n", encoding="utf-8")
+        paths.kept_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Raw replica output (may quote its secrets): private like the live log.
+        fd = os.open(paths.kept_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(last) + "\n")

@@ -76,20 +76,27 @@ def enter_network_namespace() -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
 
 
+def _private(path: str, flags: int) -> int:
+    """`open` opener: a log holds what the replica printed, secrets included, so it is 0600."""
+    return os.open(path, flags, 0o600)
+
+
 class RotatingLog:
-    """Append-only log file capped at `max_bytes`, keeping one backup (`<name>.1`)."""
+    """Append-only log file capped at `max_bytes`, keeping one backup (`<name>.1`). Raw output,
+    kept 0600 on disk; tidegate masks the replica's secrets whenever it shows it."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the relay
+        self._file = open(path, "ab", opener=_private)  # noqa: SIM115 - lives as long as the relay
+        os.chmod(path, 0o600)  # a log an older tidegate created wider
         self._size = self._file.tell()
 
     def write(self, data: bytes) -> None:
         if self._size and self._size + len(data) > self.max_bytes:
             self._file.close()
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self._file = open(self.path, "ab")  # noqa: SIM115
+            self._file = open(self.path, "ab", opener=_private)  # noqa: SIM115
             self._size = 0
         self._file.write(data)
         self._file.flush()

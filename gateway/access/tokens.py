@@ -7,6 +7,10 @@ early exit on the first match). The gateway re-reads the file when its mtime cha
 most every `recheck` seconds), so `tidegate token create/revoke` takes effect without a restart.
 The token itself is never logged or written anywhere.
 
+Scopes: an `inference` token (every token made before scopes existed loads as one) opens services
+and the OpenAI API; an `admin` token opens those and the control API and dashboard too
+(reconciler.control), so one operator token is enough for everything.
+
 A tokens.json that cannot be read (truncated, not JSON, a newer `schema_version`) is an error
 naming the file, never silently "no tokens": the commands refuse to rewrite it, and the gateway
 keeps the last good set, logs the problem once and answers 503 on /healthz until it is fixed.
@@ -37,6 +41,11 @@ class TokenError(Exception):
     pass
 
 
+class TokenScope(StrEnum):
+    INFERENCE = "inference"  # services and /v1
+    ADMIN = "admin"  # also the control API (/api/v1) and the dashboard (/ui/)
+
+
 class AuthResult(StrEnum):
     OK = "ok"
     MISSING = "missing"  # -> 401
@@ -49,6 +58,7 @@ class TokenRecord:
     hash: str
     prefix: str  # first characters, for humans telling tokens apart
     created_at: float
+    scope: TokenScope = TokenScope.INFERENCE
 
 
 def hash_token(token: str) -> str:
@@ -84,7 +94,13 @@ def load_records(state_dir: Path) -> list[TokenRecord]:
         )
     try:
         return [
-            TokenRecord(name=str(t["name"]), hash=str(t["hash"]), prefix=str(t["prefix"]), created_at=float(t["created_at"]))
+            TokenRecord(
+                name=str(t["name"]),
+                hash=str(t["hash"]),
+                prefix=str(t["prefix"]),
+                created_at=float(t["created_at"]),
+                scope=TokenScope(t.get("scope") or TokenScope.INFERENCE),
+            )
             for t in data.get("tokens", [])
         ]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -100,7 +116,9 @@ def _write_records(state_dir: Path, records: list[TokenRecord]) -> None:
         raise TokenError(describe_os_error(e, path)) from e
 
 
-def create_token(state_dir: Path, name: str, now: float | None = None) -> str:
+def create_token(
+    state_dir: Path, name: str, now: float | None = None, scope: TokenScope = TokenScope.INFERENCE
+) -> str:
     """Store a new token's hash under `name` and return the token (the only time it exists)."""
     if not name or any(c.isspace() for c in name):
         raise TokenError("a token name must be non-empty and contain no spaces")
@@ -108,7 +126,8 @@ def create_token(state_dir: Path, name: str, now: float | None = None) -> str:
     if any(r.name == name for r in records):
         raise TokenError(f"a token named {name!r} exists; revoke it first")
     token = new_token()
-    records.append(TokenRecord(name, hash_token(token), token[: len(PREFIX) + 4], time.time() if now is None else now))
+    created = time.time() if now is None else now
+    records.append(TokenRecord(name, hash_token(token), token[: len(PREFIX) + 4], created, TokenScope(scope)))
     _write_records(state_dir, records)
     return token
 
@@ -139,6 +158,7 @@ class TokenStore:
         self.state_dir = state_dir
         self.recheck = recheck
         self._hashes: tuple[bytes, ...] = ()
+        self._admin: tuple[bytes, ...] = ()
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
         # Why the file on disk is not in use (the last good set is), or None; /healthz shows it.
@@ -165,6 +185,7 @@ class TokenStore:
             log.warning("%s is readable again: %d tokens", self.path, len(records))
         self.error = None
         self._hashes = tuple(r.hash.encode() for r in records)
+        self._admin = tuple(r.hash.encode() for r in records if r.scope is TokenScope.ADMIN)
 
     def check(self, header: bytes | None, now: float) -> AuthResult:
         if now - self._checked >= self.recheck:
@@ -178,3 +199,20 @@ class TokenStore:
         for h in self._hashes:
             ok |= hmac.compare_digest(h, digest)
         return AuthResult.OK if ok else AuthResult.INVALID
+
+    def scope_of(self, token: str | None, now: float) -> TokenScope | None:
+        """The scope of a presented token (None: no such token), re-reading the file when it changed."""
+        if now - self._checked >= self.recheck:
+            self._checked = now
+            self.refresh()
+        if not token:
+            return None
+        digest = hash_token(token).encode()
+        admin = known = False
+        for h in self._hashes:
+            known |= hmac.compare_digest(h, digest)
+        for h in self._admin:
+            admin |= hmac.compare_digest(h, digest)
+        if admin:
+            return TokenScope.ADMIN
+        return TokenScope.INFERENCE if known else None

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +32,7 @@ from reconciler.cli.settings import (
     running_gateway_listen,
     state_inside_repo,
 )
+from reconciler.control.tail import new_lines
 from reconciler.engine.plan import Plan
 from reconciler.previews.pr_source import read_decision
 from reconciler.previews.wiring import PS_HEADERS, add_preview_options, ps_rows
@@ -37,7 +40,10 @@ from reconciler.render.plan_output import render_report
 from reconciler.source.checkout import SourceError, read_source
 from reconciler.state.errors import ReconcilerError, StateLockedError, StateUnreadableError
 from reconciler.state.records import StateDoc
+from reconciler.state.redact import SecretBook, mask_logs, withheld
 from reconciler.state.store import StateStore
+from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
+from tidegate.fsio import write_json_atomic
 from tidegate.routes_io import read_snapshot
 from tidegate.signals import send_signal
 
@@ -65,28 +71,51 @@ def register(subparsers: Any) -> None:
         "--log-format", choices=["text", "json"], default="text",
         help="text (default) or json: one JSON object per line (time, level, logger, message, service, event, detail)",
     )  # fmt: skip
+    p.add_argument(
+        "--control-open-reads",
+        action="store_true",
+        help="let loopback clients read the control API and dashboard without a token (actions still need one)",
+    )
     add_gateway_options(p)
     add_preview_options(p)
     p.set_defaults(func=cmd_up)
 
     p = subparsers.add_parser("ps", help="services, revision, replicas, URL, status")
     add_common_options(p, source=False, gateway=True)
+    _add_mask_option(p)
     p.add_argument("--json", action="store_true")
+    add_server_option(p)
     p.set_defaults(func=cmd_ps)
 
     p = subparsers.add_parser("logs", help="the last lines a service's replica wrote")
     add_common_options(p, source=False)
+    _add_mask_option(p)
     p.add_argument("service")
     p.add_argument("--replica", type=int, default=None, metavar="N", help="replica ordinal (default: first)")
     p.add_argument("--lines", "-n", type=int, default=100)
     p.add_argument("--follow", "-f", action="store_true")
+    add_server_option(p)
     p.set_defaults(func=cmd_logs)
 
     for name, text in (("stop", "stop a service (stays stopped across commits) until `start`"), ("start", "undo `stop`")):
         p = subparsers.add_parser(name, help=text)
         add_common_options(p, source=False)
         p.add_argument("service")
+        add_server_option(p)
         p.set_defaults(func=cmd_stop if name == "stop" else cmd_start)
+
+
+def add_server_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="a remote tidegate's gateway (default $TIDEGATE_SERVER); its admin token from $TIDEGATE_TOKEN",
+    )
+
+
+def _remote(args: argparse.Namespace) -> ControlClient | None:
+    server = server_from(getattr(args, "server", None), os.environ)
+    return ControlClient(server, os.environ.get(TOKEN_ENV)) if server else None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -95,6 +124,49 @@ def _settings(args: argparse.Namespace) -> Settings:
     if warning:
         say(f"warning: {warning}", stream=sys.stderr, style="yellow")
     return settings
+
+
+# --- masking replica output in another process ------------------------------------------------
+# `ps` and `logs` show what a replica printed, masked with the values of the secrets it received.
+# The state holds only their salted hashes, so these commands re-derive the values from their own
+# environment and env file (a candidate counts only when its hash matches). By default the env
+# file is the one `up`/`apply` was started with: they record its *path* (never its contents) in
+# ENV_FILE_RECORD, so `tidegate ps` in a second terminal masks without repeating --env-file.
+
+ENV_FILE_RECORD = "env-file.json"
+
+
+def _add_mask_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="values for bare KEY env entries, to mask them in replica output (default: the file `up` was given)",
+    )
+
+
+def record_env_file(state_dir: Path, env_file: Path | None) -> None:
+    """Remember the path of the env file `up`/`apply` runs with (for `ps`/`logs` masking)."""
+    path = state_dir / ENV_FILE_RECORD
+    try:
+        if env_file is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_json_atomic(path, {"schema_version": 1, "path": str(Path(env_file).absolute())}, mode=0o600)
+    except OSError as e:  # only a convenience for `ps`/`logs`: never stop `up` over it
+        log.warning("cannot record the env file path in %s: %s", path, e)
+
+
+def _mask_settings(args: argparse.Namespace) -> Settings:
+    """Settings for `ps`/`logs`: with no --env-file, the env file `up` recorded (when readable)."""
+    if getattr(args, "env_file", None) is None:
+        state = build_settings(args).state_dir
+        try:
+            recorded = json.loads((state / ENV_FILE_RECORD).read_text()).get("path")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and Path(recorded).is_file() and os.access(recorded, os.R_OK):
+            args = argparse.Namespace(**{**vars(args), "env_file": recorded})
+    return build_settings(args)
 
 
 def _fail(message: str) -> int:
@@ -145,8 +217,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         source = runtime.require_source(settings)
         checkout = source.current()
         engine = runtime.build_engine(settings)
+        mask_logs(engine.secrets)
         try:
             engine.recover()
+            record_env_file(settings.state_dir, settings.env_file)
             snapshot = runtime.to_snapshot(checkout)
             report = engine.reconcile(snapshot)
             applied = list(report.plan.steps)  # every pass's steps: the report says what was done
@@ -184,6 +258,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         source = runtime.require_source(settings)
         engine = runtime.build_engine(settings)
         engine.recover()  # takes the lock: a second `up` stops here, naming the holder
+        mask_logs(engine.secrets)  # up's own log: every secret value masked, whatever quotes it
+        record_env_file(settings.state_dir, settings.env_file)
         try:
             previews = runtime.build_previews(settings, args, source, engine)
         except runtime.RuntimeError_:
@@ -197,10 +273,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     gateway: runtime.GatewayThread | None = None
     loop: Loop | None = None
+    control_stop = threading.Event()
     verified = runtime.VerifiedInbox()
     try:
         if not args.no_gateway:
-            gateway = runtime.GatewayThread(settings, verified)
+            control = runtime.build_control(settings, engine, control_stop)
+            gateway = runtime.GatewayThread(settings, verified, control)
             if not gateway.start():
                 return _fail(f"gateway: {gateway.error}")
             publish_gateway_address(settings)
@@ -239,6 +317,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         if loop is not None:
             loop.shutdown()
+        control_stop.set()
         if gateway is not None:
             gateway.stop()
         engine.close()
@@ -300,46 +379,87 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
     return rows
 
 
+def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], list[str]]:
+    """(source, ps rows, preview decision, config problems) from a remote control API's overview."""
+    ov = client.call("GET", "/overview")
+    rows = [
+        {
+            "name": s["name"],
+            "revision": s["revision"],
+            "ready": s["ready"],
+            "desired": s["desired"],
+            "url": s["url"],
+            "status": s["status"],
+            "reason": s["reason"],
+            "scaling": None,
+            "cost_per_hour": s["cost_per_hour"],
+            "replicas": [],
+        }
+        for s in ov["services"]
+    ]
+    src = {"source": ov["source"], "revision": ov["revision"], "error": ov["source_error"]}
+    previews = ov["previews"]
+    decision = {
+        "previews": [{**p, "model": None} for p in previews["previews"]],
+        "rejected": previews["rejected"],
+    }
+    config = [f"{v['path']}:{v['line']}:{v['column']}: {v['message']}" for v in ov.get("validation", [])]
+    return src, rows, decision, config
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
-    from reconciler.cli.state_health import serving_problems, state_problems
-    from reconciler.state.view import status_views
-
-    try:
-        settings = _settings(args)
-        running = None if args.listen else running_gateway_listen(settings.state_dir)
-        if running:  # URLs where the running gateway really listens, not the default port
-            settings = replace(settings, listen=running)
-    except SettingsError as e:
-        return _fail(str(e))
-    if not settings.state_dir.is_dir():
-        return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
-    problems = state_problems(settings.state_dir)
-    if problems:
-        holder = StateStore(settings.state_dir).holder()
-        if holder is not None:
-            problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
-    problems += serving_problems(settings.state_dir)
     config: list[str] = []
-    try:
-        engine = runtime.build_engine(settings, read_only=True)
-        views = engine.status()
-        if engine.doc.last_snapshot is not None:
-            config = list(engine.doc.last_snapshot.diagnostics)
-    except StateUnreadableError:
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                if args.json:
+                    print(json.dumps(client.call("GET", "/overview"), indent=2))
+                    return EXIT_OK
+                src, rows, decision, config = remote_ps(client)
+            except ControlClientError as e:
+                return _fail(str(e))
+        problems: list[str] = []
+        code = EXIT_OK
+    else:
+        from reconciler.cli.state_health import serving_problems, state_problems
+        from reconciler.state.view import status_views
+
         try:
-            backup = StateStore(settings.state_dir).read_backup()
-        except ReconcilerError:
-            backup = None
-        views = status_views(backup) if backup is not None else []
-        if backup is not None:
-            problems.append(f"showing the backup (serial {backup.serial})")
-    except (SettingsError, ReconcilerError) as e:
-        return _fail(str(e))
-    code = EXIT_ERROR if problems else EXIT_OK
-    rows = service_rows(views, settings)
-    src = read_source(settings.state_dir)
-    decision = read_decision(settings.state_dir)
+            settings = _mask_settings(args)
+            running = None if args.listen else running_gateway_listen(settings.state_dir)
+            if running:  # URLs where the running gateway really listens, not the default port
+                settings = replace(settings, listen=running)
+        except SettingsError as e:
+            return _fail(str(e))
+        if not settings.state_dir.is_dir():
+            return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
+        problems = state_problems(settings.state_dir)
+        if problems:
+            holder = StateStore(settings.state_dir).holder()
+            if holder is not None:
+                problems.append(f"the running tidegate ({holder}) takes no action that changes what runs until this is fixed")
+        problems += serving_problems(settings.state_dir)
+        try:
+            engine = runtime.build_engine(settings, read_only=True)
+            views = engine.status()
+            if engine.doc.last_snapshot is not None:
+                config = list(engine.doc.last_snapshot.diagnostics)
+        except StateUnreadableError:
+            try:
+                backup = StateStore(settings.state_dir).read_backup()
+            except ReconcilerError:
+                backup = None
+            views = status_views(backup) if backup is not None else []
+            if backup is not None:
+                problems.append(f"showing the backup (serial {backup.serial})")
+        except (SettingsError, ReconcilerError) as e:
+            return _fail(str(e))
+        code = EXIT_ERROR if problems else EXIT_OK
+        rows = service_rows(views, settings)
+        src = read_source(settings.state_dir)
+        decision = read_decision(settings.state_dir)
     previews = ps_rows(decision, time.time())
     total = round(sum(r["cost_per_hour"] for r in rows), 4)
     if args.json:
@@ -398,10 +518,32 @@ def cmd_ps(args: argparse.Namespace) -> int:
 # --- logs ------------------------------------------------------------------------------------
 
 
+def remote_logs(client: ControlClient, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"lines": args.lines}
+    if args.replica is not None:
+        params["replica"] = str(args.replica)
+    try:
+        if not args.follow:
+            for line in client.call("GET", f"/services/{args.service}/logs", params=params)["lines"]:
+                print(line)
+            return EXIT_OK
+        for event, data in client.stream_lines(f"/services/{args.service}/logs/stream", params):
+            if event == "end":
+                return _fail(data)
+            print(data, flush=True)
+    except ControlClientError as e:
+        return _fail(str(e))
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
+    client = _remote(args)
+    if client is not None:
+        with client:
+            return remote_logs(client, args)
     try:
-        settings = _settings(args)
+        settings = _mask_settings(args)
         doc = _load_doc(settings.state_dir)
         rec = doc.services.get(args.service)
         if rec is None or not rec.replicas:
@@ -413,15 +555,22 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not replicas:
                 return _fail(f"{args.service} has no replica {args.replica}")
         replica = replicas[0]
-        registry = runtime.build_registry(settings, runtime.owner_of(settings.state_dir, create=False))
+        installation = StateStore(settings.state_dir).installation(create=False)
+        registry = runtime.build_registry(settings, installation.id)
         backend = registry.get(replica.backend)
+        # The replica's output is shown with the values of the secrets it received masked; they
+        # are re-derived from this process's environment / --env-file (reconciler.state.redact).
+        book = SecretBook(installation.salt, settings.env)
+        masker = book.masker(replica.secrets)
+        if masker is None:
+            return _fail(withheld(book.unknown(replica.secrets)))
     except (SettingsError, ReconcilerError, runtime.RuntimeError_) as e:
         return _fail(str(e))
     except Exception as e:  # backend construction (cloud settings) failing is a user-facing error
         return _fail(str(e))
     seen = backend.logs(replica.id, lines=args.lines)
     for line in seen:
-        print(line)
+        print(masker(line))
     sys.stdout.flush()
     log_path = getattr(backend, "log_path", None)
     if args.follow and log_path is not None:  # a local log file: follow it by byte offset
@@ -432,7 +581,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return rid, log_path(rid)
 
         def emit(line: str) -> None:
-            print(line, flush=True)
+            print(masker(line), flush=True)
 
         follow_lines(followed, emit, lambda: False, time.sleep)
         return EXIT_OK
@@ -440,7 +589,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         time.sleep(0.5)
         current = backend.logs(replica.id, lines=max(args.lines, 200))
         for line in new_lines(seen, current):
-            print(line)
+            print(masker(line))
         sys.stdout.flush()
         seen = current
     return EXIT_OK
@@ -454,15 +603,6 @@ def _current_replica(state_dir: Path, service: str, ordinal: int) -> str | None:
         return None
     mine = [r for r in (rec.replicas if rec else []) if r.ordinal == ordinal and r.phase != "draining"]
     return max(mine, key=lambda r: r.created_at or 0).id if mine else None
-
-
-def new_lines(previous: list[str], current: list[str]) -> list[str]:
-    """Lines of `current` after the longest overlap with the end of `previous` (tail -f over a
-    window of the last lines)."""
-    for size in range(min(len(previous), len(current)), 0, -1):
-        if previous[-size:] == current[:size]:
-            return current[size:]
-    return current if previous != current else []
 
 
 # --- stop / start ----------------------------------------------------------------------------
@@ -495,6 +635,14 @@ def _stop_now(engine: Any, name: str, timeout: float = 60.0) -> str:
 
 def _stop_start(args: argparse.Namespace, kind: str) -> int:
     from reconciler.cli import runtime
+    client = _remote(args)
+    if client is not None:
+        with client:
+            try:
+                say(client.call("POST", f"/services/{args.service}/{kind}")["detail"])
+            except ControlClientError as e:
+                return _fail(str(e))
+        return EXIT_OK
     try:
         settings = _settings(args)
         doc = _load_doc(settings.state_dir)

@@ -63,4 +63,5 @@ def print_next_steps(settings: Settings, gateway: bool) -> None:
             ]
         for name in sorted(routes.services)[:1]:
             lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/services/{name}/")
+        lines.append(f"  {tg} token create admin-$(date +%s) --admin   # then log in at {base}/ui/ (dashboard)")
     say("\n".join(lines))

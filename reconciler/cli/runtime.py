@@ -337,9 +337,10 @@ class GatewayThread:
     """The gateway's uvicorn server in a daemon thread of the `up` process (dies with it on kill -9,
     so a restarted `up` can bind the port again)."""
 
-    def __init__(self, settings: Settings, verified: VerifiedInbox | None = None) -> None:
+    def __init__(self, settings: Settings, verified: VerifiedInbox | None = None, control: Any = None) -> None:
         self.settings = settings
         self.verified = verified
+        self.control = control  # the control API / dashboard app (build_control), mounted at /api/ and /ui/
         self.server: Any = None
         self.thread: threading.Thread | None = None
         self.error: str | None = None
@@ -358,7 +359,7 @@ class GatewayThread:
             webhook_secret=self.settings.webhook_secret,
             **self.settings.gateway_options,
         )
-        app = _gateway_app(gw)
+        app = _gateway_app(gw, self.control)
         if self.verified is not None:
             app.gateway.verified_events = self.verified.put
         config = uvicorn.Config(app, **uvicorn_options(gw))
@@ -391,7 +392,68 @@ class GatewayThread:
             self.thread.join(timeout=float(self.server.config.timeout_graceful_shutdown or 5) + 5 if self.server else 10)
 
 
-def _gateway_app(gw: Any) -> Any:
+def _gateway_app(gw: Any, control: Any = None) -> Any:
     from gateway.server import build_app
 
-    return build_app(gw)
+    return build_app(gw, control=control)
+
+
+def build_control(settings: Settings, engine: Engine, stop: threading.Event) -> Any:
+    """The control API and dashboard over this state dir, with the engine's backends for logs and
+    offers, and a thread sampling rps/replicas every 5 s for the dashboard's chart (ends with `stop`)."""
+    from backends.cloud.catalog import merge_offers
+    from gateway.access.tokens import TokenStore
+    from reconciler.control.app import build_control_app
+    from reconciler.control.auth import ControlContext
+    from reconciler.control.commits import CommitLookup
+    from reconciler.control.plane import ControlPlane
+    from reconciler.source.checkout import REPOS_DIR
+
+    backends = engine.backends
+    # Replica output reaches the API and the dashboard masked, like `ps` and `logs` show it.
+    logs_of = engine.replica_logs
+
+    def offers_for(requirements: Any) -> list[Any]:
+        groups = []
+        for b in backends.all():
+            try:
+                groups.append(list(b.offers(requirements)))
+            except Exception as e:  # one cloud failing must not hide the others' offers
+                log.warning("offers: %s: %s", b.name, e)
+        return merge_offers(*groups)
+
+    plane = ControlPlane(
+        settings.state_dir,
+        domain=settings.domain,
+        port=settings.listen_port,
+        logs_of=logs_of,
+        offers_for=offers_for,
+        pr_url_base=github_pr_base(settings.repo),
+        commits=CommitLookup(settings.state_dir / REPOS_DIR),
+    )
+
+    def sample() -> None:
+        while not stop.wait(5.0):
+            try:
+                plane.sample()
+            except Exception:  # the chart is a courtesy; never let it end the thread
+                log.debug("control: sampling failed", exc_info=True)
+
+    threading.Thread(target=sample, name="tidegate-control-sampler", daemon=True).start()
+    ctx = ControlContext(
+        plane=plane, tokens=TokenStore(settings.state_dir), open_reads=settings.control_open_reads, stopping=stop
+    )
+    return build_control_app(ctx)
+
+
+def github_pr_base(repo: str | None) -> str | None:
+    """`https://github.com/<owner>/<repo>/pull/` for a GitHub remote (https or scp-like ssh), else None."""
+    if not repo:
+        return None
+    text = repo.removesuffix(".git")
+    for prefix in ("https://github.com/", "http://github.com/", "git@github.com:", "ssh://git@github.com/"):
+        if text.startswith(prefix):
+            path = text[len(prefix):].strip("/")
+            if path.count("/") == 1:
+                return f"https://github.com/{path}/pull/"
+    return None

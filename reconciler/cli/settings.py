@@ -63,6 +63,8 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     # Where a service without `backends:` may go (the cheapest offer wins); empty: every backend.
     default_backends: tuple[str, ...] = ()
+    # The control API's read-only endpoints and the dashboard answer loopback clients without a token.
+    control_open_reads: bool = False
     # `up`'s gateway tuning options (gateway.options), as GatewaySettings fields.
     gateway_options: Mapping[str, Any] = field(default_factory=dict)
     # The settings file's `egress: {allow: {<service>: [CIDR[:port], ...]}}`: destinations a
@@ -317,6 +319,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         previews_section=dict(ours.get("previews") or {}),
         webhook_secret=str(secret) if secret else None,
         default_backends=tuple(ours.get("default_backends") or ()),
+        control_open_reads=bool(getattr(args, "control_open_reads", False)),
         gateway_options=gateway_options,
         egress_allow=ours.get("egress_allow") or {},
         sandbox=str(ours.get("sandbox") or "auto"),

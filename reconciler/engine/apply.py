@@ -87,7 +87,10 @@ class ApplyContext:
     backoff_base: float = 2.0
     backoff_max: float = 300.0
     checkpoint: Callable[[], None] = lambda: None  # called after each service's steps
-    redact: Callable[[str], str] = lambda text: text  # secret values out of messages and logs
+    # (service, text from a backend) -> the text with the values of the secrets that service's
+    # replicas received masked (reconciler.state.redact); applied before the text reaches a record,
+    # the journal or a log line.
+    mask: Callable[[str, str], str] = lambda service, text: text
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts
     try:
         info = backend.create(spec)
     except Exception as e:
-        ctx.journal.outcome(iid, "error", ctx.now, f"{type(e).__name__}: {e}")
+        ctx.journal.outcome(iid, "error", ctx.now, ctx.mask(d.name, f"{type(e).__name__}: {e}"))
         raise
     ctx.fault("after_create")
     ctx.journal.outcome(iid, "ok", ctx.now)
@@ -124,6 +127,7 @@ def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts
         started_at=info.started_at or ctx.now,
         attempts=attempts,
         last_error=None,
+        secrets=dict(d.secrets),
         **offer_fields(info.offer or spec.offer),
     )
 
@@ -135,7 +139,7 @@ def _delete_replica(rec: ServiceRecord, r: ReplicaRecord, ctx: ApplyContext) -> 
     try:
         backend.delete(r.id)
     except Exception as e:
-        ctx.journal.outcome(iid, "error", ctx.now, f"{type(e).__name__}: {e}")
+        ctx.journal.outcome(iid, "error", ctx.now, ctx.mask(rec.name, f"{type(e).__name__}: {e}"))
         raise
     ctx.fault("after_delete")
     ctx.journal.outcome(iid, "ok", ctx.now)
@@ -216,7 +220,7 @@ def apply_plan(
                 doc.services[name].backoff_until = None
             outcomes.append(ServiceOutcome(name, done))
         except PermanentError as e:
-            msg = ctx.redact(str(e))
+            msg = ctx.mask(name, str(e))
             rec = doc.services.get(name)
             if rec is not None:
                 d = desired.get(name)
@@ -227,12 +231,12 @@ def apply_plan(
             log.error("service %s: permanent error: %s", name, msg)
             outcomes.append(ServiceOutcome(name, done, msg, permanent=True))
         except Exception as e:  # the per-service boundary: log it, back off, carry on with the others
-            msg = ctx.redact(f"{type(e).__name__}: {e}")
+            msg = ctx.mask(name, f"{type(e).__name__}: {e}")
             if isinstance(e, TemporaryError):
                 log.warning("service %s: temporary error: %s", name, msg)
             else:
                 trace = "".join(traceback.format_exception(e))
-                log.error("service %s: unexpected error while applying:\n%s", name, ctx.redact(trace))
+                log.error("service %s: unexpected error while applying:\n%s", name, ctx.mask(name, trace))
             rec = doc.services.get(name)
             if rec is not None:
                 rec.failures += 1

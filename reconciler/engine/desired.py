@@ -11,6 +11,9 @@ nothing reads os.environ); the code hash below is read from the checkout once pe
 - The spec hash covers the config minus routing-only fields (replicas, scaling, auth, model: those
   change the count or the gateway, not what runs), the backend and a *salted* hash of the resolved
   env values, so changing a secret rolls the replicas while the value itself is never stored.
+- Secrets (bare `KEY` values) are hashed here, where they enter: `DesiredService.secrets` maps each
+  bare name to `redact.secret_hash(salt, name, value)`. Records, plans and outputs carry that map;
+  the value itself lives only in `template.env` (what the backend hands the replica) and in memory.
 - Code: when the chosen backend ships the checkout to the replica (`WORKDIR_BACKENDS`: `local`,
   which runs each replica in a copy of the repository), the spec hash also covers a content hash of
   the repository files at that revision, minus every `.dstack.yml`/`*.dstack.yml`, the `.dstack/`
@@ -37,6 +40,7 @@ from reconciler.engine.autoscale import ScalingPolicy
 from reconciler.engine.naming import replica_id, service_host
 from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import RouteInfo
+from reconciler.state.redact import secret_hash
 from tidegate.routes import ModelFormat, ModelRoute
 
 
@@ -57,6 +61,12 @@ class DesiredService:
     # No `backends:` in the file: every default backend may run it (dstack's rule; the cheapest
     # offer wins, chosen by engine.offers.with_offers) -> its spec hash on each. Empty: fixed.
     candidates: Mapping[str, str] = field(default_factory=dict)
+    # Bare-KEY env names -> salted hash of the value this service's replicas receive.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+    def secret_values(self) -> dict[str, str]:
+        """name -> value of the secrets its replicas receive (in memory only, for masking)."""
+        return {k: self.template.env[k] for k in self.secrets if k in self.template.env}
 
     def spec_for(self, ordinal: int) -> ReplicaSpec:
         return replace(
@@ -75,8 +85,6 @@ class DesiredSet:
     problems: tuple[Diagnostic, ...] = ()
     # name -> a problem that does not stop the service here (a secret a PR plan cannot see).
     warnings: Mapping[str, str] = field(default_factory=dict)
-    # Values that came from the reconciler's env (bare KEYs): redacted from every message.
-    secret_values: frozenset[str] = frozenset()
 
     @property
     def empty(self) -> bool:
@@ -253,12 +261,11 @@ def build_desired(
 
     blocked: dict[str, str] = {}
     warnings: dict[str, str] = {}
-    secrets: set[str] = set()
     for name in sorted(load.services):
         ls = load.services[name]
         c = ls.config
         resolved, missing = resolve_env(c.env, env)
-        secrets.update(resolved[k] for k, v in c.env.items() if v is None and k in resolved)
+        secrets = {k: secret_hash(salt, k, resolved[k]) for k, v in c.env.items() if v is None and k in resolved}
         if missing:
             why = (
                 f"env variable{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))} "
@@ -345,6 +352,7 @@ def build_desired(
             env_names=tuple(sorted(c.env)),
             summary=_summary(ls, backend, resolved, env_hash, files),
             candidates=candidates,
+            secrets=dict(sorted(secrets.items())),
         )
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(
@@ -355,5 +363,4 @@ def build_desired(
         problems=tuple(load.diagnostics),
         warnings=warnings,
         revision=revision,
-        secret_values=frozenset(secrets),
     )

@@ -21,19 +21,17 @@ from reconciler.engine.offers import with_offers
 from reconciler.engine.targets import config_broken
 from reconciler.engine.values import DesiredExtension, EngineSettings, Snapshot, SnapshotLike
 from reconciler.state.records import SnapshotRef, StateDoc
-from reconciler.state.redact import Redactor
+from reconciler.state.redact import SecretBook
 
 log = logging.getLogger("tidegate.engine")
 
 
 class DesiredLoader:
-    def __init__(
-        self, settings: EngineSettings, salt: str, backends: BackendRegistry, redact: Redactor
-    ) -> None:
+    def __init__(self, settings: EngineSettings, salt: str, backends: BackendRegistry, secrets: SecretBook) -> None:
         self.settings = settings
         self.salt = salt
         self.backends = backends
-        self.redact = redact
+        self.secrets = secrets  # learns every secret value a set resolves (for masking, in memory)
         self._desired_cache: tuple[tuple[str, str, str | None, Any], DesiredSet] | None = None
         # service -> the spec it last ran (in memory; after a restart rebuilt once from its
         # revision's folder, see last_good). The engine sets it after each applied pass.
@@ -83,7 +81,10 @@ class DesiredLoader:
         # make it look non-empty, which would let the prune take production down.
         if ext is not None and (self.settings.allow_empty or not ds.empty):
             ds = ext.extend(ds)
-        self.redact.update(ds.secret_values)
+        for d in ds.services.values():
+            for name, value in d.secret_values().items():
+                self.secrets.learn(name, value)
+            self.secrets.learn_spec(d.spec_hash, d.secrets)
         ds, complete = with_offers(
             ds, self.backends, _catalog_offers if self.settings.missing_env_ok else None
         )

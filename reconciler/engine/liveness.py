@@ -23,7 +23,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 
 from backends.base import ReplicaStatus
 from reconciler.config.models import ProbeSpec
-from reconciler.engine.observe import ObserveSettings, Prober, mark_failed
+from reconciler.engine.observe import ObserveSettings, Prober, ReplicaMask, mark_failed, no_mask
 from reconciler.engine.probe import HttpProber, probe_http, run_probes
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, StateDoc
 from tidegate.routes import ModelRoute
@@ -49,6 +49,7 @@ def recheck_ready(
     last_probe: MutableMapping[str, float],
     probes: Mapping[str, Sequence[ProbeSpec]] | None = None,
     http_prober: HttpProber = probe_http,
+    mask: ReplicaMask = no_mask,
 ) -> list[str]:
     """Probe every READY replica whose last probe is `recheck_interval` old (a service with dstack
     `probes`: their smallest `interval`, and those probes). Returns the ids probed."""
@@ -67,9 +68,10 @@ def recheck_ready(
             if own:
                 assert r.address is not None
                 outcome = run_probes(r.address, own, http_prober)
-                res = (outcome.ready, outcome.detail)
+                res = (outcome.ready, mask(r, outcome.detail))
             else:
-                res = _probe(prober, r, model, s)
+                ok, detail = _probe(prober, r, model, s)
+                res = (ok, mask(r, detail))
             last_probe[r.id] = now
             probed.append(r.id)
             if res[0]:

@@ -29,6 +29,13 @@ from tidegate.routes import ModelRoute
 log = logging.getLogger("tidegate.observe")
 
 Prober = Callable[[str, ModelRoute | None, float], ProbeResult]
+# (replica, text from outside: backend message, probe error) -> the text with the values of the
+# secrets that replica received masked (reconciler.state.redact.SecretBook via the engine).
+ReplicaMask = Callable[[ReplicaRecord, str], str]
+
+
+def no_mask(r: ReplicaRecord, text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,10 @@ def observe(
     now: float,
     s: ObserveSettings,
     desired_hashes: Mapping[str, str],
+    mask: ReplicaMask = no_mask,
 ) -> list[str]:
-    """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report."""
+    """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report.
+    Backend messages are masked with `mask` before they are recorded."""
     problems: list[str] = []
     names = in_use | {r.backend for rec in doc.services.values() for r in rec.replicas}
     for bname in sorted(names):
@@ -149,8 +158,9 @@ def observe(
                     ReplicaPhase.PROVISIONING,
                     ReplicaPhase.READY,
                 ):
-                    mark_failed(r, info.message or "exited", now, s)
-                    rec.note(now, "replica failed", f"{r.id}: {info.message or 'exited'}")
+                    message = mask(r, info.message) if info.message else "exited"
+                    mark_failed(r, message, now, s)
+                    rec.note(now, "replica failed", f"{r.id}: {message}")
         for info in infos.values():
             if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
                 continue  # on its way out (a delete we already made): nothing to adopt
@@ -166,6 +176,7 @@ def probe_pending(
     routes: Mapping[str, ModelRoute | None],
     probes: Mapping[str, Sequence[ProbeSpec]] | None = None,
     http_prober: HttpProber = probe_http,
+    mask: ReplicaMask = no_mask,
 ) -> None:
     """Probe every PROVISIONING replica that runs; promote to READY or fail it past the timeout.
     A service with dstack `probes` (`probes`: service -> its probes) is ready after `ready_after`
@@ -191,9 +202,9 @@ def probe_pending(
                     r.last_error = None
                     r.next_attempt_at = None
                     r.probe_passes = 0
-                    rec.note(now, "replica ready", f"{r.id} ({res.detail})")
+                    rec.note(now, "replica ready", f"{r.id} ({mask(r, res.detail)})")
                     continue
-                detail = res.detail
+                detail = mask(r, res.detail)
             started = r.started_at or r.created_at or now
             if now - started > s.ready_timeout:
                 mark_failed(r, f"not ready after {s.ready_timeout:g}s: {detail}", now, s)

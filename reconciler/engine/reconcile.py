@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,8 +52,8 @@ from reconciler.engine.values import (
 )
 from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
-from reconciler.state.records import ReplicaPhase, SnapshotRef, StateDoc
-from reconciler.state.redact import Redactor
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, SnapshotRef, StateDoc
+from reconciler.state.redact import SecretBook, withheld
 from reconciler.state.store import StateStore
 from reconciler.state.view import ServiceView, build_routes, status_views
 from tidegate.routes import RoutesSnapshot
@@ -97,12 +97,14 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.clock = clock
         self.read_only = read_only
-        self.redact = Redactor()
-        self.store = StateStore(self.state_dir, redact=self.redact)
+        self.store = StateStore(self.state_dir)
         if not read_only:
             self.store.acquire()
         self.installation = self.store.installation(create=not read_only)
-        self.journal = Journal(self.state_dir, redact=self.redact)
+        # The secret values this process knows (its env + every resolved desired set), found by
+        # the salted hashes records carry; masks replica output before it is stored or shown.
+        self.secrets = SecretBook(self.installation.salt, self.settings.env)
+        self.journal = Journal(self.state_dir)
         self.doc = self.store.load()
         self._stats = stats
         self._prober: Prober = prober or probe_replica
@@ -122,7 +124,7 @@ class Engine:
             drain_grace=self.settings.drain_grace,
             drain_min=self.settings.drain_min,
         )
-        self._loader = DesiredLoader(self.settings, self.installation.salt, backends, self.redact)
+        self._loader = DesiredLoader(self.settings, self.installation.salt, backends, self.secrets)
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
         self.outputs = Outputs(self.state_dir, self.store, self.journal, lambda: self._fault("after_routes"))
@@ -199,6 +201,53 @@ class Engine:
     def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
         return self._loader.last_good(self.doc, ds)
 
+    # -- secrets -------------------------------------------------------------------------------
+    def _received(self, r: ReplicaRecord) -> Mapping[str, str]:
+        """The secrets (name -> hash) replica `r` received: recorded at its creation, else (adopted
+        after a crash) those of its spec, when a desired set of this process had that spec."""
+        return r.secrets or self.secrets.for_spec(r.spec_hash) or {}
+
+    def _fill_secrets(self, records: Iterable[ServiceRecord]) -> None:
+        for rec in records:
+            for r in rec.replicas:
+                if not r.secrets:
+                    known = self.secrets.for_spec(r.spec_hash)
+                    if known:
+                        r.secrets = dict(known)
+
+    def mask_replica(self, r: ReplicaRecord, text: str) -> str:
+        """Text from replica `r` (its exit message, a probe error) with its secrets masked."""
+        return self.secrets.mask(self._received(r), text)
+
+    def mask_replica_lines(self, r: ReplicaRecord, lines: Iterable[str]) -> list[str]:
+        """Replica output: masked with the values of the secrets it received, or withheld when this
+        process cannot re-derive one of them (reconciler.state.redact)."""
+        lines = list(lines)
+        masker = self.secrets.masker(self._received(r))
+        if masker is None:
+            return [withheld(self.secrets.unknown(self._received(r)))] if lines else []
+        return masker.lines(lines)
+
+    def replica_logs(self, backend: str, replica_id: str, lines: int) -> list[str]:
+        """The last `lines` a replica wrote, masked as `ps` masks them. A replica this state no
+        longer knows is masked with every secret value this process resolved."""
+        got = list(self.backends.get(backend).logs(replica_id, lines))
+        for rec in self.doc.services.values():
+            for r in rec.replicas:
+                if r.id == replica_id:
+                    return self.mask_replica_lines(r, got)
+        return self.secrets.all_secrets().lines(got)
+
+    def mask_service(self, name: str, text: str, desired: DesiredService | None = None) -> str:
+        """Text from a backend about service `name` (a create/delete error) with the secrets of its
+        desired spec and of every replica it has masked."""
+        received: list[Mapping[str, str]] = [desired.secrets] if desired is not None else []
+        rec = self.doc.services.get(name)
+        received += [self._received(r) for r in rec.replicas] if rec is not None else []
+        for one in received:
+            text = self.secrets.mask(one, text)
+        return text
+
     # -- public API ------------------------------------------------------------------------------
     def desired(self, snapshot: SnapshotLike) -> DesiredSet:
         """The desired set of a checkout (offers chosen, previews added when configured); no state
@@ -221,6 +270,7 @@ class Engine:
                 now,
                 self._observe,
                 {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
+                mask=self.mask_replica,
             )
             desired, _, notes = build_targets(
                 self.doc,
@@ -274,9 +324,10 @@ class Engine:
             for r in rec.replicas:
                 if r.phase is ReplicaPhase.FAILED and r.backend in self.backends:
                     try:
-                        logs[r.id] = tuple(self.backends.get(r.backend).logs(r.id, log_lines))
+                        lines = self.backends.get(r.backend).logs(r.id, log_lines)
                     except Exception:  # logs are a courtesy; never fail ps over them
-                        logs[r.id] = ()
+                        lines = []
+                    logs[r.id] = tuple(self.mask_replica_lines(r, lines))
         views = status_views(doc, logs)
         return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
 
@@ -294,7 +345,9 @@ class Engine:
             now,
             self._observe,
             hashes,
+            mask=self.mask_replica,
         )
+        self._fill_secrets(doc.services.values())
         stats = self._read_stats(now)
         for rec in doc.services.values():
             st = stats.get(rec.name)
@@ -302,7 +355,9 @@ class Engine:
                 r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
-        probe_pending(doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober)
+        probe_pending(
+            doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober, mask=self.mask_replica
+        )
         recheck_ready(
             doc,
             self._prober,
@@ -312,6 +367,7 @@ class Engine:
             self._last_probe,
             routes_probes,
             self._http_prober,
+            mask=self.mask_replica,
         )
         last_good = self._last_good(ds)
         desired, decisions, tnotes = build_targets(
@@ -330,9 +386,9 @@ class Engine:
             self.settings.backoff_base,
             self.settings.backoff_max,
             checkpoint=self._checkpoint,
-            redact=self.redact,
         )
         specs = {**last_good, **(ds.services if ds else {})}
+        ctx.mask = lambda service, text: self.mask_service(service, text, specs.get(service))
         outcomes = apply_plan(p, doc, specs, ctx) if not p.empty else []
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)

@@ -217,6 +217,9 @@ def sync_records(
                 )
             continue
         _record_diagnostics(rec, ds, None)
+        if rec.spec_hash and rec.spec_hash != d.spec_hash:
+            # The deploy history (and its plan diff) that the control API and dashboard show.
+            rec.note(now, "deployed", deploy_detail(d.revision, rec.spec_summary, dict(d.summary)))
         rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
             d.spec_hash,
             d.revision,
@@ -239,3 +242,12 @@ def sync_records(
             doc.services[name] = ServiceRecord(
                 name=name, spec_hash="", status=ServiceStatus.BLOCKED, reason=why
             )
+
+
+def deploy_detail(revision: str | None, old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    """`revision <sha>; <field>: <old> -> <new>; …` for a history entry (fields of the spec summary)."""
+    parts = [f"revision {revision or '-'}"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            parts.append(f"{key}: {old.get(key, '(none)')} -> {new.get(key, '(none)')}")
+    return "; ".join(parts)

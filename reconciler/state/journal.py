@@ -12,7 +12,9 @@ Intents are fsynced before the side effect; outcomes are not (see `outcome`).
 
 `state.json` records the last `seq` its contents reflect (`journal_seq`); on start every intent
 after it is settled by asking the backend (see engine.Engine.recover). No env values are ever
-written here. A torn last line (crash mid-append) is ignored.
+written here: an outcome's `message` (a backend error) arrives already masked (reconciler.apply),
+and lines are serialised as they are, never rewritten as text. The file is 0600 (created so, and
+tightened by the state store on start). A torn last line (crash mid-append) is ignored.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -54,9 +56,8 @@ class Intent:
 
 
 class Journal:
-    def __init__(self, state_dir: Path, redact: Callable[[str], str] | None = None) -> None:
+    def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / JOURNAL_FILE
-        self.redact = redact or (lambda text: text)
         self._seq = 0
         self._lines = 0
         for entry in self._read():
@@ -89,8 +90,8 @@ class Journal:
     def _append(self, entry: dict[str, Any], durable: bool = True) -> int:
         self._seq += 1
         entry = {"seq": self._seq, **entry}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
             if durable:
@@ -118,7 +119,7 @@ class Journal:
     def outcome(self, intent_id: str, outcome: str, at: float, message: str | None = None) -> None:
         entry: dict[str, Any] = {"kind": "outcome", "intent_id": intent_id, "outcome": outcome, "at": at}
         if message:
-            entry["message"] = self.redact(message)[:500]
+            entry["message"] = message[:500]
         # Not fsynced: an outcome is advisory. Recovery asks the backend about every intent newer
         # than the state whether or not its outcome survived, so losing one to a power cut is safe
         # (a killed process loses nothing: the write is already in the page cache).
@@ -161,6 +162,7 @@ class Journal:
         ]
         # A mark keeps the sequence monotonic across restarts even when everything was dropped.
         kept.insert(0, {"seq": self._seq, "kind": "mark", "schema_version": SCHEMA_VERSION})
-        write_atomic(self.path, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept).encode())
+        body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept)
+        write_atomic(self.path, body.encode(), mode=0o600)
         self._lines = len(kept)
         return True

@@ -6,7 +6,9 @@ the shapes here lets the pure code import them without touching the filesystem l
 These are pydantic models and deliberately mutable: the engine edits one document during a pass
 and the store writes it whole. Nothing here holds a secret value: env is kept as names only, and
 the spec hash covers a salted hash of the values (so a secret change rolls replicas) never the
-values themselves.
+values themselves; a replica records the names and salted hashes of the secrets it received.
+Text from outside (`last_error`, history details) is masked before it is stored here
+(reconciler.state.redact): a record is serialised as it is, never rewritten as text.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class ReplicaRecord(BaseModel):
     # The cloud offer the replica runs on (label + USD/hour), for `ps` cost; None on free backends.
     offer: str | None = None
     price: float | None = None
+    # Bare-KEY secrets this replica received: name -> salted hash (reconciler.state.redact), never the
+    # value. Whoever shows the replica's output masks exactly these values in it.
+    secrets: dict[str, str] = Field(default_factory=dict)
     # Last seen from gateway stats (picks the replica to remove); not persisted: it changes
     # with traffic and must not cause a state write every pass.
     in_flight: int = Field(default=0, exclude=True)

@@ -18,6 +18,11 @@ reconcilers driving the same replicas would start everything twice. So:
   directory takes a write. When it cannot be, nothing that changes what runs happens.
 - `installation.json` holds the installation id (the owner tag on every resource) and the salt
   for hashing env values; it is created once and never rewritten.
+- documents are serialised as they are: secret values never enter them (reconciler.state.redact hashes
+  them where they enter and masks outside text field by field), so nothing is rewritten as text.
+- permissions: the state dir and its folders are 0700, its files 0600 (the lock, state.json,
+  journal, installation, tokens, routes, stats…): created so, and tightened on `acquire` when an
+  older tidegate or a umask left them wider (`tighten_modes`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
+import stat
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +50,52 @@ from reconciler.state.errors import (
 from reconciler.state.records import SCHEMA_VERSION, StateDoc
 from tidegate.fsio import describe_os_error, fsync_dir, write_atomic
 
+log = logging.getLogger("tidegate.state")
+
 STATE_FILE = "state.json"
 BACKUP_FILE = "state.json.backup"
 LOCK_FILE = "lock"
 INSTALLATION_FILE = "installation.json"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def tighten_modes(state_dir: Path) -> list[str]:
+    """Take group and other permissions off the state dir and what is in it, two levels deep (its
+    files, and the folders `signals/`, `gateway/`, `replicas/` with their entries: each replica
+    folder becomes 0700, and what a replica keeps inside it is left as it is), so folders end 0700
+    and files 0600 (an owner's x bit is kept). Returns the paths changed. Symlinks are never
+    followed."""
+    changed: list[str] = []
+
+    def fix(path: Path) -> None:
+        try:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+                return
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+        except OSError:
+            return
+        changed.append(str(path))
+
+    def walk(folder: Path, depth: int) -> None:
+        fix(folder)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for e in entries:
+            if e.is_symlink():
+                continue
+            if e.is_dir() and depth > 0:
+                walk(Path(e.path), depth - 1)
+            else:
+                fix(Path(e.path))
+
+    walk(Path(state_dir), 1)
+    return changed
+
+
 PROBE_FILE = ".write-probe"
 
 # (inode, mtime ns, size): "is this still the file I last wrote?" without reading it.
@@ -108,9 +156,8 @@ class Installation:
 class StateStore:
     """Reads and writes the documents of one state directory."""
 
-    def __init__(self, state_dir: Path, redact: Callable[[str], str] | None = None) -> None:
+    def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir)
-        self.redact = redact or (lambda text: text)
         self._lock_fd: int | None = None
         self._lineage: str | None = None
         # state.json as this store last read or wrote it: its stamp, lineage and serial.
@@ -125,8 +172,8 @@ class StateStore:
         """Become the one owner of this state dir, or raise StateLockedError naming the holder."""
         if self._lock_fd is not None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -143,6 +190,8 @@ class StateStore:
         except OSError:
             pass  # who holds it is a courtesy for the refused; a full disk must not stop the owner
         self._lock_fd = fd
+        for path in tighten_modes(self.dir):
+            log.info("tightened the permissions of %s (state files are 0600, folders 0700)", path)
 
     def release(self) -> None:
         if self._lock_fd is None:
@@ -184,7 +233,7 @@ class StateStore:
         if raw is None and not create:
             return Installation(id="tg-unsaved", salt=uuid.uuid4().hex, created_at=time.time())
         if raw is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             data = {
                 "schema_version": 1,
                 "id": f"tg-{uuid.uuid4().hex[:12]}",
@@ -192,8 +241,10 @@ class StateStore:
                 "created_at": time.time(),
             }
             tmp = self.dir / f".{INSTALLATION_FILE}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(data, indent=2))
-            with open(tmp, "rb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(data, indent=2).encode())
+                f.flush()
                 os.fsync(f.fileno())
             try:
                 os.link(tmp, path)  # atomic create-if-absent
@@ -314,9 +365,9 @@ class StateStore:
         self._check_on_disk(doc)
         try:
             self._keep_backup()
-            body = self.redact(doc.model_copy(update={"serial": doc.serial + 1, "updated_at": time.time()})
-                               .model_dump_json(indent=1)).encode()
-            write_atomic(path, body)
+            # Serialised as it is: no secret value is in the document (reconciler.state.redact).
+            body = doc.model_copy(update={"serial": doc.serial + 1, "updated_at": time.time()}).model_dump_json(indent=1).encode()
+            write_atomic(path, body, mode=FILE_MODE)
         except OSError as e:
             raise StateUnwritableError(describe_os_error(e, path)) from e
         written = json.loads(body)
