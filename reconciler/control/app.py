@@ -72,6 +72,26 @@ def left(at: float | None, now: float | None = None) -> str:
     return "expired" if s <= 0 else f"{max(1, round(s / 60))}m" if s < 3600 else f"{s / 3600:.0f}h"
 
 
+# The API docs page works without internet, like the dashboard: Swagger UI's files come from the
+# swagger-ui-bundle package and are served here, never from a CDN (Litestar's default).
+DOCS_ASSETS = "/api/docs-assets"
+
+
+def _swagger_dir() -> Path:
+    import swagger_ui_bundle  # type: ignore[import-untyped]
+
+    return Path(swagger_ui_bundle.swagger_ui_path)
+
+
+def _swagger_plugin() -> SwaggerRenderPlugin:
+    return SwaggerRenderPlugin(
+        js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+    )
+
+
 def build_control_app(ctx: ControlContext, debug: bool = False) -> Litestar:
     engine = JinjaTemplateEngine(directory=HERE / "templates")
     _globals(engine.engine)
@@ -80,6 +100,7 @@ def build_control_app(ctx: ControlContext, debug: bool = False) -> Litestar:
             *CONTROLLERS,
             DashboardController,
             create_static_files_router(path="/ui/static", directories=[HERE / "static"], include_in_schema=False),
+            create_static_files_router(path=DOCS_ASSETS, directories=[_swagger_dir()], include_in_schema=False),
         ],
         exception_handlers={Exception: error_response},
         openapi_config=OpenAPIConfig(
@@ -88,7 +109,7 @@ def build_control_app(ctx: ControlContext, debug: bool = False) -> Litestar:
             description="Services, replicas, scaling decisions, deploys, previews, offers, tokens and logs of a "
             "running `tidegate up`; stop/start/sync actions. Admin tokens only (`tidegate token create NAME --admin`).",
             path="/api/schema",
-            render_plugins=[SwaggerRenderPlugin(), JsonRenderPlugin()],
+            render_plugins=[_swagger_plugin(), JsonRenderPlugin()],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="an admin token")}
             ),

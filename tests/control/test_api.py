@@ -128,7 +128,13 @@ def test_openapi_document_validates(api: Api) -> None:
     paths = set(doc["paths"])
     assert {"/api/v1/services", "/api/v1/services/{name}", "/api/v1/tokens", "/api/v1/sync"} <= paths
     assert not any(p.startswith("/ui") for p in paths)
-    assert api.client.get("/api/schema/swagger").status_code == 200
+    page = api.client.get("/api/schema/swagger")
+    assert page.status_code == 200
+    # The docs page loads nothing from outside: every asset it names is served by us.
+    assert "http://" not in page.text and "https://" not in page.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
+        assert f"/api/docs-assets/{asset}" in page.text
+        assert api.client.get(f"/api/docs-assets/{asset}").status_code == 200
 
 
 def test_samples_feed_the_service_series(api: Api) -> None:
