@@ -49,6 +49,32 @@ _ALSO_DENIED: tuple[Network, ...] = (
     ipaddress.ip_network("224.0.0.0/4"),  # multicast (is_global says True for most of it)
     ipaddress.ip_network("ff00::/8"),
 )
+# Networks that are somebody's inside: private and shared address space, reserved and special-purpose
+# blocks, and IPv6 prefixes that carry an IPv4 address (6to4, Teredo). The test is "is this an
+# internal network", not "is this globally routed": the documentation blocks (192.0.2.0/24,
+# 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) route nowhere on the internet, and in closed labs
+# and CI sandboxes they are exactly where the stand-ins for the public internet (package indexes)
+# live, so they count as public. Loopback, link-local and this host's addresses are denied apart.
+_INTERNAL: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking networks, used for internal test nets
+        "240.0.0.0/4",  # reserved, and the limited broadcast address
+        "::/128",
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments (Teredo 2001::/32 among them)
+        "2002::/16",  # 6to4: an IPv4 address inside
+        "fc00::/7",  # unique local
+        "fec0::/10",  # site-local (deprecated)
+    )
+)
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64): checked as that IPv4.
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
@@ -138,7 +164,7 @@ def _why_not_public(address: Address) -> str | None:
         return "multicast"
     if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
         return "private range"
-    if address.is_private or not address.is_global:
+    if any(address.version == n.version and address in n for n in _INTERNAL):
         return "private or reserved range"
     return None
 

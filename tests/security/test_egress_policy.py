@@ -102,3 +102,26 @@ def test_bad_rules_are_refused(text: str) -> None:
 
 def test_policy_travels_as_json() -> None:
     assert EgressPolicy.from_json(WIDENED.to_json()) == WIDENED
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        # Documentation blocks are nobody's inside network; closed labs and CI sandboxes put their
+        # stand-ins for the public internet (package indexes) there, so they pass like public ones.
+        pytest.param("203.0.113.80", True, id="test-net-3-package-index"),
+        pytest.param("198.51.100.9", True, id="test-net-2"),
+        pytest.param("2001:db8::80", True, id="ipv6-documentation"),
+        # Internal and special-purpose space stays denied without is_global's help.
+        pytest.param("198.18.0.1", False, id="benchmarking-net"),
+        pytest.param("100.64.0.1", False, id="shared-address-space"),
+        pytest.param("240.0.0.1", False, id="reserved"),
+        pytest.param("255.255.255.255", False, id="broadcast"),
+        pytest.param("2002:a00:1::1", False, id="6to4-carrying-10.0.0.1"),
+        pytest.param("2001:0:4136:e378::1", False, id="teredo"),
+        pytest.param("192.0.0.8", False, id="ietf-protocol-assignments"),
+    ],
+)
+def test_internal_means_inside_networks_not_unrouted_ones(address: str, allowed: bool) -> None:
+    # Pure decision only: no packet is sent to any of these addresses.
+    assert decide(ipaddress.ip_address(address), 443, EgressPolicy()).allowed is allowed
