@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,8 +132,11 @@ def test_hostile_templates_are_400_and_hold_up_no_one(
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]["message"]
     assert took < within
-    # Other requests kept being answered all along (bounds generous for a loaded CI box).
-    assert lags and max(lags) < 0.25, max(lags)
+    # Other requests kept being answered all along: typically in milliseconds, and no single wait as
+    # long as the hostile render's own bound. (A max under 0.25 s held on a quiet box but not on a
+    # 2-core box running three suites at once, where one /healthz waited 1.5 s on the scheduler.)
+    assert lags and statistics.median(lags) < 0.1, statistics.median(lags)
+    assert max(lags) < within, max(lags)
     assert len(lags) >= int(took * 10)
     with httpx.Client(base_url=gw.url, headers=headers, timeout=30) as c:  # and the renderers still work
         assert c.post("/v1/chat/completions", json=_chat("plain")).status_code == 200
