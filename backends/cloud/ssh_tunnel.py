@@ -128,6 +128,7 @@ class _Tunnel:
         self.server: asyncio.AbstractServer | None = None
         self.supervisor: asyncio.Task[None] | None = None
         self.clients: set[asyncio.Task[Any]] = set()
+        self.closing = False
 
     async def start(self) -> None:
         _private_dir(self.path.parent)
@@ -139,7 +140,7 @@ class _Tunnel:
 
     async def _supervise(self) -> None:
         t = self.target
-        while True:
+        while not self.closing:
             try:
                 conn = await open_ssh(t, self.key, timeout=self.timeout)
             except Exception as e:  # every failure is retried with backoff; the reason is kept
@@ -200,18 +201,23 @@ class _Tunnel:
         return TunnelStatus(self.conn is not None, self.failures, self.last_error)
 
     async def close(self) -> None:
+        self.closing = True
         if self.server is not None:
             self.server.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        tasks = [t for t in [self.supervisor, *self.clients] if t is not None]
-        for task in tasks:
-            task.cancel()
+        tasks = {t for t in [self.supervisor, *self.clients] if t is not None}
         if self.conn is not None:
             self.conn.close()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Cancel until done: on Python 3.11 a cancel that lands as asyncssh's connect timeout
+        # (asyncio.wait_for) completes can be swallowed, and the supervisor would go on retrying.
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            done, tasks = await asyncio.wait(tasks, timeout=0.5)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.debug("tunnel %s: task ended with %s", self.target.replica_id, _describe(task.exception()))
 
 
 class TunnelManager:
