@@ -216,8 +216,9 @@ class _Tunnel:
                 task.cancel()
             done, tasks = await asyncio.wait(tasks, timeout=0.5)
             for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    log.debug("tunnel %s: task ended with %s", self.target.replica_id, _describe(task.exception()))
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    log.debug("tunnel %s: task ended with %s", self.target.replica_id, _describe(error))
 
 
 class TunnelManager:
