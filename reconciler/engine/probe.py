@@ -27,6 +27,8 @@ Addresses are "http://host:port" or "unix:///abs/path.sock" (the local backend's
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,12 +54,22 @@ class ProbeResult:
 Prober = Callable[[str, "ModelRoute | None", float], ProbeResult]
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Built once: loading the CA bundle costs 100+ ms, more than a probe of a local replica.
+    return httpx.create_ssl_context()
+
+
 def _split(address: str) -> tuple[httpx.AsyncBaseTransport, str]:
+    # Plain HTTP needs no CA bundle (verify=False builds a bare context; nothing is verified
+    # because nothing is encrypted); only an https:// replica gets the shared default context.
     if address.startswith("unix://"):
-        return httpx.AsyncHTTPTransport(uds=address[len("unix://") :]), "http://replica"
-    if not address.startswith(("http://", "https://")):
-        raise ValueError("not an http:// or unix:// address")
-    return httpx.AsyncHTTPTransport(), address.rstrip("/")
+        return httpx.AsyncHTTPTransport(uds=address[len("unix://") :], verify=False), "http://replica"
+    if address.startswith("http://"):
+        return httpx.AsyncHTTPTransport(verify=False), address.rstrip("/")
+    if address.startswith("https://"):
+        return httpx.AsyncHTTPTransport(verify=_tls()), address.rstrip("/")
+    raise ValueError("not an http:// or unix:// address")
 
 
 async def _status(
@@ -66,7 +78,9 @@ async def _status(
 ) -> int:
     """The status of one request; the body is never read. Raises TimeoutError past `deadline`."""
     transport, base = _split(address)
-    async with asyncio.timeout(deadline), httpx.AsyncClient(transport=transport, timeout=deadline) as client:
+    # trust_env off: a replica is probed directly, never through a proxy from the environment.
+    client = httpx.AsyncClient(transport=transport, timeout=deadline, trust_env=False)
+    async with asyncio.timeout(deadline), client:
         request = client.build_request(method, base + path, json=json, headers=list(headers), content=content)
         response = await client.send(request, stream=True)
         await response.aclose()  # the status line is the answer; the connection is dropped
