@@ -92,7 +92,13 @@ def request_status(
     headers: Sequence[tuple[str, str]] = (), content: bytes | None = None,
 ) -> int:
     """`_status` from synchronous code (a pass, or a probe thread of `fan_out`)."""
-    return asyncio.run(_status(address, method, path, deadline, json, headers, content))
+    coro = _status(address, method, path, deadline, json, headers, content)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: no event loop in this thread
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # called from async code: asyncio.run cannot nest
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _failure(what: str, e: BaseException, deadline: float) -> ProbeResult:
