@@ -74,7 +74,7 @@ class Gateway(Forwarder):
         while True:
             try:
                 self.stats.flush()
-                data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time())
+                data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time(), answered=self._answered)
                 await asyncio.to_thread(write_stats, self.settings.state_dir, data)
                 failing = None
             except OSError as e:
@@ -88,6 +88,13 @@ class Gateway(Forwarder):
         if route is None:
             return {}
         return {u.replica_id: self.balancer.in_flight.get(u.replica_id, 0) for u in route.upstreams}
+
+    def _answered(self, service: str) -> dict[str, float]:
+        route = self.router.service(service)
+        if route is None:
+            return {}
+        seen = self.balancer.answered_at
+        return {u.replica_id: seen[u.replica_id] for u in route.upstreams if u.replica_id in seen}
 
     async def startup(self) -> None:
         self.router.bind(asyncio.get_running_loop())

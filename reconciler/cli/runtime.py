@@ -344,6 +344,17 @@ class GatewayThread:
         self.server: Any = None
         self.thread: threading.Thread | None = None
         self.error: str | None = None
+        self.gateway: Any = None  # the gateway.core.Gateway serving in the thread
+
+    def publish(self, snapshot: Any) -> None:
+        """Hand a routes snapshot to the gateway at once (it also watches routes.json, later)."""
+        if self.gateway is not None:
+            self.gateway.set_snapshot(snapshot)
+
+    def on_demand(self, wake: Callable[[str], None]) -> None:
+        """Call `wake(service)` when the gateway holds a request for a service at zero."""
+        if self.gateway is not None:
+            self.gateway.cold.on_demand = wake
 
     def start(self, timeout: float = 15.0) -> bool:
         import uvicorn
@@ -360,6 +371,7 @@ class GatewayThread:
             **self.settings.gateway_options,
         )
         app = _gateway_app(gw, self.control)
+        self.gateway = app.gateway
         if self.verified is not None:
             app.gateway.verified_events = self.verified.put
         config = uvicorn.Config(app, **uvicorn_options(gw))

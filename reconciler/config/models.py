@@ -285,8 +285,24 @@ class ScalingSpec(BaseModel):
         return value
 
 
+# What tidegate does with a failed replica, whatever the file says: restart it with exponential
+# backoff, on every event (no capacity, interruption, error), for as long as the service is in git.
+# dstack's `retry` forms that mean exactly that are accepted; any other form would be a field that
+# changes nothing, so it is refused with this reason (no silent fields).
+RETRY_UNSUPPORTED = (
+    "tidegate restarts a failed replica on every event (no-capacity, interruption, error) with "
+    "backoff for as long as the service is in git; only `retry: true` (or every event, no "
+    "`duration`) says that — remove `retry` or use `retry: true`"
+)
+MAX_DURATION_UNSUPPORTED = (
+    "a service runs until its file is removed from git (dstack's default for services is `off`); "
+    "a `max_duration` is not supported — remove it or use `max_duration: off`"
+)
+
+
 class RetrySpec(BaseModel):
-    """`retry: true` (every event, no time limit) or `{on_events: [...], duration: 1h}`."""
+    """`retry: true` (every event, no time limit) or `{on_events: [...], duration: 1h}`. Only the
+    forms that match what tidegate does are valid (RETRY_UNSUPPORTED)."""
 
     model_config = _FROZEN
     on_events: list[RetryEvent] = Field(default_factory=lambda: list(RetryEvent), min_length=1)
@@ -296,6 +312,12 @@ class RetrySpec(BaseModel):
     @classmethod
     def _duration(cls, value: Any) -> int | None:
         return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _as_tidegate_does(self) -> RetrySpec:
+        if set(self.on_events) != set(RetryEvent) or self.duration is not None:
+            raise ValueError(RETRY_UNSUPPORTED)
+        return self
 
 
 def normalize_env(value: Any) -> Any:
@@ -422,7 +444,7 @@ class ProfileParams(BaseModel):
         if value is True:
             return {}
         if value is False:
-            return None
+            raise ValueError(RETRY_UNSUPPORTED)
         return value
 
     @field_validator("max_duration", mode="before")
@@ -430,7 +452,8 @@ class ProfileParams(BaseModel):
     def _max_duration(cls, value: Any) -> Any:
         if value is None or value is False or value is True or value == "off":
             return None  # off: a service runs until it is removed from git
-        return parse_duration(value)
+        parse_duration(value)  # a malformed duration says so first
+        raise ValueError(MAX_DURATION_UNSUPPORTED)
 
 
 class ServiceConfig(ProfileParams):

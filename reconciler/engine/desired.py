@@ -120,6 +120,10 @@ def resolve_env(
 # must not roll the replicas (the loader's own spec_hash covers the whole file).
 # `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
 ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
+# `retry` and `max_duration` only take the values that say what tidegate does anyway
+# (reconciler.config.models.RETRY_UNSUPPORTED): `retry: true` changes nothing that runs. They are
+# hashed as unset (not left out, which would change every existing hash and roll every replica).
+NO_EFFECT_FIELDS = ("retry", "max_duration")
 
 # Backends that run a replica in a copy of the checkout: for them the repository's files are part
 # of what runs. Cloud backends (aws, azure) start the image/commands only.
@@ -130,6 +134,7 @@ def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str
     """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
     for a backend in WORKDIR_BACKENDS, the code hash (`files`; None leaves the hash as it was)."""
     config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
+    config.update(dict.fromkeys(NO_EFFECT_FIELDS))
     payload: dict[str, object] = {"config": config, "env": env_hash, "backend": backend}
     if files is not None:
         payload["files"] = files

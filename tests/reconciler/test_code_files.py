@@ -107,6 +107,12 @@ def chmod_x(rel: str) -> Callable[[Path], None]:
         ),
         pytest.param("aws", write("app.py", "print('v2')\n"), False, id="cloud-backend-code-no-roll"),
         pytest.param(
+            "local",
+            write("web/.dstack.yml", service("web") + "retry: true\nmax_duration: off\n"),
+            False,
+            id="retry-true-and-max-duration-off-say-what-runs-anyway-no-roll",
+        ),
+        pytest.param(
             "aws",
             write("web/.dstack.yml", service("web", "aws", greeting="x")),
             True,
