@@ -344,12 +344,14 @@ class GatewayThread:
         self.server: Any = None
         self.thread: threading.Thread | None = None
         self.error: str | None = None
+        self.acme: Any = None  # the ACME manager (gateway.tls.manager), with --acme-email
 
     def start(self, timeout: float = 15.0) -> bool:
         import uvicorn
 
         from gateway.server import uvicorn_options
         from gateway.settings import GatewaySettings
+        from gateway.tls.listener import GatewayServer, start_acme
 
         gw = GatewaySettings(
             state_dir=self.settings.state_dir,
@@ -363,7 +365,8 @@ class GatewayThread:
         if self.verified is not None:
             app.gateway.verified_events = self.verified.put
         config = uvicorn.Config(app, **uvicorn_options(gw))
-        self.server = uvicorn.Server(config)
+        self.server = GatewayServer(config, gw.https_address)
+        self.acme = start_acme(gw, self.server)
 
         def run() -> None:
             try:
@@ -385,6 +388,8 @@ class GatewayThread:
         return False
 
     def stop(self) -> None:
+        if self.acme is not None:
+            self.acme.stop()
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:
