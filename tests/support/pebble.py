@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ class Pebble:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(self.directory, verify=str(self.wfe_cert), timeout=2).status_code == 200:
+                if httpx.get(self.directory, verify=ssl.create_default_context(cafile=str(self.wfe_cert)), timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -102,7 +103,7 @@ class Pebble:
 
     def root_file(self) -> Path:
         """The root that signs this run's certificates, as a file for `curl --cacert` / `verify=`."""
-        pem = httpx.get(f"https://127.0.0.1:{self.mgmt_port}/roots/0", verify=str(self.wfe_cert), timeout=5).text
+        pem = httpx.get(f"https://127.0.0.1:{self.mgmt_port}/roots/0", verify=ssl.create_default_context(cafile=str(self.wfe_cert)), timeout=5).text
         path = self.folder / "root.pem"
         path.write_text(pem)
         return path
