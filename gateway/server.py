@@ -272,6 +272,8 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
         acme = start_acme(settings, server)
         try:
             server.run()
+        except KeyboardInterrupt:  # uvicorn re-raises the signal it shut down for
+            pass
         finally:
             if acme is not None:
                 acme.stop()
@@ -284,6 +286,11 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     os.environ[SETTINGS_ENV] = settings.to_json()
     try:
-        uvicorn.run("gateway.server:worker_app", factory=True, workers=settings.workers, **common)
+        if settings.https_address is not None:
+            from gateway.tls.workers import serve_workers
+
+            serve_workers(settings, uvicorn.Config("gateway.server:worker_app", factory=True, workers=settings.workers, **common))
+        else:
+            uvicorn.run("gateway.server:worker_app", factory=True, workers=settings.workers, **common)
     finally:
         shutil.rmtree(prom_dir, ignore_errors=True)

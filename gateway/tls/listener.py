@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -34,20 +35,16 @@ def _gateway_of(app: Any) -> Any:
 
 
 class GatewayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, https: tuple[str, int] | None) -> None:
+    def __init__(self, config: uvicorn.Config, https: tuple[str, int] | None, tls_sock: socket.socket | None = None) -> None:
         super().__init__(config)
         self.https = https
+        self.tls_sock = tls_sock  # bound by a parent process (several workers share it)
         self.https_port: int | None = None  # bound port (useful with port 0)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        tls_sock: socket.socket | None = None
-        if self.https is not None:
-            host, port = self.https
-            try:
-                tls_sock = socket.create_server((host, port), family=_family(host), reuse_port=False)
-            except OSError as e:
-                log.error("cannot listen for HTTPS on %s:%s: %s", host, port, e.strerror or e)
-                sys.exit(3)
+        tls_sock = self.tls_sock
+        if tls_sock is None and self.https is not None:
+            tls_sock = bind_https(self.https)
         await super().startup(sockets)
         if tls_sock is None or not self.started:
             return
@@ -72,11 +69,19 @@ class GatewayServer(uvicorn.Server):
         gateway.https_bound(self.https_port)
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+def bind_https(address: tuple[str, int]) -> socket.socket:
+    """The HTTPS listening socket; a bind failure is logged in one line and ends startup (exit 3, as uvicorn)."""
+    host, port = address
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        log.error("cannot listen for HTTPS on %s:%s: %s", host, port, e.strerror or e)
+        sys.exit(3)
 
 
-def start_acme(settings: GatewaySettings, server: GatewayServer | None = None) -> AcmeManager | None:
+def start_acme(
+    settings: GatewaySettings, server: GatewayServer | None = None, ready: Callable[[], bool] | None = None
+) -> AcmeManager | None:
     """The ACME manager for these settings (None without `--acme-email`), started; its first round
     waits for `server` to listen, as the CA connects to the plain listener to validate."""
     if not settings.acme_email:
@@ -92,7 +97,7 @@ def start_acme(settings: GatewaySettings, server: GatewayServer | None = None) -
     manager = AcmeManager(
         settings.state_dir, account, settings.gateway_host, covered=covered,
         renew_fraction=settings.acme_renew_fraction, retry=settings.acme_retry,
-        ready=(lambda: bool(server.started)) if server is not None else None,
+        ready=(lambda: bool(server.started)) if server is not None else ready,
     )
     manager.start()
     return manager

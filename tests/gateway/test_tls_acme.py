@@ -178,3 +178,38 @@ def test_failed_validation_logged_once_and_backed_off(tmp_path: Path, caplog: py
         assert not list((state / "tls" / "acme-challenges").iterdir())  # answers cleaned up
     finally:
         pebble.stop()
+
+
+@pytest.mark.slow
+def test_gateway_command_with_two_workers_and_acme(tmp_path: Path, plain_port: int, openai_upstream: Proc) -> None:
+    """`tidegate gateway --workers 2 --https-listen ... --acme-email ...` as a real process: the
+    parent issues, both workers serve HTTPS, SIGINT stops everything."""
+    import signal
+    import sys
+
+    from tests.gateway.conftest import ROOT
+    from tidegate.routes_io import write_snapshot
+
+    pebble = Pebble(tmp_path / "pebble", plain_port)
+    state = tmp_path / "state"
+    write_snapshot(state, snapshot_of(_route("oa", openai_upstream.url, auth=False)))
+    https_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli.main", "gateway", "--state", str(state), "--domain", DOMAIN,
+         "--listen", f"127.0.0.1:{plain_port}", "--workers", "2", "--https-listen", f"127.0.0.1:{https_port}",
+         "--acme-email", "ops@tidegate.test", "--acme-directory", pebble.directory, "--acme-ca-bundle", str(pebble.wfe_cert)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        root = pebble.root_file()
+        # Each worker loads the new certificate within a second: then every connection gets it.
+        wait_for(lambda: all(_serves(f"oa.{DOMAIN}", https_port, str(root)) for _ in range(6)), "HTTPS from both workers", timeout=90)
+        for _ in range(4):
+            assert '"status"' in _curl(root, f"oa.{DOMAIN}", https_port, "/health", "unused")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        pebble.stop()
+    assert proc.returncode == 0, out
+    assert "HTTPS on 127.0.0.1" in out
+    assert "Traceback" not in out
