@@ -127,7 +127,7 @@ def build_previews(settings: Settings, args: argparse.Namespace | None, source: 
         backends=engine.backends.names(),
         domain=settings.domain,
         github=GitHubClient(gh) if gh is not None and gh.token else None,
-        url_base=f"http://{{name}}.{settings.domain}:{settings.listen_port}",
+        url_base=settings.service_url("{name}"),
     )
 
 
