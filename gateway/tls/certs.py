@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.tls.files import CertInfo, cert_paths, certs_dir, name_matches, read_cert_info
@@ -34,6 +34,7 @@ class Loaded:
     context: ssl.SSLContext
     info: CertInfo
     signature: Signature
+    covers: dict[str, bool] = field(default_factory=dict, compare=False)  # host -> a name covers it
 
 
 def _signature(cert: Path, key: Path) -> Signature:
@@ -95,9 +96,15 @@ class CertStore:
             own = self.by_host.get(host)
             if own is not None:
                 return own.context
-            if self.manual is not None and any(name_matches(p, host) for p in self.manual.info.names):
-                return self.manual.context
-            return None
+            manual = self.manual
+            if manual is None:
+                return None
+            covered = manual.covers.get(host)
+            if covered is None:  # remembered per name (this runs for every plain request), per pair
+                if len(manual.covers) > 4096:
+                    manual.covers.clear()
+                covered = manual.covers[host] = any(name_matches(p, host) for p in manual.info.names)
+            return manual.context if covered else None
         return self.manual.context if self.manual is not None else None
 
     def has_cert(self, host: str) -> bool:

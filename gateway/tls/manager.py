@@ -50,6 +50,7 @@ class AcmeManager:
         self.failures: dict[str, Failure] = {}
         self._reasons: dict[str, str] = {}
         self._routes_error: str | None = None
+        self._said_no_hosts = False
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.issued = 0  # certificates obtained by this manager (restarts start at 0)
@@ -66,7 +67,11 @@ class AcmeManager:
                 log.warning("ACME: cannot read the routes (%s); trying again", str(e).splitlines()[0])
             return wanted
         wanted.update(s.host.lower() for s in snapshot.services.values())
-        return {h for h in wanted if valid_host(h) and not h.endswith((".localhost", ".local")) and h != "localhost"}
+        public = {h for h in wanted if valid_host(h) and not h.endswith((".localhost", ".local")) and h != "localhost"}
+        if not public and not self._said_no_hosts:
+            self._said_no_hosts = True  # e.g. --domain localhost: no CA issues for it
+            log.warning("ACME: no public host name to get a certificate for (%s); set --domain", ", ".join(sorted(wanted)))
+        return public
 
     def certificates(self, hosts: set[str]) -> dict[str, CertInfo]:
         found: dict[str, CertInfo] = {}
