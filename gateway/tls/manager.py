@@ -10,6 +10,7 @@ and issues nothing until they are due. Each host's failure is logged once per di
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -17,11 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.tls.acme_issue import AcmeAccount, AcmeClient, AcmeFailure
-from gateway.tls.files import CertInfo, cert_paths, read_cert_info, utcnow, valid_host
+from gateway.tls.files import CertInfo, cert_paths, read_cert_info, tls_dir, utcnow, valid_host
 from gateway.tls.schedule import Decision, Failure, decide
+from tidegate.fsio import write_json_atomic
 from tidegate.routes_io import read_snapshot
 
 log = logging.getLogger("tidegate.gateway.acme")
+FAILURES_FILE = "acme-failures.json"
 
 
 class AcmeManager:
@@ -47,7 +50,8 @@ class AcmeManager:
         self.poll = poll
         self.now = now
         self.ready = ready  # the plain listener is up (the CA will connect to it)
-        self.failures: dict[str, Failure] = {}
+        self.failures: dict[str, Failure] = _load_failures(state_dir)  # kept across restarts: a crash
+        # loop must not retry a failing host at every start (CAs count failed validations)
         self._reasons: dict[str, str] = {}
         self._routes_error: str | None = None
         self._said_no_hosts = False
@@ -101,6 +105,7 @@ class AcmeManager:
         except AcmeFailure as e:
             failure = self.failures.get(host)
             self.failures[host] = Failure((failure.count if failure else 0) + 1, self.now())
+            _save_failures(self.state_dir, self.failures)
             if self._reasons.get(host) != str(e):
                 self._reasons[host] = str(e)
                 log.warning("ACME: no certificate for %s yet: %s (retrying with backoff)", host, e)
@@ -108,7 +113,8 @@ class AcmeManager:
         except OSError as e:  # the state dir itself: disk full, permissions
             log.warning("ACME: cannot store the certificate for %s: %s", host, e)
             return
-        self.failures.pop(host, None)
+        if self.failures.pop(host, None) is not None:
+            _save_failures(self.state_dir, self.failures)
         self._reasons.pop(host, None)
         self.issued += 1
         log.info("ACME: certificate issued for %s", host)
@@ -136,3 +142,26 @@ class AcmeManager:
         self._stop.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
+
+
+def _failures_path(state_dir: Path) -> Path:
+    return tls_dir(state_dir) / FAILURES_FILE
+
+
+def _load_failures(state_dir: Path) -> dict[str, Failure]:
+    try:
+        raw = json.loads(_failures_path(state_dir).read_bytes())
+        return {str(h): Failure(int(f["count"]), datetime.fromisoformat(f["at"])) for h, f in raw.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        log.warning("ACME: ignoring %s (%s)", _failures_path(state_dir), e)
+        return {}
+
+
+def _save_failures(state_dir: Path, failures: dict[str, Failure]) -> None:
+    body = {h: {"count": f.count, "at": f.at.isoformat()} for h, f in sorted(failures.items())}
+    try:
+        write_json_atomic(_failures_path(state_dir), body, indent=1, mode=0o600)
+    except OSError as e:
+        log.warning("ACME: cannot record failures in %s: %s", _failures_path(state_dir), e.strerror or e)

@@ -176,6 +176,10 @@ def test_failed_validation_logged_once_and_backed_off(tmp_path: Path, caplog: py
         assert lines[0].exc_info is None
         assert not cert_paths(state, GW_HOST)[0].exists()
         assert not list((state / "tls" / "acme-challenges").iterdir())  # answers cleaned up
+        # A restart (a crash loop, say) keeps the backoff: no new attempt right away.
+        restarted = AcmeManager(state, AcmeAccount("ops@tidegate.test", pebble.directory, str(pebble.wfe_cert)), GW_HOST, retry=300.0)
+        assert restarted.failures == manager.failures
+        assert restarted.step().due == ()
     finally:
         pebble.stop()
 
