@@ -137,3 +137,36 @@ def test_mismatched_key_is_a_clear_cli_error(tmp_path: Path, ca: Authority) -> N
     assert out.returncode == 2
     assert "does not fit" in out.stderr and str(tmp_path / "b.key") in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_gateway_command_serves_https_and_stops_cleanly(tmp_path: Path, ca: Authority) -> None:
+    """`tidegate gateway --https-listen ... --tls-cert ... --tls-key ...` (one worker) as a process."""
+    import signal
+
+    import httpx
+
+    ca.leaf([f"*.{DOMAIN}"], tmp_path / "w.crt", tmp_path / "w.key")
+    root = str(ca.write(tmp_path / "ca.pem"))
+    plain, https = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli.main", "gateway", "--state", str(tmp_path / "state"), "--domain", DOMAIN,
+         "--listen", f"127.0.0.1:{plain}", "--https-listen", f"127.0.0.1:{https}",
+         "--tls-cert", str(tmp_path / "w.crt"), "--tls-key", str(tmp_path / "w.key")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        def healthy() -> bool:
+            try:
+                with loopback_client(root, timeout=2) as http:
+                    return http.get(f"https://gateway.{DOMAIN}:{https}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, "HTTPS from the gateway process", timeout=60)
+        r = httpx.get(f"http://127.0.0.1:{plain}/healthz", headers={"Host": f"gateway.{DOMAIN}"})
+        assert (r.status_code, r.headers["location"]) == (308, f"https://gateway.{DOMAIN}:{https}/healthz")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert f"HTTPS on 127.0.0.1:{https}" in out and "Traceback" not in out
