@@ -37,4 +37,7 @@ def test_up_serves_a_pushed_service_over_https_with_acme(remote: Remote, tidegat
         assert (r.status_code, r.headers["location"]) == (308, f"https://web.{DOMAIN}:{https_port}/")
     finally:
         pebble.stop()
-    assert "Traceback" not in tg.log_text()
+    log = tg.log_text()
+    assert f"OpenAI API at https://gateway.{DOMAIN}:{https_port}" in log
+    assert "ACME: certificate issued for web.tidegate.test" in log
+    assert "Traceback" not in log
