@@ -72,8 +72,7 @@ def describe(error: BaseException) -> str:
         return "the CA did not validate or finalize the order in time"
     if isinstance(error, messages.Error):
         return _problem(error)
-    if isinstance(error, OSError | ValueError) or type(error).__module__.startswith(("requests", "urllib3")):
-        return f"{type(error).__name__}: {error}".splitlines()[0][:400]
+    # requests' errors (CA unreachable, TLS to the directory failed), OSError, the library's own
     return f"{type(error).__name__}: {error}".splitlines()[0][:400]
 
 
