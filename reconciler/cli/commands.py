@@ -325,6 +325,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         say(f"tidegate up: watching {source.describe()} (state {settings.state_dir}); Ctrl-C stops, replicas keep running")
         if previews is not None:
             say(f"previews: open pull requests get <service>-pr-<N>.{settings.domain} ({previews.settings.max_concurrent} at most)")
+        if gateway is not None and settings.gateway_options.get("https_listen"):
+            certs = "ACME" if settings.gateway_options.get("acme_email") else str(settings.gateway_options.get("tls_cert"))
+            say(f"HTTPS on {settings.gateway_options['https_listen']}: {settings.service_url('<name>')}, "
+                f"OpenAI API at {settings.service_url('gateway')} (certificates: {certs})")
         loop.start()
         loop.run()
     finally:

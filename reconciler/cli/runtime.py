@@ -127,7 +127,7 @@ def build_previews(settings: Settings, args: argparse.Namespace | None, source: 
         backends=engine.backends.names(),
         domain=settings.domain,
         github=GitHubClient(gh) if gh is not None and gh.token else None,
-        url_base=f"http://{{name}}.{settings.domain}:{settings.listen_port}",
+        url_base=settings.service_url("{name}"),
     )
 
 
@@ -345,6 +345,7 @@ class GatewayThread:
         self.thread: threading.Thread | None = None
         self.error: str | None = None
         self.gateway: Any = None  # the gateway.core.Gateway serving in the thread
+        self.acme: Any = None  # the ACME manager (gateway.tls.manager), with --acme-email
 
     def publish(self, snapshot: Any) -> None:
         """Hand a routes snapshot to the gateway at once (it also watches routes.json, later)."""
@@ -361,6 +362,7 @@ class GatewayThread:
 
         from gateway.server import uvicorn_options
         from gateway.settings import GatewaySettings
+        from gateway.tls.listener import GatewayServer, start_acme
 
         gw = GatewaySettings(
             state_dir=self.settings.state_dir,
@@ -375,7 +377,8 @@ class GatewayThread:
         if self.verified is not None:
             app.gateway.verified_events = self.verified.put
         config = uvicorn.Config(app, **uvicorn_options(gw))
-        self.server = uvicorn.Server(config)
+        self.server = GatewayServer(config, gw.https_address)
+        self.acme = start_acme(gw, self.server)
 
         def run() -> None:
             try:
@@ -397,6 +400,8 @@ class GatewayThread:
         return False
 
     def stop(self) -> None:
+        if self.acme is not None:
+            self.acme.stop()
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:

@@ -88,6 +88,11 @@ class Settings:
         return f"http://{shown}:{self.listen_port}"
 
     def service_url(self, name: str) -> str:
+        """Where users reach a service: https (without :443) when the gateway has an HTTPS listener."""
+        https = self.gateway_options.get("https_listen")
+        if https:
+            port = split_listen(str(https))[1]
+            return f"https://{name}.{self.domain}" + ("" if port == 443 else f":{port}")
         return f"http://{name}.{self.domain}:{self.listen_port}"
 
 
