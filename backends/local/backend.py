@@ -114,6 +114,7 @@ class LocalBackend:
     """Replicas as process trees on this machine; see the module docstring."""
 
     name = "local"
+    ships_workdir = True  # each replica runs in a copy of the checkout (`work/`)
 
     def __init__(
         self,
@@ -301,9 +302,12 @@ class LocalBackend:
         return collect_local_litter(self.root)
 
     def log_path(self, replica_id: str) -> Path | None:
-        """The live log file of a replica (for `tidegate logs --follow`), None when it has none."""
-        path = self._paths(replica_id).log
-        return path if path.exists() else None
+        """The live log file of a replica (for `tidegate logs --follow`); it appears when the
+        replica starts and moves to `.1` when it reaches the size cap."""
+        return self._paths(replica_id).log
+
+    def close(self) -> None:
+        """Nothing to release: replicas are processes that outlive this object by design."""
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:
         paths = self._paths(replica_id)
