@@ -8,3 +8,6 @@ egress.py and sandbox.py also run by path inside the supervisor (relay.py as a s
 so they import nothing of ours but each other: imported as `backends.local.<name>` from the
 package, as plain sibling modules when the supervisor runs (`if __package__:` chooses).
 """
+
+# What other units may import (docs/architecture.md, the public-surface rule); the rest is private.
+PUBLIC_MODULES: tuple[str, ...] = ("backend",)

@@ -86,7 +86,6 @@ from backends.local.fit import HostFit, NetworkMode
 from backends.local.layout import (
     ReplicaPaths,
     container_name,
-    copy_workdir,
     read_json,
     script_for,
     socket_path,
@@ -95,11 +94,18 @@ from backends.local.layout import (
 )
 from backends.local.sandbox import SandboxMode
 from backends.local.status import recorded, replica_info, start_meta
+from backends.workdir import copy_workdir
 
-__all__ = ["META", "LocalBackend", "NetworkMode", "SandboxMode", "socket_path"]
+__all__ = ["META", "LocalBackend", "NetworkMode", "SandboxMode", "parse_egress_rule", "socket_path"]
 
 META = "replica.json"
 KEPT_LOG_LINES = 200
+
+
+def parse_egress_rule(text: str) -> str:
+    """One `egress_allow` rule (`CIDR` or `CIDR:port`) in its canonical form; ValueError naming
+    what is wrong. The settings check uses it before a LocalBackend is built with the rules."""
+    return str(local_egress.parse_rule(text))
 
 
 class LocalBackend(HostFit):

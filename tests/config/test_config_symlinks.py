@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.local.layout import copy_workdir
+from backends.workdir import copy_workdir
 from reconciler.cli.validate_cmd import OutputFormat, validate_paths
 from reconciler.config.loader import Severity, load_tree
 from reconciler.source.checkout import _copy_tree, _extract_tar, tree_hash
