@@ -7,7 +7,7 @@ the configs themselves: `.git` and whatever the root `.dstackignore` excludes ar
 very matcher `copy_workdir` uses (`backends.workdir.dstackignore`); every `.dstack.yml` /
 `*.dstack.yml` file (the loader's `is_config_file`) and the root `.dstack/` folder (profiles) are
 left out too, because the replica spec hash already covers its own config and editing another
-service's config must not roll this one. Walking and hashing reuse `source.tree_hash`.
+service's config must not roll this one. Walking and hashing reuse `source.trees.tree_hash`.
 
 A revision is immutable (a git sha, or a `worktree-<content hash>`), so the hash is cached per
 (checkout folder, revision): a 1,000-service repo hashes its tree once per snapshot, not once per
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from backends.workdir import dstackignore
 from reconciler.config.loader import is_config_file
-from reconciler.source.checkout import IgnoreFn, tree_hash
+from reconciler.source.trees import IgnoreFn, tree_hash
 
 CONFIG_DIR = ".dstack"
 _CACHE_SIZE = 32
