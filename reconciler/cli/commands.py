@@ -589,13 +589,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     for line in seen:
         print(masker(line))
     sys.stdout.flush()
-    log_path = getattr(backend, "log_path", None)
-    if args.follow and log_path is not None:  # a local log file: follow it by byte offset
+    if args.follow and backend.log_path(replica.id) is not None:  # a local log file: follow it by byte offset
         from reconciler.cli.follow import follow_lines
 
         def followed() -> tuple[str, Path | None]:
             rid = _current_replica(settings.state_dir, args.service, replica.ordinal) or replica.id
-            return rid, log_path(rid)
+            return rid, backend.log_path(rid)
 
         def emit(line: str) -> None:
             print(masker(line), flush=True)

@@ -124,7 +124,7 @@ def build_previews(settings: Settings, args: argparse.Namespace | None, source: 
         settings.branch,
         env=settings.env,
         salt=engine.installation.salt,
-        backends=engine.backends.names(),
+        backends=engine.backends,
         domain=settings.domain,
         github=GitHubClient(gh) if gh is not None and gh.token else None,
         url_base=settings.service_url("{name}"),
@@ -133,7 +133,9 @@ def build_previews(settings: Settings, args: argparse.Namespace | None, source: 
 
 def build_orphan_sweeper(engine: Engine, grace: float = 900.0) -> OrphanSweeper | None:
     """A sweeper over the cloud backends (the local backend's replicas are adopted, not swept)."""
-    clouds = [b for b in engine.backends.all() if b.name != "local"]
+    from backends.cloud.backend import CloudBackend
+
+    clouds = [b for b in engine.backends.all() if isinstance(b, CloudBackend)]
     if not clouds:
         return None
     return OrphanSweeper(
