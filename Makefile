@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 
 # Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so):
 # sshd for the tunnel tests, bubblewrap for the replica sandbox (tests/security needs it), chromium
-# for the dashboard's browser tests.
-SYSTEM_PACKAGES := openssh-server bubblewrap chromium
+# for the dashboard's browser tests, etcd-server for the shared-state tests (a 3-member cluster on loopback).
+SYSTEM_PACKAGES := openssh-server bubblewrap chromium etcd-server
 
 .PHONY: up test test-fast lint plain-install system-packages slow bench clean sandbox-tool
 

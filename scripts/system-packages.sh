@@ -5,6 +5,7 @@
 #   bubblewrap      /usr/bin/bwrap, the local replica sandbox (tests/security; `make up` has its own
 #                   scripts/ensure_sandbox.sh, which never fails the command)
 #   chromium        /usr/bin/chromium, the headless browser of the dashboard tests (Playwright drives it)
+#   etcd-server     /usr/bin/etcd, the 3-member cluster of the shared-state tests (tests/support/etcd_cluster.py)
 set -euo pipefail
 
 missing=()
