@@ -100,12 +100,16 @@ class EtcdLocation:
             raise EtcdError(f"--state {url!r}: no etcd endpoint (etcd://host1:2379,host2:2379/<prefix>)")
         prefix = parts.path.strip("/")
         if not prefix:
-            raise EtcdError(f"--state {url!r}: a key prefix is required after the endpoints (…:2379/<prefix>)")
+            raise EtcdError(
+                f"--state {url!r}: a key prefix is required after the endpoints (…:2379/<prefix>)"
+            )
         if bool(cert) != bool(key):
             raise EtcdError("--etcd-cert and --etcd-key go together (a client certificate and its key)")
         env = environ or {}
         tls = parts.scheme == TLS_SCHEME or bool(cacert or cert)
-        return cls(tuple(endpoints), prefix, tls, cacert, cert, key, env.get(USER_ENV) or None, env.get(PASSWORD_ENV))
+        return cls(
+            tuple(endpoints), prefix, tls, cacert, cert, key, env.get(USER_ENV) or None, env.get(PASSWORD_ENV)
+        )
 
     def describe(self) -> str:
         hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
@@ -207,7 +211,9 @@ class EtcdClient:
         loc = self.location
         if not loc.user:
             return
-        answer = client.post(client.get_url("/auth/authenticate"), json={"name": loc.user, "password": loc.password or ""})
+        answer = client.post(
+            client.get_url("/auth/authenticate"), json={"name": loc.user, "password": loc.password or ""}
+        )
         token = str(answer.get("token", ""))
         for c in self._clients:
             c.session.headers["Authorization"] = token
@@ -257,7 +263,9 @@ class EtcdClient:
 
     def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """Every key under `prefix`, sorted, and the store revision they were read at."""
-        answer = self.call("/kv/range", {"key": _b64(prefix), "range_end": range_end(prefix), "sort_order": "ASCEND"})
+        answer = self.call(
+            "/kv/range", {"key": _b64(prefix), "range_end": range_end(prefix), "sort_order": "ASCEND"}
+        )
         revision = int(answer.get("header", {}).get("revision", 0))
         return [_kv(kv) for kv in answer.get("kvs") or []], revision
 
@@ -276,7 +284,10 @@ class EtcdClient:
         return int(answer.get("deleted", 0))
 
     def txn(
-        self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None
+        self,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+        failure: list[dict[str, Any]] | None = None,
     ) -> tuple[bool, int]:
         """One transaction: (whether the compares held, the revision after it)."""
         answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
@@ -297,7 +308,9 @@ class EtcdClient:
         self.call("/kv/lease/revoke", {"ID": str(lease)})
 
     # -- watch -----------------------------------------------------------------------------
-    def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[tuple[str, KV]]:
+    def watch_prefix(
+        self, prefix: str, start_revision: int, stop: threading.Event
+    ) -> Iterator[tuple[str, KV]]:
         """Events ("PUT" | "DELETE", kv) under `prefix` from `start_revision`, until `stop` is set
         or the stream ends (the iterator then returns: the caller re-reads and watches again).
         The stream asks etcd for progress notices so a dead connection is noticed by its silence."""
@@ -312,7 +325,9 @@ class EtcdClient:
             }
         }
         try:
-            resp = client.session.post(client.get_url("/watch"), json=request, stream=True, timeout=(self.timeout, 15.0))
+            resp = client.session.post(
+                client.get_url("/watch"), json=request, stream=True, timeout=(self.timeout, 15.0)
+            )
         except Exception as e:  # requests' connection errors: the caller resyncs
             raise EtcdUnavailable(f"watch {prefix}: {type(e).__name__}") from e
         buffer = b""

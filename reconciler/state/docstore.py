@@ -70,7 +70,9 @@ class DirStore:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except OSError as e:
-            raise StateError(f"cannot read {self._path(name)}: {describe_os_error(e, self._path(name))}") from e
+            raise StateError(
+                f"cannot read {self._path(name)}: {describe_os_error(e, self._path(name))}"
+            ) from e
 
     def list(self, prefix: str) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -78,7 +80,11 @@ class DirStore:
             return out
         for path in sorted(self.dir.rglob("*")):
             rel = path.relative_to(self.dir).as_posix()
-            if not rel.startswith(prefix) or not path.is_file() or any(p.startswith(".") for p in rel.split("/")):
+            if (
+                not rel.startswith(prefix)
+                or not path.is_file()
+                or any(p.startswith(".") for p in rel.split("/"))
+            ):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 out[rel] = path.read_bytes()

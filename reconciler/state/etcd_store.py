@@ -80,7 +80,11 @@ class EtcdStore:
         return {kv.key[len(base) :]: kv.value for kv in kvs}
 
     def _write(self, ops: Ops, what: str) -> None:
-        compare = [] if self.fence is None else [cmp_create_revision(self.location.key(LEADER_KEY), self.fence.revision)]
+        compare = (
+            []
+            if self.fence is None
+            else [cmp_create_revision(self.location.key(LEADER_KEY), self.fence.revision)]
+        )
         try:
             ok, _ = self.client.txn(compare, ops)
         except EtcdUnavailable as e:

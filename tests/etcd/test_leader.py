@@ -49,7 +49,9 @@ class Contender:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"{self.node}: no {event!r} in {timeout}s; saw {[e['event'] for e in self.seen][-10:]}")
+                raise AssertionError(
+                    f"{self.node}: no {event!r} in {timeout}s; saw {[e['event'] for e in self.seen][-10:]}"
+                )
             try:
                 e = self.events.get(timeout=left)
             except queue.Empty:
@@ -95,7 +97,9 @@ def test_exactly_one_of_three_leads(etcd_cluster: EtcdCluster, contenders: list[
     assert Leadership(client_for(url)).holder() == leading[0].node
 
 
-def test_kill_9_of_the_leader_a_standby_leads_within_10s(etcd_cluster: EtcdCluster, contenders: list[Contender]) -> None:
+def test_kill_9_of_the_leader_a_standby_leads_within_10s(
+    etcd_cluster: EtcdCluster, contenders: list[Contender]
+) -> None:
     url = etcd_cluster.url()
     a = Contender(url, "a", ttl=5)  # the production lease
     contenders.append(a)
