@@ -366,16 +366,19 @@ def run_watch(
     while not stop.is_set():
         try:
             kvs, revision = client.get_prefix(prefix)
-            on_snapshot(kvs)
-            on_health(None)
-            for kind, kv in client.watch_prefix(prefix, revision + 1, stop):
-                on_event(kind, kv)
-            if stop.is_set():
-                return
-            on_health("the etcd watch stream ended")
         except EtcdError as e:
             on_health(str(e))
-        stop.wait(retry)
+            stop.wait(retry)
+            continue
+        on_snapshot(kvs)
+        on_health(None)
+        try:
+            for kind, kv in client.watch_prefix(prefix, revision + 1, stop):
+                on_event(kind, kv)
+        except EtcdError as e:
+            # A quiet stream ends at its read timeout, a dead member's at once: either way read
+            # everything again right away; only a read that fails says etcd is out of reach.
+            log.debug("watch %s ended: %s", prefix, e)
 
 
 # The feed's word on etcd, in the local state dir: the gateway's /healthz reads it (it may run in

@@ -255,6 +255,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     _logging(fmt=getattr(args, "log_format", "text"))
     try:
         settings = _settings(args)
+        if settings.etcd is not None:  # shared state: lead or stand by (reconciler.cli.ha)
+            from reconciler.cli.ha import HaUp
+
+            return HaUp(settings, settings.etcd, args).run()
         source = runtime.require_source(settings)
         engine = runtime.build_engine(settings)
         engine.recover()  # takes the lock: a second `up` stops here, naming the holder
