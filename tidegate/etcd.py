@@ -25,6 +25,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,6 +373,7 @@ def run_watch(
             continue
         on_snapshot(kvs)
         on_health(None)
+        started = time.monotonic()
         try:
             for kind, kv in client.watch_prefix(prefix, revision + 1, stop):
                 on_event(kind, kv)
@@ -379,6 +381,8 @@ def run_watch(
             # A quiet stream ends at its read timeout, a dead member's at once: either way read
             # everything again right away; only a read that fails says etcd is out of reach.
             log.debug("watch %s ended: %s", prefix, e)
+        if time.monotonic() - started < 1.0:
+            stop.wait(retry)  # a stream that cannot even start is not retried in a busy loop
 
 
 # The feed's word on etcd, in the local state dir: the gateway's /healthz reads it (it may run in
