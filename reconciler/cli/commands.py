@@ -375,6 +375,7 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
                         "log_tail": list(r.log_tail),
                         "offer": r.offer,
                         "price": r.price,
+                        "machine": r.machine,
                     }
                     for r in v.replicas
                 ],
@@ -510,6 +511,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if previews:
         say("")
         print_table(PS_HEADERS, previews)
+    machines: dict[str, list[str]] = {}
+    for r in rows:
+        for rep in r["replicas"]:
+            if rep.get("machine"):
+                machines.setdefault(rep["machine"], []).append(rep["id"])
+    for machine, ids in machines.items():  # local replicas answer only on the machine that runs them
+        say(f"on machine {machine} (local backend): {', '.join(ids)}")
     for r in rows:
         for rep in r["replicas"]:
             if rep["log_tail"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -163,3 +164,7 @@ def test_kill_9_of_the_leader_during_a_roll(drill: dict[str, Any], tmp_path: Pat
     assert len(known) == REPLICAS
     assert set(trees) == known, f"leaked or missing replica processes: {trees} vs {known}"
     assert all(len(roots) == 1 for roots in trees.values()), f"a replica runs twice: {trees}"
+    # `ps` says which machine the local backend's replicas belong to.
+    assert {r["machine"] for r in services["web"]["replicas"]} == {socket.gethostname()}
+    text = tidegate("ps", "--state", str(local)).stdout
+    assert f"on machine {socket.gethostname()} (local backend): " in text
