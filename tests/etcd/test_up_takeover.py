@@ -83,8 +83,9 @@ def drill(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[dict[str, Any]]
             up.stop()
         for gw in made["gws"]:
             gw.close()
-        kill_replicas(local)
-        assert not replica_processes(local)
+        for folder in (local, tmp_path / "machine-b"):
+            kill_replicas(folder)
+            assert not replica_processes(folder)
 
 
 def leader_pid(url: str) -> int | None:
@@ -168,3 +169,35 @@ def test_kill_9_of_the_leader_during_a_roll(drill: dict[str, Any], tmp_path: Pat
     assert {r["machine"] for r in services["web"]["replicas"]} == {socket.gethostname()}
     text = tidegate("ps", "--state", str(local)).stdout
     assert f"on machine {socket.gethostname()} (local backend): " in text
+
+
+def test_a_paused_up_leader_wakes_fenced_and_stands_by(drill: dict[str, Any], tmp_path: Path) -> None:
+    """Two machines (a local dir each): the paused leader's lease runs out, the other leads and
+    rolls; woken, the old leader starts and stops nothing and stands by."""
+    url, remote, local = drill["url"], drill["remote"], drill["local"]
+    other = tmp_path / "machine-b"
+    remote.push({"web.dstack.yml": service_yaml("web", replicas=REPLICAS, greeting="v1")}, message="v1")
+    a = Up(url, remote.url, local, tmp_path / "up-a.log")
+    drill["ups"].append(a)
+    wait_for(lambda: leader_pid(url) == a.proc.pid, 30, "the first up to lead")
+    wait_for(lambda: greetings(f"http://127.0.0.1:{a.port}") == {"v1"}, 120, "v1 served")
+    b = Up(url, remote.url, other, tmp_path / "up-b.log")
+    drill["ups"].append(b)
+    wait_for(lambda: "standing by" in b.log.read_text(), 30, "the second up to stand by")
+    a_trees = replica_trees(local)
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: leader_pid(url) == b.proc.pid, 20, "the standby to lead while the leader is paused")
+        remote.push({"web.dstack.yml": service_yaml("web", replicas=REPLICAS, greeting="v2")}, message="v2")
+        wait_for(lambda: greetings(f"http://127.0.0.1:{b.port}") == {"v2"}, 120, "the new leader to roll")
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    woke = len(a.log.read_bytes())
+    wait_for(lambda: "lost the leadership" in a.log.read_text(), 20, "the woken leader to step down")
+    time.sleep(3)
+    after_wake = a.log.read_bytes()[woke:].decode(errors="replace")
+    assert "standing by" in after_wake
+    assert leader_pid(url) == b.proc.pid
+    assert replica_trees(local) == a_trees, "the woken leader started or stopped replicas"
+    trees = replica_trees(other)
+    assert len(trees) == REPLICAS and all(len(roots) == 1 for roots in trees.values()), trees
