@@ -10,10 +10,12 @@ file that the running `up` applies on its next pass (woken at once).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -43,6 +45,7 @@ from reconciler.state.records import StateDoc
 from reconciler.state.redact import SecretBook, mask_logs, withheld
 from reconciler.state.store import StateStore
 from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
+from tidegate.etcd import EtcdError
 from tidegate.fsio import write_json_atomic
 from tidegate.routes_io import read_snapshot
 from tidegate.signals import send_signal
@@ -413,6 +416,11 @@ def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        return _ps(args, stack)
+
+
+def _ps(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from reconciler.cli import runtime
     config: list[str] = []
     client = _remote(args)
@@ -438,6 +446,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 settings = replace(settings, listen=running)
         except SettingsError as e:
             return _fail(str(e))
+        if settings.etcd is not None:  # shared state: read from etcd into a private folder
+            from reconciler.cli.ha import read_shared
+
+            shared_copy = tempfile.TemporaryDirectory(prefix="tidegate-ps-")
+            stack.callback(shared_copy.cleanup)
+            try:
+                settings = read_shared(settings, Path(shared_copy.name))
+            except (EtcdError, ReconcilerError) as e:
+                return _fail(str(e))
         if not settings.state_dir.is_dir():
             return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
         problems = state_problems(settings.state_dir)

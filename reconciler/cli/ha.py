@@ -21,6 +21,8 @@ import logging
 import signal
 import socket
 import threading
+from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,9 +32,10 @@ from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
 from reconciler.engine.loop import Loop
 from reconciler.state.etcd_store import EtcdStore
-from reconciler.state.etcd_sync import FencedJournal, FencedStateStore, LeaderSync
+from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync
 from reconciler.state.leader import DEFAULT_TTL, Leadership, node_name
-from tidegate.etcd import EtcdClient, EtcdError, EtcdLocation
+from tidegate.etcd import PREVIEWS_PREFIX, EtcdClient, EtcdError, EtcdLocation
+from tidegate.fsio import write_atomic
 
 log = logging.getLogger("tidegate.ha")
 
@@ -146,3 +149,17 @@ class HaUp:
             engine.close()
             if not self.leadership.lost.is_set():
                 sync.tick()  # the last routes out before resigning (fenced: refused if not ours)
+
+
+def read_shared(settings: Settings, folder: Path) -> Settings:
+    """`ps` with etcd: the shared documents copied into `folder` (a private temp dir), and settings
+    that read them there. Raises EtcdError/StateError when etcd cannot be read."""
+    assert settings.etcd is not None
+    store = EtcdStore(EtcdClient(settings.etcd))
+    for name in (*PULLED_DOCS, *store.list(PREVIEWS_PREFIX)):
+        body = store.get(name)
+        if body is not None:
+            path = folder / name
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(path, body, mode=0o600)
+    return replace(settings, state_dir=folder)

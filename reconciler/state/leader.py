@@ -12,7 +12,8 @@ The leader's `Fence` is the key's create revision: a new leader necessarily crea
 committed by the leader that created it, even if that one wakes up from a pause believing it still
 leads. On the leader's own side, leadership counts as lost (`lost` is set) as soon as a keepalive
 is refused (the lease expired), the key is no longer its own, or no keepalive succeeded for
-ttl - `margin` seconds (etcd unreachable: it must stop acting before another may start).
+ttl - `margin` seconds (etcd unreachable: it must stop acting before another may start; a
+watchdog thread keeps that deadline even while a keepalive call hangs).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Leadership:
         self.lost = threading.Event()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._last_ok = 0.0  # when the last keepalive that succeeded was sent
+        self._lose_lock = threading.Lock()
 
     # -- campaigning -----------------------------------------------------------------------
     def try_acquire(self) -> bool:
@@ -79,8 +82,12 @@ class Leadership:
         self.fence = Fence(revision=revision, lease=lease)
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._keep, args=(sent,), name="tidegate-leader", daemon=True)
+        self._last_ok = sent
+        self._thread = threading.Thread(target=self._keep, name="tidegate-leader", daemon=True)
         self._thread.start()
+        # A keepalive call can hang for a while on a dead endpoint (each one tried in turn):
+        # the deadline is watched apart from it, so leading stops before the lease can expire.
+        threading.Thread(target=self._watchdog, args=(self._stop,), name="tidegate-leader-deadline", daemon=True).start()
         log.info("leading %s as %s (revision %d)", self.client.location.describe(), self.node, revision)
         return True
 
@@ -98,18 +105,16 @@ class Leadership:
         return None if kv is None else kv.value.decode(errors="replace")
 
     # -- leading ---------------------------------------------------------------------------
-    def _keep(self, last_ok: float) -> None:
+    def _keep(self) -> None:
         fence = self.fence
         assert fence is not None
-        while not self._stop.wait(self.ttl / 3):
+        while not self._stop.wait(self.ttl / 3) and not self.lost.is_set():
             sent = self.clock()
             try:
                 remaining = self.client.keepalive(fence.lease)
                 kv = self.client.get(self.key)
             except EtcdError as e:
-                if self.clock() - last_ok > self.ttl - self.margin:
-                    self._lose(f"etcd unreachable for {self.clock() - last_ok:.1f}s ({e})")
-                    return
+                log.debug("keepalive: %s", e)
                 continue
             if remaining <= 0:
                 self._lose("the lease expired")
@@ -117,12 +122,22 @@ class Leadership:
             if kv is None or kv.create_revision != fence.revision:
                 self._lose("another reconciler leads")
                 return
-            last_ok = sent
+            self._last_ok = max(self._last_ok, sent)
+
+    def _watchdog(self, stop: threading.Event) -> None:
+        while not stop.wait(0.1) and not self.lost.is_set():
+            silent = self.clock() - self._last_ok
+            if silent > self.ttl - self.margin:
+                self._lose(f"no keepalive answered for {silent:.1f}s (etcd out of reach)")
+                return
 
     def _lose(self, why: str) -> None:
-        log.warning("no longer leading %s: %s", self.client.location.describe(), why)
-        self.fence = None
-        self.lost.set()
+        with self._lose_lock:
+            if self.lost.is_set():
+                return
+            log.warning("no longer leading %s: %s", self.client.location.describe(), why)
+            self.fence = None
+            self.lost.set()
 
     def resign(self) -> None:
         """Stop leading now (the lease is revoked, a standby takes over at once)."""

@@ -10,6 +10,7 @@ dead leader started, exactly as after a crash. On several machines replicas run 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -157,14 +158,16 @@ def test_kill_9_of_the_leader_during_a_roll(drill: dict[str, Any], tmp_path: Pat
 
     ps = tidegate("ps", "--json", "--state", str(local))
     assert ps.returncode == 0, ps.stderr
-    import json
-
     services = {s["name"]: s for s in json.loads(ps.stdout)["services"]}
     known = {r["id"] for r in services["web"]["replicas"]}
     trees = replica_trees(local)
     assert len(known) == REPLICAS
     assert set(trees) == known, f"leaked or missing replica processes: {trees} vs {known}"
     assert all(len(roots) == 1 for roots in trees.values()), f"a replica runs twice: {trees}"
+    # `ps --state etcd://…` on any machine reads the shared state.
+    shared = tidegate("ps", "--json", "--state", url, "--local-state", str(tmp_path / "elsewhere"))
+    assert shared.returncode == 0, shared.stderr
+    assert {r["id"] for s in json.loads(shared.stdout)["services"] for r in s["replicas"]} == known
     # `ps` says which machine the local backend's replicas belong to.
     assert {r["machine"] for r in services["web"]["replicas"]} == {socket.gethostname()}
     text = tidegate("ps", "--state", str(local)).stdout

@@ -96,6 +96,17 @@ class EtcdCluster:
         logs = "\n".join((self.folder / f"{n}.log").read_text(errors="replace")[-2000:] for n in self.names)
         raise RuntimeError(f"etcd members {todo} not healthy in {timeout}s:\n{logs}")
 
+    def raft_leader(self) -> int:
+        """The index of the member that leads the raft group now."""
+        for i, port in enumerate(self.client_ports):
+            try:
+                status = httpx.post(f"http://127.0.0.1:{port}/v3/maintenance/status", json={}, timeout=2.0).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            if status.get("leader") and status.get("leader") == status.get("header", {}).get("member_id"):
+                return i
+        raise RuntimeError("no member says it leads")
+
     def kill(self, i: int) -> None:
         proc = self.procs[i]
         if proc is not None and proc.poll() is None:
