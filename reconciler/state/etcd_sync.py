@@ -116,8 +116,8 @@ class LeaderSync:
     def pull(self) -> str:
         """Make the local copy equal to etcd before the engine opens it (or, with nothing on etcd
         yet, push the local files up). Returns what was done, for the log."""
-        remote_state = self.shared.get(STATE_FILE)
-        if remote_state is None:
+        entries = self.shared.list(JOURNAL_PREFIX)
+        if not entries and all(self.shared.get(n) is None for n in (STATE_FILE, "installation.json")):
             return self._seed()
         for name in PULLED_DOCS:
             body = self.shared.get(name)
@@ -126,7 +126,10 @@ class LeaderSync:
         previews = self.shared.list(PREVIEWS_PREFIX)
         for name, body in previews.items():
             self._write(name, body)
-        entries = self.shared.list(JOURNAL_PREFIX)
+        if self.shared.get(STATE_FILE) is None:
+            # A leader died before its first save: an older local state.json must not stand in.
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / STATE_FILE).unlink()
         self._write(JOURNAL_FILE, b"".join(body.rstrip(b"\n") + b"\n" for body in entries.values()))
         with contextlib.suppress(FileNotFoundError):
             (self.dir / f"{STATE_FILE}.backup").unlink()  # a backup of another lineage's past
