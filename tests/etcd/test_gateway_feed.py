@@ -71,6 +71,7 @@ def test_routes_reach_every_gateway_within_a_second(
         assert max(took) < 1.0, f"routes took {took}"
 
 
+@pytest.mark.slow  # four `tidegate token` processes and two gateways: ~20 s on 2 cores
 def test_a_token_revoked_through_one_machine_is_refused_by_every_gateway(
     etcd_cluster: EtcdCluster, gateways: Callable[..., list[GatewayProc]]
 ) -> None:
@@ -93,6 +94,7 @@ def test_a_token_revoked_through_one_machine_is_refused_by_every_gateway(
     assert all(gw.models(keep) == 200 for gw in gws)
 
 
+@pytest.mark.slow
 def test_etcd_away_the_gateway_serves_its_last_tokens_degraded_and_honours_a_revocation_once_back(
     own_etcd_cluster: EtcdCluster, gateways: Callable[..., list[GatewayProc]]
 ) -> None:
