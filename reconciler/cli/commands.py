@@ -674,8 +674,18 @@ def _stop_start(args: argparse.Namespace, kind: str) -> int:
         return EXIT_OK
     try:
         settings = _settings(args)
+        if settings.etcd is not None:  # shared state: the leader acts on it (reconciler.cli.ha)
+            from reconciler.cli.ha import read_shared, send_shared_signal
+
+            with tempfile.TemporaryDirectory(prefix="tidegate-") as tmp:
+                doc = _load_doc(read_shared(settings, Path(tmp)).state_dir)
+            if args.service not in doc.services:
+                return _fail(f"unknown service {args.service!r} (services: {', '.join(sorted(doc.services)) or 'none'})")
+            leader = send_shared_signal(settings, kind, {"service": args.service})
+            say(f"asked the leading tidegate ({leader}) to {kind} {args.service}; `tidegate ps` shows the result")
+            return EXIT_OK
         doc = _load_doc(settings.state_dir)
-    except (SettingsError, ReconcilerError) as e:
+    except (SettingsError, ReconcilerError, EtcdError) as e:
         return _fail(str(e))
     if args.service not in doc.services:
         known = ", ".join(sorted(doc.services)) or "none"

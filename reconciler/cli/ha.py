@@ -17,10 +17,13 @@ SIGINT/SIGTERM resign (a standby takes over at once) and leave replicas running.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
 import threading
+import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -34,12 +37,13 @@ from reconciler.engine.loop import Loop
 from reconciler.state.etcd_store import EtcdStore
 from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync
 from reconciler.state.leader import DEFAULT_TTL, Leadership, node_name
-from tidegate.etcd import PREVIEWS_PREFIX, EtcdClient, EtcdError, EtcdLocation
+from tidegate.etcd import PREVIEWS_PREFIX, SIGNALS_PREFIX, EtcdClient, EtcdError, EtcdLocation
 from tidegate.fsio import write_atomic
 
 log = logging.getLogger("tidegate.ha")
 
 SYNC_EVERY = 0.2
+FAILED_TERM_PAUSE = 5.0  # after a term that failed (source unreachable, local lock held)
 
 
 class HaUp:
@@ -77,6 +81,8 @@ class HaUp:
                     self._lead()
                 except Exception:  # the boundary of one leadership term: log, stand by again
                     log.exception("leading failed; standing by")
+                    self.leadership.resign()
+                    self.stop.wait(FAILED_TERM_PAUSE)  # another `up` may lead meanwhile
                 finally:
                     self.leadership.resign()
         finally:
@@ -163,3 +169,14 @@ def read_shared(settings: Settings, folder: Path) -> Settings:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomic(path, body, mode=0o600)
     return replace(settings, state_dir=folder)
+
+
+def send_shared_signal(settings: Settings, kind: str, payload: dict[str, Any]) -> str:
+    """`stop`/`start` with etcd: a signal under `signals/` for whichever `up` leads (never an engine
+    opened here: only the leader acts). Returns who leads, for the message."""
+    assert settings.etcd is not None
+    client = EtcdClient(settings.etcd)
+    body = json.dumps({"kind": kind, "at": time.time(), **payload}).encode()
+    client.put(settings.etcd.key(f"{SIGNALS_PREFIX}{time.time_ns()}-{kind}-{uuid.uuid4().hex[:8]}.json"), body)
+    leader = client.get(settings.etcd.key("leader"))
+    return leader.value.decode(errors="replace") if leader is not None else "no leader right now; the next one"

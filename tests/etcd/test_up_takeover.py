@@ -172,6 +172,17 @@ def test_kill_9_of_the_leader_during_a_roll(drill: dict[str, Any], tmp_path: Pat
     assert {r["machine"] for r in services["web"]["replicas"]} == {socket.gethostname()}
     text = tidegate("ps", "--state", str(local)).stdout
     assert f"on machine {socket.gethostname()} (local backend): " in text
+    # `stop` from any machine goes to the leader as a signal on etcd (no engine opened here).
+    elsewhere = tmp_path / "elsewhere"
+    stopped = tidegate("stop", "web", "--state", url, "--local-state", str(elsewhere))
+    assert stopped.returncode == 0, stopped.stderr
+    assert f":{b.proc.pid})" in stopped.stdout  # names the leader
+
+    def web_desired() -> int:
+        out = tidegate("ps", "--json", "--state", url, "--local-state", str(elsewhere)).stdout
+        return int(json.loads(out)["services"][0]["desired"])
+
+    wait_for(lambda: web_desired() == 0, 60, "the leader to stop the service")
 
 
 def test_a_paused_up_leader_wakes_fenced_and_stands_by(drill: dict[str, Any], tmp_path: Path) -> None:
