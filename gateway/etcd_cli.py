@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from gateway.access.tokens import TOKENS_FILE
 from tidegate.etcd import (
     EtcdClient,
     EtcdError,
@@ -35,7 +36,6 @@ from tidegate.state_dir import STATE_ENV
 
 LOCAL_STATE_ENV = "TIDEGATE_LOCAL_STATE"
 DEFAULT_LOCAL_STATE = "state-local"
-TOKENS_FILE = "tokens.json"
 
 
 class SharedTokensError(Exception):

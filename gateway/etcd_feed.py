@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from gateway.access.tokens import TOKENS_FILE
 from tidegate.etcd import (
     KV,
     SIGNALS_PREFIX,
@@ -42,7 +43,6 @@ from tidegate.stats_file import STATS_DIR
 
 log = logging.getLogger("tidegate.gateway.etcd")
 
-TOKENS_FILE = "tokens.json"  # gateway.access.tokens.TOKENS_FILE (kept equal by a test)
 FED_FILES = (ROUTES_FILE, TOKENS_FILE)
 # Copies of other machines' stats that a leading reconciler keeps locally start with this.
 REMOTE_STATS = "stats-remote-"

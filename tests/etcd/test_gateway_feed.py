@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.access.tokens import TOKENS_FILE
-from gateway.etcd_feed import TOKENS_FILE as FED_TOKENS_FILE
 from reconciler.state.etcd_store import EtcdStore
 from tests.etcd.gateways import GatewayProc, tidegate
 from tests.support.etcd_cluster import EtcdCluster
@@ -50,10 +48,6 @@ def publish_routes(url: str, serial: int) -> None:
     EtcdStore(EtcdClient(EtcdLocation.parse(url))).put(
         "routes.json", RoutesSnapshot(serial=serial, domain="localhost").model_dump_json().encode()
     )
-
-
-def test_the_fed_file_names_are_the_gateways() -> None:
-    assert FED_TOKENS_FILE == TOKENS_FILE
 
 
 def test_routes_reach_every_gateway_within_a_second(
