@@ -45,9 +45,9 @@ REPLICAS = 2
 
 
 class Up:
-    def __init__(self, url: str, repo: str, local: Path, log: Path) -> None:
+    def __init__(self, url: str, repo: str, local: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")} | (extra_env or {})
         out = open(log, "wb")  # noqa: SIM115 - handed to the process
         self.log = log
         self.proc = subprocess.Popen(
@@ -215,3 +215,34 @@ def test_a_paused_up_leader_wakes_fenced_and_stands_by(drill: dict[str, Any], tm
     assert replica_trees(local) == a_trees, "the woken leader started or stopped replicas"
     trees = replica_trees(other)
     assert len(trees) == REPLICAS and all(len(roots) == 1 for roots in trees.values()), trees
+
+
+@pytest.mark.parametrize("fault", ["after_intent:1", "after_create:2"])
+def test_the_leader_killed_mid_deploy_the_standby_settles_its_intents(
+    drill: dict[str, Any], tmp_path: Path, fault: str
+) -> None:
+    """The engine's own fault hook SIGKILLs the leader between an intent and its record; the
+    standby takes over the shared journal, settles the open intent with the backend and converges:
+    exactly one process tree per replica the state knows, nothing leaked."""
+    url, remote, local = drill["url"], drill["remote"], drill["local"]
+    remote.push({"web.dstack.yml": service_yaml("web", replicas=REPLICAS, greeting="v1")}, message="v1")
+    a = Up(url, remote.url, local, tmp_path / "up-a.log", {"TIDEGATE_FAULT": fault})
+    drill["ups"].append(a)
+    wait_for(lambda: leader_pid(url) == a.proc.pid, 30, "the first up to lead")
+    b = Up(url, remote.url, local, tmp_path / "up-b.log")
+    drill["ups"].append(b)
+    assert a.proc.wait(120) == -9, f"the fault {fault} was not reached: {a.log.read_text()[-2000:]}"
+    wait_for(lambda: leader_pid(url) == b.proc.pid, 15, "the standby to lead")
+    wait_for(lambda: greetings(f"http://127.0.0.1:{b.port}") == {"v1"}, 120, "convergence")
+
+    def ready() -> dict[str, Any] | None:
+        out = tidegate("ps", "--json", "--state", url, "--local-state", str(tmp_path / "elsewhere"))
+        web = json.loads(out.stdout)["services"][0]
+        return web if web["ready"] == REPLICAS and len(web["replicas"]) == REPLICAS else None
+
+    web = wait_for(ready, 60, "both replicas ready")
+    known = {r["id"] for r in web["replicas"]}
+    trees = replica_trees(local)
+    assert set(trees) == known, f"leaked or missing replica processes: {trees} vs {known}"
+    assert all(len(roots) == 1 for roots in trees.values()), f"a replica runs twice: {trees}"
+    assert "took over the shared state" in b.log.read_text()
