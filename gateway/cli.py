@@ -7,15 +7,26 @@ so importing this module reads nothing from the environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.access.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
+from gateway.etcd_cli import (
+    SharedTokensError,
+    add_etcd_options,
+    etcd_location,
+    local_state_dir,
+    shared_tokens,
+)
 from gateway.options import add_gateway_options, gateway_overrides
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
 from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
+from tidegate.etcd import EtcdError
 from tidegate.state_dir import choose_state_dir
 
 
@@ -24,7 +35,28 @@ def state_dir(args: argparse.Namespace) -> Path:
 
 
 def _add_state(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
+    parser.add_argument(
+        "--state", metavar="DIR|etcd://…", help="state directory or etcd://host:2379,…/<prefix> (default: $TIDEGATE_STATE or ./state)"
+    )
+    add_etcd_options(parser)
+
+
+@contextlib.contextmanager
+def _token_folder(args: argparse.Namespace) -> Iterator[Path]:
+    """The folder whose tokens.json the token commands read and write: the state dir, or (with
+    etcd) a private copy written back to etcd in one guarded transaction."""
+    try:
+        location = etcd_location(args)
+    except EtcdError as e:
+        raise TokenError(str(e)) from e
+    if location is None:
+        yield state_dir(args)
+        return
+    try:
+        with shared_tokens(location) as folder:
+            yield folder
+    except SharedTokensError as e:
+        raise TokenError(str(e)) from e
 
 
 def _add_server(parser: argparse.ArgumentParser) -> None:
@@ -73,11 +105,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         overrides = gateway_overrides(args)
-    except ValueError as e:
+        location = etcd_location(args)
+    except (ValueError, EtcdError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings = GatewaySettings(
-        state_dir=state_dir(args),
+        state_dir=local_state_dir(args) if location is not None else state_dir(args),
         host=host,
         port=port,
         domain=args.domain,
@@ -86,14 +119,20 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         **overrides,
     )
     print(f"tidegate gateway on http://{host}:{port} (services at http://<name>.{args.domain}:{port}, "
-          f"OpenAI API at http://{host}:{port}/v1), state {settings.state_dir}", flush=True)
+          f"OpenAI API at http://{host}:{port}/v1), state {location.describe() if location else settings.state_dir}", flush=True)
     if settings.https_address is not None:
         h, p = settings.https_address
         shown = "" if p == 443 else f":{p}"
         source = f"certificates from ACME ({settings.acme_directory})" if settings.acme_email else "certificate " + str(settings.tls_cert)
         print(f"HTTPS on {h}:{p}: https://<name>.{args.domain}{shown}, OpenAI API at https://gateway.{args.domain}{shown}; "
               f"{source}", flush=True)
-    serve(settings)
+    if location is None:
+        serve(settings)
+        return 0
+    from gateway.etcd_feed import fed
+
+    with fed(location, settings.state_dir, f"{socket.gethostname()}-gw{port}"):
+        serve(settings)
     return 0
 
 
@@ -111,7 +150,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return 0
     try:
         scope = TokenScope.ADMIN if getattr(args, "admin", False) else TokenScope.INFERENCE
-        token = create_token(state_dir(args), args.name, scope=scope)
+        with _token_folder(args) as folder:
+            token = create_token(folder, args.name, scope=scope)
     except TokenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -134,7 +174,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
             print(f"{t['name']}\t{t['prefix']}...\t{t['scope']}\t{created}")
         return 0
     try:
-        records = load_records(state_dir(args))
+        with _token_folder(args) as folder:
+            records = load_records(folder)
     except TokenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -159,7 +200,8 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         print(f"token {args.name!r} revoked")
         return 0
     try:
-        revoke_token(state_dir(args), args.name)
+        with _token_folder(args) as folder:
+            revoke_token(folder, args.name)
     except TokenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from gateway.tls import challenges
 from gateway.tls.certs import CertStore
 from gateway.upstream.websocket import UpstreamPool
 from gateway.webhooks import handler as hooks
+from tidegate.etcd import read_feed_status
 from tidegate.fsio import describe_os_error
 from tidegate.routes import ROUTES_FILE, RoutesSnapshot
 from tidegate.stats_file import stats_path, write_stats
@@ -224,8 +225,11 @@ class Gateway(Forwarder):
         elif path == "/healthz":
             serial = self.router.table.snapshot.serial
             self.tokens.refresh()
+            shared = read_feed_status(self.settings.state_dir)  # etcd out of reach (shared state only)
             if self.tokens.error is not None:  # serving with the last good tokens: say so
                 await send_json(send, 503, {"status": "unhealthy", "error": self.tokens.error, "routes_serial": serial})
+            elif shared is not None:  # serving the last known routes and tokens: say so, still serving
+                await send_json(send, 200, {"status": "degraded", "error": shared, "routes_serial": serial})
             else:
                 await send_json(send, 200, {"status": "ok", "routes_serial": serial})
         elif path == "/metrics":

@@ -7,6 +7,7 @@
 #   chromium        /usr/bin/chromium, the headless browser of the dashboard tests (Playwright drives it)
 #   pebble          /usr/bin/pebble and pebble-challtestsrv, the ACME CA and DNS of the HTTPS tests
 #   curl            the HTTPS tests' command-line client
+#   etcd-server     /usr/bin/etcd, the 3-member cluster of the shared-state tests (tests/support/etcd_cluster.py)
 set -euo pipefail
 
 missing=()

@@ -8,6 +8,7 @@ new backend instance (or another process) reads a replica exactly as its creator
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,8 @@ def replica_info(
         "backend": backend,
         "service": meta.get("service"),
         "spec_hash": meta.get("spec_hash"),
-        "tags": {"owner": owner, "network": str(meta.get("network"))},
+        # The machine that runs it: only there is its socket reachable (`ps` says where it runs).
+        "tags": {"owner": owner, "network": str(meta.get("network")), "machine": socket.gethostname()},
     }
     state = meta.get("state")
     if state == "deleting":

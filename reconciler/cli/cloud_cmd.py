@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, BackendError, Offer, Range, Requirements
-from tidegate.state_dir import choose_state_dir
+from tidegate.etcd import is_etcd_url
+from tidegate.state_dir import STATE_ENV, choose_state_dir
 
 DEFAULT_LIMIT = 20
 DEFAULT_GRACE = 600.0
@@ -247,6 +248,9 @@ def run_gc(args: argparse.Namespace) -> int:
     from reconciler.cli.settings import load_cloud_settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if is_etcd_url(args.state or os.environ.get(STATE_ENV)):
+        print("gc: state on etcd is not supported by gc yet; run it with --state on a copy of the state dir", file=sys.stderr)
+        return 2
     state_dir = choose_state_dir(args.state, os.environ)
     owner = _owner(state_dir)
     if owner is None:

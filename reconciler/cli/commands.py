@@ -10,10 +10,12 @@ file that the running `up` applies on its next pass (woken at once).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -43,6 +45,7 @@ from reconciler.state.records import StateDoc
 from reconciler.state.redact import SecretBook, mask_logs, withheld
 from reconciler.state.store import StateStore
 from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
+from tidegate.etcd import EtcdError
 from tidegate.fsio import write_json_atomic
 from tidegate.routes_io import read_snapshot
 from tidegate.signals import send_signal
@@ -257,6 +260,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     _logging(fmt=getattr(args, "log_format", "text"))
     try:
         settings = _settings(args)
+        if settings.etcd is not None:  # shared state: lead or stand by (reconciler.cli.ha)
+            from reconciler.cli.ha import HaUp
+
+            return HaUp(settings, settings.etcd, args).run()
         source = runtime.require_source(settings)
         engine = runtime.build_engine(settings)
         engine.recover()  # takes the lock: a second `up` stops here, naming the holder
@@ -388,6 +395,7 @@ def service_rows(views: list[ServiceView], settings: Settings) -> list[dict[str,
                         "log_tail": list(r.log_tail),
                         "offer": r.offer,
                         "price": r.price,
+                        "machine": r.machine,
                     }
                     for r in v.replicas
                 ],
@@ -425,6 +433,11 @@ def remote_ps(client: ControlClient) -> tuple[dict[str, Any], list[dict[str, Any
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        return _ps(args, stack)
+
+
+def _ps(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from reconciler.cli import runtime
     config: list[str] = []
     client = _remote(args)
@@ -450,6 +463,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 settings = replace(settings, listen=running)
         except SettingsError as e:
             return _fail(str(e))
+        if settings.etcd is not None:  # shared state: read from etcd into a private folder
+            from reconciler.cli.ha import read_shared
+
+            shared_copy = tempfile.TemporaryDirectory(prefix="tidegate-ps-")
+            stack.callback(shared_copy.cleanup)
+            try:
+                settings = read_shared(settings, Path(shared_copy.name))
+            except (EtcdError, ReconcilerError) as e:
+                return _fail(str(e))
         if not settings.state_dir.is_dir():
             return _fail(f"no state at {settings.state_dir} (check --state or $TIDEGATE_STATE; `tidegate up` creates it)")
         problems = state_problems(settings.state_dir)
@@ -523,6 +545,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if previews:
         say("")
         print_table(PS_HEADERS, previews)
+    machines: dict[str, list[str]] = {}
+    for r in rows:
+        for rep in r["replicas"]:
+            if rep.get("machine"):
+                machines.setdefault(rep["machine"], []).append(rep["id"])
+    for machine, ids in machines.items():  # local replicas answer only on the machine that runs them
+        say(f"on machine {machine} (local backend): {', '.join(ids)}")
     for r in rows:
         for rep in r["replicas"]:
             if rep["log_tail"]:
@@ -661,8 +690,18 @@ def _stop_start(args: argparse.Namespace, kind: str) -> int:
         return EXIT_OK
     try:
         settings = _settings(args)
+        if settings.etcd is not None:  # shared state: the leader acts on it (reconciler.cli.ha)
+            from reconciler.cli.ha import read_shared, send_shared_signal
+
+            with tempfile.TemporaryDirectory(prefix="tidegate-") as tmp:
+                doc = _load_doc(read_shared(settings, Path(tmp)).state_dir)
+            if args.service not in doc.services:
+                return _fail(f"unknown service {args.service!r} (services: {', '.join(sorted(doc.services)) or 'none'})")
+            leader = send_shared_signal(settings, kind, {"service": args.service})
+            say(f"asked the leading tidegate ({leader}) to {kind} {args.service}; `tidegate ps` shows the result")
+            return EXIT_OK
         doc = _load_doc(settings.state_dir)
-    except (SettingsError, ReconcilerError) as e:
+    except (SettingsError, ReconcilerError, EtcdError) as e:
         return _fail(str(e))
     if args.service not in doc.services:
         known = ", ".join(sorted(doc.services)) or "none"

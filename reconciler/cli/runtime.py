@@ -66,7 +66,9 @@ def build_registry(settings: Settings, owner: str, tunnels: bool = False) -> Bac
     return registry
 
 
-def build_engine(settings: Settings, read_only: bool = False, *, missing_env_ok: bool = False) -> Engine:
+def build_engine(
+    settings: Settings, read_only: bool = False, *, missing_env_ok: bool = False, **stores: Any
+) -> Engine:
     """The engine over this state dir. Not read-only: takes the state-dir lock (StateLockedError
     naming the holder when another process has it). `missing_env_ok`: a pull request's plan."""
     owner = owner_of(settings.state_dir, create=not read_only)
@@ -79,7 +81,7 @@ def build_engine(settings: Settings, read_only: bool = False, *, missing_env_ok:
         missing_env_ok=missing_env_ok,
     )
     registry = build_registry(settings, owner, tunnels=not read_only)
-    return Engine(settings.state_dir, registry, engine_settings, read_only=read_only)
+    return Engine(settings.state_dir, registry, engine_settings, read_only=read_only, **stores)
 
 
 def to_snapshot(checkout: Checkout) -> Snapshot:

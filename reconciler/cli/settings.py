@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.config.yamldoc import Document, YamlSyntaxError, load_document, locate
+from tidegate.etcd import EtcdLocation
 from tidegate.state_dir import choose_state_dir
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -72,6 +73,8 @@ class Settings:
     egress_allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # The settings file's `sandbox:` (auto | required | off) for local replicas.
     sandbox: str = "auto"
+    # `--state etcd://…`: where the shared state lives (state_dir is then this machine's own part).
+    etcd: EtcdLocation | None = None
 
     @property
     def listen_host(self) -> str:
@@ -243,7 +246,14 @@ def _settings_loc(doc: Document, loc: Sequence[str | int]) -> tuple[str | int, .
 
 def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, gateway: bool = False) -> None:
     """Options shared by the runtime commands (each command adds only what it uses)."""
-    parser.add_argument("--state", metavar="DIR", help="state directory (default: $TIDEGATE_STATE or ./state)")
+    parser.add_argument(
+        "--state",
+        metavar="DIR|etcd://…",
+        help="state directory, or shared state on etcd://host1:2379,host2:2379/<prefix> (default: $TIDEGATE_STATE or ./state)",
+    )
+    from gateway.etcd_cli import add_etcd_options
+
+    add_etcd_options(parser)
     parser.add_argument(
         "--settings", metavar="FILE", help="settings file: cloud backends (aws/azure), previews, egress, sandbox"
     )
@@ -278,7 +288,14 @@ def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """The one place that reads the environment (passed in; `os.environ` at the entry point)."""
     env_map = dict(os.environ if environ is None else environ)
-    state = choose_state_dir(getattr(args, "state", None), env_map)
+    from gateway.etcd_cli import etcd_location, local_state_dir
+    from tidegate.etcd import EtcdError
+
+    try:
+        etcd = etcd_location(args, env_map)  # shared state: the state dir is this machine's own part
+    except EtcdError as e:
+        raise SettingsError(str(e)) from e
+    state = local_state_dir(args, env_map) if etcd is not None else choose_state_dir(getattr(args, "state", None), env_map)
     env_file = getattr(args, "env_file", None)
     values = dict(env_map)
     if env_file:
@@ -328,6 +345,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         gateway_options=gateway_options,
         egress_allow=ours.get("egress_allow") or {},
         sandbox=str(ours.get("sandbox") or "auto"),
+        etcd=etcd,
     )
 
 

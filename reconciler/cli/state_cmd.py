@@ -45,6 +45,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         settings = build_settings(args)
     except SettingsError as e:
         return _fail(str(e))
+    if settings.etcd is not None:
+        return _fail("`state restore` works on a state directory; state on etcd has no backup file (use etcd's snapshots)")
     state_dir = settings.state_dir
     if not state_dir.is_dir():
         return _fail(f"no state at {state_dir}")

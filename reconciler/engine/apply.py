@@ -128,6 +128,7 @@ def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts
         attempts=attempts,
         last_error=None,
         secrets=dict(d.secrets),
+        machine=info.tags.get("machine"),
         **offer_fields(info.offer or spec.offer),
     )
 

@@ -110,6 +110,7 @@ def adopt(
         backend_status=str(info.status),
         created_at=info.started_at or now,
         started_at=info.started_at or now,
+        machine=info.tags.get("machine"),
         **offer_fields(info.offer),
     )
     rec.replicas = sorted([x for x in rec.replicas if x.id != r.id] + [r], key=lambda x: (x.ordinal, x.id))

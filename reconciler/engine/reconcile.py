@@ -102,6 +102,8 @@ class Engine:
         extension: DesiredExtension | None = None,
         http_prober: HttpProber = probe_http,
         live_prober: Prober | None = None,
+        make_store: Callable[[Path], StateStore] = StateStore,
+        make_journal: Callable[[Path], Journal] = Journal,
     ) -> None:
         self.state_dir = Path(state_dir)
         # Previews (or None): services beyond production's config, added to every desired set.
@@ -110,14 +112,16 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.clock = clock
         self.read_only = read_only
-        self.store = StateStore(self.state_dir)
+        # The state store and journal (etcd-fenced ones on a leader sharing its state, see
+        # reconciler.state.etcd_sync); the directory's own by default.
+        self.store = make_store(self.state_dir)
         if not read_only:
             self.store.acquire()
         self.installation = self.store.installation(create=not read_only)
         # The secret values this process knows (its env + every resolved desired set), found by
         # the salted hashes records carry; masks replica output before it is stored or shown.
         self.secrets = SecretBook(self.installation.salt, self.settings.env)
-        self.journal = Journal(self.state_dir)
+        self.journal = make_journal(self.state_dir)
         self.doc = self.store.load()
         self._stats = stats
         self._prober: Prober = prober or probe_replica

@@ -87,6 +87,8 @@ class ReplicaRecord(BaseModel):
     # The cloud offer the replica runs on (label + USD/hour), for `ps` cost; None on free backends.
     offer: str | None = None
     price: float | None = None
+    # The host a machine-bound replica runs on (the local backend's: only that machine reaches it).
+    machine: str | None = None
     # Bare-KEY secrets this replica received: name -> salted hash (reconciler.state.redact), never the
     # value. Whoever shows the replica's output masks exactly these values in it.
     secrets: dict[str, str] = Field(default_factory=dict)

@@ -31,6 +31,7 @@ class ReplicaView:
     log_tail: tuple[str, ...] = ()
     offer: str | None = None
     price: float | None = None  # USD/hour on a paid cloud offer
+    machine: str | None = None  # the host of a local-backend replica
     probe_failures: int = 0  # READY but failing its liveness probe: out of the routes
     probe_passes: int = 0  # PROVISIONING with dstack `probes`: passes in a row so far
 
@@ -183,6 +184,7 @@ def status_views(doc: StateDoc, logs: Mapping[str, tuple[str, ...]] | None = Non
                         last_error=r.last_error,
                         log_tail=(logs or {}).get(r.id, ()),
                         offer=r.offer,
+                        machine=r.machine,
                         price=r.price,
                         probe_failures=r.probe_failures,
                         probe_passes=r.probe_passes,

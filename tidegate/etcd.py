@@ -1,0 +1,408 @@
+"""Where shared state lives on etcd: the `etcd://` location, the key layout, and a small client.
+
+Why here: the reconciler (state store, leader election) and the gateway (watch-fed routes and
+tokens) both read and write the same keys, and neither may import the other; the contracts
+package owns the layout, as it owns `routes.json`.
+
+The client is `etcd3gw` (etcd's HTTP/JSON gateway, served by etcd 3.4+ at `/v3/`): pure Python
+over `requests`, no gRPC or protobuf (which would pin versions against everything else in the
+venv), maintained by OpenStack for Python 3.10-3.13. What it lacks is added here, thinly: several
+endpoints (the next one is tried when one does not answer), user/password auth (a token from
+`/v3/auth/authenticate`, renewed on 401), transactions with compares, and a watch that says when
+its stream ends (etcd3gw's own watch thread dies silently, so a reader could not tell "no change"
+from "etcd is gone").
+
+Key layout under `<prefix>/` (values are the bytes the directory store keeps in the file of the
+same name): `state.json`, `installation.json`, `routes.json`, `tokens.json`, `previews/<file>`,
+`journal/<seq, 12 digits>`, `signals/<name>.json`, `stats/<node>-<pid>.json` (under the
+writer's lease, so a dead gateway's numbers vanish), `leader` (the elected reconciler, under
+its lease; its create revision fences every write the leader makes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("tidegate.etcd")
+
+SCHEME = "etcd"
+TLS_SCHEME = "etcds"
+USER_ENV = "TIDEGATE_ETCD_USER"
+PASSWORD_ENV = "TIDEGATE_ETCD_PASSWORD"
+
+LEADER_KEY = "leader"
+JOURNAL_PREFIX = "journal/"
+SIGNALS_PREFIX = "signals/"
+STATS_PREFIX = "stats/"
+PREVIEWS_PREFIX = "previews/"
+# Whole documents a leader publishes and every machine may read (file name = key).
+SHARED_DOCS = ("state.json", "installation.json", "routes.json", "tokens.json")
+# Each request's bound: a member that lost quorum answers nothing; we must move on quickly.
+DEFAULT_TIMEOUT = 2.0
+
+
+class EtcdError(Exception):
+    """etcd answered with an error, or a location/option is invalid."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered (down, partitioned, or without quorum)."""
+
+
+def is_etcd_url(value: str | None) -> bool:
+    return bool(value) and str(value).startswith((f"{SCHEME}://", f"{TLS_SCHEME}://"))
+
+
+@dataclass(frozen=True)
+class EtcdLocation:
+    """`etcd://host1:2379,host2:2379/<prefix>` (`etcds://` for TLS) plus TLS files and credentials."""
+
+    endpoints: tuple[tuple[str, int], ...]
+    prefix: str
+    tls: bool = False
+    cacert: str | None = None
+    cert: str | None = None
+    cert_key: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(
+        cls,
+        url: str,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> EtcdLocation:
+        parts = urlsplit(url)
+        if parts.scheme not in (SCHEME, TLS_SCHEME):
+            raise EtcdError(f"--state {url!r}: an etcd location starts with etcd:// (or etcds:// for TLS)")
+        endpoints: list[tuple[str, int]] = []
+        for item in (parts.netloc or "").split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not item.strip():
+                continue
+            if not sep:
+                host, port = item.strip(), "2379"
+            if not host or not port.isdigit():
+                raise EtcdError(f"--state {url!r}: endpoint {item!r} is not host:port")
+            endpoints.append((host.strip("[]"), int(port)))
+        if not endpoints:
+            raise EtcdError(f"--state {url!r}: no etcd endpoint (etcd://host1:2379,host2:2379/<prefix>)")
+        prefix = parts.path.strip("/")
+        if not prefix:
+            raise EtcdError(
+                f"--state {url!r}: a key prefix is required after the endpoints (…:2379/<prefix>)"
+            )
+        if bool(cert) != bool(key):
+            raise EtcdError("--etcd-cert and --etcd-key go together (a client certificate and its key)")
+        env = environ or {}
+        tls = parts.scheme == TLS_SCHEME or bool(cacert or cert)
+        return cls(
+            tuple(endpoints), prefix, tls, cacert, cert, key, env.get(USER_ENV) or None, env.get(PASSWORD_ENV)
+        )
+
+    def describe(self) -> str:
+        hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        return f"{TLS_SCHEME if self.tls else SCHEME}://{hosts}/{self.prefix}"
+
+    def key(self, name: str) -> str:
+        return f"/{self.prefix}/{name}"
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _unb64(data: str | None) -> bytes:
+    return base64.b64decode(data) if data else b""
+
+
+def range_end(prefix: str) -> str:
+    """The end of the key range that holds every key starting with `prefix`."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return _b64(bytes(raw))
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int = 0
+
+
+def _kv(raw: Mapping[str, Any]) -> KV:
+    return KV(
+        key=_unb64(raw.get("key")).decode(),
+        value=_unb64(raw.get("value")),
+        create_revision=int(raw.get("create_revision", 0)),
+        mod_revision=int(raw.get("mod_revision", 0)),
+        lease=int(raw.get("lease", 0)),
+    )
+
+
+# Builders of transaction parts (the JSON of etcd's TxnRequest).
+def cmp_create_revision(key: str, revision: int) -> dict[str, Any]:
+    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
+
+
+def cmp_mod_revision(key: str, revision: int) -> dict[str, Any]:
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def op_put(key: str, value: bytes, lease: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    return {"request_put": body}
+
+
+def op_delete(key: str, prefix: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": _b64(key)}
+    if prefix:
+        body["range_end"] = range_end(key)
+    return {"request_delete_range": body}
+
+
+def op_delete_range(start: str, end: str) -> dict[str, Any]:
+    return {"request_delete_range": {"key": _b64(start), "range_end": _b64(end)}}
+
+
+class EtcdClient:
+    """A few v3 calls over etcd3gw, across every endpoint of one location (thread-safe)."""
+
+    def __init__(self, location: EtcdLocation, timeout: float = DEFAULT_TIMEOUT) -> None:
+        from etcd3gw.client import Etcd3Client
+
+        self.location = location
+        self.timeout = timeout
+        protocol = "https" if location.tls else "http"
+        self._clients = [
+            Etcd3Client(
+                host=h,
+                port=p,
+                protocol=protocol,
+                ca_cert=location.cacert,
+                cert_cert=location.cert,
+                cert_key=location.cert_key,
+                timeout=timeout,
+                api_path="/v3/",
+            )
+            for h, p in location.endpoints
+        ]
+        self._current = 0
+        self._lock = threading.Lock()
+        self._token: str | None = None
+
+    # -- transport -------------------------------------------------------------------------
+    def _authenticate(self, client: Any) -> None:
+        loc = self.location
+        if not loc.user:
+            return
+        answer = client.post(
+            client.get_url("/auth/authenticate"), json={"name": loc.user, "password": loc.password or ""}
+        )
+        token = str(answer.get("token", ""))
+        for c in self._clients:
+            c.session.headers["Authorization"] = token
+        self._token = token
+
+    def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST `body` to `/v3/<path>`, trying each endpoint once (starting with the last that
+        answered). No endpoint answering is EtcdUnavailable; an error answer is EtcdError."""
+        from etcd3gw import exceptions as ex
+
+        errors: list[str] = []
+        with self._lock:
+            start = self._current
+        n = len(self._clients)
+        for i in range(n):
+            idx = (start + i) % n
+            client = self._clients[idx]
+            try:
+                if self.location.user and self._token is None:
+                    self._authenticate(client)
+                try:
+                    answer = client.post(client.get_url(path), json=dict(body))
+                except ex.Etcd3Exception as e:
+                    if "token" not in str(e).lower() or not self.location.user:
+                        raise
+                    self._authenticate(client)  # an expired auth token: once more with a new one
+                    answer = client.post(client.get_url(path), json=dict(body))
+            except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, ex.InternalServerError) as e:
+                errors.append(f"{client.host}:{client.port}: {type(e).__name__}")
+                continue
+            except ex.Etcd3Exception as e:
+                detail = getattr(e, "detail_text", None) or str(e)
+                if "no leader" in detail or "timed out" in detail or "unhealthy" in detail:
+                    errors.append(f"{client.host}:{client.port}: {detail.strip()[:120]}")
+                    continue
+                raise EtcdError(f"etcd {path}: {detail.strip()[:300]}") from e
+            with self._lock:
+                self._current = idx
+            return dict(answer)
+        raise EtcdUnavailable(f"etcd at {self.location.describe()} did not answer ({'; '.join(errors)})")
+
+    # -- key/value -------------------------------------------------------------------------
+    def get(self, key: str) -> KV | None:
+        answer = self.call("/kv/range", {"key": _b64(key)})
+        kvs = answer.get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        """Every key under `prefix`, sorted, and the store revision they were read at."""
+        answer = self.call(
+            "/kv/range", {"key": _b64(prefix), "range_end": range_end(prefix), "sort_order": "ASCEND"}
+        )
+        revision = int(answer.get("header", {}).get("revision", 0))
+        return [_kv(kv) for kv in answer.get("kvs") or []], revision
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        answer = self.call("/kv/put", body)
+        return int(answer.get("header", {}).get("revision", 0))
+
+    def delete(self, key: str, prefix: bool = False) -> int:
+        body: dict[str, Any] = {"key": _b64(key)}
+        if prefix:
+            body["range_end"] = range_end(key)
+        answer = self.call("/kv/deleterange", body)
+        return int(answer.get("deleted", 0))
+
+    def txn(
+        self,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+        failure: list[dict[str, Any]] | None = None,
+    ) -> tuple[bool, int]:
+        """One transaction: (whether the compares held, the revision after it)."""
+        answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+        return bool(answer.get("succeeded", False)), int(answer.get("header", {}).get("revision", 0))
+
+    # -- leases ----------------------------------------------------------------------------
+    def grant(self, ttl: int) -> int:
+        answer = self.call("/lease/grant", {"TTL": str(ttl), "ID": "0"})
+        return int(answer["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """Refresh `lease`; its remaining TTL (<= 0: the lease is gone)."""
+        answer = self.call("/lease/keepalive", {"ID": str(lease)})
+        result = answer.get("result", answer)
+        return int(result.get("TTL", 0) or 0)
+
+    def revoke(self, lease: int) -> None:
+        self.call("/kv/lease/revoke", {"ID": str(lease)})
+
+    # -- watch -----------------------------------------------------------------------------
+    def watch_prefix(
+        self, prefix: str, start_revision: int, stop: threading.Event
+    ) -> Iterator[tuple[str, KV]]:
+        """Events ("PUT" | "DELETE", kv) under `prefix` from `start_revision`, until `stop` is set
+        or the stream ends (the iterator then returns: the caller re-reads and watches again).
+        The stream asks etcd for progress notices so a dead connection is noticed by its silence."""
+        with self._lock:
+            client = self._clients[self._current]
+        request: dict[str, Any] = {
+            "create_request": {
+                "key": _b64(prefix),
+                "range_end": range_end(prefix),
+                "start_revision": str(start_revision),
+                "progress_notify": True,
+            }
+        }
+        try:
+            resp = client.session.post(
+                client.get_url("/watch"), json=request, stream=True, timeout=(self.timeout, 15.0)
+            )
+        except Exception as e:  # requests' connection errors: the caller resyncs
+            raise EtcdUnavailable(f"watch {prefix}: {type(e).__name__}") from e
+        buffer = b""
+        try:
+            for chunk in resp.iter_content(chunk_size=None):
+                if stop.is_set():
+                    return
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    result = json.loads(line).get("result", {})
+                    if result.get("canceled"):
+                        return
+                    for event in result.get("events") or []:
+                        yield str(event.get("type", "PUT")), _kv(event.get("kv", {}))
+        except Exception as e:  # the stream broke (etcd gone, read timeout)
+            raise EtcdUnavailable(f"watch {prefix}: {type(e).__name__}") from e
+        finally:
+            resp.close()
+
+
+def run_watch(
+    client: EtcdClient,
+    prefix: str,
+    on_snapshot: Callable[[list[KV]], None],
+    on_event: Callable[[str, KV], None],
+    on_health: Callable[[str | None], None],
+    stop: threading.Event,
+    retry: float = 0.5,
+) -> None:
+    """Keep `prefix` mirrored until `stop`: read everything (`on_snapshot`), then apply watch
+    events (`on_event`); after any break, read everything again. `on_health(None)` while etcd
+    answers, `on_health(reason)` while it does not. Runs in the caller's thread."""
+    while not stop.is_set():
+        try:
+            kvs, revision = client.get_prefix(prefix)
+        except EtcdError as e:
+            on_health(str(e))
+            stop.wait(retry)
+            continue
+        on_snapshot(kvs)
+        on_health(None)
+        started = time.monotonic()
+        try:
+            for kind, kv in client.watch_prefix(prefix, revision + 1, stop):
+                on_event(kind, kv)
+        except EtcdError as e:
+            # A quiet stream ends at its read timeout, a dead member's at once: either way read
+            # everything again right away; only a read that fails says etcd is out of reach.
+            log.debug("watch %s ended: %s", prefix, e)
+        if time.monotonic() - started < 1.0:
+            stop.wait(retry)  # a stream that cannot even start is not retried in a busy loop
+
+
+# The feed's word on etcd, in the local state dir: the gateway's /healthz reads it (it may run in
+# other worker processes than the feed).
+FEED_STATUS_FILE = "etcd-status.json"
+
+
+def write_feed_status(local_dir: Path, error: str | None, since: float) -> None:
+    from tidegate.fsio import write_atomic
+
+    body = json.dumps({"ok": error is None, "error": error, "since": since}).encode()
+    write_atomic(local_dir / FEED_STATUS_FILE, body, mode=0o600)
+
+
+def read_feed_status(local_dir: Path) -> str | None:
+    """Why the shared state is out of reach (the gateway serves what it last had), or None."""
+    try:
+        data = json.loads((local_dir / FEED_STATUS_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("ok", True):
+        return None
+    return str(data.get("error") or "etcd unreachable")
