@@ -4,4 +4,4 @@ kept in state.json, secret redaction, the error hierarchy, and the views derived
 """
 
 # What other units may import (docs/architecture.md, the public-surface rule); the rest is private.
-PUBLIC_MODULES: tuple[str, ...] = ("errors", "journal", "records", "redact", "store", "view")
+PUBLIC_MODULES: tuple[str, ...] = ("errors", "etcd_store", "etcd_sync", "journal", "leader", "records", "redact", "store", "view")
