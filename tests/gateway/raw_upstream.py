@@ -61,7 +61,8 @@ class RawUpstream:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(256)
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
         return self
 
     @property
@@ -69,6 +70,12 @@ class RawUpstream:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        # Wake the blocked accept() first (shutdown makes it fail) and only then close: closing the
+        # fd under a thread about to call accept() lets it accept on whatever socket reuses the fd
+        # number next — another test's server (seen: the fake GitHub's requests answered here).
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.acceptor.join(5)
         self.listener.close()
 
     def _accept(self) -> None:
