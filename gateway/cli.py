@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gw.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN})")
     gw.add_argument("--domain", default="localhost", help="services answer at <name>.<domain> (default localhost)")
     gw.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    gw.add_argument("--settings", metavar="FILE", help="settings file (the gateway reads its `token_limits:`)")
     add_gateway_options(gw)
     gw.set_defaults(func=cmd_gateway)
 
@@ -73,6 +74,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         overrides = gateway_overrides(args)
+        if args.settings:
+            from gateway.ratelimit_settings import read_token_limits
+
+            overrides["token_limits"] = read_token_limits(args.settings)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
