@@ -54,7 +54,7 @@ class RateLimitKey(StrEnum):
 
 class RateLimit(BaseModel):
     """dstack's `rate_limits` item: requests under `prefix` per client key, a token bucket of
-    `rps` refill and `burst` extra requests. The gateway enforces it (not yet: published only)."""
+    `rps` refill and `burst` extra requests, enforced by the gateway (gateway.ratelimit)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -79,10 +79,13 @@ class ServiceRoute(BaseModel):
     min_replicas: int = 1
     max_replicas: int = 1
     preview_pr: int | None = None
-    # Per path prefix, longest prefix first; empty: no limit. Not enforced by the gateway yet.
+    # Per path prefix, longest prefix first; empty: no limit.
     rate_limits: tuple[RateLimit, ...] = ()
     # `tidegate stop`: no upstreams until `tidegate start`; the gateway may answer 503 saying so.
     stopped: bool = False
+    # Its config was removed: the gateway answers 404 as if it were gone, but its replicas are
+    # still listed (draining) so requests in flight finish and their counts reach the reconciler.
+    withdrawn: bool = False
 
 
 class RoutesSnapshot(BaseModel):
@@ -95,4 +98,4 @@ class RoutesSnapshot(BaseModel):
     services: dict[str, ServiceRoute] = Field(default_factory=dict)
 
     def by_host(self) -> dict[str, ServiceRoute]:
-        return {s.host.lower(): s for s in self.services.values()}
+        return {s.host.lower(): s for s in self.services.values() if not s.withdrawn}

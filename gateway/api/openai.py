@@ -29,7 +29,7 @@ def list_models(fw: Forwarder) -> dict[str, Any]:
     data = [
         {"id": route.model.name, "object": "model", "created": 0, "owned_by": route.name}
         for route in fw.router.table.snapshot.services.values()
-        if route.model is not None and (has_ready(route.upstreams) or route.min_replicas == 0)
+        if route.model is not None and not route.withdrawn and (has_ready(route.upstreams) or route.min_replicas == 0)
     ]
     return {"object": "list", "data": data}
 
