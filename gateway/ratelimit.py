@@ -34,9 +34,9 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from gateway.asgi import Scope, header
+from gateway.asgi import Scope
 from gateway.errors import GatewayError
 from tidegate.routes import RateLimit, RateLimitKey
 
@@ -45,62 +45,49 @@ log = logging.getLogger("tidegate.gateway")
 BUCKETS = 8192  # slot groups; 8192 x 8 ways x 16 bytes = 1 MiB, room for 65536 keys in debt at once
 WAYS = 8
 _SLOT = struct.Struct("<Qd")  # tag (0 = never used), tat (monotonic seconds)
-_GROUP = WAYS * _SLOT.size
-TABLE_BYTES = BUCKETS * _GROUP
+_GROUP = struct.Struct("<" + "Qd" * WAYS)
+_GROUP_SIZE = _GROUP.size
+TABLE_BYTES = BUCKETS * _GROUP_SIZE
+HASH_CACHE = 65536  # keys whose hash a worker remembers (cleared when full)
 STALE_LOCK = 0.25  # seconds: a holder this slow is dead (a decision takes microseconds)
-
-
-class Lock(Protocol):
-    def __enter__(self) -> object: ...
-    def __exit__(self, *exc: object) -> None: ...
-
-
-class _NoLock:
-    def __enter__(self) -> object:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class _SemLock:
     """A POSIX named semaphore used as a mutex between the gateway's worker processes."""
 
     def __init__(self, sem: Any) -> None:
-        self.sem = sem
-        self._warned = False
-
-    def __enter__(self) -> object:
         import posix_ipc
 
+        self.sem = sem
+        self.busy = posix_ipc.BusyError
+        self._warned = False
+
+    def acquire(self) -> None:
+        """The slow path, once `sem.acquire(0)` found it taken (SharedTable.take tries that first)."""
         try:
             self.sem.acquire(STALE_LOCK)
-        except posix_ipc.BusyError:
+        except self.busy:
             # The holder died mid-decision (SIGKILL): give the semaphore back and go on.
             if not self._warned:
                 log.warning("rate limit table lock held for over %gs; taking it over", STALE_LOCK)
                 self._warned = True
             self.sem.release()
             self.sem.acquire(STALE_LOCK)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.sem.release()
 
 
 class SharedTable:
-    """The bucket table: `take(key, now, interval, tolerance)` decides one request."""
+    """The bucket table: `take(h, now, interval, tolerance)` decides one request of the key
+    whose 64-bit hash is `h` (`key_hash`)."""
 
-    def __init__(self, buf: mmap.mmap, lock: Lock) -> None:
+    def __init__(self, buf: mmap.mmap, lock: _SemLock | None) -> None:
         self.buf = buf
         self.lock = lock
-        self._unpack = _SLOT.unpack_from
-        self._pack = _SLOT.pack_into
 
     @classmethod
     def private(cls) -> SharedTable:
         """One process: an anonymous mapping, no lock (every decision runs on one event loop)."""
-        return cls(mmap.mmap(-1, TABLE_BYTES), _NoLock())
+        return cls(mmap.mmap(-1, TABLE_BYTES), None)
 
     @staticmethod
     def create(path: Path, sem_name: str) -> None:
@@ -135,32 +122,41 @@ class SharedTable:
             os.close(fd)
         return cls(buf, _SemLock(posix_ipc.Semaphore(sem_name)))
 
-    def take(self, key: bytes, now: float, interval: float, tolerance: float) -> float:
-        """Let one request of `key` through (0.0) or say how many seconds until one would pass."""
-        h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") | 1
-        base = (h % BUCKETS) * _GROUP
-        buf, unpack = self.buf, self._unpack
-        with self.lock:
-            free = -1
-            oldest, oldest_tat = base, math.inf
-            for off in range(base, base + _GROUP, _SLOT.size):
-                tag, tat = unpack(buf, off)
-                if tag == h:
-                    break
-                if tat <= now:
-                    if free < 0:
-                        free = off
-                elif tat < oldest_tat:
-                    oldest, oldest_tat = off, tat
+    def take(self, h: int, now: float, interval: float, tolerance: float) -> float:
+        """Let one request through (0.0) or say how many seconds until one would pass."""
+        base = (h % BUCKETS) * _GROUP_SIZE
+        lock = self.lock
+        if lock is not None:
+            try:
+                lock.sem.acquire(0)  # uncontended: a user-space atomic, no system call
+            except lock.busy:
+                lock.acquire()
+        try:
+            row = _GROUP.unpack_from(self.buf, base)  # the group's 8 (tag, tat) pairs in one call
+            tags = row[::2]
+            if h in tags:
+                i = tags.index(h)
+                tat = row[2 * i + 1]
             else:
-                # A new key (or one whose bucket refilled and was reused): it starts full.
-                off = free if free >= 0 else oldest
+                # A new key (or one whose bucket refilled and was reused): it starts full, in
+                # the slot nearest to full (a free one, if any: its tat has passed).
+                tats = row[1::2]
+                i = tats.index(min(tats))
                 tat = now
-            tat = max(float(tat), now)
+            if tat < now:
+                tat = now
             if tat - now > tolerance:
-                return tat - tolerance - now
-            self._pack(buf, off, h, tat + interval)
+                return float(tat - tolerance - now)
+            _SLOT.pack_into(self.buf, base + i * _SLOT.size, h, tat + interval)
             return 0.0
+        finally:
+            if lock is not None:
+                lock.sem.release()
+
+
+def key_hash(key: bytes) -> int:
+    """64 bits of BLAKE2b (the same in every process, unlike `hash()`); never 0 (an empty slot)."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") | 1
 
 
 @dataclass(frozen=True)
@@ -178,28 +174,6 @@ class TokenLimits:
             }
         )
 
-    def of(self, name: str) -> tuple[RateLimit, ...]:
-        found = self.by_name.get(name)
-        return found if found is not None else self.by_name.get("*", ())
-
-
-def matching(limits: tuple[RateLimit, ...], path: str) -> RateLimit | None:
-    """The limit with the longest prefix that `path` starts with (limits come longest first)."""
-    for limit in limits:
-        if path.startswith(limit.prefix):
-            return limit
-    return None
-
-
-def client_key(scope: Scope, limit: RateLimit) -> str:
-    """Who a request counts against: its client address, or the value of the limit's header
-    (a request without that header counts against its address, so leaving it out gains nothing)."""
-    if limit.key is RateLimitKey.HEADER and limit.header:
-        value = header(scope, limit.header.lower().encode("latin-1"))
-        if value:
-            return "h:" + value.decode("latin-1")
-    return "ip:" + str((scope.get("client") or ("",))[0])
-
 
 def too_many(limit: RateLimit, wait: float, whose: str) -> GatewayError:
     seconds = max(1, math.ceil(wait))
@@ -213,32 +187,92 @@ def too_many(limit: RateLimit, wait: float, whose: str) -> GatewayError:
     )
 
 
+_Compiled = tuple[tuple[str, bytes | None, float, float, RateLimit], ...]
+
+
+def compile_limits(limits: tuple[RateLimit, ...]) -> _Compiled:
+    """(prefix, header name as it appears in ASGI scopes or None, interval, tolerance, limit)."""
+    return tuple(
+        (
+            r.prefix,
+            r.header.lower().encode("latin-1") if r.key is RateLimitKey.HEADER and r.header else None,
+            1.0 / r.rps,
+            r.burst / r.rps,
+            r,
+        )
+        for r in limits
+    )
+
+
 class Limiter:
-    """The gateway's limits over one table (per worker object, table shared between workers)."""
+    """The gateway's limits over one table (per worker object, table shared between workers).
+
+    The hot path works on plain tuples (`compile_limits`, once per routes table) and remembers
+    the hash of each client key it saw: what remains per request is a prefix match, a dict
+    lookup and the table's decision."""
 
     def __init__(self, table: SharedTable, tokens: TokenLimits | None = None) -> None:
         self.table = table
         self.tokens = tokens if tokens is not None and tokens.by_name else None
         self.clock = time.monotonic
+        self._hashes: dict[tuple[Any, ...], int] = {}
+        self._compiled: dict[int, tuple[tuple[RateLimit, ...], _Compiled]] = {}
+        by_name = tokens.by_name if tokens is not None else {}
+        self._by_token = {name: compile_limits(limits) for name, limits in by_name.items()}
+        self._default = self._by_token.get("*", ())
+
+    def _hash(self, key: tuple[Any, ...]) -> int:
+        if len(self._hashes) >= HASH_CACHE:
+            self._hashes.clear()
+        h = self._hashes[key] = key_hash(repr(key).encode("utf-8", "surrogateescape"))
+        return h
+
+    def _compile(self, limits: tuple[RateLimit, ...]) -> _Compiled:
+        if len(self._compiled) > 1024:  # tables of routes long replaced
+            self._compiled.clear()
+        compiled = compile_limits(limits)
+        self._compiled[id(limits)] = (limits, compiled)
+        return compiled
 
     def check_service(self, service: str, limits: tuple[RateLimit, ...], scope: Scope, path: str) -> None:
         """Raise the 429 when `path` of `service` is over its matching `rate_limits` item."""
-        limit = matching(limits, path)
-        if limit is None:
+        found = self._compiled.get(id(limits))
+        compiled = found[1] if found is not None and found[0] is limits else self._compile(limits)
+        for entry in compiled:  # longest prefix first
+            if path.startswith(entry[0]):
+                break
+        else:
             return
-        who = client_key(scope, limit)
-        key = f"s\0{service}\0{limit.prefix}\0{who}".encode("utf-8", "surrogateescape")
-        wait = self.table.take(key, self.clock(), 1.0 / limit.rps, limit.burst / limit.rps)
+        prefix, name, interval, tolerance, limit = entry
+        value: Any = None
+        if name is not None:  # a request without the header counts against its address
+            for k, v in scope["headers"]:
+                if k == name:
+                    value = v
+                    break
+        if value is None:
+            value = (scope.get("client") or ("",))[0]
+        key = (service, prefix, value)
+        h = self._hashes.get(key)
+        if h is None:
+            h = self._hash(key)
+        wait = self.table.take(h, self.clock(), interval, tolerance)
         if wait:
-            raise too_many(limit, wait, "this client" if who.startswith("ip:") else f"this {limit.header} value")
+            raise too_many(limit, wait, "this client" if isinstance(value, str) else f"this {limit.header} value")
 
     def check_token(self, token_name: str, path: str) -> None:
         """Raise the 429 when the token named `token_name` is over its limit for `path`."""
         assert self.tokens is not None
-        limit = matching(self.tokens.of(token_name), path)
-        if limit is None:
+        compiled = self._by_token.get(token_name, self._default)
+        for entry in compiled:  # longest prefix first
+            if path.startswith(entry[0]):
+                break
+        else:
             return
-        key = f"t\0{token_name}\0{limit.prefix}".encode("utf-8", "surrogateescape")
-        wait = self.table.take(key, self.clock(), 1.0 / limit.rps, limit.burst / limit.rps)
+        key = ("token", token_name, entry[0])
+        h = self._hashes.get(key)
+        if h is None:
+            h = self._hash(key)
+        wait = self.table.take(h, self.clock(), entry[2], entry[3])
         if wait:
-            raise too_many(limit, wait, "this API token")
+            raise too_many(entry[4], wait, "this API token")

@@ -197,3 +197,29 @@ def test_limits_shared_by_two_workers(tmp_path: Path, openai_upstream: Proc) -> 
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     assert not list((state / "gateway").glob("ratelimit-*"))  # the table goes with the gateway
+
+
+def test_shared_table_survives_a_holder_killed_in_the_lock(tmp_path: Path) -> None:
+    """A worker SIGKILLed inside a decision leaves the semaphore taken: the next decision waits
+    STALE_LOCK, takes it over, and the buckets are intact (same key, same budget)."""
+    import os
+
+    import posix_ipc
+
+    from gateway.ratelimit import STALE_LOCK, SharedTable, key_hash
+
+    table, sem = tmp_path / "table", f"/tidegate-rl-test-{os.getpid()}"
+    SharedTable.create(table, sem)
+    try:
+        a = SharedTable.attach(table, sem)
+        b = SharedTable.attach(table, sem)  # another worker's view of the same file
+        h = key_hash(b"client")
+        now = time.monotonic()
+        assert a.take(h, now, 10.0, 10.0) == 0.0  # burst 1 at 0.1 rps: two pass
+        posix_ipc.Semaphore(sem).acquire(0)  # a holder that never releases
+        started = time.monotonic()
+        assert b.take(h, now, 10.0, 10.0) == 0.0
+        assert time.monotonic() - started >= STALE_LOCK * 0.9
+        assert a.take(h, now, 10.0, 10.0) == pytest.approx(10.0)  # third: 10 s to wait, seen by both
+    finally:
+        SharedTable.destroy(table, sem)
