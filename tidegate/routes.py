@@ -11,12 +11,14 @@ Nothing secret is in here: no env values, no tokens.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ROUTES_FILE = "routes.json"
+_PREVIEW_SUFFIX = re.compile(r"@pr-[0-9]+$")
 SCHEMA_VERSION = 1
 
 
@@ -45,6 +47,12 @@ class ModelRoute(BaseModel):
     # A string, or the `{"content": ...}` mapping tokenizer_config.json uses (gateway.api.tgi takes both).
     eos_token: str | dict[str, Any] | None = None
     bos_token: str | dict[str, Any] | None = None
+
+    @property
+    def served_name(self) -> str:
+        """The name the replica serves: a preview publishes `<model>@pr-<N>`, its replica (the same
+        server, same `--served-model-name`) knows only `<model>`."""
+        return _PREVIEW_SUFFIX.sub("", self.name) or self.name
 
 
 class RateLimitKey(StrEnum):

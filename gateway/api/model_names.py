@@ -21,9 +21,8 @@ def served_name(route: ServiceRoute) -> str | None:
     """The name the replica serves when it differs from the public one (a preview), else None."""
     if route.model is None or route.preview_pr is None:
         return None
-    suffix = f"@pr-{route.preview_pr}"
-    name = route.model.name
-    return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
+    served = route.model.served_name
+    return served if served != route.model.name else None
 
 
 def _quoted(name: str) -> bytes:

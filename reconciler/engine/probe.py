@@ -62,7 +62,7 @@ def probe_replica(address: str, model: ModelRoute | None, timeout: float = 2.0) 
             prefix = "/" + model.prefix.strip("/") if model.prefix.strip("/") else ""
             r = client.post(
                 base + prefix + "/chat/completions",
-                json={"model": model.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+                json={"model": model.served_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
             )
             return ProbeResult(r.status_code < 400, f"POST {prefix}/chat/completions -> {r.status_code}")
     except httpx.HTTPError as e:
