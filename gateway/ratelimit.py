@@ -49,6 +49,7 @@ _GROUP = struct.Struct("<" + "Qd" * WAYS)
 _GROUP_SIZE = _GROUP.size
 TABLE_BYTES = BUCKETS * _GROUP_SIZE
 HASH_CACHE = 65536  # keys whose hash a worker remembers (cleared when full)
+LONG_KEY = 64  # header values longer than this are remembered by their digest, not kept whole
 STALE_LOCK = 0.25  # seconds: a holder this slow is dead (a decision takes microseconds)
 
 
@@ -252,6 +253,8 @@ class Limiter:
                     break
         if value is None:
             value = (scope.get("client") or ("",))[0]
+        elif len(value) > LONG_KEY:  # the hash cache holds keys: bound what a client makes it keep
+            value = hashlib.blake2b(value, digest_size=16).digest()
         key = (service, prefix, value)
         h = self._hashes.get(key)
         if h is None:

@@ -223,3 +223,24 @@ def test_shared_table_survives_a_holder_killed_in_the_lock(tmp_path: Path) -> No
         assert a.take(h, now, 10.0, 10.0) == pytest.approx(10.0)  # third: 10 s to wait, seen by both
     finally:
         SharedTable.destroy(table, sem)
+
+
+def test_long_header_keys_are_kept_as_digests() -> None:
+    """A client inventing huge header values cannot make the worker keep them: the hash cache
+    holds a 16-byte digest of each, and each value still has a bucket of its own."""
+    from gateway.ratelimit import Limiter, SharedTable
+
+    limiter = Limiter(SharedTable.private())
+    limits = (RateLimit(rps=SLOW, burst=0, key=RateLimitKey.HEADER, header="X-Key"),)
+
+    def ask(value: bytes) -> int:
+        scope = {"client": ("127.0.0.1", 1), "headers": [(b"x-key", value)]}
+        try:
+            limiter.check_service("svc", limits, scope, "/")
+        except Exception as e:  # the 429
+            return int(getattr(e, "status", 0))
+        return 200
+
+    a, b = b"a" * 60_000, b"a" * 59_999 + b"b"
+    assert [ask(a), ask(a), ask(b), ask(b)] == [200, 429, 200, 429]
+    assert all(len(k[2]) <= 64 for k in limiter._hashes)
