@@ -100,14 +100,23 @@ def test_prefix_matching(make_gateway: Callable[..., RunningGateway], openai_ups
 
 
 def test_stopped_service_answers_503(make_gateway: Callable[..., RunningGateway], openai_upstream: Proc) -> None:
+    from tidegate.routes import ModelRoute
+
     gw = make_gateway()
-    gw.publish(snapshot_of(route("off", openai_upstream.url, stopped=True)))
+    off = route("off", openai_upstream.url, stopped=True).model_copy(update={"model": ModelRoute(name="off-model")})
+    gw.publish(snapshot_of(off))
     with gw.client("off.localhost") as c:
         r = c.get("/health")
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "service_stopped"
     assert "tidegate start off" in r.json()["error"]["message"]
     assert "retry-after" not in r.headers  # it stays stopped until someone starts it
+    # Its model on the OpenAI API says the same.
+    token = create_token(gw.settings.state_dir, "api")
+    gw.gateway.tokens.refresh(force=True)
+    r = httpx.post(f"{gw.url}/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+                   json={"model": "off-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "service_stopped"
 
 
 def test_token_limits_in_process(make_gateway: Callable[..., RunningGateway], openai_upstream: Proc) -> None:
