@@ -174,7 +174,8 @@ def _apply_step(step: Step, doc: StateDoc, desired: Mapping[str, DesiredService]
         for r in rec.replicas:
             if r.phase is ReplicaPhase.READY:
                 r.phase, r.draining_since = ReplicaPhase.DRAINING, ctx.now
-        rec.note(ctx.now, "unrouted", f"{step.reason}")
+        rec.reason = "config removed: out of the routes; its replicas stop once their requests finish"
+        rec.note(ctx.now, "unrouted", step.reason)
         return
     if step.action is Action.DELETE_SERVICE:
         for r in list(rec.replicas):
