@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 
 # Debian packages the tests need (scripts/system-packages.sh installs them as root, else says so):
 # sshd for the tunnel tests, bubblewrap for the replica sandbox (tests/security needs it), chromium
-# for the dashboard's browser tests.
-SYSTEM_PACKAGES := openssh-server bubblewrap chromium
+# for the dashboard's browser tests, pebble (Let's Encrypt's ACME test server, with pebble-challtestsrv)
+# for the HTTPS tests, curl for the client side of those.
+SYSTEM_PACKAGES := openssh-server bubblewrap chromium pebble curl
 
 .PHONY: up test test-fast lint plain-install system-packages slow bench clean sandbox-tool
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -154,12 +155,27 @@ class ReplicaInfo:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the reconciler calls. Every method is safe to call again after a crash."""
+    """What the reconciler calls. Every method is safe to call again after a crash.
+
+    Every member is required: what differs between backends is answered by a member (a flag, or
+    a method that returns None / an empty list where a backend has nothing to say), never by
+    probing for an attribute, so a fake in a test is held to the same surface as the real ones."""
 
     name: str
+    # True when `create()` runs the replica in a copy of `spec.workdir` (the local backend): the
+    # checkout's files are then part of what runs, so their hash is part of the spec hash and a
+    # code push rolls the replicas. False for a backend that runs the image and commands only (the
+    # clouds): a code push must not replace a GPU instance for nothing.
+    ships_workdir: bool
 
     def offers(self, requirements: Requirements) -> Sequence[Offer]:
         """Offers matching the requirements, cheapest first. Empty when this backend cannot run it."""
+        ...
+
+    def can_run(self, spec: ReplicaSpec) -> str | None:
+        """None when the spec can run here, else the reason shown as the service's blocked reason:
+        what `Requirements` do not capture (the local backend: an image without a container
+        engine, a missing Python). The clouds screen nothing beyond their offers."""
         ...
 
     def create(self, spec: ReplicaSpec) -> ReplicaInfo:
@@ -182,14 +198,17 @@ class Backend(Protocol):
         """The last lines the replica wrote (best effort; empty when not available)."""
         ...
 
+    def log_path(self, replica_id: str) -> Path | None:
+        """The file on this machine the replica's output goes to, so `tidegate logs --follow` reads
+        it by byte offset; None when the backend keeps no such file (`logs()` is polled instead)."""
+        ...
 
-@runtime_checkable
-class ScreensSpecs(Protocol):
-    """An optional backend member: reasons a spec cannot run there that `Requirements` do not
-    capture (the local backend: an image without a container engine, a missing Python)."""
+    def collect_garbage(self) -> list[Path]:
+        """Remove the files this backend left behind that belong to nothing live; what was removed."""
+        ...
 
-    def can_run(self, spec: ReplicaSpec) -> str | None:
-        """None when the spec can run here, else the reason shown as the service's blocked reason."""
+    def close(self) -> None:
+        """Release what the backend holds in this process (a cloud backend's SSH tunnels)."""
         ...
 
 
@@ -217,12 +236,16 @@ class BackendRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._backends
 
+    def ships_workdir(self, name: str) -> bool:
+        """Whether the backend `name` runs replicas in a copy of the checkout (`Backend.ships_workdir`).
+        False for a backend not configured here: the offline catalog prices only the clouds."""
+        backend = self._backends.get(name)
+        return backend is not None and backend.ships_workdir
+
     def close(self) -> None:
-        """Release what backends hold in this process (a cloud backend's SSH tunnels); optional."""
+        """Release what backends hold in this process (a cloud backend's SSH tunnels)."""
         for backend in self._backends.values():
-            close = getattr(backend, "close", None)
-            if callable(close):
-                close()
+            backend.close()
 
 
 def owner_tags(owner: str, spec: ReplicaSpec) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend
+from backends.cloud.backend import CloudBackend
 from backends.settings import AwsSettings, CloudSettings
 
 
@@ -22,7 +22,7 @@ def build_backends(
     *,
     azure_credential: Any = None,
     tunnels: bool = False,
-) -> list[Backend]:
+) -> list[CloudBackend]:
     """One backend per configured cloud; SDKs are imported here, not at module import.
 
     `state_dir` holds the tunnels' keys (`ssh/`) and sockets (`run/tunnels/`). `tunnels=True` only in
@@ -32,7 +32,7 @@ def build_backends(
     from backends.cloud.tunnels import CloudTunnels
 
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
-    out: list[Backend] = []
+    out: list[CloudBackend] = []
     for entry in settings.backends:
         if isinstance(entry, AwsSettings):
             from backends.aws.backend import AwsBackend

@@ -1,1 +1,4 @@
 """The gateway: host routing, auth, streaming proxy and the OpenAI-compatible API over replicas."""
+
+# What other units may import (docs/architecture.md, the public-surface rule); the rest is private.
+PUBLIC_MODULES: tuple[str, ...] = ("cli", "options", "ratelimit_settings", "server", "settings")

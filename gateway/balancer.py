@@ -55,6 +55,9 @@ class Balancer:
         self.cooldown = cooldown
         self.in_flight: dict[str, int] = {}
         self.cooled_until: dict[str, float] = {}
+        # Replica id -> wall time of its last answer (response headers) to a proxied request: the
+        # reconciler's liveness counts a replica answering real traffic as alive.
+        self.answered_at: dict[str, float] = {}
         self._rr = 0
 
     def pick(self, upstreams: Sequence[Upstream], now: float, exclude: Collection[str] = ()) -> Upstream | None:
@@ -71,6 +74,9 @@ class Balancer:
         else:
             self.in_flight.pop(upstream.replica_id, None)
 
+    def answered(self, upstream: Upstream, wall: float) -> None:
+        self.answered_at[upstream.replica_id] = wall
+
     def cool(self, upstream: Upstream, now: float) -> None:
         self.cooled_until[upstream.replica_id] = now + self.cooldown
 
@@ -78,3 +84,5 @@ class Balancer:
         """Drop cool-downs of replicas no longer routed (counters go when their requests end)."""
         for rid in [r for r in self.cooled_until if r not in live_ids]:
             del self.cooled_until[rid]
+        for rid in [r for r in self.answered_at if r not in live_ids]:
+            del self.answered_at[rid]

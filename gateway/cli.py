@@ -92,6 +92,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     )
     print(f"tidegate gateway on http://{host}:{port} (services at http://<name>.{args.domain}:{port}, "
           f"OpenAI API at http://{host}:{port}/v1), state {settings.state_dir}", flush=True)
+    if settings.https_address is not None:
+        h, p = settings.https_address
+        shown = "" if p == 443 else f":{p}"
+        source = f"certificates from ACME ({settings.acme_directory})" if settings.acme_email else "certificate " + str(settings.tls_cert)
+        print(f"HTTPS on {h}:{p}: https://<name>.{args.domain}{shown}, OpenAI API at https://gateway.{args.domain}{shown}; "
+              f"{source}", flush=True)
     serve(settings)
     return 0
 

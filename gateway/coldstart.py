@@ -4,6 +4,10 @@ A held request counts as demand (the autoscaler sees it at once), repeats its de
 `DEMAND_REPEAT` s (a reconciler may have missed one), and waits until the routing table shows a
 ready replica, its service is removed, the hold times out (503 + Retry-After), or its client
 hangs up. The queue per service is bounded (`hold_queue`).
+
+The signal is a file (the reconciler may be another process). A reconciler in the same process
+(`tidegate up`) also sets `on_demand`, called right after the file is written, so its loop wakes
+at once instead of when its folder watcher notices the file.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from gateway.asgi import ClientGone, Receive
 from gateway.balancer import has_ready
@@ -32,6 +37,8 @@ class ColdStart:
         self.settings = settings
         self.router = router
         self._last_demand: dict[str, float] = {}
+        # Called (from the event loop: must be quick and thread-safe) after a demand signal is written.
+        self.on_demand: Callable[[str], None] | None = None
 
     def demand(self, service: str, force: bool = False) -> None:
         now = time.monotonic()
@@ -42,6 +49,9 @@ class ColdStart:
             send_signal(self.settings.state_dir, "demand", {"service": service})
         except OSError as e:
             log.warning("cannot signal demand for %s: %s", service, e)
+            return
+        if self.on_demand is not None:
+            self.on_demand(service)
 
     async def ready_route(
         self, route: ServiceRoute, st: ServiceStats, receive: Receive | None = None

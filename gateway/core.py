@@ -25,6 +25,8 @@ from gateway.forward import Forwarder, refuse_websocket
 from gateway.routing import RouteTable
 from gateway.settings import GatewaySettings
 from gateway.stats.metrics import MULTIPROC_ENV, metrics_response
+from gateway.tls import challenges
+from gateway.tls.certs import CertStore
 from gateway.upstream.websocket import UpstreamPool
 from gateway.webhooks import handler as hooks
 from tidegate.fsio import describe_os_error
@@ -43,6 +45,13 @@ class Gateway(Forwarder):
         # The control API and dashboard (reconciler.control, mounted by `tidegate up`): gets
         # `/api/…` and `/ui/…` on the gateway host and the bare address, nothing else.
         self.control: Any = None
+        # HTTPS (gateway/tls): this worker's certificates, for the listener's SNI and for the
+        # redirect of plain requests; None when the gateway has no HTTPS listener.
+        self.tls: CertStore | None = None
+        self._https_port = ""
+        if settings.https_address is not None:
+            self.tls = CertStore(settings.state_dir, settings.tls_cert, settings.tls_key)
+            self.https_bound(settings.https_address[1])
 
     @property
     def table(self) -> RouteTable:
@@ -74,7 +83,7 @@ class Gateway(Forwarder):
         while True:
             try:
                 self.stats.flush()
-                data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time())
+                data = self.stats.snapshot(time.monotonic(), pid, self._per_upstream, at=time.time(), answered=self._answered)
                 await asyncio.to_thread(write_stats, self.settings.state_dir, data)
                 failing = None
             except OSError as e:
@@ -89,6 +98,23 @@ class Gateway(Forwarder):
             return {}
         return {u.replica_id: self.balancer.in_flight.get(u.replica_id, 0) for u in route.upstreams}
 
+    def _answered(self, service: str) -> dict[str, float]:
+        route = self.router.service(service)
+        if route is None:
+            return {}
+        seen = self.balancer.answered_at
+        return {u.replica_id: seen[u.replica_id] for u in route.upstreams if u.replica_id in seen}
+
+    def https_bound(self, port: int) -> None:
+        """The HTTPS listener's port, for redirects (the server says which one `:0` got)."""
+        self._https_port = "" if port == 443 else f":{port}"
+
+    async def _refresh_certs(self) -> None:
+        assert self.tls is not None
+        while True:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(self.tls.refresh)
+
     async def startup(self) -> None:
         self.router.bind(asyncio.get_running_loop())
         self.ws_pool = UpstreamPool(self.settings.connect_timeout, self.settings.read_timeout)
@@ -97,6 +123,8 @@ class Gateway(Forwarder):
             self.reload()
             self._tasks.append(asyncio.ensure_future(self._watch()))
         self._tasks.append(asyncio.ensure_future(self._publish_stats()))
+        if self.tls is not None:
+            self._tasks.append(asyncio.ensure_future(self._refresh_certs()))
 
     async def shutdown(self) -> None:
         for task in self._tasks:
@@ -126,6 +154,8 @@ class Gateway(Forwarder):
         route = table.by_host.get(bare)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1")
+        if self.tls is not None and scope["type"] == "http" and await self._tls_first(scope, send, path, bare):
+            return
         try:
             if route is not None:
                 await self.serve_service(route, scope, receive, send, path, host)
@@ -162,10 +192,35 @@ class Gateway(Forwarder):
                 with contextlib.suppress(Exception):
                     await GatewayError(500, "internal gateway error", "server_error", "internal_error").send(send)
 
+    async def _tls_first(self, scope: Scope, send: Send, path: str, bare: str) -> bool:
+        """ACME's HTTP-01 answers (any host, never redirected), then plain HTTP to a host with a
+        certificate redirected to HTTPS (308 keeps the method and body). True when answered."""
+        assert self.tls is not None
+        if path.startswith(challenges.PREFIX):
+            answer = challenges.answer(self.settings.state_dir, path)
+            if answer is None:
+                await GatewayError(404, "no such ACME challenge", code="not_found").send(send)
+            else:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(answer)).encode())]})
+                await send({"type": "http.response.body", "body": answer})
+            return True
+        if scope.get("scheme") != "http" or not self.tls.has_cert(bare):
+            return False
+        query: bytes = scope.get("query_string", b"")
+        location = f"https://{bare}{self._https_port}{path}" + (f"?{query.decode('latin-1')}" if query else "")
+        await send({"type": "http.response.start", "status": 308,
+                    "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        return True
+
     async def _local(self, scope: Scope, receive: Receive, send: Send, path: str, bare: str) -> None:
         """What the gateway answers itself."""
         if path.startswith("/v1/") or path == "/v1":
             await openai_api.handle(self, scope, receive, send, path)
+        elif bare == self.gateway_host and openai_api.at_root(path):
+            # The seed's `OpenAI(base_url="https://gateway.<domain>")`: the API without `/v1` too.
+            await openai_api.handle(self, scope, receive, send, "/v1" + path)
         elif path == "/healthz":
             serial = self.router.table.snapshot.serial
             self.tokens.refresh()

@@ -287,6 +287,7 @@ class Forwarder:
             except BaseException:
                 self.balancer.release(upstream)
                 raise
+            self.balancer.answered(upstream, time.time())
             return upstream, resp
 
     # -- WebSockets --------------------------------------------------------------------------

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, parse_listen
 
 _D = GatewaySettings.__dataclass_fields__
 
@@ -46,6 +47,62 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", dest="gw_metrics", choices=("auto", "open", "token"), default=None,
                         help="who may read /metrics: auto (open on a loopback address, else a token), open, token")
     parser.add_argument("--no-access-log", dest="gw_no_access_log", action="store_true", help="do not log one line per request")
+    add_tls_options(parser)
+
+
+def add_tls_options(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group(
+        "HTTPS", "a second listener for HTTPS; plain HTTP to a host with a certificate is redirected (308) "
+        "there, except /.well-known/acme-challenge/"
+    )
+    tls.add_argument("--https-listen", dest="gw_https_listen", metavar="HOST:PORT", default=None,
+                     help="address of the HTTPS listener, e.g. 0.0.0.0:443 (needs --tls-cert/--tls-key or --acme-email)")
+    tls.add_argument("--tls-cert", dest="gw_tls_cert", metavar="FILE", default=None,
+                     help="PEM certificate chain, e.g. a wildcard one for *.<domain>; reloaded when the file changes")
+    tls.add_argument("--tls-key", dest="gw_tls_key", metavar="FILE", default=None, help="its PEM private key")
+    tls.add_argument("--acme-email", dest="gw_acme_email", metavar="ADDR", default=None,
+                     help="get certificates for gateway.<domain> and every <service>.<domain> over ACME (HTTP-01 on "
+                     "--listen, which must be reachable on port 80), stored in <state>/tls, renewed at 2/3 of their life")
+    tls.add_argument("--acme-directory", dest="gw_acme_directory", metavar="URL", default=None,
+                     help=f"the ACME CA's directory (default Let's Encrypt: {_default('acme_directory')})")
+    tls.add_argument("--acme-ca-bundle", dest="gw_acme_ca_bundle", metavar="FILE", default=None,
+                     help="CA certificates to trust for the ACME directory itself (a private CA)")
+
+
+_TLS = ("https_listen", "tls_cert", "tls_key", "acme_email", "acme_directory", "acme_ca_bundle")
+
+
+def tls_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTPS fields given on the command line, checked together (ValueError says what is missing)."""
+    out = {name: getattr(args, f"gw_{name}") for name in _TLS if getattr(args, f"gw_{name}", None) is not None}
+    for name in ("tls_cert", "tls_key", "acme_ca_bundle"):  # `up` and workers may not share our cwd
+        if name in out:
+            out[name] = os.path.abspath(out[name])
+    if ("tls_cert" in out) != ("tls_key" in out):
+        raise ValueError("--tls-cert and --tls-key go together")
+    certified = "tls_cert" in out or "acme_email" in out
+    if ("acme_directory" in out or "acme_ca_bundle" in out) and "acme_email" not in out:
+        raise ValueError("--acme-directory/--acme-ca-bundle need --acme-email ADDR")
+    if "https_listen" in out:
+        parse_listen(out["https_listen"], "--https-listen")
+        if not certified:
+            raise ValueError("--https-listen needs certificates: --tls-cert FILE --tls-key FILE, or --acme-email ADDR")
+    elif certified:
+        raise ValueError("--tls-cert/--acme-email need --https-listen HOST:PORT (e.g. 0.0.0.0:443)")
+    if "acme_email" in out and "@" not in out["acme_email"]:
+        raise ValueError(f"--acme-email must be an e-mail address, got {out['acme_email']!r}")
+    if "tls_cert" in out:  # a bad pair is an error now, not a handshake failure later
+        from pathlib import Path
+
+        from gateway.tls.certs import TlsError, load_pair
+
+        try:
+            load_pair(Path(out["tls_cert"]), Path(out["tls_key"]))
+        except TlsError as e:
+            raise ValueError(f"--tls-cert/--tls-key: {e}") from e
+    if "acme_ca_bundle" in out and not os.path.isfile(out["acme_ca_bundle"]):
+        raise ValueError(f"--acme-ca-bundle: no such file {out['acme_ca_bundle']}")
+    return out
 
 
 def gateway_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,4 +119,5 @@ def gateway_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["metrics"] = metrics
     if getattr(args, "gw_no_access_log", False):
         out["access_log"] = False
+    out.update(tls_overrides(args))
     return out

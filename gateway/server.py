@@ -261,14 +261,26 @@ def uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
 
 
 def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
-    """Run the gateway with uvicorn in this thread until interrupted."""
+    """Run the gateway with uvicorn in this thread until interrupted (and the ACME manager beside it)."""
     import uvicorn
+
+    from gateway.tls.listener import GatewayServer, start_acme
 
     _configure_logging()
     raise_fd_limit()
     common = uvicorn_options(settings)
     if settings.workers <= 1:
-        uvicorn.run(build_app(settings, gateway), **common)
+        server = GatewayServer(uvicorn.Config(build_app(settings, gateway), **common), settings.https_address)
+        acme = start_acme(settings, server)
+        try:
+            server.run()
+        except KeyboardInterrupt:  # uvicorn re-raises the signal it shut down for
+            pass
+        finally:
+            if acme is not None:
+                acme.stop()
+        if not server.started:
+            raise SystemExit(3)  # what uvicorn.run does when startup failed (the reason is logged)
         return
     prom_dir = Path(settings.state_dir) / "gateway" / f"prometheus-{os.getpid()}"
     shutil.rmtree(prom_dir, ignore_errors=True)
@@ -280,7 +292,12 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
     settings = dataclasses.replace(settings, ratelimit_table=str(table), ratelimit_sem=sem)
     os.environ[SETTINGS_ENV] = settings.to_json()
     try:
-        uvicorn.run("gateway.server:worker_app", factory=True, workers=settings.workers, **common)
+        if settings.https_address is not None:
+            from gateway.tls.workers import serve_workers
+
+            serve_workers(settings, uvicorn.Config("gateway.server:worker_app", factory=True, workers=settings.workers, **common))
+        else:
+            uvicorn.run("gateway.server:worker_app", factory=True, workers=settings.workers, **common)
     finally:
         shutil.rmtree(prom_dir, ignore_errors=True)
         SharedTable.destroy(table, sem)

@@ -14,11 +14,11 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 SETTINGS_ENV = "TIDEGATE_GATEWAY_SETTINGS"
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
+def parse_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
     """`host:port`, `:port` or `[v6]:port` -> (host, port)."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"--listen must look like 127.0.0.1:8080, got {listen!r}")
+        raise ValueError(f"{flag} must look like 127.0.0.1:8080, got {listen!r}")
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
@@ -72,6 +72,19 @@ class GatewaySettings:
     # Set by `serve` for several workers: the rate limit table file and its semaphore's name.
     ratelimit_table: str | None = None
     ratelimit_sem: str | None = None
+    # HTTPS (gateway/tls): a second listener, certificates from files and/or ACME.
+    https_listen: str | None = None  # "host:port"; None: plain HTTP only
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    acme_email: str | None = None  # set: certificates from ACME for every service host
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: str | None = None  # a private CA's root for the ACME directory's own HTTPS
+    acme_renew_fraction: float = 1 / 3  # renew when less than this part of the lifetime is left
+    acme_retry: float = 300.0  # first backoff after a failed issuance (doubles, at most a day)
+
+    @property
+    def https_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.https_listen, "--https-listen") if self.https_listen else None
 
     @property
     def gateway_host(self) -> str:

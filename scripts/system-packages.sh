@@ -5,6 +5,8 @@
 #   bubblewrap      /usr/bin/bwrap, the local replica sandbox (tests/security; `make up` has its own
 #                   scripts/ensure_sandbox.sh, which never fails the command)
 #   chromium        /usr/bin/chromium, the headless browser of the dashboard tests (Playwright drives it)
+#   pebble          /usr/bin/pebble and pebble-challtestsrv, the ACME CA and DNS of the HTTPS tests
+#   curl            the HTTPS tests' command-line client
 set -euo pipefail
 
 missing=()

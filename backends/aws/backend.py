@@ -34,33 +34,16 @@ from backends.aws.ec2 import (
     tags_of,
 )
 from backends.aws.network import AwsNetwork
-from backends.base import (
-    Offer,
-    PermanentError,
-    ReplicaInfo,
-    ReplicaSpec,
-    ReplicaStatus,
-    Requirements,
-    owner_tags,
-)
-from backends.cloud.common import (
-    OWNER,
-    PORT,
-    REPLICA,
-    SERVICE,
-    SPEC,
-    CloudOffers,
-    NoCapacity,
-    launch_first_with_capacity,
-)
-from backends.cloud.startup import render_startup_script
-from backends.cloud.tunnels import HOST_KEY_TAG, NO_HOST_KEY, CloudTunnels, TunnelTarget
+from backends.base import Offer, PermanentError, ReplicaInfo, ReplicaSpec, ReplicaStatus
+from backends.cloud.backend import CloudBackend
+from backends.cloud.common import OWNER, REPLICA, CloudOffers, NoCapacity, launch_first_with_capacity
+from backends.cloud.tunnels import CloudTunnels
 from backends.settings import AwsSettings
 
 __all__ = ["AwsBackend", "classify", "client_token", "error_code", "replica_status"]
 
 
-class AwsBackend(AwsNetwork):
+class AwsBackend(AwsNetwork, CloudBackend):
     """EC2 instances tagged with this installation's owner id."""
 
     name = "aws"
@@ -88,14 +71,6 @@ class AwsBackend(AwsNetwork):
         )
         self._images: dict[str, tuple[str, str]] = {}
 
-    def offers(self, requirements: Requirements) -> Sequence[Offer]:
-        return self._offers.offers(requirements)
-
-    def close(self) -> None:
-        """Close this process's tunnels (the replicas keep running; the next owner reopens them)."""
-        if self.tunnels is not None:
-            self.tunnels.shutdown()
-
     # ---- lookup --------------------------------------------------------------------------
     def _by_replica(self, replica_id: str) -> list[tuple[str, dict[str, Any]]]:
         filters = [*self._owned_filter(), {"Name": f"tag:{REPLICA}", "Values": [replica_id]}]
@@ -111,46 +86,19 @@ class AwsBackend(AwsNetwork):
             reason_code=str(reason.get("Code", "")),
             reason=str(reason.get("Message") or inst.get("StateTransitionReason") or ""),
         )
-        if status is ReplicaStatus.RUNNING and HOST_KEY_TAG not in tags:
-            status, message = ReplicaStatus.EXITED, NO_HOST_KEY
         ip = inst.get("PrivateIpAddress") if self.settings.use_private_ip else None
-        ip = ip or inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
-        ip = self.settings.address_host or ip
-        replica_id = tags.get(REPLICA, inst["InstanceId"])
-        address = self._tunnel(replica_id, status, ip, tags)
+        ip = self.settings.address_host or ip or inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
         launch = inst.get("LaunchTime")
-        offer = self._offers.match(region, inst.get("InstanceType"), spot)
-        return ReplicaInfo(
-            replica_id=replica_id,
-            backend=self.name,
-            status=status,
-            address=address,
-            handle=inst["InstanceId"],
-            service=tags.get(SERVICE),
-            spec_hash=tags.get(SPEC),
-            started_at=float(launch.timestamp())
-            if launch is not None and hasattr(launch, "timestamp")
-            else None,
-            message=message,
-            offer=offer,
-            tags=tags,
-        )
-
-    def _tunnel(self, replica_id: str, status: ReplicaStatus, ip: str | None, tags: dict[str, str]) -> str | None:
-        """The replica's address: its tunnel socket, kept open while the instance runs. None for an
-        instance without a pinned host key (launched before tunnels): it is never reached in clear."""
-        port, host_key = tags.get(PORT), tags.get(HOST_KEY_TAG)
-        if self.tunnels is None or status is not ReplicaStatus.RUNNING or not (ip and port and host_key):
-            return None  # closing is left to describe/list_owned/delete, which see the whole replica
         s = self.settings
-        self.tunnels.open(TunnelTarget(replica_id, ip, s.ssh_port, s.tunnel_user, host_key, int(port)))
-        return self.tunnels.address(replica_id)
-
-    def describe(self, replica_id: str) -> ReplicaInfo | None:
-        info = self._describe(replica_id)
-        if self.tunnels is not None and (info is None or info.address is None):
-            self.tunnels.close(replica_id)
-        return info
+        return self._replica_info(
+            tags,
+            handle=inst["InstanceId"],
+            status=status,
+            message=message,
+            address=lambda rid, st: self._tunnel_address(rid, st, tags, lambda: ip, s.ssh_port, s.tunnel_user),
+            offer=self._offers.match(region, inst.get("InstanceType"), spot),
+            started_at=float(launch.timestamp()) if launch is not None and hasattr(launch, "timestamp") else None,
+        )
 
     def _describe(self, replica_id: str) -> ReplicaInfo | None:
         found = self._by_replica(replica_id)
@@ -161,12 +109,9 @@ class AwsBackend(AwsNetwork):
         exited = [i for i in infos if i.status is ReplicaStatus.EXITED]
         return exited[0] if exited else None
 
-    def list_owned(self) -> Sequence[ReplicaInfo]:
+    def _list_owned(self) -> Sequence[ReplicaInfo]:
         filters = [*self._owned_filter(), {"Name": "instance-state-name", "Values": LIVE_STATES}]
-        infos = [self._info(r, i) for r in self.settings.regions for i in self._instances(r, filters)]
-        if self.tunnels is not None:
-            self.tunnels.retain(i.replica_id for i in infos if i.address)
-        return infos
+        return [self._info(r, i) for r in self.settings.regions for i in self._instances(r, filters)]
 
     # ---- create --------------------------------------------------------------------------
     def create(self, spec: ReplicaSpec) -> ReplicaInfo:
@@ -175,10 +120,7 @@ class AwsBackend(AwsNetwork):
             if inst["State"]["Name"] not in ("terminated", "shutting-down"):
                 log.info("aws: adopting %s for replica %s", inst["InstanceId"], spec.replica_id)
                 return self._info(region, inst)
-        if not self.settings.allowed_cidr:
-            raise PermanentError("aws: settings.allowed_cidr is not set (who may reach SSH: the gateway's address)")
-        if self.tunnels is None:
-            raise PermanentError("aws: no tunnel keys configured (backends are built with the state dir)")
+        self._require_tunnels(self.settings.allowed_cidr)
         generation = len(found)
 
         def no_capacity(offer: Offer, e: NoCapacity) -> str:
@@ -201,27 +143,22 @@ class AwsBackend(AwsNetwork):
         subnet = per_region(self.settings.subnet_id, region)
         group_id = self._security_group(region, spec, subnet)
         token = client_token(spec.replica_id, generation, offer)
-        assert self.tunnels is not None  # checked by create()
         # Derived from the ClientToken: a retried launch sends byte-identical user data.
-        endpoint = self.tunnels.endpoint(
-            f"aws:{token}", spec.port, self.settings.ssh_port, self.settings.tunnel_user
-        )
-        tags = {**owner_tags(self.owner, spec), PORT: str(spec.port), HOST_KEY_TAG: endpoint.host_key.public}
-        tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
-        disk = int(max(spec.requirements.disk_gb.min or 100, 30))
+        plan = self._launch_plan(spec, f"aws:{token}", self.settings.ssh_port, self.settings.tunnel_user)
+        tag_list = [{"Key": k, "Value": v} for k, v in plan.tags.items()]
         params: dict[str, Any] = {
             "ImageId": image_id,
             "InstanceType": offer.instance_type,
             "MinCount": 1,
             "MaxCount": 1,
             "ClientToken": token,
-            "UserData": render_startup_script(spec, endpoint),
+            "UserData": plan.startup_script,
             "SecurityGroupIds": [group_id],
             "BlockDeviceMappings": [
                 {
                     "DeviceName": root_device,
                     "Ebs": {
-                        "VolumeSize": disk,
+                        "VolumeSize": plan.disk_gb,
                         "VolumeType": self.settings.volume_type,
                         "DeleteOnTermination": True,
                     },
@@ -296,11 +233,9 @@ class AwsBackend(AwsNetwork):
         return chosen
 
     # ---- delete / logs -------------------------------------------------------------------
-    def delete(self, replica_id: str) -> None:
+    def _delete(self, replica_id: str) -> None:
         from botocore.exceptions import ClientError
 
-        if self.tunnels is not None:
-            self.tunnels.close(replica_id)
         for region, inst in self._by_replica(replica_id):
             if inst["State"]["Name"] == "terminated":
                 continue

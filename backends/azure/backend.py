@@ -24,33 +24,16 @@ from typing import Any
 
 from backends.azure.arm import ARM_SCOPE, CAPACITY_CODES, classify, error_code, log, vm_name
 from backends.azure.network import AzureNetwork
-from backends.base import (
-    Offer,
-    PermanentError,
-    ReplicaInfo,
-    ReplicaSpec,
-    ReplicaStatus,
-    Requirements,
-    TemporaryError,
-    owner_tags,
-)
-from backends.cloud.common import (
-    PORT,
-    REPLICA,
-    SERVICE,
-    SPEC,
-    CloudOffers,
-    NoCapacity,
-    launch_first_with_capacity,
-)
-from backends.cloud.startup import render_startup_script
-from backends.cloud.tunnels import HOST_KEY_TAG, NO_HOST_KEY, CloudTunnels, TunnelTarget
+from backends.base import Offer, PermanentError, ReplicaInfo, ReplicaSpec, ReplicaStatus, TemporaryError
+from backends.cloud.backend import CloudBackend
+from backends.cloud.common import CloudOffers, NoCapacity, launch_first_with_capacity
+from backends.cloud.tunnels import CloudTunnels
 from backends.settings import AzureSettings
 
 __all__ = ["ARM_SCOPE", "CAPACITY_CODES", "AzureBackend", "classify", "error_code", "vm_name"]
 
 
-class AzureBackend(AzureNetwork):
+class AzureBackend(AzureNetwork, CloudBackend):
     """Azure VMs in one resource group, tagged with this installation's owner id."""
 
     name = "azure"
@@ -77,15 +60,7 @@ class AzureBackend(AzureNetwork):
             refine=self._refine,
         )
 
-    def close(self) -> None:
-        """Close this process's tunnels (the replicas keep running; the next owner reopens them)."""
-        if self.tunnels is not None:
-            self.tunnels.shutdown()
-
     # ---- offers --------------------------------------------------------------------------
-    def offers(self, requirements: Requirements) -> Sequence[Offer]:
-        return self._offers.offers(requirements)
-
     def _refine(self, location: str, base: list[Offer]) -> list[Offer]:
         """The catalog offers whose VM size the subscription may use in `location`."""
         available: set[str] = set()
@@ -116,46 +91,28 @@ class AzureBackend(AzureNetwork):
             status, message = ReplicaStatus.EXITED, f"VM is {power}"
             if vm.priority == "Spot":
                 message = f"spot VM evicted or stopped ({power})"
-        elif power in ("running", "") and HOST_KEY_TAG not in tags:
-            status, message = ReplicaStatus.EXITED, NO_HOST_KEY
         elif power in ("running", ""):
             status = ReplicaStatus.RUNNING
         else:
             status = ReplicaStatus.PROVISIONING
-        address = None
-        replica_id = tags.get(REPLICA, vm.name)
-        port, host_key = tags.get(PORT), tags.get(HOST_KEY_TAG)
-        # No pinned host key (a VM from before tunnels): no address; it is never reached in clear.
-        if self.tunnels is not None and status is ReplicaStatus.RUNNING and port and host_key:
-            ip = self._address(vm.name)
-            if ip:
-                s = self.settings
-                self.tunnels.open(TunnelTarget(replica_id, ip, s.ssh_port, s.tunnel_user, host_key, int(port)))
-                address = self.tunnels.address(replica_id)
-        spot = vm.priority == "Spot"
+        s = self.settings
         size = vm.hardware_profile.vm_size if vm.hardware_profile else None
-        offer = self._offers.match(vm.location, size, spot)
-        return ReplicaInfo(
-            replica_id=replica_id,
-            backend=self.name,
-            status=status,
-            address=address,
+        return self._replica_info(
+            tags,
             handle=vm.name,
-            service=tags.get(SERVICE),
-            spec_hash=tags.get(SPEC),
+            status=status,
             message=message,
-            offer=offer,
-            tags=tags,
+            address=lambda rid, st: self._tunnel_address(
+                rid, st, tags, lambda: self._address(vm.name), s.ssh_port, s.tunnel_user
+            ),
+            offer=self._offers.match(vm.location, size, vm.priority == "Spot"),
         )
 
-    def describe(self, replica_id: str) -> ReplicaInfo | None:
+    def _describe(self, replica_id: str) -> ReplicaInfo | None:
         vm = self._get_vm(vm_name(replica_id))
-        info = self._info(vm) if self._owned(vm) else None
-        if self.tunnels is not None and (info is None or info.address is None):
-            self.tunnels.close(replica_id)
-        return info
+        return self._info(vm) if self._owned(vm) else None
 
-    def list_owned(self) -> Sequence[ReplicaInfo]:
+    def _list_owned(self) -> Sequence[ReplicaInfo]:
         rg = self.settings.resource_group
         vms = self._run("list vms", lambda: list(self.compute.virtual_machines.list(rg)))
         out = []
@@ -165,8 +122,6 @@ class AzureBackend(AzureNetwork):
             full = self._get_vm(str(vm.name))
             if self._owned(full):
                 out.append(self._info(full))
-        if self.tunnels is not None:
-            self.tunnels.retain(i.replica_id for i in out if i.address)
         return out
 
     # ---- create --------------------------------------------------------------------------
@@ -180,10 +135,7 @@ class AzureBackend(AzureNetwork):
                 log.info("azure: adopting VM %s for replica %s", name, spec.replica_id)
                 return self._info(existing)
             self._delete_resources(name)  # a failed attempt: clear it and launch again
-        if not self.settings.allowed_cidr:
-            raise PermanentError("azure: settings.allowed_cidr is not set (who may reach SSH: the gateway's address)")
-        if self.tunnels is None:
-            raise PermanentError("azure: no tunnel keys configured (backends are built with the state dir)")
+        self._require_tunnels(self.settings.allowed_cidr)
         if not self.settings.ssh_public_key:
             raise PermanentError("azure: settings.ssh_public_key is required for Linux VMs")
 
@@ -202,14 +154,12 @@ class AzureBackend(AzureNetwork):
 
     def _launch(self, spec: ReplicaSpec, name: str, offer: Offer) -> ReplicaInfo:
         rg, s, loc = self.settings.resource_group, self.settings, offer.region
-        assert self.tunnels is not None  # checked by create()
         # Deterministic per VM, like the AWS launch (a retried PUT sends the same custom data).
-        endpoint = self.tunnels.endpoint(f"azure:{s.subscription_id}:{rg}:{name}", spec.port, s.ssh_port, s.tunnel_user)
-        tags = {**owner_tags(self.owner, spec), PORT: str(spec.port), HOST_KEY_TAG: endpoint.host_key.public}
+        plan = self._launch_plan(spec, f"azure:{s.subscription_id}:{rg}:{name}", s.ssh_port, s.tunnel_user)
+        tags = plan.tags
         # Request bodies are ARM's REST JSON (what the service and the test endpoint see).
         nic = self._create_nic(name, loc, s.ssh_port, tags)
-        custom_data = base64.b64encode(render_startup_script(spec, endpoint).encode()).decode()
-        disk = int(max(spec.requirements.disk_gb.min or 100, 30))
+        custom_data = base64.b64encode(plan.startup_script.encode()).decode()
         image = s.image
         props: dict[str, Any] = {
             "hardwareProfile": {"vmSize": offer.instance_type},
@@ -222,7 +172,7 @@ class AzureBackend(AzureNetwork):
                 },
                 "osDisk": {
                     "createOption": "FromImage",
-                    "diskSizeGB": disk,
+                    "diskSizeGB": plan.disk_gb,
                     "deleteOption": "Delete",
                     "managedDisk": {"storageAccountType": "Premium_LRS"},
                 },
@@ -268,9 +218,7 @@ class AzureBackend(AzureNetwork):
         return self._info(vm)
 
     # ---- delete --------------------------------------------------------------------------
-    def delete(self, replica_id: str) -> None:
-        if self.tunnels is not None:
-            self.tunnels.close(replica_id)
+    def _delete(self, replica_id: str) -> None:
         self._delete_resources(vm_name(replica_id))
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:

@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backends.base import Backend, BackendError, ReplicaInfo, ReplicaStatus
+from backends.base import BackendError, ReplicaInfo, ReplicaStatus
 from tidegate.fsio import write_json_atomic
+
+if TYPE_CHECKING:
+    from backends.cloud.backend import CloudBackend
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class OrphanSweeper:
 
     def __init__(
         self,
-        backends: Sequence[Backend],
+        backends: Sequence[CloudBackend],
         owner: str,
         *,
         grace: float,
@@ -111,7 +114,7 @@ class OrphanSweeper:
     def sweep(self, known_ids: set[str], *, dry_run: bool = False) -> SweepReport:
         report = SweepReport()
         now = self.clock()
-        owned: list[tuple[Backend, ReplicaInfo]] = []
+        owned: list[tuple[CloudBackend, ReplicaInfo]] = []
         for backend in self.backends:
             try:
                 for info in backend.list_owned():
@@ -153,11 +156,9 @@ class OrphanSweeper:
             self.first_seen.pop(info.replica_id, None)
         if not dry_run:
             for backend in self.backends:
-                sweep_groups = getattr(backend, "sweep_security_groups", None)
-                if callable(sweep_groups):
-                    try:
-                        report.groups.extend(sweep_groups())
-                    except BackendError as e:
-                        report.errors.append(f"{backend.name}: security group sweep failed: {e}")
+                try:
+                    report.groups.extend(backend.sweep_security_groups())
+                except BackendError as e:
+                    report.errors.append(f"{backend.name}: security group sweep failed: {e}")
             self._save_seen()
         return report

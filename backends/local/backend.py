@@ -66,17 +66,14 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from backends.base import (
-    Offer,
     PermanentError,
     ReplicaInfo,
     ReplicaSpec,
     ReplicaStatus,
-    Requirements,
     TemporaryError,
 )
 from backends.local import confine as local_confine
@@ -85,10 +82,10 @@ from backends.local import host as local_host
 from backends.local import proc as local_proc
 from backends.local import sandbox as local_sandbox
 from backends.local import spawn as local_spawn
+from backends.local.fit import HostFit, NetworkMode
 from backends.local.layout import (
     ReplicaPaths,
     container_name,
-    copy_workdir,
     read_json,
     script_for,
     socket_path,
@@ -97,23 +94,26 @@ from backends.local.layout import (
 )
 from backends.local.sandbox import SandboxMode
 from backends.local.status import recorded, replica_info, start_meta
+from backends.workdir import copy_workdir
 
-__all__ = ["META", "LocalBackend", "NetworkMode", "SandboxMode", "socket_path"]
+__all__ = ["META", "LocalBackend", "NetworkMode", "SandboxMode", "parse_egress_rule", "socket_path"]
 
 META = "replica.json"
 KEPT_LOG_LINES = 200
 
 
-class NetworkMode(StrEnum):
-    AUTO = "auto"  # namespaces when available, else the shared host network
-    NAMESPACE = "namespace"  # namespaces or a PermanentError
-    SHARED = "shared"  # host network; a busy port is a TemporaryError
+def parse_egress_rule(text: str) -> str:
+    """One `egress_allow` rule (`CIDR` or `CIDR:port`) in its canonical form; ValueError naming
+    what is wrong. The settings check uses it before a LocalBackend is built with the rules."""
+    return str(local_egress.parse_rule(text))
 
 
-class LocalBackend:
-    """Replicas as process trees on this machine; see the module docstring."""
+class LocalBackend(HostFit):
+    """Replicas as process trees on this machine; see the module docstring. What fits here
+    (`offers`, `can_run`) and the host facts behind it live in `HostFit` (fit.py)."""
 
     name = "local"
+    ships_workdir = True  # each replica runs in a copy of the checkout (`work/`)
 
     def __init__(
         self,
@@ -128,108 +128,20 @@ class LocalBackend:
         sandbox: SandboxMode = SandboxMode.AUTO,
         egress_allow: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        super().__init__(network, sandbox)
         self.root = Path(root).absolute()
         self.owner = owner
         self.grace = grace
-        self.network = network
         self.log_max_bytes = log_max_bytes
         self.venv_with_pip = venv_with_pip
         self.start_timeout = start_timeout
         self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._namespace_problem: str | bool | None = False  # False = not probed yet
-        self._engine: str | bool | None = False
-        self._machine: local_host.Machine | None = None
-        self._interpreters: dict[str, str | None] = {}
-        self.sandbox = sandbox
         # service name -> extra egress rules (the operator's settings; trusted services only)
         self.egress_allow = {
             name: tuple(local_egress.parse_rule(r) for r in rules) for name, rules in (egress_allow or {}).items()
         }
-        self._sandbox_problem: str | bool | None = False
 
-    # ---- host facts (probed once per instance) ----------------------------------------------------
-    def machine(self) -> local_host.Machine:
-        if self._machine is None:
-            self._machine = local_host.probe_machine()
-        return self._machine
-
-    def _namespaces_unavailable(self) -> str | None:
-        if self._namespace_problem is False:
-            self._namespace_problem = local_host.probe_namespaces(local_spawn.RELAY)
-        assert not isinstance(self._namespace_problem, bool)
-        return self._namespace_problem
-
-    def sandbox_unavailable(self) -> str | None:
-        """None when replicas can be sandboxed here, else why not (probed once)."""
-        if self.sandbox == SandboxMode.OFF:
-            return "the replica sandbox is turned off (sandbox: off)"
-        if self._sandbox_problem is False:
-            self._sandbox_problem = local_sandbox.probe(local_sandbox.find_tools())
-        assert not isinstance(self._sandbox_problem, bool)
-        return self._sandbox_problem
-
-    def _engine_exe(self) -> str | None:
-        if self._engine is False:
-            self._engine = local_host.probe_engine()
-        assert not isinstance(self._engine, bool)
-        return self._engine
-
-    def _interpreter(self, version: str) -> str | None:
-        minor = local_host.python_minor(version)
-        if minor not in self._interpreters:
-            self._interpreters[minor] = local_host.find_interpreter(minor)
-        return self._interpreters[minor]
-
-    # ---- Backend protocol -----------------------------------------------------------------------
-    def offers(self, requirements: Requirements) -> Sequence[Offer]:
-        offer = local_host.match_offer(requirements, self.machine())
-        return [] if offer is None else [offer]
-
-    def can_run(self, spec: ReplicaSpec) -> str | None:
-        """None when this backend can run `spec`, else a reason to show in the plan.
-
-        `offers()` sees only Requirements; this also checks what the spec itself needs: an image
-        engine, the Python version, the GPUs, and (in NAMESPACE mode) network namespaces.
-        """
-        if spec.image is not None:
-            if spec.python is not None:
-                return "`image` and `python` are mutually exclusive"
-            if self._engine_exe() is None:
-                return "local backend cannot run images: no Docker/Podman engine"
-        elif not spec.commands:
-            return "nothing to run: the service has neither `commands` nor `image`"
-        if spec.python is not None:
-            try:
-                found = self._interpreter(spec.python)
-            except PermanentError as e:
-                return str(e)
-            if found is None:
-                minor = local_host.python_minor(spec.python)
-                return f"python {spec.python} is not installed on this machine (no working python{minor})"
-        if (
-            spec.requirements.gpu is not None
-            and local_host.match_offer(spec.requirements, self.machine()) is None
-        ):
-            gpus = ", ".join(f"{g.name} ({g.memory_gb:g}GB)" for g in self.machine().gpus) or "none"
-            return f"this machine's GPUs do not fit the requirements (found: {gpus})"
-        if (
-            self.network == NetworkMode.NAMESPACE
-            and spec.image is None
-            and (problem := self._namespaces_unavailable())
-        ):
-            return problem
-        if spec.image is None and (problem := self.sandbox_unavailable()) is not None:
-            if not spec.trusted:
-                return f"refusing to run untrusted code (a PR preview) outside the sandbox: {problem}"
-            if self.sandbox == SandboxMode.REQUIRED:
-                return problem
-        if spec.image is None and not spec.trusted:
-            if self.network == NetworkMode.SHARED:
-                return "refusing to run untrusted code (a PR preview) on the host network (network: shared)"
-            if problem := self._namespaces_unavailable():
-                return f"refusing to run untrusted code (a PR preview) without its own network namespace: {problem}"
-        return None
-
+    # ---- Backend protocol (offers and can_run: HostFit) -------------------------------------------
     def create(self, spec: ReplicaSpec) -> ReplicaInfo:
         reason = self.can_run(spec)
         if reason is not None:
@@ -301,9 +213,12 @@ class LocalBackend:
         return collect_local_litter(self.root)
 
     def log_path(self, replica_id: str) -> Path | None:
-        """The live log file of a replica (for `tidegate logs --follow`), None when it has none."""
-        path = self._paths(replica_id).log
-        return path if path.exists() else None
+        """The live log file of a replica (for `tidegate logs --follow`); it appears when the
+        replica starts and moves to `.1` when it reaches the size cap."""
+        return self._paths(replica_id).log
+
+    def close(self) -> None:
+        """Nothing to release: replicas are processes that outlive this object by design."""
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:
         paths = self._paths(replica_id)

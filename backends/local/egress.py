@@ -38,8 +38,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+if __package__:  # imported as backends.local.egress (the backend, the settings check, tests)
+    from backends.local.streams import pipe
+else:  # imported by the supervisor's forked proxy: the modules beside it are on sys.path
+    from streams import pipe  # type: ignore[import-not-found,no-redef]
+
 MAX_HEAD = 64 * 1024
-CHUNK = 64 * 1024
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -209,17 +213,6 @@ async def resolve(host: str, port: int) -> list[Address]:
     return out
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        pass
-
-
 def parse_head(head: bytes) -> tuple[str, str, int, bytes]:
     """(method, host, port, head to send upstream) of one proxy request head. ValueError if bad."""
     lines = head.split(b"\r\n")
@@ -276,7 +269,7 @@ async def handle(
             await writer.drain()
         else:
             up_writer.write(upstream_head)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
     except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
         with contextlib.suppress(Exception):
             writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")

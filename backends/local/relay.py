@@ -39,29 +39,32 @@ import fcntl
 import importlib
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily at run time: it is the slowest part of start-up
     import asyncio
 
+if __package__:  # imported as backends.local.relay (the tests)
+    from backends.local.streams import CHUNK, make_handler, make_unix_forwarder
+    from backends.local.venv_build import ensure_venv
+else:  # run by path with `python -I -S`: its sibling modules are found beside it
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from streams import CHUNK, make_handler, make_unix_forwarder  # type: ignore[import-not-found,no-redef]
+    from venv_build import ensure_venv  # type: ignore[import-not-found,no-redef]
+
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 IFREQ = "16sh22x"  # struct ifreq: name + flags, padded to 40 bytes
-CHUNK = 64 * 1024
-PUMP_DRAIN_SECONDS = 2.0
-PROXY_START_TRIES = 200  # x 0.05 s: how long a first outbound connection waits for the egress proxy
-READY_MARKER = ".tidegate-ready"  # written last into a virtualenv that was built completely  # after the commands exit, how long to wait for stragglers' output
+PUMP_DRAIN_SECONDS = 2.0  # after the commands exit, how long to wait for stragglers' output
 
 
 def enter_network_namespace() -> None:
@@ -115,72 +118,6 @@ def write_json_atomic(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        pass
-
-
-async def _open_upstream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    import asyncio
-
-    last: OSError | None = None
-    for host in ("127.0.0.1", "::1"):
-        try:
-            return await asyncio.open_connection(host, port)
-        except OSError as e:
-            last = e
-    assert last is not None
-    raise last
-
-
-Handler = Callable[["asyncio.StreamReader", "asyncio.StreamWriter"], Awaitable[None]]
-Opener = Callable[[], Awaitable[tuple["asyncio.StreamReader", "asyncio.StreamWriter"]]]
-
-
-def _relay_to(open_upstream: Opener) -> Handler:
-    """A connection handler that pipes both ways to what `open_upstream` connects to; when that
-    fails (the replica is not listening yet) the client sees a closed connection (not ready)."""
-    import asyncio
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await open_upstream()
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            for w in (up_writer, writer):
-                with contextlib.suppress(Exception):
-                    w.close()
-
-    return handle
-
-
-def make_unix_forwarder(path: str) -> Handler:
-    """Pipe each connection accepted inside the namespace to the egress proxy's unix socket."""
-    import asyncio
-
-    async def open_proxy() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        # The proxy is a forked child still importing when the commands make their first request
-        # (or its socket file is a previous run's): wait for it a little rather than drop that one.
-        for _ in range(PROXY_START_TRIES):
-            try:
-                return await asyncio.open_unix_connection(path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                await asyncio.sleep(0.05)
-        return await asyncio.open_unix_connection(path)
-
-    return _relay_to(open_proxy)
-
-
 def fork_egress_proxy(socket_path: str, policy_json: str | None = None) -> None:
     """Fork the egress proxy while still in the host's network namespace (see egress.py).
 
@@ -209,11 +146,6 @@ def fork_egress_proxy(socket_path: str, policy_json: str | None = None) -> None:
         os._exit(0)
 
 
-def make_handler(port: int) -> Handler:
-    """Pipe each connection on the replica's socket to its port (IPv4 or IPv6 loopback)."""
-    return _relay_to(lambda: _open_upstream(port))
-
-
 async def _pump(stream: asyncio.StreamReader, log: RotatingLog) -> None:
     while data := await stream.read(CHUNK):
         log.write(data)
@@ -233,50 +165,6 @@ def sibling(name: str) -> Any:
     if here not in sys.path:
         sys.path.insert(0, here)
     return importlib.import_module(name)
-
-
-def ensure_venv(
-    venv: Path, interpreter: str, with_pip: bool, log: RotatingLog, owner: int | None = None
-) -> bool:
-    """Build the spec's virtualenv once (replicas of one spec share it); False when it failed.
-
-    Built in place (venvs are not relocatable) under an flock, and marked ready last, so a venv
-    half-built by a killed replica is detected and rebuilt by the next one. With `owner` (a
-    sandboxed replica's uid) the venv is that uid's, so `pip install` in the commands works: it is
-    handed over right after the build, before any replica can touch it, and never chowned again (a
-    tree a running replica can change is no place for a root `chown -R`); a venv of another owner
-    is rebuilt instead. Its base prefix is recorded beside it at the same moment (sandbox.py).
-    """
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        ready = (venv / READY_MARKER).exists()
-        if ready and owner is not None:
-            sandbox = sibling("sandbox")
-            ready = venv.stat().st_uid == owner and sandbox.venv_base_file(venv).exists()
-        if ready:
-            return True
-        cmd = [interpreter, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)]
-        log.write(f"[tidegate] creating virtualenv: {' '.join(cmd)}\n".encode())
-        try:
-            if venv.exists():
-                shutil.rmtree(venv)
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
-            log.write(proc.stdout + proc.stderr)
-            if proc.returncode == 0:
-                (venv / READY_MARKER).write_text(interpreter + "\n")
-                if owner is not None:
-                    sandbox = sibling("sandbox")
-                    base = sandbox.venv_base_prefix(venv)  # written by the build, not yet by a replica
-                    sandbox.venv_base_file(venv).write_text(f"{base or ''}\n")
-                    sandbox.chown_tree(venv, owner)
-                return True
-            problem = f"exit code {proc.returncode}"
-        except OSError as e:
-            problem = str(e)
-        log.write(f"[tidegate] creating the virtualenv failed: {problem}\n".encode())
-        shutil.rmtree(venv, ignore_errors=True)
-        return False
 
 
 MARKS = ("TIDEGATE_REPLICA", "TIDEGATE_REPLICA_DIR", "TIDEGATE_OWNER")

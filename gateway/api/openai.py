@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API (`/v1/...` on `gateway.<domain>` and on the bare gateway address).
+"""The OpenAI-compatible API (`/v1/...` on `gateway.<domain>` and on the bare gateway address; on
+`gateway.<domain>` also without `/v1`, so `OpenAI(base_url="https://gateway.<domain>")` works).
 
 Requests are routed by their `model` field to the service whose config maps that model. For
 `format: openai` the request is passed through to `<prefix>/chat/completions` (and `completions`,
@@ -22,7 +23,12 @@ from gateway.upstream.relay import request_head
 from tidegate.routes import ModelFormat, ServiceRoute
 
 PASSTHROUGH = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+# The same routes without `/v1`, served on the gateway host only (a service host is the service's).
+_ROOT = frozenset({p[len("/v1") :] for p in PASSTHROUGH} | {"/models", "/models/"})
 
+
+def at_root(path: str) -> bool:
+    return path in _ROOT or path.startswith("/models/")
 
 
 def list_models(fw: Forwarder) -> dict[str, Any]:

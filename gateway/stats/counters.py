@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-WINDOWS = (30, 60, 300)
+WINDOWS = (6, 30, 60, 300)  # 6: the autoscaler's panic window
 RING = 300
 
 REQUESTS = Counter("tidegate_gateway_requests_total", "Requests answered", ["service", "code"])
@@ -153,9 +153,11 @@ class Stats:
         UPSTREAM_ERRORS.labels(service, kind).inc()
 
     def snapshot(
-        self, now: float, pid: int, per_upstream: Callable[[str], Mapping[str, int]], at: float | None = None
+        self, now: float, pid: int, per_upstream: Callable[[str], Mapping[str, int]], at: float | None = None,
+        answered: Callable[[str], Mapping[str, float]] | None = None,
     ) -> dict[str, Any]:
-        """`now` is the monotonic clock the windows count in; `at` the wall time written for readers."""
+        """`now` is the monotonic clock the windows count in; `at` the wall time written for readers;
+        `answered`: per replica, the wall time of its last answer to a proxied request (liveness)."""
         return {
             "pid": pid,
             "at": now if at is None else at,
@@ -165,6 +167,7 @@ class Stats:
                     "in_flight": s.in_flight,
                     "held": s.held,
                     "per_upstream_in_flight": dict(per_upstream(name)),
+                    "per_upstream_answered_at": dict(answered(name)) if answered is not None else {},
                 }
                 for name, s in self.services.items()
             },

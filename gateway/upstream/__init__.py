@@ -18,6 +18,9 @@ from gateway.upstream.relay import (
 from gateway.upstream.response import Response
 from gateway.upstream.websocket import UpstreamPool
 
+# What other units may import (docs/architecture.md, the public-surface rule); the rest is private.
+PUBLIC_MODULES: tuple[str, ...] = ("client", "relay", "response", "websocket")
+
 __all__ = [
     "HostPool", "Response", "UpstreamClient", "UpstreamPool", "relay_response", "relay_websocket", "request_head",
     "request_headers", "upstream_failure",

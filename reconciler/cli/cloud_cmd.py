@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def _service_requirements(args: argparse.Namespace) -> Requirements:
     raise OffersError(problems)
 
 
-def _backends_for_offers(args: argparse.Namespace) -> list[Backend] | None:
+def _backends_for_offers(args: argparse.Namespace) -> Sequence[Backend] | None:
     path = args.settings or os.environ.get("TIDEGATE_SETTINGS")
     if not path:
         return None

@@ -247,6 +247,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 # --- up --------------------------------------------------------------------------------------
 
+DEMAND_WAKE = "demand"  # the in-process gateway holds a request for a service at zero
+
 
 def cmd_up(args: argparse.Namespace) -> int:
     from reconciler.cli import runtime
@@ -285,8 +287,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         announced: list[frozenset[str]] = []
 
         def on_report(report: PassReport) -> None:
+            routes = read_snapshot(settings.state_dir)
+            if gateway is not None and report.wrote_routes:
+                # A request held for a cold start goes the moment its replica is ready, not when
+                # the gateway's file watcher notices routes.json.
+                gateway.publish(routes)
             # Tell the newcomer what to do once something answers, and again when more does.
-            ready = frozenset(n for n, r in read_snapshot(settings.state_dir).services.items() if r.upstreams)
+            ready = frozenset(n for n, r in routes.services.items() if r.upstreams)
             if (not announced and (ready or report.next_run_in is None)) or (announced and ready - announced[-1]):
                 announced.append(ready)
                 print_next_steps(settings, gateway is not None)
@@ -305,13 +312,23 @@ def cmd_up(args: argparse.Namespace) -> int:
             housekeeping=runtime.build_housekeeping(engine),
             verified=verified,
         )
-        loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
+        def on_wake(reason: str) -> None:
+            if reason not in (DEMAND_WAKE, "signal: demand"):  # a held request needs no git fetch
+                the_pass.request_fetch(reason)
+
+        loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=on_wake)
         signals.append(loop)
+        if gateway is not None:
+            gateway.on_demand(lambda service: loop.wake(DEMAND_WAKE) if loop is not None else None)
         if hasattr(source, "watch"):
             loop.add_watcher(source.watch(lambda: loop.wake("file saved"), loop.stop_event))
         say(f"tidegate up: watching {source.describe()} (state {settings.state_dir}); Ctrl-C stops, replicas keep running")
         if previews is not None:
             say(f"previews: open pull requests get <service>-pr-<N>.{settings.domain} ({previews.settings.max_concurrent} at most)")
+        if gateway is not None and settings.gateway_options.get("https_listen"):
+            certs = "ACME" if settings.gateway_options.get("acme_email") else str(settings.gateway_options.get("tls_cert"))
+            say(f"HTTPS on {settings.gateway_options['https_listen']}: {settings.service_url('<name>')}, "
+                f"OpenAI API at {settings.service_url('gateway')} (certificates: {certs})")
         loop.start()
         loop.run()
     finally:
@@ -572,13 +589,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     for line in seen:
         print(masker(line))
     sys.stdout.flush()
-    log_path = getattr(backend, "log_path", None)
-    if args.follow and log_path is not None:  # a local log file: follow it by byte offset
+    if args.follow and backend.log_path(replica.id) is not None:  # a local log file: follow it by byte offset
         from reconciler.cli.follow import follow_lines
 
         def followed() -> tuple[str, Path | None]:
             rid = _current_replica(settings.state_dir, args.service, replica.ordinal) or replica.id
-            return rid, log_path(rid)
+            return rid, backend.log_path(rid)
 
         def emit(line: str) -> None:
             print(masker(line), flush=True)

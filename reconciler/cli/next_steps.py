@@ -54,10 +54,12 @@ def print_next_steps(settings: Settings, gateway: bool) -> None:
             m = with_model[0].model.name
             py = "python" if shutil.which("python") == sys.executable else sys.executable  # the one with openai
             body = json.dumps({"model": m, "messages": [{"role": "user", "content": "Hello!"}]})
+            # With HTTPS, the seed's form: https://gateway.<domain>, no /v1 (served at both).
+            api = settings.service_url("gateway") if settings.gateway_options.get("https_listen") else f"{base}/v1"
             lines += [
-                f"  curl -s {base}/v1/chat/completions -H \"Authorization: Bearer $TOKEN\" "
+                f"  curl -s {api}/chat/completions -H \"Authorization: Bearer $TOKEN\" "
                 f"-H 'Content-Type: application/json' -d '{body}'",
-                f"  {py} -c \"import os, openai; c = openai.OpenAI(base_url='{base}/v1', api_key=os.environ['TOKEN']); "
+                f"  {py} -c \"import os, openai; c = openai.OpenAI(base_url='{api}', api_key=os.environ['TOKEN']); "
                 f"print(c.chat.completions.create(model='{m}', messages=[{{'role': 'user', 'content': 'Hello!'}}])"
                 f".choices[0].message.content)\"",
             ]

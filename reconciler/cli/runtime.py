@@ -124,16 +124,18 @@ def build_previews(settings: Settings, args: argparse.Namespace | None, source: 
         settings.branch,
         env=settings.env,
         salt=engine.installation.salt,
-        backends=engine.backends.names(),
+        backends=engine.backends,
         domain=settings.domain,
         github=GitHubClient(gh) if gh is not None and gh.token else None,
-        url_base=f"http://{{name}}.{settings.domain}:{settings.listen_port}",
+        url_base=settings.service_url("{name}"),
     )
 
 
 def build_orphan_sweeper(engine: Engine, grace: float = 900.0) -> OrphanSweeper | None:
     """A sweeper over the cloud backends (the local backend's replicas are adopted, not swept)."""
-    clouds = [b for b in engine.backends.all() if b.name != "local"]
+    from backends.cloud.backend import CloudBackend
+
+    clouds = [b for b in engine.backends.all() if isinstance(b, CloudBackend)]
     if not clouds:
         return None
     return OrphanSweeper(
@@ -344,12 +346,25 @@ class GatewayThread:
         self.server: Any = None
         self.thread: threading.Thread | None = None
         self.error: str | None = None
+        self.gateway: Any = None  # the gateway.core.Gateway serving in the thread
+        self.acme: Any = None  # the ACME manager (gateway.tls.manager), with --acme-email
+
+    def publish(self, snapshot: Any) -> None:
+        """Hand a routes snapshot to the gateway at once (it also watches routes.json, later)."""
+        if self.gateway is not None:
+            self.gateway.set_snapshot(snapshot)
+
+    def on_demand(self, wake: Callable[[str], None]) -> None:
+        """Call `wake(service)` when the gateway holds a request for a service at zero."""
+        if self.gateway is not None:
+            self.gateway.cold.on_demand = wake
 
     def start(self, timeout: float = 15.0) -> bool:
         import uvicorn
 
         from gateway.server import uvicorn_options
         from gateway.settings import GatewaySettings
+        from gateway.tls.listener import GatewayServer, start_acme
 
         gw = GatewaySettings(
             state_dir=self.settings.state_dir,
@@ -360,10 +375,12 @@ class GatewayThread:
             **self.settings.gateway_options,
         )
         app = _gateway_app(gw, self.control)
+        self.gateway = app.gateway
         if self.verified is not None:
             app.gateway.verified_events = self.verified.put
         config = uvicorn.Config(app, **uvicorn_options(gw))
-        self.server = uvicorn.Server(config)
+        self.server = GatewayServer(config, gw.https_address)
+        self.acme = start_acme(gw, self.server)
 
         def run() -> None:
             try:
@@ -385,6 +402,8 @@ class GatewayThread:
         return False
 
     def stop(self) -> None:
+        if self.acme is not None:
+            self.acme.stop()
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:

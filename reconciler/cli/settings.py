@@ -91,6 +91,11 @@ class Settings:
         return f"http://{shown}:{self.listen_port}"
 
     def service_url(self, name: str) -> str:
+        """Where users reach a service: https (without :443) when the gateway has an HTTPS listener."""
+        https = self.gateway_options.get("https_listen")
+        if https:
+            port = split_listen(str(https))[1]
+            return f"https://{name}.{self.domain}" + ("" if port == 443 else f":{port}")
         return f"http://{name}.{self.domain}:{self.listen_port}"
 
 
@@ -178,8 +183,8 @@ def _where(path: Path | str, doc: Document | None, loc: Sequence[str | int], mes
 
 
 def egress_allow(section: Any, path: Path | str) -> dict[str, tuple[str, ...]]:
-    """`egress: {allow: {<service>: [rule, ...]}}` checked rule by rule (backends.local.egress)."""
-    from backends.local.egress import parse_rule
+    """`egress: {allow: {<service>: [rule, ...]}}` checked rule by rule (the local backend's grammar)."""
+    from backends.local.backend import parse_egress_rule
 
     if not isinstance(section or {}, dict) or set(section or {}) - {"allow"}:
         raise SettingsError(f"{path}: egress: expected a mapping with one key, allow")
@@ -191,7 +196,7 @@ def egress_allow(section: Any, path: Path | str) -> dict[str, tuple[str, ...]]:
         if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
             raise SettingsError(f"{path}: egress.allow.{service}: expected a list of CIDR[:port] strings")
         try:
-            out[str(service)] = tuple(str(parse_rule(r)) for r in rules)
+            out[str(service)] = tuple(parse_egress_rule(r) for r in rules)
         except ValueError as e:
             raise SettingsError(f"{path}: egress.allow.{service}: {e}") from e
     return out

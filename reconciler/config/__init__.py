@@ -17,6 +17,9 @@ from .models import (
 )
 from .resources import GpuSpec, IntRange, MemoryRange, ResourcesSpec
 
+# What other units may import (docs/architecture.md, the public-surface rule); the rest is private.
+PUBLIC_MODULES: tuple[str, ...] = ("diagnostics", "durations", "loader", "models", "resources", "schema", "yamldoc")
+
 __all__ = [
     "GpuSpec",
     "IntRange",

@@ -7,6 +7,9 @@ dstack exactly so a config that works there means the same thing here.
 from __future__ import annotations
 
 import re
+from typing import Annotated, Any
+
+from pydantic import WithJsonSchema
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?P<amount>\d+)\s*(?P<unit>[smhdw])?$")
@@ -36,3 +39,10 @@ def format_duration(seconds: int) -> str:
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+# The schema of a duration field: a whole number of seconds or a `<n><unit>` string.
+DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "examples": ["30s", "5m", "1h"]}]
+}
+Duration = Annotated[int, WithJsonSchema(DURATION_SCHEMA)]

@@ -13,8 +13,6 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,11 +24,17 @@ from pydantic import (
 
 from backends.base import Requirements
 from tidegate.routes import ModelFormat as ModelFormat  # the formats the gateway serves: one enum
-from tidegate.routes import RateLimit, RateLimitKey
 
-from .durations import parse_duration
+from .durations import DURATION_SCHEMA, Duration, parse_duration
 from .errors import located
 from .resources import IntRange, ResourcesSpec
+from .routing import ModelSpec as ModelSpec
+from .routing import ProbeHeader as ProbeHeader
+from .routing import ProbeMethod as ProbeMethod
+from .routing import ProbeSpec as ProbeSpec
+from .routing import RateLimitKeySpec as RateLimitKeySpec
+from .routing import RateLimitSpec as RateLimitSpec
+from .routing import template_syntax_error as template_syntax_error
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,40}$")  # dstack's run-name rule
 ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -74,167 +78,6 @@ class PortMapping(BaseModel):
                 "local_port": None if local in (None, "*") else int(local),
             }
         return value
-
-
-class ModelSpec(BaseModel):
-    """The OpenAI model mapping. `format: openai` may set `prefix` (default `/v1`);
-    `format: tgi` may set `chat_template` and `eos_token`."""
-
-    model_config = _FROZEN
-    type: Literal["chat"] = "chat"
-    name: str = Field(min_length=1)
-    format: ModelFormat
-    prefix: str | None = None
-    chat_template: str | None = None
-    eos_token: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _parse(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"type": "chat", "name": value, "format": ModelFormat.OPENAI}
-        if isinstance(value, dict):
-            fmt = value.get("format")
-            if fmt == ModelFormat.OPENAI:
-                for key in ("chat_template", "eos_token"):
-                    if value.get(key) is not None:
-                        located(
-                            f"`{key}` is only for `format: tgi` (openai servers apply their own template)",
-                            key,
-                        )
-            elif fmt == ModelFormat.TGI and value.get("prefix") is not None:
-                located("`prefix` is only for `format: openai`", "prefix")
-        return value
-
-    @field_validator("chat_template")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            problem = template_syntax_error(value)
-            if problem:
-                raise ValueError(f"`chat_template` is not a valid Jinja template: {problem}")
-        return value
-
-    @model_validator(mode="after")
-    def _default_prefix(self) -> ModelSpec:
-        if self.format == ModelFormat.OPENAI and self.prefix is None:
-            object.__setattr__(self, "prefix", "/v1")
-        if self.prefix is not None and not self.prefix.startswith("/"):
-            located("`prefix` must start with `/`", "prefix")
-        return self
-
-
-def template_syntax_error(template: str) -> str | None:
-    """Compile a chat template as the gateway will (jinja2's immutable sandbox); the error or None.
-    Compiling runs nothing, so an untrusted template is safe here."""
-    try:
-        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
-    except TemplateSyntaxError as e:
-        return f"{e.message} (line {e.lineno} of the template)"
-    return None
-
-
-_DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "examples": ["30s", "5m", "1h"]}]
-}
-Duration = Annotated[int, WithJsonSchema(_DURATION_SCHEMA)]
-
-
-class ProbeMethod(StrEnum):
-    GET = "get"
-    POST = "post"
-    PUT = "put"
-    DELETE = "delete"
-    PATCH = "patch"
-    HEAD = "head"
-
-
-class ProbeHeader(BaseModel):
-    model_config = _FROZEN
-    name: str = Field(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-    value: str
-
-
-class ProbeSpec(BaseModel):
-    """dstack's `probes` item: an HTTP request to the replica's port; it passes on a 2xx answer
-    within `timeout`. A replica is routed after `ready_after` passes in a row (one per `interval`)
-    and unrouted when one fails."""
-
-    model_config = _FROZEN
-    type: Literal["http"] = "http"
-    url: str = "/"
-    method: ProbeMethod = ProbeMethod.GET
-    headers: list[ProbeHeader] = Field(default_factory=list)
-    body: str | None = None
-    timeout: Duration = 10
-    interval: Duration = 15
-    ready_after: int = Field(default=1, ge=1, le=100)
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _method(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
-
-    @field_validator("timeout", "interval", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> int:
-        return parse_duration(value)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith("/") or any(c.isspace() for c in value):
-            raise ValueError(f"`url` is a path on the replica, starting with `/` (got {value!r})")
-        return value
-
-    @model_validator(mode="after")
-    def _checks(self) -> ProbeSpec:
-        if self.timeout < 1:
-            located("`timeout` must be at least 1 second", "timeout")
-        if self.interval < 1:
-            located("`interval` must be at least 1 second", "interval")
-        if self.body is not None and self.method in (ProbeMethod.GET, ProbeMethod.HEAD):
-            located(f"a `{self.method}` probe cannot have a `body`; use `method: post`", "body")
-        return self
-
-
-class RateLimitKeySpec(BaseModel):
-    """`key: {type: ip_address}` (the default) or `key: {type: header, header: X-API-Key}`."""
-
-    model_config = _FROZEN
-    type: RateLimitKey = RateLimitKey.IP_ADDRESS
-    header: str | None = Field(default=None, min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-    @model_validator(mode="after")
-    def _header(self) -> RateLimitKeySpec:
-        if self.type is RateLimitKey.HEADER and self.header is None:
-            located("`key: {type: header}` needs `header:` (the header whose value is the key)", "header")
-        if self.type is RateLimitKey.IP_ADDRESS and self.header is not None:
-            located("`header` is only for `type: header`", "header")
-        return self
-
-
-class RateLimitSpec(BaseModel):
-    """dstack's `rate_limits` item: `rps` requests per second (token bucket) with `burst` extra,
-    per client key, for request paths under `prefix`."""
-
-    model_config = _FROZEN
-    prefix: str = "/"
-    rps: float = Field(gt=0)
-    burst: int = Field(default=0, ge=0)
-    key: RateLimitKeySpec = RateLimitKeySpec()
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"`prefix` must start with `/` (got {value!r})")
-        return value
-
-    def to_route(self) -> RateLimit:
-        return RateLimit(
-            prefix=self.prefix, rps=self.rps, burst=self.burst, key=self.key.type, header=self.key.header
-        )
 
 
 class ReplicaRange(BaseModel):
@@ -285,8 +128,24 @@ class ScalingSpec(BaseModel):
         return value
 
 
+# What tidegate does with a failed replica, whatever the file says: restart it with exponential
+# backoff, on every event (no capacity, interruption, error), for as long as the service is in git.
+# dstack's `retry` forms that mean exactly that are accepted; any other form would be a field that
+# changes nothing, so it is refused with this reason (no silent fields).
+RETRY_UNSUPPORTED = (
+    "tidegate restarts a failed replica on every event (no-capacity, interruption, error) with "
+    "backoff for as long as the service is in git; only `retry: true` (or every event, no "
+    "`duration`) says that — remove `retry` or use `retry: true`"
+)
+MAX_DURATION_UNSUPPORTED = (
+    "a service runs until its file is removed from git (dstack's default for services is `off`); "
+    "a `max_duration` is not supported — remove it or use `max_duration: off`"
+)
+
+
 class RetrySpec(BaseModel):
-    """`retry: true` (every event, no time limit) or `{on_events: [...], duration: 1h}`."""
+    """`retry: true` (every event, no time limit) or `{on_events: [...], duration: 1h}`. Only the
+    forms that match what tidegate does are valid (RETRY_UNSUPPORTED)."""
 
     model_config = _FROZEN
     on_events: list[RetryEvent] = Field(default_factory=lambda: list(RetryEvent), min_length=1)
@@ -296,6 +155,12 @@ class RetrySpec(BaseModel):
     @classmethod
     def _duration(cls, value: Any) -> int | None:
         return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _as_tidegate_does(self) -> RetrySpec:
+        if set(self.on_events) != set(RetryEvent) or self.duration is not None:
+            raise ValueError(RETRY_UNSUPPORTED)
+        return self
 
 
 def normalize_env(value: Any) -> Any:
@@ -393,14 +258,14 @@ _RETRY_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "on_events": {"type": "array", "items": {"enum": [e.value for e in RetryEvent]}},
-                "duration": _DURATION_SCHEMA,
+                "duration": DURATION_SCHEMA,
             },
             "additionalProperties": False,
         },
     ]
 }
-_MAX_DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [*_DURATION_SCHEMA["anyOf"], {"const": "off"}, {"type": "boolean"}]
+_MAXDURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [*DURATION_SCHEMA["anyOf"], {"const": "off"}, {"type": "boolean"}]
 }
 
 
@@ -414,7 +279,7 @@ class ProfileParams(BaseModel):
     spot_policy: SpotPolicy | None = None
     max_price: float | None = Field(default=None, gt=0)
     retry: Annotated[RetrySpec | None, WithJsonSchema(_RETRY_SCHEMA)] = None
-    max_duration: Annotated[int | None, WithJsonSchema(_MAX_DURATION_SCHEMA)] = None
+    max_duration: Annotated[int | None, WithJsonSchema(_MAXDURATION_SCHEMA)] = None
 
     @field_validator("retry", mode="before")
     @classmethod
@@ -422,7 +287,7 @@ class ProfileParams(BaseModel):
         if value is True:
             return {}
         if value is False:
-            return None
+            raise ValueError(RETRY_UNSUPPORTED)
         return value
 
     @field_validator("max_duration", mode="before")
@@ -430,7 +295,8 @@ class ProfileParams(BaseModel):
     def _max_duration(cls, value: Any) -> Any:
         if value is None or value is False or value is True or value == "off":
             return None  # off: a service runs until it is removed from git
-        return parse_duration(value)
+        parse_duration(value)  # a malformed duration says so first
+        raise ValueError(MAX_DURATION_UNSUPPORTED)
 
 
 class ServiceConfig(ProfileParams):

@@ -6,6 +6,13 @@ desired = ceil(rps / target) clamped to the replica range; scale up only after `
 since the last scaling, except from zero (a request is waiting: go at once); scale down only
 after `scale_down_delay`. The rps window (30/60/300 s, default 60) comes from the spec.
 Every decision carries a human reason, recorded in state history and shown by `tidegate ps`.
+
+Panic mode, as Knative's: the stable window reacts to a load step only once its average has
+caught up (a 30 s window needs ~24 s of 2.5x load to ask for 3 replicas). Beside it, a short
+`PANIC_WINDOW` (6 s) rate is watched; when it reaches `PANIC_THRESHOLD` (2x) the target per
+current replica, the service panics: it scales up to what the short window asks at once (no
+`scale_up_delay`), never scales down, and stays in panic until the short window has stayed
+under the threshold for one stable window (`panic_since` carries that memory between passes).
 """
 
 from __future__ import annotations
@@ -25,16 +32,23 @@ class ScalingPolicy:
     window: float = 60.0
 
 
+PANIC_WINDOW = 6.0  # s: the short window the gateway publishes as `rps_6`
+PANIC_THRESHOLD = 2.0  # panic when the short window's rps >= this x target x current replicas
+
+
 @dataclass(frozen=True)
 class ServiceStats:
     """One service's request statistics, summed over gateway workers."""
 
+    rps_6: float = 0.0  # the panic window
     rps_30: float = 0.0
     rps_60: float = 0.0
     rps_300: float = 0.0
     in_flight: int = 0
     held: int = 0  # requests waiting for a replica (service at zero)
     per_upstream_in_flight: Mapping[str, int] = field(default_factory=dict)
+    # Replica id -> wall time of its last answer to a proxied request (liveness counts it alive).
+    per_upstream_answered_at: Mapping[str, float] = field(default_factory=dict)
 
     def rps(self, window: float) -> float:
         """The rate over the window closest to the one asked for."""
@@ -47,12 +61,17 @@ class ServiceStats:
         for k, v in other.per_upstream_in_flight.items():
             per[k] = per.get(k, 0) + v
         return ServiceStats(
+            rps_6=self.rps_6 + other.rps_6,
             rps_30=self.rps_30 + other.rps_30,
             rps_60=self.rps_60 + other.rps_60,
             rps_300=self.rps_300 + other.rps_300,
             in_flight=self.in_flight + other.in_flight,
             held=self.held + other.held,
             per_upstream_in_flight=per,
+            per_upstream_answered_at={
+                k: max(self.per_upstream_answered_at.get(k, v), v)
+                for k, v in {**self.per_upstream_answered_at, **other.per_upstream_answered_at}.items()
+            },
         )
 
 
@@ -61,6 +80,7 @@ class ScalingDecision:
     count: int
     reason: str
     wanted: int | None = None  # what the metric asks for, when a delay holds `count` back
+    panic_since: float | None = None  # in panic mode: when the short window last crossed the threshold
 
     def changed(self, current: int) -> bool:
         return self.count != current
@@ -84,8 +104,46 @@ def desired_replicas(
     last_scaled_at: float | None,
     now: float,
     demand: bool = False,
+    panic_since: float | None = None,
 ) -> ScalingDecision:
-    """How many replicas the service should have now, and why."""
+    """How many replicas the service should have now, and why. `panic_since`: the previous
+    decision's (None: not in panic)."""
+    dec = _stable(spec, stats, current, last_scaled_at, now, demand)
+    return _panic(spec, stats or ServiceStats(), current, now, panic_since, dec)
+
+
+def _panic(
+    spec: ScalingPolicy, st: ServiceStats, current: int, now: float, since: float | None, dec: ScalingDecision
+) -> ScalingDecision:
+    """The stable decision `dec`, overridden while the short window panics."""
+    if current < spec.min or current > spec.max or current == 0:
+        return dec  # out of range, or at zero: the stable rules already go at once
+    rps = st.rps_6
+    over = rps >= PANIC_THRESHOLD * spec.target * current
+    if over:
+        since = now
+    elif since is not None and now - since >= spec.window:
+        since = None  # calm for a whole stable window: panic ends
+    if since is None:
+        return dec
+    need = _clamp(math.ceil(rps / spec.target - 1e-9), spec)
+    seen = f"rps {rps:.2f} over {PANIC_WINDOW:g}s"
+    if need > current and need > dec.count:
+        why = f">= {PANIC_THRESHOLD:g}x target {spec.target:g} x {current}" if over else "still in panic"
+        return ScalingDecision(need, f"panic: scale up {current} -> {need}: {seen} {why}; scale_up_delay skipped", panic_since=since)
+    if dec.count < current:
+        return ScalingDecision(current, f"panic: hold at {current} (no scale-down in panic): {seen}", panic_since=since)
+    return ScalingDecision(dec.count, f"{dec.reason} (panic: {seen})", dec.wanted, panic_since=since)
+
+
+def _stable(
+    spec: ScalingPolicy,
+    stats: ServiceStats | None,
+    current: int,
+    last_scaled_at: float | None,
+    now: float,
+    demand: bool,
+) -> ScalingDecision:
     st = stats or ServiceStats()
     rps = st.rps(spec.window)
     wanted = math.ceil(rps / spec.target - 1e-9) if rps > 0 else 0

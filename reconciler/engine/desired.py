@@ -14,8 +14,9 @@ nothing reads os.environ); the code hash below is read from the checkout once pe
 - Secrets (bare `KEY` values) are hashed here, where they enter: `DesiredService.secrets` maps each
   bare name to `redact.secret_hash(salt, name, value)`. Records, plans and outputs carry that map;
   the value itself lives only in `template.env` (what the backend hands the replica) and in memory.
-- Code: when the chosen backend ships the checkout to the replica (`WORKDIR_BACKENDS`: `local`,
-  which runs each replica in a copy of the repository), the spec hash also covers a content hash of
+- Code: when the chosen backend ships the checkout to the replica (`Backend.ships_workdir`, asked
+  through the registry's `ships_workdir(name)`: the local backend, which runs each replica in a
+  copy of the repository), the spec hash also covers a content hash of
   the repository files at that revision, minus every `.dstack.yml`/`*.dstack.yml`, the `.dstack/`
   folder and what `.dstackignore` excludes: pushing a fix to `app.py` rolls the replicas, editing
   another service's config does not. Cloud backends run the image and commands only and never get
@@ -120,16 +121,16 @@ def resolve_env(
 # must not roll the replicas (the loader's own spec_hash covers the whole file).
 # `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
 ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
-
-# Backends that run a replica in a copy of the checkout: for them the repository's files are part
-# of what runs. Cloud backends (aws, azure) start the image/commands only.
-WORKDIR_BACKENDS = frozenset({"local"})
-
+# `retry` and `max_duration` only take the values that say what tidegate does anyway
+# (reconciler.config.models.RETRY_UNSUPPORTED): `retry: true` changes nothing that runs. They are
+# hashed as unset (not left out, which would change every existing hash and roll every replica).
+NO_EFFECT_FIELDS = ("retry", "max_duration")
 
 def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
     """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
-    for a backend in WORKDIR_BACKENDS, the code hash (`files`; None leaves the hash as it was)."""
+    for a backend that ships the checkout, the code hash (`files`; None leaves the hash as it was)."""
     config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
+    config.update(dict.fromkeys(NO_EFFECT_FIELDS))
     payload: dict[str, object] = {"config": config, "env": env_hash, "backend": backend}
     if files is not None:
         payload["files"] = files
@@ -229,6 +230,7 @@ def build_desired(
     env: Mapping[str, str],
     salt: str,
     backends: Sequence[str],
+    ships_workdir: Callable[[str], bool],
     domain: str = "localhost",
     default_backend: str = "local",
     code_hash: Callable[[], str] | None = None,
@@ -238,7 +240,8 @@ def build_desired(
 ) -> DesiredSet:
     """The desired set of one load. `code_hash` gives the content hash of the files replicas get
     (default: `code_files.code_hash_at(workdir, revision)`); it is asked at most once, and only
-    when some service runs on a backend in WORKDIR_BACKENDS. A service without `backends:` may
+    when some service runs on a backend that ships the checkout (`ships_workdir(name)`, the
+    registry's `BackendRegistry.ships_workdir`). A service without `backends:` may
     run on any of `default_backends` (empty: every configured backend) that is configured.
     `missing_env_ok` (a plan for a pull request, which never sees production's secrets): a bare
     `KEY` without a value is a warning instead of blocking the service. `trusted`: the load is the
@@ -248,7 +251,7 @@ def build_desired(
     files_memo: list[str | None] = []
 
     def files_for(backend: str) -> str | None:
-        if backend not in WORKDIR_BACKENDS:
+        if not ships_workdir(backend):
             return None
         if not files_memo:
             if code_hash is not None:

@@ -72,6 +72,7 @@ class DesiredLoader:
             env=self.settings.env,
             salt=self.salt,
             backends=self.backends.names(),
+            ships_workdir=self.backends.ships_workdir,
             domain=self.settings.domain,
             default_backend=self.settings.default_backend,
             default_backends=self.settings.default_backends,

@@ -11,7 +11,6 @@ holds, a replica's own folder, a clone's objects and refs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import BackendRegistry
@@ -65,7 +64,5 @@ def collect_litter(state_dir: Path, backends: BackendRegistry, now: float | None
     removed = stale_temp_files(state_dir, now)
     removed += collect_git_litter(state_dir / REPOS_DIR)
     for backend in backends.all():
-        collect: Callable[[], list[Path]] | None = getattr(backend, "collect_garbage", None)
-        if collect is not None:
-            removed += collect()
+        removed += backend.collect_garbage()
     return removed

@@ -2,15 +2,22 @@
 
 Why: the backend's status only says the process (or instance) is alive. A replica that hangs —
 HTTP accepted but never answered, a deadlocked worker — would otherwise stay routed forever.
-Every `recheck_interval` seconds each READY replica gets the same probe as readiness
-(`reconciler.engine.probe`), the way Kubernetes runs its readiness and liveness probes on a period:
+Every `recheck_interval` seconds each READY replica gets a liveness probe, the way Kubernetes runs
+its liveness probes on a period:
 
+- the probe is cheap: the service's own dstack `probes:` when it has them (every smallest
+  `interval`), else `GET /` on its port (`probe.probe_alive`) — never a generation, which a model
+  server saturated by real traffic answers late exactly when the load peaks;
+- its deadline scales with load: `probe_timeout` plus `LOAD_SLACK` s per request the gateway has
+  in flight on that replica, up to `MAX_TIMEOUT`;
+- a replica the gateway saw answering a proxied request within the interval (`answered_at`, from
+  the gateway's stats file) is alive: it is not probed and any failures are forgiven;
 - the first failure takes it out of the routes (`probe_failures > 0`; `view.build_routes` skips
   it), so traffic only goes to replicas that answer; a later passing probe puts it back;
-- a service with dstack `probes:` is re-probed with those, every (smallest) `interval`;
 - `unhealthy_threshold` failures in a row fail it (`observe.mark_failed`): the plan then restarts
   it with backoff, exactly like a replica that exited.
 
+Probes of one pass run at once on a bounded pool (`probe.fan_out`), each under a hard deadline.
 The I/O (the probe) stays here at the edge; plan() only sees the records. The time of the last
 probe lives in memory (the caller's dict), not in the state document, so a healthy replica's
 re-probe never writes state: only a change of `probe_failures` / `last_error` does.
@@ -19,13 +26,14 @@ re-probe never writes state: only a change of `probe_failures` / `last_error` do
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from functools import partial
 
 from backends.base import ReplicaStatus
 from reconciler.config.models import ProbeSpec
 from reconciler.engine.observe import ObserveSettings, Prober, ReplicaMask, mark_failed, no_mask
-from reconciler.engine.probe import HttpProber, probe_http, run_probes
-from reconciler.state.records import ReplicaPhase, ReplicaRecord, StateDoc
+from reconciler.engine.probe import HttpProber, ProbeResult, fan_out, guarded, probe_http, run_probes
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc
 from tidegate.routes import ModelRoute
 
 
@@ -40,6 +48,15 @@ def _last_probe(r: ReplicaRecord, last_probe: Mapping[str, float]) -> float:
     return last_probe.get(r.id, r.ready_at if r.ready_at is not None else -math.inf)
 
 
+LOAD_SLACK = 0.5  # s of probe deadline per request in flight on the replica
+MAX_TIMEOUT = 30.0
+
+
+def live_timeout(base: float, in_flight: int) -> float:
+    """The liveness deadline of a replica with `in_flight` proxied requests: longer under load."""
+    return min(MAX_TIMEOUT, max(base, base + LOAD_SLACK * max(0, in_flight)))
+
+
 def recheck_ready(
     doc: StateDoc,
     prober: Prober,
@@ -50,11 +67,14 @@ def recheck_ready(
     probes: Mapping[str, Sequence[ProbeSpec]] | None = None,
     http_prober: HttpProber = probe_http,
     mask: ReplicaMask = no_mask,
+    answered_at: Mapping[str, float] | None = None,
 ) -> list[str]:
     """Probe every READY replica whose last probe is `recheck_interval` old (a service with dstack
-    `probes`: their smallest `interval`, and those probes). Returns the ids probed."""
-    probed: list[str] = []
+    `probes`: their smallest `interval`, and those probes), all at once. `answered_at`: replica id
+    -> when the gateway last had an answer from it (same clock as `now`). Returns the ids probed."""
     live: set[str] = set()
+    answered = answered_at or {}
+    jobs: list[tuple[ServiceRecord, ReplicaRecord, Callable[[], ProbeResult]]] = []
     for rec in doc.services.values():
         own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
         interval = min(p.interval for p in own) if own else s.recheck_interval
@@ -64,47 +84,45 @@ def recheck_ready(
             live.add(r.id)
             if now - _last_probe(r, last_probe) < interval:
                 continue
-            model = routes.get(rec.name, rec.route.model if rec.route else None)
-            if own:
-                assert r.address is not None
-                outcome = run_probes(r.address, own, http_prober)
-                res = (outcome.ready, mask(r, outcome.detail))
-            else:
-                ok, detail = _probe(prober, r, model, s)
-                res = (ok, mask(r, detail))
             last_probe[r.id] = now
-            probed.append(r.id)
-            if res[0]:
-                if r.probe_failures:
-                    rec.note(now, "replica answering again", f"{r.id} back in the routes ({res[1]})")
-                    r.probe_failures = 0
-                    r.last_error = None
+            if now - answered.get(r.id, -math.inf) < interval:
+                _passed(rec, r, now, "answering proxied requests")
                 continue
-            r.probe_failures += 1
-            reason = f"liveness probe failed ({r.probe_failures}/{s.unhealthy_threshold}): {res[1]}"
-            if r.probe_failures >= s.unhealthy_threshold:
-                n = r.probe_failures
-                r.probe_failures = 0
-                mark_failed(r, f"not answering: {n} probes failed in a row: {res[1]}", now, s)
-                rec.note(now, "replica failed", f"{r.id}: not answering after {n} probes ({res[1]})")
-                continue
-            r.last_error = reason[:300]
-            if r.probe_failures == 1:
-                rec.note(now, "replica not answering", f"{r.id} out of the routes: {res[1]}")
+            assert r.address is not None
+            timeout = live_timeout(s.probe_timeout, r.in_flight)
+            if own:
+                scaled = [p.model_copy(update={"timeout": live_timeout(p.timeout, r.in_flight)}) for p in own]
+                jobs.append((rec, r, partial(run_probes, r.address, scaled, http_prober)))
+            else:
+                model = routes.get(rec.name, rec.route.model if rec.route else None)
+                jobs.append((rec, r, partial(guarded, partial(prober, r.address, model, timeout))))
+    results = fan_out([job for _, _, job in jobs])
+    for (rec, r, _), res in zip(jobs, results, strict=True):
+        detail = mask(r, res.detail)
+        if res.ready or now - answered.get(r.id, -math.inf) < s.recheck_interval:
+            _passed(rec, r, now, detail)
+            continue
+        r.probe_failures += 1
+        reason = f"liveness probe failed ({r.probe_failures}/{s.unhealthy_threshold}): {detail}"
+        if r.probe_failures >= s.unhealthy_threshold:
+            n = r.probe_failures
+            r.probe_failures = 0
+            mark_failed(r, f"not answering: {n} probes failed in a row: {detail}", now, s)
+            rec.note(now, "replica failed", f"{r.id}: not answering after {n} probes ({detail})")
+            continue
+        r.last_error = reason[:300]
+        if r.probe_failures == 1:
+            rec.note(now, "replica not answering", f"{r.id} out of the routes: {detail}")
     for rid in [k for k in last_probe if k not in live]:
         del last_probe[rid]  # gone, failed or draining: its next READY life starts afresh
-    return probed
+    return [r.id for _, r, _ in jobs]
 
 
-def _probe(
-    prober: Prober, r: ReplicaRecord, model: ModelRoute | None, s: ObserveSettings
-) -> tuple[bool, str]:
-    assert r.address is not None
-    try:
-        res = prober(r.address, model, s.probe_timeout)
-    except Exception as e:  # a prober must never stop the pass; count it as a failed probe
-        return False, f"{type(e).__name__}: {e}"[:200]
-    return res.ready, res.detail
+def _passed(rec: ServiceRecord, r: ReplicaRecord, now: float, detail: str) -> None:
+    if r.probe_failures:
+        rec.note(now, "replica answering again", f"{r.id} back in the routes ({detail})")
+        r.probe_failures = 0
+        r.last_error = None
 
 
 def recheck_in(doc: StateDoc, now: float, interval: float, last_probe: Mapping[str, float]) -> float | None:

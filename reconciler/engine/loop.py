@@ -31,6 +31,9 @@ from tidegate.signals import drain_signals, signals_folder
 log = logging.getLogger("tidegate.loop")
 
 JOB_ID = "reconcile"
+# The soonest a pass may ask for the next one: readiness probes of a service with requests held
+# at zero run every ~100 ms (reconciler.engine.observe.READY_FAST).
+MIN_DELAY = 0.05
 
 
 # What a pass returns: seconds until it wants to run again (a roll waiting for readiness wants a
@@ -95,7 +98,7 @@ class Loop:
         # A pass may ask to run sooner than the interval (readiness of a roll, liveness re-probes),
         # never later: the interval stays the bound between passes (and fetches).
         if delay is not None and delay < self.interval and not self._stop.is_set():
-            self._reschedule(max(delay, 0.2))
+            self._reschedule(max(delay, MIN_DELAY))
 
     def _reschedule(self, seconds: float) -> None:
         job = self._scheduler.get_job(JOB_ID)

@@ -5,7 +5,8 @@ use for `list_owned()` (one call per backend, not one per replica) and folds the
 records: a replica that exited or vanished becomes FAILED (restarted later with backoff), a
 draining one that vanished is simply dropped, and a replica the backend has but the state does not
 know (a crash between create and the state write) is adopted, never started twice. Then every
-PROVISIONING replica that runs is probed; past `ready_timeout` it counts as failed.
+PROVISIONING replica that runs is probed when due (its own cadence: fast while requests are held
+for its service), all at once on a bounded pool; past `ready_timeout` it counts as failed.
 
 `settle_journal` is the start-up half: every journal intent newer than the state is settled by
 asking the backend about that replica id.
@@ -14,14 +15,15 @@ asking the backend about that replica id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from backends.base import BackendRegistry, ReplicaInfo, ReplicaStatus
 from reconciler.config.models import ProbeSpec
 from reconciler.engine.apply import backoff_delay
 from reconciler.engine.naming import dns_safe, parse_replica_id
-from reconciler.engine.probe import HttpProber, ProbeResult, probe_http, run_probes
+from reconciler.engine.probe import HttpProber, ProbeResult, fan_out, guarded, probe_http, run_probes
 from reconciler.state.journal import Journal, Op
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
 from tidegate.routes import ModelRoute
@@ -168,6 +170,23 @@ def observe(
     return problems
 
 
+# Readiness cadence, per replica (in memory): a replica of a service with requests held at zero
+# is probed every READY_FAST s for its first FAST_FOR s, then backing off by BACKOFF to READY_SLOW;
+# any other starting replica every READY_SLOW s. The pass asks to run again when the next is due.
+READY_FAST = 0.1
+READY_SLOW = 0.5
+FAST_FOR = 10.0
+BACKOFF = 1.5
+
+
+def _next_step(step: float | None, hot: bool, age: float) -> float:
+    if not hot:
+        return READY_SLOW
+    if age < FAST_FOR or step is None:
+        return READY_FAST
+    return min(READY_SLOW, step * BACKOFF)
+
+
 def probe_pending(
     doc: StateDoc,
     prober: Prober,
@@ -177,51 +196,88 @@ def probe_pending(
     probes: Mapping[str, Sequence[ProbeSpec]] | None = None,
     http_prober: HttpProber = probe_http,
     mask: ReplicaMask = no_mask,
+    cadence: MutableMapping[str, tuple[float, float]] | None = None,
+    hot: Collection[str] = (),
 ) -> None:
-    """Probe every PROVISIONING replica that runs; promote to READY or fail it past the timeout.
-    A service with dstack `probes` (`probes`: service -> its probes) is ready after `ready_after`
-    rounds of passing probes in a row, a round at most every `interval`."""
+    """Probe every PROVISIONING replica that runs and is due; promote to READY or fail it past the
+    timeout. The probes of one pass run at once (`fan_out`), each bounded by its deadline.
+    `cadence` (replica id -> (next due, step)) paces each replica; `hot`: services with requests
+    held, probed every READY_FAST s. A service with dstack `probes` (`probes`: service -> its
+    probes) is ready after `ready_after` rounds of passing probes in a row, a round at most every
+    `interval`."""
+    pace: MutableMapping[str, tuple[float, float]] = {} if cadence is None else cadence
+    jobs: list[tuple[ServiceRecord, ReplicaRecord, Callable[[], ProbeResult | None]]] = []
+    waiting: list[tuple[ServiceRecord, ReplicaRecord, str]] = []
+    starting: set[str] = set()
     for rec in doc.services.values():
         own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
         for r in rec.replicas:
             if r.phase is not ReplicaPhase.PROVISIONING:
                 continue
-            detail = f"backend status {r.backend_status}"
-            if r.backend_status == ReplicaStatus.RUNNING and r.address:
-                model = routes.get(rec.name, rec.route.model if rec.route else None)
-                if own:
-                    res = _probe_round(rec, r, own, now, http_prober)
-                else:
-                    res = prober(r.address, model, s.probe_timeout)
-                if res is None:  # probed less than an interval ago: wait
+            starting.add(r.id)
+            if not (r.backend_status == ReplicaStatus.RUNNING and r.address):
+                waiting.append((rec, r, f"backend status {r.backend_status}"))
+                continue
+            if own:
+                if r.probed_at is not None and now - r.probed_at < min(p.interval for p in own):
+                    waiting.append((rec, r, r.last_error or "waiting for the probe interval"))
                     continue
-                if res.ready:
-                    r.phase = ReplicaPhase.READY
-                    r.ready_at = now
-                    r.attempts = 0
-                    r.last_error = None
-                    r.next_attempt_at = None
-                    r.probe_passes = 0
-                    rec.note(now, "replica ready", f"{r.id} ({mask(r, res.detail)})")
-                    continue
-                detail = mask(r, res.detail)
-            started = r.started_at or r.created_at or now
-            if now - started > s.ready_timeout:
-                mark_failed(r, f"not ready after {s.ready_timeout:g}s: {detail}", now, s)
-                rec.note(now, "replica failed", f"{r.id}: not ready after {s.ready_timeout:g}s")
+                r.probed_at = now
+                jobs.append((rec, r, partial(run_probes, r.address, own, http_prober)))
+                continue
+            due, step = pace.get(r.id, (now, 0.0))
+            if now < due:
+                waiting.append((rec, r, r.last_error or "waiting for the next probe"))
+                continue
+            age = now - (r.started_at or r.created_at or now)
+            nxt = _next_step(step or None, rec.name in hot, age)
+            pace[r.id] = (now + nxt, nxt)
+            model = routes.get(rec.name, rec.route.model if rec.route else None)
+            jobs.append((rec, r, partial(guarded, partial(prober, r.address, model, s.probe_timeout))))
+    for rid in [k for k in pace if k not in starting]:
+        del pace[rid]  # ready, failed or gone: a later start begins afresh
+    results = fan_out([job for _, _, job in jobs])
+    for (rec, r, _), res in zip(jobs, results, strict=True):
+        own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
+        if own:
+            assert res is not None
+            res = _fold_round(rec, r, own, now, res)
+        assert res is not None
+        if res.ready:
+            r.phase = ReplicaPhase.READY
+            r.ready_at = now
+            r.attempts = 0
+            r.last_error = None
+            r.next_attempt_at = None
+            r.probe_passes = 0
+            pace.pop(r.id, None)
+            rec.note(now, "replica ready", f"{r.id} ({mask(r, res.detail)})")
+            continue
+        waiting.append((rec, r, mask(r, res.detail)))
+    for rec, r, detail in waiting:
+        started = r.started_at or r.created_at or now
+        if now - started > s.ready_timeout:
+            mark_failed(r, f"not ready after {s.ready_timeout:g}s: {detail}", now, s)
+            rec.note(now, "replica failed", f"{r.id}: not ready after {s.ready_timeout:g}s")
 
 
-def _probe_round(
-    rec: ServiceRecord, r: ReplicaRecord, probes: Sequence[ProbeSpec], now: float, http: HttpProber
-) -> ProbeResult | None:
-    """One round of a replica's dstack probes; ready once `ready_after` rounds passed in a row.
-    None while the last round is younger than the interval."""
-    interval = min(p.interval for p in probes)
-    if r.probed_at is not None and now - r.probed_at < interval:
-        return None
-    assert r.address is not None
-    r.probed_at = now
-    res = run_probes(r.address, probes, http)
+def readiness_due_in(doc: StateDoc, cadence: Mapping[str, tuple[float, float]], hot: Collection[str], now: float) -> float | None:
+    """Seconds until a starting replica of a `hot` service (requests held) is due for its next
+    readiness probe, or None: the others are paced by reconciler.engine.schedule."""
+    due = [
+        cadence.get(r.id, (now, 0.0))[0]
+        for name in hot
+        if (rec := doc.services.get(name)) is not None
+        for r in rec.replicas
+        if r.phase is ReplicaPhase.PROVISIONING
+    ]
+    return max(0.02, min(due) - now) if due else None
+
+
+def _fold_round(
+    rec: ServiceRecord, r: ReplicaRecord, probes: Sequence[ProbeSpec], now: float, res: ProbeResult
+) -> ProbeResult:
+    """Count one round of a replica's dstack probes; ready once `ready_after` rounds passed in a row."""
     needed = max(p.ready_after for p in probes)
     if not res.ready:
         if r.probe_passes or r.last_error != f"probe failed: {res.detail}"[:300]:

@@ -1,8 +1,8 @@
 """Choosing where each desired service runs: the cheapest offer of its backend, or why none.
 
 Why a module of its own: it is the one step of building the desired set that asks the backends
-(`offers()`, and `can_run()` for backends that are `ScreensSpecs`, like the local one), so it is kept apart from the pure
-desired-set builder and from the engine that calls it each pass.
+(`offers()` and `can_run()`, which only the local one answers with a reason), so it is kept apart
+from the pure desired-set builder and from the engine that calls it each pass.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from backends.base import BackendRegistry, Offer, Requirements, ScreensSpecs
-from reconciler.engine.desired import WORKDIR_BACKENDS, DesiredService, DesiredSet
+from backends.base import BackendRegistry, Offer, Requirements
+from reconciler.engine.desired import DesiredService, DesiredSet
 
 Catalog = Callable[[Requirements], Sequence[Offer]]
 
@@ -52,7 +52,7 @@ def with_offers(
             blocked[name] = f"backend {d.backend} has no offer for this service's resources/settings"
             continue
         backend = backends.get(d.backend)
-        reason = backend.can_run(d.spec_for(0)) if isinstance(backend, ScreensSpecs) else None
+        reason = backend.can_run(d.spec_for(0))
         if reason:
             blocked[name] = reason
             continue
@@ -69,7 +69,7 @@ def with_offers(
                 services[name] = replace(
                     unplaced,
                     template=replace(unplaced.template, offer=offer),
-                    summary=_summary_on(unplaced.summary, offer.backend),
+                    summary=_summary_on(unplaced.summary, offer.backend, backends),
                 )
                 note = (
                     f"priced from the offline catalog: {why}; {offer.backend} is not configured for this plan"
@@ -87,7 +87,7 @@ def _cheapest(
     reasons: list[str] = []
     complete = True
     for index, name in enumerate(d.candidates):
-        moved = _on(d, name)
+        moved = _on(d, name, backends)
         backend = backends.get(name)
         try:
             offers = backend.offers(moved.template.requirements)
@@ -98,7 +98,7 @@ def _cheapest(
         if not offers:
             reasons.append(f"{name}: no offer for this service's resources/settings")
             continue
-        reason = backend.can_run(moved.spec_for(0)) if isinstance(backend, ScreensSpecs) else None
+        reason = backend.can_run(moved.spec_for(0))
         if reason:
             reasons.append(f"{name}: {reason}")
             continue
@@ -108,10 +108,10 @@ def _cheapest(
         best = key if best is None or key < best else best
     if best is None:
         return None, "no configured backend can run it (" + "; ".join(reasons) + ")", complete
-    return _on(d, best[2]), "", complete
+    return _on(d, best[2], backends), "", complete
 
 
-def _on(d: DesiredService, backend: str) -> DesiredService:
+def _on(d: DesiredService, backend: str, backends: BackendRegistry) -> DesiredService:
     if backend == d.backend:
         return d
     spec_hash = d.candidates[backend]
@@ -120,13 +120,14 @@ def _on(d: DesiredService, backend: str) -> DesiredService:
         backend=backend,
         spec_hash=spec_hash,
         template=replace(d.template, spec_hash=spec_hash),
-        summary=_summary_on(d.summary, backend),
+        summary=_summary_on(d.summary, backend, backends),
     )
 
 
-def _summary_on(summary: Mapping[str, str], backend: str) -> dict[str, str]:
-    """The summary on another backend: a cloud replica gets no copy of the repository's files."""
+def _summary_on(summary: Mapping[str, str], backend: str, backends: BackendRegistry) -> dict[str, str]:
+    """The summary on another backend: one that does not ship the checkout (a cloud, or one not
+    configured here) gets no copy of the repository's files."""
     out = {**summary, "backend": backend}
-    if backend not in WORKDIR_BACKENDS:
+    if not backends.ships_workdir(backend):
         out.pop("files", None)
     return out

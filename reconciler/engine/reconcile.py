@@ -35,10 +35,17 @@ from reconciler.engine.autoscale import ServiceStats
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.liveness import recheck_in, recheck_ready
-from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
+from reconciler.engine.observe import (
+    ObserveSettings,
+    Prober,
+    observe,
+    probe_pending,
+    readiness_due_in,
+    settle_journal,
+)
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Plan, plan
-from reconciler.engine.probe import HttpProber, probe_http, probe_replica
+from reconciler.engine.probe import HttpProber, probe_alive, probe_http, probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
 from reconciler.engine.targets import TargetSettings, build_targets, sync_records
@@ -75,6 +82,11 @@ MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
 # A held pass looks again this soon (not the whole interval): the roll it holds resumes within
 # seconds of the state becoming writable. The check is a stat, a statvfs and one small write.
 HELD_RECHECK = 5.0
+DEMAND_HOT = 30.0  # a demand signal keeps its service's readiness probes fast this long
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 class Engine:
@@ -89,6 +101,7 @@ class Engine:
         read_only: bool = False,
         extension: DesiredExtension | None = None,
         http_prober: HttpProber = probe_http,
+        live_prober: Prober | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         # Previews (or None): services beyond production's config, added to every desired set.
@@ -109,6 +122,7 @@ class Engine:
         self._stats = stats
         self._prober: Prober = prober or probe_replica
         self._http_prober = http_prober  # dstack `probes:` (a service's own readiness requests)
+        self._live_prober = live_prober  # liveness; None: `probe_alive`, or an injected `prober`
         self._logged_events: set[int] = set()  # history entries already logged (ids, this process)
         self._fault = FaultHook(self.settings.fault or os.environ.get("TIDEGATE_FAULT"))
         self._observe = ObserveSettings(
@@ -131,6 +145,10 @@ class Engine:
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
+        # Starting replica id -> (next readiness probe due, step); services with a held request
+        # -> when the demand was noted (their starting replicas are probed fast).
+        self._ready_cadence: dict[str, tuple[float, float]] = {}
+        self._demand_at: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -297,6 +315,19 @@ class Engine:
     def note_demand(self, service: str) -> None:
         """A request is held for `service` at zero replicas: scale it to at least one at once."""
         self._demand.add(service)
+        self._demand_at[service] = self.clock()
+
+    def _hot(self, stats: Mapping[str, ServiceStats], now: float) -> set[str]:
+        """Services with requests held for a cold start (stats, or a demand signal of the last
+        DEMAND_HOT s): their starting replicas are probed every ~100 ms."""
+        for name in [n for n, at in self._demand_at.items() if now - at > DEMAND_HOT]:
+            del self._demand_at[name]
+        return {n for n, st in stats.items() if st.held > 0} | set(self._demand_at)
+
+    def _liveness_prober(self) -> Prober:
+        if self._live_prober is not None:
+            return self._live_prober
+        return probe_alive if self._prober is probe_replica else self._prober
 
     def stop_service(self, name: str) -> None:
         self._require_owner()
@@ -355,12 +386,15 @@ class Engine:
                 r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
+        hot = self._hot(stats, now)
         probe_pending(
-            doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober, mask=self.mask_replica
+            doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober,
+            mask=self.mask_replica, cadence=self._ready_cadence, hot=hot,
         )
+        answered = {k: v for st in stats.values() for k, v in st.per_upstream_answered_at.items()}
         recheck_ready(
             doc,
-            self._prober,
+            self._liveness_prober(),
             now,
             self._observe,
             routes_models,
@@ -368,6 +402,7 @@ class Engine:
             routes_probes,
             self._http_prober,
             mask=self.mask_replica,
+            answered_at=answered,
         )
         last_good = self._last_good(ds)
         desired, decisions, tnotes = build_targets(
@@ -424,7 +459,7 @@ class Engine:
             wrote,
             routes,
             tuple(notes) + p.notes,
-            next_run_in(self.doc, now, self.settings.drain_min),
+            _sooner(next_run_in(self.doc, now, self.settings.drain_min), readiness_due_in(self.doc, self._ready_cadence, hot, now)),
             recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
         )
 

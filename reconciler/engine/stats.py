@@ -27,13 +27,21 @@ def _parse(entry: dict[str, Any]) -> ServiceStats:
         if isinstance(per_raw, dict)
         else {}
     )
+    seen_raw = entry.get("per_upstream_answered_at") or {}
+    seen = (
+        {str(k): float(v) for k, v in seen_raw.items() if isinstance(v, int | float)}
+        if isinstance(seen_raw, dict)
+        else {}
+    )
     return ServiceStats(
+        rps_6=_num(entry, "rps_6"),
         rps_30=_num(entry, "rps_30"),
         rps_60=_num(entry, "rps_60"),
         rps_300=_num(entry, "rps_300"),
         in_flight=int(_num(entry, "in_flight")),
         held=int(_num(entry, "held")),
         per_upstream_in_flight=per,
+        per_upstream_answered_at=seen,
     )
 
 

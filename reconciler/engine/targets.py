@@ -49,7 +49,8 @@ def decide_count(
             )
         return dec
     return desired_replicas(
-        d.scaling, stats.get(d.name), rec.desired_count, rec.last_scaled_at, now, demand=demand
+        d.scaling, stats.get(d.name), rec.desired_count, rec.last_scaled_at, now, demand=demand,
+        panic_since=rec.panic_since,
     )
 
 
@@ -158,6 +159,9 @@ def _record_diagnostics(rec: ServiceRecord, ds: DesiredSet, path: str | None) ->
 
 
 def _record_decision(rec: ServiceRecord, d: DesiredService, dec: ScalingDecision, now: float) -> None:
+    if (dec.panic_since is None) != (rec.panic_since is None):
+        rec.note(now, "panic mode " + ("entered" if dec.panic_since is not None else "ended"), dec.reason)
+    rec.panic_since = dec.panic_since
     if dec.wanted != rec.scaling_wanted:
         # Recorded once per wanted count (the reason's counters change every pass).
         if dec.wanted is not None:

@@ -25,11 +25,12 @@ must not tear every preview down); when the API fails, saved webhook/API records
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends.base import BackendRegistry
 from reconciler.config.loader import load_tree
 from reconciler.engine.desired import DesiredSet
 from reconciler.previews.decision import PreviewDecision, PreviewSettings, decide_previews
@@ -62,7 +63,8 @@ class PreviewProvider:
     branch: str
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
     salt: str = ""
-    backends: Sequence[str] = ("local",)
+    # The engine's backends: which are configured, and which ship the checkout to a replica.
+    backends: BackendRegistry = field(default_factory=BackendRegistry)
     domain: str = "localhost"
     default_backend: str = "local"
     github: GitHubClient | None = None
@@ -123,8 +125,8 @@ class PreviewProvider:
             return production
         workdirs = {n: c.root for n, c in self.snapshot.checkouts.items()}
         previews = preview_desired(
-            self.decision, workdirs, env=self.env, salt=self.salt, backends=self.backends,
-            domain=self.domain, default_backend=self.default_backend,
+            self.decision, workdirs, env=self.env, salt=self.salt, backends=self.backends.names(),
+            ships_workdir=self.backends.ships_workdir, domain=self.domain, default_backend=self.default_backend,
         )
         return merge_desired(production, previews)
 

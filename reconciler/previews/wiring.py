@@ -14,7 +14,7 @@ moved), and a preview missing from the next decision is deleted by the ordinary 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ def preview_desired(
     env: Mapping[str, str],
     salt: str,
     backends: Sequence[str],
+    ships_workdir: Callable[[str], bool],
     domain: str = "localhost",
     default_backend: str = "local",
 ) -> DesiredSet:
@@ -137,7 +138,8 @@ def preview_desired(
             continue
         ds = build_desired(
             load, revision=sha, workdir=str(Path(root).absolute()), env=env, salt=salt,
-            backends=backends, domain=domain, default_backend=default_backend, trusted=False,
+            backends=backends, ships_workdir=ships_workdir, domain=domain, default_backend=default_backend,
+            trusted=False,
         )
         services.update(ds.services)
         blocked.update(ds.blocked)

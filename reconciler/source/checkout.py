@@ -22,22 +22,21 @@ import io
 import json
 import os
 import shutil
-import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, extract_tar, tree_hash
 from tidegate.fsio import build_dir_atomic, write_json_atomic
 
 KEEP_REVISIONS = 5
 REPOS_DIR = "repos"
 REVISIONS_DIR = "revisions"
 SOURCE_FILE = "source.json"
-_SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"})
 
 
 class SourceError(Exception):
@@ -175,7 +174,7 @@ class WorktreeSource:
         revision = "worktree-" + tree_hash(self.path, ignore)[:16]
         root = self.revisions_dir / revision
         if not root.is_dir():
-            build_dir_atomic(root, lambda tmp: _copy_tree(self.path, tmp, ignore))
+            build_dir_atomic(root, lambda tmp: copy_tree(self.path, tmp, ignore))
         if revision != self.observed:
             self.observed = revision
             record_source(self.state_dir, self.describe(), revision)
@@ -208,7 +207,7 @@ def watch_folder(
     import watchfiles
 
     def keep(change: watchfiles.Change, filename: str) -> bool:
-        if set(Path(filename).parts) & _SKIP_DIRS:
+        if set(Path(filename).parts) & SKIP_DIRS:
             return False
         if ignore is None:
             return True
@@ -241,12 +240,10 @@ def watch_folder(
     return thread
 
 
-# A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
-IgnoreFn = Callable[[str, list[str]], set[str]]
 
 # `--watch`: editors' swap, backup and lock files (vim, emacs, JetBrains, macOS) never count as a
 # change and never reach a revision snapshot. With `.gitignore` (at any depth) and the root
-# `.dstackignore`; `_SKIP_DIRS` (.git, node_modules, .venv, __pycache__, caches) is always out.
+# `.dstackignore`; `SKIP_DIRS` (.git, node_modules, .venv, __pycache__, caches) is always out.
 EDITOR_DROPPINGS = ("*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913", ".DS_Store", "*___jb_tmp___")
 WATCH_QUIET_MS = 300  # a burst of saves is one change once the tree has been quiet this long
 
@@ -296,81 +293,6 @@ def worktree_ignore(root: Path) -> IgnoreFn:
         return out
 
     return ignore
-
-
-def _walk(path: Path, ignore: IgnoreFn | None = None) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(path):
-        skip = ignore(dirpath, [*dirnames, *filenames]) if ignore is not None else set()
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and d not in skip)
-        for name in sorted(filenames):
-            if name not in skip:
-                yield Path(dirpath) / name
-
-
-def tree_hash(path: Path, ignore: IgnoreFn | None = None) -> str:
-    """Content hash of a folder: relative paths, modes and bytes (VCS/cache folders skipped, and
-    whatever `ignore` leaves out). A file that cannot be read counts by its name and the error,
-    so a file vanishing mid-walk does not abort the hash."""
-    h = hashlib.sha256()
-    for file in _walk(path, ignore):
-        rel = file.relative_to(path).as_posix()
-        if file.is_symlink():
-            h.update(f"{rel}\0link:{os.readlink(file)}\0".encode())
-            continue
-        if not file.is_file():
-            continue
-        h.update(rel.encode() + b"\0")
-        h.update(b"x" if os.access(file, os.X_OK) else b"-")
-        try:
-            with file.open("rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
-        except OSError as e:
-            h.update(f"unreadable:{e.errno}".encode())
-    return h.hexdigest()
-
-
-def _copy_tree(src: Path, dst: Path, ignore: IgnoreFn | None = None) -> None:
-    """Files as they are; symbolic links as links (never followed), so the loader sees the tree
-    the user has, links leading outside it included (it reports those)."""
-    for file in _walk(src, ignore):
-        if not file.is_symlink() and not file.is_file():
-            continue
-        target = dst / file.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if file.is_symlink():
-            os.symlink(os.readlink(file), target)
-        else:
-            shutil.copy2(file, target)
-
-
-def _extract_tar(buf: io.BytesIO, dst: Path) -> None:
-    """Extract a `git archive` tar safely: nothing is ever written outside `dst` or through a
-    link. A symbolic link leading outside the tree is not extracted by the filter but recreated
-    as the same link afterwards (never followed), so the loader reports it on its file exactly as
-    it does for a working tree, and the replicas' copy leaves it out."""
-    outside: list[tuple[str, str]] = []
-    with tarfile.open(fileobj=buf, mode="r:") as tar:
-        if hasattr(tarfile, "data_filter"):
-
-            def keep(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-                try:
-                    return tarfile.data_filter(member, path)
-                except tarfile.FilterError:
-                    if member.issym():
-                        outside.append((member.name, member.linkname))
-                    return None  # anything else that would escape is left out
-
-            tar.extractall(dst, filter=keep)
-        else:  # Python < 3.11.4: reject escaping members ourselves
-            for member in tar.getmembers():
-                target = (dst / member.name).resolve()
-                if not target.is_relative_to(dst.resolve()) or member.issym() or member.islnk():
-                    continue
-                tar.extract(member, dst)
-    for name, linkname in outside:
-        link = dst / name
-        if link.parent.is_dir() and not link.is_symlink() and not link.exists() and link.parent.resolve().is_relative_to(dst.resolve()):
-            os.symlink(linkname, link)
 
 
 def prune_revisions(folder: Path, keep: int, protect: set[str]) -> list[str]:
@@ -445,7 +367,7 @@ def extract_revision(repo: Any, sha: str, root: Path) -> None:
     buf = io.BytesIO()
     repo.archive(buf, sha, format="tar")
     buf.seek(0)
-    build_dir_atomic(root, lambda tmp: _extract_tar(buf, tmp))
+    build_dir_atomic(root, lambda tmp: extract_tar(buf, tmp))
 
 
 def git_error(e: Exception, url: str) -> str:

@@ -1,13 +1,13 @@
 """The content hash of the repository files a replica gets, once per revision.
 
-Why: the local backend runs each replica in a copy of the checkout (`backends.local.layout.
+Why: the local backend runs each replica in a copy of the checkout (`backends.workdir.
 copy_workdir`), so a push that changes only `app.py` changes what the replica runs and must roll
 it, even though no `.dstack.yml` changed. The hash covers exactly the files that copy ships, minus
 the configs themselves: `.git` and whatever the root `.dstackignore` excludes are left out by the
-very matcher `copy_workdir` uses (`local_layout.dstackignore`); every `.dstack.yml` /
+very matcher `copy_workdir` uses (`backends.workdir.dstackignore`); every `.dstack.yml` /
 `*.dstack.yml` file (the loader's `is_config_file`) and the root `.dstack/` folder (profiles) are
 left out too, because the replica spec hash already covers its own config and editing another
-service's config must not roll this one. Walking and hashing reuse `source.tree_hash`.
+service's config must not roll this one. Walking and hashing reuse `source.trees.tree_hash`.
 
 A revision is immutable (a git sha, or a `worktree-<content hash>`), so the hash is cached per
 (checkout folder, revision): a 1,000-service repo hashes its tree once per snapshot, not once per
@@ -22,9 +22,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from backends.local.layout import dstackignore
+from backends.workdir import dstackignore
 from reconciler.config.loader import is_config_file
-from reconciler.source.checkout import IgnoreFn, tree_hash
+from reconciler.source.trees import IgnoreFn, tree_hash
 
 CONFIG_DIR = ".dstack"
 _CACHE_SIZE = 32

@@ -155,6 +155,7 @@ class ServiceRecord(BaseModel):
     failures: int = 0
     last_scaled_at: float | None = None
     scaling_wanted: int | None = None  # a change the autoscaler wants but a delay holds back
+    panic_since: float | None = None  # autoscaler panic mode (reconciler.engine.autoscale)
     scaling: list[ScalingRecord] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
 

@@ -241,6 +241,19 @@ class BackendContract:
     def test_offers_empty_when_nothing_fits(self, backend: Backend) -> None:
         assert list(backend.offers(Requirements(cpus=Range(100_000, None)))) == []
 
+    # ---- the members that say what differs between backends -------------------------------------
+    def test_answers_every_protocol_member(self, backend: Backend, make_spec: SpecFactory) -> None:
+        """Every backend answers every member (nothing is probed with getattr): a flag for whether
+        it ships the checkout, a screening answer, its log file or None, its litter, `close`."""
+        assert isinstance(backend, Backend)
+        assert isinstance(backend.ships_workdir, bool)
+        reason = backend.can_run(make_spec())
+        assert reason is None or (isinstance(reason, str) and reason)
+        assert isinstance(backend.collect_garbage(), list)
+        path = backend.log_path(make_spec().replica_id)
+        assert path is None or path.name
+        backend.close()
+
     # ---- logs ----------------------------------------------------------------------------------
     def test_logs_of_unknown_replica_is_empty(self, backend: Backend, service: str) -> None:
         assert list(backend.logs(f"{service}-00000000-0", lines=10)) == []

@@ -29,10 +29,11 @@ from backends.base import (
 from backends.local import sandbox as local_sandbox
 from backends.local.backend import META, LocalBackend, NetworkMode
 from backends.local.host import Gpu, Machine, match_offer, parse_nvidia_smi, python_minor
-from backends.local.layout import ReplicaPaths, copy_workdir, script_for, socket_path
+from backends.local.layout import ReplicaPaths, script_for, socket_path
 from backends.local.proc import MARK_DIR, MARK_OWNER, find_supervisor, marked_processes
 from backends.local.relay import RotatingLog
 from backends.local.spawn import Launch, relay_command, replica_env
+from backends.workdir import copy_workdir
 
 DEADLINE = 20.0  # bound for "the socket answers" on a loaded 2-core machine; not a speed assertion
 Factory = Callable[..., LocalBackend]

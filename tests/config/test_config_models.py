@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from backends.base import Range
 from reconciler.config import ModelFormat, ServiceConfig, SpotPolicy
+from reconciler.config.parse import parse_service_text
 
 BASE: dict[str, Any] = {"type": "service", "commands": ["python3 -m http.server 8000"], "port": 8000}
 
@@ -259,14 +260,12 @@ def _retry(config: ServiceConfig) -> Any:
         pytest.param(
             {"retry": True}, _retry, (["no-capacity", "interruption", "error"], None), id="retry-true"
         ),
-        pytest.param({"retry": False}, _retry, None, id="retry-false"),
         pytest.param(
-            {"retry": {"on_events": ["error"], "duration": "1h"}},
+            {"retry": {"on_events": ["error", "no-capacity", "interruption"]}},
             _retry,
-            (["error"], 3600),
-            id="retry-mapping",
+            (["error", "no-capacity", "interruption"], None),
+            id="retry-every-event-is-retry-true",
         ),
-        pytest.param({"max_duration": "2h"}, lambda c: c.max_duration, 7200, id="max-duration"),
         pytest.param({"max_duration": "off"}, lambda c: c.max_duration, None, id="max-duration-off"),
         pytest.param({"backends": ["aws", "local"]}, lambda c: c.backends, ["aws", "local"], id="backends"),
         pytest.param({"spot_policy": "auto"}, lambda c: c.spot_policy, SpotPolicy.AUTO, id="spot-auto"),
@@ -274,6 +273,25 @@ def _retry(config: ServiceConfig) -> Any:
 )
 def test_profile_params(fields: dict[str, Any], read: Any, expected: Any) -> None:
     assert read(make(**fields)) == expected
+
+
+# `retry` / `max_duration` forms whose dstack meaning tidegate does not carry out: refused, with
+# the file and line, rather than parsed and ignored.
+@pytest.mark.parametrize(
+    ("text", "line", "field", "says"),
+    [
+        pytest.param("retry: false\n", 4, "retry", "restarts a failed replica", id="retry-false"),
+        pytest.param("retry:\n  on_events: [error]\n", 5, "retry", "only `retry: true`", id="retry-some-events"),
+        pytest.param("retry:\n  duration: 1h\n", 5, "retry", "no `duration`", id="retry-duration"),
+        pytest.param("max_duration: 2h\n", 4, "max_duration", "not supported", id="max-duration"),
+        pytest.param("max_duration: 3x\n", 4, "max_duration", "expected a duration", id="max-duration-malformed"),
+    ],
+)
+def test_retry_and_max_duration_that_would_do_nothing_are_refused(text: str, line: int, field: str, says: str) -> None:
+    parsed = parse_service_text("type: service\ncommands: [x]\nport: 8000\n" + text, "svc.dstack.yml")
+    assert parsed.config is None
+    [d] = parsed.diagnostics
+    assert (d.path, d.line, d.field) == ("svc.dstack.yml", line, field) and says in d.message
 
 
 def test_defaults() -> None:
@@ -312,8 +330,8 @@ FULL: dict[str, Any] = {
     "instance_types": ["g5.xlarge"],
     "spot_policy": "auto",
     "max_price": 1.5,
-    "retry": {"on_events": ["no-capacity"], "duration": "2h"},
-    "max_duration": "1d",
+    "retry": True,
+    "max_duration": "off",
 }
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from backends.local.layout import copy_workdir
+from backends.workdir import copy_workdir
 from reconciler.cli.validate_cmd import OutputFormat, validate_paths
 from reconciler.config.loader import Severity, load_tree
-from reconciler.source.checkout import _copy_tree, _extract_tar, tree_hash
+from reconciler.source.trees import copy_tree as _copy_tree
+from reconciler.source.trees import extract_tar as _extract_tar
+from reconciler.source.trees import tree_hash
 
 GOOD = "type: service\nname: good\ncommands: [python3 -m http.server 8000]\nport: 8000\n"
 SECRET_LINE = "secret-line-outside-the-repo"

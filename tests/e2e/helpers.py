@@ -29,30 +29,38 @@ from tests.support.git_repo import commit_push
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# A replica that answers GET with its replica id and the GREETING env value.
-APP = textwrap.dedent(
-    """
-    import json, os, sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+def app_source(log_requests: bool = False) -> str:
+    """A replica that answers GET with its replica id and the GREETING env value; with
+    `log_requests`, it also prints "listening" and one line per request (the dashboard tails them)."""
+    log_body = 'print("served", self.command, self.path, flush=True)' if log_requests else "pass"
+    ready = 'print("listening", flush=True)' if log_requests else ""
+    return textwrap.dedent(
+        """
+        import json, os, sys
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
 
-        def do_GET(self):
-            body = json.dumps({"replica": os.environ.get("TIDEGATE_REPLICA"),
-                               "greeting": os.environ.get("GREETING")}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            def do_GET(self):
+                body = json.dumps({"replica": os.environ.get("TIDEGATE_REPLICA"),
+                                   "greeting": os.environ.get("GREETING")}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
+            def log_message(self, fmt, *args):
+                LOG_BODY
 
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-    """
-)
+        READY
+        ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+        """
+    ).replace("LOG_BODY", log_body).replace("READY", ready)
+
+
+APP = app_source()
 
 
 def service_yaml(name: str, replicas: int = 1, greeting: str = "hello", extra: str = "") -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from tests.e2e.helpers import ROOT, Remote, Tidegate, service_yaml, wait_for
+from tests.e2e.helpers import ROOT, Remote, Tidegate, app_source, service_yaml, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,31 +29,7 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
-# Like helpers.APP, but it writes one line per request to its log (the dashboard's tail shows it).
-LOGGING_APP = textwrap.dedent(
-    """
-    import json, os, sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            body = json.dumps({"replica": os.environ.get("TIDEGATE_REPLICA"),
-                               "greeting": os.environ.get("GREETING")}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, fmt, *args):
-            print("served", self.command, self.path, flush=True)
-
-    print("listening", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-    """
-)
+LOGGING_APP = app_source(log_requests=True)
 
 
 class Deployed:

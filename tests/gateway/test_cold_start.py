@@ -57,6 +57,29 @@ def test_held_request_succeeds_after_cold_start(make_gateway: MakeGateway, opena
     assert gw.gateway.stats.service("cold").window.rate(__import__("time").monotonic(), 300) > 0
 
 
+def test_an_in_process_reconciler_is_woken_after_the_signal_is_written(
+    make_gateway: MakeGateway, openai_upstream: Proc
+) -> None:
+    """`tidegate up` sets `on_demand`: its loop wakes at once; the signal file is already there to
+    drain (the wake-up carries no data of its own)."""
+    gw = make_gateway()
+    cold = at_zero("woken")
+    gw.publish(snapshot_of(cold))
+    woken: list[tuple[str, int]] = []
+    gw.gateway.cold.on_demand = lambda service: woken.append((service, len(demand_signals(gw.settings.state_dir))))
+    results: list[httpx.Response] = []
+    with gw.client("woken.localhost") as c:
+        t = threading.Thread(target=lambda: results.append(c.get("/v1/models")))
+        t.start()
+        wait_for(lambda: woken, "the in-process wake-up")
+        assert woken == [("woken", 1)]
+        gw.gateway.set_snapshot(  # `up` hands routes over directly too (gateway.publish)
+            snapshot_of(cold.model_copy(update={"upstreams": (Upstream(replica_id="woken-0", url=openai_upstream.url),)}))
+        )
+        t.join(15)
+    assert results[0].status_code == 200
+
+
 def test_hold_bound_gives_503_with_retry_after(make_gateway: MakeGateway) -> None:
     gw = make_gateway(hold_timeout=0.3)
     gw.publish(snapshot_of(at_zero("never")))

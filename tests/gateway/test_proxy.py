@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -212,6 +213,7 @@ def test_websocket_proxy(make_gateway: MakeGateway, aio: AioUpstream, token_for:
 def test_health_metrics_and_stats_file(make_gateway: MakeGateway, openai_upstream: Proc) -> None:
     gw = make_gateway()
     gw.publish(snapshot_of(svc("m", openai_upstream.url, auth=False)))
+    before = time.time()
     with gw.client("m.localhost") as c:
         for _ in range(3):
             c.get("/health")
@@ -235,6 +237,9 @@ def test_health_metrics_and_stats_file(make_gateway: MakeGateway, openai_upstrea
     assert seen["rps_300"] == pytest.approx(3 / 300)
     assert seen["in_flight"] == 0 and seen["held"] == 0
     assert seen["per_upstream_in_flight"] == {"m-0": 0}
+    # The wall time of the replica's last answer to a proxied request: liveness counts it alive.
+    assert before <= seen["per_upstream_answered_at"]["m-0"] <= time.time(), seen  # type: ignore[index]
+    assert "rps_6" in seen  # the autoscaler's panic window
 
 
 def test_webhooks(make_gateway: MakeGateway, token_for: TokenFor) -> None:

@@ -15,6 +15,7 @@ from reconciler.engine.plan import Action, Desired, Plan, Step, Target, plan
 from reconciler.engine.reconcile import PlanResult
 from reconciler.render.plan_markdown import PLAN_COMMENT_MARKER, baseline_plan, cell, render, rows
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
+from tests.reconciler.fakes import only_local_ships_workdir
 
 GOLDEN = Path(__file__).parent / "golden" / "plan.md"
 NOW = 1_800_000_000.0
@@ -58,7 +59,7 @@ def build_result(tmp_path: Path) -> PlanResult:
     load = load_tree(tmp_path)
     ds = build_desired(
         load, revision="0123456789abcdef0123", workdir=str(tmp_path), env={"HF_TOKEN": "hf_secret_value"},
-        salt="salt", backends=["aws", "local"], domain="localhost",
+        salt="salt", backends=["aws", "local"], ships_workdir=only_local_ships_workdir, domain="localhost",
     )
     services = {
         n: replace(d, template=replace(d.template, offer=GPU_OFFER if n == "mistral" else LOCAL_OFFER))
@@ -134,7 +135,8 @@ def _desired(root: Path, files: dict[str, str]) -> DesiredSet:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     return build_desired(
-        load_tree(root), revision=root.name, workdir=str(root), env={}, salt="s", backends=["local"]
+        load_tree(root), revision=root.name, workdir=str(root), env={}, salt="s", backends=["local"],
+        ships_workdir=only_local_ships_workdir,
     )
 
 

@@ -46,7 +46,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Engine, LocalBackend, GitSource, Pre
     branch = GitSource(str(bare), "main", state)
     provider = PreviewProvider(
         PullRequestSource.beside(branch), PreviewSettings(enabled=True), "main",
-        salt=eng.installation.salt, backends=["local"],
+        salt=eng.installation.salt, backends=eng.backends,
     )
     eng.extension = provider
     try:

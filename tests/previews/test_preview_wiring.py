@@ -20,6 +20,7 @@ from reconciler.previews.wiring import (
     preview_settings,
     ps_rows,
 )
+from tests.reconciler.fakes import only_local_ships_workdir
 
 NOW = 1_800_000_000.0
 
@@ -91,7 +92,7 @@ def test_previews_join_the_desired_set(tmp_path: Path) -> None:
         [fork], base, {7: load_tree(pr_root)}, PreviewSettings(enabled=True, allow_forks=True), NOW
     )
     env = {"HF_TOKEN": "hf_secret"}
-    previews = preview_desired(decision, {7: pr_root}, env=env, salt="s", backends=["local"])
+    previews = preview_desired(decision, {7: pr_root}, env=env, salt="s", backends=["local"], ships_workdir=only_local_ships_workdir)
     (d,) = previews.services.values()
     assert d.name == "chat-pr-7" and d.revision == "f" * 40
     assert d.template.workdir == str(pr_root.absolute())
@@ -102,14 +103,14 @@ def test_previews_join_the_desired_set(tmp_path: Path) -> None:
     assert d.template.requirements.spot_policy == "auto"
     assert previews.blocked == {}
 
-    prod = build_desired(base, revision="b" * 40, workdir=str(base_root), env=env, salt="s", backends=["local"])
+    prod = build_desired(base, revision="b" * 40, workdir=str(base_root), env=env, salt="s", backends=["local"], ships_workdir=only_local_ships_workdir)
     merged = merge_desired(prod, previews)
     assert sorted(merged.services) == ["chat", "chat-pr-7"]
     assert merged.services["chat"].template.env == {"HF_TOKEN": "hf_secret"}
     assert merged.revision == "b" * 40
 
     # A PR whose checkout is missing this pass: its previews are blocked, never built from elsewhere.
-    assert preview_desired(decision, {}, env=env, salt="s", backends=["local"]).blocked == {
+    assert preview_desired(decision, {}, env=env, salt="s", backends=["local"], ships_workdir=only_local_ships_workdir).blocked == {
         "chat-pr-7": "PR #7 has no checkout"
     }
 

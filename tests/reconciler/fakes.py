@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from backends.base import BackendError, Offer, ReplicaInfo, ReplicaSpec, ReplicaStatus, Requirements
 from reconciler.engine.probe import ProbeResult
@@ -18,6 +19,7 @@ from tidegate.routes import ModelRoute
 @dataclass
 class FakeBackend:
     name: str = "local"
+    ships_workdir: bool = True  # like the local backend it stands in for
     clock_value: float = 0.0
     replicas: dict[str, ReplicaInfo] = field(default_factory=dict)
     specs: dict[str, ReplicaSpec] = field(default_factory=dict)
@@ -31,6 +33,9 @@ class FakeBackend:
         if self.no_offers:
             return []
         return [Offer(self.name, "local", "host", cpus=2, memory_gb=8, gpu=None, spot=False, price=0.0)]
+
+    def can_run(self, spec: ReplicaSpec) -> str | None:
+        return None
 
     def create(self, spec: ReplicaSpec) -> ReplicaInfo:
         self.calls.append(("create", spec.replica_id))
@@ -72,6 +77,15 @@ class FakeBackend:
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:
         return [f"{replica_id}: boom"][-lines:]
 
+    def log_path(self, replica_id: str) -> Path | None:
+        return None
+
+    def collect_garbage(self) -> list[Path]:
+        return []
+
+    def close(self) -> None:
+        pass
+
     # -- test helpers -------------------------------------------------------------------------
     def crash(self, replica_id: str, message: str = "exit code 1") -> None:
         self.replicas[replica_id] = replace(
@@ -90,6 +104,12 @@ class FakeBackend:
             for rid, i in self.replicas.items()
             if i.status is ReplicaStatus.RUNNING and (service is None or i.service == service)
         )
+
+
+def only_local_ships_workdir(backend: str) -> bool:
+    """`build_desired`'s `ships_workdir` for tests that name backends without building them: as
+    the real ones answer (`Backend.ships_workdir`), only the local backend ships the checkout."""
+    return backend == "local"
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,10 @@ class PricedBackend:
     name: str
     price: float | None
     refuse: str | None = None
+    ships_workdir: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ships_workdir = self.name == "local"  # as the real backends answer: only local ships the checkout
 
     def offers(self, requirements: Requirements) -> Sequence[Offer]:
         if self.price is None:
@@ -52,6 +56,7 @@ def desired(
         env={},
         salt="s",
         backends=registry.names(),
+        ships_workdir=registry.ships_workdir,
         default_backends=default_backends,
     )
     return with_offers(ds, registry)[0]
@@ -145,7 +150,8 @@ def test_a_running_service_stays_on_its_backend_while_it_can_run_there(tmp_path:
     for b in (aws, azure):
         registry.register(b)  # type: ignore[arg-type]
     ds = build_desired(
-        load_tree(tmp_path), revision="r", workdir=None, env={}, salt="s", backends=registry.names()
+        load_tree(tmp_path), revision="r", workdir=None, env={}, salt="s", backends=registry.names(),
+        ships_workdir=registry.ships_workdir,
     )
     assert with_offers(ds, registry)[0].services["svc"].backend == "azure"  # cheapest for a new service
     assert with_offers(ds, registry, running={"svc": "aws"})[0].services["svc"].backend == "aws"

@@ -228,3 +228,22 @@ def test_quickstart_repo_holds_only_local_examples_and_commits_changes(tmp_path:
     (examples / "local-chat" / ".dstack.yml").write_text("name: local-chat\n# edited\n")
     sha2, committed2 = sync_repo(examples, repo)
     assert committed2 and sha2 != sha
+
+
+@pytest.mark.parametrize(
+    ("https", "expect"),
+    [
+        pytest.param("0.0.0.0:443", "https://web.example.org", id="443-hidden"),
+        pytest.param("127.0.0.1:8443", "https://web.example.org:8443", id="other-port"),
+    ],
+)
+def test_up_with_https_listener_shows_https_urls(tmp_path: Path, https: str, expect: str) -> None:
+    args = parse("up", "--repo", str(tmp_path), "--domain", "example.org", "--https-listen", https, "--acme-email", "ops@example.org")
+    settings = build_settings(args, {})
+    assert settings.service_url("web") == expect
+    assert settings.gateway_options["acme_email"] == "ops@example.org"
+
+
+def test_up_tls_option_error_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="need --https-listen"):
+        build_settings(parse("up", "--repo", str(tmp_path), "--acme-email", "ops@example.org"), {})

@@ -20,6 +20,7 @@ from reconciler.engine.plan import Desired, Target, plan
 from reconciler.render.plan_output import render_plan
 from reconciler.source import code_files
 from reconciler.state.records import ServiceRecord
+from tests.reconciler.fakes import only_local_ships_workdir
 
 
 def service(name: str, backend: str = "local", greeting: str = "hi") -> str:
@@ -61,7 +62,8 @@ def make_repo(root: Path, backend: str = "local") -> None:
 
 def desired(root: Path, revision: str) -> DesiredSet:
     ds = build_desired(
-        load_tree(root), revision=revision, workdir=str(root), env={}, salt="s", backends=["local", "aws"]
+        load_tree(root), revision=revision, workdir=str(root), env={}, salt="s", backends=["local", "aws"],
+        ships_workdir=only_local_ships_workdir,
     )
     assert "web" in ds.services, (ds.blocked, ds.diagnostics)
     return ds
@@ -106,6 +108,12 @@ def chmod_x(rel: str) -> Callable[[Path], None]:
             "local", write("web/.dstack.yml", service("web", greeting="x")), True, id="own-config-rolls"
         ),
         pytest.param("aws", write("app.py", "print('v2')\n"), False, id="cloud-backend-code-no-roll"),
+        pytest.param(
+            "local",
+            write("web/.dstack.yml", service("web") + "retry: true\nmax_duration: off\n"),
+            False,
+            id="retry-true-and-max-duration-off-say-what-runs-anyway-no-roll",
+        ),
         pytest.param(
             "aws",
             write("web/.dstack.yml", service("web", "aws", greeting="x")),
@@ -158,6 +166,7 @@ def test_code_hash_is_computed_once_per_build_and_only_for_local(tmp_path: Path)
         env={},
         salt="s",
         backends=["local", "aws"],
+        ships_workdir=only_local_ships_workdir,
         code_hash=counting,
     )
     assert len(ds.services) == 21 and calls == [1]
@@ -172,6 +181,7 @@ def test_code_hash_is_computed_once_per_build_and_only_for_local(tmp_path: Path)
         env={},
         salt="s",
         backends=["local", "aws"],
+        ships_workdir=only_local_ships_workdir,
         code_hash=counting,
     )
     assert calls == [1]

@@ -16,6 +16,7 @@ from reconciler.engine.naming import parse_replica_id
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.journal import Journal, Op
 from reconciler.state.records import ReplicaPhase, ServiceStatus
+from reconciler.state.store import StateStore
 from tidegate.routes_io import read_snapshot
 
 SECRET = "s3cr3t-value-0f-the-token"
@@ -378,6 +379,32 @@ def test_autoscale_up_and_down_with_recorded_reasons(world: World) -> None:
     world.converge(snap, step=3)
     assert len(world.backend.running("api")) == 1
     assert "scale down 3 -> 1" in (world.engine.status()[0].last_scaling or "")
+
+
+def test_panic_mode_scales_a_load_step_at_once_and_records_why(world: World) -> None:
+    scaling = "scaling:\n  metric: rps\n  target: 2\n  scale_up_delay: 5m\n  scale_down_delay: 10m\n  window: 30\n"
+    snap = world.repo.commit({"api.dstack.yml": api("1..4", scaling)})
+    world.converge(snap)
+    world.clock.t += 10
+    # A step: the 6 s window sees 5 rps (2.5 x target), the 30 s one has not caught up yet.
+    world.stats["api"] = ServiceStats(rps_6=5.0, rps_30=1.0)
+    world.converge(snap)
+    rec = world.engine.doc.services["api"]
+    assert len(world.backend.running("api")) == 3 and rec.panic_since is not None
+    assert rec.scaling[-1].reason.startswith("panic: scale up 1 -> 3"), rec.scaling[-1].reason
+    assert [h.event for h in rec.history if h.event.startswith("panic")] == ["panic mode entered"]
+    # Load gone: no scale-down while in panic; after a calm stable window (30 s) panic ends, and
+    # scale_down_delay (10 m since the panic scale-up) still holds the count then.
+    world.stats["api"] = ServiceStats()
+    assert rec.panic_since is not None
+    world.clock.t = rec.panic_since + 29  # the short window last crossed the threshold then
+    world.engine.reconcile(snap)
+    assert rec.desired_count == 3 and rec.panic_since is not None
+    world.clock.t += 1
+    world.engine.reconcile(snap)
+    assert rec.desired_count == 3 and rec.panic_since is None
+    assert [h.event for h in rec.history if h.event.startswith("panic")] == ["panic mode entered", "panic mode ended"]
+    assert StateStore(world.state).load().services["api"].panic_since is None
 
 
 def test_scale_to_zero_and_wake_on_demand(world: World) -> None:

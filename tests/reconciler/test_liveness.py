@@ -6,22 +6,28 @@ backend and a server that stops answering (alive but hung) on a flag file.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from test_engine import World, web
 
 from backends.base import BackendRegistry
 from backends.local.backend import LocalBackend
-from reconciler.engine.liveness import recheck_in
+from gateway.stats.counters import Stats as GatewayStats
+from reconciler.engine.autoscale import ServiceStats
+from reconciler.engine.liveness import MAX_TIMEOUT, live_timeout, recheck_in
 from reconciler.engine.probe import ProbeResult
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.records import ReplicaPhase, ServiceStatus, StateDoc
 from reconciler.state.store import StateStore
 from reconciler.state.view import status_views
 from tidegate.routes_io import read_snapshot
+from tidegate.stats_file import write_stats
 
 INTERVAL = 10.0
 
@@ -221,6 +227,164 @@ def test_a_hung_local_replica_is_unrouted_then_restarted(tmp_path: Path) -> None
         assert len(backend.list_owned()) == 1
     finally:
         flag.unlink(missing_ok=True)
+        eng.close()
+        for info in backend.list_owned():
+            backend.delete(info.replica_id)
+
+
+# --- load: a replica answering real traffic is alive, a stopped one is not ----------------------------
+
+
+def test_a_replica_answering_proxied_requests_is_alive_though_its_probe_fails(live: World) -> None:
+    snap, rid = deployed(live)
+    live.prober.unready.add(rid)  # the probe fails (saturated: no answer within its deadline)...
+    for _ in range(5):
+        live.clock.t += INTERVAL
+        # ...but the gateway had an answer from it a moment ago.
+        live.stats = {"web": ServiceStats(per_upstream_answered_at={rid: live.clock.t - 1}, per_upstream_in_flight={rid: 9})}
+        live.engine.reconcile(snap)
+        assert replica(live, rid) == (ReplicaPhase.READY, 0, None)
+        assert live.upstreams("web") == [rid]
+    assert live.backend.creates() == [rid]
+    # Traffic stops reaching it (the last answer ages past the interval): the probes count again.
+    for _ in range(3):
+        live.clock.t += INTERVAL
+        live.engine.reconcile(snap)
+    assert replica(live, rid)[0] is ReplicaPhase.FAILED
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "timeout"),
+    [
+        pytest.param(0, 2.0, id="idle-base-timeout"),
+        pytest.param(4, 4.0, id="busy-longer"),
+        pytest.param(1000, MAX_TIMEOUT, id="capped"),
+    ],
+)
+def test_the_liveness_deadline_scales_with_the_requests_in_flight(live: World, in_flight: int, timeout: float) -> None:
+    snap, rid = deployed(live)
+    seen: list[float] = []
+
+    def prober(address: str, model: object, t: float) -> ProbeResult:
+        seen.append(t)
+        return ProbeResult(True, "ok")
+
+    live.engine._live_prober = prober
+    live.stats = {"web": ServiceStats(per_upstream_in_flight={rid: in_flight})}
+    live.clock.t += INTERVAL
+    live.engine.reconcile(snap)
+    assert seen == [timeout]
+    assert live_timeout(2.0, in_flight) == timeout
+
+
+BUSY_SERVER = """\
+import http.server, os, time
+FLAG = os.environ["BUSY_FLAG"]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if os.path.exists(FLAG):
+            time.sleep(1.5)  # saturated: every answer waits behind the work in progress
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", 8000), H).serve_forever()
+"""
+
+BUSY_SERVICE = """\
+type: service
+name: busy
+env:
+  - BUSY_FLAG
+commands:
+  - python3 server.py
+port: 8000
+"""
+
+
+def _server_processes(backend: LocalBackend, rid: str) -> list[psutil.Process]:
+    meta = json.loads((backend.root / rid / "replica.json").read_text())
+    found = [
+        p for p in psutil.Process(int(meta["pid"])).children(recursive=True)
+        if any("server.py" in part for part in p.cmdline())
+    ]
+    assert found, "the replica's server process"
+    return found
+
+
+@pytest.mark.slow
+def test_slow_under_load_is_kept_and_a_stopped_replica_is_restarted(tmp_path: Path) -> None:
+    state, repo = tmp_path / "state", tmp_path / "repo"
+    repo.mkdir()
+    (repo / "busy.dstack.yml").write_text(BUSY_SERVICE)
+    (repo / "server.py").write_text(BUSY_SERVER)
+    snap = Snapshot("1" * 40, repo)
+    backend = LocalBackend(state / "replicas", owner=StateStore(state).installation().id, grace=1.0)
+    clock = [time.time()]
+    settings = EngineSettings(
+        env={"BUSY_FLAG": "busy.flag"}, probe_timeout=0.5, recheck_interval=5.0, unhealthy_threshold=2
+    )
+    eng = Engine(state, BackendRegistry({"local": backend}), settings, clock=lambda: clock[0])
+    gateway = GatewayStats()  # the gateway's own counters, published as the gateway publishes them
+
+    def publish(answered: dict[str, float], in_flight: dict[str, int]) -> None:
+        gateway.service("busy")
+        write_stats(state, gateway.snapshot(
+            time.monotonic(), 4242, lambda _s: in_flight, at=clock[0], answered=lambda _s: answered
+        ))
+
+    stopped: list[psutil.Process] = []
+    try:
+        end = time.monotonic() + 60
+        while not read_snapshot(state).services.get("busy") or not read_snapshot(state).services["busy"].upstreams:
+            assert time.monotonic() < end, eng.status()
+            eng.reconcile(snap)
+            time.sleep(0.2)
+            clock[0] += 0.2
+        [rid] = [i.replica_id for i in backend.list_owned()]
+        (state / "replicas" / rid / "work" / "busy.flag").write_text("busy")  # 1.5 s per answer from now
+        # Answering proxied requests (seen by the gateway): alive, whatever a probe would say.
+        for _ in range(3):
+            clock[0] += 5.0
+            publish({rid: clock[0] - 1.0}, {rid: 1})
+            eng.reconcile(snap)
+            assert eng.doc.services["busy"].replicas[0].probe_failures == 0
+        # No recent answer, but 4 requests in flight: the probe's deadline (0.5 + 4 x 0.5 s) covers
+        # the 1.5 s a saturated answer takes; with the old fixed 0.5 s it would fail.
+        for _ in range(3):
+            clock[0] += 5.0
+            publish({}, {rid: 4})
+            eng.reconcile(snap)
+            r = eng.doc.services["busy"].replicas[0]
+            assert (r.id, r.phase, r.probe_failures) == (rid, ReplicaPhase.READY, 0), r.last_error
+        assert read_snapshot(state).services["busy"].upstreams
+        # Truly dead: the server is stopped (SIGSTOP), nothing answers, the gateway sees nothing.
+        before = json.loads((backend.root / rid / "replica.json").read_text())["pid"]
+        stopped = _server_processes(backend, rid)
+        for p in stopped:
+            p.suspend()
+        for _ in range(2):
+            clock[0] += 5.0
+            publish({}, {rid: 0})
+            eng.reconcile(snap)
+        r = eng.doc.services["busy"].replicas[0]
+        assert r.phase is ReplicaPhase.FAILED and "not answering" in (r.last_error or ""), r
+        for p in stopped:
+            p.resume()
+        stopped = []
+        clock[0] += 3.0
+        end = time.monotonic() + 60
+        while eng.doc.services["busy"].replicas[0].phase is not ReplicaPhase.READY:
+            assert time.monotonic() < end, eng.status()
+            eng.reconcile(snap)
+            time.sleep(0.2)
+            clock[0] += 0.2
+        assert any(h.event == "replica restarted" for h in eng.doc.services["busy"].history)
+        assert json.loads((backend.root / rid / "replica.json").read_text())["pid"] != before, "a new process"
+        assert read_snapshot(state).services["busy"].upstreams
+    finally:
+        for p in stopped:
+            with contextlib.suppress(psutil.Error):
+                p.resume()
         eng.close()
         for info in backend.list_owned():
             backend.delete(info.replica_id)

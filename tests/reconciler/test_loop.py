@@ -251,6 +251,9 @@ def test_pass_sweeps_cloud_orphans_on_its_interval_and_never_without_state(tmp_p
             self.deleted.append(replica_id)
             self.ids.discard(replica_id)
 
+        def sweep_security_groups(self) -> list[str]:
+            return []
+
     now = [0.0]
     cloud = Cloud()
     engine = FakeEngine()
