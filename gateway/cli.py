@@ -76,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gw.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN})")
     gw.add_argument("--domain", default="localhost", help="services answer at <name>.<domain> (default localhost)")
     gw.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    gw.add_argument("--settings", metavar="FILE", help="settings file (the gateway reads its `token_limits:`)")
     add_gateway_options(gw)
     gw.set_defaults(func=cmd_gateway)
 
@@ -106,6 +107,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen)
         overrides = gateway_overrides(args)
         location = etcd_location(args)
+        if args.settings:
+            from gateway.ratelimit_settings import read_token_limits
+
+            overrides["token_limits"] = read_token_limits(args.settings)
     except (ValueError, EtcdError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -164,7 +164,7 @@ class Gateway(Forwarder):
             if path.startswith("/services/"):
                 name, _, rest = path[len("/services/") :].partition("/")
                 found = table.snapshot.services.get(name)
-                if found is None:
+                if found is None or found.withdrawn:
                     raise GatewayError(404, f"no service named {name!r}", code="service_not_found")
                 await self.serve_service(found, scope, receive, send, "/" + rest, host)
                 return

@@ -43,11 +43,13 @@ from gateway.asgi import (
 from gateway.balancer import Balancer
 from gateway.coldstart import ColdStart
 from gateway.errors import ConnectFailed, GatewayError, ResponseAborted, UpstreamError
+from gateway.ratelimit import Limiter, SharedTable, TokenLimits
 from gateway.routing import Router
 from gateway.settings import GatewaySettings
 from gateway.stats.counters import ServiceStats, Stats
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.relay import (
+    BodyRewrite,
     relay_response,
     relay_websocket,
     request_head,
@@ -98,6 +100,12 @@ class Forwarder:
         # Set by an in-process reconciler: receives (event, payload) of webhooks that passed the
         # HMAC check (webhooks/handler.py); the only way webhook facts reach it (signal files cannot).
         self.verified_events: Callable[[str, dict[str, Any]], None] | None = None
+        table = (
+            SharedTable.attach(Path(settings.ratelimit_table), settings.ratelimit_sem)
+            if settings.ratelimit_table and settings.ratelimit_sem
+            else SharedTable.private()
+        )
+        self.limiter = Limiter(table, TokenLimits.from_settings(settings.token_limits))
 
     def _after_swap(self, live: set[str], urls: set[str]) -> None:
         self.balancer.forget(live)
@@ -105,8 +113,25 @@ class Forwarder:
         if self.ws_pool is not None:
             self.ws_pool.prune_soon(urls)
 
-    def check_token(self, scope: Scope) -> None:
-        self.auth.check(scope)
+    def check_token(self, scope: Scope, path: str | None = None) -> None:
+        """401/403 without a valid token; with `path`, also 429 when that token is over its limit."""
+        name = self.auth.check(scope)
+        if path is not None and name is not None and self.limiter.tokens is not None:
+            self.limiter.check_token(name, path)
+
+    def admit(self, route: ServiceRoute, scope: Scope, path: str, token: bool = True) -> None:
+        """What a request to a service must pass before it is read: the service is not stopped,
+        its `rate_limits` (per client, before auth: bad tokens count too), its token and the
+        token's limits."""
+        if route.stopped:
+            raise GatewayError(
+                503, f"service {route.name!r} is stopped (`tidegate start {route.name}` resumes it)",
+                "service_unavailable", "service_stopped",
+            )
+        if route.rate_limits:
+            self.limiter.check_service(route.name, route.rate_limits, scope, path)
+        if route.auth and token:
+            self.check_token(scope, path)
 
     # -- one request -------------------------------------------------------------------------
     @contextmanager
@@ -143,11 +168,13 @@ class Forwarder:
             await self._serve_websocket(route, scope, receive, send, path, host)
             return
         started = time.perf_counter()
-        if route.auth:
+        if route.auth or route.rate_limits or route.stopped:
             try:
-                self.check_token(scope)
+                self.admit(route, scope, path)
             except GatewayError as e:
                 await e.send(send)
+                if e.status == 429:
+                    self.stats.refused(route.name, 429)
                 self.access(scope, route.name, path, e.status, started)
                 return
         # The hot path: counted inline (what `counted` does, without its generator's cost).
@@ -181,14 +208,14 @@ class Forwarder:
 
     async def forward(
         self, route: ServiceRoute, scope: Scope, receive: Receive, send: Send, method: str, target: bytes, headers: bytes,
-        body: bytes | None, extra: list[tuple[bytes, bytes]], status: list[int],
+        body: bytes | None, extra: list[tuple[bytes, bytes]], status: list[int], rewrite: BodyRewrite | None = None,
     ) -> None:
         """Send to a replica and relay its answer; a failure after the response started cuts the
         client's connection (`ResponseAborted`, logged here once)."""
         upstream, resp = await self.open_upstream(route, method, target, headers, body)
         try:
             status[0] = resp.status
-            await relay_response(resp, receive, send, extra, route.name, bool(scope.get(WATCHED)))
+            await relay_response(resp, receive, send, extra, route.name, bool(scope.get(WATCHED)), rewrite)
         except GatewayError:
             self.stats.upstream_error(route.name, "protocol")
             raise
@@ -270,9 +297,9 @@ class Forwarder:
         if first["type"] != "websocket.connect":
             self.access(scope, route.name, path, 499, started)
             return
-        if route.auth:
+        if route.auth or route.rate_limits or route.stopped:
             try:
-                self.check_token(scope)
+                self.admit(route, scope, path)
             except GatewayError as e:
                 await refuse_websocket(scope, send, e)
                 self.access(scope, route.name, path, e.status, started)

@@ -29,7 +29,7 @@ class RouteTable:
 
     @classmethod
     def build(cls, snapshot: RoutesSnapshot) -> RouteTable:
-        by_model = {s.model.name: s for s in snapshot.services.values() if s.model is not None}
+        by_model = {s.model.name: s for s in snapshot.services.values() if s.model is not None and not s.withdrawn}
         return cls(snapshot, snapshot.by_host(), by_model)
 
 

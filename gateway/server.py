@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -37,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.asgi import CANCEL_ON_DISCONNECT, DISCONNECTED, WATCHED
 from gateway.core import Gateway
 from gateway.errors import ResponseAborted
+from gateway.ratelimit import SharedTable
 from gateway.settings import SETTINGS_ENV, GatewaySettings
 
 FD_RESERVE = 64  # descriptors kept for listening sockets, files, render workers, logs
@@ -284,6 +286,10 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
     shutil.rmtree(prom_dir, ignore_errors=True)
     prom_dir.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
+    # One rate limit table for every worker (gateway.ratelimit), fresh for each run.
+    table, sem = prom_dir.parent / f"ratelimit-{os.getpid()}", f"/tidegate-rl-{os.getpid()}"
+    SharedTable.create(table, sem)
+    settings = dataclasses.replace(settings, ratelimit_table=str(table), ratelimit_sem=sem)
     os.environ[SETTINGS_ENV] = settings.to_json()
     try:
         if settings.https_address is not None:
@@ -294,3 +300,4 @@ def serve(settings: GatewaySettings, gateway: Gateway | None = None) -> None:
             uvicorn.run("gateway.server:worker_app", factory=True, workers=settings.workers, **common)
     finally:
         shutil.rmtree(prom_dir, ignore_errors=True)
+        SharedTable.destroy(table, sem)

@@ -66,6 +66,12 @@ class GatewaySettings:
     # Where chat templates of TGI models without `chat_template` are fetched from (the Hugging
     # Face Hub, or a mirror); None = huggingface_hub's default (HF_ENDPOINT or huggingface.co).
     hf_endpoint: str | None = None
+    # Per API token rate limits (the settings file's `token_limits:`, checked by
+    # gateway.ratelimit_settings): token name (or `*`) -> [{prefix, rps, burst}, ...].
+    token_limits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Set by `serve` for several workers: the rate limit table file and its semaphore's name.
+    ratelimit_table: str | None = None
+    ratelimit_sem: str | None = None
     # HTTPS (gateway/tls): a second listener, certificates from files and/or ACME.
     https_listen: str | None = None  # "host:port"; None: plain HTTP only
     tls_cert: str | None = None

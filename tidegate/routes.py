@@ -11,12 +11,14 @@ Nothing secret is in here: no env values, no tokens.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ROUTES_FILE = "routes.json"
+_PREVIEW_SUFFIX = re.compile(r"@pr-[0-9]+$")
 SCHEMA_VERSION = 1
 
 
@@ -46,6 +48,12 @@ class ModelRoute(BaseModel):
     eos_token: str | dict[str, Any] | None = None
     bos_token: str | dict[str, Any] | None = None
 
+    @property
+    def served_name(self) -> str:
+        """The name the replica serves: a preview publishes `<model>@pr-<N>`, its replica (the same
+        server, same `--served-model-name`) knows only `<model>`."""
+        return _PREVIEW_SUFFIX.sub("", self.name) or self.name
+
 
 class RateLimitKey(StrEnum):
     IP_ADDRESS = "ip_address"
@@ -54,7 +62,7 @@ class RateLimitKey(StrEnum):
 
 class RateLimit(BaseModel):
     """dstack's `rate_limits` item: requests under `prefix` per client key, a token bucket of
-    `rps` refill and `burst` extra requests. The gateway enforces it (not yet: published only)."""
+    `rps` refill and `burst` extra requests, enforced by the gateway (gateway.ratelimit)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -79,10 +87,13 @@ class ServiceRoute(BaseModel):
     min_replicas: int = 1
     max_replicas: int = 1
     preview_pr: int | None = None
-    # Per path prefix, longest prefix first; empty: no limit. Not enforced by the gateway yet.
+    # Per path prefix, longest prefix first; empty: no limit.
     rate_limits: tuple[RateLimit, ...] = ()
     # `tidegate stop`: no upstreams until `tidegate start`; the gateway may answer 503 saying so.
     stopped: bool = False
+    # Its config was removed: the gateway answers 404 as if it were gone, but its replicas are
+    # still listed (draining) so requests in flight finish and their counts reach the reconciler.
+    withdrawn: bool = False
 
 
 class RoutesSnapshot(BaseModel):
@@ -95,4 +106,4 @@ class RoutesSnapshot(BaseModel):
     services: dict[str, ServiceRoute] = Field(default_factory=dict)
 
     def by_host(self) -> dict[str, ServiceRoute]:
-        return {s.host.lower(): s for s in self.services.values()}
+        return {s.host.lower(): s for s in self.services.values() if not s.withdrawn}

@@ -64,6 +64,7 @@ def as_stop_list(stop: Any) -> list[str]:
 class Handler(JsonHandler):
     server_version = "openai-example/1.0"
     model_name = "example-model"
+    strict_model = False  # answer 404 to another model name, as vLLM and TGI do
 
     # -- plumbing ---------------------------------------------------------------------------
     def _body(self) -> Any:
@@ -111,6 +112,10 @@ class Handler(JsonHandler):
             body = self._body()
         except ValueError:
             self._error(400, "body is not JSON")
+            return
+        if self.strict_model and isinstance(body, dict) and body.get("model") not in (None, self.model_name):
+            self._json(404, {"object": "error", "message": f"The model `{body.get('model')}` does not exist.",
+                             "type": "NotFoundError", "param": None, "code": 404})
             return
         if path == "/v1/chat/completions":
             self._chat(body)
@@ -203,8 +208,10 @@ def main() -> None:
     parser = listen_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", default="example-model", help="id reported by /v1/models")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
+    parser.add_argument("--strict-model", action="store_true", help="refuse other model names (404, like vLLM)")
     args = parser.parse_args()
     Handler.model_name = args.model
+    Handler.strict_model = args.strict_model
     serve(Handler, args, "openai")
 
 

@@ -51,23 +51,24 @@ def auth_error(result: AuthResult) -> GatewayError:
 class Authenticator:
     def __init__(self, tokens: TokenStore) -> None:
         self.tokens = tokens
-        self._cache: dict[bytes | None, AuthResult] = {}
+        self._cache: dict[bytes | None, tuple[AuthResult, str | None]] = {}
         self._until = 0.0
 
     def forget(self) -> None:
         """Drop cached verdicts (tokens.json changed)."""
         self._cache = {}
 
-    def check(self, scope: Scope) -> None:
-        """Raise the 401/403 `GatewayError` unless the request carries a valid token."""
+    def check(self, scope: Scope) -> str | None:
+        """Raise the 401/403 `GatewayError` unless the request carries a valid token; its name."""
         header = scan(scope)[1]
         now = time.monotonic()
         cache = self._cache
         if now >= self._until or len(cache) >= CACHE_SIZE:
             cache = self._cache = {}
             self._until = now + CACHE_SECONDS
-        result = cache.get(header)
-        if result is None:
-            result = cache[header] = self.tokens.check(header, now)
-        if result is not AuthResult.OK:
-            raise auth_error(result)
+        found = cache.get(header)
+        if found is None:
+            found = cache[header] = self.tokens.identify(header, now)
+        if found[0] is not AuthResult.OK:
+            raise auth_error(found[0])
+        return found[1]

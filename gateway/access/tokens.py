@@ -159,6 +159,7 @@ class TokenStore:
         self.recheck = recheck
         self._hashes: tuple[bytes, ...] = ()
         self._admin: tuple[bytes, ...] = ()
+        self._names: dict[bytes, str] = {}  # hash -> token name (per-token rate limits)
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
         # Why the file on disk is not in use (the last good set is), or None; /healthz shows it.
@@ -186,19 +187,25 @@ class TokenStore:
         self.error = None
         self._hashes = tuple(r.hash.encode() for r in records)
         self._admin = tuple(r.hash.encode() for r in records if r.scope is TokenScope.ADMIN)
+        self._names = {r.hash.encode(): r.name for r in records}
 
     def check(self, header: bytes | None, now: float) -> AuthResult:
+        return self.identify(header, now)[0]
+
+    def identify(self, header: bytes | None, now: float) -> tuple[AuthResult, str | None]:
+        """The verdict on an Authorization header and, when it is valid, the token's name."""
         if now - self._checked >= self.recheck:
             self._checked = now
             self.refresh()
         token = bearer(header)
         if token is None:
-            return AuthResult.MISSING
+            return AuthResult.MISSING, None
         digest = hash_token(token).encode()
         ok = False
         for h in self._hashes:
             ok |= hmac.compare_digest(h, digest)
-        return AuthResult.OK if ok else AuthResult.INVALID
+        # The name is looked up only once the constant-time scan matched.
+        return (AuthResult.OK, self._names.get(digest)) if ok else (AuthResult.INVALID, None)
 
     def scope_of(self, token: str | None, now: float) -> TokenScope | None:
         """The scope of a presented token (None: no such token), re-reading the file when it changed."""

@@ -14,6 +14,7 @@ import asyncio
 from typing import Any
 
 from gateway.api import tgi_chat
+from gateway.api.model_names import ModelRename, served_name
 from gateway.asgi import BadJSON, ClientGone, Receive, Scope, Send, loads, send_json
 from gateway.balancer import has_ready
 from gateway.errors import GatewayError
@@ -34,13 +35,13 @@ def list_models(fw: Forwarder) -> dict[str, Any]:
     data = [
         {"id": route.model.name, "object": "model", "created": 0, "owned_by": route.name}
         for route in fw.router.table.snapshot.services.values()
-        if route.model is not None and (has_ready(route.upstreams) or route.min_replicas == 0)
+        if route.model is not None and not route.withdrawn and (has_ready(route.upstreams) or route.min_replicas == 0)
     ]
     return {"object": "list", "data": data}
 
 
 async def handle(fw: Forwarder, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-    fw.check_token(scope)
+    fw.check_token(scope, path)
     method = scope["method"]
     if path in ("/v1/models", "/v1/models/") and method == "GET":
         await send_json(send, 200, list_models(fw))
@@ -64,6 +65,8 @@ async def handle(fw: Forwarder, scope: Scope, receive: Receive, send: Send, path
     route = fw.router.table.by_model.get(request["model"])
     if route is None or route.model is None:
         raise GatewayError(404, f"model {request['model']!r} not found", code="model_not_found")
+    if route.stopped or route.rate_limits:  # the service's own path: its prefix + the API path
+        fw.admit(route, scope, route.model.prefix.rstrip("/") + path[len("/v1") :], token=False)
     status = [500]
     fw.watch_disconnect(scope)
     with fw.counted(scope, route.name, path, status) as st:
@@ -95,9 +98,14 @@ async def _passthrough(
 ) -> None:
     assert route.model is not None
     prefix = route.model.prefix.rstrip("/")
+    rename = None
+    served = served_name(route)
+    if served is not None:  # a preview: the replica serves the model under its own name
+        rename = ModelRename(served, route.model.name)
+        body = rename.request(loads(body))
     headers = request_head(scope, fw.gateway_host, route.forward_auth)
     target = (prefix + path[len("/v1") :]).encode("latin-1")
     query: bytes = scope.get("query_string", b"")
     if query:
         target += b"?" + query
-    await fw.forward(route, scope, receive, send, "POST", target, headers, body, extra, status)
+    await fw.forward(route, scope, receive, send, "POST", target, headers, body, extra, status, rewrite=rename)

@@ -144,6 +144,11 @@ class Stats:
         for s in self.services.values() if everything else dirty:
             s.flush()
 
+    def refused(self, service: str, status: int) -> None:
+        """A request answered before it started (over a rate limit): counted by status, not as
+        traffic (the autoscaler must not add replicas for requests it refused)."""
+        REQUESTS.labels(service, str(status)).inc()
+
     def upstream_error(self, service: str, kind: str) -> None:
         UPSTREAM_ERRORS.labels(service, kind).inc()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from typing import Protocol
 
 import aiohttp
 
@@ -43,6 +44,14 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"
 }
 _RESPONSE_DROP = HOP_BY_HOP
+class BodyRewrite(Protocol):
+    """Changes a response's bytes on the way (gateway.api.model_names.ModelRename)."""
+
+    def whole(self, body: bytes) -> bytes: ...
+    def feed(self, chunk: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
 # Small enough to read whole and send in one message (fewer event-loop turns per request).
 SMALL_BODY = 256 * 1024
 
@@ -120,9 +129,11 @@ def upstream_failure(e: UpstreamError | TimeoutError, service: str) -> GatewayEr
 
 
 async def relay_response(
-    resp: Response, receive: Receive, send: Send, extra: Iterable[tuple[bytes, bytes]] = (), service: str = "", watched: bool = False
+    resp: Response, receive: Receive, send: Send, extra: Iterable[tuple[bytes, bytes]] = (), service: str = "", watched: bool = False,
+    rewrite: BodyRewrite | None = None,
 ) -> None:
-    """Send the replica's response to the client: whole when small, else chunk by chunk.
+    """Send the replica's response to the client: whole when small, else chunk by chunk
+    (`rewrite`: changed on the way, its Content-Length recomputed or dropped for chunked).
 
     While streaming, a client hanging up stops the reading of the replica (for a model server
     that frees the slot instead of generating for nobody). `watched`: the server cancels this
@@ -130,9 +141,14 @@ async def relay_response(
     """
     headers = response_headers(resp.headers, extra)
     length = resp.content_length
+    if rewrite is not None:
+        headers = [(k, v) for k, v in headers if k != b"content-length"]
     try:
         if resp.at_eof or (length is not None and length <= SMALL_BODY):
             body = await resp.read()
+            if rewrite is not None:
+                body = rewrite.whole(body)
+                headers.append((b"content-length", b"%d" % len(body)))
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
@@ -142,16 +158,21 @@ async def relay_response(
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     try:
         if resp.at_eof:  # a short stream that arrived at once needs no watcher task
-            await send({"type": "http.response.body", "body": first, "more_body": False})
+            body = first if rewrite is None else rewrite.whole(first)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
-        await _stream(resp, receive, send, first, watched)
+        await _stream(resp, receive, send, first, watched, rewrite)
     except (UpstreamError, TimeoutError) as e:
         raise ResponseAborted(f"{type(e).__name__}: {e}") from e
 
 
-async def _stream(resp: Response, receive: Receive, send: Send, first: bytes, watched: bool) -> None:
+async def _stream(
+    resp: Response, receive: Receive, send: Send, first: bytes, watched: bool, rewrite: BodyRewrite | None = None
+) -> None:
     watcher = None if watched else asyncio.ensure_future(wait_disconnect(receive))
     try:
+        if rewrite is not None:
+            first = rewrite.feed(first)
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
         while True:
@@ -161,8 +182,13 @@ async def _stream(resp: Response, receive: Receive, send: Send, first: bytes, wa
             if watcher is not None and watcher.done():
                 resp.close()
                 return
+            if rewrite is not None:
+                chunk = rewrite.feed(chunk)
+                if not chunk:
+                    continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        last = rewrite.flush() if rewrite is not None else b""
+        await send({"type": "http.response.body", "body": last, "more_body": False})
     finally:
         if watcher is not None:
             watcher.cancel()

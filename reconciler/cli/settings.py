@@ -29,7 +29,10 @@ DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_READY_TIMEOUT = 1800.0
 # Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
-RECONCILER_KEYS = ("previews", "webhook_secret", "egress", "sandbox", "default_backends", "default_backend")
+RECONCILER_KEYS = (
+    "previews", "webhook_secret", "egress", "sandbox", "default_backends", "default_backend",
+    "token_limits",  # the gateway's (gateway.ratelimit_settings reads it)
+)
 SANDBOX_MODES = ("auto", "required", "off")
 BACKEND_KINDS = ("local", "aws", "azure")
 WEBHOOK_SECRET_ENV = "TIDEGATE_WEBHOOK_SECRET"
@@ -322,7 +325,11 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
 
     try:
         gateway_options = gateway_overrides(args)
-    except ValueError as e:
+        if settings_file and "token_limits" in ours:
+            from gateway.ratelimit_settings import read_token_limits
+
+            gateway_options["token_limits"] = read_token_limits(Path(settings_file).expanduser())
+    except ValueError as e:  # TokenLimitsError is one, naming file:line:column
         raise SettingsError(str(e)) from e
     return Settings(
         state_dir=Path(state).expanduser().resolve(),

@@ -31,6 +31,9 @@ class Action(StrEnum):
     RESTART_REPLICA = "restart_replica"  # a FAILED replica whose backoff expired
     DRAIN_REPLICA = "drain_replica"  # out of the routes; removed after the drain grace
     REMOVE_REPLICA = "remove_replica"
+    # A removed service leaves the routes first (new requests get 404) and its replicas drain;
+    # DELETE_SERVICE stops them once drained (no request cut: it would get a 502).
+    UNROUTE_SERVICE = "unroute_service"
     DELETE_SERVICE = "delete_service"
 
 
@@ -52,6 +55,10 @@ class Target:
 class Desired:
     services: Mapping[str, Target]
     prune: bool = True  # False: services absent from `services` are left alone (empty commit)
+    # A removed service's replicas are stopped this long after it left the routes at the latest,
+    # and not before `drain_min` (the gateway reloads routes) unless nothing is in flight: as rolls.
+    drain_grace: float = 30.0
+    drain_min: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,18 @@ def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> 
     return steps
 
 
+def _deletion_steps(desired: Desired, a: ServiceRecord, now: float) -> list[Step]:
+    """A removed service: out of the routes first, replicas stopped once they drained."""
+    serving = [r for r in a.replicas if r.address and r.phase in (ReplicaPhase.READY, ReplicaPhase.DRAINING)]
+    if a.unrouted_at is None and serving:
+        return [Step(Action.UNROUTE_SERVICE, a.name, reason="config removed: out of the routes, stopped once drained")]
+    waited = now - (a.unrouted_at if a.unrouted_at is not None else now)
+    busy = any(r.in_flight for r in serving)
+    if not serving or waited >= desired.drain_grace or (not busy and waited >= desired.drain_min):
+        return [Step(Action.DELETE_SERVICE, a.name, reason="config removed")]
+    return []
+
+
 def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> Plan:
     """Steps that move `actual` towards `desired`, deterministic for equal inputs."""
     steps: list[Step] = []
@@ -248,7 +267,7 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> P
             if not desired.prune:
                 notes.append(f"{name}: no longer in the config, kept because pruning is off")
                 continue
-            steps.append(Step(Action.DELETE_SERVICE, name, reason="config removed"))
+            steps.extend(_deletion_steps(desired, a, now))
             continue
         if t.keep:
             notes.append(f"{name}: left as it is: {t.keep_reason}")

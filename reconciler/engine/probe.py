@@ -118,7 +118,7 @@ def probe_replica(address: str, model: ModelRoute | None, timeout: float = 2.0) 
     else:
         prefix = "/" + model.prefix.strip("/") if model.prefix.strip("/") else ""
         what, method, path = f"POST {prefix}/chat/completions", "POST", prefix + "/chat/completions"
-        body = {"model": model.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        body = {"model": model.served_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     try:
         status = request_status(address, method, path, timeout, json=body)
     except (httpx.HTTPError, TimeoutError, ValueError, OSError) as e:

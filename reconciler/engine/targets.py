@@ -143,7 +143,7 @@ def build_targets(
             "service(s). Use --allow-empty to tear them down."
         )
         log.warning(notes[-1])
-    return Desired(targets, prune=prune), decisions, notes
+    return Desired(targets, prune=prune, drain_grace=settings.drain_grace, drain_min=settings.drain_min), decisions, notes
 
 
 def _record_diagnostics(rec: ServiceRecord, ds: DesiredSet, path: str | None) -> None:
@@ -231,6 +231,7 @@ def sync_records(
             d.backend,
         )
         rec.env_names, rec.spec_summary, rec.route = list(d.env_names), dict(d.summary), d.route
+        rec.unrouted_at = None  # its config is back while it drained: routed again
         dec = decisions.get(name)
         if dec is not None:
             scaling_reasons[name] = dec.reason

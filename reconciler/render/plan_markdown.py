@@ -76,7 +76,7 @@ def rows(plan: Plan, services: Mapping[str, DesiredService]) -> list[ServiceRow]
         actions = {s.action for s in plan.for_service(name)}
         changes = plan.changes.get(name, ())
         d = services.get(name)
-        if Action.DELETE_SERVICE in actions:
+        if Action.DELETE_SERVICE in actions or Action.UNROUTE_SERVICE in actions:
             verb = "delete"
         elif Action.CREATE_SERVICE in actions:
             verb = "create"

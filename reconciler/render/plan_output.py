@@ -23,6 +23,7 @@ _VERBS = {
     Action.RESTART_REPLICA: "restart replica",
     Action.DRAIN_REPLICA: "drain replica",
     Action.REMOVE_REPLICA: "remove replica",
+    Action.UNROUTE_SERVICE: "unroute service (replicas stop once drained)",
     Action.DELETE_SERVICE: "delete service",
 }
 
@@ -31,13 +32,13 @@ def symbol(steps: list[Step]) -> str:
     actions = {s.action for s in steps}
     if Action.CREATE_SERVICE in actions:
         return "+"
-    if Action.DELETE_SERVICE in actions:
+    if Action.DELETE_SERVICE in actions or Action.UNROUTE_SERVICE in actions:
         return "-"
     return "~"
 
 
 def _describe(steps: list[Step]) -> str:
-    counts = Counter(s.action for s in steps if s.action not in (Action.CREATE_SERVICE, Action.DELETE_SERVICE))
+    counts = Counter(s.action for s in steps if s.action not in (Action.CREATE_SERVICE, Action.DELETE_SERVICE, Action.UNROUTE_SERVICE))
     parts = [f"{n} x {_VERBS[a]}" if n > 1 else _VERBS[a] for a, n in counts.items()]
     return ", ".join(parts)
 

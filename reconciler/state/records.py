@@ -146,6 +146,9 @@ class ServiceRecord(BaseModel):
     route: RouteInfo | None = None
     stopped: bool = False
     stopped_spec: str | None = None  # the spec when stopped (kept for history; `start` alone resumes)
+    # Its config was removed: since then out of the routes (withdrawn), its replicas draining
+    # until the engine stops them (engine.plan's UNROUTE_SERVICE, then DELETE_SERVICE).
+    unrouted_at: float | None = None
     # The problems of its config file at the current revision (`path:line:col: field: message`),
     # while that file has errors; shown by `ps`. Empty when the file is fine.
     diagnostics: list[str] = Field(default_factory=list)

@@ -85,6 +85,7 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
             preview_pr=(preview_prs or {}).get(name),
             rate_limits=rec.route.rate_limits,
             stopped=rec.stopped,
+            withdrawn=rec.unrouted_at is not None,
         )
     revision = doc.last_snapshot.revision if doc.last_snapshot else None
     return RoutesSnapshot(serial=doc.serial, revision=revision, domain=domain, services=services)

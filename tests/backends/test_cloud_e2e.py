@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -285,7 +286,11 @@ def test_cloud_service_is_provisioned_probed_routed_scaled_and_torn_down(
             .replace("name: llm", "name: keep")
             .replace("HF_TOKEN", "MISSING_TOKEN")
         )
-        engine.reconcile(Snapshot("2" * 40, repo))
+        gone = Snapshot("2" * 40, repo)
+        engine.reconcile(gone)  # first out of the routes, the replica still running (it drains)
+        assert "llm" not in {n for n, r in json.loads((state / "routes.json").read_text())["services"].items() if not r.get("withdrawn")}
+        assert [r.replica_id for r in backend.list_owned()] == [owned.replica_id]
+        converge(engine, gone, lambda: not backend.list_owned())  # then stopped once drained
         assert [r.replica_id for r in backend.list_owned()] == [], "removing the file tears the replica down"
         assert backend.tunnels._manager.replica_ids() == []  # type: ignore[attr-defined]
         assert not first_socket.exists(), "the socket went with its replica"

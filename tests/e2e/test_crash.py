@@ -90,3 +90,37 @@ def test_kill_during_rolling_update(remote: Remote, tidegate: Tidegate, fault: s
     for name in SERVICES:
         for _ in range(4):  # every replica now answers with the new env
             assert tidegate.get(name).json()["greeting"] == "v2"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        # The unroute pass wrote the state (unrouted_at) but died before publishing the routes;
+        # then: the deletion's replica delete journaled but not recorded.
+        pytest.param("after_state_write:1", id="delete-after-unroute-state-write"),
+        pytest.param("after_delete:1", id="delete-after-replica-delete"),
+    ],
+)
+def test_kill_during_teardown(remote: Remote, tidegate: Tidegate, fault: str) -> None:
+    """Deleting a service unroutes it first (its replicas drain), then stops them: a crash at
+    either step ends, after a restart, with the service gone and nothing leaked or doubled."""
+    first = push_services(remote, "v1")
+    tidegate.up(remote.url)
+    wait_for(lambda: converged(tidegate, first), timeout=90, what="first deploy")
+    tidegate.stop_all()
+    remote.push({"web-b.dstack.yml": None}, "remove web-b")
+
+    crashed = tidegate.up(remote.url, env={"TIDEGATE_FAULT": fault})
+    assert crashed.wait(120) == -9, f"the fault {fault} was not reached:\n{tidegate.log_text()}"
+    tidegate.up(remote.url)
+
+    def gone() -> dict[str, dict[str, Any]] | None:
+        ps = tidegate.ps()
+        a = ps.get("web-a")
+        return ps if "web-b" not in ps and a is not None and a["ready"] == 2 else None
+
+    ps = wait_for(gone, timeout=90, what=f"web-b deleted after {fault}")
+    trees = assert_one_tree_per_replica(tidegate, ps)
+    assert not any(rid.startswith("web-b-") for rid in trees)
+    assert tidegate.get("web-a").status_code == 200
+    assert tidegate.get("web-b").status_code == 404

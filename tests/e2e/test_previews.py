@@ -19,6 +19,7 @@ import textwrap
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.e2e.helpers import Remote, Tidegate, service_yaml, wait_for
@@ -53,7 +54,15 @@ APP = textwrap.dedent(
                         "pr": os.environ.get("TIDEGATE_PREVIEW_PR")})
 
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if body.get("model") != "echo":  # as vLLM and TGI: only the name it serves
+                data = json.dumps({"object": "error", "message": "The model does not exist.", "code": 404}).encode()
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             self._send({"id": "c", "object": "chat.completion", "created": 0, "model": "echo",
                         "choices": [{"index": 0, "finish_reason": "stop",
                                      "message": {"role": "assistant", "content": os.environ.get("GREETING")}}]})
@@ -147,6 +156,11 @@ def test_preview_lifecycle_through_the_gateway(remote: Remote, tidegate: Tidegat
         f"http://127.0.0.1:{tg.port}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=5
     ).json()
     assert {m["id"]: m["owned_by"] for m in models["data"]} == {"echo": "web", "echo@pr-7": "web-pr-7"}
+    # The replica serves only `echo`: the gateway renames the preview's model both ways.
+    sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{tg.port}/v1", api_key=token, max_retries=0)
+    answer = sdk.chat.completions.create(model="echo@pr-7", messages=[{"role": "user", "content": "hi"}])
+    assert (answer.model, answer.choices[0].message.content) == ("echo@pr-7", "pr7-first")
+    assert sdk.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}]).model == "echo"
     [preview] = ps_json(tg)["previews"]["previews"]
     assert (preview["name"], preview["pr"], preview["head_sha"]) == ("web-pr-7", 7, sha1)
     assert preview["expires_at"] is not None

@@ -82,8 +82,17 @@ def test_local_service_is_deployed_probed_routed_and_torn_down(
     (repo / "keep.dstack.yml").write_text(
         SERVICE.replace("name: hello", "name: keep").replace("GREETING", "NOPE")
     )
-    eng.reconcile(Snapshot("3" * 40, repo))
+    gone = Snapshot("3" * 40, repo)
+    eng.reconcile(gone)
+    # First out of the routes (withdrawn: 404 for new requests), the replica still serving what
+    # is in flight; stopped once drained (drain_min later: nothing is in flight).
+    assert eng.routes.services["hello"].withdrawn and len(backend.list_owned()) == 1
+    deadline = time.monotonic() + 30
+    while backend.list_owned() and time.monotonic() < deadline:
+        time.sleep(0.2)
+        eng.reconcile(gone)
     assert backend.list_owned() == [], "removing the file tears the service down"
+    assert "hello" not in eng.routes.services
     [row] = eng.status()
     assert row.name == "keep" and row.status == "blocked" and "NOPE" in row.reason
 

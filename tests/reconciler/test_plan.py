@@ -34,6 +34,14 @@ def svc(*replicas: ReplicaRecord, spec: str = OLD) -> dict[str, ServiceRecord]:
     return {"web": ServiceRecord(name="web", spec_hash=spec, replicas=list(replicas))}
 
 
+def gone(*replicas: ReplicaRecord, unrouted_at: float | None = None) -> dict[str, ServiceRecord]:
+    """A service whose config was removed (`unrouted_at`: when it left the routes)."""
+    return {"web": ServiceRecord(name="web", spec_hash=OLD, replicas=list(replicas), unrouted_at=unrouted_at)}
+
+
+URL = "http://127.0.0.1:9"
+
+
 def want(count: int, spec: str = OLD, **kw: object) -> Desired:
     return Desired({"web": Target("web", spec, count, **kw)})  # type: ignore[arg-type]
 
@@ -148,6 +156,13 @@ CASES = [
     pytest.param(want(2, keep=True, keep_reason="bad file"), svc(rep(0, F)), [], id="kept-service-untouched"),
     pytest.param(Desired({}), svc(rep(0)), ["delete_service:web"], id="removed-file-deletes"),
     pytest.param(Desired({}, prune=False), svc(rep(0)), [], id="no-prune-keeps"),
+    # Teardown drains: out of the routes first, replicas stopped once nothing is in flight.
+    pytest.param(Desired({}), gone(rep(0, address=URL), rep(1, P)), ["unroute_service:web"], id="removed-serving-unroutes-first"),
+    pytest.param(Desired({}), gone(rep(0, D, address=URL, in_flight=0), unrouted_at=NOW - 1), [], id="unrouted-waits-drain-min"),
+    pytest.param(Desired({}), gone(rep(0, D, address=URL, in_flight=2), unrouted_at=NOW - 10), [], id="unrouted-waits-in-flight"),
+    pytest.param(Desired({}), gone(rep(0, D, address=URL, in_flight=0), unrouted_at=NOW - 2), ["delete_service:web"], id="unrouted-drained-deletes"),
+    pytest.param(Desired({}), gone(rep(0, D, address=URL, in_flight=2), unrouted_at=NOW - 30), ["delete_service:web"], id="unrouted-grace-ends"),
+    pytest.param(Desired({}, drain_grace=60), gone(rep(0, D, address=URL, in_flight=2), unrouted_at=NOW - 30), [], id="unrouted-own-grace"),
 ]
 
 
