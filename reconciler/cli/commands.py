@@ -307,6 +307,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         loop = Loop(the_pass, settings.interval, state_dir=settings.state_dir, on_wake=the_pass.request_fetch)
         signals.append(loop)
+        # A service's backend work settled on a worker: a pass probes, saves and routes it now
+        # (no fetch: nothing changed upstream).
+        engine.on_settled = lambda name: loop.wake(f"{name}: backend work settled", fetch=False)
         if hasattr(source, "watch"):
             loop.add_watcher(source.watch(lambda: loop.wake("file saved"), loop.stop_event))
         say(f"tidegate up: watching {source.describe()} (state {settings.state_dir}); Ctrl-C stops, replicas keep running")

@@ -76,6 +76,7 @@ def build_engine(settings: Settings, read_only: bool = False, *, missing_env_ok:
         env=settings.env,
         ready_timeout=settings.ready_timeout,
         default_backends=settings.default_backends,
+        workers=settings.workers,
         missing_env_ok=missing_env_ok,
     )
     registry = build_registry(settings, owner, tunnels=not read_only)
@@ -251,7 +252,9 @@ class Pass:
                     self.previews.refresh(self.last, self.wall())
                 except Exception:  # previews must never hold production's reconcile back
                     log.exception("previews: refresh failed; keeping the previous previews")
-            report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None)
+            # Backend work runs on the engine's workers; the pass never waits for it (a worker
+            # that settles wakes the loop: `up` wires `engine.on_settled`).
+            report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None, wait=False)
             self._post_statuses(report)
             self._sweep_orphans(now)
             self._housekeeping(now)

@@ -102,10 +102,11 @@ class Loop:
         if job is not None:
             job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=max(0.0, seconds)))
 
-    def wake(self, reason: str = "wake") -> None:
-        """Run a pass now (or right after the running one). Safe from any thread."""
+    def wake(self, reason: str = "wake", fetch: bool = True) -> None:
+        """Run a pass now (or right after the running one). Safe from any thread. `fetch` False:
+        an internal event (a worker's work settled) that needs no `on_wake` (no git fetch)."""
         log.debug("wake-up: %s", reason)
-        if self._on_wake is not None:
+        if self._on_wake is not None and fetch:
             self._on_wake(reason)
         with self._lock:
             if self._running:

@@ -123,9 +123,13 @@ def observe(
     s: ObserveSettings,
     desired_hashes: Mapping[str, str],
     mask: ReplicaMask = no_mask,
+    skip: frozenset[str] | set[str] = frozenset(),
 ) -> list[str]:
     """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report.
-    Backend messages are masked with `mask` before they are recorded."""
+    Backend messages are masked with `mask` before they are recorded. Services in `skip` have
+    work running on a worker (reconciler.engine.dispatch): their records and the replicas the
+    backend lists for them are left alone until it settles (a replica mid-create is not an
+    orphan to adopt, one mid-delete is not a failure)."""
     problems: list[str] = []
     names = in_use | {r.backend for rec in doc.services.values() for r in rec.replicas}
     for bname in sorted(names):
@@ -142,6 +146,8 @@ def observe(
                 if r.backend != bname:
                     continue
                 info = infos.pop(r.id, None)
+                if rec.name in skip:
+                    continue
                 if info is None or info.status is ReplicaStatus.GONE:
                     if r.phase is ReplicaPhase.DRAINING:
                         rec.replicas.remove(r)
@@ -164,6 +170,8 @@ def observe(
         for info in infos.values():
             if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
                 continue  # on its way out (a delete we already made): nothing to adopt
+            if skip and _service_for(doc, info, None) in skip:
+                continue  # created by a worker that has not recorded it yet
             adopt(doc, info, now, desired_hashes)
     return problems
 

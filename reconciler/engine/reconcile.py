@@ -24,20 +24,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from backends.base import BackendRegistry
-from reconciler.engine.apply import ApplyContext, FaultHook, apply_plan
-from reconciler.engine.autoscale import ServiceStats
+from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
+from reconciler.engine.autoscale import ScalingDecision, ServiceStats
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
+from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.liveness import recheck_in, recheck_ready
 from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
 from reconciler.engine.persist import Outputs
-from reconciler.engine.plan import Plan, plan
+from reconciler.engine.plan import Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_http, probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
@@ -75,6 +77,20 @@ MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
 # A held pass looks again this soon (not the whole interval): the roll it holds resumes within
 # seconds of the state becoming writable. The check is a stat, a statvfs and one small write.
 HELD_RECHECK = 5.0
+# `close()` waits this long for work running on workers before it returns (their intents are
+# journaled, so whatever is cut short is settled by the next start).
+STOP_TIMEOUT = 10.0
+
+# What `_decide` hands to the apply half of a pass.
+_Decided = tuple[
+    DesiredSet | None,
+    Plan,
+    list[str],
+    Mapping[str, ScalingDecision],
+    Desired,
+    Mapping[str, DesiredService],
+    float,
+]
 
 
 class Engine:
@@ -131,14 +147,43 @@ class Engine:
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
+        # One lock over the state document, the journal and the state file: the pass, the workers
+        # and the state writer take it; backend calls run outside it (reconciler.engine.apply).
+        self.lock = threading.RLock()
+        self._closing = False
+        self._dispatch: Dispatcher | None = None
+        if self.settings.workers > 0 and not read_only:
+            self._dispatch = Dispatcher(
+                self.settings.workers, self._apply_service, self.settings.backoff_base, self.settings.backoff_max
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
     def owner(self) -> str:
         return self.installation.id
 
+    @property
+    def on_settled(self) -> Callable[[str], None] | None:
+        """Called (from a worker thread) when a service's dispatched work settled."""
+        return self._dispatch.on_settled if self._dispatch is not None else None
+
+    @on_settled.setter
+    def on_settled(self, fn: Callable[[str], None] | None) -> None:
+        if self._dispatch is not None:
+            self._dispatch.on_settled = fn
+
+    def busy(self) -> set[str]:
+        """Services whose backend work is queued or running on a worker."""
+        return self._dispatch.busy() if self._dispatch is not None else set()
+
     def close(self) -> None:
         try:
+            if self._dispatch is not None:
+                left = self._dispatch.stop(STOP_TIMEOUT)
+                if left:
+                    log.warning("stopping with backend work still running for %s (settled on the next start)", ", ".join(left))
+            with self.lock:
+                self._closing = True  # a worker that returns late writes no state after release
             self.backends.close()
         finally:
             self.store.release()
@@ -157,15 +202,21 @@ class Engine:
         return self.doc.model_dump_json(exclude={"serial", "updated_at"})
 
     def _save(self, force: bool = False) -> bool:
-        self.doc.journal_seq = self.journal.seq
-        dumped = self._dump()
-        if not force and dumped == self._last_saved:
-            return False
-        self.store.save(self.doc)
-        self._last_saved = self._dump()
-        self._last_checkpoint = self.clock()
-        self._fault("after_state_write")
-        return True
+        with self.lock:
+            if self._closing:
+                return False
+            # Not past an intent still in flight on a worker: a crash now settles it on restart.
+            self.doc.journal_seq = self.journal.settled_seq
+            dumped = self._dump()
+            if not force and dumped == self._last_saved:
+                return False
+            self.store.save(self.doc)
+            self._last_saved = self._dump()
+            self._last_checkpoint = self.clock()
+            if self.journal.open_intents():
+                self._fault("open_state_write")
+            self._fault("after_state_write")
+            return True
 
     @property
     def state_fault(self) -> str | None:
@@ -259,6 +310,10 @@ class Engine:
     def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
         """What `reconcile` would do now. No side effects: works on a copy of the state."""
         now = self.clock()
+        with self.lock:  # held throughout: a worker must never see (and write) the scratch copy
+            return self._plan_locked(snapshot, now)
+
+    def _plan_locked(self, snapshot: SnapshotLike | None, now: float) -> PlanResult:
         saved = self.doc
         self.doc = saved.model_copy(deep=True)
         try:
@@ -300,20 +355,24 @@ class Engine:
 
     def stop_service(self, name: str) -> None:
         self._require_owner()
-        rec = self.doc.services.get(name)
-        if rec is None:
-            raise StateError(f"no service named {name!r} is deployed")
-        rec.stopped, rec.stopped_spec = True, rec.spec_hash
-        rec.note(self.clock(), "stopped", "tidegate stop")
-        self._save()
+        with self.lock:
+            self._set_stopped(name, True)
 
     def start_service(self, name: str) -> None:
         self._require_owner()
+        with self.lock:
+            self._set_stopped(name, False)
+
+    def _set_stopped(self, name: str, stopped: bool) -> None:
         rec = self.doc.services.get(name)
         if rec is None:
             raise StateError(f"no service named {name!r} is deployed")
-        rec.stopped, rec.stopped_spec = False, None
-        rec.note(self.clock(), "started", "tidegate start")
+        if stopped:
+            rec.stopped, rec.stopped_spec = True, rec.spec_hash
+            rec.note(self.clock(), "stopped", "tidegate stop")
+        else:
+            rec.stopped, rec.stopped_spec = False, None
+            rec.note(self.clock(), "started", "tidegate start")
         self._save()
 
     def status(self, log_lines: int = 5) -> list[ServiceView]:
@@ -331,11 +390,38 @@ class Engine:
         views = status_views(doc, logs)
         return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
 
-    def reconcile(self, snapshot: SnapshotLike | None = None) -> PassReport:
-        """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order)."""
+    def reconcile(self, snapshot: SnapshotLike | None = None, wait: bool = True) -> PassReport:
+        """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order).
+
+        With workers (`EngineSettings.workers` > 0) each service's steps run on the worker pool
+        (reconciler.engine.dispatch): `wait` (the `apply` command) waits for them before writing
+        state and routes; `wait=False` (the `up` loop) returns at once, and each service's work
+        wakes the loop when it settles (`on_settled`). Services with work still running are left
+        out of this pass's plan."""
         self._require_owner()
+        with self.lock:
+            ready = self._decide(snapshot)
+            if isinstance(ready, PassReport):
+                return ready
+            ds, p, notes, decisions, desired, last_good, now = ready
+            specs = {**last_good, **(ds.services if ds else {})}
+            if self._dispatch is None:
+                outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
+                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+            submitted = self._dispatch.submit(p.steps, specs)
+            if not (wait and submitted):
+                outcomes = self._dispatch.take_outcomes()
+                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+        self._dispatch.wait(submitted)  # the lock is free: the workers need it to record their work
+        with self.lock:
+            outcomes = self._dispatch.take_outcomes()
+            return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+
+    def _decide(self, snapshot: SnapshotLike | None) -> PassReport | _Decided:
+        """Observe, probe, build targets and plan (under the lock); a PassReport when held."""
         now = self.clock()
         doc = self.doc
+        busy = self._dispatch.busy() if self._dispatch is not None else set()
         ds = self._desired(snapshot)
         hashes = {n: d.spec_hash for n, d in (ds.services.items() if ds else [])}
         notes = observe(
@@ -346,6 +432,7 @@ class Engine:
             self._observe,
             hashes,
             mask=self.mask_replica,
+            skip=busy,
         )
         self._fill_secrets(doc.services.values())
         stats = self._read_stats(now)
@@ -375,9 +462,18 @@ class Engine:
         )
         notes += tnotes
         p = plan(desired, doc.services, now)
+        if busy:
+            # Their work runs on a worker: the plan of a half-applied service is planned again
+            # once it settles (level-based: skipping loses nothing).
+            running = sorted({s.service for s in p.steps} & busy)
+            p = replace(p, steps=tuple(s for s in p.steps if s.service not in busy))
+            notes += [f"{name}: work in progress; planned again when it settles" for name in running]
         held = self.outputs.hold_reason(self.doc, acting=not p.empty)
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
+        return ds, p, notes, decisions, desired, last_good, now
+
+    def _apply_context(self, now: float, specs: Mapping[str, DesiredService]) -> ApplyContext:
         ctx = ApplyContext(
             self.backends,
             self.journal,
@@ -386,10 +482,32 @@ class Engine:
             self.settings.backoff_base,
             self.settings.backoff_max,
             checkpoint=self._checkpoint,
+            lock=self.lock,
         )
-        specs = {**last_good, **(ds.services if ds else {})}
         ctx.mask = lambda service, text: self.mask_service(service, text, specs.get(service))
-        outcomes = apply_plan(p, doc, specs, ctx) if not p.empty else []
+        return ctx
+
+    def _apply_service(self, name: str, steps: Sequence[Step], specs: Mapping[str, DesiredService]) -> ServiceOutcome:
+        """A worker's job: one service's steps (reconciler.engine.dispatch), timed from now."""
+        ctx = self._apply_context(self.clock(), specs)
+        outcomes = apply_plan(Plan(tuple(steps)), self.doc, specs, ctx)
+        return outcomes[0] if outcomes else ServiceOutcome(name, 0)
+
+    def _finish(
+        self,
+        snapshot: SnapshotLike | None,
+        ds: DesiredSet | None,
+        p: Plan,
+        notes: list[str],
+        decisions: Mapping[str, ScalingDecision],
+        desired: Desired,
+        last_good: Mapping[str, DesiredService],
+        specs: Mapping[str, DesiredService],
+        outcomes: Sequence[ServiceOutcome],
+        now: float,
+    ) -> PassReport:
+        """After apply (or dispatch): records synced, then state saved and routes published."""
+        doc = self.doc
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
             self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}

@@ -186,7 +186,7 @@ class FakeEngine:
         self.stopped: list[str] = []
         self.demand: list[str] = []
 
-    def reconcile(self, snapshot: object) -> object:
+    def reconcile(self, snapshot: object, wait: bool = True) -> object:
         from types import SimpleNamespace
 
         self.revisions.append(snapshot.revision)  # type: ignore[attr-defined]
