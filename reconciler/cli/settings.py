@@ -28,7 +28,7 @@ DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_READY_TIMEOUT = 1800.0
 # Services applied at once (reconciler.engine.dispatch): backend calls are I/O, threads are cheap.
-DEFAULT_WORKERS = 16
+DEFAULT_WORKERS = 32
 # Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
 RECONCILER_KEYS = ("previews", "webhook_secret", "egress", "sandbox", "default_backends", "default_backend")
 SANDBOX_MODES = ("auto", "required", "off")
