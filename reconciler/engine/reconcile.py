@@ -30,14 +30,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from backends.base import BackendRegistry
+from backends.base import BackendRegistry, ReplicaInfo
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.liveness import recheck_in, recheck_ready
-from reconciler.engine.observe import ObserveSettings, Prober, observe, probe_pending, settle_journal
+from reconciler.engine.observe import (
+    ObserveSettings,
+    Prober,
+    list_backends,
+    observe,
+    probe_pending,
+    settle_journal,
+)
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_http, probe_replica
@@ -151,6 +158,7 @@ class Engine:
         # and the state writer take it; backend calls run outside it (reconciler.engine.apply).
         self.lock = threading.RLock()
         self._closing = False
+        self._in_use: set[str] = set()  # backends the last pass's desired set used
         self._dispatch: Dispatcher | None = None
         if self.settings.workers > 0 and not read_only:
             self._dispatch = Dispatcher(
@@ -399,8 +407,17 @@ class Engine:
         wakes the loop when it settles (`on_settled`). Services with work still running are left
         out of this pass's plan."""
         self._require_owner()
+        # The backends are listed before the lock is taken (a cloud API call must not hold the
+        # workers up); services busy at that moment are left alone by this pass's observe, so a
+        # replica a worker records meanwhile is never mistaken for one that vanished.
+        busy_before = self.busy()
+        listings = None
+        if self._dispatch is not None:
+            with self.lock:
+                names = {r.backend for rec in self.doc.services.values() for r in rec.replicas}
+            listings = list_backends(self.backends, names | self._in_use)
         with self.lock:
-            ready = self._decide(snapshot)
+            ready = self._decide(snapshot, busy_before, listings)
             if isinstance(ready, PassReport):
                 return ready
             ds, p, notes, decisions, desired, last_good, now = ready
@@ -417,13 +434,19 @@ class Engine:
             outcomes = self._dispatch.take_outcomes()
             return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
 
-    def _decide(self, snapshot: SnapshotLike | None) -> PassReport | _Decided:
+    def _decide(
+        self,
+        snapshot: SnapshotLike | None,
+        busy_before: set[str],
+        listings: Mapping[str, Sequence[ReplicaInfo] | Exception] | None,
+    ) -> PassReport | _Decided:
         """Observe, probe, build targets and plan (under the lock); a PassReport when held."""
         now = self.clock()
         doc = self.doc
-        busy = self._dispatch.busy() if self._dispatch is not None else set()
+        busy = busy_before | self.busy()
         ds = self._desired(snapshot)
         hashes = {n: d.spec_hash for n, d in (ds.services.items() if ds else [])}
+        self._in_use = {d.backend for d in (ds.services.values() if ds else [])}
         notes = observe(
             doc,
             self.backends,
@@ -433,6 +456,7 @@ class Engine:
             hashes,
             mask=self.mask_replica,
             skip=busy,
+            listings=listings,
         )
         self._fill_secrets(doc.services.values())
         stats = self._read_stats(now)
