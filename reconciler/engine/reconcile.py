@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.liveness import recheck_in, recheck_ready
+from reconciler.engine.masking import ReplicaMasking
 from reconciler.engine.observe import (
     ObserveSettings,
     Prober,
@@ -61,8 +62,8 @@ from reconciler.engine.values import (
 )
 from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
-from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, SnapshotRef, StateDoc
-from reconciler.state.redact import SecretBook, withheld
+from reconciler.state.records import ReplicaPhase, SnapshotRef, StateDoc
+from reconciler.state.redact import SecretBook
 from reconciler.state.store import StateStore
 from reconciler.state.view import ServiceView, build_routes, status_views
 from tidegate.routes import RoutesSnapshot
@@ -100,7 +101,7 @@ _Decided = tuple[
 ]
 
 
-class Engine:
+class Engine(ReplicaMasking):
     def __init__(
         self,
         state_dir: Path,
@@ -259,53 +260,6 @@ class Engine:
 
     def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
         return self._loader.last_good(self.doc, ds)
-
-    # -- secrets -------------------------------------------------------------------------------
-    def _received(self, r: ReplicaRecord) -> Mapping[str, str]:
-        """The secrets (name -> hash) replica `r` received: recorded at its creation, else (adopted
-        after a crash) those of its spec, when a desired set of this process had that spec."""
-        return r.secrets or self.secrets.for_spec(r.spec_hash) or {}
-
-    def _fill_secrets(self, records: Iterable[ServiceRecord]) -> None:
-        for rec in records:
-            for r in rec.replicas:
-                if not r.secrets:
-                    known = self.secrets.for_spec(r.spec_hash)
-                    if known:
-                        r.secrets = dict(known)
-
-    def mask_replica(self, r: ReplicaRecord, text: str) -> str:
-        """Text from replica `r` (its exit message, a probe error) with its secrets masked."""
-        return self.secrets.mask(self._received(r), text)
-
-    def mask_replica_lines(self, r: ReplicaRecord, lines: Iterable[str]) -> list[str]:
-        """Replica output: masked with the values of the secrets it received, or withheld when this
-        process cannot re-derive one of them (reconciler.state.redact)."""
-        lines = list(lines)
-        masker = self.secrets.masker(self._received(r))
-        if masker is None:
-            return [withheld(self.secrets.unknown(self._received(r)))] if lines else []
-        return masker.lines(lines)
-
-    def replica_logs(self, backend: str, replica_id: str, lines: int) -> list[str]:
-        """The last `lines` a replica wrote, masked as `ps` masks them. A replica this state no
-        longer knows is masked with every secret value this process resolved."""
-        got = list(self.backends.get(backend).logs(replica_id, lines))
-        for rec in self.doc.services.values():
-            for r in rec.replicas:
-                if r.id == replica_id:
-                    return self.mask_replica_lines(r, got)
-        return self.secrets.all_secrets().lines(got)
-
-    def mask_service(self, name: str, text: str, desired: DesiredService | None = None) -> str:
-        """Text from a backend about service `name` (a create/delete error) with the secrets of its
-        desired spec and of every replica it has masked."""
-        received: list[Mapping[str, str]] = [desired.secrets] if desired is not None else []
-        rec = self.doc.services.get(name)
-        received += [self._received(r) for r in rec.replicas] if rec is not None else []
-        for one in received:
-            text = self.secrets.mask(one, text)
-        return text
 
     # -- public API ------------------------------------------------------------------------------
     def desired(self, snapshot: SnapshotLike) -> DesiredSet:
