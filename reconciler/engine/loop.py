@@ -117,6 +117,8 @@ class Loop:
         """Run a pass now (or right after the running one). Safe from any thread. `fetch` False:
         an internal event (a worker's work settled) that needs no `on_wake` (no git fetch)."""
         log.debug("wake-up: %s", reason)
+        if self._stop.is_set():
+            return  # shutting down (a worker settling as `up` stops): no pass to run
         if self._on_wake is not None and fetch:
             self._on_wake(reason)
         with self._lock:
