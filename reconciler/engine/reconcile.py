@@ -10,6 +10,11 @@ The values it takes and returns live in reconciler.engine.values, loading (and r
 sets in reconciler.engine.desired_loader, the offer choice in reconciler.engine.offers and the
 next-run time in reconciler.engine.schedule.
 
+With `EngineSettings.workers` > 0 (what `up` and `apply` run) the apply half goes to a bounded pool
+(reconciler.engine.dispatch): each service's steps on their own worker, the pass holding
+`Engine.lock` for its decisions and its writes and the workers holding it only to journal and
+record. The state written never claims a journal intent still in flight (`Journal.settled_seq`).
+
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
 
