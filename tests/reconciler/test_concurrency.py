@@ -13,6 +13,7 @@ import pytest
 from fakes import FakeBackend
 
 from backends.base import BackendRegistry
+from reconciler.engine.autoscale import ServiceStats
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.records import ReplicaPhase
 from tidegate.routes_io import read_snapshot
@@ -25,11 +26,15 @@ commands:
   - {cmd}
 port: 8000
 replicas: {replicas}
-"""
+{extra}"""
 
 
-def service(name: str, replicas: int = 1, cmd: str = "python -m http.server 8000") -> str:
-    return SERVICE.format(name=name, replicas=replicas, cmd=cmd)
+def service(name: str, replicas: int | str = 1, cmd: str = "python -m http.server 8000", extra: str = "") -> str:
+    return SERVICE.format(name=name, replicas=replicas, cmd=cmd, extra=extra)
+
+
+ROLLED = "python -m http.server 8000 --bind 127.0.0.1"
+AUTOSCALE = "scaling:\n  metric: rps\n  target: 10\n  scale_up_delay: 0\n  scale_down_delay: 600\n"
 
 
 class Cluster:
@@ -39,11 +44,13 @@ class Cluster:
         self.backend = backend
         self.workers = workers
         self.n = 0
+        self.stats: dict[str, ServiceStats] = {}
         self.engine = self.open()
 
     def open(self) -> Engine:
         settings = EngineSettings(workers=self.workers, drain_min=0.1, drain_grace=0.5, backoff_base=0.2)
-        return Engine(self.state, BackendRegistry({"local": self.backend}), settings, prober=self.backend.prober())
+        registry = BackendRegistry({"local": self.backend})
+        return Engine(self.state, registry, settings, prober=self.backend.prober(), stats=lambda: self.stats)
 
     def commit(self, files: dict[str, str]) -> Snapshot:
         self.n += 1
@@ -83,20 +90,27 @@ def hung() -> Iterator[FakeBackend]:
 
 
 def deploy_roll_scale(c: Cluster, hang_started: float, hang: float) -> None:
-    """While alpha's create hangs: beta deploys, rolls to a new spec, and scales to 3."""
+    """While alpha's create hangs: beta deploys, rolls to a new spec, scales to 3, and the
+    autoscaler takes it to 4 on load."""
     v1 = c.commit({"alpha": service("alpha"), "beta": service("beta")})
     c.drive(v1, lambda: len(c.upstreams("beta")) == 1, "beta deployed")
     [first] = c.upstreams("beta")
 
-    v2 = c.commit({"alpha": service("alpha"), "beta": service("beta", cmd="python -m http.server 8000 --bind 127.0.0.1")})
+    v2 = c.commit({"alpha": service("alpha"), "beta": service("beta", cmd=ROLLED)})
     c.drive(
         v2,
         lambda: len(c.upstreams("beta")) == 1 and first not in c.upstreams("beta") + c.backend.running("beta"),
         "beta rolled (new replica routed, the old one drained and removed)",
     )
 
-    v3 = c.commit({"alpha": service("alpha"), "beta": service("beta", 3, cmd="python -m http.server 8000 --bind 127.0.0.1")})
+    v3 = c.commit({"alpha": service("alpha"), "beta": service("beta", 3, cmd=ROLLED)})
     c.drive(v3, lambda: len(c.upstreams("beta")) == 3, "beta scaled to 3")
+
+    v4 = c.commit({"alpha": service("alpha"), "beta": service("beta", "1..4", cmd=ROLLED, extra=AUTOSCALE)})
+    c.stats["beta"] = ServiceStats(rps_30=35, rps_60=35, rps_300=35)  # 35 rps over a target of 10
+    c.drive(v4, lambda: len(c.upstreams("beta")) == 4, "beta autoscaled to 4")
+    with c.engine.lock:
+        assert "rps" in c.engine.doc.services["beta"].scaling[-1].reason
 
     # All of it happened inside the hang: alpha's create is still in flight on its worker.
     assert time.monotonic() - hang_started < hang
@@ -111,7 +125,7 @@ def test_a_hung_create_holds_no_other_service(tmp_path: Path, hung: FakeBackend)
     try:
         deploy_roll_scale(c, time.monotonic(), 60.0)
         hung.release()
-        v3 = c.commit({"alpha": service("alpha"), "beta": service("beta", 3, cmd="python -m http.server 8000 --bind 127.0.0.1")})
+        v3 = c.commit({"alpha": service("alpha"), "beta": service("beta", 3, cmd=ROLLED)})
         c.drive(v3, lambda: len(c.upstreams("alpha")) == 1, "alpha deployed once its create returned")
         assert len(hung.creates()) == len(set(hung.creates())), "nothing was created twice"
     finally:
@@ -124,7 +138,7 @@ def test_a_60s_hang_holds_no_other_service_and_then_settles(tmp_path: Path, hung
     started = time.monotonic()
     try:
         deploy_roll_scale(c, started, 60.0)
-        v3 = c.commit({"alpha": service("alpha"), "beta": service("beta", 3, cmd="python -m http.server 8000 --bind 127.0.0.1")})
+        v3 = c.commit({"alpha": service("alpha"), "beta": service("beta", 3, cmd=ROLLED)})
         c.drive(v3, lambda: len(c.upstreams("alpha")) == 1, "alpha deployed after its 60 s create", timeout=90)
         assert time.monotonic() - started >= 60.0
         assert len(c.upstreams("beta")) == 3
