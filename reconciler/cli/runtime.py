@@ -307,11 +307,9 @@ class Pass:
             from reconciler.previews.github import deploy_status_update
 
             previews = self.previews.preview_prs() if self.previews is not None else {}
-            counts = {
-                v.name: (v.ready, 0 if v.stopped else v.desired)
-                for v in status_views(self.engine.doc)
-                if v.name not in previews
-            }
+            with self.engine.lock:  # workers edit the records beside this thread
+                views = status_views(self.engine.doc)
+            counts = {v.name: (v.ready, 0 if v.stopped else v.desired) for v in views if v.name not in previews}
             update = deploy_status_update(report.revision, counts, report.errors, self.status_url)
             errors += self.deploy_reporter.post([update])
         for e in errors:

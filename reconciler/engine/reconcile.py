@@ -344,7 +344,11 @@ class Engine(ReplicaMasking):
 
     def status(self, log_lines: int = 5) -> list[ServiceView]:
         """Rows for `tidegate ps`, with the last log lines of failed replicas (best effort)."""
-        doc = self.store.load() if self.read_only else self.doc
+        if self.read_only:
+            doc = self.store.load()
+        else:
+            with self.lock:  # a copy: workers edit the records beside this thread
+                doc = self.doc.model_copy(deep=True)
         logs: dict[str, tuple[str, ...]] = {}
         for rec in doc.services.values():
             for r in rec.replicas:
