@@ -9,6 +9,7 @@ this mixin is that lookup, kept out of the pass (reconciler.engine.reconcile).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from backends.base import BackendRegistry
 from reconciler.engine.desired import DesiredService
@@ -17,11 +18,12 @@ from reconciler.state.redact import SecretBook, withheld
 
 
 class ReplicaMasking:
-    """Mixed into the Engine, which sets these three attributes."""
+    """Mixed into the Engine, which sets these attributes."""
 
     secrets: SecretBook
     doc: StateDoc
     backends: BackendRegistry
+    lock: Any  # the engine's RLock (reconciler.engine.reconcile)
 
     def _received(self, r: ReplicaRecord) -> Mapping[str, str]:
         """The secrets (name -> hash) replica `r` received: recorded at its creation, else (adopted
@@ -53,10 +55,10 @@ class ReplicaMasking:
         """The last `lines` a replica wrote, masked as `ps` masks them. A replica this state no
         longer knows is masked with every secret value this process resolved."""
         got = list(self.backends.get(backend).logs(replica_id, lines))
-        for rec in self.doc.services.values():
-            for r in rec.replicas:
-                if r.id == replica_id:
-                    return self.mask_replica_lines(r, got)
+        with self.lock:  # called from the control API's thread, beside the pass and the workers
+            known = next((r for rec in self.doc.services.values() for r in rec.replicas if r.id == replica_id), None)
+        if known is not None:
+            return self.mask_replica_lines(known, got)
         return self.secrets.all_secrets().lines(got)
 
     def mask_service(self, name: str, text: str, desired: DesiredService | None = None) -> str:
