@@ -52,7 +52,7 @@ from reconciler.engine.observe import (
     settle_journal,
 )
 from reconciler.engine.persist import Outputs
-from reconciler.engine.plan import Desired, Plan, Step, plan
+from reconciler.engine.plan import Action, Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_http, probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
@@ -388,7 +388,12 @@ class Engine(ReplicaMasking):
             if self._dispatch is None:
                 outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
                 return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
-            submitted = self._dispatch.submit(p.steps, specs)
+            # A new service's record is made here, in memory, so this pass's scaling decision and
+            # status land on it (sync_records); its backend calls go to a worker like any other.
+            new = tuple(st for st in p.steps if st.action is Action.CREATE_SERVICE)
+            if new:
+                apply_plan(Plan(new), self.doc, specs, self._apply_context(now, specs))
+            submitted = self._dispatch.submit([st for st in p.steps if st.action is not Action.CREATE_SERVICE], specs)
             if not (wait and submitted):
                 outcomes = self._dispatch.take_outcomes()
                 return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
