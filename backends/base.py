@@ -10,6 +10,23 @@ backend what it really has. So the protocol is small and every call is idempoten
 - `list_owned()` returns every replica carrying this installation's ownership mark, whether or not
   the caller remembers it (that is how orphans are found and adopted after a crash).
 
+Which calls may be slow, and how progress is observed. The reconciler runs each service's backend
+calls on a bounded pool of workers (reconciler.engine.workqueue); a call that holds a worker for a
+VM's whole boot holds that worker's share of every other service. So:
+
+- `create` and `delete` *start* an operation and return once the cloud accepted it: `create`
+  answers PROVISIONING (RUNNING when it already runs) with the replica's `handle`; `delete`
+  returns while the replica may still be TERMINATING. They never wait for a boot or a teardown to
+  finish (a cloud's long-running operation is left running, not `.result()`-ed). They may still
+  take a few API round trips: `CALL_BUDGET` is the wall time they are allowed.
+- Progress is observed, not awaited: `describe` / `list_owned` report PROVISIONING -> RUNNING (or
+  EXITED with a `message`), and TERMINATING -> None/GONE. The reconciler polls them on later
+  passes; nothing else carries an operation across passes, so a crash loses nothing.
+- `offers`, `describe`, `list_owned` and `logs` are reads, bounded by the SDK's own timeouts.
+
+The contract suite (tests/backends/contract.py) times `create`/`delete` against `CALL_BUDGET` and
+checks that `describe` shows the operation finish.
+
 Backends never import the reconciler or the gateway (import-linter enforces it); they get plain
 values from here.
 """
@@ -21,6 +38,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+# Wall time `create` / `delete` may hold their caller (see the module docstring): a few API calls,
+# never a boot. The contract suite checks it with a backend's own test doubles.
+CALL_BUDGET = 30.0
 
 
 class BackendError(Exception):
@@ -179,7 +200,8 @@ class Backend(Protocol):
         ...
 
     def create(self, spec: ReplicaSpec) -> ReplicaInfo:
-        """Start the replica, or return the one already started for `spec.replica_id`."""
+        """Start the replica, or return the one already started for `spec.replica_id`. Returns once
+        the start is accepted (PROVISIONING), not when the replica runs: `describe` shows that."""
         ...
 
     def describe(self, replica_id: str) -> ReplicaInfo | None:
@@ -191,7 +213,8 @@ class Backend(Protocol):
         ...
 
     def delete(self, replica_id: str) -> None:
-        """Stop the replica and free what was created with it. Already gone counts as success."""
+        """Stop the replica and free what was created with it. Already gone counts as success.
+        Returns once the deletion is under way; `describe` shows it finish (None or GONE)."""
         ...
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:

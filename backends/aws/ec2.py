@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -164,6 +165,9 @@ class Ec2Access:
         self._client_factory = client_factory or self._boto_client
         self._clients: dict[str, Any] = {}
         self._session: Any = None
+        # The reconciler's workers call in concurrently: a boto3 client is thread-safe, a
+        # Session (and making clients from it) is not.
+        self._clients_lock = threading.Lock()
 
     def _boto_client(self, region: str) -> Any:
         import boto3
@@ -177,9 +181,10 @@ class Ec2Access:
         )
 
     def _client(self, region: str) -> Any:
-        if region not in self._clients:
-            self._clients[region] = self._client_factory(region)
-        return self._clients[region]
+        with self._clients_lock:
+            if region not in self._clients:
+                self._clients[region] = self._client_factory(region)
+            return self._clients[region]
 
     def _call(self, region: str, what: str, method: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -37,6 +37,9 @@ class AzureBackend(AzureNetwork, CloudBackend):
     """Azure VMs in one resource group, tagged with this installation's owner id."""
 
     name = "azure"
+    # Seconds `create` waits on the VM's long-running operation before it returns PROVISIONING
+    # (within base.CALL_BUDGET with the network calls before it).
+    create_wait = 15.0
 
     def __init__(
         self,
@@ -205,12 +208,19 @@ class AzureBackend(AzureNetwork, CloudBackend):
             props["evictionPolicy"] = "Delete"
             props["billingProfile"] = {"maxPrice": max_price if max_price is not None else -1}
         vm_body: dict[str, Any] = {"location": loc, "tags": tags, "properties": props}
-        self._run(
-            "create vm",
-            lambda: self.compute.virtual_machines.begin_create_or_update(rg, name, vm_body).result(),
-        )
+        poller = self._run("create vm", lambda: self.compute.virtual_machines.begin_create_or_update(rg, name, vm_body))
+        # The boot is observed, not awaited (backends/base.py): ARM's quick answers (no capacity,
+        # a refused request) arrive within `create_wait`, so the next offer is still tried at once;
+        # after that the VM's provisioning state, read by `describe`, carries the operation on
+        # (Failed -> EXITED, and the next create clears it and launches again).
+        self._run("create vm", lambda: _settle_within(poller, self.create_wait))
         log.info(
-            "azure: created VM %s (%s, %s) for replica %s", name, offer.instance_type, loc, spec.replica_id
+            "azure: %s VM %s (%s, %s) for replica %s",
+            "created" if poller.done() else "creating",
+            name,
+            offer.instance_type,
+            loc,
+            spec.replica_id,
         )
         vm = self._get_vm(name)
         if vm is None:
@@ -223,3 +233,11 @@ class AzureBackend(AzureNetwork, CloudBackend):
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:
         return []  # boot diagnostics need a storage account; not collected
+
+
+def _settle_within(poller: Any, seconds: float) -> None:
+    """Wait up to `seconds` for a long-running operation; raise its error when it failed by then.
+    A running one is left to ARM (nothing holds the poller: `describe` reads the resource)."""
+    poller.wait(timeout=seconds)
+    if poller.done():
+        poller.result()

@@ -235,7 +235,7 @@ class LocalBackend(HostFit):
     def _reap(self) -> None:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
-                del self._children[pid]
+                self._children.pop(pid, None)  # another worker may have reaped it first
 
     def _stop(self, paths: ReplicaPaths, meta: dict[str, Any]) -> None:
         """Stop every process of the replica (and its container, for an image)."""

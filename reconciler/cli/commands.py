@@ -327,6 +327,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         signals.append(loop)
         if gateway is not None:
             gateway.on_demand(lambda service: loop.wake(DEMAND_WAKE) if loop is not None else None)
+        # A service's backend work settled on a worker: a pass probes, saves and routes it now
+        # (no fetch: nothing changed upstream).
+        engine.on_settled = lambda name: loop.wake(f"{name}: backend work settled", fetch=False)
         if hasattr(source, "watch"):
             loop.add_watcher(source.watch(lambda: loop.wake("file saved"), loop.stop_event))
         say(f"tidegate up: watching {source.describe()} (state {settings.state_dir}); Ctrl-C stops, replicas keep running")

@@ -78,6 +78,7 @@ def build_engine(
         env=settings.env,
         ready_timeout=settings.ready_timeout,
         default_backends=settings.default_backends,
+        workers=settings.workers,
         missing_env_ok=missing_env_ok,
     )
     registry = build_registry(settings, owner, tunnels=not read_only)
@@ -255,7 +256,9 @@ class Pass:
                     self.previews.refresh(self.last, self.wall())
                 except Exception:  # previews must never hold production's reconcile back
                     log.exception("previews: refresh failed; keeping the previous previews")
-            report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None)
+            # Backend work runs on the engine's workers; the pass never waits for it (a worker
+            # that settles wakes the loop: `up` wires `engine.on_settled`).
+            report = self.engine.reconcile(to_snapshot(self.last) if self.last is not None else None, wait=False)
             self._post_statuses(report)
             self._sweep_orphans(now)
             self._housekeeping(now)
@@ -308,11 +311,9 @@ class Pass:
             from reconciler.previews.github import deploy_status_update
 
             previews = self.previews.preview_prs() if self.previews is not None else {}
-            counts = {
-                v.name: (v.ready, 0 if v.stopped else v.desired)
-                for v in status_views(self.engine.doc)
-                if v.name not in previews
-            }
+            with self.engine.lock:  # workers edit the records beside this thread
+                views = status_views(self.engine.doc)
+            counts = {v.name: (v.ready, 0 if v.stopped else v.desired) for v in views if v.name not in previews}
             update = deploy_status_update(report.revision, counts, report.errors, self.status_url)
             errors += self.deploy_reporter.post([update])
         for e in errors:

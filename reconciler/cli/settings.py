@@ -28,6 +28,8 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_DOMAIN = "localhost"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_READY_TIMEOUT = 1800.0
+# Services applied at once (reconciler.engine.dispatch): backend calls are I/O, threads are cheap.
+DEFAULT_WORKERS = 32
 # Top-level keys of the `--settings` file that belong to the reconciler, not to the cloud backends.
 RECONCILER_KEYS = (
     "previews", "webhook_secret", "egress", "sandbox", "default_backends", "default_backend",
@@ -58,6 +60,7 @@ class Settings:
     # Generous: `pip install` of a serving stack (vLLM, llama-cpp-python built from source) in the
     # commands runs before the port opens, and replacing a replica mid-build only starts over.
     ready_timeout: float = DEFAULT_READY_TIMEOUT
+    workers: int = DEFAULT_WORKERS
     env_file: Path | None = None
     # Values for bare `KEY` env entries: the reconciler's environment overlaid by --env-file.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -283,6 +286,13 @@ def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, 
             metavar="SECONDS",
             help=f"how long a new replica may take to become ready before it is replaced (default {DEFAULT_READY_TIMEOUT:g})",
         )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=DEFAULT_WORKERS,
+            metavar="N",
+            help=f"services whose backend calls run at once (default {DEFAULT_WORKERS}; 1 = one after another)",
+        )
     if gateway:
         parser.add_argument("--listen", default=None, metavar="HOST:PORT", help="gateway address (127.0.0.1:8080)")
         parser.add_argument("--domain", default=None, help="service domain: <name>.<domain> (default localhost)")
@@ -314,6 +324,9 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if interval <= 0:
         raise SettingsError("--interval must be positive")
     ready_timeout = float(getattr(args, "ready_timeout", None) or DEFAULT_READY_TIMEOUT)
+    workers = int(getattr(args, "workers", None) or DEFAULT_WORKERS)
+    if workers < 1:
+        raise SettingsError("--workers must be at least 1")
     if ready_timeout <= 0:
         raise SettingsError("--ready-timeout must be positive")
     listen = getattr(args, "listen", None) or DEFAULT_LISTEN
@@ -343,6 +356,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         settings_file=Path(settings_file).expanduser().resolve() if settings_file else None,
         interval=interval,
         ready_timeout=ready_timeout,
+        workers=workers,
         env_file=Path(env_file) if env_file else None,
         env=values,
         previews_section=dict(ours.get("previews") or {}),

@@ -15,6 +15,12 @@ the first, it reaches the point; used by the crash test):
   after_outcome      outcome journaled, state not yet written
   after_state_write  state.json written (engine), routes not yet published
   after_routes       routes.json published (engine)
+  open_state_write   state.json written while another worker's backend call is in flight (engine)
+
+Concurrency: with the engine's worker pool (reconciler.engine.workqueue) each service's steps run
+on a worker, several services at once. Every read or write of the state document and the journal
+happens under `ApplyContext.lock` (the engine's lock, shared with the pass and the state writer);
+the backend calls themselves run outside it, so a slow create holds only its own service.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from backends.base import BackendRegistry, PermanentError, TemporaryError
 from reconciler.engine.desired import DesiredService
@@ -48,6 +56,7 @@ FAULT_POINTS = (
     "after_outcome",
     "after_state_write",
     "after_routes",
+    "open_state_write",
 )
 
 
@@ -58,6 +67,7 @@ class FaultHook:
         self.point: str | None = None
         self.nth = 1
         self._hits = 0
+        self._lock = threading.Lock()  # workers reach points concurrently
         if spec:
             point, _, n = spec.partition(":")
             if point not in FAULT_POINTS:
@@ -68,8 +78,10 @@ class FaultHook:
     def __call__(self, point: str) -> None:
         if point != self.point:
             return
-        self._hits += 1
-        if self._hits >= self.nth:
+        with self._lock:
+            self._hits += 1
+            hit = self._hits >= self.nth
+        if hit:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -91,6 +103,8 @@ class ApplyContext:
     # replicas received masked (reconciler.state.redact); applied before the text reaches a record,
     # the journal or a log line.
     mask: Callable[[str, str], str] = lambda service, text: text
+    # Held for every state/journal access; released around backend calls (see module docstring).
+    lock: Any = field(default_factory=threading.RLock)
 
 
 @dataclass(frozen=True)
@@ -104,15 +118,18 @@ class ServiceOutcome:
 def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts: int) -> ReplicaRecord:
     spec = d.spec_for(ordinal)
     backend = ctx.backends.get(d.backend)
-    iid = ctx.journal.intent(Op.CREATE, spec.replica_id, d.name, d.backend, ctx.now)
+    with ctx.lock:
+        iid = ctx.journal.intent(Op.CREATE, spec.replica_id, d.name, d.backend, ctx.now)
     ctx.fault("after_intent")
     try:
         info = backend.create(spec)
     except Exception as e:
-        ctx.journal.outcome(iid, "error", ctx.now, ctx.mask(d.name, f"{type(e).__name__}: {e}"))
+        with ctx.lock:
+            ctx.journal.outcome(iid, "error", ctx.now, ctx.mask(d.name, f"{type(e).__name__}: {e}"))
         raise
     ctx.fault("after_create")
-    ctx.journal.outcome(iid, "ok", ctx.now)
+    with ctx.lock:
+        ctx.journal.outcome(iid, "ok", ctx.now)
     ctx.fault("after_outcome")
     return ReplicaRecord(
         id=spec.replica_id,
@@ -135,17 +152,20 @@ def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts
 
 def _delete_replica(rec: ServiceRecord, r: ReplicaRecord, ctx: ApplyContext) -> None:
     backend = ctx.backends.get(r.backend)
-    iid = ctx.journal.intent(Op.DELETE, r.id, rec.name, r.backend, ctx.now)
+    with ctx.lock:
+        iid = ctx.journal.intent(Op.DELETE, r.id, rec.name, r.backend, ctx.now)
     ctx.fault("after_intent")
     try:
         backend.delete(r.id)
     except Exception as e:
-        ctx.journal.outcome(iid, "error", ctx.now, ctx.mask(rec.name, f"{type(e).__name__}: {e}"))
+        with ctx.lock:
+            ctx.journal.outcome(iid, "error", ctx.now, ctx.mask(rec.name, f"{type(e).__name__}: {e}"))
         raise
     ctx.fault("after_delete")
-    ctx.journal.outcome(iid, "ok", ctx.now)
+    with ctx.lock:
+        ctx.journal.outcome(iid, "ok", ctx.now)
+        rec.replicas = [x for x in rec.replicas if x.id != r.id]
     ctx.fault("after_outcome")
-    rec.replicas = [x for x in rec.replicas if x.id != r.id]
 
 
 def _put(rec: ServiceRecord, r: ReplicaRecord) -> None:
@@ -165,31 +185,38 @@ def _apply_step(step: Step, doc: StateDoc, desired: Mapping[str, DesiredService]
             last_scaled_at=ctx.now,
         )
         rec.note(ctx.now, "created", f"revision {d.revision}")
-        doc.services[d.name] = rec
+        with ctx.lock:
+            doc.services[d.name] = rec
         return
-    rec = doc.services[step.service]
+    with ctx.lock:
+        rec = doc.services[step.service]
     if step.action is Action.UNROUTE_SERVICE:
         # No backend call: the state (then the routes) says it; a crash before the routes are
         # published is settled by `recover`, which publishes them from this state.
-        rec.unrouted_at = ctx.now
-        for r in rec.replicas:
-            if r.phase is ReplicaPhase.READY:
-                r.phase, r.draining_since = ReplicaPhase.DRAINING, ctx.now
-        rec.reason = "config removed: out of the routes; its replicas stop once their requests finish"
-        rec.note(ctx.now, "unrouted", step.reason)
+        with ctx.lock:
+            rec.unrouted_at = ctx.now
+            for r in rec.replicas:
+                if r.phase is ReplicaPhase.READY:
+                    r.phase, r.draining_since = ReplicaPhase.DRAINING, ctx.now
+            rec.reason = "config removed: out of the routes; its replicas stop once their requests finish"
+            rec.note(ctx.now, "unrouted", step.reason)
         return
     if step.action is Action.DELETE_SERVICE:
         for r in list(rec.replicas):
             _delete_replica(rec, r, ctx)
-        del doc.services[step.service]
+        with ctx.lock:
+            del doc.services[step.service]
         return
     if step.action in (Action.ADD_REPLICA, Action.REPLACE_REPLICA):
         assert d is not None and step.ordinal is not None
-        _put(rec, _replica_record(d, step.ordinal, ctx, attempts=0))
+        new = _replica_record(d, step.ordinal, ctx, attempts=0)
         what = f"replacing {step.replaces}" if step.replaces else step.reason
-        rec.note(ctx.now, "replica started", f"{step.replica} ({what})")
+        with ctx.lock:
+            _put(rec, new)
+            rec.note(ctx.now, "replica started", f"{step.replica} ({what})")
         return
-    replica = rec.replica(step.replica or "")
+    with ctx.lock:
+        replica = rec.replica(step.replica or "")
     if replica is None:
         return  # already gone: nothing to do (level-triggered: the next plan sees the truth)
     if step.action is Action.RESTART_REPLICA:
@@ -197,19 +224,22 @@ def _apply_step(step: Step, doc: StateDoc, desired: Mapping[str, DesiredService]
         _delete_replica(rec, replica, ctx)
         new = _replica_record(d, replica.ordinal, ctx, attempts=replica.attempts)
         new.last_error = replica.last_error
-        _put(rec, new)
-        rec.note(
-            ctx.now,
-            "replica restarted",
-            f"{replica.id} attempt {replica.attempts + 1}: {replica.last_error or ''}",
-        )
+        with ctx.lock:
+            _put(rec, new)
+            rec.note(
+                ctx.now,
+                "replica restarted",
+                f"{replica.id} attempt {replica.attempts + 1}: {replica.last_error or ''}",
+            )
     elif step.action is Action.DRAIN_REPLICA:
-        replica.phase = ReplicaPhase.DRAINING
-        replica.draining_since = ctx.now
-        rec.note(ctx.now, "replica draining", f"{replica.id} ({step.reason})")
+        with ctx.lock:
+            replica.phase = ReplicaPhase.DRAINING
+            replica.draining_since = ctx.now
+            rec.note(ctx.now, "replica draining", f"{replica.id} ({step.reason})")
     elif step.action is Action.REMOVE_REPLICA:
         _delete_replica(rec, replica, ctx)
-        rec.note(ctx.now, "replica removed", f"{replica.id} ({step.reason})")
+        with ctx.lock:
+            rec.note(ctx.now, "replica removed", f"{replica.id} ({step.reason})")
 
 
 def apply_plan(
@@ -226,19 +256,21 @@ def apply_plan(
             for step in steps:
                 _apply_step(step, doc, desired, ctx)
                 done += 1
-            if name in doc.services:
-                doc.services[name].failures = 0
-                doc.services[name].backoff_until = None
+            with ctx.lock:
+                if name in doc.services:
+                    doc.services[name].failures = 0
+                    doc.services[name].backoff_until = None
             outcomes.append(ServiceOutcome(name, done))
         except PermanentError as e:
             msg = ctx.mask(name, str(e))
-            rec = doc.services.get(name)
-            if rec is not None:
-                d = desired.get(name)
-                rec.stalled_spec = d.spec_hash if d else rec.spec_hash
-                rec.status = ServiceStatus.STALLED
-                rec.reason = f"stalled until the config changes: {msg}"
-                rec.note(ctx.now, "stalled", msg)
+            with ctx.lock:
+                rec = doc.services.get(name)
+                if rec is not None:
+                    d = desired.get(name)
+                    rec.stalled_spec = d.spec_hash if d else rec.spec_hash
+                    rec.status = ServiceStatus.STALLED
+                    rec.reason = f"stalled until the config changes: {msg}"
+                    rec.note(ctx.now, "stalled", msg)
             log.error("service %s: permanent error: %s", name, msg)
             outcomes.append(ServiceOutcome(name, done, msg, permanent=True))
         except Exception as e:  # the per-service boundary: log it, back off, carry on with the others
@@ -248,15 +280,16 @@ def apply_plan(
             else:
                 trace = "".join(traceback.format_exception(e))
                 log.error("service %s: unexpected error while applying:\n%s", name, ctx.mask(name, trace))
-            rec = doc.services.get(name)
-            if rec is not None:
-                rec.failures += 1
-                delay = backoff_delay(rec.failures, ctx.backoff_base, ctx.backoff_max)
-                if isinstance(e, TemporaryError) and e.delay:
-                    delay = max(delay, e.delay)
-                rec.backoff_until = ctx.now + delay
-                rec.reason = f"retrying in {delay:.0f}s: {msg}"
-                rec.note(ctx.now, "error", msg)
+            with ctx.lock:
+                rec = doc.services.get(name)
+                if rec is not None:
+                    rec.failures += 1
+                    delay = backoff_delay(rec.failures, ctx.backoff_base, ctx.backoff_max)
+                    if isinstance(e, TemporaryError) and e.delay:
+                        delay = max(delay, e.delay)
+                    rec.backoff_until = ctx.now + delay
+                    rec.reason = f"retrying in {delay:.0f}s: {msg}"
+                    rec.note(ctx.now, "error", msg)
             outcomes.append(ServiceOutcome(name, done, msg))
         ctx.checkpoint()
     return outcomes

@@ -3,12 +3,15 @@
 Reconcile is level-triggered, so the loop never cares *why* it runs: a timer tick, a new git
 revision, a file in `<state>/signals/` (the gateway's push webhook, a request held for a service at
 zero replicas, `tidegate stop/start` from another terminal), or SIGHUP all call `wake()`, which
-moves the one job's next run to now. The job has `max_instances=1` and `coalesce=True`: passes
+moves the one job's next run to now. The job guards itself (one pass at a time; APScheduler's
+`max_instances` is 2 so a wake-up as a job returns is not dropped) and has `coalesce=True`: passes
 never overlap and a burst of wake-ups collapses into one pass. A wake-up that arrives while a pass
 runs is remembered and triggers one more pass right after it (APScheduler would otherwise skip it).
 
 Signals are drained here and queued for the pass (`take_signals()`), so commands like stop/start
-are applied by the same thread that reconciles — the engine never sees two threads.
+are applied by the same thread that reconciles — passes never run at once. (The engine's
+workers apply services' steps beside the pass, under the engine's lock: reconciler.engine.dispatch;
+each wakes the loop with `fetch=False` when its work settles.)
 
 SIGINT/SIGTERM stop the scheduler after the running pass finishes and return from `run()`; replicas
 keep running (the next start adopts them).
@@ -71,8 +74,16 @@ class Loop:
 
     def _job(self) -> None:
         # Wake-ups during a pass run the next pass inside this same job invocation: rescheduling
-        # a job that is still running would be skipped by APScheduler (max_instances=1).
+        # a job that is still running could be skipped by APScheduler.
         delay: float | None = None
+        with self._lock:
+            if self._running:
+                # A wake-up landed while the previous job was returning (APScheduler still counted
+                # it): that job sees `_pending` and runs one more pass, or has already finished
+                # and we are the pass. Never both, never neither.
+                self._pending = True
+                return
+            self._running = True
         while True:
             with self._lock:
                 self._running = True
@@ -105,10 +116,13 @@ class Loop:
         if job is not None:
             job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=max(0.0, seconds)))
 
-    def wake(self, reason: str = "wake") -> None:
-        """Run a pass now (or right after the running one). Safe from any thread."""
+    def wake(self, reason: str = "wake", fetch: bool = True) -> None:
+        """Run a pass now (or right after the running one). Safe from any thread. `fetch` False:
+        an internal event (a worker's work settled) that needs no `on_wake` (no git fetch)."""
         log.debug("wake-up: %s", reason)
-        if self._on_wake is not None:
+        if self._stop.is_set():
+            return  # shutting down (a worker settling as `up` stops): no pass to run
+        if self._on_wake is not None and fetch:
             self._on_wake(reason)
         with self._lock:
             if self._running:
@@ -147,7 +161,9 @@ class Loop:
             seconds=self.interval,
             jitter=self.jitter,
             id=JOB_ID,
-            max_instances=1,
+            # 2, not 1: a wake-up in the instant a job returns would be skipped ("maximum number
+            # of running instances reached") and lost; `_job` itself lets one pass run at a time.
+            max_instances=2,
             coalesce=True,
             next_run_time=datetime.now(UTC) if first_run else None,
         )

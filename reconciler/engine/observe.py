@@ -126,25 +126,34 @@ def observe(
     s: ObserveSettings,
     desired_hashes: Mapping[str, str],
     mask: ReplicaMask = no_mask,
+    skip: frozenset[str] | set[str] = frozenset(),
+    listings: Mapping[str, Sequence[ReplicaInfo] | Exception] | None = None,
 ) -> list[str]:
     """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report.
-    Backend messages are masked with `mask` before they are recorded."""
+    Backend messages are masked with `mask` before they are recorded. Services in `skip` have
+    work running on a worker (reconciler.engine.dispatch): their records and the replicas the
+    backend lists for them are left alone until it settles (a replica mid-create is not an
+    orphan to adopt, one mid-delete is not a failure). `listings` (backend -> its `list_owned()`
+    or the error it raised, from `list_backends`) lets the caller ask the backends without
+    holding the engine's lock; backends missing from it are asked here."""
     problems: list[str] = []
     names = in_use | {r.backend for rec in doc.services.values() for r in rec.replicas}
     for bname in sorted(names):
         if bname not in backends:
             problems.append(f"backend {bname} is not configured; its replicas are left as recorded")
             continue
-        try:
-            infos = {i.replica_id: i for i in backends.get(bname).list_owned()}
-        except Exception as e:  # one unreachable backend must not stop the pass
-            problems.append(f"backend {bname}: list_owned failed: {type(e).__name__}: {e}")
+        got = listings[bname] if listings is not None and bname in listings else _list(backends, bname)
+        if isinstance(got, Exception):  # one unreachable backend must not stop the pass
+            problems.append(f"backend {bname}: list_owned failed: {type(got).__name__}: {got}")
             continue
+        infos = {i.replica_id: i for i in got}
         for rec in doc.services.values():
             for r in list(rec.replicas):
                 if r.backend != bname:
                     continue
                 info = infos.pop(r.id, None)
+                if rec.name in skip:
+                    continue
                 if info is None or info.status is ReplicaStatus.GONE:
                     if r.phase is ReplicaPhase.DRAINING:
                         rec.replicas.remove(r)
@@ -167,6 +176,8 @@ def observe(
         for info in infos.values():
             if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
                 continue  # on its way out (a delete we already made): nothing to adopt
+            if skip and _service_for(doc, info, None) in skip:
+                continue  # created by a worker that has not recorded it yet
             adopt(doc, info, now, desired_hashes)
     return problems
 
@@ -186,6 +197,18 @@ def _next_step(step: float | None, hot: bool, age: float) -> float:
     if age < FAST_FOR or step is None:
         return READY_FAST
     return min(READY_SLOW, step * BACKOFF)
+
+
+def _list(backends: BackendRegistry, name: str) -> Sequence[ReplicaInfo] | Exception:
+    try:
+        return list(backends.get(name).list_owned())
+    except Exception as e:  # reported by `observe` as a problem of this pass
+        return e
+
+
+def list_backends(backends: BackendRegistry, names: set[str]) -> dict[str, Sequence[ReplicaInfo] | Exception]:
+    """Every configured backend in `names` asked for `list_owned()` (I/O, no state touched)."""
+    return {n: _list(backends, n) for n in sorted(names) if n in backends}
 
 
 def probe_pending(

@@ -10,6 +10,11 @@ The values it takes and returns live in reconciler.engine.values, loading (and r
 sets in reconciler.engine.desired_loader, the offer choice in reconciler.engine.offers and the
 next-run time in reconciler.engine.schedule.
 
+With `EngineSettings.workers` > 0 (what `up` and `apply` run) the apply half goes to a bounded pool
+(reconciler.engine.dispatch): each service's steps on their own worker, the pass holding
+`Engine.lock` for its decisions and its writes and the workers holding it only to journal and
+record. The state written never claims a journal intent still in flight (`Journal.settled_seq`).
+
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
 
@@ -24,27 +29,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from backends.base import BackendRegistry
-from reconciler.engine.apply import ApplyContext, FaultHook, apply_plan
-from reconciler.engine.autoscale import ServiceStats
+from backends.base import BackendRegistry, ReplicaInfo
+from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
+from reconciler.engine.autoscale import ScalingDecision, ServiceStats
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
+from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.liveness import recheck_in, recheck_ready
+from reconciler.engine.masking import ReplicaMasking
 from reconciler.engine.observe import (
     ObserveSettings,
     Prober,
+    list_backends,
     observe,
     probe_pending,
     readiness_due_in,
     settle_journal,
 )
 from reconciler.engine.persist import Outputs
-from reconciler.engine.plan import Plan, plan
+from reconciler.engine.plan import Action, Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_alive, probe_http, probe_replica
 from reconciler.engine.schedule import next_run_in
 from reconciler.engine.stats import read_stats
@@ -59,8 +68,8 @@ from reconciler.engine.values import (
 )
 from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
-from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, SnapshotRef, StateDoc
-from reconciler.state.redact import SecretBook, withheld
+from reconciler.state.records import ReplicaPhase, SnapshotRef, StateDoc
+from reconciler.state.redact import SecretBook
 from reconciler.state.store import StateStore
 from reconciler.state.view import ServiceView, build_routes, status_views
 from tidegate.routes import RoutesSnapshot
@@ -87,9 +96,23 @@ DEMAND_HOT = 30.0  # a demand signal keeps its service's readiness probes fast t
 
 def _sooner(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
+# `close()` waits this long for work running on workers before it returns (their intents are
+# journaled, so whatever is cut short is settled by the next start).
+STOP_TIMEOUT = 10.0
+
+# What `_decide` hands to the apply half of a pass.
+_Decided = tuple[
+    DesiredSet | None,
+    Plan,
+    list[str],
+    Mapping[str, ScalingDecision],
+    Desired,
+    Mapping[str, DesiredService],
+    float,
+]
 
 
-class Engine:
+class Engine(ReplicaMasking):
     def __init__(
         self,
         state_dir: Path,
@@ -153,14 +176,45 @@ class Engine:
         # -> when the demand was noted (their starting replicas are probed fast).
         self._ready_cadence: dict[str, tuple[float, float]] = {}
         self._demand_at: dict[str, float] = {}
+        self._hot_now: set[str] = set()  # the last pass's services with requests held (fast probes)
+        # One lock over the state document, the journal and the state file: the pass, the workers
+        # and the state writer take it; backend calls run outside it (reconciler.engine.apply).
+        self.lock = threading.RLock()
+        self._closing = False
+        self._in_use: set[str] = set()  # backends the last pass's desired set used
+        self._dispatch: Dispatcher | None = None
+        if self.settings.workers > 0 and not read_only:
+            self._dispatch = Dispatcher(
+                self.settings.workers, self._apply_service, self.settings.backoff_base, self.settings.backoff_max
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
     def owner(self) -> str:
         return self.installation.id
 
+    @property
+    def on_settled(self) -> Callable[[str], None] | None:
+        """Called (from a worker thread) when a service's dispatched work settled."""
+        return self._dispatch.on_settled if self._dispatch is not None else None
+
+    @on_settled.setter
+    def on_settled(self, fn: Callable[[str], None] | None) -> None:
+        if self._dispatch is not None:
+            self._dispatch.on_settled = fn
+
+    def busy(self) -> set[str]:
+        """Services whose backend work is queued or running on a worker."""
+        return self._dispatch.busy() if self._dispatch is not None else set()
+
     def close(self) -> None:
         try:
+            if self._dispatch is not None:
+                left = self._dispatch.stop(STOP_TIMEOUT)
+                if left:
+                    log.warning("stopping with backend work still running for %s (settled on the next start)", ", ".join(left))
+            with self.lock:
+                self._closing = True  # a worker that returns late writes no state after release
             self.backends.close()
         finally:
             self.store.release()
@@ -179,15 +233,21 @@ class Engine:
         return self.doc.model_dump_json(exclude={"serial", "updated_at"})
 
     def _save(self, force: bool = False) -> bool:
-        self.doc.journal_seq = self.journal.seq
-        dumped = self._dump()
-        if not force and dumped == self._last_saved:
-            return False
-        self.store.save(self.doc)
-        self._last_saved = self._dump()
-        self._last_checkpoint = self.clock()
-        self._fault("after_state_write")
-        return True
+        with self.lock:
+            if self._closing:
+                return False
+            # Not past an intent still in flight on a worker: a crash now settles it on restart.
+            self.doc.journal_seq = self.journal.settled_seq
+            dumped = self._dump()
+            if not force and dumped == self._last_saved:
+                return False
+            self.store.save(self.doc)
+            self._last_saved = self._dump()
+            self._last_checkpoint = self.clock()
+            if self.journal.open_intents():
+                self._fault("open_state_write")
+            self._fault("after_state_write")
+            return True
 
     @property
     def state_fault(self) -> str | None:
@@ -223,53 +283,6 @@ class Engine:
     def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
         return self._loader.last_good(self.doc, ds)
 
-    # -- secrets -------------------------------------------------------------------------------
-    def _received(self, r: ReplicaRecord) -> Mapping[str, str]:
-        """The secrets (name -> hash) replica `r` received: recorded at its creation, else (adopted
-        after a crash) those of its spec, when a desired set of this process had that spec."""
-        return r.secrets or self.secrets.for_spec(r.spec_hash) or {}
-
-    def _fill_secrets(self, records: Iterable[ServiceRecord]) -> None:
-        for rec in records:
-            for r in rec.replicas:
-                if not r.secrets:
-                    known = self.secrets.for_spec(r.spec_hash)
-                    if known:
-                        r.secrets = dict(known)
-
-    def mask_replica(self, r: ReplicaRecord, text: str) -> str:
-        """Text from replica `r` (its exit message, a probe error) with its secrets masked."""
-        return self.secrets.mask(self._received(r), text)
-
-    def mask_replica_lines(self, r: ReplicaRecord, lines: Iterable[str]) -> list[str]:
-        """Replica output: masked with the values of the secrets it received, or withheld when this
-        process cannot re-derive one of them (reconciler.state.redact)."""
-        lines = list(lines)
-        masker = self.secrets.masker(self._received(r))
-        if masker is None:
-            return [withheld(self.secrets.unknown(self._received(r)))] if lines else []
-        return masker.lines(lines)
-
-    def replica_logs(self, backend: str, replica_id: str, lines: int) -> list[str]:
-        """The last `lines` a replica wrote, masked as `ps` masks them. A replica this state no
-        longer knows is masked with every secret value this process resolved."""
-        got = list(self.backends.get(backend).logs(replica_id, lines))
-        for rec in self.doc.services.values():
-            for r in rec.replicas:
-                if r.id == replica_id:
-                    return self.mask_replica_lines(r, got)
-        return self.secrets.all_secrets().lines(got)
-
-    def mask_service(self, name: str, text: str, desired: DesiredService | None = None) -> str:
-        """Text from a backend about service `name` (a create/delete error) with the secrets of its
-        desired spec and of every replica it has masked."""
-        received: list[Mapping[str, str]] = [desired.secrets] if desired is not None else []
-        rec = self.doc.services.get(name)
-        received += [self._received(r) for r in rec.replicas] if rec is not None else []
-        for one in received:
-            text = self.secrets.mask(one, text)
-        return text
-
     # -- public API ------------------------------------------------------------------------------
     def desired(self, snapshot: SnapshotLike) -> DesiredSet:
         """The desired set of a checkout (offers chosen, previews added when configured); no state
@@ -281,6 +294,10 @@ class Engine:
     def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
         """What `reconcile` would do now. No side effects: works on a copy of the state."""
         now = self.clock()
+        with self.lock:  # held throughout: a worker must never see (and write) the scratch copy
+            return self._plan_locked(snapshot, now)
+
+    def _plan_locked(self, snapshot: SnapshotLike | None, now: float) -> PlanResult:
         saved = self.doc
         self.doc = saved.model_copy(deep=True)
         try:
@@ -335,25 +352,33 @@ class Engine:
 
     def stop_service(self, name: str) -> None:
         self._require_owner()
-        rec = self.doc.services.get(name)
-        if rec is None:
-            raise StateError(f"no service named {name!r} is deployed")
-        rec.stopped, rec.stopped_spec = True, rec.spec_hash
-        rec.note(self.clock(), "stopped", "tidegate stop")
-        self._save()
+        with self.lock:
+            self._set_stopped(name, True)
 
     def start_service(self, name: str) -> None:
         self._require_owner()
+        with self.lock:
+            self._set_stopped(name, False)
+
+    def _set_stopped(self, name: str, stopped: bool) -> None:
         rec = self.doc.services.get(name)
         if rec is None:
             raise StateError(f"no service named {name!r} is deployed")
-        rec.stopped, rec.stopped_spec = False, None
-        rec.note(self.clock(), "started", "tidegate start")
+        if stopped:
+            rec.stopped, rec.stopped_spec = True, rec.spec_hash
+            rec.note(self.clock(), "stopped", "tidegate stop")
+        else:
+            rec.stopped, rec.stopped_spec = False, None
+            rec.note(self.clock(), "started", "tidegate start")
         self._save()
 
     def status(self, log_lines: int = 5) -> list[ServiceView]:
         """Rows for `tidegate ps`, with the last log lines of failed replicas (best effort)."""
-        doc = self.store.load() if self.read_only else self.doc
+        if self.read_only:
+            doc = self.store.load()
+        else:
+            with self.lock:  # a copy: workers edit the records beside this thread
+                doc = self.doc.model_copy(deep=True)
         logs: dict[str, tuple[str, ...]] = {}
         for rec in doc.services.values():
             for r in rec.replicas:
@@ -366,13 +391,60 @@ class Engine:
         views = status_views(doc, logs)
         return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
 
-    def reconcile(self, snapshot: SnapshotLike | None = None) -> PassReport:
-        """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order)."""
+    def reconcile(self, snapshot: SnapshotLike | None = None, wait: bool = True) -> PassReport:
+        """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order).
+
+        With workers (`EngineSettings.workers` > 0) each service's steps run on the worker pool
+        (reconciler.engine.dispatch): `wait` (the `apply` command) waits for them before writing
+        state and routes; `wait=False` (the `up` loop) returns at once, and each service's work
+        wakes the loop when it settles (`on_settled`). Services with work still running are left
+        out of this pass's plan."""
         self._require_owner()
+        # The backends are listed before the lock is taken (a cloud API call must not hold the
+        # workers up); services busy at that moment are left alone by this pass's observe, so a
+        # replica a worker records meanwhile is never mistaken for one that vanished.
+        busy_before = self.busy()
+        listings = None
+        if self._dispatch is not None:
+            with self.lock:
+                names = {r.backend for rec in self.doc.services.values() for r in rec.replicas}
+            listings = list_backends(self.backends, names | self._in_use)
+        with self.lock:
+            ready = self._decide(snapshot, busy_before, listings)
+            if isinstance(ready, PassReport):
+                return ready
+            ds, p, notes, decisions, desired, last_good, now = ready
+            specs = {**last_good, **(ds.services if ds else {})}
+            if self._dispatch is None:
+                outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
+                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+            # A new service's record is made here, in memory, so this pass's scaling decision and
+            # status land on it (sync_records); its backend calls go to a worker like any other.
+            new = tuple(st for st in p.steps if st.action is Action.CREATE_SERVICE)
+            if new:
+                apply_plan(Plan(new), self.doc, specs, self._apply_context(now, specs))
+            submitted = self._dispatch.submit([st for st in p.steps if st.action is not Action.CREATE_SERVICE], specs)
+            if not (wait and submitted):
+                outcomes = self._dispatch.take_outcomes()
+                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+        self._dispatch.wait(submitted)  # the lock is free: the workers need it to record their work
+        with self.lock:
+            outcomes = self._dispatch.take_outcomes()
+            return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+
+    def _decide(
+        self,
+        snapshot: SnapshotLike | None,
+        busy_before: set[str],
+        listings: Mapping[str, Sequence[ReplicaInfo] | Exception] | None,
+    ) -> PassReport | _Decided:
+        """Observe, probe, build targets and plan (under the lock); a PassReport when held."""
         now = self.clock()
         doc = self.doc
+        busy = busy_before | self.busy()
         ds = self._desired(snapshot)
         hashes = {n: d.spec_hash for n, d in (ds.services.items() if ds else [])}
+        self._in_use = {d.backend for d in (ds.services.values() if ds else [])}
         notes = observe(
             doc,
             self.backends,
@@ -381,6 +453,8 @@ class Engine:
             self._observe,
             hashes,
             mask=self.mask_replica,
+            skip=busy,
+            listings=listings,
         )
         self._fill_secrets(doc.services.values())
         stats = self._read_stats(now)
@@ -390,7 +464,7 @@ class Engine:
                 r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
-        hot = self._hot(stats, now)
+        hot = self._hot_now = self._hot(stats, now)
         probe_pending(
             doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober,
             mask=self.mask_replica, cadence=self._ready_cadence, hot=hot,
@@ -414,9 +488,18 @@ class Engine:
         )
         notes += tnotes
         p = plan(desired, doc.services, now)
+        if busy:
+            # Their work runs on a worker: the plan of a half-applied service is planned again
+            # once it settles (level-based: skipping loses nothing).
+            running = sorted({s.service for s in p.steps} & busy)
+            p = replace(p, steps=tuple(s for s in p.steps if s.service not in busy))
+            notes += [f"{name}: work in progress; planned again when it settles" for name in running]
         held = self.outputs.hold_reason(self.doc, acting=not p.empty)
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
+        return ds, p, notes, decisions, desired, last_good, now
+
+    def _apply_context(self, now: float, specs: Mapping[str, DesiredService]) -> ApplyContext:
         ctx = ApplyContext(
             self.backends,
             self.journal,
@@ -425,10 +508,32 @@ class Engine:
             self.settings.backoff_base,
             self.settings.backoff_max,
             checkpoint=self._checkpoint,
+            lock=self.lock,
         )
-        specs = {**last_good, **(ds.services if ds else {})}
         ctx.mask = lambda service, text: self.mask_service(service, text, specs.get(service))
-        outcomes = apply_plan(p, doc, specs, ctx) if not p.empty else []
+        return ctx
+
+    def _apply_service(self, name: str, steps: Sequence[Step], specs: Mapping[str, DesiredService]) -> ServiceOutcome:
+        """A worker's job: one service's steps (reconciler.engine.dispatch), timed from now."""
+        ctx = self._apply_context(self.clock(), specs)
+        outcomes = apply_plan(Plan(tuple(steps)), self.doc, specs, ctx)
+        return outcomes[0] if outcomes else ServiceOutcome(name, 0)
+
+    def _finish(
+        self,
+        snapshot: SnapshotLike | None,
+        ds: DesiredSet | None,
+        p: Plan,
+        notes: list[str],
+        decisions: Mapping[str, ScalingDecision],
+        desired: Desired,
+        last_good: Mapping[str, DesiredService],
+        specs: Mapping[str, DesiredService],
+        outcomes: Sequence[ServiceOutcome],
+        now: float,
+    ) -> PassReport:
+        """After apply (or dispatch): records synced, then state saved and routes published."""
+        doc = self.doc
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
             self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
@@ -463,7 +568,7 @@ class Engine:
             wrote,
             routes,
             tuple(notes) + p.notes,
-            _sooner(next_run_in(self.doc, now, self.settings.drain_min), readiness_due_in(self.doc, self._ready_cadence, hot, now)),
+            _sooner(next_run_in(self.doc, now, self.settings.drain_min), readiness_due_in(self.doc, self._ready_cadence, self._hot_now, now)),
             recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
         )
 

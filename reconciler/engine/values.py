@@ -68,6 +68,9 @@ class EngineSettings:
     stats_max_age: float = 10.0
     checkpoint_interval: float = 2.0  # during a long apply, write state at least this often
     fault: str | None = None  # TIDEGATE_FAULT point (apply.FAULT_POINTS); env var used when None
+    # Services applied at once on a pool of this many worker threads (reconciler.engine.dispatch);
+    # 0 applies every step inside the pass, one service after another.
+    workers: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ class Journal:
         self.path = Path(state_dir) / JOURNAL_FILE
         self._seq = 0
         self._lines = 0
+        # Workers append concurrently (reconciler.engine.workqueue): one lock orders the lines, and
+        # the intents this process opened and not yet closed are kept so that `state.json` never
+        # claims a `journal_seq` past an operation still in flight (see `settled_seq`).
+        self._lock = threading.RLock()
+        self._open: dict[str, int] = {}
         for entry in self._read():
             version = entry.get("schema_version", SCHEMA_VERSION)
             if not isinstance(version, int) or version > SCHEMA_VERSION:
@@ -73,6 +79,19 @@ class Journal:
     @property
     def seq(self) -> int:
         return self._seq
+
+    @property
+    def settled_seq(self) -> int:
+        """The highest seq the state may record as reflected: below the oldest intent still open in
+        this process (a backend call in flight on a worker), else `seq`. A crash then settles that
+        intent on the next start, as if the state had been written before it."""
+        with self._lock:
+            return min(self._open.values()) - 1 if self._open else self._seq
+
+    def open_intents(self) -> int:
+        """Intents this process opened whose outcome is not written yet (calls in flight)."""
+        with self._lock:
+            return len(self._open)
 
     def _read(self) -> Iterator[dict[str, Any]]:
         try:
@@ -88,6 +107,10 @@ class Journal:
             return
 
     def _append(self, entry: dict[str, Any], durable: bool = True) -> int:
+        with self._lock:
+            return self._append_locked(entry, durable)
+
+    def _append_locked(self, entry: dict[str, Any], durable: bool) -> int:
         self._seq += 1
         entry = {"seq": self._seq, **entry}
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -103,17 +126,18 @@ class Journal:
 
     def intent(self, op: Op, replica: str, service: str, backend: str, at: float) -> str:
         intent_id = uuid.uuid4().hex[:16]
-        self._append(
-            {
-                "kind": "intent",
-                "op": op.value,
-                "replica": replica,
-                "service": service,
-                "backend": backend,
-                "intent_id": intent_id,
-                "at": at,
-            }
-        )
+        with self._lock:
+            self._open[intent_id] = self._append(
+                {
+                    "kind": "intent",
+                    "op": op.value,
+                    "replica": replica,
+                    "service": service,
+                    "backend": backend,
+                    "intent_id": intent_id,
+                    "at": at,
+                }
+            )
         return intent_id
 
     def outcome(self, intent_id: str, outcome: str, at: float, message: str | None = None) -> None:
@@ -123,7 +147,9 @@ class Journal:
         # Not fsynced: an outcome is advisory. Recovery asks the backend about every intent newer
         # than the state whether or not its outcome survived, so losing one to a power cut is safe
         # (a killed process loses nothing: the write is already in the page cache).
-        self._append(entry, durable=False)
+        with self._lock:
+            self._open.pop(intent_id, None)
+            self._append(entry, durable=False)
 
     def intents_after(self, seq: int) -> list[Intent]:
         """Intents appended after `seq` (or still open from before it), with their outcome if any."""
@@ -154,6 +180,10 @@ class Journal:
 
     def compact(self, upto_seq: int, force: bool = False) -> bool:
         """Drop settled entries at or before `upto_seq` once the file is large. Keeps open intents."""
+        with self._lock:
+            return self._compact_locked(upto_seq, force)
+
+    def _compact_locked(self, upto_seq: int, force: bool) -> bool:
         if not force and self._lines < COMPACT_AFTER:
             return False
         keep_ids = {i.intent_id for i in self.intents_after(upto_seq)}

@@ -39,6 +39,7 @@ from typing import Protocol, TypeVar
 import pytest
 
 from backends.base import (
+    CALL_BUDGET,
     Backend,
     Offer,
     Range,
@@ -109,6 +110,9 @@ class BackendContract:
     # Bounded deadline for asynchronous backends (cloud APIs); a local backend converges at once.
     eventually_timeout: float = 15.0
     poll_interval: float = 0.05
+    # Wall time `create` / `delete` may take (backends/base.py): they start an operation and
+    # return; a backend whose test double simulates a long operation lowers it to prove so.
+    call_budget: float = CALL_BUDGET
 
     # ---- fixtures a subclass must provide -------------------------------------------------
     @pytest.fixture
@@ -167,6 +171,38 @@ class BackendContract:
             assert second.handle == first.handle
         listed = self.eventually(lambda: self.owned(backend, spec.replica_id), what="replica listed")
         assert len(listed) == 1
+
+    # ---- slow calls: started, then observed -----------------------------------------------------
+    def test_create_returns_within_budget_and_describe_shows_it_finish(
+        self, backend: Backend, make_spec: SpecFactory, tracker: Tracker, service: str
+    ) -> None:
+        spec = make_spec(ordinal=0, service=service)
+        started = time.monotonic()
+        info = tracker.create(spec)
+        took = time.monotonic() - started
+        assert took <= self.call_budget, f"create held its caller {took:.1f}s (budget {self.call_budget:g}s)"
+        assert info.status in STARTED
+
+        def finished() -> ReplicaInfo | None:
+            now = backend.describe(spec.replica_id)
+            done = (ReplicaStatus.RUNNING, ReplicaStatus.EXITED)
+            return now if now is not None and now.status in done else None
+
+        final = self.eventually(finished, what="the create operation finished (RUNNING or EXITED)")
+        if info.handle is not None and final.handle is not None:
+            assert final.handle == info.handle, "describe observes the operation create started"
+
+    def test_delete_returns_within_budget(
+        self, backend: Backend, make_spec: SpecFactory, tracker: Tracker, service: str
+    ) -> None:
+        spec = make_spec(ordinal=0, service=service)
+        tracker.create(spec)
+        started = time.monotonic()
+        backend.delete(spec.replica_id)
+        took = time.monotonic() - started
+        assert took <= self.call_budget, f"delete held its caller {took:.1f}s (budget {self.call_budget:g}s)"
+        info = backend.describe(spec.replica_id)
+        assert info is None or info.status in GONE_OR_GOING
 
     # ---- describe ------------------------------------------------------------------------------
     def test_describe_returns_created_replica(

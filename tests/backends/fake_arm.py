@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,7 @@ class Fault:
 class Operation:
     polls_left: int
     failure: dict[str, str] | None = None
+    done_at: float | None = None  # a VM boot: InProgress until then, however often it is polled
 
 
 class FakeArm:
@@ -46,6 +48,10 @@ class FakeArm:
         self.skus: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []
         self.polls = polls
+        # Seconds a VM takes to provision (ARM keeps going whether or not anyone polls): GET shows
+        # it Creating meanwhile, and its operation answers InProgress.
+        self.vm_create_seconds = 0.0
+        self._creating: dict[str, float] = {}  # VM path -> monotonic time it is provisioned
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -108,6 +114,8 @@ class FakeArm:
         if resource is None:
             return None
         out = json.loads(json.dumps(resource))
+        if time.monotonic() < self._creating.get(low, 0.0):
+            out["properties"]["provisioningState"] = "Creating"
         if expand and "/virtualmachines/" in low:
             state = out["properties"]["provisioningState"]
             statuses = RUNNING if state == "Succeeded" else [{"code": f"ProvisioningState/{state.lower()}"}]
@@ -121,9 +129,9 @@ class FakeArm:
                 return fault
         return None
 
-    def _operation(self, failure: dict[str, str] | None = None) -> str:
+    def _operation(self, failure: dict[str, str] | None = None, done_at: float | None = None) -> str:
         op = uuid.uuid4().hex
-        self.operations[op] = Operation(self.polls, failure)
+        self.operations[op] = Operation(self.polls, failure, done_at)
         return f"{self.url}/fake/operations/{op}"
 
     def handle(self, method: str, raw_path: str, body: Any) -> tuple[int, dict[str, str], Any]:
@@ -162,7 +170,11 @@ class FakeArm:
                     failure = {"code": "AllocationFailed", "message": f"no capacity for {size}"}
                 shown = json.loads(json.dumps(resource))
                 shown["properties"]["provisioningState"] = "Updating" if existed else "Creating"
-                headers = {"Azure-AsyncOperation": self._operation(failure)}
+                done_at = None
+                if "/virtualmachines/" in path.lower() and self.vm_create_seconds and failure is None:
+                    done_at = time.monotonic() + self.vm_create_seconds
+                    self._creating[path.lower()] = done_at
+                headers = {"Azure-AsyncOperation": self._operation(failure, done_at)}
                 return (200 if existed else 201), headers, shown
             if method == "DELETE":
                 if self.resources.pop(path.lower(), None) is None:
@@ -174,6 +186,8 @@ class FakeArm:
         op = self.operations.get(op_id)
         if op is None:
             return 404, {}, {"error": {"code": "NotFound", "message": "no such operation"}}
+        if op.done_at is not None and time.monotonic() < op.done_at:
+            return 200, {}, {"status": "InProgress"}
         if op.polls_left > 0:
             op.polls_left -= 1
             return (202, {}, None) if location else (200, {}, {"status": "InProgress"})

@@ -140,6 +140,33 @@ class TestAzureContract(BackendContract):
         return make
 
 
+class TestSlowAzureContract(TestAzureContract):
+    """VMs that take 3 s to provision: `create` returns within the budget with the VM Creating,
+    and `describe` shows it finish (the operation is observed by resource state, not awaited)."""
+
+    call_budget = 2.0
+
+    @pytest.fixture
+    def backend(self, make_azure: Callable[..., AzureBackend], arm: FakeArm) -> AzureBackend:
+        arm.vm_create_seconds = 3.0
+        backend = make_azure()
+        backend.create_wait = 0.2
+        return backend
+
+
+def test_a_vm_still_provisioning_is_returned_as_provisioning_and_adopted(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    arm.vm_create_seconds = 30.0
+    backend = make_azure()
+    backend.create_wait = 0.2
+    info = backend.create(spec_for("booting"))
+    assert info.status is ReplicaStatus.PROVISIONING
+    again = backend.create(spec_for("booting"))  # the next pass (or a restart) finds it
+    assert again.status is ReplicaStatus.PROVISIONING and again.handle == info.handle
+    assert arm.count("PUT", "/virtualMachines/") == 1, "the VM was not launched twice"
+
+
 def test_spot_vm_with_tags_custom_data_and_its_network(
     make_azure: Callable[..., AzureBackend], arm: FakeArm, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,6 +69,11 @@ def crash_then_converge(tg: Tidegate, remote: Remote, revision: str, fault: str)
         pytest.param("after_create:2", id="after-second-create"),
         pytest.param("after_outcome:3", id="after-third-outcome"),
         pytest.param("after_state_write:1", id="after-state-write"),
+        # Concurrent work (`up` applies each service on its own worker): killed with both
+        # services' creates journaled and in flight, and while state.json is written with another
+        # worker's create still running (the state must not claim that intent as reflected).
+        pytest.param("after_intent:2", id="two-services-creates-in-flight"),
+        pytest.param("open_state_write:1", id="state-write-while-a-create-runs"),
     ],
 )
 def test_kill_during_first_deploy(remote: Remote, tidegate: Tidegate, fault: str) -> None:

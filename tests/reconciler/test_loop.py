@@ -186,7 +186,7 @@ class FakeEngine:
         self.stopped: list[str] = []
         self.demand: list[str] = []
 
-    def reconcile(self, snapshot: object) -> object:
+    def reconcile(self, snapshot: object, wait: bool = True) -> object:
         from types import SimpleNamespace
 
         self.revisions.append(snapshot.revision)  # type: ignore[attr-defined]
@@ -272,3 +272,35 @@ def test_pass_sweeps_cloud_orphans_on_its_interval_and_never_without_state(tmp_p
     now[0] = 200.0
     p()
     assert cloud.deleted == ["orphan-1"]
+
+
+def test_no_wake_up_is_lost_as_a_pass_returns(make_loop: type[Loop]) -> None:
+    """Workers wake the loop whenever a service's work settles, often in the instant a pass
+    returns: every wake-up is followed by a pass that starts after it, never by none, and passes
+    never overlap (APScheduler used to skip such a run: 'maximum number of running instances')."""
+    starts: list[float] = []
+    overlap = threading.Event()
+    running = threading.Lock()
+
+    def pass_fn() -> float | None:
+        if not running.acquire(blocking=False):
+            overlap.set()
+            return None
+        try:
+            starts.append(time.monotonic())
+            time.sleep(0.005)
+        finally:
+            running.release()
+        return None
+
+    loop = make_loop(pass_fn, 60.0, jitter=0)
+    loop.start()
+    for i in range(60):
+        time.sleep(0.003 + (i % 7) * 0.002)  # land at every phase of a pass
+        woke = time.monotonic()
+        loop.wake(f"settled {i}", fetch=False)
+        deadline = time.monotonic() + 5
+        while not (starts and starts[-1] >= woke) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert starts and starts[-1] >= woke, f"wake-up {i} was lost: no pass started after it"
+    assert not overlap.is_set(), "two passes ran at once"
