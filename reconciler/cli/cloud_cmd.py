@@ -45,7 +45,9 @@ def register(subparsers: Any) -> None:
     offers.add_argument("--json", action="store_true", help="machine-readable output")
     offers.add_argument("-v", "--verbose", action="store_true", help="also show the instance type")
     offers.add_argument(
-        "--refresh", action="store_true", help="rebuild the catalog cache from gpuhunt (network)"
+        "--refresh",
+        action="store_true",
+        help="rebuild the catalog from the clouds' APIs (credentialed clouds only; written to --catalog or the user cache)",
     )
     offers.set_defaults(func=run_offers)
 
@@ -180,18 +182,40 @@ def offer_rows(offers: list[Offer], *, verbose: bool = False) -> list[list[str]]
     return rows
 
 
+def refresh(args: argparse.Namespace) -> int:
+    """`offers --refresh`: rebuild the catalog from the clouds' APIs (backends/refresh.py)."""
+    from backends.cloud.catalog import CatalogError, cache_catalog_path, resolve_catalog_path
+    from backends.refresh import refresh_catalog
+    from backends.settings import CloudSettings, SettingsError
+    from reconciler.cli.settings import SettingsError as FileError
+    from reconciler.cli.settings import load_cloud_settings
+
+    path = args.settings or os.environ.get("TIDEGATE_SETTINGS")
+    try:
+        settings = load_cloud_settings(path, os.environ) if path else CloudSettings()
+    except (SettingsError, FileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    dest = Path(args.catalog) if args.catalog else cache_catalog_path()
+    current = dest if dest.is_file() else resolve_catalog_path(settings.catalog)
+    try:
+        report = refresh_catalog(settings, dest, current)
+    except CatalogError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for why in report.skipped.values():
+        print(f"warning: {why}", file=sys.stderr)
+    done = ", ".join(f"{name} {rows} rows" for name, rows in report.refreshed.items())
+    print(f"catalog refreshed ({done}): {report.total} offers written to {dest}", file=sys.stderr)
+    return 0
+
+
 def run_offers(args: argparse.Namespace) -> int:
-    from backends.cloud.catalog import CatalogError, cache_catalog_path, refresh_catalog
+    from backends.cloud.catalog import describe_catalog, resolve_catalog_path
     from reconciler.cli.output import print_table
 
-    if args.refresh:
-        dest = Path(args.catalog) if args.catalog else cache_catalog_path()
-        try:
-            count = refresh_catalog(dest)
-        except CatalogError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"catalog refreshed: {count} offers written to {dest}", file=sys.stderr)
+    if args.refresh and refresh(args) != 0:
+        return 1
     try:
         requirements = requirements_from_args(args)
         offers = find_offers(args, requirements)
@@ -224,6 +248,10 @@ def run_offers(args: argparse.Namespace) -> int:
         return 1
     columns = [*OFFER_COLUMNS[:2], "INSTANCE", *OFFER_COLUMNS[2:]] if args.verbose else OFFER_COLUMNS
     print_table(columns, offer_rows(shown, verbose=args.verbose), status_column=None)
+    print(
+        describe_catalog(resolve_catalog_path(args.catalog or os.environ.get("TIDEGATE_CATALOG"))),
+        file=sys.stderr,
+    )
     if len(offers) > len(shown):
         print(f"... {len(offers) - len(shown)} more (--limit)", file=sys.stderr)
     return 0
