@@ -41,6 +41,7 @@ class YamlSyntaxError(Exception):
 class Document:
     data: Any
     node: yaml.Node | None
+    within_limit: bool = False  # already known to have at most MAX_NODES nodes (see too_complex)
 
 
 def _pos(mark: Any) -> Position:
@@ -62,9 +63,9 @@ def load_document(text: str, *, fast: bool = True) -> Document:
         loader = FAST_LOADER(text)
         try:
             node = loader.get_single_node()
-            if not _has_empty_scalar(node):
+            if not _has_empty_scalar(node):  # (a walk that also bounds the node count)
                 data = loader.construct_document(node) if node is not None else None
-                return Document(data, node)
+                return Document(data, node, within_limit=True)
         except (yaml.YAMLError, RecursionError):
             pass  # report the pure-Python loader's message and position, below
         finally:
@@ -72,7 +73,7 @@ def load_document(text: str, *, fast: bool = True) -> Document:
     return _load_pure(text)
 
 
-def _has_empty_scalar(node: yaml.Node | None, limit: int = 50_000) -> bool:
+def _has_empty_scalar(node: yaml.Node | None, limit: int = 50_000) -> bool:  # MAX_NODES
     """True for a tree with an implicit empty value (whose mark libyaml places differently), or one
     too large to check (an alias bomb: the pure-Python path reports it the same as before)."""
     stack: list[yaml.Node] = [node] if node is not None else []
