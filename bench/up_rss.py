@@ -61,7 +61,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose code runs (e.g. main, for a before)")
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="checkout whose code runs (e.g. main, for a before)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -81,7 +83,9 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
         cmd = [sys.executable, "-m", "reconciler.cli.main", "up", "--repo", f"file://{bare}", "--state", str(state),
                "--listen", f"127.0.0.1:{free_port()}", "--interval", "5"]  # fmt: skip
-        up = subprocess.Popen(cmd, cwd=args.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        up = subprocess.Popen(
+            cmd, cwd=args.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             t0 = time.monotonic()
             while routed(state) < args.services:
