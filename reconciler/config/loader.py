@@ -245,10 +245,13 @@ def _decode(data: bytes, rel: str) -> tuple[str | None, Diagnostic | None]:
 
 class ParseCache:
     """Parsed files by (path, content digest, default profile), least recently used dropped first;
-    and per cached parsed file the `LoadedService` of its name (config with the name, spec hash)."""
+    and per cached parsed file the `LoadedService` of its name (config with the name, spec hash).
+    It holds at least `min_entries` and twice the largest tree loaded (a smaller bound would drop
+    every entry of a big tree before its next load: LRU over a sequential scan), about 7 KB each."""
 
-    def __init__(self, max_entries: int = 20_000) -> None:
-        self.max_entries = max_entries
+    def __init__(self, min_entries: int = 4_000) -> None:
+        self.min_entries = min_entries
+        self.max_entries = min_entries
         self.enabled = True  # off: every file parsed every time (the benchmark's "before")
         self._parsed: OrderedDict[tuple[str, bytes, str], ParsedFile] = OrderedDict()
         # id of a cached ParsedFile -> name -> its LoadedService (ids are unique while cached)
@@ -257,6 +260,11 @@ class ParseCache:
     def clear(self) -> None:
         self._parsed.clear()
         self._services.clear()
+        self.max_entries = self.min_entries
+
+    def fit(self, files: int) -> None:
+        """Make room for a tree of `files` config files (and the next revision of it)."""
+        self.max_entries = max(self.max_entries, 2 * files)
 
     def parsed(self, key: tuple[str, bytes, str], parse: Callable[[], ParsedFile]) -> ParsedFile:
         if not self.enabled:
@@ -355,7 +363,9 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
     diagnostics += [d for d in links if d.path not in linked_out]
     base = subpath if subpath and (root / subpath).is_dir() else None
     parsed: list[ParsedFile] = []
-    for rel in discover(root, subpath):
+    found = discover(root, subpath)
+    PARSE_CACHE.fit(len(found))
+    for rel in found:
         if rel in linked_out:
             parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [linked_out[rel]]))
             continue
