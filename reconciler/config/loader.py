@@ -25,8 +25,7 @@ import hashlib
 import json
 import os
 import re
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,13 +35,16 @@ import pathspec
 from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
+from reconciler.config.parse_cache import PARSE_CACHE, ParseCache
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
 from reconciler.config.yamldoc import Position
 
 __all__ = [
+    "PARSE_CACHE",
     "Diagnostic",
     "LoadResult",
     "LoadedService",
+    "ParseCache",
     "Severity",
     "derive_service_name",
     "discover",
@@ -243,57 +245,15 @@ def _decode(data: bytes, rel: str) -> tuple[str | None, Diagnostic | None]:
         return None, Diagnostic(rel, line, 1, "", "the file is not valid UTF-8")
 
 
-class ParseCache:
-    """Parsed files by (path, content digest, default profile), least recently used dropped first;
-    and per cached parsed file the `LoadedService` of its name (config with the name, spec hash).
-    It holds at least `min_entries` and twice the largest tree loaded (a smaller bound would drop
-    every entry of a big tree before its next load: LRU over a sequential scan), about 7 KB each."""
+def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
+    """The loaded service of a valid parsed file under `name` (spec hash computed once per entry)."""
 
-    def __init__(self, min_entries: int = 4_000) -> None:
-        self.min_entries = min_entries
-        self.max_entries = min_entries
-        self.enabled = True  # off: every file parsed every time (the benchmark's "before")
-        self._parsed: OrderedDict[tuple[str, bytes, str], ParsedFile] = OrderedDict()
-        # id of a cached ParsedFile -> name -> its LoadedService (ids are unique while cached)
-        self._services: dict[int, dict[str, LoadedService]] = {}
-
-    def clear(self) -> None:
-        self._parsed.clear()
-        self._services.clear()
-        self.max_entries = self.min_entries
-
-    def fit(self, files: int) -> None:
-        """Make room for a tree of `files` config files (and the next revision of it)."""
-        self.max_entries = max(self.max_entries, 2 * files)
-
-    def parsed(self, key: tuple[str, bytes, str], parse: Callable[[], ParsedFile]) -> ParsedFile:
-        if not self.enabled:
-            return parse()
-        found = self._parsed.get(key)
-        if found is not None:
-            self._parsed.move_to_end(key)
-            return found
-        found = self._parsed[key] = parse()
-        self._services[id(found)] = {}
-        while len(self._parsed) > self.max_entries:
-            _, dropped = self._parsed.popitem(last=False)
-            self._services.pop(id(dropped), None)
-        return found
-
-    def service(self, item: ParsedFile, name: str) -> LoadedService:
-        """The loaded service of a valid parsed file under `name` (spec hash computed once)."""
+    def make() -> LoadedService:
         assert item.config is not None
-        known = self._services.get(id(item)) if self.enabled else None
-        if known is not None and name in known:
-            return known[name]
         config = item.config if item.config.name else item.config.model_copy(update={"name": name})
-        loaded = LoadedService(name, item.path, config, spec_hash(config))
-        if known is not None:
-            known[name] = loaded
-        return loaded
+        return LoadedService(name, item.path, config, spec_hash(config))
 
-
-PARSE_CACHE = ParseCache()
+    return PARSE_CACHE.derived(item, name, make)
 
 
 def _fingerprint(profile: Mapping[str, Any] | None) -> str:
@@ -402,7 +362,7 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
         if item.config is None or not profiles.ok:
             failed[name] = item.path
             continue
-        services[name] = PARSE_CACHE.service(item, name)
+        services[name] = _loaded_service(item, name)
     positions = {name: items[0].positions for name, items in by_name.items()}
     diagnostics += _refuse_shared_models(services, failed, positions)
     diagnostics.sort(key=Diagnostic.sort_key)
