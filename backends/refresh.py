@@ -11,8 +11,8 @@ rows of the current catalog (the refreshed one, else the shipped one) and is nam
 reason. Regions: the settings file's, else the ones the current catalog has for that cloud.
 
 Where: `$XDG_CACHE_HOME/tidegate/catalog.csv` (default `~/.cache/tidegate/catalog.csv`) beside
-`catalog.meta.json` (per cloud: refresh time, regions, rows), unless `--catalog FILE` names
-another file. Prices are not deployment state, so the file lives with the user, not in a state
+`catalog.meta.json` (per cloud: refresh time, regions, rows), unless `--catalog FILE` or the
+settings file's `catalog:` names another file. Prices are not deployment state, so the file lives with the user, not in a state
 directory: `offers`, `plan` and `up` of that user read it (`catalog:` in the settings file or
 `TIDEGATE_CATALOG` points another user at it).
 """

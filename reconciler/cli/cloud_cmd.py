@@ -196,8 +196,10 @@ def refresh(args: argparse.Namespace) -> int:
     except (SettingsError, FileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    dest = Path(args.catalog) if args.catalog else cache_catalog_path()
-    current = dest if dest.is_file() else resolve_catalog_path(settings.catalog)
+    # where the catalog is read from is where it is refreshed: --catalog, else the settings file's
+    # `catalog:` (TIDEGATE_CATALOG), else the user cache
+    dest = Path(args.catalog or settings.catalog or cache_catalog_path())
+    current = dest if dest.is_file() else resolve_catalog_path(None)
     try:
         report = refresh_catalog(settings, dest, current)
     except CatalogError as e:
