@@ -154,6 +154,16 @@ def _backends_for_offers(args: argparse.Namespace) -> list[Backend] | None:
     return build_backends(settings, owner="offers", state_dir=".")
 
 
+def _catalog_in_use(args: argparse.Namespace) -> str | None:
+    """The catalog the offers came from: --catalog, else the settings file's (when one is used)."""
+    path = args.settings or os.environ.get("TIDEGATE_SETTINGS")
+    if args.catalog or not path:
+        return str(args.catalog) if args.catalog else None
+    from reconciler.cli.settings import load_cloud_settings
+
+    return load_cloud_settings(path, os.environ).catalog
+
+
 def find_offers(args: argparse.Namespace, requirements: Requirements) -> list[Offer]:
     from backends.cloud.catalog import load_catalog, merge_offers, resolve_catalog_path, select_offers
 
@@ -250,10 +260,7 @@ def run_offers(args: argparse.Namespace) -> int:
         return 1
     columns = [*OFFER_COLUMNS[:2], "INSTANCE", *OFFER_COLUMNS[2:]] if args.verbose else OFFER_COLUMNS
     print_table(columns, offer_rows(shown, verbose=args.verbose), status_column=None)
-    print(
-        describe_catalog(resolve_catalog_path(args.catalog or os.environ.get("TIDEGATE_CATALOG"))),
-        file=sys.stderr,
-    )
+    print(describe_catalog(resolve_catalog_path(_catalog_in_use(args))), file=sys.stderr)
     if len(offers) > len(shown):
         print(f"... {len(offers) - len(shown)} more (--limit)", file=sys.stderr)
     return 0
