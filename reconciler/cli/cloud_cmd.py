@@ -161,7 +161,8 @@ def _catalog_in_use(args: argparse.Namespace) -> str | None:
         return str(args.catalog) if args.catalog else None
     from reconciler.cli.settings import load_cloud_settings
 
-    return load_cloud_settings(path, os.environ).catalog
+    catalog: str | None = load_cloud_settings(path, os.environ).catalog
+    return catalog
 
 
 def find_offers(args: argparse.Namespace, requirements: Requirements) -> list[Offer]:
