@@ -17,7 +17,7 @@ every position stay exactly PyYAML's (a differential fuzz test in tests/config c
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,13 +64,70 @@ def load_document(text: str, *, fast: bool = True) -> Document:
         try:
             node = loader.get_single_node()
             if not _has_empty_scalar(node):  # (a walk that also bounds the node count)
-                data = loader.construct_document(node) if node is not None else None
-                return Document(data, node, within_limit=True)
+                return Document(_construct(loader, node), node, within_limit=True)
         except (yaml.YAMLError, RecursionError):
             pass  # report the pure-Python loader's message and position, below
         finally:
             loader.dispose()
     return _load_pure(text)
+
+
+_STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+_SCALARS: dict[str, Callable[[Any, yaml.Node], Any]] = {
+    "tag:yaml.org,2002:null": lambda loader, node: None,
+    "tag:yaml.org,2002:bool": lambda loader, node: loader.construct_yaml_bool(node),
+    "tag:yaml.org,2002:int": lambda loader, node: loader.construct_yaml_int(node),
+    "tag:yaml.org,2002:float": lambda loader, node: loader.construct_yaml_float(node),
+}
+
+
+class _Unusual(Exception):
+    """A node `_construct` leaves to PyYAML's constructor (merge keys, timestamps, sets, ...)."""
+
+
+def _construct(loader: Any, node: yaml.Node | None) -> Any:
+    """What `loader.construct_document(node)` returns, built directly for the nodes configs are
+    made of (mappings with scalar keys, sequences, strings, numbers, booleans, nulls), which skips
+    the constructor's per-node bookkeeping; anything else goes to the constructor itself. Aliases
+    give the same object, as there."""
+    if node is None:
+        return None
+    memo: dict[int, Any] = {}
+
+    def build(n: yaml.Node) -> Any:
+        tag = n.tag
+        if isinstance(n, yaml.ScalarNode):
+            if tag == _STR:
+                return n.value
+            scalar = _SCALARS.get(tag)
+            if scalar is None:
+                raise _Unusual(tag)
+            return scalar(loader, n)
+        known = memo.get(id(n))
+        if known is not None:
+            return known
+        if tag == _SEQ and isinstance(n, yaml.SequenceNode):
+            items: list[Any] = []
+            memo[id(n)] = items
+            items.extend(build(child) for child in n.value)
+            return items
+        if tag == _MAP and isinstance(n, yaml.MappingNode):
+            mapping: dict[Any, Any] = {}
+            memo[id(n)] = mapping
+            for key, value in n.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag not in _SIMPLE_KEYS:
+                    raise _Unusual(key.tag)  # merge (`<<`) and value (`=`) keys, complex keys
+                mapping[build(key)] = build(value)
+            return mapping
+        raise _Unusual(tag)
+
+    try:
+        return build(node)
+    except _Unusual:
+        return loader.construct_document(node)
+
+
+_SIMPLE_KEYS = frozenset({_STR, *_SCALARS})
 
 
 def _has_empty_scalar(node: yaml.Node | None, limit: int = 50_000) -> bool:  # MAX_NODES

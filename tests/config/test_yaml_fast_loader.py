@@ -22,6 +22,17 @@ EXTRA = [
     "a: &x [1, {b: c}]\nb: *x\nc: |\n  ä\n  b\nd: >-\n  folded\n",
     "\ufeffa: 1\n",
     "a:\nb: [1é, 2, {c: }]\n",
+    "base: &b {cpu: 2, memory: 8GB}\nx:\n  <<: *b\n  cpu: 4\ny: {<<: [*b], gpu: 1}\n",
+    "when: 2001-12-14t21:59:43.10-05:00\nday: 2002-12-14\nbin: !!binary aGVsbG8=\ns: !!set {a, b}\n",
+    "o: !!omap [a: 1, b: 2]\np: !!pairs [a: 1, a: 2]\n= : v\n",
+    "ints: [0x1F, 0o17, 017, 1_000, 1:30, -0b101, +7]\nfloats: [.inf, -.Inf, .NaN, 1e3, 6.8523015e+5, 190:20:30.15]\n",
+    "bools: [yes, No, on, OFF, true, False, y, n]\nnulls: [~, null, Null]\nstr: !!str 123\nk: 'q'\n",
+    "a: &x [1, *x]\nb: &m {k: *x}\nc: *m\n",
+    "[1, 2]: complex\n{a: b}: other\n",
+    "a: 1\na: 2\n? k\n: v\n",
+    "top-level string\n",
+    "- 1\n- [2, {x: y}]\n",
+    "k: !custom value\n",
 ]
 
 
@@ -41,8 +52,14 @@ def repository_yaml() -> list[str]:
 def marks(node: yaml.Node | None) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     stack = [node] if node is not None else []
+    seen: set[int] = set()
     while stack:
         n = stack.pop()
+        if not isinstance(n, yaml.ScalarNode):
+            if id(n) in seen:  # an alias: the node is listed once (and a recursive one ends)
+                out.append(("alias", n.start_mark.line, n.start_mark.column))
+                continue
+            seen.add(id(n))
         value = n.value if isinstance(n, yaml.ScalarNode) else None
         out.append((type(n).__name__, n.tag, n.start_mark.line, n.start_mark.column, value))
         if isinstance(n, yaml.MappingNode):
