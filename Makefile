@@ -49,6 +49,7 @@ test-fast: $(STAMP) sandbox-tool
 
 bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/plans.py --sizes 1000 --runs 3
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/autoscale.py
 

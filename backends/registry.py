@@ -8,11 +8,14 @@ of that kind is configured.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from backends.cloud.backend import CloudBackend
 from backends.settings import AwsSettings, CloudSettings
+
+log = logging.getLogger("backends.registry")
 
 
 def build_backends(
@@ -28,10 +31,13 @@ def build_backends(
     `state_dir` holds the tunnels' keys (`ssh/`) and sockets (`run/tunnels/`). `tunnels=True` only in
     the process that owns the state dir (`up`, `apply`): it opens the SSH tunnels to running
     replicas. Otherwise the backends report the same addresses and open none."""
-    from backends.cloud.catalog import load_catalog, resolve_catalog_path
+    from backends.cloud.catalog import describe_catalog, load_catalog, resolve_catalog_path
     from backends.cloud.tunnels import CloudTunnels
 
-    catalog = load_catalog(resolve_catalog_path(settings.catalog))
+    catalog_path = resolve_catalog_path(settings.catalog)
+    catalog = load_catalog(catalog_path)
+    if settings.backends:
+        log.info("offers %s", describe_catalog(catalog_path))
     out: list[CloudBackend] = []
     for entry in settings.backends:
         if isinstance(entry, AwsSettings):

@@ -48,6 +48,7 @@ class AwsSettings(_Model):
     ami_fallback: str | dict[str, str] | None = None
     key_name: str | None = None
     endpoint_url: str | None = None  # moto / LocalStack in tests
+    pricing_endpoint_url: str | None = None  # the Price List API (`offers --refresh`); tests only
     use_private_ip: bool = False
     # Replace the instance's IP in replica addresses (emulators whose IPs are not routable; tests).
     address_host: str | None = None
@@ -80,6 +81,7 @@ class AzureSettings(_Model):
     admin_username: str = "tidegate"
     ssh_public_key: str | None = None
     base_url: str | None = None  # the local ARM endpoint in tests
+    retail_prices_url: str | None = None  # the Retail Prices API (`offers --refresh`); tests only
     address_host: str | None = None  # replace the VM's IP in replica addresses (emulators; tests)
     polling_interval: float = Field(default=15.0, ge=0)  # LRO poll wait when ARM gives no Retry-After
     sdk_retries: int = Field(default=3, ge=0)  # azure-core's own retries of 429/5xx before we see them

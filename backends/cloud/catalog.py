@@ -5,7 +5,8 @@ cloud credentials, no network) and the same way for every cloud. Prices therefor
 that ships with the package (`backends/cloud/data/catalog.csv`, in the column layout of dstack's
 `gpuhunt` v2 catalogs plus a `provider` column); cloud APIs only refine it (GPU facts, live spot
 prices) where they are reachable. `gpuhunt` itself (MPL-2.0) downloads its catalogs at run time and
-ships none, so it is used only as the optional source of `refresh_catalog`.
+ships none. `tidegate offers --refresh` rebuilds the catalog from the clouds' own APIs instead
+(backends/refresh.py) into the user's cache directory, which then wins over the shipped file.
 
 Matching follows dstack's resource grammar as resolved into `backends.base.Requirements`; it is
 pure (values in, values out) so the table is tested without any SDK.
@@ -14,8 +15,8 @@ pure (values in, values out) so the table is tested without any SDK.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -142,27 +143,43 @@ def merge_offers(*groups: Sequence[Offer]) -> list[Offer]:
     return sorted((o for g in groups for o in g), key=sort_key)
 
 
-def _row_from_gpuhunt(item: Any) -> dict[str, str] | None:
-    if not getattr(item, "gpu_count", 0) or not getattr(item, "gpu_name", None):
-        return None
-    vendor = getattr(item, "gpu_vendor", None)
-    return {
-        "provider": str(item.provider),
-        "instance_name": str(item.instance_name),
-        "location": str(item.location),
-        "price": str(item.price),
-        "cpu": str(item.cpu),
-        "memory": str(item.memory),
-        "gpu_count": str(item.gpu_count),
-        "gpu_name": str(item.gpu_name),
-        "gpu_memory": str(item.gpu_memory or 0),
-        "spot": str(bool(item.spot)),
-        "disk_size": str(item.disk_size or 0),
-        "gpu_vendor": str(getattr(vendor, "value", vendor) or "nvidia"),
-    }
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The catalog's rows as they are in the file (for merging a refresh into it)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return [{k: row.get(k) or "" for k in FIELDS} for row in csv.DictReader(fh)]
+    except OSError as e:
+        raise CatalogError(f"cannot read catalog {path}: {e}") from e
 
 
-def write_catalog(rows: Iterable[dict[str, str]], dest: Path) -> int:
+def meta_path(catalog: Path) -> Path:
+    """Where a refreshed catalog records when and from what it was refreshed."""
+    return catalog.with_name(catalog.stem + ".meta.json")
+
+
+def read_meta(catalog: Path) -> dict[str, Any]:
+    """{"providers": {"aws": {"refreshed_at": ISO time, "regions": [...], "rows": N}, ...}}, or {}."""
+    try:
+        raw = json.loads(meta_path(catalog).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) and isinstance(raw.get("providers"), dict) else {}
+
+
+def describe_catalog(path: Path) -> str:
+    """One line for users: which catalog answers and when each cloud's part was refreshed."""
+    if path == SHIPPED_CATALOG:
+        return f"catalog: shipped with tidegate ({path.name}); `tidegate offers --refresh` rebuilds it"
+    providers = read_meta(path).get("providers", {})
+    parts = [
+        f"{name} refreshed {info.get('refreshed_at', '?')}" if info.get("refreshed_at") else f"{name} shipped"
+        for name, info in sorted(providers.items())
+        if isinstance(info, dict)
+    ]
+    return f"catalog: {path}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def write_catalog(rows: Iterable[dict[str, str]], dest: Path, meta: dict[str, Any] | None = None) -> int:
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, fieldnames=list(FIELDS))
     writer.writeheader()
@@ -171,20 +188,8 @@ def write_catalog(rows: Iterable[dict[str, str]], dest: Path) -> int:
         writer.writerow(row)
         count += 1
     write_atomic(dest, buf.getvalue().encode("utf-8"), mode=0o644)  # a shared, readable data file
+    if meta is not None:
+        write_atomic(
+            meta_path(dest), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(), mode=0o644
+        )
     return count
-
-
-def refresh_catalog(dest: Path, providers: Sequence[str] = ("aws", "azure")) -> int:
-    """Rebuild the catalog from gpuhunt's published catalog (needs `pip install gpuhunt` + network)."""
-    try:
-        gpuhunt = importlib.import_module("gpuhunt")
-    except ImportError as e:
-        raise CatalogError("refreshing needs the optional 'gpuhunt' package: pip install gpuhunt") from e
-    try:
-        items = gpuhunt.query(provider=list(providers))
-    except Exception as e:  # gpuhunt raises plain network/HTTP errors
-        raise CatalogError(f"gpuhunt could not fetch its catalog: {e}") from e
-    rows = [r for r in (_row_from_gpuhunt(i) for i in items) if r is not None]
-    if not rows:
-        raise CatalogError("gpuhunt returned no GPU offers; keeping the current catalog")
-    return write_catalog(rows, dest)

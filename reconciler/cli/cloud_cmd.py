@@ -47,7 +47,9 @@ def register(subparsers: Any) -> None:
     offers.add_argument("--json", action="store_true", help="machine-readable output")
     offers.add_argument("-v", "--verbose", action="store_true", help="also show the instance type")
     offers.add_argument(
-        "--refresh", action="store_true", help="rebuild the catalog cache from gpuhunt (network)"
+        "--refresh",
+        action="store_true",
+        help="rebuild the catalog from the clouds' APIs (credentialed clouds only; written to --catalog or the user cache)",
     )
     offers.set_defaults(func=run_offers)
 
@@ -154,6 +156,17 @@ def _backends_for_offers(args: argparse.Namespace) -> Sequence[Backend] | None:
     return build_backends(settings, owner="offers", state_dir=".")
 
 
+def _catalog_in_use(args: argparse.Namespace) -> str | None:
+    """The catalog the offers came from: --catalog, else the settings file's (when one is used)."""
+    path = args.settings or os.environ.get("TIDEGATE_SETTINGS")
+    if args.catalog or not path:
+        return str(args.catalog) if args.catalog else None
+    from reconciler.cli.settings import load_cloud_settings
+
+    catalog: str | None = load_cloud_settings(path, os.environ).catalog
+    return catalog
+
+
 def find_offers(args: argparse.Namespace, requirements: Requirements) -> list[Offer]:
     from backends.cloud.catalog import load_catalog, merge_offers, resolve_catalog_path, select_offers
 
@@ -182,18 +195,42 @@ def offer_rows(offers: list[Offer], *, verbose: bool = False) -> list[list[str]]
     return rows
 
 
+def refresh(args: argparse.Namespace) -> int:
+    """`offers --refresh`: rebuild the catalog from the clouds' APIs (backends/refresh.py)."""
+    from backends.cloud.catalog import CatalogError, cache_catalog_path, resolve_catalog_path
+    from backends.refresh import refresh_catalog
+    from backends.settings import CloudSettings, SettingsError
+    from reconciler.cli.settings import SettingsError as FileError
+    from reconciler.cli.settings import load_cloud_settings
+
+    path = args.settings or os.environ.get("TIDEGATE_SETTINGS")
+    try:
+        settings = load_cloud_settings(path, os.environ) if path else CloudSettings()
+    except (SettingsError, FileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    # where the catalog is read from is where it is refreshed: --catalog, else the settings file's
+    # `catalog:` (TIDEGATE_CATALOG), else the user cache
+    dest = Path(args.catalog or settings.catalog or cache_catalog_path())
+    current = dest if dest.is_file() else resolve_catalog_path(None)
+    try:
+        report = refresh_catalog(settings, dest, current)
+    except CatalogError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for why in report.skipped.values():
+        print(f"warning: {why}", file=sys.stderr)
+    done = ", ".join(f"{name} {rows} rows" for name, rows in report.refreshed.items())
+    print(f"catalog refreshed ({done}): {report.total} offers written to {dest}", file=sys.stderr)
+    return 0
+
+
 def run_offers(args: argparse.Namespace) -> int:
-    from backends.cloud.catalog import CatalogError, cache_catalog_path, refresh_catalog
+    from backends.cloud.catalog import describe_catalog, resolve_catalog_path
     from reconciler.cli.output import print_table
 
-    if args.refresh:
-        dest = Path(args.catalog) if args.catalog else cache_catalog_path()
-        try:
-            count = refresh_catalog(dest)
-        except CatalogError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"catalog refreshed: {count} offers written to {dest}", file=sys.stderr)
+    if args.refresh and refresh(args) != 0:
+        return 1
     try:
         requirements = requirements_from_args(args)
         offers = find_offers(args, requirements)
@@ -226,6 +263,7 @@ def run_offers(args: argparse.Namespace) -> int:
         return 1
     columns = [*OFFER_COLUMNS[:2], "INSTANCE", *OFFER_COLUMNS[2:]] if args.verbose else OFFER_COLUMNS
     print_table(columns, offer_rows(shown, verbose=args.verbose), status_column=None)
+    print(describe_catalog(resolve_catalog_path(_catalog_in_use(args))), file=sys.stderr)
     if len(offers) > len(shown):
         print(f"... {len(offers) - len(shown)} more (--limit)", file=sys.stderr)
     return 0

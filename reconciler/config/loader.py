@@ -11,6 +11,12 @@ A symbolic link that leads outside the tree (absolute, or `../..` past the root)
 followed: a config file that is one is an error on that file (its service is not deployed, the
 others are), any other such link a warning (replicas do not get it). Links inside the tree are
 followed as usual.
+
+Speed: parsing and validating a file is pure (its bytes, its path and the default profile in, a
+`ParsedFile` out), so `PARSE_CACHE` keeps results keyed by exactly those (a content digest, not a
+modification time): a pass over a tree where one file changed re-parses that file only, and a
+service's spec hash is computed once per content. The cache is bounded (least recently used
+entries go first) and results are immutable, so sharing them between passes is safe.
 """
 
 from __future__ import annotations
@@ -22,19 +28,23 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pathspec
 
 from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
+from reconciler.config.parse_cache import PARSE_CACHE, ParseCache
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
 from reconciler.config.yamldoc import Position
 
 __all__ = [
+    "PARSE_CACHE",
     "Diagnostic",
     "LoadResult",
     "LoadedService",
+    "ParseCache",
     "Severity",
     "derive_service_name",
     "discover",
@@ -121,12 +131,8 @@ def outside_links(root: Path, subpath: str | None = None) -> list[Diagnostic]:
     found: list[Diagnostic] = []
     if start.is_symlink() or not start.is_dir():
         candidates = [start]
-    else:
-        candidates = []
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-            here = Path(dirpath)
-            candidates += [here / n for n in (*dirnames, *filenames)]
+    else:  # only the entries that are links (the directory entry says so: no stat per file)
+        candidates = [Path(p) for p in _links_under(str(start))]
     for path in candidates:
         target = link_outside(root, path)
         if target is None:
@@ -146,6 +152,31 @@ def outside_links(root: Path, subpath: str | None = None) -> list[Diagnostic]:
     return sorted(found, key=Diagnostic.sort_key)
 
 
+def _links_under(top: str) -> list[str]:
+    """Paths of the symbolic links under `top`, walked as os.walk does (links to directories are
+    not descended, `.git` directories skipped)."""
+    found: list[str] = []
+    pending = [top]
+    while pending:
+        here = pending.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            continue  # os.walk skips unreadable directories the same way
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir and entry.name in _SKIP_DIRS:
+                continue
+            if entry.is_symlink():
+                found.append(entry.path)
+            elif is_dir:
+                pending.append(entry.path)
+    return found
+
+
 def discover(root: Path, subpath: str | None = None) -> list[str]:
     """Config files under root (or root/subpath, which may be a file), posix paths relative to root."""
     start = root / subpath if subpath else root
@@ -153,13 +184,16 @@ def discover(root: Path, subpath: str | None = None) -> list[str]:
         return [start.relative_to(root).as_posix()] if is_config_file(start.name) else []
     found: list[str] = []
     specs: dict[str, pathspec.GitIgnoreSpec] = {}  # directory (posix, relative to root) -> its ignore rules
-    for dirpath, dirnames, filenames in os.walk(start):
-        here = Path(dirpath)
-        rel_dir = here.relative_to(root).as_posix()
-        rel_dir = "" if rel_dir == "." else rel_dir
-        spec = _read_ignores(here)
-        if spec is not None:
-            specs[rel_dir] = spec
+    top = str(start)
+    rel_top = start.relative_to(root).as_posix()
+    rel_top = "" if rel_top == "." else rel_top
+    for dirpath, dirnames, filenames in os.walk(top):
+        # string arithmetic, not pathlib: this runs once per directory of the tree on every load
+        rel_dir = _join(rel_top, dirpath[len(top) :].strip(os.sep).replace(os.sep, "/")).rstrip("/")
+        if any(n in filenames for n in IGNORE_FILES):
+            spec = _read_ignores(Path(dirpath))
+            if spec is not None:
+                specs[rel_dir] = spec
         dirnames[:] = sorted(
             d for d in dirnames if d not in _SKIP_DIRS and not _ignored(_join(rel_dir, d) + "/", specs)
         )
@@ -198,6 +232,10 @@ def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:
         data = (root / rel).read_bytes()
     except OSError as e:
         return None, Diagnostic(rel, 1, 1, "", f"cannot read the file: {e.strerror or e}")
+    return _decode(data, rel)
+
+
+def _decode(data: bytes, rel: str) -> tuple[str | None, Diagnostic | None]:
     if len(data) > MAX_FILE_BYTES:
         return None, Diagnostic(rel, 1, 1, "", f"the file is larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -205,6 +243,43 @@ def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         return None, Diagnostic(rel, line, 1, "", "the file is not valid UTF-8")
+
+
+def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
+    """The loaded service of a valid parsed file under `name` (spec hash computed once per entry)."""
+
+    def make() -> LoadedService:
+        assert item.config is not None
+        config = item.config if item.config.name else item.config.model_copy(update={"name": name})
+        return LoadedService(name, item.path, config, spec_hash(config))
+
+    return PARSE_CACHE.derived(item, name, make)
+
+
+def _fingerprint(profile: Mapping[str, Any] | None) -> str:
+    if profile is None:
+        return ""
+    return json.dumps(profile, sort_keys=True, default=repr)
+
+
+def _parse_file(root: Path, rel: str, profile: Mapping[str, Any] | None, profile_key: str) -> ParsedFile:
+    """One config file read and parsed (through PARSE_CACHE)."""
+    try:
+        with open(os.path.join(root, rel), "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        problem = Diagnostic(rel, 1, 1, "", f"cannot read the file: {e.strerror or e}")
+        return ParsedFile(FileKind.INVALID, rel, None, None, [problem])
+    digest = hashlib.blake2b(data, digest_size=20).digest()
+    return PARSE_CACHE.parsed((rel, digest, profile_key), lambda: _parse_bytes(data, rel, profile))
+
+
+def _parse_bytes(data: bytes, rel: str, profile: Mapping[str, Any] | None) -> ParsedFile:
+    text, problem = _decode(data, rel)
+    if text is None:
+        return ParsedFile(FileKind.INVALID, rel, None, None, [problem] if problem else [])
+    # a broken profiles file fails every service (below); do not blame the service files for it
+    return parse_service_text(text, rel, profile)
 
 
 def _load_profiles(root: Path) -> ProfilesResult:
@@ -241,21 +316,20 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
         )
     profiles = _load_profiles(root)
     diagnostics += profiles.diagnostics
+    profile = profiles.default if profiles.ok else None
+    profile_key = _fingerprint(profile)
     links = outside_links(root, subpath)
     linked_out = {d.path: d for d in links if d.severity == Severity.ERROR}
     diagnostics += [d for d in links if d.path not in linked_out]
     base = subpath if subpath and (root / subpath).is_dir() else None
     parsed: list[ParsedFile] = []
-    for rel in discover(root, subpath):
+    found = discover(root, subpath)
+    PARSE_CACHE.fit(len(found))
+    for rel in found:
         if rel in linked_out:
             parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [linked_out[rel]]))
             continue
-        text, problem = _read(root, rel)
-        if text is None:
-            parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [problem] if problem else []))
-            continue
-        # a broken profiles file fails every service (below); do not blame the service files for it
-        parsed.append(parse_service_text(text, rel, profiles.default if profiles.ok else None))
+        parsed.append(_parse_file(root, rel, profile, profile_key))
     by_name: dict[str, list[ParsedFile]] = {}
     for item in parsed:
         if item.kind == FileKind.SKIPPED:
@@ -288,8 +362,7 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
         if item.config is None or not profiles.ok:
             failed[name] = item.path
             continue
-        config = item.config if item.config.name else item.config.model_copy(update={"name": name})
-        services[name] = LoadedService(name, item.path, config, spec_hash(config))
+        services[name] = _loaded_service(item, name)
     positions = {name: items[0].positions for name, items in by_name.items()}
     diagnostics += _refuse_shared_models(services, failed, positions)
     diagnostics.sort(key=Diagnostic.sort_key)

@@ -122,7 +122,7 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
         diag = Diagnostic(path, e.position.line, e.position.column, "", e.message)
         return ParsedFile(FileKind.INVALID, path, None, None, [diag])
     out = Collector(path, doc)
-    if too_complex(doc.node):
+    if not doc.within_limit and too_complex(doc.node):
         out.at((), "the document is too large or uses too many aliases to validate")
         return ParsedFile(FileKind.INVALID, path, None, None, out.items)
     data = doc.data

@@ -3,11 +3,21 @@
 pydantic reports errors by path (`('resources', 'gpu')`); users need a line and a column. We parse
 once with PyYAML's SafeLoader, keep the composed node tree, and walk it along the error path to
 the deepest node that exists. Positions are 1-based, as editors and GitHub annotations count.
+
+Speed: libyaml's `CSafeLoader` (when PyYAML was built with it) composes the same node tree with
+the same marks about 20x faster than the pure-Python loader. Its error messages are libyaml's own,
+so a document it rejects is parsed again with the pure-Python loader, whose message and position
+are the ones reported: diagnostics do not depend on whether libyaml is installed. The two differ
+on a few inputs libyaml accepts and PyYAML rejects (a tab after a value, `?` inside flow
+collections, `|#`) and on the mark of an empty value (`a:` at the end, `{c: }`); such documents
+(`_PURE_ONLY`, or a tree with an empty plain scalar) take the pure-Python path, so the data and
+every position stay exactly PyYAML's (a differential fuzz test in tests/config checks it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +41,7 @@ class YamlSyntaxError(Exception):
 class Document:
     data: Any
     node: yaml.Node | None
+    within_limit: bool = False  # already known to have at most MAX_NODES nodes (see too_complex)
 
 
 def _pos(mark: Any) -> Position:
@@ -39,8 +50,109 @@ def _pos(mark: Any) -> Position:
     return Position(int(mark.line) + 1, int(mark.column) + 1)
 
 
-def load_document(text: str) -> Document:
-    """Parse one YAML document; raise YamlSyntaxError with the problem's position."""
+FAST_LOADER: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+# Text where libyaml and PyYAML may disagree: tabs, `?` (flow-context keys), a BOM or a Unicode
+# line break inside the text, a comment glued to a block scalar indicator.
+_PURE_ONLY = re.compile("[\t?\ufeff\x85\u2028\u2029]|[|>][-+0-9]*#")
+
+
+def load_document(text: str, *, fast: bool = True) -> Document:
+    """Parse one YAML document; raise YamlSyntaxError with the problem's position.
+    `fast=False` forces the pure-Python loader (the benchmark's "before" path)."""
+    if fast and FAST_LOADER is not None and not _PURE_ONLY.search(text):
+        loader = FAST_LOADER(text)
+        try:
+            node = loader.get_single_node()
+            if not _has_empty_scalar(node):  # (a walk that also bounds the node count)
+                return Document(_construct(loader, node), node, within_limit=True)
+        except (yaml.YAMLError, RecursionError):
+            pass  # report the pure-Python loader's message and position, below
+        finally:
+            loader.dispose()
+    return _load_pure(text)
+
+
+_STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+_SCALARS: dict[str, Callable[[Any, yaml.Node], Any]] = {
+    "tag:yaml.org,2002:null": lambda loader, node: None,
+    "tag:yaml.org,2002:bool": lambda loader, node: loader.construct_yaml_bool(node),
+    "tag:yaml.org,2002:int": lambda loader, node: loader.construct_yaml_int(node),
+    "tag:yaml.org,2002:float": lambda loader, node: loader.construct_yaml_float(node),
+}
+
+
+class _Unusual(Exception):
+    """A node `_construct` leaves to PyYAML's constructor (merge keys, timestamps, sets, ...)."""
+
+
+def _construct(loader: Any, node: yaml.Node | None) -> Any:
+    """What `loader.construct_document(node)` returns, built directly for the nodes configs are
+    made of (mappings with scalar keys, sequences, strings, numbers, booleans, nulls), which skips
+    the constructor's per-node bookkeeping; anything else goes to the constructor itself. Aliases
+    give the same object, as there."""
+    if node is None:
+        return None
+    memo: dict[int, Any] = {}
+
+    def build(n: yaml.Node) -> Any:
+        tag = n.tag
+        if isinstance(n, yaml.ScalarNode):
+            if tag == _STR:
+                return n.value
+            scalar = _SCALARS.get(tag)
+            if scalar is None:
+                raise _Unusual(tag)
+            return scalar(loader, n)
+        known = memo.get(id(n))
+        if known is not None:
+            return known
+        if tag == _SEQ and isinstance(n, yaml.SequenceNode):
+            items: list[Any] = []
+            memo[id(n)] = items
+            items.extend(build(child) for child in n.value)
+            return items
+        if tag == _MAP and isinstance(n, yaml.MappingNode):
+            mapping: dict[Any, Any] = {}
+            memo[id(n)] = mapping
+            for key, value in n.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag not in _SIMPLE_KEYS:
+                    raise _Unusual(key.tag)  # merge (`<<`) and value (`=`) keys, complex keys
+                mapping[build(key)] = build(value)
+            return mapping
+        raise _Unusual(tag)
+
+    try:
+        return build(node)
+    except _Unusual:
+        return loader.construct_document(node)
+
+
+_SIMPLE_KEYS = frozenset({_STR, *_SCALARS})
+
+
+def _has_empty_scalar(node: yaml.Node | None, limit: int = 50_000) -> bool:  # MAX_NODES
+    """True for a tree with an implicit empty value (whose mark libyaml places differently), or one
+    too large to check (an alias bomb: the pure-Python path reports it the same as before)."""
+    stack: list[yaml.Node] = [node] if node is not None else []
+    seen = 0
+    while stack:
+        current = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(current, yaml.ScalarNode):
+            if current.value == "" and not current.style:  # plain (libyaml: style "")
+                return True
+        elif isinstance(current, yaml.MappingNode):
+            for k, v in current.value:
+                stack.append(k)
+                stack.append(v)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return False
+
+
+def _load_pure(text: str) -> Document:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

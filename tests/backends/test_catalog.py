@@ -7,7 +7,6 @@ import base64
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from backends.cloud.catalog import (
     CatalogError,
     load_catalog,
     matches,
-    refresh_catalog,
     resolve_catalog_path,
     select_offers,
 )
@@ -111,37 +109,6 @@ def test_catalog_path_resolution(tmp_path: Path) -> None:
     assert resolve_catalog_path("/x.csv", env) == Path("/x.csv")
     with pytest.raises(CatalogError):
         load_catalog(tmp_path / "missing.csv")
-
-
-def test_refresh_from_gpuhunt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    item = types.SimpleNamespace(
-        provider="aws",
-        instance_name="g6.xlarge",
-        location="us-east-2",
-        price=0.8,
-        cpu=4,
-        memory=16,
-        gpu_count=1,
-        gpu_name="L4",
-        gpu_memory=24,
-        spot=False,
-        disk_size=None,
-        gpu_vendor=None,
-    )
-    cpu_item = types.SimpleNamespace(**{**vars(item), "gpu_count": 0, "gpu_name": None})
-    fake = types.ModuleType("gpuhunt")
-    fake.query = lambda provider: [item, cpu_item]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "gpuhunt", fake)
-    dest = tmp_path / "catalog.csv"
-    assert refresh_catalog(dest) == 1
-    (offer,) = load_catalog(dest)
-    assert (offer.region, offer.instance_type, offer.gpu) == ("us-east-2", "g6.xlarge", GpuInfo("L4", 24, 1))
-
-
-def test_refresh_without_gpuhunt_says_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "gpuhunt", None)
-    with pytest.raises(CatalogError, match="pip install gpuhunt"):
-        refresh_catalog(tmp_path / "c.csv")
 
 
 # ---- settings ------------------------------------------------------------------------------------
