@@ -31,7 +31,6 @@ from backends.cloud.catalog import CatalogError, read_meta, read_rows, write_cat
 from backends.settings import AwsSettings, AzureSettings, CloudSettings
 
 log = logging.getLogger("backends.refresh")
-ARM_SCOPE = "https://management.azure.com/.default"
 
 
 @dataclass
@@ -56,44 +55,6 @@ def _aws(settings: AwsSettings | None, regions: list[str], clients: Any) -> list
         pricing = settings.pricing_endpoint_url if settings else None
         clients = boto_clients(endpoint, pricing)
     return aws_rows(regions, clients)
-
-
-def _azure(
-    settings: AzureSettings | None, regions: list[str], credential: Any, environ: Mapping[str, str]
-) -> list[dict[str, str]]:
-    import httpx
-    from azure.mgmt.compute import ComputeManagementClient
-
-    from backends.azure.catalog_refresh import RETAIL_PRICES_URL, AzureCatalogError, azure_rows
-
-    subscription = settings.subscription_id if settings else environ.get("AZURE_SUBSCRIPTION_ID")
-    if not subscription:
-        raise AzureCatalogError(
-            "azure: no subscription (a settings file with an azure backend, or AZURE_SUBSCRIPTION_ID); not refreshed"
-        )
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-        try:
-            credential.get_token(ARM_SCOPE)
-        except Exception as e:  # azure-identity raises its own CredentialUnavailableError family
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise AzureCatalogError(
-                f"azure: no credentials (DefaultAzureCredential: {first}); not refreshed"
-            ) from e
-    kwargs: dict[str, Any] = {}
-    if settings and settings.base_url:
-        from backends.azure.arm import ARM_SCOPE as SCOPE
-        from backends.azure.arm import _allow_http_policy
-
-        kwargs = {"base_url": settings.base_url, "credential_scopes": [SCOPE]}
-        if settings.base_url.startswith("http://"):
-            kwargs["per_call_policies"] = [_allow_http_policy()]
-    compute = ComputeManagementClient(credential, subscription, **kwargs)
-    url = (settings.retail_prices_url if settings else None) or RETAIL_PRICES_URL
-    with httpx.Client(timeout=60, follow_redirects=True) as client:
-        return azure_rows(regions, compute, client, url)
 
 
 def refresh_catalog(
@@ -126,7 +87,9 @@ def refresh_catalog(
             else:
                 az = azure if isinstance(azure, AzureSettings) else None
                 regions = _regions(old_rows, "azure", az.locations if az else None)
-                rows = _azure(az, regions, azure_credential, env)
+                from backends.azure.catalog_refresh import refresh_azure
+
+                rows = refresh_azure(az, regions, azure_credential, env)
         except (AwsCatalogError, AzureCatalogError) as e:
             report.skipped[name] = str(e)
             continue

@@ -3,4 +3,4 @@
 """
 
 # What other units may import (docs/architecture.md, the public-surface rule); the rest is private.
-PUBLIC_MODULES: tuple[str, ...] = ("backend",)
+PUBLIC_MODULES: tuple[str, ...] = ("backend", "catalog_refresh")

@@ -19,10 +19,12 @@ columns (backends.cloud.catalog.FIELDS), provider `azure`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
+
+from backends.settings import AzureSettings
 
 RETAIL_PRICES_URL = "https://prices.azure.com/api/retail/prices"
 RETAIL_API_VERSION = "2023-01-01-preview"
@@ -160,3 +162,37 @@ def azure_rows(regions: Iterable[str], compute: Any, client: httpx.Client, url: 
                 }
             )
     return rows
+
+
+def refresh_azure(
+    settings: AzureSettings | None, regions: list[str], credential: Any, environ: Mapping[str, str]
+) -> list[dict[str, str]]:
+    from azure.mgmt.compute import ComputeManagementClient
+
+    from backends.azure.arm import ARM_SCOPE, _allow_http_policy
+
+    subscription = settings.subscription_id if settings else environ.get("AZURE_SUBSCRIPTION_ID")
+    if not subscription:
+        raise AzureCatalogError(
+            "azure: no subscription (a settings file with an azure backend, or AZURE_SUBSCRIPTION_ID); not refreshed"
+        )
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+        try:
+            credential.get_token(ARM_SCOPE)
+        except Exception as e:  # azure-identity raises its own CredentialUnavailableError family
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AzureCatalogError(
+                f"azure: no credentials (DefaultAzureCredential: {first}); not refreshed"
+            ) from e
+    kwargs: dict[str, Any] = {}
+    if settings and settings.base_url:
+        kwargs = {"base_url": settings.base_url, "credential_scopes": [ARM_SCOPE]}
+        if settings.base_url.startswith("http://"):
+            kwargs["per_call_policies"] = [_allow_http_policy()]
+    compute = ComputeManagementClient(credential, subscription, **kwargs)
+    url = (settings.retail_prices_url if settings else None) or RETAIL_PRICES_URL
+    with httpx.Client(timeout=60, follow_redirects=True) as client:
+        return azure_rows(regions, compute, client, url)
