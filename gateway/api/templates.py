@@ -10,6 +10,7 @@ network does not add a timeout to every request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import time
@@ -20,6 +21,10 @@ from typing import Any
 from tidegate.routes import ModelRoute
 
 FAILURE_TTL = 60.0
+# How long a request waits for the Hub. huggingface_hub retries a refused or failing connection
+# five times with backoff (about 24 s); the fetch goes on in the background and a later request
+# uses its result, but no request is held that long.
+FETCH_WAIT = 5.0
 
 
 class TemplateUnavailable(Exception):
@@ -88,6 +93,8 @@ class TemplateResolver:
         self.cache_dir = cache_dir
         self._cache: dict[str, ChatTemplate] = {}
         self._failed: dict[str, tuple[float, str]] = {}
+        self._fetching: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.fetch_wait = FETCH_WAIT
 
     async def resolve(self, model: ModelRoute) -> ChatTemplate:
         if model.chat_template:
@@ -98,11 +105,30 @@ class TemplateResolver:
         failed = self._failed.get(model.name)
         if failed is not None and time.monotonic() - failed[0] < FAILURE_TTL:
             raise TemplateUnavailable(failed[1])
+        fetch = self._fetching.get(model.name)
+        if fetch is None:
+            fetch = asyncio.ensure_future(asyncio.to_thread(_download, model.name, self.endpoint, self.cache_dir))
+            self._fetching[model.name] = fetch
+            fetch.add_done_callback(functools.partial(self._fetched, model.name))
         try:
-            config = await asyncio.to_thread(_download, model.name, self.endpoint, self.cache_dir)
+            config = await asyncio.wait_for(asyncio.shield(fetch), self.fetch_wait)
+        except TimeoutError:
+            raise TemplateUnavailable(
+                f"model {model.name!r} has no chat_template in its service config, and fetching its "
+                "tokenizer_config.json from the Hugging Face Hub is taking long; retry shortly, or set "
+                "model.chat_template"
+            ) from None
+        try:
             found = from_tokenizer_config(config, model)
         except TemplateUnavailable as e:
             self._failed[model.name] = (time.monotonic(), str(e))
             raise
         self._cache[model.name] = found
         return found
+
+    def _fetched(self, name: str, done: asyncio.Future[dict[str, Any]]) -> None:
+        """A fetch ended (awaited or not): a failure is remembered for FAILURE_TTL."""
+        self._fetching.pop(name, None)
+        error = None if done.cancelled() else done.exception()
+        if isinstance(error, TemplateUnavailable):
+            self._failed[name] = (time.monotonic(), str(error))
