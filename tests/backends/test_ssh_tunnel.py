@@ -199,6 +199,7 @@ def test_forwarding_anywhere_but_the_service_port_is_refused_by_sshd(
     assert "uid=" not in out["shell"] and not out["shell"].startswith("exit 0"), out["shell"]
 
 
+@pytest.mark.slow
 def test_the_tunnel_reconnects_after_sshd_restarts(
     tunnels: CloudTunnels, instance: FakeInstance, services: tuple[int, int]
 ) -> None:

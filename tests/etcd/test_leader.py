@@ -97,6 +97,7 @@ def test_exactly_one_of_three_leads(etcd_cluster: EtcdCluster, contenders: list[
     assert Leadership(client_for(url)).holder() == leading[0].node
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_leader_a_standby_leads_within_10s(
     etcd_cluster: EtcdCluster, contenders: list[Contender]
 ) -> None:
@@ -113,6 +114,7 @@ def test_kill_9_of_the_leader_a_standby_leads_within_10s(
     assert took < 10.0, f"takeover took {took:.1f}s"
 
 
+@pytest.mark.slow
 def test_a_paused_leader_is_fenced_when_it_wakes_and_becomes_standby(
     etcd_cluster: EtcdCluster, contenders: list[Contender]
 ) -> None:

@@ -115,6 +115,7 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.P
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_a_flood_of_silent_connections_leaves_other_clients_served(gateway_process: Callable[..., tuple[subprocess.Popen[str], str, Path]]) -> None:
     # The process may open 200 files (like `ulimit -n 200`): 300 silent connections are more than it could hold.
     proc, url, _ = gateway_process("--header-timeout", "1", nofile=200)
@@ -140,6 +141,7 @@ def test_a_flood_of_silent_connections_leaves_other_clients_served(gateway_proce
     assert "Traceback" not in err and "Too many open files" not in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_hung_request_stops_within_the_grace(gateway_process: Callable[..., tuple[subprocess.Popen[str], str, Path]]) -> None:
     hung = RawUpstream({"hang": lambda ex: ex.hang_until_closed() or False}).start()
     try:

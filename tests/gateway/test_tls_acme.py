@@ -74,6 +74,7 @@ def _curl(root: Path, host: str, port: int, path: str, token: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_certificates_issued_served_and_kept_across_restart(
     tmp_path: Path, pebble: Pebble, plain_port: int, openai_upstream: Proc
 ) -> None:

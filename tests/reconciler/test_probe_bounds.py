@@ -157,6 +157,7 @@ port: 8000
 """
 
 
+@pytest.mark.slow
 def test_streaming_and_trickling_services_never_hold_a_pass_and_stop_is_fast(tmp_path: Path) -> None:
     state, repo = tmp_path / "state", tmp_path / "repo"
     repo.mkdir()
