@@ -20,7 +20,8 @@ from tidegate.install_check import foreign_packages
 COMMAND_MODULES = (
     "reconciler.cli.validate_cmd",  # validate, schema
     "reconciler.cli.plan_cmd",  # plan
-    "reconciler.cli.commands",  # apply, up, ps, logs, stop, start
+    "reconciler.cli.up_cmd",  # apply, up
+    "reconciler.cli.commands",  # ps, logs, stop, start
     "gateway.cli",  # gateway, token
     "reconciler.cli.cloud_cmd",  # offers, gc
     "reconciler.cli.state_cmd",  # state restore

@@ -3,7 +3,8 @@
 Why a module of its own: `plan`, `apply`, `up`, `stop` and `start` all need the same wiring
 (installation id -> owner -> backends -> engine), and `up` adds the long-lived parts (the loop
 pass that fetches, applies queued stop/start signals and reconciles; the gateway server thread).
-Keeping that here leaves `commands.py` as argument parsing and printing.
+Keeping that here leaves the command modules (`up_cmd.py`, `commands.py`) as argument parsing and
+printing.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def test_a_pass_logs_one_line_per_event(world: World, caplog: pytest.LogCaptureF
 def test_json_log_lines() -> None:
     import json
 
-    from reconciler.cli.commands import JsonLogFormatter
+    from reconciler.cli.up_cmd import JsonLogFormatter
 
     record = logging.LogRecord("tidegate.engine", logging.INFO, __file__, 1, "%s: %s", ("api", "x"), None)
     record.service, record.event, record.detail = "api", "replica ready", "api-1 (GET / -> 200)"

@@ -338,7 +338,7 @@ def test_ps_and_logs_withhold_output_they_cannot_mask(tmp_path: Path) -> None:
 
 
 def test_ps_and_logs_use_the_env_file_up_recorded(tmp_path: Path) -> None:
-    from reconciler.cli.commands import record_env_file
+    from reconciler.cli.common import record_env_file
 
     secret = "hunter2-the-token"
     run = scenario(tmp_path, secret)
