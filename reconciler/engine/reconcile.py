@@ -8,7 +8,10 @@ changed and nothing drifted does no backend writes and no file writes.
 
 The values it takes and returns live in reconciler.engine.values, loading (and remembering) desired
 sets in reconciler.engine.desired_loader, the offer choice in reconciler.engine.offers and the
-next-run time in reconciler.engine.schedule.
+next-run time in reconciler.engine.schedule. What a pass writes once it has applied (state, then
+routes) is in reconciler.engine.finish, what the CLI asks besides a pass (plan, status, stop,
+start) in reconciler.engine.asks, the masking of replica output in reconciler.engine.masking:
+mixins of `Engine`.
 
 With `EngineSettings.workers` > 0 (what `up` and `apply` run) the apply half goes to a bounded pool
 (reconciler.engine.dispatch): each service's steps on their own worker, the pass holding
@@ -26,7 +29,6 @@ and resumes by itself once the state can be written again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -37,27 +39,25 @@ from pathlib import Path
 
 from backends.base import BackendRegistry, ReplicaInfo
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
+from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.dispatch import Dispatcher
-from reconciler.engine.liveness import recheck_in, recheck_ready
-from reconciler.engine.masking import ReplicaMasking
+from reconciler.engine.finish import PassFinish
+from reconciler.engine.liveness import recheck_ready
 from reconciler.engine.observe import (
     ObserveSettings,
     Prober,
     list_backends,
     observe,
     probe_pending,
-    readiness_due_in,
     settle_journal,
 )
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Action, Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_alive, probe_http, probe_replica
-from reconciler.engine.schedule import next_run_in
-from reconciler.engine.stats import read_stats
-from reconciler.engine.targets import TargetSettings, build_targets, sync_records
+from reconciler.engine.targets import TargetSettings, build_targets
 from reconciler.engine.values import (
     DesiredExtension,
     EngineSettings,
@@ -68,11 +68,8 @@ from reconciler.engine.values import (
 )
 from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
-from reconciler.state.records import ReplicaPhase, SnapshotRef, StateDoc
 from reconciler.state.redact import SecretBook
 from reconciler.state.store import StateStore
-from reconciler.state.view import ServiceView, build_routes, status_views
-from tidegate.routes import RoutesSnapshot
 
 # The values live in reconciler.engine.values; they stay importable from here.
 __all__ = [
@@ -87,15 +84,8 @@ __all__ = [
 
 log = logging.getLogger("tidegate.engine")
 
-MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
-# A held pass looks again this soon (not the whole interval): the roll it holds resumes within
-# seconds of the state becoming writable. The check is a stat, a statvfs and one small write.
-HELD_RECHECK = 5.0
 DEMAND_HOT = 30.0  # a demand signal keeps its service's readiness probes fast this long
 
-
-def _sooner(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
 # `close()` waits this long for work running on workers before it returns (their intents are
 # journaled, so whatever is cut short is settled by the next start).
 STOP_TIMEOUT = 10.0
@@ -112,7 +102,7 @@ _Decided = tuple[
 ]
 
 
-class Engine(ReplicaMasking):
+class Engine(EngineAsks, PassFinish):
     def __init__(
         self,
         state_dir: Path,
@@ -225,38 +215,6 @@ class Engine(ReplicaMasking):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _require_owner(self) -> None:
-        if self.read_only:
-            raise StateError("this engine was opened read-only")
-
-    def _dump(self) -> str:
-        return self.doc.model_dump_json(exclude={"serial", "updated_at"})
-
-    def _save(self, force: bool = False) -> bool:
-        with self.lock:
-            if self._closing:
-                return False
-            # Not past an intent still in flight on a worker: a crash now settles it on restart.
-            self.doc.journal_seq = self.journal.settled_seq
-            dumped = self._dump()
-            if not force and dumped == self._last_saved:
-                return False
-            self.store.save(self.doc)
-            self._last_saved = self._dump()
-            self._last_checkpoint = self.clock()
-            if self.journal.open_intents():
-                self._fault("open_state_write")
-            self._fault("after_state_write")
-            return True
-
-    @property
-    def state_fault(self) -> str | None:
-        """Why passes take no action that changes what runs (the state cannot be saved), or None."""
-        return self.outputs.fault
-
-    def _publish_routes(self, force: bool = False, hold: bool = False) -> bool:
-        return self.outputs.publish_routes(lambda: self.routes, force=force, hold=hold)
-
     def recover(self) -> list[str]:
         """On start: settle every journal intent newer than the state, then publish routes. A state
         that cannot be saved is not fatal here: it becomes `state_fault` and passes hold."""
@@ -272,67 +230,7 @@ class Engine(ReplicaMasking):
             self.outputs.set_fault(str(e))
         return done
 
-    def _compact(self) -> None:
-        self.outputs.compact(self.doc.journal_seq)
-
-    # -- desired ---------------------------------------------------------------------------------
-    def _desired(self, snapshot: SnapshotLike | None) -> DesiredSet | None:
-        running = {n: r.backend for n, r in self.doc.services.items() if r.backend and r.replicas}
-        return self._loader.desired(self.doc.last_snapshot, snapshot, self.extension, running)
-
-    def _last_good(self, ds: DesiredSet | None) -> dict[str, DesiredService]:
-        return self._loader.last_good(self.doc, ds)
-
-    # -- public API ------------------------------------------------------------------------------
-    def desired(self, snapshot: SnapshotLike) -> DesiredSet:
-        """The desired set of a checkout (offers chosen, previews added when configured); no state
-        is read or written. `tidegate plan --baseline DIR` plans a PR against the base's set."""
-        ds = self._desired(snapshot)
-        assert ds is not None  # a snapshot was given
-        return ds
-
-    def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
-        """What `reconcile` would do now. No side effects: works on a copy of the state."""
-        now = self.clock()
-        with self.lock:  # held throughout: a worker must never see (and write) the scratch copy
-            return self._plan_locked(snapshot, now)
-
-    def _plan_locked(self, snapshot: SnapshotLike | None, now: float) -> PlanResult:
-        saved = self.doc
-        self.doc = saved.model_copy(deep=True)
-        try:
-            ds = self._desired(snapshot)
-            observe(
-                self.doc,
-                self.backends,
-                {d.backend for d in (ds.services.values() if ds else [])},
-                now,
-                self._observe,
-                {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
-                mask=self.mask_replica,
-            )
-            desired, _, notes = build_targets(
-                self.doc,
-                ds,
-                self._read_stats(now),
-                self._demand,
-                now,
-                self._target_settings,
-                mutate=False,
-                last_good=self._last_good(ds),
-            )
-            p = plan(desired, self.doc.services, now)
-        finally:
-            self.doc = saved
-        return PlanResult(
-            p, ds, ds.revision if ds else None, ds.diagnostics if ds else (), tuple(notes) + p.notes
-        )
-
-    def _read_stats(self, now: float) -> Mapping[str, ServiceStats]:
-        if self._stats is not None:
-            return self._stats()
-        return read_stats(self.state_dir, now, self.settings.stats_max_age)
-
+    # -- the pass --------------------------------------------------------------------------------
     def note_demand(self, service: str) -> None:
         """A request is held for `service` at zero replicas: scale it to at least one at once."""
         self._demand.add(service)
@@ -349,47 +247,6 @@ class Engine(ReplicaMasking):
         if self._live_prober is not None:
             return self._live_prober
         return probe_alive if self._prober is probe_replica else self._prober
-
-    def stop_service(self, name: str) -> None:
-        self._require_owner()
-        with self.lock:
-            self._set_stopped(name, True)
-
-    def start_service(self, name: str) -> None:
-        self._require_owner()
-        with self.lock:
-            self._set_stopped(name, False)
-
-    def _set_stopped(self, name: str, stopped: bool) -> None:
-        rec = self.doc.services.get(name)
-        if rec is None:
-            raise StateError(f"no service named {name!r} is deployed")
-        if stopped:
-            rec.stopped, rec.stopped_spec = True, rec.spec_hash
-            rec.note(self.clock(), "stopped", "tidegate stop")
-        else:
-            rec.stopped, rec.stopped_spec = False, None
-            rec.note(self.clock(), "started", "tidegate start")
-        self._save()
-
-    def status(self, log_lines: int = 5) -> list[ServiceView]:
-        """Rows for `tidegate ps`, with the last log lines of failed replicas (best effort)."""
-        if self.read_only:
-            doc = self.store.load()
-        else:
-            with self.lock:  # a copy: workers edit the records beside this thread
-                doc = self.doc.model_copy(deep=True)
-        logs: dict[str, tuple[str, ...]] = {}
-        for rec in doc.services.values():
-            for r in rec.replicas:
-                if r.phase is ReplicaPhase.FAILED and r.backend in self.backends:
-                    try:
-                        lines = self.backends.get(r.backend).logs(r.id, log_lines)
-                    except Exception:  # logs are a courtesy; never fail ps over them
-                        lines = []
-                    logs[r.id] = tuple(self.mask_replica_lines(r, lines))
-        views = status_views(doc, logs)
-        return [replace(v, scaling_now=self._scaling_reason.get(v.name)) for v in views]
 
     def reconcile(self, snapshot: SnapshotLike | None = None, wait: bool = True) -> PassReport:
         """One pass: desired vs actual, plan, apply, probe, then state and routes (in that order).
@@ -518,107 +375,3 @@ class Engine(ReplicaMasking):
         ctx = self._apply_context(self.clock(), specs)
         outcomes = apply_plan(Plan(tuple(steps)), self.doc, specs, ctx)
         return outcomes[0] if outcomes else ServiceOutcome(name, 0)
-
-    def _finish(
-        self,
-        snapshot: SnapshotLike | None,
-        ds: DesiredSet | None,
-        p: Plan,
-        notes: list[str],
-        decisions: Mapping[str, ScalingDecision],
-        desired: Desired,
-        last_good: Mapping[str, DesiredService],
-        specs: Mapping[str, DesiredService],
-        outcomes: Sequence[ServiceOutcome],
-        now: float,
-    ) -> PassReport:
-        """After apply (or dispatch): records synced, then state saved and routes published."""
-        doc = self.doc
-        if ds is not None:
-            sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
-            self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
-            if snapshot is not None:
-                doc.last_snapshot = SnapshotRef(
-                    revision=snapshot.revision,
-                    root=str(Path(snapshot.root).absolute()),
-                    config_path=snapshot.config_path,
-                    diagnostics=list(ds.diagnostics[:MAX_DIAGNOSTICS]),
-                )
-        # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
-        self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
-        self._logged_events = _log_events(p, doc, now, self._logged_events)
-        wrote = routes = False
-        try:
-            wrote = self._save()
-            routes = self._publish_routes(force=self.outputs.routes_key is None)
-            self._compact()
-        except StateError as e:
-            self.outputs.set_fault(str(e))
-            if outcomes and not routes:
-                # The state broke between the check and the save, after actions ran: the routes
-                # must follow what now runs (the old replicas may be gone), saved or not.
-                with contextlib.suppress(StateError):
-                    routes = self._publish_routes()
-        else:
-            self.outputs.set_fault(None)
-        return PassReport(
-            ds.revision if ds else None,
-            p,
-            tuple(outcomes),
-            wrote,
-            routes,
-            tuple(notes) + p.notes,
-            _sooner(next_run_in(self.doc, now, self.settings.drain_min), readiness_due_in(self.doc, self._ready_cadence, self._hot_now, now)),
-            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
-        )
-
-    def _held(self, ds: DesiredSet | None, p: Plan, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
-        """A pass that found the state cannot be persisted: nothing applied, nothing saved, the
-        last published routes kept (put back if the file went missing)."""
-        self.outputs.set_fault(reason)
-        routes = False
-        try:
-            routes = self._publish_routes(hold=True)
-        except StateError as e:
-            log.debug("routes: %s", e)
-        return PassReport(
-            ds.revision if ds else None,
-            p,
-            (),
-            False,
-            routes,
-            (*notes, f"held: {reason}"),
-            HELD_RECHECK,
-            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
-        )
-
-    def _checkpoint(self) -> None:
-        if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
-            try:
-                self._save()
-            except StateError as e:  # mid-apply: the final save will say it again, the next pass holds
-                self.outputs.set_fault(str(e))
-
-    @property
-    def routes(self) -> RoutesSnapshot:
-        prs = self.extension.preview_prs() if self.extension is not None else None
-        return build_routes(self.doc, self.settings.domain, prs)
-
-
-def _log_events(p: Plan, doc: StateDoc, now: float, logged: set[int]) -> set[int]:
-    """One log line per event of this pass (service, what, why): the steps applied and what the
-    records noted (ready, failed, probe failed, scaled…), each history entry once (`logged`: the
-    ids of entries already logged; returned for the next pass). `extra` carries the same fields
-    for `up --log-format json`."""
-    seen: set[int] = set()
-    for step in p.steps:
-        what = str(step.action).replace("_", " ") + (f" {step.replica}" if step.replica else "")
-        log.info("%s: %s (%s)", step.service, what, step.reason or "-",
-                 extra={"service": step.service, "event": str(step.action), "detail": step.reason})  # fmt: skip
-    for name, rec in doc.services.items():
-        for h in rec.history:
-            seen.add(id(h))
-            if h.at >= now and id(h) not in logged:
-                log.info("%s: %s: %s", name, h.event, h.detail or "-",
-                         extra={"service": name, "event": h.event, "detail": h.detail})  # fmt: skip
-    return seen

@@ -1,0 +1,203 @@
+"""The end of a pass: records synced, state saved, routes published, events logged; or, when the
+state cannot be persisted, the pass held.
+
+Why a module of its own: the engine's pass (reconciler.engine.reconcile) decides and applies; this
+mixin is what it writes afterwards and in what order (state before routes, see
+reconciler.engine.persist), kept out of the decision half like ReplicaMasking keeps the masking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from reconciler.engine.apply import FaultHook, ServiceOutcome
+from reconciler.engine.autoscale import ScalingDecision
+from reconciler.engine.desired import DesiredService, DesiredSet
+from reconciler.engine.desired_loader import DesiredLoader
+from reconciler.engine.liveness import recheck_in
+from reconciler.engine.observe import readiness_due_in
+from reconciler.engine.persist import Outputs
+from reconciler.engine.plan import Desired, Plan
+from reconciler.engine.schedule import next_run_in
+from reconciler.engine.targets import sync_records
+from reconciler.engine.values import DesiredExtension, EngineSettings, PassReport, SnapshotLike
+from reconciler.state.errors import StateError
+from reconciler.state.journal import Journal
+from reconciler.state.records import SnapshotRef, StateDoc
+from reconciler.state.store import StateStore
+from reconciler.state.view import build_routes
+from tidegate.routes import RoutesSnapshot
+
+log = logging.getLogger("tidegate.engine")
+
+MAX_DIAGNOSTICS = 20  # config diagnostics kept in the state for `ps`
+# A held pass looks again this soon (not the whole interval): the roll it holds resumes within
+# seconds of the state becoming writable. The check is a stat, a statvfs and one small write.
+HELD_RECHECK = 5.0
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+class PassFinish:
+    """Mixed into the Engine, which sets these attributes."""
+
+    doc: StateDoc
+    lock: Any  # the engine's RLock (reconciler.engine.reconcile)
+    clock: Callable[[], float]
+    settings: EngineSettings
+    extension: DesiredExtension | None
+    store: StateStore
+    journal: Journal
+    outputs: Outputs
+    _fault: FaultHook
+    _closing: bool
+    _last_saved: str
+    _last_checkpoint: float
+    _loader: DesiredLoader
+    _demand: set[str]
+    _scaling_reason: dict[str, str]
+    _logged_events: set[int]
+    _ready_cadence: dict[str, tuple[float, float]]
+    _hot_now: set[str]
+    _last_probe: dict[str, float]
+
+    def _dump(self) -> str:
+        return self.doc.model_dump_json(exclude={"serial", "updated_at"})
+
+    def _save(self, force: bool = False) -> bool:
+        with self.lock:
+            if self._closing:
+                return False
+            # Not past an intent still in flight on a worker: a crash now settles it on restart.
+            self.doc.journal_seq = self.journal.settled_seq
+            dumped = self._dump()
+            if not force and dumped == self._last_saved:
+                return False
+            self.store.save(self.doc)
+            self._last_saved = self._dump()
+            self._last_checkpoint = self.clock()
+            if self.journal.open_intents():
+                self._fault("open_state_write")
+            self._fault("after_state_write")
+            return True
+
+    @property
+    def state_fault(self) -> str | None:
+        """Why passes take no action that changes what runs (the state cannot be saved), or None."""
+        return self.outputs.fault
+
+    def _publish_routes(self, force: bool = False, hold: bool = False) -> bool:
+        return self.outputs.publish_routes(lambda: self.routes, force=force, hold=hold)
+
+    def _compact(self) -> None:
+        self.outputs.compact(self.doc.journal_seq)
+
+    def _finish(
+        self,
+        snapshot: SnapshotLike | None,
+        ds: DesiredSet | None,
+        p: Plan,
+        notes: list[str],
+        decisions: Mapping[str, ScalingDecision],
+        desired: Desired,
+        last_good: Mapping[str, DesiredService],
+        specs: Mapping[str, DesiredService],
+        outcomes: Sequence[ServiceOutcome],
+        now: float,
+    ) -> PassReport:
+        """After apply (or dispatch): records synced, then state saved and routes published."""
+        doc = self.doc
+        if ds is not None:
+            sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
+            self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
+            if snapshot is not None:
+                doc.last_snapshot = SnapshotRef(
+                    revision=snapshot.revision,
+                    root=str(Path(snapshot.root).absolute()),
+                    config_path=snapshot.config_path,
+                    diagnostics=list(ds.diagnostics[:MAX_DIAGNOSTICS]),
+                )
+        # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
+        self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
+        self._logged_events = _log_events(p, doc, now, self._logged_events)
+        wrote = routes = False
+        try:
+            wrote = self._save()
+            routes = self._publish_routes(force=self.outputs.routes_key is None)
+            self._compact()
+        except StateError as e:
+            self.outputs.set_fault(str(e))
+            if outcomes and not routes:
+                # The state broke between the check and the save, after actions ran: the routes
+                # must follow what now runs (the old replicas may be gone), saved or not.
+                with contextlib.suppress(StateError):
+                    routes = self._publish_routes()
+        else:
+            self.outputs.set_fault(None)
+        return PassReport(
+            ds.revision if ds else None,
+            p,
+            tuple(outcomes),
+            wrote,
+            routes,
+            tuple(notes) + p.notes,
+            _sooner(next_run_in(self.doc, now, self.settings.drain_min), readiness_due_in(self.doc, self._ready_cadence, self._hot_now, now)),
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
+        )
+
+    def _held(self, ds: DesiredSet | None, p: Plan, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
+        """A pass that found the state cannot be persisted: nothing applied, nothing saved, the
+        last published routes kept (put back if the file went missing)."""
+        self.outputs.set_fault(reason)
+        routes = False
+        try:
+            routes = self._publish_routes(hold=True)
+        except StateError as e:
+            log.debug("routes: %s", e)
+        return PassReport(
+            ds.revision if ds else None,
+            p,
+            (),
+            False,
+            routes,
+            (*notes, f"held: {reason}"),
+            HELD_RECHECK,
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
+        )
+
+    def _checkpoint(self) -> None:
+        if self.clock() - self._last_checkpoint >= self.settings.checkpoint_interval:
+            try:
+                self._save()
+            except StateError as e:  # mid-apply: the final save will say it again, the next pass holds
+                self.outputs.set_fault(str(e))
+
+    @property
+    def routes(self) -> RoutesSnapshot:
+        prs = self.extension.preview_prs() if self.extension is not None else None
+        return build_routes(self.doc, self.settings.domain, prs)
+
+
+def _log_events(p: Plan, doc: StateDoc, now: float, logged: set[int]) -> set[int]:
+    """One log line per event of this pass (service, what, why): the steps applied and what the
+    records noted (ready, failed, probe failed, scaled…), each history entry once (`logged`: the
+    ids of entries already logged; returned for the next pass). `extra` carries the same fields
+    for `up --log-format json`."""
+    seen: set[int] = set()
+    for step in p.steps:
+        what = str(step.action).replace("_", " ") + (f" {step.replica}" if step.replica else "")
+        log.info("%s: %s (%s)", step.service, what, step.reason or "-",
+                 extra={"service": step.service, "event": str(step.action), "detail": step.reason})  # fmt: skip
+    for name, rec in doc.services.items():
+        for h in rec.history:
+            seen.add(id(h))
+            if h.at >= now and id(h) not in logged:
+                log.info("%s: %s: %s", name, h.event, h.detail or "-",
+                         extra={"service": name, "event": h.event, "detail": h.detail})  # fmt: skip
+    return seen
