@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 from gateway.etcd_feed import EtcdFeed
-from reconciler.cli import runtime
+from reconciler.cli import runtime, serving
 from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
 from reconciler.engine.loop import Loop
@@ -58,7 +58,7 @@ class HaUp:
         self.leadership = Leadership(self.client, self.node, ttl=ttl)
         self.stop = threading.Event()
         self.feed = EtcdFeed(location, settings.state_dir, self.tag, push_signals=lambda: self.leadership.fence is None)
-        self.gateway: runtime.GatewayThread | None = None
+        self.gateway: serving.GatewayThread | None = None
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
@@ -69,7 +69,7 @@ class HaUp:
             say(f"warning: etcd {self.location.describe()} does not answer yet; serving what {self.settings.state_dir} has")
         try:
             if not getattr(self.args, "no_gateway", False):
-                self.gateway = runtime.GatewayThread(self.settings)
+                self.gateway = serving.GatewayThread(self.settings)
                 if not self.gateway.start():
                     say(f"error: gateway: {self.gateway.error}")
                     return 1

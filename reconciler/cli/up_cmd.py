@@ -135,7 +135,7 @@ DEMAND_WAKE = "demand"  # the in-process gateway holds a request for a service a
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from reconciler.cli import runtime
+    from reconciler.cli import runtime, serving
     from reconciler.engine.loop import Loop
 
     _logging(fmt=getattr(args, "log_format", "text"))
@@ -161,14 +161,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (SettingsError, SourceError, ReconcilerError, runtime.RuntimeError_) as e:
         return fail(str(e))
 
-    gateway: runtime.GatewayThread | None = None
+    gateway: serving.GatewayThread | None = None
     loop: Loop | None = None
     control_stop = threading.Event()
     verified = runtime.VerifiedInbox()
     try:
         if not args.no_gateway:
-            control = runtime.build_control(settings, engine, control_stop)
-            gateway = runtime.GatewayThread(settings, verified, control)
+            control = serving.build_control(settings, engine, control_stop)
+            gateway = serving.GatewayThread(settings, verified, control)
             if not gateway.start():
                 return fail(f"gateway: {gateway.error}")
             publish_gateway_address(settings)

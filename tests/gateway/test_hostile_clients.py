@@ -164,7 +164,7 @@ def test_sigterm_with_a_hung_request_stops_within_the_grace(gateway_process: Cal
 
 def test_up_takes_the_gateway_options(tmp_path: Path) -> None:
     from reconciler.cli.main import build_parser
-    from reconciler.cli.runtime import GatewayThread
+    from reconciler.cli.serving import GatewayThread
     from reconciler.cli.settings import build_settings
 
     args = build_parser().parse_args(
