@@ -57,6 +57,7 @@ def plan(repo: Path, runner: Path, *extra: str) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
+@pytest.mark.slow  # eight `plan` runs per case, each a real git repo and three CLI formats
 @pytest.mark.parametrize(
     ("change", "field", "old", "new"),
     [
