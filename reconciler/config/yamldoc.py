@@ -133,23 +133,13 @@ _SIMPLE_KEYS = frozenset({_STR, *_SCALARS})
 def _has_empty_scalar(node: yaml.Node | None, limit: int = 50_000) -> bool:  # MAX_NODES
     """True for a tree with an implicit empty value (whose mark libyaml places differently), or one
     too large to check (an alias bomb: the pure-Python path reports it the same as before)."""
-    stack: list[yaml.Node] = [node] if node is not None else []
-    seen = 0
-    while stack:
-        current = stack.pop()
-        seen += 1
-        if seen > limit:
-            return True
-        if isinstance(current, yaml.ScalarNode):
-            if current.value == "" and not current.style:  # plain (libyaml: style "")
-                return True
-        elif isinstance(current, yaml.MappingNode):
-            for k, v in current.value:
-                stack.append(k)
-                stack.append(v)
-        elif isinstance(current, yaml.SequenceNode):
-            stack.extend(current.value)
-    return False
+    try:
+        return any(
+            isinstance(n, yaml.ScalarNode) and n.value == "" and not n.style  # plain (libyaml: style "")
+            for n in _walk(node, limit)
+        )
+    except _TooMany:
+        return True
 
 
 def _load_pure(text: str) -> Document:
@@ -173,22 +163,36 @@ def _load_pure(text: str) -> Document:
 MAX_NODES = 50_000
 
 
-def too_complex(node: yaml.Node | None, limit: int = MAX_NODES) -> bool:
-    """True when the document expands to more than `limit` nodes (aliases counted every time
-    they are used), so an alias bomb cannot make validation take forever."""
+class _TooMany(Exception):
+    pass
+
+
+def _walk(node: yaml.Node | None, limit: int) -> Iterator[yaml.Node]:
+    """Every node of the tree (an alias's target each time it is used); _TooMany past `limit`."""
     stack: list[yaml.Node] = [node] if node is not None else []
     seen = 0
     while stack:
         current = stack.pop()
         seen += 1
         if seen > limit:
-            return True
+            raise _TooMany
+        yield current
         if isinstance(current, yaml.MappingNode):
             for k, v in current.value:
                 stack.append(k)
                 stack.append(v)
         elif isinstance(current, yaml.SequenceNode):
             stack.extend(current.value)
+
+
+def too_complex(node: yaml.Node | None, limit: int = MAX_NODES) -> bool:
+    """True when the document expands to more than `limit` nodes (aliases counted every time
+    they are used), so an alias bomb cannot make validation take forever."""
+    try:
+        for _ in _walk(node, limit):
+            pass
+    except _TooMany:
+        return True
     return False
 
 

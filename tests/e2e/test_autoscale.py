@@ -22,37 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import Remote, Tidegate, replica_trees, wait_for
+from tests.e2e.helpers import SLOW_APP, Remote, Tidegate, replica_trees, wait_for
 
 pytestmark = pytest.mark.slow
-
-# Answers GET with its replica id; `/slow?s=N` first sleeps N seconds (a long request in flight).
-SLOW_APP = textwrap.dedent(
-    """
-    import json, os, sys, time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlparse
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            url = urlparse(self.path)
-            if url.path == "/slow":
-                time.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
-            body = json.dumps({"replica": os.environ.get("TIDEGATE_REPLICA")}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-    """
-)
 
 SERVICE = textwrap.dedent(
     """\

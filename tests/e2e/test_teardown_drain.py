@@ -9,45 +9,15 @@ request completes. Before that, `tidegate stop` makes the gateway answer 503 `se
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.e2e.helpers import Remote, Tidegate, replica_trees, service_yaml, wait_for
+from tests.e2e.helpers import SLOW_APP, Remote, Tidegate, replica_trees, service_yaml, wait_for
 
 pytestmark = pytest.mark.slow
-
-# A replica whose `/slow?s=N` answers after N seconds (a long generation, in flight at deletion).
-SLOW_APP = textwrap.dedent(
-    """
-    import json, os, sys, time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlparse
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            url = urlparse(self.path)
-            if url.path == "/slow":
-                time.sleep(float(parse_qs(url.query)["s"][0]))
-            body = json.dumps({"replica": os.environ.get("TIDEGATE_REPLICA"), "path": url.path}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-    """
-)
-
 
 class Loop(threading.Thread):
     """GETs a service through the gateway until stopped, keeping every status in order."""
