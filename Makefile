@@ -52,6 +52,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/plans.py --sizes 1000 --runs 3
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/autoscale.py
+	$(BIN)/python bench/controlplane.py
+	$(BIN)/python bench/ratelimit.py
 
 clean:
 	rm -rf $(VENV) state/*.json state/*.jsonl state/repos state/replicas
