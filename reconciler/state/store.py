@@ -190,8 +190,10 @@ class StateStore:
         except OSError:
             pass  # who holds it is a courtesy for the refused; a full disk must not stop the owner
         self._lock_fd = fd
-        for path in tighten_modes(self.dir):
-            log.info("tightened the permissions of %s (state files are 0600, folders 0700)", path)
+        tightened = list(tighten_modes(self.dir))
+        if tightened:  # one line, however many (a fresh quickstart repo is dozens of paths)
+            shown = ", ".join(str(p) for p in tightened[:3]) + (f" and {len(tightened) - 3} more" if len(tightened) > 3 else "")
+            log.info("tightened the permissions of %s (state files are 0600, folders 0700)", shown)
 
     def release(self) -> None:
         if self._lock_fd is None:
