@@ -172,7 +172,7 @@ def kill_replicas(state: Path) -> None:
         psutil.wait_procs(procs, timeout=5)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition", interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -182,7 +182,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "c
                 return value
         except Exception as e:  # transient while processes start
             last_exc = e
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 

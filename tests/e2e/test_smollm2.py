@@ -36,7 +36,9 @@ def test_smollm2_answers_through_the_gateway(remote: Remote, tidegate: Tidegate)
         service = tidegate.ps().get("smollm2")
         return bool(service) and service["ready"] >= 1
 
-    wait_for(ready, timeout=2700, what="smollm2 ready (first run builds llama-cpp-python)")
+    # Every poll is a `tidegate ps` process (~0.5 s of CPU): at the default 0.2 s it took a whole
+    # core from the compiler on a 2-core machine.
+    wait_for(ready, timeout=2700, what="smollm2 ready (first run builds llama-cpp-python)", interval=10)
     client = OpenAI(base_url=f"http://127.0.0.1:{tidegate.port}/v1", api_key=token, timeout=120)
     assert "SmolLM2-135M-Instruct" in [m.id for m in client.models.list().data]
     reply = client.chat.completions.create(
