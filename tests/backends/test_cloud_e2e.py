@@ -217,6 +217,7 @@ def converge(engine: Engine, snap: Snapshot, done: Callable[[], bool], timeout: 
     raise AssertionError(f"did not converge: {engine.status()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make", [pytest.param(aws_backend, id="aws"), pytest.param(azure_backend, id="azure")]
 )

@@ -88,6 +88,7 @@ def client_for(url: str) -> EtcdClient:
     return EtcdClient(EtcdLocation.parse(url))
 
 
+@pytest.mark.slow
 def test_exactly_one_of_three_leads(etcd_cluster: EtcdCluster, contenders: list[Contender]) -> None:
     url = etcd_cluster.url()
     contenders += [Contender(url, f"n{i}") for i in range(3)]

@@ -76,6 +76,7 @@ def test_markdown_against_the_base_branch(pr_repo: tuple[Path, Path]) -> None:
     assert out.stderr == ""
 
 
+@pytest.mark.slow
 def test_no_change_and_formats(pr_repo: tuple[Path, Path]) -> None:
     repo, runner = pr_repo
     out = plan(repo, runner, "--format", "markdown")

@@ -113,6 +113,7 @@ print("survived", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["after_intent", "after_create", "after_outcome", "after_state_write"])
 def test_sigkill_mid_apply_then_restart_converges_without_duplicates(tmp_path: Path, point: str) -> None:
     import subprocess

@@ -76,6 +76,7 @@ def test_the_ignore_matches_folders_and_files(tmp_path: Path) -> None:
     assert ignore(str(root / "sub"), ["local.txt", "kept.txt"]) == {"local.txt"}
 
 
+@pytest.mark.slow
 def test_the_watcher_ignores_droppings_and_debounces_a_burst(tmp_path: Path) -> None:
     root = tree(tmp_path)
     calls: list[float] = []
