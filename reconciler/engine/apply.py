@@ -190,17 +190,16 @@ def _apply_step(step: Step, doc: StateDoc, desired: Mapping[str, DesiredService]
         return
     with ctx.lock:
         rec = doc.services[step.service]
-    if step.action is Action.UNROUTE_SERVICE:
-        # No backend call: the state (then the routes) says it; a crash before the routes are
-        # published is settled by `recover`, which publishes them from this state.
-        with ctx.lock:
+        if step.action is Action.UNROUTE_SERVICE:
+            # No backend call: the state (then the routes) says it; a crash before the routes are
+            # published is settled by `recover`, which publishes them from this state.
             rec.unrouted_at = ctx.now
             for r in rec.replicas:
                 if r.phase is ReplicaPhase.READY:
                     r.phase, r.draining_since = ReplicaPhase.DRAINING, ctx.now
             rec.reason = "config removed: out of the routes; its replicas stop once their requests finish"
             rec.note(ctx.now, "unrouted", step.reason)
-        return
+            return
     if step.action is Action.DELETE_SERVICE:
         for r in list(rec.replicas):
             _delete_replica(rec, r, ctx)
