@@ -17,6 +17,9 @@ the first, it reaches the point; used by the crash test):
   after_routes       routes.json published (engine)
   open_state_write   state.json written while another worker's backend call is in flight (engine)
 
+`TIDEGATE_FAULT_STALL=<point>:<n>:<seconds>` makes the n-th arrival at a point sleep instead (no
+lock held at any point), so a crash case that needs work in flight does not depend on timing.
+
 Concurrency: with the engine's worker pool (reconciler.engine.workqueue) each service's steps run
 on a worker, several services at once. Every read or write of the state document and the journal
 happens under `ApplyContext.lock` (the engine's lock, shared with the pass and the state writer);
@@ -29,6 +32,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,11 +67,18 @@ FAULT_POINTS = (
 class FaultHook:
     """Kill this process with SIGKILL at a named point (crash testing only)."""
 
-    def __init__(self, spec: str | None) -> None:
+    def __init__(self, spec: str | None, stall: str | None = None) -> None:
         self.point: str | None = None
         self.nth = 1
         self._hits = 0
         self._lock = threading.Lock()  # workers reach points concurrently
+        self._stall: tuple[str, int, float] | None = None
+        self._stall_hits = 0
+        if stall:
+            point, n, seconds = [*stall.split(":"), "", ""][:3]
+            if point not in FAULT_POINTS:
+                raise ValueError(f"unknown stall point {point!r}; known: {', '.join(FAULT_POINTS)}")
+            self._stall = (point, int(n or 1), float(seconds or 5))
         if spec:
             point, _, n = spec.partition(":")
             if point not in FAULT_POINTS:
@@ -76,6 +87,12 @@ class FaultHook:
             self.nth = int(n) if n else 1
 
     def __call__(self, point: str) -> None:
+        if self._stall is not None and point == self._stall[0]:
+            with self._lock:
+                self._stall_hits += 1
+                stall = self._stall_hits == self._stall[1]
+            if stall:
+                time.sleep(self._stall[2])
         if point != self.point:
             return
         with self._lock:

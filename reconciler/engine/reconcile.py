@@ -141,7 +141,9 @@ class Engine(EngineAsks, PassFinish):
         self._http_prober = http_prober  # dstack `probes:` (a service's own readiness requests)
         self._live_prober = live_prober  # liveness; None: `probe_alive`, or an injected `prober`
         self._logged_events: set[int] = set()  # history entries already logged (ids, this process)
-        self._fault = FaultHook(self.settings.fault or os.environ.get("TIDEGATE_FAULT"))
+        self._fault = FaultHook(
+            self.settings.fault or os.environ.get("TIDEGATE_FAULT"), os.environ.get("TIDEGATE_FAULT_STALL")
+        )
         self._observe = ObserveSettings(
             probe_timeout=self.settings.probe_timeout,
             ready_timeout=self.settings.ready_timeout,

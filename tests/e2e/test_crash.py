@@ -49,7 +49,12 @@ def assert_one_tree_per_replica(tg: Tidegate, ps: dict[str, dict[str, Any]]) -> 
 
 
 def crash_then_converge(tg: Tidegate, remote: Remote, revision: str, fault: str) -> None:
-    crashed = tg.up(remote.url, env={"TIDEGATE_FAULT": fault})
+    env = {"TIDEGATE_FAULT": fault}
+    if fault.startswith("open_state_write"):
+        # Hold the second create that starts (its intent open) for 8 s: the other service's worker
+        # finishes and the state is written meanwhile. Without it the case depends on timing.
+        env["TIDEGATE_FAULT_STALL"] = "after_intent:2:8"
+    crashed = tg.up(remote.url, env=env)
     code = crashed.wait(120)
     assert code == -9, f"the fault {fault} was not reached (exit {code}):\n{tg.log_text()}"
     at_crash = replica_trees(tg.state)
