@@ -42,7 +42,7 @@ system-packages:
 
 test: system-packages lint plain-install
 	$(BIN)/python -m pytest -m "not slow" -q
-	$(BIN)/python -m pytest -m slow -q
+	PY=$(BIN)/python bash scripts/slow_tests.sh
 
 test-fast: $(STAMP) sandbox-tool
 	$(BIN)/python -m pytest -m "not slow" -q -x

