@@ -1,9 +1,11 @@
 """Plan benchmark (not a test): load + validate + plan of N services, before and after the fast
 config path, measured in the same run. Prints a table (issue 13's "Plans" targets).
 
-- before: PyYAML's pure-Python SafeLoader and no parse cache (`yamldoc.FAST_LOADER = None`,
-  `PARSE_CACHE.enabled = False`): every file parsed and validated on every load, as on main.
-- after: libyaml's CSafeLoader and the parse cache (the defaults).
+- before: every cache and fast path off: PyYAML's pure-Python SafeLoader, no parse cache
+  (`yamldoc.FAST_LOADER = None`, `PARSE_CACHE.enabled = False`), no desired-service memos
+  (`engine.memo.enabled = False`) and the code hash by the generic tree walk
+  (`code_files.FAST = False`): every file parsed, validated and resolved on every load.
+- after: all of them on (the defaults).
 
 Rows (each the median of --runs, in-process, the real Engine on the in-memory fake backend):
 - cold: a new Engine plans a tree of N files with an empty parse cache (load + validate + plan);
@@ -31,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 from backends.base import BackendRegistry  # noqa: E402
 from bench.reconcile import SERVICE, write_tree  # noqa: E402
 from reconciler.config import loader, yamldoc  # noqa: E402
+from reconciler.engine import memo  # noqa: E402
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
+from reconciler.source import code_files  # noqa: E402
 from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
 
 TARGETS = {"cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010}
@@ -41,14 +45,16 @@ TARGETS = {"cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020,
 def mode(fast: bool) -> Iterator[None]:
     saved = yamldoc.FAST_LOADER
     loader.PARSE_CACHE.clear()
-    loader.PARSE_CACHE.enabled = fast
+    memo.clear_all()
+    loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = fast
     yamldoc.FAST_LOADER = saved if fast else None
     try:
         yield
     finally:
         yamldoc.FAST_LOADER = saved
-        loader.PARSE_CACHE.enabled = True
+        loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = True
         loader.PARSE_CACHE.clear()
+        memo.clear_all()
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -76,6 +82,7 @@ def measure(base: Path, n: int, fast: bool, noop: bool) -> dict[str, float]:
         try:
             s1, s2 = Snapshot("rev-1", v1), Snapshot("rev-2", v2)
             loader.PARSE_CACHE.clear()
+            memo.clear_all()
             out["cold"] = timed(lambda: engine.plan(s1))
             out["one-file change"] = timed(lambda: engine.plan(s2))
             if noop:

@@ -32,11 +32,13 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from backends.base import ReplicaSpec, Requirements
 from reconciler.config.diagnostics import Diagnostic
 from reconciler.config.loader import LoadedService, LoadResult
+from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
 from reconciler.engine.naming import replica_id, service_host
 from reconciler.source.code_files import code_hash_at
@@ -126,6 +128,23 @@ ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes
 # hashed as unset (not left out, which would change every existing hash and roll every replica).
 NO_EFFECT_FIELDS = ("retry", "max_duration")
 
+# Per unchanged file (the parse cache's LoadedService object) and the other inputs: see
+# reconciler.engine.memo. Each is the result of a pure function of exactly the key.
+_SPEC_HASHES: memo.IdentityMemo[str] = memo.memo()  # (env digest, backend, code hash)
+_SUMMARIES: memo.IdentityMemo[dict[str, str]] = memo.memo()  # (backend, env names, env digest, code hash)
+_STATIC: memo.IdentityMemo[_Static] = memo.memo()  # (name, domain)
+
+
+@dataclass(frozen=True)
+class _Static:
+    """What a service's file alone (and the domain) decide, whatever the env, backend or code."""
+
+    requirements: Requirements
+    scaling: ScalingPolicy | None
+    route: RouteInfo
+    env_names: tuple[str, ...]
+
+
 def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
     """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
     for a backend that ships the checkout, the code hash (`files`; None leaves the hash as it was)."""
@@ -135,6 +154,37 @@ def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str
     if files is not None:
         payload["files"] = files
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
+    return _SPEC_HASHES.get(ls, (env_hash, backend, files), partial(replica_spec_hash, ls, env_hash, backend, files))
+
+
+def _static(ls: LoadedService, name: str, domain: str) -> _Static:
+    c = ls.config
+    scaling = None
+    if c.scaling is not None:
+        scaling = ScalingPolicy(
+            min=c.replicas.min,
+            max=c.replicas.max,
+            target=float(c.scaling.target),
+            scale_up_delay=float(c.scaling.scale_up_delay),
+            scale_down_delay=float(c.scaling.scale_down_delay),
+            window=float(c.scaling.window),
+        )
+    route = RouteInfo(
+        host=service_host(name, domain),
+        auth=c.auth,
+        model=_model_route(ls),
+        min_replicas=c.replicas.min,
+        max_replicas=c.replicas.max,
+        probes=tuple(c.probes),
+        # longest prefix first: the gateway applies the first that matches
+        rate_limits=tuple(
+            sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
+        ),
+    )
+    return _Static(c.requirements(), scaling, route, tuple(sorted(c.env)))
 
 
 def choose_backend(
@@ -285,7 +335,7 @@ def build_desired(
             continue
         env_hash = env_values_hash(salt, resolved)
         files = files_for(backend)
-        spec_hash = replica_spec_hash(ls, env_hash, backend, files)
+        spec_hash = _spec_hash(ls, env_hash, backend, files)
         candidates: dict[str, str] = {}
         if not c.backends:
             pool = [b for b in (default_backends or backends) if b in backends]
@@ -299,11 +349,11 @@ def build_desired(
                 pool.remove(backend)
                 pool.insert(0, backend)
             if len(pool) > 1:
-                candidates = {b: replica_spec_hash(ls, env_hash, b, files_for(b)) for b in pool}
+                candidates = {b: _spec_hash(ls, env_hash, b, files_for(b)) for b in pool}
             elif pool and pool[0] != backend:
                 backend = pool[0]
-                spec_hash = replica_spec_hash(ls, env_hash, backend, files_for(backend))
-        requirements: Requirements = c.requirements()
+                spec_hash = _spec_hash(ls, env_hash, backend, files_for(backend))
+        static = _STATIC.get(ls, (name, domain), partial(_static, ls, name, domain))
         template = ReplicaSpec(
             replica_id="",
             service=name,
@@ -314,32 +364,10 @@ def build_desired(
             image=c.image,
             python=c.python,
             env=resolved,
-            requirements=requirements,
+            requirements=static.requirements,
             workdir=workdir,
             revision=revision,
             trusted=trusted,
-        )
-        scaling = None
-        if c.scaling is not None:
-            scaling = ScalingPolicy(
-                min=c.replicas.min,
-                max=c.replicas.max,
-                target=float(c.scaling.target),
-                scale_up_delay=float(c.scaling.scale_up_delay),
-                scale_down_delay=float(c.scaling.scale_down_delay),
-                window=float(c.scaling.window),
-            )
-        route = RouteInfo(
-            host=service_host(name, domain),
-            auth=c.auth,
-            model=_model_route(ls),
-            min_replicas=c.replicas.min,
-            max_replicas=c.replicas.max,
-            probes=tuple(c.probes),
-            # longest prefix first: the gateway applies the first that matches
-            rate_limits=tuple(
-                sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
-            ),
         )
         services[name] = DesiredService(
             name=name,
@@ -349,11 +377,13 @@ def build_desired(
             backend=backend,
             min_replicas=c.replicas.min,
             max_replicas=c.replicas.max,
-            scaling=scaling,
+            scaling=static.scaling,
             template=template,
-            route=route,
-            env_names=tuple(sorted(c.env)),
-            summary=_summary(ls, backend, resolved, env_hash, files),
+            route=static.route,
+            env_names=static.env_names,
+            summary=_SUMMARIES.get(
+                ls, (backend, tuple(resolved), env_hash, files), partial(_summary, ls, backend, resolved, env_hash, files)
+            ),
             candidates=candidates,
             secrets=dict(sorted(secrets.items())),
         )

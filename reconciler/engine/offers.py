@@ -34,16 +34,17 @@ def with_offers(
     blocked = dict(ds.blocked)
     warnings = dict(ds.warnings)
     complete = True
+    asked = _Offers(backends)
     for name, d in ds.services.items():
         if d.candidates:
-            chosen, why, ok = _cheapest(d, backends, (running or {}).get(name))
+            chosen, why, ok = _cheapest(d, asked, (running or {}).get(name))
             complete = complete and ok
             if chosen is None:
                 blocked[name] = why
                 continue
             d = chosen
         try:
-            offers = backends.get(d.backend).offers(d.template.requirements)
+            offers = asked.offers(d.backend, d.template.requirements)
         except Exception as e:  # an unreachable backend: try again next pass
             blocked[name] = f"backend {d.backend} could not list offers: {type(e).__name__}: {e}"
             complete = False
@@ -78,19 +79,47 @@ def with_offers(
     return replace(ds, services=services, blocked=blocked, warnings=warnings), complete
 
 
+class _Offers:
+    """A backend's offers asked once per (backend, requirements) in one `with_offers` call: a
+    1,000-service repo has a handful of distinct resource specs, and one pass sees one answer per
+    spec. Failures are remembered too (the pass blocks every service that asked, as before).
+    Nothing is kept across calls: prices, catalogs and the backend set may change between passes."""
+
+    def __init__(self, backends: BackendRegistry) -> None:
+        self.backends = backends
+        self._asked: dict[tuple[str, Requirements], Sequence[Offer] | Exception] = {}
+
+    def offers(self, backend: str, requirements: Requirements) -> Sequence[Offer]:
+        key = (backend, requirements)
+        try:
+            found = self._asked.get(key)
+        except TypeError:  # an unhashable requirement (not made by the config models): just ask
+            return self.backends.get(backend).offers(requirements)
+        if found is None:
+            try:
+                found = self.backends.get(backend).offers(requirements)
+            except Exception as e:  # the caller reports it, for every service that asked
+                found = e
+            self._asked[key] = found
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
 def _cheapest(
-    d: DesiredService, backends: BackendRegistry, current: str | None = None
+    d: DesiredService, asked: _Offers, current: str | None = None
 ) -> tuple[DesiredService | None, str, bool]:
     """(the service moved to the cheapest candidate backend, or None; why none; all answered).
     `current`, the backend it runs on now, wins whenever it can still run it."""
     best: tuple[float, int, str] | None = None
     reasons: list[str] = []
     complete = True
+    backends = asked.backends
     for index, name in enumerate(d.candidates):
         moved = _on(d, name, backends)
         backend = backends.get(name)
         try:
-            offers = backend.offers(moved.template.requirements)
+            offers = asked.offers(name, moved.template.requirements)
         except Exception as e:  # an unreachable backend: the others may still run it
             reasons.append(f"{name}: could not list offers: {type(e).__name__}: {e}")
             complete = False

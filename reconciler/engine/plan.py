@@ -16,7 +16,7 @@ Rendering lives elsewhere: `reconciler.render.plan_output` (text, JSON) and `rec
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -116,15 +116,13 @@ def usefulness(r: ReplicaRecord, spec_hash: str) -> tuple[int, int, int, int, st
     return (_PHASE_RANK[r.phase], int(r.spec_hash == spec_hash), r.in_flight, -r.ordinal, r.id)
 
 
-def _free_ordinals(used: set[int]) -> list[int]:
-    """An endless-enough supply of the smallest ordinals not in `used`."""
-    out: list[int] = []
+def _free_ordinals(used: set[int]) -> Iterator[int]:
+    """The smallest ordinals not in `used`, in order (lazy: most services take none or one)."""
     i = 0
-    while len(out) < len(used) + 64:
+    while True:
         if i not in used:
-            out.append(i)
+            yield i
         i += 1
-    return out
 
 
 # Summary fields that change routing, placement or scaling without changing the replica's spec hash
@@ -138,7 +136,7 @@ ROUTE_FIELDS = (
 
 
 def _route_diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, ...]:
-    if "auth" not in old:
+    if "auth" not in old or old == new:
         return ()
     pick = {k: v for k, v in old.items() if k in ROUTE_FIELDS}
     return _diff(pick, {k: v for k, v in new.items() if k in ROUTE_FIELDS})
@@ -201,7 +199,7 @@ def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> 
             )
 
     used = {r.ordinal for r in rs if r.spec_hash == t.spec_hash}
-    free = iter(_free_ordinals(used))
+    free = _free_ordinals(used)
     missing = n - len(cur)
     if missing > 0:
         # Capacity lost (nothing to replace): add at once. Rolling: one surge at a time, and

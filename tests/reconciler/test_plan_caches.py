@@ -1,0 +1,191 @@
+"""The caches that make planning a large repo fast (issue 13) change no result: each is checked
+against the uncached path, and each input that feeds a cache is changed to show the result moves.
+
+- the code hash's scandir walk equals `tree_hash(root, shipped_files(root))` on a tree with every
+  case the walk treats apart (reconciler.source.code_files);
+- the desired-service memos (reconciler.engine.memo): a desired set built with them equals one
+  built without, and a changed file, env value, backend set, domain or code file changes it;
+- the per-pass offers memo (reconciler.engine.offers): a changed offer is seen on the next pass;
+- the engine's no-op pass keeps planning a new state: a replica that failed is restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reconciler.config.loader import PARSE_CACHE, load_tree
+from reconciler.engine import memo
+from reconciler.engine.desired import DesiredSet, build_desired
+from reconciler.source import code_files
+from reconciler.source.trees import tree_hash
+from tests.reconciler.fakes import only_local_ships_workdir
+
+
+def service(name: str, greeting: str = "hi", extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        type: service
+        name: {name}
+        env:
+          - GREETING={greeting}
+          - TOKEN
+        commands:
+          - python3 app.py 8000
+        port: 8000
+        auth: false
+        resources:
+          cpu: 1..
+          memory: 64MB..
+        """
+    ) + extra
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def tricky_tree(root: Path) -> None:
+    write(
+        root,
+        {
+            "app.py": "print(1)\n",
+            "run.sh": "#!/bin/sh\n",
+            "lib/a/b.py": "B = 1\n",
+            "lib/a/.dstack.yml": service("nested"),
+            "lib/z.dstack.yml": service("zed"),
+            "lib/node_modules/x.js": "1",
+            "node_modules": "a file named like a skipped folder",
+            "data/big.bin": "0",
+            "keep/data/small.bin": "1",
+            "keep/d/small.bin": "1",
+            "x.log": "log",
+            "sub/y.log": "log",
+            "sub/only/this.txt": "ignored by its path",
+            ".dstackignore": "# comment\n/data/\n*.log\nsub/only/this.txt\n",
+            ".dstack/profiles.yml": "profiles: []\n",
+            "sub/.dstack/kept.txt": "only the root .dstack/ is left out",
+            ".git/HEAD": "ref\n",
+            "__pycache__/m.pyc": "c",
+        },
+    )
+    (root / "run.sh").chmod(0o755)
+    os.symlink("app.py", root / "link-in")
+    os.symlink("/etc/hostname", root / "link-out")
+    os.symlink("lib", root / "linked-dir")
+    os.symlink("missing-target", root / "dangling")
+    os.symlink("../../../../outside", root / "lib" / "up-and-out")
+
+
+def test_fast_code_hash_equals_the_tree_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tricky_tree(tmp_path)
+    slow = tree_hash(tmp_path, code_files.shipped_files(tmp_path))
+    assert code_files.code_hash(tmp_path) == slow
+    monkeypatch.setattr(code_files, "FAST", False)
+    assert code_files.code_hash(tmp_path) == slow
+    monkeypatch.setattr(code_files, "FAST", True)
+    for change in ("lib/a/b.py", "keep/d/small.bin", "sub/.dstack/kept.txt"):
+        before = code_files.code_hash(tmp_path)
+        (tmp_path / change).write_text("changed\n")
+        after = code_files.code_hash(tmp_path)
+        assert after != before, change
+        assert after == tree_hash(tmp_path, code_files.shipped_files(tmp_path))
+    before = code_files.code_hash(tmp_path)
+    (tmp_path / "sub" / "y.log").write_text("ignored\n")
+    (tmp_path / "keep" / "data" / "small.bin").write_text("ignored: `/data/` matches the name at any depth\n")
+    (tmp_path / "lib" / "a" / ".dstack.yml").write_text(service("nested", "changed"))
+    assert code_files.code_hash(tmp_path) == before  # ignored files and configs do not count
+    (tmp_path / "app.py").chmod(0o755)
+    assert code_files.code_hash(tmp_path) != before  # the mode counts
+    assert code_files.code_hash(tmp_path) == tree_hash(tmp_path, code_files.shipped_files(tmp_path))
+
+
+def build(root: Path, revision: str, **kw: object) -> DesiredSet:
+    args: dict[str, object] = {
+        "revision": revision,
+        "workdir": str(root),
+        "env": {"TOKEN": "secret-1"},
+        "salt": "salt",
+        "backends": ["local", "aws"],
+        "ships_workdir": only_local_ships_workdir,
+        "domain": "example.test",
+    }
+    args.update(kw)
+    return build_desired(load_tree(root), **args)  # type: ignore[arg-type]
+
+
+def uncached(root: Path, revision: str, **kw: object) -> DesiredSet:
+    memo.enabled = PARSE_CACHE.enabled = code_files.FAST = False
+    try:
+        return build(root, revision, **kw)
+    finally:
+        memo.enabled = PARSE_CACHE.enabled = code_files.FAST = True
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "rev-1"
+    write(root, {f"s{i}/.dstack.yml": service(f"s{i}") for i in range(3)})
+    write(root, {"app.py": "print(1)\n", "pinned.dstack.yml": service("pinned", extra="backends: [aws]\n")})
+    return root
+
+
+def test_memoized_desired_set_equals_the_uncached_one(repo: Path) -> None:
+    for _ in range(2):  # the second build is all hits
+        assert build(repo, "rev-1") == uncached(repo, "rev-1")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        pytest.param(lambda root: write(root, {"s1/.dstack.yml": service("s1", "v2")}), "spec_hash", id="file"),
+        pytest.param(lambda root: write(root, {"app.py": "print(2)\n"}), "spec_hash", id="code-file"),
+        pytest.param(lambda root: (root / "app.py").chmod(0o755), "spec_hash", id="code-mode"),
+        pytest.param(lambda root: write(root, {".dstackignore": "app.py\n"}), "spec_hash", id="dstackignore"),
+        pytest.param(
+            lambda root: write(root, {"s1/.dstack.yml": service("s1", extra="auth: true\n").replace("auth: false\n", "")}),
+            "route",
+            id="route-field",
+        ),
+    ],
+)
+def test_a_changed_input_changes_the_memoized_service(
+    repo: Path, tmp_path: Path, change: object, field: str
+) -> None:
+    before = build(repo, "rev-1")
+    changed = tmp_path / "rev-2"
+    shutil.copytree(repo, changed, symlinks=True)
+    change(changed)  # type: ignore[operator]
+    after = build(changed, "rev-2")
+    assert after == uncached(changed, "rev-2")
+    assert getattr(after.services["s1"], field) != getattr(before.services["s1"], field)
+    assert after.services["s0"].revision == "rev-2" and after.services["s0"].template.workdir == str(changed)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        pytest.param({"env": {"TOKEN": "secret-2"}}, id="env-value"),
+        pytest.param({"env": {}, "missing_env_ok": True}, id="env-missing"),
+        pytest.param({"salt": "other"}, id="salt"),
+        pytest.param({"domain": "other.test"}, id="domain"),
+        pytest.param({"backends": ["aws", "local"], "default_backend": "aws"}, id="backend-set"),
+        pytest.param({"default_backends": ["aws"]}, id="default-backends"),
+        pytest.param({"ships_workdir": lambda backend: False}, id="ships-workdir"),
+        pytest.param({"code_hash": lambda: "0" * 64}, id="code-hash"),
+        pytest.param({"trusted": False}, id="trusted"),
+    ],
+)
+def test_each_setting_feeding_the_memos_changes_the_set(repo: Path, kw: dict[str, object]) -> None:
+    base = build(repo, "rev-1")
+    assert base == uncached(repo, "rev-1")
+    changed = build(repo, "rev-1", **kw)
+    assert changed == uncached(repo, "rev-1", **kw)
+    assert changed != base
