@@ -161,7 +161,8 @@ def _record_diagnostics(rec: ServiceRecord, ds: DesiredSet, path: str | None) ->
 def _record_decision(rec: ServiceRecord, d: DesiredService, dec: ScalingDecision, now: float) -> None:
     if (dec.panic_since is None) != (rec.panic_since is None):
         rec.note(now, "panic mode " + ("entered" if dec.panic_since is not None else "ended"), dec.reason)
-    rec.panic_since = dec.panic_since
+    if rec.panic_since != dec.panic_since:
+        rec.panic_since = dec.panic_since
     if dec.wanted != rec.scaling_wanted:
         # Recorded once per wanted count (the reason's counters change every pass).
         if dec.wanted is not None:
@@ -224,14 +225,25 @@ def sync_records(
         if rec.spec_hash and rec.spec_hash != d.spec_hash:
             # The deploy history (and its plan diff) that the control API and dashboard show.
             rec.note(now, "deployed", deploy_detail(d.revision, rec.spec_summary, dict(d.summary)))
-        rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
-            d.spec_hash,
-            d.revision,
-            d.config_path,
-            d.backend,
-        )
-        rec.env_names, rec.spec_summary, rec.route = list(d.env_names), dict(d.summary), d.route
-        rec.unrouted_at = None  # its config is back while it drained: routed again
+        # Assigned only when they differ: a pydantic assignment is not free, and a no-op pass
+        # over 1,000 records would make 7,000 of them to change nothing.
+        if (rec.spec_hash, rec.revision, rec.config_path, rec.backend) != (
+            d.spec_hash, d.revision, d.config_path, d.backend
+        ):
+            rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
+                d.spec_hash,
+                d.revision,
+                d.config_path,
+                d.backend,
+            )
+        if rec.env_names != list(d.env_names):
+            rec.env_names = list(d.env_names)
+        if rec.spec_summary != d.summary:
+            rec.spec_summary = dict(d.summary)
+        if rec.route is not d.route:
+            rec.route = d.route
+        if rec.unrouted_at is not None:
+            rec.unrouted_at = None  # its config is back while it drained: routed again
         dec = decisions.get(name)
         if dec is not None:
             scaling_reasons[name] = dec.reason
@@ -241,7 +253,9 @@ def sync_records(
         elif rec.backoff_until is not None:
             rec.status = ServiceStatus.DEGRADED
         else:
-            rec.status, rec.reason = service_status(rec)
+            status, reason = service_status(rec)
+            if (rec.status, rec.reason) != (status, reason):
+                rec.status, rec.reason = status, reason
     for name, why in ds.blocked.items():
         if name not in doc.services:
             doc.services[name] = ServiceRecord(

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from backends.base import BackendRegistry
 from reconciler.config.loader import PARSE_CACHE, load_tree
 from reconciler.engine import memo
 from reconciler.engine.desired import DesiredSet, build_desired
+from reconciler.engine.offers import with_offers
+from reconciler.engine.plan import Action
+from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.source import code_files
 from reconciler.source.trees import tree_hash
-from tests.reconciler.fakes import only_local_ships_workdir
+from tests.reconciler.fakes import FakeBackend, FakeProber, only_local_ships_workdir
+from tidegate.routes import RoutesSnapshot
 
 
 def service(name: str, greeting: str = "hi", extra: str = "") -> str:
@@ -189,3 +193,84 @@ def test_each_setting_feeding_the_memos_changes_the_set(repo: Path, kw: dict[str
     changed = build(repo, "rev-1", **kw)
     assert changed == uncached(repo, "rev-1", **kw)
     assert changed != base
+
+
+def engine_at(state: Path, clock: list[float] | None = None) -> Engine:
+    now = clock if clock is not None else [1000.0]
+    return Engine(
+        state,
+        BackendRegistry({"local": FakeBackend(), "aws": FakeBackend(name="aws", ships_workdir=False)}),
+        EngineSettings(drain_min=0.0, drain_grace=0.0, env={"TOKEN": "secret-1"}, domain="example.test"),
+        clock=lambda: now[0],
+        prober=FakeProber(),
+    )
+
+
+ROUTED = """\
+model:
+  name: m-{name}
+  format: openai
+rate_limits:
+  - rps: 10
+  - prefix: /v1/chat/
+    rps: 0.5
+    burst: 4
+"""
+
+
+def test_routes_built_without_validation_equal_validated_ones(repo: Path, tmp_path: Path) -> None:
+    write(repo, {"s2/.dstack.yml": service("s2", extra=ROUTED.format(name="s2") + "replicas: 2\n")})
+    with engine_at(tmp_path / "state") as engine:
+        snap = Snapshot("rev-1", repo)
+        for _ in range(3):
+            engine.reconcile(snap)
+        engine.stop_service("s0")
+        engine.reconcile(snap)
+        routes = engine.routes
+    assert set(routes.services) == {"s0", "s1", "s2", "pinned"}
+    assert routes.services["s2"].rate_limits and routes.services["s2"].upstreams
+    assert routes.services["s0"].stopped
+    validated = RoutesSnapshot.model_validate_json(routes.model_dump_json())
+    assert validated == routes
+    assert validated.model_dump_json() == routes.model_dump_json()
+
+
+def test_no_op_passes_still_see_a_change_of_state(repo: Path, tmp_path: Path) -> None:
+    """A pass with nothing new in the config still plans from the state it observes: a replica
+    that died is restarted, a file changed in the same folder under a new revision rolls."""
+    clock = [1000.0]
+    with engine_at(tmp_path / "state", clock) as engine:
+        snap = Snapshot("rev-1", repo)
+        engine.reconcile(snap)
+        engine.reconcile(snap)
+        assert engine.reconcile(snap).plan.empty
+        backend = engine.backends.get("local")
+        assert isinstance(backend, FakeBackend)
+        victim = next(r for r in backend.replicas.values() if r.service == "s1")
+        backend.crash(victim.replica_id)
+        engine.reconcile(snap)  # observed as failed; restarted once its backoff passed
+        clock[0] += 3600
+        restarts = engine.plan(snap).plan.steps
+        assert [(s.action, s.service) for s in restarts] == [(Action.RESTART_REPLICA, "s1")]
+        engine.reconcile(snap)
+        changed = tmp_path / "rev-2"
+        shutil.copytree(repo, changed)
+        write(changed, {"s1/.dstack.yml": service("s1", "v2")})
+        p = engine.plan(Snapshot("rev-2", changed)).plan
+        assert p.services() == ["s1"]
+
+
+def test_offers_are_asked_once_per_requirements_per_pass_and_again_next_pass(repo: Path) -> None:
+    local = FakeBackend()
+    registry = BackendRegistry({"local": local, "aws": FakeBackend(name="aws", ships_workdir=False)})
+    ds = build(repo, "rev-1")
+    placed, complete = with_offers(ds, registry)
+    assert complete and {n: d.backend for n, d in placed.services.items()} == {
+        "s0": "local", "s1": "local", "s2": "local", "pinned": "aws"
+    }
+    # three local services with one resource spec: one question (none for the one pinned to aws)
+    assert [c for c in local.calls if c[0] == "offers"] == [("offers", "")]
+    local.no_offers = True  # the catalog changed: the next pass sees it
+    again, _ = with_offers(ds, registry)
+    assert {d.backend for d in again.services.values()} == {"aws"}  # no `backends:`: moved
+    assert len(again.services) == 4
