@@ -44,6 +44,7 @@ class Outputs:
         self.fault: str | None = None
         self.routes_key: str | None = None  # the routes last written (serial left out)
         self._routes_body: bytes | None = None
+        self._routes_last: RoutesSnapshot | None = None  # the routes last written, serial 0
         self._routes_stamp: Stamp | None = None
 
     @property
@@ -63,8 +64,14 @@ class Outputs:
             body, key = self._routes_body, self.routes_key
         else:
             snap = build()
-            key = snap.model_copy(update={"serial": 0}).model_dump_json()
+            unnumbered = snap.model_copy(update={"serial": 0})
+            # Compared as values first (unchanged routes are the same objects, see
+            # state.view.build_routes): no JSON is made for a pass that changes nothing.
+            if not force and unnumbered == self._routes_last and intact:
+                return False
+            key = unnumbered.model_dump_json()
             if not force and key == self.routes_key and intact:
+                self._routes_last = unnumbered
                 return False
             body = snap.model_dump_json(indent=2).encode()
         try:
@@ -74,6 +81,7 @@ class Outputs:
         if on_disk is None and self._routes_stamp is not None:
             log.warning("%s was missing: published the routes again", path)
         self.routes_key, self._routes_body, self._routes_stamp = key, body, stamp_of(path)
+        self._routes_last = unnumbered if not hold else None
         self._after_routes()
         return True
 

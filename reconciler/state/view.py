@@ -59,43 +59,64 @@ class ServiceView:
         return sum(r.price or 0.0 for r in self.replicas if r.phase != "gone")
 
 
+# name, RouteInfo identity, upstreams, stopped, withdrawn, preview PR -> (the RouteInfo, its
+# route): a pass over 1,000 unchanged services builds no route again, and equal routes are the
+# very same objects, so comparing two snapshots is mostly identity checks (engine.persist).
+_ROUTES: dict[tuple[object, ...], tuple[object, ServiceRoute]] = {}
+
+
 def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | None = None) -> RoutesSnapshot:
     """`preview_prs`: preview service name -> its pull request (marks the route as a preview).
 
-    Built with `model_construct` (no validation): every value comes from records already validated
-    as the very types the route models hold (RouteInfo's ModelRoute and RateLimit, strings,
-    ints), and validating 1,000 routes again took most of a no-op pass (a test holds the result
-    equal to a validated one)."""
+    Routes are built with `model_construct` (no validation): every value comes from records
+    already validated as the very types the route models hold (RouteInfo's ModelRoute and
+    RateLimit, strings, ints); a test holds the result equal to a validated one. Each is kept
+    (`_ROUTES`) while its inputs stay the same."""
     services: dict[str, ServiceRoute] = {}
+    if len(_ROUTES) > 4 * len(doc.services) + 1_000:
+        _ROUTES.clear()
     for name in sorted(doc.services):
         rec = doc.services[name]
-        if rec.route is None:
+        route = rec.route
+        if route is None:
             continue
-        ups = []
+        ups: list[tuple[str, str, bool]] = []
         for r in rec.replicas:
             if r.address and r.phase is ReplicaPhase.READY and not r.probe_failures:
-                ups.append(Upstream.model_construct(replica_id=r.id, url=r.address))
+                ups.append((r.id, r.address, False))
             elif r.address and r.phase is ReplicaPhase.DRAINING:
-                ups.append(Upstream.model_construct(replica_id=r.id, url=r.address, draining=True))
-        route = rec.route
+                ups.append((r.id, r.address, True))
+        pr = (preview_prs or {}).get(name)
+        key = (name, id(route), tuple(ups), rec.stopped, rec.unrouted_at is not None, pr)
+        known = _ROUTES.get(key)
+        if known is not None and known[0] is route:
+            services[name] = known[1]
+            continue
         fields: dict[str, object] = {
             "name": name,
             "host": route.host,
             "auth": route.auth,
-            "upstreams": tuple(ups),
+            "upstreams": tuple(_upstream(i, u, d) for i, u, d in ups),
             "model": route.model,
             # A stopped service must not have requests held for it (nothing will start): the
             # gateway holds only for services that may sit at zero, so say it may not.
             "min_replicas": max(1, route.min_replicas) if rec.stopped else route.min_replicas,
             "max_replicas": route.max_replicas,
-            "preview_pr": (preview_prs or {}).get(name),
+            "preview_pr": pr,
             "rate_limits": tuple(route.rate_limits),
             "stopped": rec.stopped,
             "withdrawn": rec.unrouted_at is not None,
         }
         services[name] = ServiceRoute.model_construct(**fields)  # type: ignore[arg-type]
+        _ROUTES[key] = (route, services[name])
     revision = doc.last_snapshot.revision if doc.last_snapshot else None
     return RoutesSnapshot(serial=doc.serial, revision=revision, domain=domain, services=services)
+
+
+def _upstream(replica_id: str, url: str, draining: bool) -> Upstream:
+    if draining:  # set only when true, as the validated route had it (fields set, JSON alike)
+        return Upstream.model_construct(replica_id=replica_id, url=url, draining=True)
+    return Upstream.model_construct(replica_id=replica_id, url=url)
 
 
 def service_status(rec: ServiceRecord) -> tuple[ServiceStatus, str]:
