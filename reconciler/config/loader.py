@@ -1,6 +1,6 @@
 """Load a tree of `.dstack.yml` files into the desired set of services, with every problem found.
 
-Discovery walks the root for `.dstack.yml` and `*.dstack.yml` (skipping `.git` and whatever
+Discovery (reconciler.config.discovery, one walk) finds `.dstack.yml` and `*.dstack.yml` (skipping `.git` and whatever
 `.gitignore` / `.dstackignore` exclude, at any depth), reads `.dstack/profiles.yml`, parses every
 file (config/parse.py), names each service (`name:` or a DNS label derived from its path), and
 refuses two services with one name. It never raises: an unreadable file, bad YAML or a bug in a
@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import pathspec
-
 from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
+from reconciler.config.discovery import discover, is_config_file, link_outside, outside_links, scan
 from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
 from reconciler.config.parse_cache import PARSE_CACHE, ParseCache
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
@@ -48,13 +47,13 @@ __all__ = [
     "Severity",
     "derive_service_name",
     "discover",
+    "is_config_file",
     "load_tree",
+    "outside_links",
     "spec_hash",
 ]
 
-IGNORE_FILES = (".gitignore", ".dstackignore")
 MAX_FILE_BYTES = 1_000_000
-_SKIP_DIRS = {".git"}
 
 
 @dataclass(frozen=True)
@@ -81,10 +80,6 @@ class LoadResult:
         return [d for d in self.diagnostics if d.severity == Severity.ERROR]
 
 
-def is_config_file(name: str) -> bool:
-    return name == ".dstack.yml" or (name.endswith(".dstack.yml") and len(name) > len(".dstack.yml"))
-
-
 def derive_service_name(path: str) -> str:
     """A valid service name from a file path: `chat/.dstack.yml` -> `chat`,
     `models/Llama_2.dstack.yml` -> `models-llama-2`, `.dstack.yml` -> `service`."""
@@ -109,122 +104,6 @@ def spec_hash(config: ServiceConfig) -> str:
         if not payload.get(added):
             payload.pop(added, None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def link_outside(root: Path, path: Path) -> str | None:
-    """The target of `path` when it is a symbolic link leading outside `root` (or a loop), else None."""
-    if not path.is_symlink():
-        return None
-    try:
-        target = os.readlink(path)
-        resolved = (path.parent / target).resolve(strict=False)
-        inside = resolved.is_relative_to(root.resolve())
-    except (OSError, RuntimeError, ValueError):
-        return "?"
-    return None if inside else target
-
-
-def outside_links(root: Path, subpath: str | None = None) -> list[Diagnostic]:
-    """A diagnostic for every symbolic link under root (or root/subpath) that leads outside root:
-    an error for a config file, a warning for anything else (the profiles file: _load_profiles)."""
-    start = root / subpath if subpath else root
-    found: list[Diagnostic] = []
-    if start.is_symlink() or not start.is_dir():
-        candidates = [start]
-    else:  # only the entries that are links (the directory entry says so: no stat per file)
-        candidates = [Path(p) for p in _links_under(str(start))]
-    for path in candidates:
-        target = link_outside(root, path)
-        if target is None:
-            continue
-        rel = path.relative_to(root).as_posix()
-        if rel == PROFILES_PATH:
-            continue  # reported by _load_profiles (an error that fails every service)
-        if is_config_file(path.name):
-            found.append(Diagnostic(rel, 1, 1, "", f"symbolic link to {target} leads outside the repository: not read"))
-        else:
-            found.append(
-                Diagnostic(
-                    rel, 1, 1, "", f"symbolic link to {target} leads outside the repository: replicas do not get it",
-                    Severity.WARNING,
-                )
-            )
-    return sorted(found, key=Diagnostic.sort_key)
-
-
-def _links_under(top: str) -> list[str]:
-    """Paths of the symbolic links under `top`, walked as os.walk does (links to directories are
-    not descended, `.git` directories skipped)."""
-    found: list[str] = []
-    pending = [top]
-    while pending:
-        here = pending.pop()
-        try:
-            entries = list(os.scandir(here))
-        except OSError:
-            continue  # os.walk skips unreadable directories the same way
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir and entry.name in _SKIP_DIRS:
-                continue
-            if entry.is_symlink():
-                found.append(entry.path)
-            elif is_dir:
-                pending.append(entry.path)
-    return found
-
-
-def discover(root: Path, subpath: str | None = None) -> list[str]:
-    """Config files under root (or root/subpath, which may be a file), posix paths relative to root."""
-    start = root / subpath if subpath else root
-    if start.is_file():
-        return [start.relative_to(root).as_posix()] if is_config_file(start.name) else []
-    found: list[str] = []
-    specs: dict[str, pathspec.GitIgnoreSpec] = {}  # directory (posix, relative to root) -> its ignore rules
-    top = str(start)
-    rel_top = start.relative_to(root).as_posix()
-    rel_top = "" if rel_top == "." else rel_top
-    for dirpath, dirnames, filenames in os.walk(top):
-        # string arithmetic, not pathlib: this runs once per directory of the tree on every load
-        rel_dir = _join(rel_top, dirpath[len(top) :].strip(os.sep).replace(os.sep, "/")).rstrip("/")
-        if any(n in filenames for n in IGNORE_FILES):
-            spec = _read_ignores(Path(dirpath))
-            if spec is not None:
-                specs[rel_dir] = spec
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in _SKIP_DIRS and not _ignored(_join(rel_dir, d) + "/", specs)
-        )
-        for name in sorted(filenames):
-            rel = _join(rel_dir, name)
-            if is_config_file(name) and not _ignored(rel, specs):
-                found.append(rel)
-    return found
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base}/{name}" if base else name
-
-
-def _read_ignores(directory: Path) -> pathspec.GitIgnoreSpec | None:
-    lines: list[str] = []
-    for name in IGNORE_FILES:
-        try:
-            lines += (directory / name).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
-
-
-def _ignored(rel: str, specs: dict[str, pathspec.GitIgnoreSpec]) -> bool:
-    for base, spec in specs.items():
-        if base and not rel.startswith(base + "/"):
-            continue
-        if spec.match_file(rel[len(base) + 1 :] if base else rel):
-            return True
-    return False
 
 
 def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:
@@ -318,12 +197,11 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
     diagnostics += profiles.diagnostics
     profile = profiles.default if profiles.ok else None
     profile_key = _fingerprint(profile)
-    links = outside_links(root, subpath)
+    found, links = scan(root, subpath)
     linked_out = {d.path: d for d in links if d.severity == Severity.ERROR}
     diagnostics += [d for d in links if d.path not in linked_out]
     base = subpath if subpath and (root / subpath).is_dir() else None
     parsed: list[ParsedFile] = []
-    found = discover(root, subpath)
     PARSE_CACHE.fit(len(found))
     for rel in found:
         if rel in linked_out:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from backends.base import BackendRegistry
+from reconciler.config import loader
 from reconciler.config.loader import PARSE_CACHE, load_tree
 from reconciler.engine import memo
 from reconciler.engine.desired import DesiredSet, build_desired
@@ -274,3 +275,27 @@ def test_offers_are_asked_once_per_requirements_per_pass_and_again_next_pass(rep
     again, _ = with_offers(ds, registry)
     assert {d.backend for d in again.services.values()} == {"aws"}  # no `backends:`: moved
     assert len(again.services) == 4
+
+
+@pytest.mark.parametrize("subpath", [None, "lib", "lib/z.dstack.yml", "linked-dir", "missing"])
+def test_one_walk_finds_what_discover_and_outside_links_find(tmp_path: Path, subpath: str | None) -> None:
+    tricky_tree(tmp_path)
+    write(
+        tmp_path,
+        {
+            ".gitignore": "hidden/\n*.tmp.dstack.yml\n",
+            "hidden/.dstack.yml": service("hidden"),
+            "lib/.gitignore": "private/\n",
+            "lib/private/.dstack.yml": service("private"),
+            "lib/open/x.tmp.dstack.yml": service("tmp"),
+            "lib/open/y.dstack.yml": service("y"),
+        },
+    )
+    os.symlink("/etc", tmp_path / "hidden" / "out-of-an-ignored-folder")
+    os.symlink("/etc/hostname", tmp_path / "lib" / "private" / "out.dstack.yml")
+    os.symlink("../y.dstack.yml", tmp_path / "lib" / "open" / "in.dstack.yml")
+    found, links = loader.scan(tmp_path, subpath)
+    assert (found, links) == (loader.discover(tmp_path, subpath), loader.outside_links(tmp_path, subpath))
+    if subpath is None:
+        assert "lib/open/in.dstack.yml" in found and "hidden/.dstack.yml" not in found
+        assert {d.path for d in links} >= {"hidden/out-of-an-ignored-folder", "lib/private/out.dstack.yml"}
