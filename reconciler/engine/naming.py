@@ -7,6 +7,7 @@ label and a cloud resource name, so it stays within 63 characters of [a-z0-9-].
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ def dns_safe(name: str) -> str:
     return safe or "svc"
 
 
+@functools.lru_cache(maxsize=16_384)  # pure; a plan of 1,000 services asks the same ids each pass
 def replica_id(service: str, spec_hash: str, ordinal: int) -> str:
     """The replica id; the service part is trimmed so the whole id fits in one DNS label."""
     if ordinal < 0:

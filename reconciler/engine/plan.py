@@ -142,6 +142,24 @@ def _route_diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldCh
     return _diff(pick, {k: v for k, v in new.items() if k in ROUTE_FIELDS})
 
 
+# A new service's change list by its summary (by identity, the entry holding the summary): the
+# desired set hands back the same summary object for a file that did not change (engine.memo),
+# so re-planning 1,000 not-yet-created services makes no change list again. Summaries are never
+# mutated once made, and the list is a pure function of one, so `plan` stays pure.
+_NEW_DIFFS: dict[int, tuple[Mapping[str, str], tuple[FieldChange, ...]]] = {}
+
+
+def _created_diff(summary: Mapping[str, str]) -> tuple[FieldChange, ...]:
+    known = _NEW_DIFFS.get(id(summary))
+    if known is not None and known[0] is summary:
+        return known[1]
+    made = _diff({}, summary)
+    if len(_NEW_DIFFS) > 20_000:
+        _NEW_DIFFS.clear()
+    _NEW_DIFFS[id(summary)] = (summary, made)
+    return made
+
+
 def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, ...]:
     keys = sorted(set(old) | set(new))
     return tuple(FieldChange(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k))
@@ -272,7 +290,7 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> P
             continue
         if a is None:
             steps.append(Step(Action.CREATE_SERVICE, name, reason="new service"))
-            changes[name] = _diff({}, t.summary)
+            changes[name] = _created_diff(t.summary)
             replicas: Sequence[ReplicaRecord] = ()
         else:
             replicas = a.replicas
