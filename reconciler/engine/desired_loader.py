@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry, Offer, Requirements
 from reconciler.config.loader import load_tree
+from reconciler.engine import memo
 from reconciler.engine.desired import DesiredService, DesiredSet, build_desired
 from reconciler.engine.offers import with_offers
 from reconciler.engine.targets import config_broken
@@ -64,20 +66,22 @@ class DesiredLoader:
         )
         if self._desired_cache is not None and self._desired_cache[0] == key:
             return self._desired_cache[1]
-        load = load_tree(Path(snapshot.root), snapshot.config_path)
-        ds = build_desired(
-            load,
-            revision=snapshot.revision,
-            workdir=str(Path(snapshot.root).absolute()),
-            env=self.settings.env,
-            salt=self.salt,
-            backends=self.backends.names(),
-            ships_workdir=self.backends.ships_workdir,
-            domain=self.settings.domain,
-            default_backend=self.settings.default_backend,
-            default_backends=self.settings.default_backends,
-            missing_env_ok=self.settings.missing_env_ok,
-        )
+        with memo.gc_paused() if memo.enabled else nullcontext():  # a big load's objects: reconciler.engine.memo
+            load = load_tree(Path(snapshot.root), snapshot.config_path)
+            memo.fit_all(len(load.services))
+            ds = build_desired(
+                load,
+                revision=snapshot.revision,
+                workdir=str(Path(snapshot.root).absolute()),
+                env=self.settings.env,
+                salt=self.salt,
+                backends=self.backends.names(),
+                ships_workdir=self.backends.ships_workdir,
+                domain=self.settings.domain,
+                default_backend=self.settings.default_backend,
+                default_backends=self.settings.default_backends,
+                missing_env_ok=self.settings.missing_env_ok,
+            )
         # An empty production config keeps everything (unless --allow-empty); previews must not
         # make it look non-empty, which would let the prune take production down.
         if ext is not None and (self.settings.allow_empty or not ds.empty):

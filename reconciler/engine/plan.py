@@ -154,8 +154,6 @@ def _created_diff(summary: Mapping[str, str]) -> tuple[FieldChange, ...]:
     if known is not None and known[0] is summary:
         return known[1]
     made = _diff({}, summary)
-    if len(_NEW_DIFFS) > 20_000:
-        _NEW_DIFFS.clear()
     _NEW_DIFFS[id(summary)] = (summary, made)
     return made
 
@@ -275,6 +273,8 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> P
     steps: list[Step] = []
     changes: dict[str, tuple[FieldChange, ...]] = {}
     notes: list[str] = []
+    if len(_NEW_DIFFS) > 4 * len(desired.services) + 1_000:
+        _NEW_DIFFS.clear()  # bounded: room for this plan's services and the next revision's
     for name in sorted(set(desired.services) | set(actual)):
         t = desired.services.get(name)
         a = actual.get(name)

@@ -299,3 +299,31 @@ def test_one_walk_finds_what_discover_and_outside_links_find(tmp_path: Path, sub
     if subpath is None:
         assert "lib/open/in.dstack.yml" in found and "hidden/.dstack.yml" not in found
         assert {d.path for d in links} >= {"hidden/out-of-an-ignored-folder", "lib/private/out.dstack.yml"}
+
+
+def test_the_collector_is_paused_for_a_load_only_and_nested_loads_resume_it_once() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with memo.gc_paused():
+        with memo.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer load still runs
+    assert gc.isenabled()
+    gc.disable()  # a process that turned it off keeps it off
+    try:
+        with memo.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_memos_stay_linear_past_their_first_size() -> None:
+    """Eviction pops the oldest entry in O(1): 20,000 services through a 4,000-entry memo."""
+    small: memo.IdentityMemo[int] = memo.IdentityMemo(min_entries=4_000)
+    objects = [object() for _ in range(20_000)]
+    for i, obj in enumerate(objects):
+        assert small.get(obj, "k", lambda i=i: i) == i  # type: ignore[misc]
+    assert small.get(objects[-1], "k", lambda: -1) == len(objects) - 1  # kept: the newest
+    assert small.get(objects[0], "k", lambda: -1) == -1  # evicted: the oldest
