@@ -50,7 +50,36 @@ def _pos(mark: Any) -> Position:
     return Position(int(mark.line) + 1, int(mark.column) + 1)
 
 
-FAST_LOADER: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+_TAGS: dict[tuple[str, tuple[bool, bool]], str] = {}  # (scalar, implicit) -> its resolved tag
+
+
+def _fast_loader() -> type[Any] | None:
+    base: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+    if base is None:
+        return None
+
+    class Loader(base):  # type: ignore[valid-type,misc]
+        """libyaml's loader, with each short scalar's tag resolution remembered: libyaml calls the
+        Python resolver (a few regular expressions) for every scalar, and a repository's configs
+        repeat the same few hundred (`service`, `8000`, `1..`, commands). For SafeLoader the tag is
+        a function of (value, implicit flags) alone (no path resolvers), so the memo is exact."""
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is not yaml.ScalarNode or self.yaml_path_resolvers or len(value) > 128:
+                return super().resolve(kind, value, implicit)
+            key = (value, implicit)
+            tag = _TAGS.get(key)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(_TAGS) > 50_000:
+                    _TAGS.clear()
+                _TAGS[key] = tag
+            return tag
+
+    return Loader
+
+
+FAST_LOADER: type[Any] | None = _fast_loader()
 # Text where libyaml and PyYAML may disagree: tabs, `?` (flow-context keys), a BOM or a Unicode
 # line break inside the text, a comment glued to a block scalar indicator.
 _PURE_ONLY = re.compile("[\t?\ufeff\x85\u2028\u2029]|[|>][-+0-9]*#")
