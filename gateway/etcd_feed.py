@@ -47,6 +47,7 @@ FED_FILES = (ROUTES_FILE, TOKENS_FILE)
 # routes.json as read from etcd -> (what this machine's gateway serves, a problem for /healthz or
 # None). The `tidegate gateway` and `up` commands pass one that opens this machine's own SSH
 # tunnels to cloud replicas (composed in the CLI: the gateway imports no backend).
+TUNNELS = "tunnels"  # the status part a RoutesRewrite's problem goes to
 RoutesRewrite = Callable[[bytes], tuple[bytes, "str | None"]]
 # Copies of other machines' stats that a leading reconciler keeps locally start with this.
 REMOTE_STATS = "stats-remote-"
@@ -76,6 +77,7 @@ class EtcdFeed:
         self._threads: list[threading.Thread] = []
         self._errors: dict[str, str | None] = {}
         self._status: str | None = "starting"
+        self._etcd_logged: str | None = "starting"
         self._status_since = time.time()
         self._lease = 0
         self._status_lock = threading.Lock()
@@ -113,14 +115,15 @@ class EtcdFeed:
         with self._status_lock:
             self._errors[part] = error
             status = next((e for e in self._errors.values() if e), None)
+            etcd = next((e for p, e in self._errors.items() if e and p != TUNNELS), None)
+            if etcd != self._etcd_logged:  # the rewrite logs its own problems (once per replica)
+                if etcd is None:
+                    log.info("etcd %s reachable again: routes and tokens follow it", self.location.describe())
+                else:
+                    log.warning("etcd out of reach, serving the last known routes and tokens: %s", etcd)
+                self._etcd_logged = etcd
             if status == self._status:
                 return
-            if part == "tunnels":
-                pass  # the rewrite logs its own problems (once per replica)
-            elif status is None:
-                log.info("etcd %s reachable again: routes and tokens follow it", self.location.describe())
-            else:
-                log.warning("etcd out of reach, serving the last known routes and tokens: %s", status)
             self._status, self._status_since = status, time.time()
             try:
                 write_feed_status(self.local_dir, status, self._status_since)
@@ -140,7 +143,7 @@ class EtcdFeed:
     def _write_local(self, name: str, body: bytes) -> None:
         if name == ROUTES_FILE and self.rewrite_routes is not None:
             body, problem = self.rewrite_routes(body)
-            self._set_status("tunnels", problem)
+            self._set_status(TUNNELS, problem)
         path = self.local_dir / name
         with contextlib.suppress(OSError):
             if path.read_bytes() == body:
