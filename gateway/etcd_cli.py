@@ -12,7 +12,7 @@ machine (replica working dirs, venvs, local replica logs, the repos cache, the g
 copies of routes.json and tokens.json) lives in `--local-state DIR` (default
 $TIDEGATE_LOCAL_STATE, else ./state-local). The installation's SSH tunnel keys for cloud replicas
 are secrets and never go to etcd: every machine holds the same copy, in `<local-state>/ssh/` or in
-`--tunnel-keys DIR` (docs/ha.md).
+`--tunnel-keys DIR` (README: "Cloud replicas and the tunnel keys").
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def machine(local: Path, instances: Instances | None) -> CloudTunnels:
 
 
 def copy_keys(source: Path, dest: Path) -> None:
-    """What the operator does out of band (docs/ha.md): the two files, modes kept."""
+    """What the operator does out of band (README): the two files, modes kept."""
     dest.mkdir(parents=True, mode=0o700)
     for name in ("id_ed25519", "host_key_secret"):
         shutil.copy2(source / name, dest / name)
