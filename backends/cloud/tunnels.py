@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,7 @@ class CloudTunnels:
         self._connect_timeout = connect_timeout
         self._manager: TunnelManager | None = None
         self._targets: dict[str, TunnelTarget] = {}  # the last target each replica was opened to
+        self._targets_lock = threading.Lock()  # the backends' worker threads open and close
 
     # ---- instance side (user data) -------------------------------------------------------
     def endpoint(self, label: str, service_port: int, ssh_port: int, user: str) -> TunnelEndpoint:
@@ -136,7 +138,8 @@ class CloudTunnels:
 
     def open(self, target: TunnelTarget) -> None:
         """Keep a tunnel to this running replica (no-op when not active)."""
-        self._targets[target.replica_id] = target
+        with self._targets_lock:
+            self._targets[target.replica_id] = target
         if self.active:
             self._get_manager().ensure(self._resolve(target) if self._resolve else target)
 
@@ -152,13 +155,18 @@ class CloudTunnels:
         )  # fmt: skip
 
     def close(self, replica_id: str) -> None:
-        self._targets.pop(replica_id, None)
+        with self._targets_lock:
+            self._targets.pop(replica_id, None)
         if self._manager is not None:
             self._manager.close(replica_id)
 
     def retain(self, replica_ids: Iterable[str]) -> None:
+        keep = set(replica_ids)
+        with self._targets_lock:
+            for rid in [r for r in self._targets if r not in keep]:
+                del self._targets[rid]
         if self._manager is not None:
-            self._manager.retain(replica_ids)
+            self._manager.retain(keep)
 
     def status(self, replica_id: str) -> TunnelStatus | None:
         return self._manager.status(replica_id) if self._manager is not None else None

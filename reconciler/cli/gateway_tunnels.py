@@ -89,17 +89,23 @@ class GatewayTunnels:
             for u in service.upstreams:
                 if u.tunnel is None:
                     ups.append(u)
-                elif problem is not None:
-                    if u.replica_id not in self._warned:
-                        self._warned.add(u.replica_id)
-                        log.warning("cloud replica %s left out of this gateway's routes: %s", u.replica_id, problem)
-                else:
-                    ups.append(u.model_copy(update={"url": self._open(u)}))
-                    kept.append(u.replica_id)
+                    continue
+                error = problem
+                if error is None:
+                    try:
+                        ups.append(u.model_copy(update={"url": self._open(u)}))
+                        kept.append(u.replica_id)
+                        self._warned.discard(u.replica_id)
+                        continue
+                    except Exception as e:  # a socket folder we may not use, a stuck loop: never crash the feed
+                        error = f"cannot open its tunnel: {type(e).__name__}: {e}"
+                        problem = problem or f"cloud replica {u.replica_id}: {error}"
+                if u.replica_id not in self._warned:
+                    self._warned.add(u.replica_id)
+                    log.warning("cloud replica %s left out of this gateway's routes: %s", u.replica_id, error)
             services[name] = service.model_copy(update={"upstreams": tuple(ups)})
         self.tunnels.retain(kept)
-        if problem is None:
-            self._warned.clear()
+        self._warned &= {u.replica_id for u in tunneled}  # a replica gone and back is reported again
         out = snapshot.model_copy(update={"services": services})
         return out.model_dump_json(indent=2).encode(), problem
 
