@@ -258,3 +258,66 @@ def test_tidegate_up_with_other_keys_exits_with_the_message_not_a_traceback(
     assert f"error: the tunnel keys in {local / 'ssh'} are not the installation's" in out
     assert "Traceback" not in out
     assert "leading" not in out  # it never campaigned
+
+
+def start_up(url: str, local: Path, settings: Path, repo: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")} | cloud.FAKE_ENV
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli.main", "up", "--repo", str(repo), "--state", url,
+             "--local-state", str(local), "--settings", str(settings), "--listen", "127.0.0.1:0",
+             "--interval", "1", "--no-gateway"],
+            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = log.read_text(errors="replace") if log.exists() else ""
+        if text in out:
+            return out
+        assert proc.poll() is None, out
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {log}: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow  # two `tidegate up` processes one after the other: ~15 s
+def test_the_first_up_records_the_keys_and_an_up_on_another_machine_with_the_copy_leads(
+    etcd_cluster: EtcdCluster, moto_url: str, linux_ami: str, tmp_path: Path
+) -> None:
+    url = etcd_cluster.url()
+    settings = tmp_path / "settings.yml"
+    settings.write_text(
+        f"backends:\n  aws:\n    regions: [us-east-1]\n    endpoint_url: {moto_url}\n    ami: {linux_ami}\n"
+        "    allowed_cidr: 127.0.0.1/32\n"
+    )
+    bare, _ = bare_remote(tmp_path)
+    m1, m2 = tmp_path / "m1", tmp_path / "m2"
+    first = start_up(url, m1, settings, bare, tmp_path / "up1.log")
+    try:
+        out = wait_for_line(tmp_path / "up1.log", "tunnel keys:", first)
+        assert f"tunnel keys: {m1 / 'ssh'} holds the installation's" in out
+    finally:
+        stop_up(first)
+    location = EtcdLocation.parse(url)
+    record = tunnel_keys.recorded(EtcdClient(location), location)
+    assert record is not None and record["client"] == CloudTunnels(m1, "aws").keys.fingerprint().client  # type: ignore[union-attr]
+    copy_keys(m1 / "ssh", m2 / "ssh")
+    second = start_up(url, m2, settings, bare, tmp_path / "up2.log")
+    try:
+        out = wait_for_line(tmp_path / "up2.log", "holds the installation's", second)
+        assert "leading" in out and "error" not in out.lower()
+    finally:
+        stop_up(second)
+    assert second.returncode == 0
