@@ -53,7 +53,10 @@ class GatewayTunnels:
 
     def _key_problem(self) -> str | None:
         folder = self.keys.directory
-        hint = f"copy the installation's {folder.name}/ folder (id_ed25519) from the leader's --local-state to {folder}, or pass --tunnel-keys DIR"
+        hint = (
+            f"copy id_ed25519 from the leader's <local-state>/ssh/ (or its --tunnel-keys folder) to {folder} "
+            f"(0600), or pass --tunnel-keys DIR"
+        )
         if not self.keys.client_key_path.is_file():
             return f"no tunnel key in {folder}: cloud replicas are not reachable from this gateway; {hint}"
         if self.expected_client is not None:
