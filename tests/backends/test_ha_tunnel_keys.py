@@ -306,7 +306,8 @@ def test_the_first_up_records_the_keys_and_an_up_on_another_machine_with_the_cop
     m1, m2 = tmp_path / "m1", tmp_path / "m2"
     first = start_up(url, m1, settings, bare, tmp_path / "up1.log")
     try:
-        out = wait_for_line(tmp_path / "up1.log", "tunnel keys:", first)
+        out = wait_for_line(tmp_path / "up1.log", "holds the installation's", first)
+        assert f"tunnel keys: none recorded on etcd yet (the first leader records those in {m1 / 'ssh'})" in out
         assert f"tunnel keys: {m1 / 'ssh'} holds the installation's" in out
     finally:
         stop_up(first)
