@@ -21,6 +21,7 @@ import json
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -77,7 +78,7 @@ class HaUp:
             try:  # before anything starts: a machine with the wrong keys must not even stand by
                 say(tunnel_keys.check(self.client, self.location, self.keys_dir, lead=False))
             except tunnel_keys.TunnelKeysError as e:
-                say(f"error: {e}")
+                say(f"error: {e}", stream=sys.stderr, style="red")
                 return 2
             except EtcdError as e:
                 say(f"warning: cannot read the recorded tunnel keys yet ({e}); checked again on leading")
@@ -96,8 +97,8 @@ class HaUp:
                     break
                 try:
                     self._lead()
-                except tunnel_keys.TunnelKeysError as e:
-                    say(f"error: {e}")
+                except tunnel_keys.TunnelKeysError as e:  # resigns below; a standby with the keys leads
+                    say(f"error: {e}", stream=sys.stderr, style="red")
                     self.exit_code = 2
                     break
                 except Exception:  # the boundary of one leadership term: log, stand by again
