@@ -21,6 +21,7 @@ import json
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +31,8 @@ from types import FrameType
 from typing import Any
 
 from gateway.etcd_feed import EtcdFeed
-from reconciler.cli import runtime, serving
+from reconciler.cli import runtime, serving, tunnel_keys
+from reconciler.cli.gateway_tunnels import GatewayTunnels
 from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
 from reconciler.engine.loop import Loop
@@ -57,13 +59,29 @@ class HaUp:
         self.tag = f"{socket.gethostname()}-{settings.listen.rpartition(':')[2]}"
         self.leadership = Leadership(self.client, self.node, ttl=ttl)
         self.stop = threading.Event()
-        self.feed = EtcdFeed(location, settings.state_dir, self.tag, push_signals=lambda: self.leadership.fence is None)
+        # Every gateway fed from etcd opens its own tunnels to cloud replicas (the leader's sockets
+        # are on the leader's machine): a standby's gateway serves them too.
+        self.keys_dir = tunnel_keys.keys_dir(settings.state_dir, settings.tunnel_keys)
+        self.gateway_tunnels = GatewayTunnels(settings.state_dir, self.keys_dir)
+        self.feed = EtcdFeed(
+            location, settings.state_dir, self.tag, push_signals=lambda: self.leadership.fence is None,
+            rewrite_routes=self.gateway_tunnels,
+        )  # fmt: skip
         self.gateway: serving.GatewayThread | None = None
+        self.exit_code = 0
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
         self._signals()
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._has_cloud():
+            try:  # before anything starts: a machine with the wrong keys must not even stand by
+                say(tunnel_keys.check(self.client, self.location, self.keys_dir, lead=False))
+            except tunnel_keys.TunnelKeysError as e:
+                say(f"error: {e}", stream=sys.stderr, style="red")
+                return 2
+            except EtcdError as e:
+                say(f"warning: cannot read the recorded tunnel keys yet ({e}); checked again on leading")
         self.feed.start()
         if not self.feed.synced.wait(5):
             say(f"warning: etcd {self.location.describe()} does not answer yet; serving what {self.settings.state_dir} has")
@@ -79,6 +97,10 @@ class HaUp:
                     break
                 try:
                     self._lead()
+                except tunnel_keys.TunnelKeysError as e:  # resigns below; a standby with the keys leads
+                    say(f"error: {e}", stream=sys.stderr, style="red")
+                    self.exit_code = 2
+                    break
                 except Exception:  # the boundary of one leadership term: log, stand by again
                     log.exception("leading failed; standing by")
                     self.leadership.resign()
@@ -90,8 +112,16 @@ class HaUp:
             if self.gateway is not None:
                 self.gateway.stop()
             self.feed.stop()
+            self.gateway_tunnels.shutdown()
         say("tidegate stopped; replicas keep running (the next leader adopts them)")
-        return 0
+        return self.exit_code
+
+    def _has_cloud(self) -> bool:
+        if self.settings.settings_file is None:
+            return False
+        from reconciler.cli.settings import load_cloud_settings
+
+        return bool(load_cloud_settings(self.settings.settings_file, self.settings.env).backends)
 
     def _holder(self) -> str:
         try:
@@ -115,6 +145,8 @@ class HaUp:
         shared = EtcdStore(self.client, self.leadership.fence)
         sync = LeaderSync(self.settings.state_dir, shared, self.tag)
         say(f"tidegate up: leading {self.location.describe()} as {self.node}: {sync.pull()}")
+        if self._has_cloud():  # the cloud backends start only with the installation's tunnel keys
+            say(tunnel_keys.check(self.client, self.location, self.keys_dir, lead=True))
         engine = runtime.build_engine(
             self.settings,
             make_store=lambda d: FencedStateStore(d, shared),

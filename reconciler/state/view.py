@@ -69,9 +69,9 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
         ups = []
         for r in rec.replicas:
             if r.address and r.phase is ReplicaPhase.READY and not r.probe_failures:
-                ups.append(Upstream(replica_id=r.id, url=r.address))
+                ups.append(Upstream(replica_id=r.id, url=r.address, tunnel=r.tunnel))
             elif r.address and r.phase is ReplicaPhase.DRAINING:
-                ups.append(Upstream(replica_id=r.id, url=r.address, draining=True))
+                ups.append(Upstream(replica_id=r.id, url=r.address, draining=True, tunnel=r.tunnel))
         services[name] = ServiceRoute(
             name=name,
             host=rec.route.host,
