@@ -192,8 +192,16 @@ def op_delete_range(start: str, end: str) -> dict[str, Any]:
 
 # What etcd or the TLS layer says when it refuses this client, and what to change (see _refusal).
 _TLS_UNTRUSTED = ("CERTIFICATE_VERIFY_FAILED",)
-_TLS_CLIENT_CERT = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "certificate required")
-_TLS_NOT_SPOKEN = ("WRONG_VERSION_NUMBER", "record layer failure", "UNEXPECTED_EOF")
+# TLS 1.3 sends the server's verdict on the client certificate after the handshake: the client
+# sees the alert, or (as often) only the connection ending mid-protocol.
+_TLS_CLIENT_CERT = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "certificate required",
+    "EOF occurred in violation of protocol",
+)
+_TLS_NOT_SPOKEN = ("WRONG_VERSION_NUMBER", "record layer failure")
 _PLAIN_TO_TLS = ("HTTP request to an HTTPS server",)
 
 
@@ -333,6 +341,12 @@ class EtcdClient:
         if refused and len(refused) == len(errors):
             raise EtcdRefused(refused[0])
         raise EtcdUnavailable(f"etcd at {self.location.describe()} did not answer ({'; '.join(errors)})")
+
+    def probe(self) -> None:
+        """One read under the prefix: raises EtcdRefused when etcd will not serve this client as
+        configured (a process should stop and say so), EtcdUnavailable when nothing answers."""
+        base = self.location.key("")
+        self.call("/kv/range", {"key": _b64(base), "range_end": range_end(base), "limit": "1", "keys_only": True})
 
     # -- key/value -------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:

@@ -31,13 +31,21 @@ from typing import Any
 
 from gateway.etcd_feed import EtcdFeed
 from reconciler.cli import runtime, serving
+from reconciler.cli.common import fail
 from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
 from reconciler.engine.loop import Loop
 from reconciler.state.etcd_store import EtcdStore
 from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync
 from reconciler.state.leader import DEFAULT_TTL, Leadership, node_name
-from tidegate.etcd import PREVIEWS_PREFIX, SIGNALS_PREFIX, EtcdClient, EtcdError, EtcdLocation
+from tidegate.etcd import (
+    PREVIEWS_PREFIX,
+    SIGNALS_PREFIX,
+    EtcdClient,
+    EtcdError,
+    EtcdLocation,
+    EtcdUnavailable,
+)
 from tidegate.fsio import write_atomic
 
 log = logging.getLogger("tidegate.ha")
@@ -63,6 +71,12 @@ class HaUp:
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
         self._signals()
+        try:
+            self.client.probe()
+        except EtcdUnavailable:
+            pass  # it may answer later: stand by (the gateway serves what the local dir has)
+        except EtcdError as e:  # refused as configured (TLS, user, permission): say so and stop
+            return fail(str(e))
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.feed.start()
         if not self.feed.synced.wait(5):
