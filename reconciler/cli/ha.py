@@ -17,13 +17,10 @@ SIGINT/SIGTERM resign (a standby takes over at once) and leave replicas running.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
 import threading
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -34,13 +31,13 @@ from reconciler.cli import runtime, serving
 from reconciler.cli.common import fail
 from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
+from reconciler.control.shared import SharedControlPlane
 from reconciler.engine.loop import Loop
 from reconciler.state.etcd_store import EtcdStore
-from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync
+from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync, post_signal
 from reconciler.state.leader import DEFAULT_TTL, Leadership, node_name
 from tidegate.etcd import (
     PREVIEWS_PREFIX,
-    SIGNALS_PREFIX,
     EtcdClient,
     EtcdError,
     EtcdLocation,
@@ -67,6 +64,8 @@ class HaUp:
         self.stop = threading.Event()
         self.feed = EtcdFeed(location, settings.state_dir, self.tag, push_signals=lambda: self.leadership.fence is None)
         self.gateway: serving.GatewayThread | None = None
+        self.plane: SharedControlPlane | None = None  # the control API's, with the gateway
+        self.control_stop = threading.Event()
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
@@ -83,7 +82,8 @@ class HaUp:
             say(f"warning: etcd {self.location.describe()} does not answer yet; serving what {self.settings.state_dir} has")
         try:
             if not getattr(self.args, "no_gateway", False):
-                self.gateway = serving.GatewayThread(self.settings)
+                control, self.plane = serving.build_shared_control(self.settings, EtcdStore(self.client), self.control_stop)
+                self.gateway = serving.GatewayThread(self.settings, None, control)
                 if not self.gateway.start():
                     say(f"error: gateway: {self.gateway.error}")
                     return 1
@@ -101,8 +101,11 @@ class HaUp:
                     self.leadership.resign()
         finally:
             self.leadership.resign()
+            self.control_stop.set()
             if self.gateway is not None:
                 self.gateway.stop()
+            if self.plane is not None:
+                self.plane.close()
             self.feed.stop()
         say("tidegate stopped; replicas keep running (the next leader adopts them)")
         return 0
@@ -142,6 +145,8 @@ class HaUp:
             source = runtime.require_source(self.settings)
             previews = runtime.build_previews(self.settings, self.args, source, engine)
             engine.extension = previews
+            if self.plane is not None:  # the control API answers from this engine while it leads
+                self.plane.lead(*serving.backend_callables(engine))
             loops: list[Loop] = []
             the_pass = runtime.Pass(
                 engine,
@@ -164,6 +169,8 @@ class HaUp:
             if self.leadership.lost.is_set():
                 say("tidegate up: lost the leadership; stopping the loop and standing by")
         finally:
+            if self.plane is not None:
+                self.plane.stand_by()
             if loop is not None:
                 loop.shutdown()
             engine.close()
@@ -189,8 +196,5 @@ def send_shared_signal(settings: Settings, kind: str, payload: dict[str, Any]) -
     """`stop`/`start` with etcd: a signal under `signals/` for whichever `up` leads (never an engine
     opened here: only the leader acts). Returns who leads, for the message."""
     assert settings.etcd is not None
-    client = EtcdClient(settings.etcd)
-    body = json.dumps({"kind": kind, "at": time.time(), **payload}).encode()
-    client.put(settings.etcd.key(f"{SIGNALS_PREFIX}{time.time_ns()}-{kind}-{uuid.uuid4().hex[:8]}.json"), body)
-    leader = client.get(settings.etcd.key("leader"))
-    return leader.value.decode(errors="replace") if leader is not None else "no leader right now; the next one"
+    leader = post_signal(EtcdStore(EtcdClient(settings.etcd)), kind, payload)
+    return leader or "no leader right now; the next one"
