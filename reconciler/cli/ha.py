@@ -3,7 +3,9 @@
 Why a module of its own: `cmd_up` runs one reconciler over one directory; here the same pieces
 (engine, pass, loop, gateway) are arranged around an election (reconciler.state.leader):
 
-- every `up` serves its gateway at once, fed from etcd (gateway.etcd_feed): routes, tokens;
+- every `up` serves its gateway at once, fed from etcd (gateway.etcd_feed): routes, tokens; and
+  the control API and dashboard (reconciler.control.shared: from the engine while leading, from
+  etcd while standing by, actions forwarded to the leader as signals on etcd);
 - it campaigns; while another leads it stands by (its gateway's signals and stats go to etcd);
 - on winning it pulls the shared state into its local directory (reconciler.state.etcd_sync),
   opens the engine with fenced store and journal, recovers (settles every open intent of the

@@ -84,6 +84,8 @@ def test_token_ps_and_gateway_over_tls_with_client_certificates(
         gw.wait_ready()
         wait_for(lambda: gw.models(token) == 200, 20, "the gateway to accept the token it read from etcd over TLS")
         assert gw.models("tg_not-a-token") in (401, 403)
+        elsewhere = gw.http.get("/api/v1/services", headers={"Authorization": f"Bearer {token}"})
+        assert elsewhere.status_code == 404 and elsewhere.json()["error"]["code"] == "control_not_here"
     finally:
         gw.close()
     assert "Traceback" not in gw.log.read_text()
