@@ -272,9 +272,13 @@ class EtcdClient:
         loc = self.location
         if not loc.user:
             return
+        # etcd judges the token a request carries before anything else, /auth/authenticate
+        # included: an expired one must not go along with the request for a new one (None drops
+        # the session's header from this request only; other threads keep theirs meanwhile).
         answer = client.post(
             client.get_url("/auth/authenticate"),
             json={"name": loc.user, "password": loc.password or ""},
+            headers={"Authorization": None},
             **self._request_options,
         )
         token = str(answer.get("token", ""))
@@ -342,11 +346,16 @@ class EtcdClient:
             raise EtcdRefused(refused[0])
         raise EtcdUnavailable(f"etcd at {self.location.describe()} did not answer ({'; '.join(errors)})")
 
-    def probe(self) -> None:
-        """One read under the prefix: raises EtcdRefused when etcd will not serve this client as
-        configured (a process should stop and say so), EtcdUnavailable when nothing answers."""
+    def probe(self, write: bool = False) -> None:
+        """One read under the prefix (and with `write`, a transaction whose compare never holds
+        and whose put etcd nonetheless checks permission for: nothing is written). Raises
+        EtcdRefused when etcd will not serve this client as configured (a process should stop
+        and say so), EtcdUnavailable when nothing answers."""
         base = self.location.key("")
         self.call("/kv/range", {"key": _b64(base), "range_end": range_end(base), "limit": "1", "keys_only": True})
+        if write:
+            never = {"key": _b64(base + "probe"), "target": "VERSION", "result": "EQUAL", "version": "-1"}
+            self.txn([never], [op_put(base + "probe", b"")])
 
     # -- key/value -------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:
@@ -427,6 +436,11 @@ class EtcdClient:
             )
         except Exception as e:  # requests' connection errors: the caller resyncs
             raise EtcdUnavailable(f"watch {prefix}: {type(e).__name__}") from e
+        if resp.status_code != 200:  # e.g. an expired auth token: the caller's re-read renews it
+            detail = resp.text[:300]
+            resp.close()
+            endpoint = f"{client.host}:{client.port}"
+            raise EtcdError(_refusal(detail, self.location, endpoint) or f"watch {prefix}: {detail.strip()}")
         buffer = b""
         try:
             for chunk in resp.iter_content(chunk_size=None):

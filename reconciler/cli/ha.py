@@ -73,7 +73,7 @@ class HaUp:
     def run(self) -> int:
         self._signals()
         try:
-            self.client.probe()
+            self.client.probe(write=True)  # a leader writes: a read-only role is refused now
         except EtcdUnavailable:
             pass  # it may answer later: stand by (the gateway serves what the local dir has)
         except EtcdError as e:  # refused as configured (TLS, user, permission): say so and stop

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.e2e.helpers import APP, Remote, kill_replicas, service_yaml, wait_for
 from tests.etcd.gateways import GatewayProc, Up, tidegate
 from tests.support.etcd_secure import AUTH_PREFIX, OTHER_PREFIX, Pki, SecureEtcd
 from tests.support.git_repo import bare_remote
-from tidegate.etcd import EtcdClient, EtcdLocation
+from tidegate.etcd import EtcdClient, EtcdLocation, EtcdRefused
 
 USER_ENV = "TIDEGATE_ETCD_USER"
 PASSWORD_ENV = "TIDEGATE_ETCD_PASSWORD"
@@ -200,6 +201,56 @@ def test_the_outsider_keeps_to_its_own_prefix(etcd_auth: SecureEtcd) -> None:
     url = etcd_auth.url(OTHER_PREFIX)
     run = tidegate("token", "create", "mine", "--state", url, env=auth_env(etcd_auth, "outsider"))
     assert run.returncode == 0, run.stderr
+
+
+def test_a_read_only_role_is_refused_before_a_leader_would_write(etcd_auth: SecureEtcd) -> None:
+    client = EtcdClient(EtcdLocation.parse(etcd_auth.url(AUTH_PREFIX), environ=auth_env(etcd_auth, "reader")))
+    client.probe()  # reading is allowed
+    with pytest.raises(EtcdRefused, match=r"permission denied for user 'reader'.*readwrite"):
+        client.probe(write=True)
+    root = EtcdClient(EtcdLocation.parse(etcd_auth.url(AUTH_PREFIX), environ=auth_env(etcd_auth, "root")))
+    assert root.get(f"/{AUTH_PREFIX}/probe") is None  # the write probe writes nothing
+
+
+def test_an_expired_auth_token_is_renewed(tmp_path: Path) -> None:
+    """etcd's simple tokens expire (--auth-token-ttl, 300 s by default): the client authenticates
+    again and the call goes through."""
+    etcd = SecureEtcd(tmp_path / "etcd", extra=("--auth-token-ttl", "1"))
+    try:
+        etcd.start()
+        etcd.enable_auth()
+        client = EtcdClient(EtcdLocation.parse(etcd.url(AUTH_PREFIX), environ=auth_env(etcd, "tidegate")))
+        client.put(f"/{AUTH_PREFIX}/a", b"1")
+        time.sleep(2.5)
+        client.put(f"/{AUTH_PREFIX}/b", b"2")
+        kvs, _ = client.get_prefix(f"/{AUTH_PREFIX}/")
+        assert [kv.value for kv in kvs] == [b"1", b"2"]
+    finally:
+        etcd.close()
+
+
+@pytest.mark.slow
+def test_a_gateway_keeps_following_etcd_after_its_auth_token_expired(tmp_path: Path) -> None:
+    etcd = SecureEtcd(tmp_path / "etcd", extra=("--auth-token-ttl", "1"))
+    env = {}
+    gw = None
+    try:
+        etcd.start()
+        etcd.enable_auth()
+        env = auth_env(etcd, "tidegate")
+        url = etcd.url(AUTH_PREFIX)
+        gw = GatewayProc(url, tmp_path / "gw-local", tmp_path / "gw.log", env=env)
+        gw.wait_ready()
+        time.sleep(3)  # the gateway's token has expired
+        created = tidegate("token", "create", "late", "--state", url, env=env)
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip().splitlines()[-1].split()[-1]
+        wait_for(lambda: gw.models(token) == 200, 30, "the gateway to see a token made after its auth token expired")
+    finally:
+        if gw is not None:
+            gw.close()
+        etcd.close()
+    assert "Traceback" not in gw.log.read_text()
 
 
 # -- up (slow) ---------------------------------------------------------------------------------

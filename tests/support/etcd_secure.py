@@ -137,13 +137,14 @@ def make_pki(folder: Path) -> Pki:
 class SecureEtcd:
     """One etcd member on loopback, with client TLS (`pki`) or not."""
 
-    def __init__(self, folder: Path, pki: Pki | None = None) -> None:
+    def __init__(self, folder: Path, pki: Pki | None = None, extra: tuple[str, ...] = ()) -> None:
         require_etcd()
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.pki = pki
         self.port = free_port()
         self.peer_port = free_port()
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.users: dict[str, str] = {}  # name -> password, when auth is on
 
@@ -171,7 +172,7 @@ class SecureEtcd:
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"s0={peer}", "--initial-cluster-state", "new",
-            "--log-level", "error", "--logger", "zap",
+            "--log-level", "error", "--logger", "zap", *self.extra,
         ]  # fmt: skip
         if self.pki is not None:
             cmd += [
@@ -200,18 +201,23 @@ class SecureEtcd:
         )
 
     def enable_auth(self) -> None:
-        """root, `tidegate` (readwrite on /tg-auth/ only), `outsider` (readwrite on /tg-other/ only)."""
+        """root, `tidegate` (readwrite on /tg-auth/ only), `outsider` (readwrite on /tg-other/ only),
+        `reader` (read only on /tg-auth/)."""
         with self.http() as http:
 
             def post(path: str, body: dict[str, object]) -> None:
                 r = http.post(f"/v3/auth/{path}", json=body)
                 assert r.status_code == 200, f"/v3/auth/{path}: {r.status_code} {r.text}"
 
-            for user, prefix in (("tidegate", AUTH_PREFIX), ("outsider", OTHER_PREFIX)):
+            for user, prefix, kind in (
+                ("tidegate", AUTH_PREFIX, "READWRITE"),
+                ("outsider", OTHER_PREFIX, "READWRITE"),
+                ("reader", AUTH_PREFIX, "READ"),
+            ):
                 role = f"{user}-role"
                 key = f"/{prefix}/"
                 post("role/add", {"name": role})
-                perm = {"permType": "READWRITE", "key": _b64(key), "range_end": range_end(key)}
+                perm = {"permType": kind, "key": _b64(key), "range_end": range_end(key)}
                 post("role/grant", {"name": role, "perm": perm})
                 self.users[user] = secrets.token_urlsafe(12)
                 post("user/add", {"name": user, "password": self.users[user]})
@@ -252,7 +258,7 @@ def etcd_tls(tmp_path_factory: pytest.TempPathFactory, etcd_pki: Pki) -> Iterato
 
 @pytest.fixture(scope="session")
 def etcd_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd]:
-    """etcd with auth enabled: `users` holds the passwords of root, tidegate and outsider."""
+    """etcd with auth enabled: `users` holds the passwords of root, tidegate, outsider and reader."""
     server = SecureEtcd(tmp_path_factory.mktemp("etcd-auth"))
     try:
         server.start()
