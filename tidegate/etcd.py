@@ -91,6 +91,11 @@ class EtcdLocation:
         environ: Mapping[str, str] | None = None,
     ) -> EtcdLocation:
         parts = urlsplit(url)
+        if "@" in (parts.netloc or ""):  # never echo this URL: it holds a password
+            raise EtcdError(
+                f"--state: an etcd location takes no user or password (…://user:password@host); "
+                f"set ${USER_ENV} and ${PASSWORD_ENV} instead"
+            )
         if parts.scheme not in (SCHEME, TLS_SCHEME):
             raise EtcdError(f"--state {url!r}: an etcd location starts with etcd:// (or etcds:// for TLS)")
         endpoints: list[tuple[str, int]] = []

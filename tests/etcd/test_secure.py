@@ -196,6 +196,14 @@ def test_auth_refusals_are_one_clear_line_without_the_password(
         no_secret_in(secret, [line], [tmp_path])
 
 
+def test_credentials_in_the_url_are_refused_without_echoing_them(tmp_path: Path) -> None:
+    url = "etcd://tidegate:hunter2-secret@127.0.0.1:2379/prod"
+    for argv in (["ps", "--local-state", str(tmp_path / "l")], ["token", "create", "x"]):
+        run = tidegate(*argv, "--state", url)
+        line = one_clear_line(run, "takes no user or password", USER_ENV, PASSWORD_ENV)
+        assert "hunter2" not in run.stdout + run.stderr, line
+
+
 def test_the_outsider_keeps_to_its_own_prefix(etcd_auth: SecureEtcd) -> None:
     """The role works as granted: its own prefix is fine (so the refusal above is the prefix's)."""
     url = etcd_auth.url(OTHER_PREFIX)
