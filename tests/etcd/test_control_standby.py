@@ -50,6 +50,8 @@ def test_reads_come_from_the_shared_state_and_follow_it(standby: Standby) -> Non
     r = standby.http.get("/api/v1/services", headers=standby.headers)
     assert r.status_code == 200, r.text
     assert sorted(s["name"] for s in r.json()) == ["broken", "web"]
+    page = standby.http.get("/ui/services/web", headers=standby.headers)
+    assert page.status_code == 200 and "web-aaaaaaaa-0" in page.text  # the dashboard, from etcd too
     doc = state_doc()
     del doc.services["broken"]
     standby.put("state.json", doc.model_dump_json().encode())
