@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -68,6 +69,24 @@ def no_secret_in(secret: str, texts: Iterable[str], folders: Iterable[Path] = ()
 
 
 # -- TLS ---------------------------------------------------------------------------------------
+def test_the_client_over_tls_reads_writes_and_watches(etcd_tls: SecureEtcd, etcd_pki: Pki) -> None:
+    """With $REQUESTS_CA_BUNDLE pointing elsewhere (as on many hosts), --etcd-cacert still wins."""
+    loc = EtcdLocation.parse(
+        etcd_tls.url("tg-tls-client"), cacert=str(etcd_pki.ca), cert=str(etcd_pki.client_cert), key=str(etcd_pki.client_key)
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REQUESTS_CA_BUNDLE", str(etcd_pki.other_ca))
+        client = EtcdClient(loc)
+        client.probe(write=True)
+        revision = client.put(loc.key("a"), b"1")
+        stop = threading.Event()
+        events = client.watch_prefix(loc.key(""), revision, stop)
+        assert next(events)[1].value == b"1"
+        stop.set()
+        assert client.get(loc.key("a")) is not None
+
+
+@pytest.mark.slow
 def test_token_ps_and_gateway_over_tls_with_client_certificates(
     etcd_tls: SecureEtcd, etcd_pki: Pki, tmp_path: Path
 ) -> None:
