@@ -27,7 +27,7 @@ from gateway.etcd_cli import (
 from gateway.options import add_gateway_options, gateway_overrides
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
 from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
-from tidegate.etcd import EtcdError
+from tidegate.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from tidegate.state_dir import choose_state_dir
 
 if TYPE_CHECKING:
@@ -117,6 +117,9 @@ def cmd_gateway(args: argparse.Namespace, rewrite_routes: RoutesRewrite | None =
             from gateway.ratelimit_settings import read_token_limits
 
             overrides["token_limits"] = read_token_limits(args.settings)
+        if location is not None:
+            with contextlib.suppress(EtcdUnavailable):  # it may come later: serve what is on disk
+                EtcdClient(location).probe()
     except (ValueError, EtcdError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

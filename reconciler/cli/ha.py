@@ -3,7 +3,9 @@
 Why a module of its own: `cmd_up` runs one reconciler over one directory; here the same pieces
 (engine, pass, loop, gateway) are arranged around an election (reconciler.state.leader):
 
-- every `up` serves its gateway at once, fed from etcd (gateway.etcd_feed): routes, tokens;
+- every `up` serves its gateway at once, fed from etcd (gateway.etcd_feed): routes, tokens; and
+  the control API and dashboard (reconciler.control.shared: from the engine while leading, from
+  etcd while standing by, actions forwarded to the leader as signals on etcd);
 - it campaigns; while another leads it stands by (its gateway's signals and stats go to etcd);
 - on winning it pulls the shared state into its local directory (reconciler.state.etcd_sync),
   opens the engine with fenced store and journal, recovers (settles every open intent of the
@@ -17,14 +19,11 @@ SIGINT/SIGTERM resign (a standby takes over at once) and leave replicas running.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
 import sys
 import threading
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -32,14 +31,22 @@ from typing import Any
 
 from gateway.etcd_feed import EtcdFeed
 from reconciler.cli import runtime, serving, tunnel_keys
+from reconciler.cli.common import fail
 from reconciler.cli.gateway_tunnels import GatewayTunnels
 from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
+from reconciler.control.shared import SharedControlPlane
 from reconciler.engine.loop import Loop
 from reconciler.state.etcd_store import EtcdStore
-from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync
+from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync, post_signal
 from reconciler.state.leader import DEFAULT_TTL, Leadership, node_name
-from tidegate.etcd import PREVIEWS_PREFIX, SIGNALS_PREFIX, EtcdClient, EtcdError, EtcdLocation
+from tidegate.etcd import (
+    PREVIEWS_PREFIX,
+    EtcdClient,
+    EtcdError,
+    EtcdLocation,
+    EtcdUnavailable,
+)
 from tidegate.fsio import write_atomic
 
 log = logging.getLogger("tidegate.ha")
@@ -69,10 +76,18 @@ class HaUp:
         )  # fmt: skip
         self.gateway: serving.GatewayThread | None = None
         self.exit_code = 0
+        self.plane: SharedControlPlane | None = None  # the control API's, with the gateway
+        self.control_stop = threading.Event()
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
         self._signals()
+        try:
+            self.client.probe(write=True)  # a leader writes: a read-only role is refused now
+        except EtcdUnavailable:
+            pass  # it may answer later: stand by (the gateway serves what the local dir has)
+        except EtcdError as e:  # refused as configured (TLS, user, permission): say so and stop
+            return fail(str(e))
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._has_cloud():
             try:  # before anything starts: a machine with the wrong keys must not even stand by
@@ -87,7 +102,8 @@ class HaUp:
             say(f"warning: etcd {self.location.describe()} does not answer yet; serving what {self.settings.state_dir} has")
         try:
             if not getattr(self.args, "no_gateway", False):
-                self.gateway = serving.GatewayThread(self.settings)
+                control, self.plane = serving.build_shared_control(self.settings, EtcdStore(self.client), self.control_stop)
+                self.gateway = serving.GatewayThread(self.settings, None, control)
                 if not self.gateway.start():
                     say(f"error: gateway: {self.gateway.error}")
                     return 1
@@ -109,8 +125,11 @@ class HaUp:
                     self.leadership.resign()
         finally:
             self.leadership.resign()
+            self.control_stop.set()
             if self.gateway is not None:
                 self.gateway.stop()
+            if self.plane is not None:
+                self.plane.close()
             self.feed.stop()
             self.gateway_tunnels.shutdown()
         say("tidegate stopped; replicas keep running (the next leader adopts them)")
@@ -160,6 +179,8 @@ class HaUp:
             source = runtime.require_source(self.settings)
             previews = runtime.build_previews(self.settings, self.args, source, engine)
             engine.extension = previews
+            if self.plane is not None:  # the control API answers from this engine while it leads
+                self.plane.lead(*serving.backend_callables(engine))
             loops: list[Loop] = []
             the_pass = runtime.Pass(
                 engine,
@@ -182,6 +203,8 @@ class HaUp:
             if self.leadership.lost.is_set():
                 say("tidegate up: lost the leadership; stopping the loop and standing by")
         finally:
+            if self.plane is not None:
+                self.plane.stand_by()
             if loop is not None:
                 loop.shutdown()
             engine.close()
@@ -207,8 +230,5 @@ def send_shared_signal(settings: Settings, kind: str, payload: dict[str, Any]) -
     """`stop`/`start` with etcd: a signal under `signals/` for whichever `up` leads (never an engine
     opened here: only the leader acts). Returns who leads, for the message."""
     assert settings.etcd is not None
-    client = EtcdClient(settings.etcd)
-    body = json.dumps({"kind": kind, "at": time.time(), **payload}).encode()
-    client.put(settings.etcd.key(f"{SIGNALS_PREFIX}{time.time_ns()}-{kind}-{uuid.uuid4().hex[:8]}.json"), body)
-    leader = client.get(settings.etcd.key("leader"))
-    return leader.value.decode(errors="replace") if leader is not None else "no leader right now; the next one"
+    leader = post_signal(EtcdStore(EtcdClient(settings.etcd)), kind, payload)
+    return leader or "no leader right now; the next one"
