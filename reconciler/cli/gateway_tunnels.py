@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from backends.cloud.tunnels import Backoff, CloudTunnels, TunnelTarget, ssh_fingerprint
-from tidegate.etcd import EtcdError
+from tidegate.etcd import EtcdError, EtcdUnavailable
 from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
 
 log = logging.getLogger("tidegate.gateway.tunnels")
@@ -142,8 +142,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
         record = tunnel_keys.recorded(EtcdClient(location), location)
         expected = record.get("client") if record else None
-    except EtcdError as e:
+    except EtcdUnavailable as e:
         log.warning("cannot read the recorded tunnel key fingerprint (%s); not checked", e)
+    except EtcdError:  # refused as configured (TLS, user, permission): the gateway says it in one line
+        return serve_gateway(args)
     tunnels = GatewayTunnels(local, tunnel_keys.keys_dir(local, tunnel_keys_dir(args)), expected_client=expected)
     try:
         return serve_gateway(args, rewrite_routes=tunnels)
