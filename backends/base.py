@@ -39,6 +39,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from tidegate.routes import TunnelRoute
+
 # Wall time `create` / `delete` may hold their caller (see the module docstring): a few API calls,
 # never a boot. The contract suite checks it with a backend's own test doubles.
 CALL_BUDGET = 30.0
@@ -172,6 +174,9 @@ class ReplicaInfo:
     message: str | None = None  # last error / exit reason, shown by `tidegate ps`
     offer: Offer | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # A cloud replica reached through an SSH tunnel: where that tunnel goes (public facts only), so
+    # a gateway on another machine can open its own.
+    tunnel: TunnelRoute | None = None
 
 
 @runtime_checkable

@@ -25,12 +25,14 @@ def build_backends(
     *,
     azure_credential: Any = None,
     tunnels: bool = False,
+    keys_dir: Path | None = None,
 ) -> list[CloudBackend]:
     """One backend per configured cloud; SDKs are imported here, not at module import.
 
     `state_dir` holds the tunnels' keys (`ssh/`) and sockets (`run/tunnels/`). `tunnels=True` only in
     the process that owns the state dir (`up`, `apply`): it opens the SSH tunnels to running
-    replicas. Otherwise the backends report the same addresses and open none."""
+    replicas. Otherwise the backends report the same addresses and open none. `keys_dir`: the
+    installation's tunnel keys somewhere else than `<state_dir>/ssh` (`--tunnel-keys`, with etcd)."""
     from backends.cloud.catalog import describe_catalog, load_catalog, resolve_catalog_path
     from backends.cloud.tunnels import CloudTunnels
 
@@ -43,12 +45,12 @@ def build_backends(
         if isinstance(entry, AwsSettings):
             from backends.aws.backend import AwsBackend
 
-            aws_tunnels = CloudTunnels(Path(state_dir), "aws", active=tunnels)
+            aws_tunnels = CloudTunnels(Path(state_dir), "aws", active=tunnels, keys_dir=keys_dir)
             out.append(AwsBackend(entry, owner, catalog=catalog, tunnels=aws_tunnels))
         else:
             from backends.azure.backend import AzureBackend
 
-            az_tunnels = CloudTunnels(Path(state_dir), "azure", active=tunnels)
+            az_tunnels = CloudTunnels(Path(state_dir), "azure", active=tunnels, keys_dir=keys_dir)
             out.append(
                 AzureBackend(entry, owner, catalog=catalog, credential=azure_credential, tunnels=az_tunnels)
             )

@@ -57,9 +57,8 @@ def start(tree: Path, state: Path, upstream_port: int) -> tuple[subprocess.Popen
     token = subprocess.run([sys.executable, "-c", SETUP, str(state), str(upstream_port)], cwd=tree,
                            capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
-    # A tree from before the package restructure runs its CLI as the package `reconciler` + `.cli`
-    # (module names spelled in parts so scripts/restructure_imports.py leaves them alone).
-    module = "reconciler.cli.main" if (tree / "reconciler" / "cli" / "main.py").exists() else "reconciler" + ".cli"
+    # A tree from before the package restructure runs its CLI as the module `reconciler.cli`.
+    module = "reconciler.cli.main" if (tree / "reconciler" / "cli" / "main.py").exists() else "reconciler.cli"
     proc = subprocess.Popen([sys.executable, "-m", module, "gateway", "--state", str(state), "--listen", f"127.0.0.1:{port}",
                              "--no-access-log"], cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)

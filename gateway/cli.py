@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.access.tokens import TokenError, TokenScope, create_token, load_records, revoke_token
 from gateway.etcd_cli import (
@@ -26,8 +27,11 @@ from gateway.etcd_cli import (
 from gateway.options import add_gateway_options, gateway_overrides
 from gateway.settings import DEFAULT_LISTEN, GatewaySettings, parse_listen
 from tidegate.control_client import TOKEN_ENV, ControlClient, ControlClientError, server_from
-from tidegate.etcd import EtcdError
+from tidegate.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from tidegate.state_dir import choose_state_dir
+
+if TYPE_CHECKING:
+    from gateway.etcd_feed import RoutesRewrite
 
 
 def state_dir(args: argparse.Namespace) -> Path:
@@ -100,7 +104,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.set_defaults(func=cmd_token_revoke)
 
 
-def cmd_gateway(args: argparse.Namespace) -> int:
+def cmd_gateway(args: argparse.Namespace, rewrite_routes: RoutesRewrite | None = None) -> int:
+    """`rewrite_routes`: with etcd, what this machine serves of the routes read there (the
+    reconciler's CLI passes one that opens this machine's own tunnels to cloud replicas)."""
     from gateway.server import serve
 
     try:
@@ -111,6 +117,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             from gateway.ratelimit_settings import read_token_limits
 
             overrides["token_limits"] = read_token_limits(args.settings)
+        if location is not None:
+            with contextlib.suppress(EtcdUnavailable):  # it may come later: serve what is on disk
+                EtcdClient(location).probe()
     except (ValueError, EtcdError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -136,7 +145,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return 0
     from gateway.etcd_feed import fed
 
-    with fed(location, settings.state_dir, f"{socket.gethostname()}-gw{port}"):
+    with fed(location, settings.state_dir, f"{socket.gethostname()}-gw{port}", rewrite_routes=rewrite_routes):
         serve(settings)
     return 0
 

@@ -168,11 +168,16 @@ class Gateway(Forwarder):
                     raise GatewayError(404, f"no service named {name!r}", code="service_not_found")
                 await self.serve_service(found, scope, receive, send, "/" + rest, host)
                 return
-            if (
-                self.control is not None
-                and (path.startswith(("/api/", "/ui/")) or path == "/ui")
-                and (bare == self.gateway_host or not bare.endswith(self._domain_suffix))
+            if (path.startswith(("/api/", "/ui/")) or path == "/ui") and (
+                bare == self.gateway_host or not bare.endswith(self._domain_suffix)
             ):
+                if self.control is None:  # a standalone `tidegate gateway`: say where they are
+                    raise GatewayError(
+                        404,
+                        "the control API and dashboard are served by `tidegate up` (any `up` on this "
+                        "state, leader or standby), not by a standalone `tidegate gateway`",
+                        code="control_not_here",
+                    )
                 await self.control(scope, receive, send)
                 return
             if scope["type"] == "websocket":

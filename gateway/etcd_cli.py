@@ -10,7 +10,9 @@ $TIDEGATE_ETCD_PASSWORD (etcd's own auth); TLS is `etcds://` or any of --etcd-ca
 With etcd the state has two homes: what is shared lives under the prefix; what belongs to this
 machine (replica working dirs, venvs, local replica logs, the repos cache, the gateway's own
 copies of routes.json and tokens.json) lives in `--local-state DIR` (default
-$TIDEGATE_LOCAL_STATE, else ./state-local).
+$TIDEGATE_LOCAL_STATE, else ./state-local). The installation's SSH tunnel keys for cloud replicas
+are secrets and never go to etcd: every machine holds the same copy, in `<local-state>/ssh/` or in
+`--tunnel-keys DIR` (README: "Cloud replicas and the tunnel keys").
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tidegate.etcd import (
 from tidegate.state_dir import STATE_ENV
 
 LOCAL_STATE_ENV = "TIDEGATE_LOCAL_STATE"
+TUNNEL_KEYS_ENV = "TIDEGATE_TUNNEL_KEYS"
 DEFAULT_LOCAL_STATE = "state-local"
 
 
@@ -48,6 +51,12 @@ def add_etcd_options(parser: argparse.ArgumentParser) -> None:
         "--local-state",
         metavar="DIR",
         help=f"this machine's own files with etcd (default ${LOCAL_STATE_ENV} or ./{DEFAULT_LOCAL_STATE})",
+    )
+    group.add_argument(
+        "--tunnel-keys",
+        metavar="DIR",
+        help=f"the installation's SSH tunnel keys for cloud replicas (id_ed25519, host_key_secret), the "
+        f"same on every machine (default ${TUNNEL_KEYS_ENV} or <local-state>/ssh)",
     )
     group.add_argument(
         "--etcd-cacert", metavar="FILE", help="CA bundle that signed etcd's server certificates"
@@ -81,6 +90,13 @@ def local_state_dir(args: argparse.Namespace, environ: Mapping[str, str] | None 
     return Path(
         getattr(args, "local_state", None) or env.get(LOCAL_STATE_ENV) or DEFAULT_LOCAL_STATE
     ).resolve()
+
+
+def tunnel_keys_dir(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Path | None:
+    """`--tunnel-keys DIR` (or $TIDEGATE_TUNNEL_KEYS); None: the default `<state>/ssh`."""
+    env = os.environ if environ is None else environ
+    value = getattr(args, "tunnel_keys", None) or env.get(TUNNEL_KEYS_ENV)
+    return Path(value).expanduser().resolve() if value else None
 
 
 @contextlib.contextmanager

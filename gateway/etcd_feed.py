@@ -44,6 +44,11 @@ from tidegate.stats_file import STATS_DIR
 log = logging.getLogger("tidegate.gateway.etcd")
 
 FED_FILES = (ROUTES_FILE, TOKENS_FILE)
+# routes.json as read from etcd -> (what this machine's gateway serves, a problem for /healthz or
+# None). The `tidegate gateway` and `up` commands pass one that opens this machine's own SSH
+# tunnels to cloud replicas (composed in the CLI: the gateway imports no backend).
+TUNNELS = "tunnels"  # the status part a RoutesRewrite's problem goes to
+RoutesRewrite = Callable[[bytes], tuple[bytes, "str | None"]]
 # Copies of other machines' stats that a leading reconciler keeps locally start with this.
 REMOTE_STATS = "stats-remote-"
 STATS_TTL = 10
@@ -58,6 +63,7 @@ class EtcdFeed:
         push_signals: Callable[[], bool] = lambda: True,
         interval: float = 0.2,
         health_every: float = 1.0,
+        rewrite_routes: RoutesRewrite | None = None,
     ) -> None:
         self.client = EtcdClient(location)
         self.location = location
@@ -66,10 +72,12 @@ class EtcdFeed:
         self.push_signals = push_signals
         self.interval = interval
         self.health_every = health_every
+        self.rewrite_routes = rewrite_routes
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: dict[str, str | None] = {}
         self._status: str | None = "starting"
+        self._etcd_logged: str | None = "starting"
         self._status_since = time.time()
         self._lease = 0
         self._status_lock = threading.Lock()
@@ -107,12 +115,15 @@ class EtcdFeed:
         with self._status_lock:
             self._errors[part] = error
             status = next((e for e in self._errors.values() if e), None)
+            etcd = next((e for p, e in self._errors.items() if e and p != TUNNELS), None)
+            if etcd != self._etcd_logged:  # the rewrite logs its own problems (once per replica)
+                if etcd is None:
+                    log.info("etcd %s reachable again: routes and tokens follow it", self.location.describe())
+                else:
+                    log.warning("etcd out of reach, serving the last known routes and tokens: %s", etcd)
+                self._etcd_logged = etcd
             if status == self._status:
                 return
-            if status is None:
-                log.info("etcd %s reachable again: routes and tokens follow it", self.location.describe())
-            else:
-                log.warning("etcd out of reach, serving the last known routes and tokens: %s", status)
             self._status, self._status_since = status, time.time()
             try:
                 write_feed_status(self.local_dir, status, self._status_since)
@@ -130,6 +141,9 @@ class EtcdFeed:
 
     # -- downward: routes and tokens ---------------------------------------------------------
     def _write_local(self, name: str, body: bytes) -> None:
+        if name == ROUTES_FILE and self.rewrite_routes is not None:
+            body, problem = self.rewrite_routes(body)
+            self._set_status(TUNNELS, problem)
         path = self.local_dir / name
         with contextlib.suppress(OSError):
             if path.read_bytes() == body:
@@ -212,9 +226,11 @@ class EtcdFeed:
 
 
 @contextlib.contextmanager
-def fed(location: EtcdLocation, local_dir: Path, node: str, wait: float = 5.0) -> Iterator[EtcdFeed]:
+def fed(
+    location: EtcdLocation, local_dir: Path, node: str, wait: float = 5.0, rewrite_routes: RoutesRewrite | None = None
+) -> Iterator[EtcdFeed]:
     """A started feed (waited for its first read of etcd, at most `wait` s), stopped on exit."""
-    feed = EtcdFeed(location, local_dir, node)
+    feed = EtcdFeed(location, local_dir, node, rewrite_routes=rewrite_routes)
     feed.start()
     if not feed.synced.wait(wait):
         log.warning(

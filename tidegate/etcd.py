@@ -58,6 +58,12 @@ class EtcdUnavailable(EtcdError):
     """No endpoint answered (down, partitioned, or without quorum)."""
 
 
+class EtcdRefused(EtcdError):
+    """etcd answered but will not serve this client as configured: its certificate is not trusted,
+    it wants a client certificate, the user or password is wrong, or the user's role does not
+    cover the prefix. Retrying cannot help; the message names the option to fix."""
+
+
 def is_etcd_url(value: str | None) -> bool:
     return bool(value) and str(value).startswith((f"{SCHEME}://", f"{TLS_SCHEME}://"))
 
@@ -85,6 +91,11 @@ class EtcdLocation:
         environ: Mapping[str, str] | None = None,
     ) -> EtcdLocation:
         parts = urlsplit(url)
+        if "@" in (parts.netloc or ""):  # never echo this URL: it holds a password
+            raise EtcdError(
+                f"--state: an etcd location takes no user or password (…://user:password@host); "
+                f"set ${USER_ENV} and ${PASSWORD_ENV} instead"
+            )
         if parts.scheme not in (SCHEME, TLS_SCHEME):
             raise EtcdError(f"--state {url!r}: an etcd location starts with etcd:// (or etcds:// for TLS)")
         endpoints: list[tuple[str, int]] = []
@@ -106,6 +117,9 @@ class EtcdLocation:
             )
         if bool(cert) != bool(key):
             raise EtcdError("--etcd-cert and --etcd-key go together (a client certificate and its key)")
+        for option, path in (("--etcd-cacert", cacert), ("--etcd-cert", cert), ("--etcd-key", key)):
+            if path and not Path(path).is_file():
+                raise EtcdError(f"{option} {path}: no such file")
         env = environ or {}
         tls = parts.scheme == TLS_SCHEME or bool(cacert or cert)
         return cls(
@@ -181,6 +195,54 @@ def op_delete_range(start: str, end: str) -> dict[str, Any]:
     return {"request_delete_range": {"key": _b64(start), "range_end": _b64(end)}}
 
 
+# What etcd or the TLS layer says when it refuses this client, and what to change (see _refusal).
+_TLS_UNTRUSTED = ("CERTIFICATE_VERIFY_FAILED",)
+# TLS 1.3 sends the server's verdict on the client certificate after the handshake: the client
+# sees the alert, or (as often) only the connection ending mid-protocol.
+_TLS_CLIENT_CERT = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "certificate required",
+    "EOF occurred in violation of protocol",
+)
+_TLS_NOT_SPOKEN = ("WRONG_VERSION_NUMBER", "record layer failure")
+_PLAIN_TO_TLS = ("HTTP request to an HTTPS server",)
+
+
+def _refusal(detail: str, loc: EtcdLocation, endpoint: str) -> str | None:
+    """A one-line explanation naming the option to fix, when `detail` (an error from requests or
+    an error answer of etcd) says etcd refuses this client as configured; None otherwise."""
+    where = f"etcd at {endpoint}"
+    if any(m in detail for m in _TLS_UNTRUSTED):
+        if loc.cacert:
+            return f"{where}: its server certificate is not signed by the CA in --etcd-cacert {loc.cacert}"
+        return f"{where}: its server certificate is not trusted; pass the CA that signed it with --etcd-cacert FILE"
+    if any(m in detail for m in _TLS_CLIENT_CERT):
+        if loc.cert:
+            return f"{where} refused the client certificate in --etcd-cert {loc.cert} (not signed by its CA)"
+        return f"{where} requires a client certificate: pass --etcd-cert FILE and --etcd-key FILE"
+    if loc.tls and any(m in detail for m in _TLS_NOT_SPOKEN):
+        return f"{where} does not speak TLS: use etcd:// without --etcd-cacert/--etcd-cert/--etcd-key"
+    if any(m in detail for m in _PLAIN_TO_TLS):
+        return f"{where} speaks TLS: use etcds:// (with --etcd-cacert FILE for a private CA)"
+    if "user name is empty" in detail:
+        return f"{where} has authentication enabled: set ${USER_ENV} and ${PASSWORD_ENV}"
+    if "authentication failed" in detail:
+        return f"{where} refused user {loc.user!r}: wrong user or password (${USER_ENV}, ${PASSWORD_ENV})"
+    if "permission denied" in detail:
+        who = f"user {loc.user!r}" if loc.user else "this client"
+        return (
+            f"{where}: permission denied for {who} on /{loc.prefix}/: its role needs readwrite on every "
+            f"key under it (etcdctl role grant-permission ROLE --prefix=true readwrite /{loc.prefix}/)"
+        )
+    return None
+
+
+def _detail(e: BaseException) -> str:
+    return str(getattr(e, "detail_text", None) or e)
+
+
 class EtcdClient:
     """A few v3 calls over etcd3gw, across every endpoint of one location (thread-safe)."""
 
@@ -203,6 +265,9 @@ class EtcdClient:
             )
             for h, p in location.endpoints
         ]
+        # requests lets $REQUESTS_CA_BUNDLE/$CURL_CA_BUNDLE override a session's CA bundle (its
+        # merge_environment_settings); --etcd-cacert must win, so every request names it.
+        self._request_options: dict[str, Any] = {"verify": location.cacert} if location.cacert else {}
         self._current = 0
         self._lock = threading.Lock()
         self._token: str | None = None
@@ -212,49 +277,90 @@ class EtcdClient:
         loc = self.location
         if not loc.user:
             return
+        # etcd judges the token a request carries before anything else, /auth/authenticate
+        # included: an expired one must not go along with the request for a new one (None drops
+        # the session's header from this request only; other threads keep theirs meanwhile).
         answer = client.post(
-            client.get_url("/auth/authenticate"), json={"name": loc.user, "password": loc.password or ""}
+            client.get_url("/auth/authenticate"),
+            json={"name": loc.user, "password": loc.password or ""},
+            headers={"Authorization": None},
+            **self._request_options,
         )
         token = str(answer.get("token", ""))
         for c in self._clients:
             c.session.headers["Authorization"] = token
         self._token = token
 
+    def _post(self, client: Any, path: str, body: Mapping[str, Any]) -> Any:
+        from etcd3gw import exceptions as ex
+
+        if self.location.user and self._token is None:
+            self._authenticate(client)
+        try:
+            return client.post(client.get_url(path), json=dict(body), **self._request_options)
+        except ex.Etcd3Exception as e:
+            if "token" not in _detail(e).lower() or not self.location.user:
+                raise
+        self._authenticate(client)  # an expired auth token: once more with a new one
+        return client.post(client.get_url(path), json=dict(body), **self._request_options)
+
     def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST `body` to `/v3/<path>`, trying each endpoint once (starting with the last that
-        answered). No endpoint answering is EtcdUnavailable; an error answer is EtcdError."""
+        answered). No endpoint answering is EtcdUnavailable; etcd refusing this client as
+        configured (TLS trust, client certificate, user, permission) is EtcdRefused; any other
+        error answer is EtcdError."""
         from etcd3gw import exceptions as ex
 
         errors: list[str] = []
+        refused: list[str] = []
         with self._lock:
             start = self._current
         n = len(self._clients)
         for i in range(n):
             idx = (start + i) % n
             client = self._clients[idx]
+            endpoint = f"{client.host}:{client.port}"
             try:
-                if self.location.user and self._token is None:
-                    self._authenticate(client)
-                try:
-                    answer = client.post(client.get_url(path), json=dict(body))
-                except ex.Etcd3Exception as e:
-                    if "token" not in str(e).lower() or not self.location.user:
-                        raise
-                    self._authenticate(client)  # an expired auth token: once more with a new one
-                    answer = client.post(client.get_url(path), json=dict(body))
+                answer = self._post(client, path, body)
             except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, ex.InternalServerError) as e:
-                errors.append(f"{client.host}:{client.port}: {type(e).__name__}")
+                reason = _refusal(_detail(e), self.location, endpoint)
+                if reason is not None:
+                    refused.append(reason)
+                elif not self.location.tls and "RemoteDisconnected" in _detail(e):
+                    errors.append(
+                        f"{endpoint}: closed the connection unanswered (if it serves TLS: etcds://)"
+                    )
+                    continue
+                errors.append(f"{endpoint}: {type(e).__name__}")
                 continue
             except ex.Etcd3Exception as e:
-                detail = getattr(e, "detail_text", None) or str(e)
+                detail = _detail(e)
+                reason = _refusal(detail, self.location, endpoint)
+                if reason is not None:
+                    raise EtcdRefused(reason) from None
                 if "no leader" in detail or "timed out" in detail or "unhealthy" in detail:
-                    errors.append(f"{client.host}:{client.port}: {detail.strip()[:120]}")
+                    errors.append(f"{endpoint}: {detail.strip()[:120]}")
                     continue
                 raise EtcdError(f"etcd {path}: {detail.strip()[:300]}") from e
+            except OSError as e:  # a TLS file requests could not load (unreadable, not PEM)
+                raise EtcdRefused(f"etcd TLS files (--etcd-cacert/--etcd-cert/--etcd-key): {e}") from None
             with self._lock:
                 self._current = idx
             return dict(answer)
+        if refused and len(refused) == len(errors):
+            raise EtcdRefused(refused[0])
         raise EtcdUnavailable(f"etcd at {self.location.describe()} did not answer ({'; '.join(errors)})")
+
+    def probe(self, write: bool = False) -> None:
+        """One read under the prefix (and with `write`, a transaction whose compare never holds
+        and whose put etcd nonetheless checks permission for: nothing is written). Raises
+        EtcdRefused when etcd will not serve this client as configured (a process should stop
+        and say so), EtcdUnavailable when nothing answers."""
+        base = self.location.key("")
+        self.call("/kv/range", {"key": _b64(base), "range_end": range_end(base), "limit": "1", "keys_only": True})
+        if write:
+            never = {"key": _b64(base + "probe"), "target": "VERSION", "result": "EQUAL", "version": "-1"}
+            self.txn([never], [op_put(base + "probe", b"")])
 
     # -- key/value -------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:
@@ -327,10 +433,19 @@ class EtcdClient:
         }
         try:
             resp = client.session.post(
-                client.get_url("/watch"), json=request, stream=True, timeout=(self.timeout, 15.0)
+                client.get_url("/watch"),
+                json=request,
+                stream=True,
+                timeout=(self.timeout, 15.0),
+                **self._request_options,
             )
         except Exception as e:  # requests' connection errors: the caller resyncs
             raise EtcdUnavailable(f"watch {prefix}: {type(e).__name__}") from e
+        if resp.status_code != 200:  # e.g. an expired auth token: the caller's re-read renews it
+            detail = resp.text[:300]
+            resp.close()
+            endpoint = f"{client.host}:{client.port}"
+            raise EtcdError(_refusal(detail, self.location, endpoint) or f"watch {prefix}: {detail.strip()}")
         buffer = b""
         try:
             for chunk in resp.iter_content(chunk_size=None):

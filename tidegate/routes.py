@@ -27,6 +27,22 @@ class ModelFormat(StrEnum):
     TGI = "tgi"
 
 
+class TunnelRoute(BaseModel):
+    """How to reach a cloud replica over SSH: public facts only (the instance's address, its sshd
+    port, the forward-only user, the pinned public host key, the service port behind it). A gateway
+    on another machine than the leader opens its own tunnel with these and the installation's
+    client key (distributed out of band, never in here)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    backend: str
+    host: str
+    port: int
+    user: str
+    host_key: str  # "ssh-ed25519 AAAA…"
+    service_port: int
+
+
 class Upstream(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -34,6 +50,8 @@ class Upstream(BaseModel):
     # "http://host:port" or "unix:///abs/path.sock"
     url: str
     draining: bool = False
+    # A cloud replica: `url` is the leader's tunnel socket; elsewhere this says where to tunnel.
+    tunnel: TunnelRoute | None = None
 
 
 class ModelRoute(BaseModel):

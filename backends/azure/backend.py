@@ -18,6 +18,7 @@ public half the tunnel trusts. A replica's address is the tunnel's unix socket.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +41,10 @@ class AzureBackend(AzureNetwork, CloudBackend):
     # Seconds `create` waits on the VM's long-running operation before it returns PROVISIONING
     # (within base.CALL_BUDGET with the network calls before it).
     create_wait = 15.0
+    # Seconds `delete` waits on each long-running deletion (VM, then NIC, IP, NSG) before it
+    # returns with the rest under way; every `list_owned` (each pass) moves them on, the orphan
+    # sweep finishes what a crash interrupted.
+    delete_wait = 5.0
 
     def __init__(
         self,
@@ -53,6 +58,8 @@ class AzureBackend(AzureNetwork, CloudBackend):
     ) -> None:
         super().__init__(settings, owner, credential)
         self.tunnels = tunnels
+        self._teardowns: set[str] = set()  # VM names whose deletion is under way (this process)
+        self._teardown_lock = threading.Lock()
         self._offers = CloudOffers(
             self.name,
             catalog,
@@ -116,6 +123,7 @@ class AzureBackend(AzureNetwork, CloudBackend):
         return self._info(vm) if self._owned(vm) else None
 
     def _list_owned(self) -> Sequence[ReplicaInfo]:
+        self._advance()
         rg = self.settings.resource_group
         vms = self._run("list vms", lambda: list(self.compute.virtual_machines.list(rg)))
         out = []
@@ -229,7 +237,29 @@ class AzureBackend(AzureNetwork, CloudBackend):
 
     # ---- delete --------------------------------------------------------------------------
     def _delete(self, replica_id: str) -> None:
-        self._delete_resources(vm_name(replica_id))
+        """Starts the VM's deletion and returns once it is under way (ARM takes minutes): the
+        NIC, public IP and NSG follow on later `list_owned` calls, once the VM is gone."""
+        name = vm_name(replica_id)
+        if not self._delete_resources(name, wait=self.delete_wait):
+            with self._teardown_lock:
+                self._teardowns.add(name)
+
+    def _advance(self) -> None:
+        with self._teardown_lock:
+            names = set(self._teardowns)
+        if not names:
+            return
+        left = self._advance_teardowns(names)
+        with self._teardown_lock:
+            self._teardowns -= names - left
+
+    def sweep_security_groups(self) -> list[str]:
+        """Finish teardowns a crash (or another process) left: our NICs, public IPs and NSGs whose
+        VM is gone. Says whose leftovers it deleted or started deleting (a deletion
+        still running is moved on by the next sweep)."""
+        leftovers = self._leftover_vm_names()
+        self._advance_teardowns(leftovers)
+        return [f"NIC, public IP and NSG of VM {name}" for name in sorted(leftovers)]
 
     def logs(self, replica_id: str, lines: int = 100) -> list[str]:
         return []  # boot diagnostics need a storage account; not collected

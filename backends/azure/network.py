@@ -8,6 +8,7 @@ the same ones and cleanup deletes only what is ours, in dependency order (VM, NI
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from backends.azure.arm import ArmAccess, log
@@ -134,34 +135,89 @@ class AzureNetwork(ArmAccess):
             return str(private) if private else None
         return None
 
-    def _delete_resources(self, name: str) -> None:
+    def _teardown_steps(self, name: str) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
+        """(kind, get, begin_delete) in dependency order: VM, NIC, public IP, NSG."""
         rg = self.settings.resource_group
         net = self.network
-        steps: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        return [
             (
                 "vm",
                 lambda: self.compute.virtual_machines.get(rg, name),
-                lambda: self.compute.virtual_machines.begin_delete(rg, name).result(),
+                lambda: self.compute.virtual_machines.begin_delete(rg, name),
             ),
             (
                 "nic",
                 lambda: net.network_interfaces.get(rg, f"{name}-nic"),
-                lambda: net.network_interfaces.begin_delete(rg, f"{name}-nic").result(),
+                lambda: net.network_interfaces.begin_delete(rg, f"{name}-nic"),
             ),
             (
                 "public ip",
                 lambda: net.public_ip_addresses.get(rg, f"{name}-ip"),
-                lambda: net.public_ip_addresses.begin_delete(rg, f"{name}-ip").result(),
+                lambda: net.public_ip_addresses.begin_delete(rg, f"{name}-ip"),
             ),
             (
                 "nsg",
                 lambda: net.network_security_groups.get(rg, f"{name}-nsg"),
-                lambda: net.network_security_groups.begin_delete(rg, f"{name}-nsg").result(),
+                lambda: net.network_security_groups.begin_delete(rg, f"{name}-nsg"),
             ),
         ]
-        for kind, get, delete in steps:
+
+    def _delete_resources(self, name: str, wait: float | None = None) -> bool:
+        """Delete a VM's resources that are ours, in dependency order. `wait=None` waits for each
+        deletion (a failed create clears its attempt before the next). With a number, each step
+        waits at most that long and a step still running ends the call: the rest is left for
+        `_advance_teardowns` (every `list_owned`) or, after a crash, the sweep. True when all gone."""
+        for kind, get, begin_delete in self._teardown_steps(name):
             resource = self._run(f"get {kind} {name}", get, missing_ok=True)
             if resource is None or not self._owned(resource):
                 continue  # gone already, or not ours: never touched
-            self._run(f"delete {kind} {name}", delete, missing_ok=True)
+            deleting = str(getattr(resource, "provisioning_state", "") or "") == "Deleting"
+            if deleting and wait is not None:
+                return False  # under way (an earlier call started it)
+            poller = self._run(f"delete {kind} {name}", begin_delete, missing_ok=True)
+            if poller is None:
+                continue
+            if wait is None:
+                self._run(f"delete {kind} {name}", poller.result, missing_ok=True)
+            else:
+                self._run(f"delete {kind} {name}", partial(poller.wait, timeout=wait))
+                if not poller.done():
+                    log.info("azure: deleting %s of %s (under way; the rest follows once it is gone)", kind, name)
+                    return False
+                self._run(f"delete {kind} {name}", poller.result, missing_ok=True)
             log.info("azure: deleted %s of %s", kind, name)
+        return True
+
+    def _advance_teardowns(self, names: set[str]) -> set[str]:
+        """One step further for each VM whose teardown is under way; the names still unfinished.
+        A failure is logged and retried on the next call (never raised into a read)."""
+        left = set()
+        for name in sorted(names):
+            try:
+                done = self._delete_resources(name, wait=0.0)
+            except Exception as e:  # a read must not fail for a teardown; retried next time
+                log.warning("azure: teardown of %s: %s (retried)", name, e)
+                done = False
+            if not done:
+                left.add(name)
+        return left
+
+    def _leftover_vm_names(self) -> set[str]:
+        """VM names of our NICs, public IPs and NSGs whose VM no longer exists (a teardown a crash
+        interrupted): the sweep finishes them."""
+        rg, net = self.settings.resource_group, self.network
+        vms = {str(vm.name) for vm in self._run("list vms", lambda: list(self.compute.virtual_machines.list(rg)))}
+        names: set[str] = set()
+        listings = (
+            ("list nics", lambda: list(net.network_interfaces.list(rg)), "-nic"),
+            ("list public ips", lambda: list(net.public_ip_addresses.list(rg)), "-ip"),
+            ("list nsgs", lambda: list(net.network_security_groups.list(rg)), "-nsg"),
+        )
+        for what, listing, suffix in listings:
+            for resource in self._run(what, listing):
+                rname = str(resource.name)
+                if self._owned(resource) and rname.endswith(suffix):
+                    vm = rname[: -len(suffix)]
+                    if vm not in vms:
+                        names.add(vm)
+        return names

@@ -169,11 +169,13 @@ class CloudBackend(ABC):
         if status is ReplicaStatus.RUNNING and HOST_KEY_TAG not in tags:
             status, message = ReplicaStatus.EXITED, NO_HOST_KEY
         replica_id = tags.get(REPLICA, handle)
+        where = address(replica_id, status)
         return ReplicaInfo(
             replica_id=replica_id,
             backend=self.name,
             status=status,
-            address=address(replica_id, status),
+            address=where,
+            tunnel=self.tunnels.route(replica_id) if where and self.tunnels is not None else None,
             handle=handle,
             service=tags.get(SERVICE),
             spec_hash=tags.get(SPEC),

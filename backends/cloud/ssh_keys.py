@@ -91,6 +91,25 @@ def derive_host_key(secret: bytes, label: str) -> HostKey:
     return HostKey(openssh_private_key(seed, "tidegate-host"), public_line(public))
 
 
+@dataclass(frozen=True)
+class KeyFingerprint:
+    """What may be shown and stored about the key material: hashes, never the keys. The client
+    key's is OpenSSH's `SHA256:…` of its public half; the host-key secret's is a domain-separated
+    SHA-256 of the 32 random bytes (not invertible, and useless for deriving a host key)."""
+
+    client: str
+    host_key_secret: str
+
+
+def ssh_fingerprint(public: str) -> str:
+    blob = base64.b64decode(public.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b"tidegate-host-key-secret-fingerprint\0" + secret).hexdigest()[:32]
+
+
 class KeyStore:
     """`<state>/ssh`: the client key and the host-key secret, created on first use (0700 / 0600)."""
 
@@ -144,6 +163,29 @@ class KeyStore:
             raise ValueError(f"{self.client_key_path}: not an ed25519 key")
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return public_line(raw)
+
+    @property
+    def files(self) -> tuple[Path, Path]:
+        """The two files that are the installation's tunnel key material (copied together)."""
+        return self.client_key_path, self._secret_path
+
+    def has_material(self) -> bool:
+        return all(p.is_file() for p in self.files)
+
+    def ensure(self) -> None:
+        """Create the client key and the host-key secret if they are missing."""
+        self.client_private_openssh()
+        self._read_or_create(self._secret_path, secrets.token_bytes(32))
+
+    def fingerprint(self) -> KeyFingerprint | None:
+        """Public fingerprints of the key material here, or None when a file is missing; nothing
+        is created. Raises ValueError for a file that is not key material."""
+        if not self.has_material():
+            return None
+        return KeyFingerprint(
+            client=ssh_fingerprint(self.client_public()),
+            host_key_secret=secret_fingerprint(self._secret_path.read_bytes()),
+        )
 
     def host_key(self, label: str) -> HostKey:
         secret = self._read_or_create(self._secret_path, secrets.token_bytes(32))

@@ -14,16 +14,24 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backends.cloud.ssh_keys import HostKey, KeyStore
+from backends.cloud.ssh_keys import HostKey, KeyFingerprint, KeyStore, ssh_fingerprint
 from backends.cloud.tunnel_userdata import TunnelEndpoint
+from tidegate.routes import TunnelRoute
 
 if TYPE_CHECKING:
     from backends.cloud.ssh_tunnel import TunnelManager
+
+# The key store is private to backends.cloud; the CLI checks key material through these names.
+__all__ = [
+    "HOST_KEY_TAG", "NO_HOST_KEY", "Backoff", "CloudTunnels", "KeyFingerprint", "KeyStore", "TunnelStatus",
+    "TunnelTarget", "socket_path", "ssh_fingerprint",
+]  # fmt: skip
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin (as backends/local/layout.py)
 HOST_KEY_TAG = "tidegate:hostkey"  # the pinned public host key, on the instance / VM
@@ -82,8 +90,10 @@ class CloudTunnels:
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
         resolve: Callable[[TunnelTarget], TunnelTarget] | None = None,
+        keys_dir: Path | None = None,
     ) -> None:
-        self.keys = KeyStore(state_dir / "ssh")
+        self.backend = backend
+        self.keys = KeyStore(keys_dir if keys_dir is not None else state_dir / "ssh")
         # Where to really connect for a target; tests point each replica at its own loopback sshd
         # (cloud emulators hand out addresses that are not ours to reach). Never set in production.
         self._resolve = resolve
@@ -92,6 +102,8 @@ class CloudTunnels:
         self._backoff = backoff
         self._connect_timeout = connect_timeout
         self._manager: TunnelManager | None = None
+        self._targets: dict[str, TunnelTarget] = {}  # the last target each replica was opened to
+        self._targets_lock = threading.Lock()  # the backends' worker threads open and close
 
     # ---- instance side (user data) -------------------------------------------------------
     def endpoint(self, label: str, service_port: int, ssh_port: int, user: str) -> TunnelEndpoint:
@@ -126,16 +138,35 @@ class CloudTunnels:
 
     def open(self, target: TunnelTarget) -> None:
         """Keep a tunnel to this running replica (no-op when not active)."""
+        with self._targets_lock:
+            self._targets[target.replica_id] = target
         if self.active:
             self._get_manager().ensure(self._resolve(target) if self._resolve else target)
 
+    def route(self, replica_id: str) -> TunnelRoute | None:
+        """Where this replica's tunnel goes, as the routes carry it (public facts only): what a
+        gateway on another machine needs to open its own tunnel."""
+        t = self._targets.get(replica_id)
+        if t is None:
+            return None
+        return TunnelRoute(
+            backend=self.backend, host=t.host, port=t.port, user=t.user, host_key=t.host_key,
+            service_port=t.service_port,
+        )  # fmt: skip
+
     def close(self, replica_id: str) -> None:
+        with self._targets_lock:
+            self._targets.pop(replica_id, None)
         if self._manager is not None:
             self._manager.close(replica_id)
 
     def retain(self, replica_ids: Iterable[str]) -> None:
+        keep = set(replica_ids)
+        with self._targets_lock:
+            for rid in [r for r in self._targets if r not in keep]:
+                del self._targets[rid]
         if self._manager is not None:
-            self._manager.retain(replica_ids)
+            self._manager.retain(keep)
 
     def status(self, replica_id: str) -> TunnelStatus | None:
         return self._manager.status(replica_id) if self._manager is not None else None

@@ -323,7 +323,7 @@ def run_gc(args: argparse.Namespace) -> int:
             f"waiting {info.backend} {info.replica_id} ({info.handle}): inside the {args.grace:g}s grace period"
         )
     for group in report.groups:
-        print(f"deleted security group {group}")
+        print(f"deleted network resources: {group}")
     for error in report.errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if report.errors else 0

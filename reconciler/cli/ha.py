@@ -3,7 +3,9 @@
 Why a module of its own: `cmd_up` runs one reconciler over one directory; here the same pieces
 (engine, pass, loop, gateway) are arranged around an election (reconciler.state.leader):
 
-- every `up` serves its gateway at once, fed from etcd (gateway.etcd_feed): routes, tokens;
+- every `up` serves its gateway at once, fed from etcd (gateway.etcd_feed): routes, tokens; and
+  the control API and dashboard (reconciler.control.shared: from the engine while leading, from
+  etcd while standing by, actions forwarded to the leader as signals on etcd);
 - it campaigns; while another leads it stands by (its gateway's signals and stats go to etcd);
 - on winning it pulls the shared state into its local directory (reconciler.state.etcd_sync),
   opens the engine with fenced store and journal, recovers (settles every open intent of the
@@ -17,27 +19,34 @@ SIGINT/SIGTERM resign (a standby takes over at once) and leave replicas running.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
+import sys
 import threading
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from gateway.etcd_feed import EtcdFeed
-from reconciler.cli import runtime, serving
+from reconciler.cli import runtime, serving, tunnel_keys
+from reconciler.cli.common import fail
+from reconciler.cli.gateway_tunnels import GatewayTunnels
 from reconciler.cli.output import say
 from reconciler.cli.settings import Settings
+from reconciler.control.shared import SharedControlPlane
 from reconciler.engine.loop import Loop
 from reconciler.state.etcd_store import EtcdStore
-from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync
+from reconciler.state.etcd_sync import PULLED_DOCS, FencedJournal, FencedStateStore, LeaderSync, post_signal
 from reconciler.state.leader import DEFAULT_TTL, Leadership, node_name
-from tidegate.etcd import PREVIEWS_PREFIX, SIGNALS_PREFIX, EtcdClient, EtcdError, EtcdLocation
+from tidegate.etcd import (
+    PREVIEWS_PREFIX,
+    EtcdClient,
+    EtcdError,
+    EtcdLocation,
+    EtcdUnavailable,
+)
 from tidegate.fsio import write_atomic
 
 log = logging.getLogger("tidegate.ha")
@@ -57,19 +66,44 @@ class HaUp:
         self.tag = f"{socket.gethostname()}-{settings.listen.rpartition(':')[2]}"
         self.leadership = Leadership(self.client, self.node, ttl=ttl)
         self.stop = threading.Event()
-        self.feed = EtcdFeed(location, settings.state_dir, self.tag, push_signals=lambda: self.leadership.fence is None)
+        # Every gateway fed from etcd opens its own tunnels to cloud replicas (the leader's sockets
+        # are on the leader's machine): a standby's gateway serves them too.
+        self.keys_dir = tunnel_keys.keys_dir(settings.state_dir, settings.tunnel_keys)
+        self.gateway_tunnels = GatewayTunnels(settings.state_dir, self.keys_dir)
+        self.feed = EtcdFeed(
+            location, settings.state_dir, self.tag, push_signals=lambda: self.leadership.fence is None,
+            rewrite_routes=self.gateway_tunnels,
+        )  # fmt: skip
         self.gateway: serving.GatewayThread | None = None
+        self.exit_code = 0
+        self.plane: SharedControlPlane | None = None  # the control API's, with the gateway
+        self.control_stop = threading.Event()
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
         self._signals()
+        try:
+            self.client.probe(write=True)  # a leader writes: a read-only role is refused now
+        except EtcdUnavailable:
+            pass  # it may answer later: stand by (the gateway serves what the local dir has)
+        except EtcdError as e:  # refused as configured (TLS, user, permission): say so and stop
+            return fail(str(e))
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._has_cloud():
+            try:  # before anything starts: a machine with the wrong keys must not even stand by
+                say(tunnel_keys.check(self.client, self.location, self.keys_dir, lead=False))
+            except tunnel_keys.TunnelKeysError as e:
+                say(f"error: {e}", stream=sys.stderr, style="red")
+                return 2
+            except EtcdError as e:
+                say(f"warning: cannot read the recorded tunnel keys yet ({e}); checked again on leading")
         self.feed.start()
         if not self.feed.synced.wait(5):
             say(f"warning: etcd {self.location.describe()} does not answer yet; serving what {self.settings.state_dir} has")
         try:
             if not getattr(self.args, "no_gateway", False):
-                self.gateway = serving.GatewayThread(self.settings)
+                control, self.plane = serving.build_shared_control(self.settings, EtcdStore(self.client), self.control_stop)
+                self.gateway = serving.GatewayThread(self.settings, None, control)
                 if not self.gateway.start():
                     say(f"error: gateway: {self.gateway.error}")
                     return 1
@@ -79,6 +113,10 @@ class HaUp:
                     break
                 try:
                     self._lead()
+                except tunnel_keys.TunnelKeysError as e:  # resigns below; a standby with the keys leads
+                    say(f"error: {e}", stream=sys.stderr, style="red")
+                    self.exit_code = 2
+                    break
                 except Exception:  # the boundary of one leadership term: log, stand by again
                     log.exception("leading failed; standing by")
                     self.leadership.resign()
@@ -87,11 +125,22 @@ class HaUp:
                     self.leadership.resign()
         finally:
             self.leadership.resign()
+            self.control_stop.set()
             if self.gateway is not None:
                 self.gateway.stop()
+            if self.plane is not None:
+                self.plane.close()
             self.feed.stop()
+            self.gateway_tunnels.shutdown()
         say("tidegate stopped; replicas keep running (the next leader adopts them)")
-        return 0
+        return self.exit_code
+
+    def _has_cloud(self) -> bool:
+        if self.settings.settings_file is None:
+            return False
+        from reconciler.cli.settings import load_cloud_settings
+
+        return bool(load_cloud_settings(self.settings.settings_file, self.settings.env).backends)
 
     def _holder(self) -> str:
         try:
@@ -115,6 +164,8 @@ class HaUp:
         shared = EtcdStore(self.client, self.leadership.fence)
         sync = LeaderSync(self.settings.state_dir, shared, self.tag)
         say(f"tidegate up: leading {self.location.describe()} as {self.node}: {sync.pull()}")
+        if self._has_cloud():  # the cloud backends start only with the installation's tunnel keys
+            say(tunnel_keys.check(self.client, self.location, self.keys_dir, lead=True))
         engine = runtime.build_engine(
             self.settings,
             make_store=lambda d: FencedStateStore(d, shared),
@@ -128,6 +179,8 @@ class HaUp:
             source = runtime.require_source(self.settings)
             previews = runtime.build_previews(self.settings, self.args, source, engine)
             engine.extension = previews
+            if self.plane is not None:  # the control API answers from this engine while it leads
+                self.plane.lead(*serving.backend_callables(engine))
             loops: list[Loop] = []
             the_pass = runtime.Pass(
                 engine,
@@ -150,6 +203,8 @@ class HaUp:
             if self.leadership.lost.is_set():
                 say("tidegate up: lost the leadership; stopping the loop and standing by")
         finally:
+            if self.plane is not None:
+                self.plane.stand_by()
             if loop is not None:
                 loop.shutdown()
             engine.close()
@@ -175,8 +230,5 @@ def send_shared_signal(settings: Settings, kind: str, payload: dict[str, Any]) -
     """`stop`/`start` with etcd: a signal under `signals/` for whichever `up` leads (never an engine
     opened here: only the leader acts). Returns who leads, for the message."""
     assert settings.etcd is not None
-    client = EtcdClient(settings.etcd)
-    body = json.dumps({"kind": kind, "at": time.time(), **payload}).encode()
-    client.put(settings.etcd.key(f"{SIGNALS_PREFIX}{time.time_ns()}-{kind}-{uuid.uuid4().hex[:8]}.json"), body)
-    leader = client.get(settings.etcd.key("leader"))
-    return leader.value.decode(errors="replace") if leader is not None else "no leader right now; the next one"
+    leader = post_signal(EtcdStore(EtcdClient(settings.etcd)), kind, payload)
+    return leader or "no leader right now; the next one"

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "reconciler.cli.up_cmd",  # apply, up
     "reconciler.cli.commands",  # ps, logs, stop, start
     "gateway.cli",  # gateway, token
+    "reconciler.cli.gateway_tunnels",  # gateway's handler with etcd: its own tunnels to cloud replicas
     "reconciler.cli.cloud_cmd",  # offers, gc
     "reconciler.cli.state_cmd",  # state restore
 )

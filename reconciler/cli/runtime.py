@@ -63,7 +63,7 @@ def build_registry(settings: Settings, owner: str, tunnels: bool = False) -> Bac
         from reconciler.cli.settings import load_cloud_settings
 
         cloud = load_cloud_settings(settings.settings_file, settings.env)
-        for backend in build_backends(cloud, owner, settings.state_dir, tunnels=tunnels):
+        for backend in build_backends(cloud, owner, settings.state_dir, tunnels=tunnels, keys_dir=settings.tunnel_keys):
             registry.register(backend)
     return registry
 

@@ -16,6 +16,7 @@ from typing import Any
 from reconciler.cli.runtime import VerifiedInbox
 from reconciler.cli.settings import Settings
 from reconciler.engine.reconcile import Engine
+from reconciler.state.etcd_store import EtcdStore
 
 log = logging.getLogger("tidegate.runtime")
 
@@ -102,20 +103,12 @@ def _gateway_app(gw: Any, control: Any = None) -> Any:
     return build_app(gw, control=control)
 
 
-def build_control(settings: Settings, engine: Engine, stop: threading.Event) -> Any:
-    """The control API and dashboard over this state dir, with the engine's backends for logs and
-    offers, and a thread sampling rps/replicas every 5 s for the dashboard's chart (ends with `stop`)."""
+def backend_callables(engine: Engine) -> tuple[Callable[[str, str, int], list[str]], Callable[[Any], list[Any]]]:
+    """What the control plane asks of the engine's backends: a replica's last log lines (masked,
+    like `ps` and `logs` show them) and merged offers."""
     from backends.cloud.catalog import merge_offers
-    from gateway.access.tokens import TokenStore
-    from reconciler.control.app import build_control_app
-    from reconciler.control.auth import ControlContext
-    from reconciler.control.commits import CommitLookup
-    from reconciler.control.plane import ControlPlane
-    from reconciler.source.checkout import REPOS_DIR
 
     backends = engine.backends
-    # Replica output reaches the API and the dashboard masked, like `ps` and `logs` show it.
-    logs_of = engine.replica_logs
 
     def offers_for(requirements: Any) -> list[Any]:
         groups = []
@@ -126,15 +119,44 @@ def build_control(settings: Settings, engine: Engine, stop: threading.Event) -> 
                 log.warning("offers: %s: %s", b.name, e)
         return merge_offers(*groups)
 
-    plane = ControlPlane(
-        settings.state_dir,
-        domain=settings.domain,
-        port=settings.listen_port,
-        logs_of=logs_of,
-        offers_for=offers_for,
-        pr_url_base=github_pr_base(settings.repo),
-        commits=CommitLookup(settings.state_dir / REPOS_DIR),
-    )
+    return engine.replica_logs, offers_for
+
+
+def _plane_options(settings: Settings) -> dict[str, Any]:
+    from reconciler.control.commits import CommitLookup
+    from reconciler.source.checkout import REPOS_DIR
+
+    return {
+        "domain": settings.domain,
+        "port": settings.listen_port,
+        "pr_url_base": github_pr_base(settings.repo),
+        "commits": CommitLookup(settings.state_dir / REPOS_DIR),
+    }
+
+
+def build_control(settings: Settings, engine: Engine, stop: threading.Event) -> Any:
+    """The control API and dashboard over this state dir, with the engine's backends for logs and
+    offers, and a thread sampling rps/replicas every 5 s for the dashboard's chart (ends with `stop`)."""
+    from reconciler.control.plane import ControlPlane
+
+    logs_of, offers_for = backend_callables(engine)
+    plane = ControlPlane(settings.state_dir, logs_of=logs_of, offers_for=offers_for, **_plane_options(settings))
+    return control_app(settings, plane, stop)
+
+
+def build_shared_control(settings: Settings, shared: EtcdStore, stop: threading.Event) -> tuple[Any, Any]:
+    """`up` on etcd: the control app and its SharedControlPlane (reconciler.control.shared), which
+    answers from the engine while this `up` leads (`plane.lead(...)`) and from etcd while it stands by."""
+    from reconciler.control.shared import SharedControlPlane
+
+    plane = SharedControlPlane(settings.state_dir, shared, **_plane_options(settings))
+    return control_app(settings, plane, stop), plane
+
+
+def control_app(settings: Settings, plane: Any, stop: threading.Event) -> Any:
+    from gateway.access.tokens import TokenStore
+    from reconciler.control.app import build_control_app
+    from reconciler.control.auth import ControlContext
 
     def sample() -> None:
         while not stop.wait(5.0):

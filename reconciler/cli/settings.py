@@ -81,6 +81,8 @@ class Settings:
     sandbox: str = "auto"
     # `--state etcd://…`: where the shared state lives (state_dir is then this machine's own part).
     etcd: EtcdLocation | None = None
+    # `--tunnel-keys DIR`: the installation's SSH tunnel keys (None: `<state_dir>/ssh`).
+    tunnel_keys: Path | None = None
 
     @property
     def listen_host(self) -> str:
@@ -301,7 +303,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, source: bool = True, 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """The one place that reads the environment (passed in; `os.environ` at the entry point)."""
     env_map = dict(os.environ if environ is None else environ)
-    from gateway.etcd_cli import etcd_location, local_state_dir
+    from gateway.etcd_cli import etcd_location, local_state_dir, tunnel_keys_dir
     from tidegate.etcd import EtcdError
 
     try:
@@ -367,6 +369,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         egress_allow=ours.get("egress_allow") or {},
         sandbox=str(ours.get("sandbox") or "auto"),
         etcd=etcd,
+        tunnel_keys=tunnel_keys_dir(args, env_map),
     )
 
 

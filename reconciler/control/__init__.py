@@ -6,4 +6,4 @@ as an opaque ASGI callable for the `/api/` and `/ui/` prefixes, so the proxy's h
 """
 
 # What other units may import (docs/architecture.md, the public-surface rule); the rest is private.
-PUBLIC_MODULES: tuple[str, ...] = ("app", "auth", "commits", "plane", "tail")
+PUBLIC_MODULES: tuple[str, ...] = ("app", "auth", "commits", "plane", "shared", "tail")

@@ -163,6 +163,7 @@ def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts
         last_error=None,
         secrets=dict(d.secrets),
         machine=info.tags.get("machine"),
+        tunnel=info.tunnel,
         **offer_fields(info.offer or spec.offer),
     )
 

@@ -111,6 +111,7 @@ def adopt(
         created_at=info.started_at or now,
         started_at=info.started_at or now,
         machine=info.tags.get("machine"),
+        tunnel=info.tunnel,
         **offer_fields(info.offer),
     )
     rec.replicas = sorted([x for x in rec.replicas if x.id != r.id] + [r], key=lambda x: (x.ordinal, x.id))
@@ -164,6 +165,8 @@ def observe(
                 r.backend_status = str(info.status)
                 if info.address and info.address != r.address:
                     r.address = info.address
+                if info.address and info.tunnel != r.tunnel:
+                    r.tunnel = info.tunnel
                 if info.handle and info.handle != r.handle:
                     r.handle = info.handle
                 if info.status is ReplicaStatus.EXITED and r.phase in (

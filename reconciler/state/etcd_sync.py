@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from reconciler.state.journal import JOURNAL_FILE, Journal
 from reconciler.state.journal import SCHEMA_VERSION as JOURNAL_SCHEMA
 from reconciler.state.records import StateDoc
 from reconciler.state.store import STATE_FILE, StateStore
-from tidegate.etcd import JOURNAL_PREFIX, PREVIEWS_PREFIX, SIGNALS_PREFIX, STATS_PREFIX
+from tidegate.etcd import JOURNAL_PREFIX, LEADER_KEY, PREVIEWS_PREFIX, SIGNALS_PREFIX, STATS_PREFIX
 from tidegate.fsio import write_atomic
 from tidegate.routes import ROUTES_FILE
 from tidegate.signals import SIGNALS_DIR
@@ -210,3 +212,19 @@ class LeaderSync:
             self.pull_stats()
         except StateError as e:
             log.debug("sync with etcd: %s", e)
+
+
+def post_signal(shared: EtcdStore, kind: str, payload: dict[str, Any]) -> str | None:
+    """A signal under `signals/` for whichever reconciler leads (it moves them into the folder its
+    loop watches within a fraction of a second: `LeaderSync.pull_signals`). Returns who leads now
+    (`host:pid`), None when nobody does (the next leader applies it). Raises EtcdError."""
+    client, location = shared.client, shared.location
+    body = json.dumps({"kind": kind, "at": time.time(), **payload}).encode()
+    client.put(location.key(f"{SIGNALS_PREFIX}{time.time_ns()}-{kind}-{uuid.uuid4().hex[:8]}.json"), body)
+    return leader_of(shared)
+
+
+def leader_of(shared: EtcdStore) -> str | None:
+    """Who leads the prefix now (`host:pid`), or None. Raises EtcdError."""
+    kv = shared.client.get(shared.location.key(LEADER_KEY))
+    return kv.value.decode(errors="replace") if kv is not None else None

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import Offer
 from reconciler.config.models import ProbeSpec
-from tidegate.routes import ModelRoute, RateLimit
+from tidegate.routes import ModelRoute, RateLimit, TunnelRoute
 
 SCHEMA_VERSION = 1
 HISTORY_LIMIT = 50
@@ -89,6 +89,9 @@ class ReplicaRecord(BaseModel):
     price: float | None = None
     # The host a machine-bound replica runs on (the local backend's: only that machine reaches it).
     machine: str | None = None
+    # A cloud replica's SSH tunnel target (public facts only): gateways on other machines open
+    # their own tunnel with it (tidegate.routes.TunnelRoute).
+    tunnel: TunnelRoute | None = None
     # Bare-KEY secrets this replica received: name -> salted hash (reconciler.state.redact), never the
     # value. Whoever shows the replica's output masks exactly these values in it.
     secrets: dict[str, str] = Field(default_factory=dict)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reconciler.state.records import ReplicaPhase, ServiceRecord, ServiceStatus, StateDoc
-from tidegate.routes import RoutesSnapshot, ServiceRoute, Upstream
+from tidegate.routes import RoutesSnapshot, ServiceRoute, TunnelRoute, Upstream
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,12 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
         route = rec.route
         if route is None:
             continue
-        ups: list[tuple[str, str, bool]] = []
+        ups: list[tuple[str, str, bool, TunnelRoute | None]] = []
         for r in rec.replicas:
             if r.address and r.phase is ReplicaPhase.READY and not r.probe_failures:
-                ups.append((r.id, r.address, False))
+                ups.append((r.id, r.address, False, r.tunnel))
             elif r.address and r.phase is ReplicaPhase.DRAINING:
-                ups.append((r.id, r.address, True))
+                ups.append((r.id, r.address, True, r.tunnel))
         pr = (preview_prs or {}).get(name)
         key = (name, id(route), tuple(ups), rec.stopped, rec.unrouted_at is not None, pr)
         known = _ROUTES.get(key)
@@ -96,7 +96,7 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
             "name": name,
             "host": route.host,
             "auth": route.auth,
-            "upstreams": tuple(_upstream(i, u, d) for i, u, d in ups),
+            "upstreams": tuple(_upstream(i, u, d, t) for i, u, d, t in ups),
             "model": route.model,
             # A stopped service must not have requests held for it (nothing will start): the
             # gateway holds only for services that may sit at zero, so say it may not.
@@ -113,10 +113,10 @@ def build_routes(doc: StateDoc, domain: str, preview_prs: Mapping[str, int] | No
     return RoutesSnapshot(serial=doc.serial, revision=revision, domain=domain, services=services)
 
 
-def _upstream(replica_id: str, url: str, draining: bool) -> Upstream:
+def _upstream(replica_id: str, url: str, draining: bool, tunnel: TunnelRoute | None) -> Upstream:
     if draining:  # set only when true, as the validated route had it (fields set, JSON alike)
-        return Upstream.model_construct(replica_id=replica_id, url=url, draining=True)
-    return Upstream.model_construct(replica_id=replica_id, url=url)
+        return Upstream.model_construct(replica_id=replica_id, url=url, draining=True, tunnel=tunnel)
+    return Upstream.model_construct(replica_id=replica_id, url=url, tunnel=tunnel)
 
 
 def service_status(rec: ServiceRecord) -> tuple[ServiceStatus, str]:

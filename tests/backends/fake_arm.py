@@ -52,6 +52,10 @@ class FakeArm:
         # it Creating meanwhile, and its operation answers InProgress.
         self.vm_create_seconds = 0.0
         self._creating: dict[str, float] = {}  # VM path -> monotonic time it is provisioned
+        # Seconds a VM takes to delete: GET shows it Deleting meanwhile, its operation answers
+        # InProgress, and its NIC cannot be deleted yet (NicInUse, as ARM answers).
+        self.vm_delete_seconds = 0.0
+        self._deleting: dict[str, float] = {}  # VM path -> monotonic time it is gone
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -116,6 +120,8 @@ class FakeArm:
         out = json.loads(json.dumps(resource))
         if time.monotonic() < self._creating.get(low, 0.0):
             out["properties"]["provisioningState"] = "Creating"
+        if low in self._deleting:
+            out["properties"]["provisioningState"] = "Deleting"
         if expand and "/virtualmachines/" in low:
             state = out["properties"]["provisioningState"]
             statuses = RUNNING if state == "Succeeded" else [{"code": f"ProvisioningState/{state.lower()}"}]
@@ -134,10 +140,18 @@ class FakeArm:
         self.operations[op] = Operation(self.polls, failure, done_at)
         return f"{self.url}/fake/operations/{op}"
 
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for path, gone_at in list(self._deleting.items()):
+            if now >= gone_at:
+                self.resources.pop(path, None)
+                del self._deleting[path]
+
     def handle(self, method: str, raw_path: str, body: Any) -> tuple[int, dict[str, str], Any]:
         split = urlsplit(raw_path)
         path, query = split.path, split.query
         with self.lock:
+            self._expire()
             self.requests.append((method, path))
             fault = self._fault(method, path)
             if fault is not None:
@@ -147,14 +161,14 @@ class FakeArm:
                 return self._poll(path.rsplit("/", 1)[1], "kind=location" in query)
             if method == "GET" and path.lower().endswith("/providers/microsoft.compute/skus"):
                 return 200, {}, {"value": self.skus}
-            if method == "GET" and path.lower().endswith("/providers/microsoft.compute/virtualmachines"):
-                prefix = path.lower() + "/"
-                vms = [
-                    r
-                    for k, r in self.resources.items()
+            if method == "GET" and re.search(r"/resourcegroups/[^/]+/providers/[^/]+/[^/]+$", path.lower()):
+                prefix = path.lower() + "/"  # a collection: VMs, NICs, public IPs, NSGs of the group
+                listed = [
+                    self._get(k, False)
+                    for k in self.resources
                     if k.startswith(prefix) and "/" not in k[len(prefix) :]
                 ]
-                return 200, {}, {"value": vms}
+                return 200, {}, {"value": listed}
             if method == "GET":
                 found = self._get(path, "instanceview" in query.lower())
                 if found is None:
@@ -177,8 +191,18 @@ class FakeArm:
                 headers = {"Azure-AsyncOperation": self._operation(failure, done_at)}
                 return (200 if existed else 201), headers, shown
             if method == "DELETE":
-                if self.resources.pop(path.lower(), None) is None:
+                low = path.lower()
+                if low not in self.resources:
                     return 204, {}, None
+                if low.endswith("-nic") and "/networkinterfaces/" in low:
+                    vm = low.replace("/microsoft.network/networkinterfaces/", "/microsoft.compute/virtualmachines/")[:-4]
+                    if vm in self.resources:
+                        error = {"error": {"code": "NicInUse", "message": f"{path} is attached to a VM"}}
+                        return 400, {}, error
+                if "/virtualmachines/" in low and self.vm_delete_seconds:
+                    gone_at = self._deleting.setdefault(low, time.monotonic() + self.vm_delete_seconds)
+                    return 202, {"Location": self._operation(done_at=gone_at) + "?kind=location"}, None
+                self.resources.pop(low)
                 return 202, {"Location": self._operation() + "?kind=location"}, None
         return 405, {}, {"error": {"code": "MethodNotAllowed", "message": method}}
 
@@ -187,7 +211,7 @@ class FakeArm:
         if op is None:
             return 404, {}, {"error": {"code": "NotFound", "message": "no such operation"}}
         if op.done_at is not None and time.monotonic() < op.done_at:
-            return 200, {}, {"status": "InProgress"}
+            return (202, {}, None) if location else (200, {}, {"status": "InProgress"})
         if op.polls_left > 0:
             op.polls_left -= 1
             return (202, {}, None) if location else (200, {}, {"status": "InProgress"})

@@ -5,6 +5,7 @@ and DefaultAzureCredential is never constructed (a guard makes it fail the test)
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,56 @@ def test_delete_removes_vm_nic_ip_nsg_and_gone_is_success(
     assert arm.count("GET", "/fake/operations/") > 0
     backend.delete("gone-abcdef12-0")
     assert backend.describe("gone-abcdef12-0") is None
+
+
+def test_delete_returns_while_the_vm_deletes_and_list_owned_finishes_the_rest(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    """ARM takes minutes to delete a VM: `delete` starts it and returns (the worker is free); the
+    NIC (which ARM refuses to delete while the VM holds it), IP and NSG follow on later passes."""
+    arm.vm_delete_seconds = 2.0
+    backend = make_azure()
+    backend.delete_wait = 0.2
+    backend.create(spec_for("slowgone"))
+    started = time.monotonic()
+    backend.delete("slowgone-abcdef12-0")
+    assert time.monotonic() - started < 1.5
+    info = backend.describe("slowgone-abcdef12-0")
+    assert info is not None and info.status is ReplicaStatus.TERMINATING
+    assert resource(arm, "Microsoft.Network/networkInterfaces", "slowgone-abcdef12-0-nic") is not None
+    assert arm.count("DELETE", "slowgone-abcdef12-0-nic") == 0  # never tried while the VM holds it
+    deadline = time.monotonic() + 15
+    while [k for k in arm.resources if "slowgone-abcdef12-0" in k] and time.monotonic() < deadline:
+        listed = backend.list_owned()
+        assert all(i.status is ReplicaStatus.TERMINATING for i in listed)
+        time.sleep(0.2)
+    assert [k for k in arm.resources if "slowgone-abcdef12-0" in k] == []
+    assert backend.describe("slowgone-abcdef12-0") is None
+
+
+def test_the_sweep_finishes_a_teardown_a_crash_interrupted(
+    make_azure: Callable[..., AzureBackend], arm: FakeArm
+) -> None:
+    arm.vm_delete_seconds = 0.5
+    first = make_azure()
+    first.delete_wait = 0.0
+    first.create(spec_for("halfgone"))
+    first.delete("halfgone-abcdef12-0")  # the process dies here: its teardown list is lost
+    theirs = f"{RG_PATH}/Microsoft.Network/networkInterfaces/theirs-abcdef12-0-nic"
+    arm.put_resource(theirs, {"location": "eastus", "tags": {"tidegate:owner": "tg-other"}, "properties": {}})
+    time.sleep(0.6)
+    again = make_azure()
+    assert again.list_owned() == []
+    assert resource(arm, "Microsoft.Network/networkInterfaces", "halfgone-abcdef12-0-nic") is not None
+    swept: list[str] = []
+    for _ in range(10):
+        swept += again.sweep_security_groups()
+        if not [k for k in arm.resources if "halfgone-abcdef12-0" in k]:
+            break
+        time.sleep(0.2)
+    assert set(swept) == {"NIC, public IP and NSG of VM halfgone-abcdef12-0"}
+    assert [k for k in arm.resources if "halfgone-abcdef12-0" in k] == []
+    assert theirs.lower() in arm.resources  # another installation's leftovers are never touched
 
 
 def test_foreign_resources_are_never_touched(make_azure: Callable[..., AzureBackend], arm: FakeArm) -> None:

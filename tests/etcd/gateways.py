@@ -1,4 +1,4 @@
-"""`tidegate gateway --state etcd://…` processes for the shared-state tests."""
+"""`tidegate gateway` and `tidegate up` processes on `--state etcd://…` for the shared-state tests."""
 
 from __future__ import annotations
 
@@ -31,15 +31,22 @@ def tidegate(
 
 
 class GatewayProc:
-    def __init__(self, url: str, local: Path, log: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        local: Path,
+        log: Path,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
         out = open(log, "wb")  # noqa: SIM115 - handed to the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli.main", "gateway", "--state", url, "--local-state", str(local),
-             "--listen", f"127.0.0.1:{self.port}", "--no-access-log"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+             "--listen", f"127.0.0.1:{self.port}", "--no-access-log", *extra_args],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )  # fmt: skip
         out.close()
         self.http = httpx.Client(base_url=self.base, timeout=5.0)
@@ -70,6 +77,40 @@ class GatewayProc:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Up:
+    def __init__(
+        self,
+        url: str,
+        repo: str,
+        local: Path,
+        log: Path,
+        extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")} | (extra_env or {})
+        out = open(log, "wb")  # noqa: SIM115 - handed to the process
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli.main", "up", "--repo", repo, "--state", url,
+             "--local-state", str(local), "--listen", f"127.0.0.1:{self.port}", "--interval", "1", *extra_args],
+            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out.close()
+
+    def get(self, path: str = "/") -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}/services/web{path}", timeout=5.0)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

@@ -14,8 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,40 +32,14 @@ from tests.e2e.helpers import (
     service_yaml,
     wait_for,
 )
-from tests.etcd.gateways import ROOT, GatewayProc, tidegate
-from tests.support.etcd_cluster import EtcdCluster, free_port
+from tests.etcd.gateways import GatewayProc, Up, tidegate
+from tests.support.etcd_cluster import EtcdCluster
 from tests.support.git_repo import bare_remote
 from tidegate.etcd import EtcdClient, EtcdLocation
 
 pytestmark = pytest.mark.slow
 
 REPLICAS = 2
-
-
-class Up:
-    def __init__(self, url: str, repo: str, local: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")} | (extra_env or {})
-        out = open(log, "wb")  # noqa: SIM115 - handed to the process
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli.main", "up", "--repo", repo, "--state", url,
-             "--local-state", str(local), "--listen", f"127.0.0.1:{self.port}", "--interval", "1"],
-            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        out.close()
-
-    def get(self, path: str = "/") -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}/services/web{path}", timeout=5.0)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture

@@ -65,11 +65,19 @@ def _serves(host: str, port: int, root: str) -> bool:
 
 
 def _curl(root: Path, host: str, port: int, path: str, token: str) -> str:
-    out = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "--cacert", str(root), "--resolve", f"{host}:{port}:127.0.0.1",
-         "-H", f"Authorization: Bearer {token}", f"https://{host}:{port}{path}"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )
+    # One retry on a handshake cut short (curl exit 35, SSL_ERROR_SYSCALL): seen once, in the
+    # two-worker test on a 2-core machine at load 13, after six good handshakes; not reproduced
+    # and not explained (the handshake timeout is 15 s). A certificate or trust error is exit 60
+    # or a TLS alert and is never retried.
+    for attempt in range(2):
+        out = subprocess.run(
+            ["curl", "-sS", "--fail-with-body", "--cacert", str(root), "--resolve", f"{host}:{port}:127.0.0.1",
+             "-H", f"Authorization: Bearer {token}", f"https://{host}:{port}{path}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        if not (out.returncode == 35 and "SSL_ERROR_SYSCALL" in out.stderr and attempt == 0):
+            break
+        print(f"retrying after a cut handshake: {out.stderr.strip()}")
     assert out.returncode == 0, out.stderr + out.stdout
     return out.stdout
 
