@@ -28,8 +28,10 @@ from reconciler.engine.plan import Action
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.source import code_files
 from reconciler.source.trees import tree_hash
+from reconciler.state.records import ReplicaPhase, ReplicaRecord, RouteInfo, ServiceRecord, StateDoc
+from reconciler.state.view import build_routes
 from tests.reconciler.fakes import FakeBackend, FakeProber, only_local_ships_workdir
-from tidegate.routes import RoutesSnapshot
+from tidegate.routes import RoutesSnapshot, TunnelRoute
 
 
 def service(name: str, greeting: str = "hi", extra: str = "") -> str:
@@ -327,3 +329,34 @@ def test_memos_stay_linear_past_their_first_size() -> None:
         assert small.get(obj, "k", lambda i=i: i) == i  # type: ignore[misc]
     assert small.get(objects[-1], "k", lambda: -1) == len(objects) - 1  # kept: the newest
     assert small.get(objects[0], "k", lambda: -1) == -1  # evicted: the oldest
+
+
+def test_a_kept_route_changes_with_each_of_its_inputs() -> None:
+    route = RouteInfo(host="web.example.test", auth=True, min_replicas=0, max_replicas=2)
+    replica = ReplicaRecord(id="web-1", service="web", spec_hash="h", ordinal=0, backend="aws",
+                            phase=ReplicaPhase.READY, address="http://10.0.0.1:8000")
+    doc = StateDoc(services={"web": ServiceRecord(name="web", spec_hash="h", route=route, replicas=[replica])})
+    seen = [build_routes(doc, "example.test")]
+
+    def changed(**kw: object) -> None:
+        rec = doc.services["web"]
+        for key, value in kw.items():
+            if key == "pr":
+                continue  # a preview pull request: passed to build_routes
+            target = rec.replicas[0] if key in ("tunnel", "phase", "address") else rec
+            setattr(target, key, value)
+        routes = build_routes(doc, "example.test", {"web": 7} if kw.get("pr") else None)
+        assert routes != seen[-1], kw
+        assert routes == RoutesSnapshot.model_validate_json(routes.model_dump_json())
+        seen.append(routes)
+
+    assert build_routes(doc, "example.test") == seen[0]  # nothing changed: the same route
+    assert build_routes(doc, "example.test").services["web"] is seen[0].services["web"]
+    changed(tunnel=TunnelRoute(backend="aws", host="1.2.3.4", port=22, user="t", host_key="ssh-ed25519 A", service_port=8000))
+    changed(tunnel=TunnelRoute(backend="aws", host="1.2.3.5", port=22, user="t", host_key="ssh-ed25519 A", service_port=8000))
+    changed(address="http://10.0.0.2:8000")
+    changed(phase=ReplicaPhase.DRAINING)
+    changed(stopped=True)
+    changed(unrouted_at=1.0)
+    changed(route=RouteInfo(host="web.example.test", auth=False, min_replicas=0, max_replicas=2))
+    changed(pr=True)
