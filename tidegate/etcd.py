@@ -21,7 +21,6 @@ its lease; its create revision fences every write the leader makes).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -32,12 +31,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tidegate.etcd_ops import KV as KV
+from tidegate.etcd_ops import b64, kv_of
+from tidegate.etcd_ops import cmp_create_revision as cmp_create_revision
+from tidegate.etcd_ops import cmp_mod_revision as cmp_mod_revision
+from tidegate.etcd_ops import op_delete as op_delete
+from tidegate.etcd_ops import op_delete_range as op_delete_range
+from tidegate.etcd_ops import op_put as op_put
+from tidegate.etcd_ops import range_end as range_end
+from tidegate.etcd_refusals import PASSWORD_ENV as PASSWORD_ENV
+from tidegate.etcd_refusals import USER_ENV as USER_ENV
+from tidegate.etcd_refusals import EtcdError as EtcdError
+from tidegate.etcd_refusals import EtcdRefused as EtcdRefused
+from tidegate.etcd_refusals import EtcdUnavailable as EtcdUnavailable
+from tidegate.etcd_refusals import detail_of, refusal
+
 log = logging.getLogger("tidegate.etcd")
 
 SCHEME = "etcd"
 TLS_SCHEME = "etcds"
-USER_ENV = "TIDEGATE_ETCD_USER"
-PASSWORD_ENV = "TIDEGATE_ETCD_PASSWORD"
 
 LEADER_KEY = "leader"
 JOURNAL_PREFIX = "journal/"
@@ -48,20 +60,6 @@ PREVIEWS_PREFIX = "previews/"
 SHARED_DOCS = ("state.json", "installation.json", "routes.json", "tokens.json")
 # Each request's bound: a member that lost quorum answers nothing; we must move on quickly.
 DEFAULT_TIMEOUT = 2.0
-
-
-class EtcdError(Exception):
-    """etcd answered with an error, or a location/option is invalid."""
-
-
-class EtcdUnavailable(EtcdError):
-    """No endpoint answered (down, partitioned, or without quorum)."""
-
-
-class EtcdRefused(EtcdError):
-    """etcd answered but will not serve this client as configured: its certificate is not trusted,
-    it wants a client certificate, the user or password is wrong, or the user's role does not
-    cover the prefix. Retrying cannot help; the message names the option to fix."""
 
 
 def is_etcd_url(value: str | None) -> bool:
@@ -134,115 +132,6 @@ class EtcdLocation:
         return f"/{self.prefix}/{name}"
 
 
-def _b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-
-
-def _unb64(data: str | None) -> bytes:
-    return base64.b64decode(data) if data else b""
-
-
-def range_end(prefix: str) -> str:
-    """The end of the key range that holds every key starting with `prefix`."""
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1
-    return _b64(bytes(raw))
-
-
-@dataclass(frozen=True)
-class KV:
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    lease: int = 0
-
-
-def _kv(raw: Mapping[str, Any]) -> KV:
-    return KV(
-        key=_unb64(raw.get("key")).decode(),
-        value=_unb64(raw.get("value")),
-        create_revision=int(raw.get("create_revision", 0)),
-        mod_revision=int(raw.get("mod_revision", 0)),
-        lease=int(raw.get("lease", 0)),
-    )
-
-
-# Builders of transaction parts (the JSON of etcd's TxnRequest).
-def cmp_create_revision(key: str, revision: int) -> dict[str, Any]:
-    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
-
-
-def cmp_mod_revision(key: str, revision: int) -> dict[str, Any]:
-    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
-
-
-def op_put(key: str, value: bytes, lease: int = 0) -> dict[str, Any]:
-    body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
-    if lease:
-        body["lease"] = str(lease)
-    return {"request_put": body}
-
-
-def op_delete(key: str, prefix: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"key": _b64(key)}
-    if prefix:
-        body["range_end"] = range_end(key)
-    return {"request_delete_range": body}
-
-
-def op_delete_range(start: str, end: str) -> dict[str, Any]:
-    return {"request_delete_range": {"key": _b64(start), "range_end": _b64(end)}}
-
-
-# What etcd or the TLS layer says when it refuses this client, and what to change (see _refusal).
-_TLS_UNTRUSTED = ("CERTIFICATE_VERIFY_FAILED",)
-# TLS 1.3 sends the server's verdict on the client certificate after the handshake: the client
-# sees the alert, or (as often) only the connection ending mid-protocol.
-_TLS_CLIENT_CERT = (
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "UNKNOWN_CA",
-    "certificate required",
-    "EOF occurred in violation of protocol",
-)
-_TLS_NOT_SPOKEN = ("WRONG_VERSION_NUMBER", "record layer failure")
-_PLAIN_TO_TLS = ("HTTP request to an HTTPS server",)
-
-
-def _refusal(detail: str, loc: EtcdLocation, endpoint: str) -> str | None:
-    """A one-line explanation naming the option to fix, when `detail` (an error from requests or
-    an error answer of etcd) says etcd refuses this client as configured; None otherwise."""
-    where = f"etcd at {endpoint}"
-    if any(m in detail for m in _TLS_UNTRUSTED):
-        if loc.cacert:
-            return f"{where}: its server certificate is not signed by the CA in --etcd-cacert {loc.cacert}"
-        return f"{where}: its server certificate is not trusted; pass the CA that signed it with --etcd-cacert FILE"
-    if any(m in detail for m in _TLS_CLIENT_CERT):
-        if loc.cert:
-            return f"{where} refused the client certificate in --etcd-cert {loc.cert} (not signed by its CA)"
-        return f"{where} requires a client certificate: pass --etcd-cert FILE and --etcd-key FILE"
-    if loc.tls and any(m in detail for m in _TLS_NOT_SPOKEN):
-        return f"{where} does not speak TLS: use etcd:// without --etcd-cacert/--etcd-cert/--etcd-key"
-    if any(m in detail for m in _PLAIN_TO_TLS):
-        return f"{where} speaks TLS: use etcds:// (with --etcd-cacert FILE for a private CA)"
-    if "user name is empty" in detail:
-        return f"{where} has authentication enabled: set ${USER_ENV} and ${PASSWORD_ENV}"
-    if "authentication failed" in detail:
-        return f"{where} refused user {loc.user!r}: wrong user or password (${USER_ENV}, ${PASSWORD_ENV})"
-    if "permission denied" in detail:
-        who = f"user {loc.user!r}" if loc.user else "this client"
-        return (
-            f"{where}: permission denied for {who} on /{loc.prefix}/: its role needs readwrite on every "
-            f"key under it (etcdctl role grant-permission ROLE --prefix=true readwrite /{loc.prefix}/)"
-        )
-    return None
-
-
-def _detail(e: BaseException) -> str:
-    return str(getattr(e, "detail_text", None) or e)
-
-
 class EtcdClient:
     """A few v3 calls over etcd3gw, across every endpoint of one location (thread-safe)."""
 
@@ -299,7 +188,7 @@ class EtcdClient:
         try:
             return client.post(client.get_url(path), json=dict(body), **self._request_options)
         except ex.Etcd3Exception as e:
-            if "token" not in _detail(e).lower() or not self.location.user:
+            if "token" not in detail_of(e).lower() or not self.location.user:
                 raise
         self._authenticate(client)  # an expired auth token: once more with a new one
         return client.post(client.get_url(path), json=dict(body), **self._request_options)
@@ -323,10 +212,10 @@ class EtcdClient:
             try:
                 answer = self._post(client, path, body)
             except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, ex.InternalServerError) as e:
-                reason = _refusal(_detail(e), self.location, endpoint)
+                reason = refusal(detail_of(e), self.location, endpoint)
                 if reason is not None:
                     refused.append(reason)
-                elif not self.location.tls and "RemoteDisconnected" in _detail(e):
+                elif not self.location.tls and "RemoteDisconnected" in detail_of(e):
                     errors.append(
                         f"{endpoint}: closed the connection unanswered (if it serves TLS: etcds://)"
                     )
@@ -334,8 +223,8 @@ class EtcdClient:
                 errors.append(f"{endpoint}: {type(e).__name__}")
                 continue
             except ex.Etcd3Exception as e:
-                detail = _detail(e)
-                reason = _refusal(detail, self.location, endpoint)
+                detail = detail_of(e)
+                reason = refusal(detail, self.location, endpoint)
                 if reason is not None:
                     raise EtcdRefused(reason) from None
                 if "no leader" in detail or "timed out" in detail or "unhealthy" in detail:
@@ -357,34 +246,34 @@ class EtcdClient:
         EtcdRefused when etcd will not serve this client as configured (a process should stop
         and say so), EtcdUnavailable when nothing answers."""
         base = self.location.key("")
-        self.call("/kv/range", {"key": _b64(base), "range_end": range_end(base), "limit": "1", "keys_only": True})
+        self.call("/kv/range", {"key": b64(base), "range_end": range_end(base), "limit": "1", "keys_only": True})
         if write:
-            never = {"key": _b64(base + "probe"), "target": "VERSION", "result": "EQUAL", "version": "-1"}
+            never = {"key": b64(base + "probe"), "target": "VERSION", "result": "EQUAL", "version": "-1"}
             self.txn([never], [op_put(base + "probe", b"")])
 
     # -- key/value -------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:
-        answer = self.call("/kv/range", {"key": _b64(key)})
+        answer = self.call("/kv/range", {"key": b64(key)})
         kvs = answer.get("kvs") or []
-        return _kv(kvs[0]) if kvs else None
+        return kv_of(kvs[0]) if kvs else None
 
     def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """Every key under `prefix`, sorted, and the store revision they were read at."""
         answer = self.call(
-            "/kv/range", {"key": _b64(prefix), "range_end": range_end(prefix), "sort_order": "ASCEND"}
+            "/kv/range", {"key": b64(prefix), "range_end": range_end(prefix), "sort_order": "ASCEND"}
         )
         revision = int(answer.get("header", {}).get("revision", 0))
-        return [_kv(kv) for kv in answer.get("kvs") or []], revision
+        return [kv_of(kv) for kv in answer.get("kvs") or []], revision
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
         answer = self.call("/kv/put", body)
         return int(answer.get("header", {}).get("revision", 0))
 
     def delete(self, key: str, prefix: bool = False) -> int:
-        body: dict[str, Any] = {"key": _b64(key)}
+        body: dict[str, Any] = {"key": b64(key)}
         if prefix:
             body["range_end"] = range_end(key)
         answer = self.call("/kv/deleterange", body)
@@ -425,7 +314,7 @@ class EtcdClient:
             client = self._clients[self._current]
         request: dict[str, Any] = {
             "create_request": {
-                "key": _b64(prefix),
+                "key": b64(prefix),
                 "range_end": range_end(prefix),
                 "start_revision": str(start_revision),
                 "progress_notify": True,
@@ -445,7 +334,7 @@ class EtcdClient:
             detail = resp.text[:300]
             resp.close()
             endpoint = f"{client.host}:{client.port}"
-            raise EtcdError(_refusal(detail, self.location, endpoint) or f"watch {prefix}: {detail.strip()}")
+            raise EtcdError(refusal(detail, self.location, endpoint) or f"watch {prefix}: {detail.strip()}")
         buffer = b""
         try:
             for chunk in resp.iter_content(chunk_size=None):
@@ -460,7 +349,7 @@ class EtcdClient:
                     if result.get("canceled"):
                         return
                     for event in result.get("events") or []:
-                        yield str(event.get("type", "PUT")), _kv(event.get("kv", {}))
+                        yield str(event.get("type", "PUT")), kv_of(event.get("kv", {}))
         except Exception as e:  # the stream broke (etcd gone, read timeout)
             raise EtcdUnavailable(f"watch {prefix}: {type(e).__name__}") from e
         finally:
