@@ -111,6 +111,8 @@ def test_token_ps_and_gateway_over_tls_with_client_certificates(
     assert "Traceback" not in gw.log.read_text()
 
 
+# Each case runs a `tidegate` process (a gateway waits for its refusal): slow, 16 cases ~60 s.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "case", "needles"),
     [
@@ -180,6 +182,8 @@ def test_auth_right_user_works_and_the_password_is_nowhere(etcd_auth: SecureEtcd
     no_secret_in(secret, outputs, [tmp_path])
 
 
+# Each case runs a `tidegate` process (a gateway waits for its refusal): slow, 16 cases ~60 s.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "case", "needles"),
     [
