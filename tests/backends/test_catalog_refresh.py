@@ -106,6 +106,7 @@ def find(offers: list[Offer], backend: str, region: str, name: str, spot: bool) 
     return found[0]
 
 
+@pytest.mark.slow  # moto + recorded price pages, 2-12 s
 def test_refresh_rebuilds_both_clouds_from_their_apis(
     tmp_path: Path, moto_url: str, recorded: RecordedServer, arm: FakeArm
 ) -> None:
@@ -171,6 +172,7 @@ def test_refresh_rebuilds_both_clouds_from_their_apis(
     assert "aws refreshed" in line and "azure refreshed" in line
 
 
+@pytest.mark.slow  # moto + recorded price pages, 2-12 s
 def test_a_cloud_without_credentials_keeps_its_rows(
     tmp_path: Path, moto_url: str, recorded: RecordedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,6 +221,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # moto + recorded price pages, 2-12 s
 def test_cli_refresh_then_offers_use_the_refreshed_catalog(
     tmp_path: Path, moto_url: str, recorded: RecordedServer
 ) -> None:
@@ -246,6 +249,7 @@ def test_cli_refresh_then_offers_use_the_refreshed_catalog(
     assert f"catalog: {cached} (aws refreshed " in shown.stderr
 
 
+@pytest.mark.slow  # moto + recorded price pages, 2-12 s
 def test_cli_refresh_without_any_credentials_says_so(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TIDEGATE_", "AZURE_", "AWS_"))}
     env = {

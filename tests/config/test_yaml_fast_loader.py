@@ -77,6 +77,7 @@ def outcome(text: str, fast: bool) -> tuple[Any, ...]:
     return ("ok", repr(doc.data), marks(doc.node))
 
 
+@pytest.mark.slow  # 4,000 mutations through both loaders, 10 s
 @pytest.mark.skipif(FAST_LOADER is None, reason="PyYAML was built without libyaml")
 def test_fast_loader_matches_the_pure_python_loader() -> None:
     texts = repository_yaml()

@@ -156,6 +156,7 @@ def auth_env(etcd: SecureEtcd, user: str, password: str | None = None) -> dict[s
     return {USER_ENV: user, PASSWORD_ENV: etcd.users[user] if password is None else password}
 
 
+@pytest.mark.slow  # CLI processes / token expiry waits, 4-6 s
 def test_auth_right_user_works_and_the_password_is_nowhere(etcd_auth: SecureEtcd, tmp_path: Path) -> None:
     url = etcd_auth.url(AUTH_PREFIX)
     env = auth_env(etcd_auth, "tidegate")
@@ -243,6 +244,7 @@ def test_a_read_only_role_is_refused_before_a_leader_would_write(etcd_auth: Secu
     assert root.get(f"/{AUTH_PREFIX}/probe") is None  # the write probe writes nothing
 
 
+@pytest.mark.slow  # CLI processes / token expiry waits, 4-6 s
 def test_an_expired_auth_token_is_renewed(tmp_path: Path) -> None:
     """etcd's simple tokens expire (--auth-token-ttl, 300 s by default): the client authenticates
     again and the call goes through."""

@@ -142,7 +142,7 @@ def test_async_client_both_formats(api: tuple[RunningGateway, str]) -> None:
         pytest.param("nope", [{"role": "user", "content": "x"}], openai.NotFoundError, 404, "nope", id="unknown-model"),
         pytest.param("strict", [{"role": "system", "content": "x"}], openai.BadRequestError, 400, "first message must be from the user", id="template-raises"),
         pytest.param("plain", [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], openai.BadRequestError, 400, "text", id="image-part"),
-        pytest.param("org/no-template", [{"role": "user", "content": "x"}], openai.InternalServerError, 503, "chat_template", id="no-template-no-hub"),
+        pytest.param("org/no-template", [{"role": "user", "content": "x"}], openai.InternalServerError, 503, "chat_template", id="no-template-no-hub", marks=pytest.mark.slow),  # waits out the 5 s hub fetch
     ],
 )
 def test_errors_in_openai_shape(
