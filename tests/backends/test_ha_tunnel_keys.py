@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from reconciler.cli import tunnel_keys
 from reconciler.engine.probe import probe_replica
 from tests.support.etcd_cluster import EtcdCluster, etcd_cluster
 from tests.support.git_repo import bare_remote
+from tests.support.hello_server import hello_server
 from tests.support.sshd import Sshd, require_sshd
 from tidegate.etcd import EtcdClient, EtcdLocation
 
@@ -46,26 +46,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def service_port() -> Iterator[int]:
-    class Hello(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"hello {self.path}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with hello_server("hello") as port:
+        yield port
 
 
 class Instances:

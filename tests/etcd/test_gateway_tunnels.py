@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +25,7 @@ from reconciler.cli import tunnel_keys
 from reconciler.state.etcd_store import EtcdStore
 from tests.etcd.gateways import GatewayProc
 from tests.support.etcd_cluster import EtcdCluster
+from tests.support.hello_server import hello_server
 from tests.support.sshd import FakeInstance, require_sshd
 from tidegate.etcd import EtcdClient, EtcdLocation
 from tidegate.routes import RoutesSnapshot, ServiceRoute, TunnelRoute, Upstream
@@ -44,26 +42,8 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
 
 @pytest.fixture
 def service_port() -> Iterator[int]:
-    class Hello(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"hello from the instance {self.path}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with hello_server("hello from the instance") as port:
+        yield port
 
 
 def publish(url: str, serial: int, upstream: Upstream) -> None:
