@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from backends.settings import AwsSettings, AzureSettings
 from reconciler.engine.probe import probe_replica
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.state.store import StateStore
+from tests.support.hello_server import hello_server
 from tests.support.sshd import Sshd, require_sshd
 from tests.support.userdata import RECONCILER_ONLY, check_tunnel_user_data
 from tidegate.routes_io import read_snapshot
@@ -52,25 +52,8 @@ backends: [{backend}]
 
 @pytest.fixture
 def replica_server() -> Iterator[int]:
-    class Ok(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with hello_server("ok") as port:
+        yield port
 
 
 class Token:
