@@ -29,18 +29,22 @@ def cli_hint(settings: Settings) -> str:
     return exe if settings.state_dir == default else f"TIDEGATE_STATE={settings.state_dir} {exe}"
 
 
-def print_next_steps(settings: Settings, gateway: bool) -> None:
-    """What a newcomer does next: each service URL, a token, a curl and an OpenAI SDK line."""
+def print_next_steps(settings: Settings, gateway: bool, only: frozenset[str] | None = None) -> None:
+    """What a newcomer does next: each service URL, a token, a curl and an OpenAI SDK line.
+    With `only` (services that became ready after the first announcement): just their lines."""
     routes = read_snapshot(settings.state_dir)
     tg = cli_hint(settings)
-    lines = ["", "Services:"]
-    if not routes.services:
+    lines = ["", "Services:"] if only is None else []
+    if not routes.services and only is None:
         lines.append("  (none yet: push a .dstack.yml to the repo; `tidegate ps` shows progress)")
     for name, route in sorted(routes.services.items()):
+        if only is not None and name not in only:
+            continue
         ready = len([u for u in route.upstreams if not u.draining])
         model = f"  model {route.model.name}" if route.model else ""
-        lines.append(f"  {name:<16} {settings.service_url(name)}  ({ready} ready){model}")
-    if gateway:
+        prefix = "  " if only is None else "Ready: "
+        lines.append(f"{prefix}{name:<16} {settings.service_url(name)}  ({ready} ready){model}")
+    if gateway and only is None:
         base = settings.gateway_url
         lines += [
             "",

@@ -180,11 +180,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 # A request held for a cold start goes the moment its replica is ready, not when
                 # the gateway's file watcher notices routes.json.
                 gateway.publish(routes)
-            # Tell the newcomer what to do once something answers, and again when more does.
+            # Tell the newcomer what to do once something answers; later, one line per service that joins.
             ready = frozenset(n for n, r in routes.services.items() if r.upstreams)
-            if (not announced and (ready or report.next_run_in is None)) or (announced and ready - announced[-1]):
+            if not announced and (ready or report.next_run_in is None):
                 announced.append(ready)
                 print_next_steps(settings, gateway is not None)
+            elif announced and ready - announced[-1]:
+                print_next_steps(settings, gateway is not None, only=ready - announced[-1])
+                announced.append(ready | announced[-1])
 
         signals: list[Loop] = []  # the pass drains signals through the loop built right after it
         the_pass = runtime.Pass(

@@ -211,6 +211,17 @@ def test_next_steps_name_urls_token_curl_and_sdk(tmp_path: Path, capsys: pytest.
     assert "openai.OpenAI(base_url='http://127.0.0.1:8080/v1'" in out
 
 
+def test_next_steps_for_a_later_service_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    routes = {
+        name: ServiceRoute(name=name, host=f"{name}.localhost", upstreams=(Upstream(replica_id=f"{name}-1-0", url="unix:///x.sock"),))
+        for name in ("chat", "web")
+    }
+    write_snapshot(tmp_path, RoutesSnapshot(services=routes))
+    print_next_steps(Settings(state_dir=tmp_path, listen="127.0.0.1:8080"), gateway=True, only=frozenset({"web"}))
+    out = capsys.readouterr().out
+    assert out.strip().splitlines() == ["Ready: web              http://web.localhost:8080  (1 ready)"]
+
+
 def test_quickstart_repo_holds_only_local_examples_and_commits_changes(tmp_path: Path) -> None:
     examples = tmp_path / "examples"
     for name in ("local-chat", "tgi-mistral"):
