@@ -162,7 +162,8 @@ def observe(
                         mark_failed(r, "replica is gone from the backend", now, s)
                         rec.note(now, "replica failed", f"{r.id}: gone")
                     continue
-                r.backend_status = str(info.status)
+                if r.backend_status != info.status:
+                    r.backend_status = str(info.status)
                 if info.address and info.address != r.address:
                     r.address = info.address
                 if info.address and info.tunnel != r.tunnel:

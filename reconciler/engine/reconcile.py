@@ -38,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import BackendRegistry, ReplicaInfo
+from reconciler.engine import settled as settled_mod
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
@@ -57,6 +58,7 @@ from reconciler.engine.observe import (
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Action, Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_alive, probe_http, probe_replica
+from reconciler.engine.settled import Entry, Fingerprint, Settled, fingerprint
 from reconciler.engine.targets import TargetSettings, build_targets
 from reconciler.engine.values import (
     DesiredExtension,
@@ -70,6 +72,7 @@ from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
 from reconciler.state.redact import SecretBook
 from reconciler.state.store import StateStore
+from tidegate.routes import RoutesSnapshot
 
 # The values live in reconciler.engine.values; they stay importable from here.
 __all__ = [
@@ -99,6 +102,9 @@ _Decided = tuple[
     Desired,
     Mapping[str, DesiredService],
     float,
+    Mapping[str, Fingerprint],
+    Mapping[str, Entry],
+    set[str],
 ]
 
 
@@ -140,7 +146,8 @@ class Engine(EngineAsks, PassFinish):
         self._prober: Prober = prober or probe_replica
         self._http_prober = http_prober  # dstack `probes:` (a service's own readiness requests)
         self._live_prober = live_prober  # liveness; None: `probe_alive`, or an injected `prober`
-        self._logged_events: set[int] = set()  # history entries already logged (ids, this process)
+        # Per service: its history entries already logged (ids, this process).
+        self._logged_events: dict[str, set[int]] = {}
         self._fault = FaultHook(
             self.settings.fault or os.environ.get("TIDEGATE_FAULT"), os.environ.get("TIDEGATE_FAULT_STALL")
         )
@@ -174,6 +181,11 @@ class Engine(EngineAsks, PassFinish):
         self.lock = threading.RLock()
         self._closing = False
         self._in_use: set[str] = set()  # backends the last pass's desired set used
+        # Services a pass may skip (reconciler.engine.settled), and the document's fingerprints
+        # as of `_last_saved` (the state is serialized again only when one differs).
+        self._settled = Settled()
+        self._saved_fps: tuple[object, dict[str, Fingerprint], tuple[object, ...]] | None = None
+        self._routes_memo: tuple[object, dict[str, Fingerprint], object, RoutesSnapshot] | None = None
         self._dispatch: Dispatcher | None = None
         if self.settings.workers > 0 and not read_only:
             self._dispatch = Dispatcher(
@@ -272,11 +284,13 @@ class Engine(EngineAsks, PassFinish):
             ready = self._decide(snapshot, busy_before, listings)
             if isinstance(ready, PassReport):
                 return ready
-            ds, p, notes, decisions, desired, last_good, now = ready
+            ds, p, notes, decisions, desired, last_good, now, fps, clean, busy = ready
             specs = {**last_good, **(ds.services if ds else {})}
             if self._dispatch is None:
                 outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
-                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+                return self._finish(
+                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (fps, clean, busy)
+                )
             # A new service's record is made here, in memory, so this pass's scaling decision and
             # status land on it (sync_records); its backend calls go to a worker like any other.
             new = tuple(st for st in p.steps if st.action is Action.CREATE_SERVICE)
@@ -285,11 +299,14 @@ class Engine(EngineAsks, PassFinish):
             submitted = self._dispatch.submit([st for st in p.steps if st.action is not Action.CREATE_SERVICE], specs)
             if not (wait and submitted):
                 outcomes = self._dispatch.take_outcomes()
-                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+                return self._finish(
+                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (fps, clean, busy)
+                )
         self._dispatch.wait(submitted)  # the lock is free: the workers need it to record their work
         with self.lock:
             outcomes = self._dispatch.take_outcomes()
-            return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+            # Anything may have changed while the lock was free (workers, stop/start): no skip.
+            return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, None)
 
     def _decide(
         self,
@@ -320,7 +337,9 @@ class Engine(EngineAsks, PassFinish):
         for rec in doc.services.values():
             st = stats.get(rec.name)
             for r in rec.replicas:
-                r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
+                n = st.per_upstream_in_flight.get(r.id, 0) if st else 0
+                if r.in_flight != n:  # a pydantic assignment is not free: 1,000 of them per idle pass
+                    r.in_flight = n
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
         hot = self._hot_now = self._hot(stats, now)
@@ -342,11 +361,18 @@ class Engine(EngineAsks, PassFinish):
             answered_at=answered,
         )
         last_good = self._last_good(ds)
+        # What may be skipped (reconciler.engine.settled): everything that changes a record ran.
+        fps: dict[str, Fingerprint] = {}
+        clean: Mapping[str, Entry] = {}
+        if ds is not None:
+            fps = {n: fingerprint(r) for n, r in doc.services.items()} if settled_mod.enabled else {}
+            clean = self._settled.clean(doc, ds.services, fps, busy)
         desired, decisions, tnotes = build_targets(
-            doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good
-        )
+            doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good,
+            reuse={n: (e.target, e.decision) for n, e in clean.items()},
+        )  # fmt: skip
         notes += tnotes
-        p = plan(desired, doc.services, now)
+        p = plan(desired, doc.services, now, skip=clean.keys())
         if busy:
             # Their work runs on a worker: the plan of a half-applied service is planned again
             # once it settles (level-based: skipping loses nothing).
@@ -356,7 +382,7 @@ class Engine(EngineAsks, PassFinish):
         held = self.outputs.hold_reason(self.doc, acting=not p.empty)
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
-        return ds, p, notes, decisions, desired, last_good, now
+        return ds, p, notes, decisions, desired, last_good, now, fps, clean, busy
 
     def _apply_context(self, now: float, specs: Mapping[str, DesiredService]) -> ApplyContext:
         ctx = ApplyContext(

@@ -1,0 +1,154 @@
+"""Settled services: the per-service work of a pass skipped for services whose inputs did not change.
+
+Why: a pass is level-based (the backends are listed, probes run when due), but most of what it
+does per service — targets, the plan, syncing the records, the status line, the routes, the log
+lines, the state document's JSON — is a pure function of that service's desired object, its
+record and the clock. Over 1,000 services where nothing changed that was ~90 ms of Python per pass.
+
+A service is *settled* when a pass processed it and left it exactly as it found it: no step, no
+field change, no note, its record's fingerprint the same after the pass as before. Such a state is
+a fixed point of the pass, so a later pass that finds the same inputs would compute the same
+nothing again. A service is skipped (`clean`) only when
+
+- its desired object is the very object it settled with (the desired set hands back the same
+  `DesiredService` for a file that did not change; a new revision, env value, token or setting
+  that changes it is a new object), and
+- its record's fingerprint (`fingerprint`: every field, every replica's fields, by value or by
+  identity of immutable parts) equals the one it settled with — observation, probes, liveness,
+  stats (`in_flight`), stop/start and workers all change it, and they all run before the check;
+- and nothing about it depends on the clock: only services with a fixed replica count (no
+  autoscaling: its windows are timers), no service backoff, and every replica READY on the current
+  spec settle (a draining, failed or starting replica, a backoff or retry has a due time; those
+  services are processed every pass as before). The liveness re-probes of READY replicas are
+  timers too, but they run before the check on every pass and change the record when they fail.
+
+Everything else (observe, probes, liveness, the schedule) still runs every pass. The state
+document is serialized only when some fingerprint (or the document's own fields) differs from
+what was last saved or found equal; routes are rebuilt only when some fingerprint changed.
+
+`enabled = False` turns every skip off (the benchmark's "before", and the tests comparing both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from reconciler.engine.autoscale import ScalingDecision
+from reconciler.engine.desired import DesiredService
+from reconciler.engine.plan import Plan, Target
+from reconciler.state.records import ReplicaPhase, ServiceRecord, StateDoc
+
+enabled = True
+
+Fingerprint = tuple[object, ...]
+
+
+def fingerprint(rec: ServiceRecord) -> Fingerprint:
+    """Every field of `rec` and of its replicas: values, and the contents of the mutable containers
+    (lists and dicts are copied into tuples; their elements — history and scaling entries,
+    routes, tunnels — are never edited in place, only replaced). Equal fingerprints: equal records,
+    equal JSON. Excluded fields (`in_flight`, `probed_at`) are in too: a change of them is a change
+    of the plan's inputs."""
+    d = rec.__dict__  # the fields by name (pydantic keeps them there), read without attribute lookups
+    replicas = d["replicas"]
+    if len(replicas) == 1:  # the common case, without a list to build
+        rd = replicas[0].__dict__
+        reps: tuple[object, ...] = (tuple(rd.values()), tuple(rd["secrets"].items()))
+    else:
+        reps = tuple([(tuple(r.__dict__.values()), tuple(r.__dict__["secrets"].items())) for r in replicas])
+    return (
+        tuple(d.values()),
+        tuple(d["env_names"]),
+        tuple(d["spec_summary"].items()),
+        tuple(d["diagnostics"]),
+        tuple(d["scaling"]),
+        tuple(d["history"]),
+        reps,
+    )
+
+
+def doc_key(doc: StateDoc) -> tuple[object, ...]:
+    """The state document's own fields (services aside, serial and updated_at left out as `_dump` does)."""
+    snap = doc.last_snapshot
+    ref = None if snap is None else (snap.revision, snap.root, snap.config_path, tuple(snap.diagnostics))
+    return (doc.schema_version, doc.lineage, doc.journal_seq, ref)
+
+
+@dataclass(frozen=True)
+class Entry:
+    desired: DesiredService  # held, so its identity is never reused while the entry lives
+    fp: Fingerprint
+    target: Target
+    decision: ScalingDecision
+
+
+@dataclass
+class Settled:
+    """The engine's settled services (of one state document) and the fingerprints last saved."""
+
+    doc: StateDoc | None = None
+    entries: dict[str, Entry] = field(default_factory=dict)
+    # Fingerprints (and doc_key) of the document as it was when `_last_saved` was taken.
+    saved: tuple[dict[str, Fingerprint], tuple[object, ...]] | None = None
+
+    def reset(self, doc: StateDoc | None = None) -> None:
+        self.doc, self.entries, self.saved = doc, {}, None
+
+    def clean(self, doc: StateDoc, desired: Mapping[str, DesiredService], fps: Mapping[str, Fingerprint], busy: set[str]) -> dict[str, Entry]:
+        """The services this pass may skip: same desired object, same fingerprint, not busy."""
+        if not enabled or doc is not self.doc:
+            self.reset(doc)
+            return {}
+        out: dict[str, Entry] = {}
+        for name, e in self.entries.items():
+            if desired.get(name) is e.desired and fps.get(name) == e.fp and name not in busy:
+                out[name] = e
+        return out
+
+    def update(
+        self,
+        doc: StateDoc,
+        desired: Mapping[str, DesiredService],
+        targets: Mapping[str, Target],
+        decisions: Mapping[str, ScalingDecision],
+        p: Plan,
+        before: Mapping[str, Fingerprint],
+        after: dict[str, Fingerprint],
+        dirty: set[str],
+        busy: set[str],
+    ) -> None:
+        """After a pass: the services of `dirty` that it left as it found them settle; the others
+        are processed again next pass. A settled service's entry in `after` becomes the very
+        fingerprint object it settled with, so comparing later passes' fingerprint maps (the
+        state's, the routes') is mostly identity checks."""
+        if not enabled or doc is not self.doc:
+            self.reset(doc if enabled else None)
+            return
+        acted = {s.service for s in p.steps} | set(p.changes)
+        for name in dirty:
+            rec, d, t, dec = doc.services.get(name), desired.get(name), targets.get(name), decisions.get(name)
+            fp = before.get(name)
+            if (
+                rec is None or d is None or t is None or dec is None or fp is None
+                or name in acted or name in busy or t.keep or d.scaling is not None
+                or after.get(name) != fp or not _timeless(rec)
+            ):  # fmt: skip
+                self.entries.pop(name, None)
+                continue
+            after[name] = fp
+            self.entries[name] = Entry(d, fp, t, dec)
+        if len(self.entries) > len(doc.services):
+            for name in [n for n in self.entries if n not in doc.services]:
+                del self.entries[name]
+
+
+def _timeless(rec: ServiceRecord) -> bool:
+    """Nothing in the record is due at a time: no backoff, every replica READY on the current spec
+    (no drain, retry or readiness deadline) and answering its liveness probes."""
+    if rec.backoff_until is not None or rec.unrouted_at is not None:
+        return False
+    return all(
+        r.phase is ReplicaPhase.READY and r.spec_hash == rec.spec_hash and not r.probe_failures
+        for r in rec.replicas
+    )
