@@ -71,6 +71,7 @@ class PassFinish:
     _ready_cadence: dict[str, tuple[float, float]]
     _hot_now: set[str]
     _last_probe: dict[str, float]
+    _live_oldest: dict[str, tuple[float, float]]
 
     def _dump(self) -> str:
         return self.doc.model_dump_json(exclude={"serial", "updated_at"})
@@ -145,14 +146,17 @@ class PassFinish:
         specs: Mapping[str, DesiredService],
         outcomes: Sequence[ServiceOutcome],
         now: float,
-        skipping: tuple[Mapping[str, Fingerprint], Mapping[str, Entry], set[str]] | None,
+        skipping: tuple[Mapping[str, Fingerprint], Mapping[str, Entry], set[str]],
+        relocked: bool = False,
     ) -> PassReport:
         """After apply (or dispatch): records synced, then state saved and routes published.
-        `skipping`: the records' fingerprints when the plan was made, the settled services it
-        skipped and the busy ones (reconciler.engine.settled); None: the lock was let go since, so
-        nothing is skipped."""
+        `skipping`: the fingerprints of the records the plan saw, the settled services it skipped
+        (reconciler.engine.settled) and the busy ones. `relocked`: the lock was let go since
+        (anything may have changed meanwhile): nothing more is skipped."""
         doc = self.doc
-        before, clean, busy = skipping if skipping is not None else ({}, {}, set())
+        fps, skipped, busy = skipping
+        before = {**{n: e.fp for n, e in skipped.items()}, **fps} if relocked else fps
+        clean: Mapping[str, Entry] = {} if relocked else skipped
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good, skip=clean)
             self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
@@ -169,7 +173,7 @@ class PassFinish:
         after: dict[str, Fingerprint] | None = None
         if settled_mod.enabled:
             after = {n: (clean[n].fp if n in clean else fingerprint(r)) for n, r in doc.services.items()}
-            if ds is not None and skipping is not None:
+            if ds is not None:
                 dirty = doc.services.keys() - clean.keys()
                 self._settled.update(doc, ds.services, desired.services, decisions, p, before, after, dirty, busy)
         wrote = routes = False
@@ -194,7 +198,7 @@ class PassFinish:
             routes,
             tuple(notes) + p.notes,
             _sooner(next_run_in(self.doc, now, self.settings.drain_min, skip=clean), readiness_due_in(self.doc, self._ready_cadence, self._hot_now, now)),
-            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe, clean, self._live_oldest),
         )
 
     def _held(self, ds: DesiredSet | None, p: Plan, notes: tuple[str, ...], now: float, reason: str) -> PassReport:

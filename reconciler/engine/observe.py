@@ -226,18 +226,21 @@ def probe_pending(
     mask: ReplicaMask = no_mask,
     cadence: MutableMapping[str, tuple[float, float]] | None = None,
     hot: Collection[str] = (),
+    skip: Collection[str] = (),
 ) -> None:
     """Probe every PROVISIONING replica that runs and is due; promote to READY or fail it past the
     timeout. The probes of one pass run at once (`fan_out`), each bounded by its deadline.
     `cadence` (replica id -> (next due, step)) paces each replica; `hot`: services with requests
     held, probed every READY_FAST s. A service with dstack `probes` (`probes`: service -> its
     probes) is ready after `ready_after` rounds of passing probes in a row, a round at most every
-    `interval`."""
+    `interval`. `skip`: services known to have no PROVISIONING replica (reconciler.engine.settled)."""
     pace: MutableMapping[str, tuple[float, float]] = {} if cadence is None else cadence
     jobs: list[tuple[ServiceRecord, ReplicaRecord, Callable[[], ProbeResult | None]]] = []
     waiting: list[tuple[ServiceRecord, ReplicaRecord, str]] = []
     starting: set[str] = set()
     for rec in doc.services.values():
+        if rec.name in skip:
+            continue
         own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
         for r in rec.replicas:
             if r.phase is not ReplicaPhase.PROVISIONING:

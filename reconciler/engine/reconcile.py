@@ -184,6 +184,8 @@ class Engine(EngineAsks, PassFinish):
         # Services a pass may skip (reconciler.engine.settled), and the document's fingerprints
         # as of `_last_saved` (the state is serialized again only when one differs).
         self._settled = Settled()
+        # Per service: its READY replicas' oldest liveness probe and their interval (liveness).
+        self._live_oldest: dict[str, tuple[float, float]] = {}
         self._saved_fps: tuple[object, dict[str, Fingerprint], tuple[object, ...]] | None = None
         self._routes_memo: tuple[object, dict[str, Fingerprint], object, RoutesSnapshot] | None = None
         self._dispatch: Dispatcher | None = None
@@ -306,7 +308,9 @@ class Engine(EngineAsks, PassFinish):
         with self.lock:
             outcomes = self._dispatch.take_outcomes()
             # Anything may have changed while the lock was free (workers, stop/start): no skip.
-            return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, None)
+            return self._finish(
+                snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (fps, clean, busy), True
+            )
 
     def _decide(
         self,
@@ -332,7 +336,6 @@ class Engine(EngineAsks, PassFinish):
             skip=busy,
             listings=listings,
         )
-        self._fill_secrets(doc.services.values())
         stats = self._read_stats(now)
         for rec in doc.services.values():
             st = stats.get(rec.name)
@@ -343,10 +346,19 @@ class Engine(EngineAsks, PassFinish):
         routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
         routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
         hot = self._hot_now = self._hot(stats, now)
+        # Services settled since an earlier pass whose record is as it left them (observed and
+        # measured above): no replica to probe for readiness, and those with no liveness re-probe
+        # due (`quiet`) are not even looked at (reconciler.engine.settled).
+        clean: Mapping[str, Entry] = self._settled.clean(doc, ds.services, busy) if ds is not None else {}
+        # A settled replica's secrets were filled when it settled (its spec's are known since its
+        # desired set was resolved, and one spec hash always means the same secrets).
+        self._fill_secrets([r for n, r in doc.services.items() if n not in clean] if clean else doc.services.values())
         probe_pending(
             doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober,
-            mask=self.mask_replica, cadence=self._ready_cadence, hot=hot,
+            mask=self.mask_replica, cadence=self._ready_cadence, hot=hot, skip=clean,
         )
+        oldest = self._live_oldest
+        quiet = {n for n in clean if (o := oldest.get(n)) is not None and o[0] + o[1] > now}
         answered = {k: v for st in stats.values() for k, v in st.per_upstream_answered_at.items()}
         recheck_ready(
             doc,
@@ -359,14 +371,17 @@ class Engine(EngineAsks, PassFinish):
             self._http_prober,
             mask=self.mask_replica,
             answered_at=answered,
+            skip=quiet,
+            oldest=oldest,
         )
         last_good = self._last_good(ds)
-        # What may be skipped (reconciler.engine.settled): everything that changes a record ran.
+        if len(quiet) < len(clean):  # re-probed: still clean if the probe changed nothing
+            clean = {n: e for n, e in clean.items() if n in quiet or fingerprint(doc.services[n]) == e.fp}
+        # The records of the others as the plan sees them (a service settles when the pass leaves
+        # its record as it found it).
         fps: dict[str, Fingerprint] = {}
-        clean: Mapping[str, Entry] = {}
-        if ds is not None:
-            fps = {n: fingerprint(r) for n, r in doc.services.items()} if settled_mod.enabled else {}
-            clean = self._settled.clean(doc, ds.services, fps, busy)
+        if settled_mod.enabled and ds is not None:
+            fps = {n: fingerprint(r) for n, r in doc.services.items() if n not in clean}
         desired, decisions, tnotes = build_targets(
             doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good,
             reuse={n: (e.target, e.decision) for n, e in clean.items()},

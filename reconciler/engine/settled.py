@@ -41,31 +41,19 @@ from reconciler.state.records import ReplicaPhase, ServiceRecord, StateDoc
 
 enabled = True
 
-Fingerprint = tuple[object, ...]
+# A record's version and its replicas' (reconciler.state.records.Versioned), in order.
+Fingerprint = tuple[int, ...]
 
 
 def fingerprint(rec: ServiceRecord) -> Fingerprint:
-    """Every field of `rec` and of its replicas: values, and the contents of the mutable containers
-    (lists and dicts are copied into tuples; their elements — history and scaling entries,
-    routes, tunnels — are never edited in place, only replaced). Equal fingerprints: equal records,
-    equal JSON. Excluded fields (`in_flight`, `probed_at`) are in too: a change of them is a change
-    of the plan's inputs."""
-    d = rec.__dict__  # the fields by name (pydantic keeps them there), read without attribute lookups
-    replicas = d["replicas"]
+    """The versions of `rec` and of its replicas, in order. Versions are never reused in a process
+    and change on every assignment, `note` and `record_scaling`, so equal fingerprints mean the
+    very same objects, unedited: equal records, equal JSON. Fields left out of the JSON
+    (`in_flight`, `probed_at`) count too: they are inputs of the plan."""
+    replicas = rec.replicas
     if len(replicas) == 1:  # the common case, without a list to build
-        rd = replicas[0].__dict__
-        reps: tuple[object, ...] = (tuple(rd.values()), tuple(rd["secrets"].items()))
-    else:
-        reps = tuple([(tuple(r.__dict__.values()), tuple(r.__dict__["secrets"].items())) for r in replicas])
-    return (
-        tuple(d.values()),
-        tuple(d["env_names"]),
-        tuple(d["spec_summary"].items()),
-        tuple(d["diagnostics"]),
-        tuple(d["scaling"]),
-        tuple(d["history"]),
-        reps,
-    )
+        return (rec.version(), replicas[0].version())
+    return (rec.version(), *[r.version() for r in replicas])
 
 
 def doc_key(doc: StateDoc) -> tuple[object, ...]:
@@ -95,16 +83,20 @@ class Settled:
     def reset(self, doc: StateDoc | None = None) -> None:
         self.doc, self.entries, self.saved = doc, {}, None
 
-    def clean(self, doc: StateDoc, desired: Mapping[str, DesiredService], fps: Mapping[str, Fingerprint], busy: set[str]) -> dict[str, Entry]:
-        """The services this pass may skip: same desired object, same fingerprint, not busy."""
+    def clean(self, doc: StateDoc, desired: Mapping[str, DesiredService], busy: set[str]) -> dict[str, Entry]:
+        """The services this pass may skip: same desired object, same record, not busy."""
         if not enabled or doc is not self.doc:
             self.reset(doc)
             return {}
-        out: dict[str, Entry] = {}
-        for name, e in self.entries.items():
-            if desired.get(name) is e.desired and fps.get(name) == e.fp and name not in busy:
-                out[name] = e
-        return out
+        services = doc.services
+        return {
+            name: e
+            for name, e in self.entries.items()
+            if desired.get(name) is e.desired
+            and name not in busy
+            and (rec := services.get(name)) is not None
+            and fingerprint(rec) == e.fp
+        }
 
     def update(
         self,
