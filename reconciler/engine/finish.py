@@ -146,16 +146,15 @@ class PassFinish:
         specs: Mapping[str, DesiredService],
         outcomes: Sequence[ServiceOutcome],
         now: float,
-        skipping: tuple[Mapping[str, Fingerprint], Mapping[str, Entry], set[str]],
+        skipping: tuple[Mapping[str, Entry], set[str]],
         relocked: bool = False,
     ) -> PassReport:
         """After apply (or dispatch): records synced, then state saved and routes published.
-        `skipping`: the fingerprints of the records the plan saw, the settled services it skipped
-        (reconciler.engine.settled) and the busy ones. `relocked`: the lock was let go since
-        (anything may have changed meanwhile): nothing more is skipped."""
+        `skipping`: the settled services the plan skipped (reconciler.engine.settled) and the busy
+        ones. `relocked`: the lock was let go since (anything may have changed meanwhile): nothing
+        more is skipped, and nothing settles."""
         doc = self.doc
-        fps, skipped, busy = skipping
-        before = {**{n: e.fp for n, e in skipped.items()}, **fps} if relocked else fps
+        skipped, busy = skipping
         clean: Mapping[str, Entry] = {} if relocked else skipped
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good, skip=clean)
@@ -173,9 +172,9 @@ class PassFinish:
         after: dict[str, Fingerprint] | None = None
         if settled_mod.enabled:
             after = {n: (clean[n].fp if n in clean else fingerprint(r)) for n, r in doc.services.items()}
-            if ds is not None:
+            if ds is not None and not relocked:
                 dirty = doc.services.keys() - clean.keys()
-                self._settled.update(doc, ds.services, desired.services, decisions, p, before, after, dirty, busy)
+                self._settled.update(doc, ds.services, desired.services, decisions, p, after, dirty, busy)
         wrote = routes = False
         try:
             wrote = self._save(fps=after)

@@ -38,7 +38,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import BackendRegistry, ReplicaInfo
-from reconciler.engine import settled as settled_mod
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
@@ -102,7 +101,6 @@ _Decided = tuple[
     Desired,
     Mapping[str, DesiredService],
     float,
-    Mapping[str, Fingerprint],
     Mapping[str, Entry],
     set[str],
 ]
@@ -286,12 +284,12 @@ class Engine(EngineAsks, PassFinish):
             ready = self._decide(snapshot, busy_before, listings)
             if isinstance(ready, PassReport):
                 return ready
-            ds, p, notes, decisions, desired, last_good, now, fps, clean, busy = ready
+            ds, p, notes, decisions, desired, last_good, now, clean, busy = ready
             specs = {**last_good, **(ds.services if ds else {})}
             if self._dispatch is None:
                 outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
                 return self._finish(
-                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (fps, clean, busy)
+                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (clean, busy)
                 )
             # A new service's record is made here, in memory, so this pass's scaling decision and
             # status land on it (sync_records); its backend calls go to a worker like any other.
@@ -302,14 +300,14 @@ class Engine(EngineAsks, PassFinish):
             if not (wait and submitted):
                 outcomes = self._dispatch.take_outcomes()
                 return self._finish(
-                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (fps, clean, busy)
+                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (clean, busy)
                 )
         self._dispatch.wait(submitted)  # the lock is free: the workers need it to record their work
         with self.lock:
             outcomes = self._dispatch.take_outcomes()
             # Anything may have changed while the lock was free (workers, stop/start): no skip.
             return self._finish(
-                snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (fps, clean, busy), True
+                snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (clean, busy), True
             )
 
     def _decide(
@@ -377,11 +375,6 @@ class Engine(EngineAsks, PassFinish):
         last_good = self._last_good(ds)
         if len(quiet) < len(clean):  # re-probed: still clean if the probe changed nothing
             clean = {n: e for n, e in clean.items() if n in quiet or fingerprint(doc.services[n]) == e.fp}
-        # The records of the others as the plan sees them (a service settles when the pass leaves
-        # its record as it found it).
-        fps: dict[str, Fingerprint] = {}
-        if settled_mod.enabled and ds is not None:
-            fps = {n: fingerprint(r) for n, r in doc.services.items() if n not in clean}
         desired, decisions, tnotes = build_targets(
             doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good,
             reuse={n: (e.target, e.decision) for n, e in clean.items()},
@@ -397,7 +390,7 @@ class Engine(EngineAsks, PassFinish):
         held = self.outputs.hold_reason(self.doc, acting=not p.empty)
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
-        return ds, p, notes, decisions, desired, last_good, now, fps, clean, busy
+        return ds, p, notes, decisions, desired, last_good, now, clean, busy
 
     def _apply_context(self, now: float, specs: Mapping[str, DesiredService]) -> ApplyContext:
         ctx = ApplyContext(

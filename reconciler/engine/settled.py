@@ -13,18 +13,26 @@ nothing again. A service is skipped (`clean`) only when
 - its desired object is the very object it settled with (the desired set hands back the same
   `DesiredService` for a file that did not change; a new revision, env value, token or setting
   that changes it is a new object), and
-- its record's fingerprint (`fingerprint`: every field, every replica's fields, by value or by
-  identity of immutable parts) equals the one it settled with — observation, probes, liveness,
-  stats (`in_flight`), stop/start and workers all change it, and they all run before the check;
+- its record's fingerprint (`fingerprint`: the versions of the record and of its replicas,
+  reconciler.state.records.Versioned — a new one on every edit, never reused) equals the one it
+  settled with: observation, probes, liveness, stats (`in_flight`), stop/start and workers all
+  edit the record, and all of that runs before the check; and
 - and nothing about it depends on the clock: only services with a fixed replica count (no
   autoscaling: its windows are timers), no service backoff, and every replica READY on the current
   spec settle (a draining, failed or starting replica, a backoff or retry has a due time; those
   services are processed every pass as before). The liveness re-probes of READY replicas are
   timers too, but they run before the check on every pass and change the record when they fail.
 
-Everything else (observe, probes, liveness, the schedule) still runs every pass. The state
-document is serialized only when some fingerprint (or the document's own fields) differs from
-what was last saved or found equal; routes are rebuilt only when some fingerprint changed.
+Still run every pass, for every service: the backends' listings folded into the records
+(observe stays level-based: the backend is the truth), the stats, and the check itself (a few
+dict lookups and two integers per service). Readiness probes skip settled services (none of
+their replicas is starting); liveness re-probes skip those with none due (`Engine._live_oldest`:
+each service's oldest probe and interval) and a service re-probed stays settled only if its
+record did not change. The state document is serialized only when some fingerprint (or the
+document's own fields) differs from when it was last saved or found equal; routes are rebuilt
+only when some fingerprint changed; the history is scanned for new log lines only for the
+services processed; the schedule (`next_run_in`, `recheck_in`) leaves settled services out,
+nothing of theirs being due.
 
 `enabled = False` turns every skip off (the benchmark's "before", and the tests comparing both).
 """
@@ -105,30 +113,32 @@ class Settled:
         targets: Mapping[str, Target],
         decisions: Mapping[str, ScalingDecision],
         p: Plan,
-        before: Mapping[str, Fingerprint],
-        after: dict[str, Fingerprint],
+        after: Mapping[str, Fingerprint],
         dirty: set[str],
         busy: set[str],
     ) -> None:
-        """After a pass: the services of `dirty` that it left as it found them settle; the others
-        are processed again next pass. A settled service's entry in `after` becomes the very
-        fingerprint object it settled with, so comparing later passes' fingerprint maps (the
-        state's, the routes') is mostly identity checks."""
+        """After a pass (`after`: the records' fingerprints now): the services of `dirty` it
+        found nothing to do for settle; the others are processed again next pass.
+
+        Why "nothing to do" is enough: for such a service (no step, no field change, not kept,
+        a fixed count, nothing time-dependent) the only edits of this pass after the plan are
+        `sync_records`'s, which never touch replicas and are idempotent (each field is set to a
+        value computed from the desired object, the decision and fields it does not set). So the
+        next pass, finding the same record and desired object, would compute the same target,
+        an empty plan again, and a sync that changes nothing: this record is a fixed point."""
         if not enabled or doc is not self.doc:
             self.reset(doc if enabled else None)
             return
         acted = {s.service for s in p.steps} | set(p.changes)
         for name in dirty:
             rec, d, t, dec = doc.services.get(name), desired.get(name), targets.get(name), decisions.get(name)
-            fp = before.get(name)
+            fp = after.get(name)
             if (
                 rec is None or d is None or t is None or dec is None or fp is None
-                or name in acted or name in busy or t.keep or d.scaling is not None
-                or after.get(name) != fp or not _timeless(rec)
+                or name in acted or name in busy or t.keep or d.scaling is not None or not _timeless(rec)
             ):  # fmt: skip
                 self.entries.pop(name, None)
                 continue
-            after[name] = fp
             self.entries[name] = Entry(d, fp, t, dec)
         if len(self.entries) > len(doc.services):
             for name in [n for n in self.entries if n not in doc.services]:

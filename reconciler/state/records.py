@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -86,6 +86,17 @@ class Versioned(BaseModel):
     def version(self) -> int:
         private = self.__pydantic_private__
         return int(private["_version"]) if private is not None else 0
+
+    # A copy is another record (`model_copy(update=...)` may even differ): a version of its own.
+    def __copy__(self) -> Self:
+        made = super().__copy__()
+        made._bump()
+        return made
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        made = super().__deepcopy__(memo)
+        made._bump()
+        return made
 
 
 class ReplicaRecord(Versioned):
