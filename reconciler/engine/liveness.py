@@ -161,7 +161,9 @@ def recheck_in(
         for r in rec.replicas
         if _checkable(r)
     ]
-    due += [known[n][0] + interval for n in skip if n in known and n in doc.services and known[n][0] < math.inf]
+    first = min((known[n][0] for n in skip if n in known), default=math.inf)
+    if first < math.inf:
+        due.append(first + interval)
     if not due:
         return None
     return max(0.2, min(due) - now)

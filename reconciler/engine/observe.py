@@ -148,35 +148,44 @@ def observe(
             problems.append(f"backend {bname}: list_owned failed: {type(got).__name__}: {got}")
             continue
         infos = {i.replica_id: i for i in got}
+        take = infos.pop
         for rec in doc.services.values():
-            for r in list(rec.replicas):
+            held = rec.name in skip
+            drained: list[ReplicaRecord] = []
+            for r in rec.replicas:
                 if r.backend != bname:
                     continue
-                info = infos.pop(r.id, None)
-                if rec.name in skip:
+                info = take(r.id, None)
+                if held:
                     continue
-                if info is None or info.status is ReplicaStatus.GONE:
+                status = info.status if info is not None else ReplicaStatus.GONE
+                if status is ReplicaStatus.GONE:
                     if r.phase is ReplicaPhase.DRAINING:
-                        rec.replicas.remove(r)
+                        drained.append(r)
                     elif r.phase is not ReplicaPhase.FAILED:
                         mark_failed(r, "replica is gone from the backend", now, s)
                         rec.note(now, "replica failed", f"{r.id}: gone")
                     continue
-                if r.backend_status != info.status:
-                    r.backend_status = str(info.status)
-                if info.address and info.address != r.address:
-                    r.address = info.address
-                if info.address and info.tunnel != r.tunnel:
+                assert info is not None
+                # Each field assigned only when it differs (an assignment is a record edit).
+                if r.backend_status != status:
+                    r.backend_status = str(status)
+                address = info.address
+                if address and address != r.address:
+                    r.address = address
+                if address and info.tunnel != r.tunnel:
                     r.tunnel = info.tunnel
                 if info.handle and info.handle != r.handle:
                     r.handle = info.handle
-                if info.status is ReplicaStatus.EXITED and r.phase in (
+                if status is ReplicaStatus.EXITED and r.phase in (
                     ReplicaPhase.PROVISIONING,
                     ReplicaPhase.READY,
                 ):
                     message = mask(r, info.message) if info.message else "exited"
                     mark_failed(r, message, now, s)
                     rec.note(now, "replica failed", f"{r.id}: {message}")
+            for r in drained:
+                rec.replicas.remove(r)
         for info in infos.values():
             if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
                 continue  # on its way out (a delete we already made): nothing to adopt

@@ -38,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import BackendRegistry, ReplicaInfo
+from reconciler.config.models import ProbeSpec
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
@@ -71,7 +72,7 @@ from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
 from reconciler.state.redact import SecretBook
 from reconciler.state.store import StateStore
-from tidegate.routes import RoutesSnapshot
+from tidegate.routes import ModelRoute, RoutesSnapshot
 
 # The values live in reconciler.engine.values; they stay importable from here.
 __all__ = [
@@ -91,6 +92,9 @@ DEMAND_HOT = 30.0  # a demand signal keeps its service's readiness probes fast t
 # `close()` waits this long for work running on workers before it returns (their intents are
 # journaled, so whatever is cut short is settled by the next start).
 STOP_TIMEOUT = 10.0
+
+# Per service of a desired set: spec hash; the backends used; model route; probes.
+_Maps = tuple[dict[str, str], set[str], dict[str, ModelRoute | None], dict[str, tuple[ProbeSpec, ...]]]
 
 # What `_decide` hands to the apply half of a pass.
 _Decided = tuple[
@@ -182,6 +186,8 @@ class Engine(EngineAsks, PassFinish):
         # Services a pass may skip (reconciler.engine.settled), and the document's fingerprints
         # as of `_last_saved` (the state is serialized again only when one differs).
         self._settled = Settled()
+        self._maps: tuple[DesiredSet | None, _Maps] | None = None  # the desired set's per-service maps
+        self._in_flight_at: set[str] = set()  # services with a replica's in_flight above 0
         # Per service: its READY replicas' oldest liveness probe and their interval (liveness).
         self._live_oldest: dict[str, tuple[float, float]] = {}
         self._saved_fps: tuple[object, dict[str, Fingerprint], tuple[object, ...]] | None = None
@@ -321,12 +327,11 @@ class Engine(EngineAsks, PassFinish):
         doc = self.doc
         busy = busy_before | self.busy()
         ds = self._desired(snapshot)
-        hashes = {n: d.spec_hash for n, d in (ds.services.items() if ds else [])}
-        self._in_use = {d.backend for d in (ds.services.values() if ds else [])}
+        hashes, self._in_use, routes_models, routes_probes = self._desired_maps(ds)
         notes = observe(
             doc,
             self.backends,
-            {d.backend for d in (ds.services.values() if ds else [])},
+            self._in_use,
             now,
             self._observe,
             hashes,
@@ -335,14 +340,7 @@ class Engine(EngineAsks, PassFinish):
             listings=listings,
         )
         stats = self._read_stats(now)
-        for rec in doc.services.values():
-            st = stats.get(rec.name)
-            for r in rec.replicas:
-                n = st.per_upstream_in_flight.get(r.id, 0) if st else 0
-                if r.in_flight != n:  # a pydantic assignment is not free: 1,000 of them per idle pass
-                    r.in_flight = n
-        routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
-        routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
+        self._note_in_flight(stats)
         hot = self._hot_now = self._hot(stats, now)
         # Services settled since an earlier pass whose record is as it left them (observed and
         # measured above): no replica to probe for readiness, and those with no liveness re-probe
@@ -391,6 +389,42 @@ class Engine(EngineAsks, PassFinish):
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
         return ds, p, notes, decisions, desired, last_good, now, clean, busy
+
+    def _desired_maps(
+        self, ds: DesiredSet | None
+    ) -> _Maps:
+        """Per service of `ds`: spec hash, backends used, model route, probes (kept while the
+        loader hands back the same desired set)."""
+        known = self._maps
+        if known is not None and known[0] is ds:
+            return known[1]
+        services = ds.services if ds is not None else {}
+        maps = (
+            {n: d.spec_hash for n, d in services.items()},
+            {d.backend for d in services.values()},
+            {n: d.route.model for n, d in services.items()},
+            {n: d.route.probes for n, d in services.items()},
+        )
+        self._maps = (ds, maps)
+        return maps
+
+    def _note_in_flight(self, stats: Mapping[str, ServiceStats]) -> None:
+        """Each replica's requests in flight, from the gateway's stats (0 when not listed).
+        Only services in the stats, or with a count above 0 from an earlier pass, are looked at:
+        every other replica is at 0 already (the field is set nowhere else and not persisted)."""
+        doc, counted = self.doc, set()
+        for name in stats.keys() | self._in_flight_at:
+            rec = doc.services.get(name)
+            if rec is None:
+                continue
+            st = stats.get(name)
+            for r in rec.replicas:
+                n = st.per_upstream_in_flight.get(r.id, 0) if st else 0
+                if r.in_flight != n:  # assigned only when it differs: an assignment is a record edit
+                    r.in_flight = n
+                if n:
+                    counted.add(name)
+        self._in_flight_at = counted
 
     def _apply_context(self, now: float, specs: Mapping[str, DesiredService]) -> ApplyContext:
         ctx = ApplyContext(

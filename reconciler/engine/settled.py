@@ -58,10 +58,11 @@ def fingerprint(rec: ServiceRecord) -> Fingerprint:
     and change on every assignment, `note` and `record_scaling`, so equal fingerprints mean the
     very same objects, unedited: equal records, equal JSON. Fields left out of the JSON
     (`in_flight`, `probed_at`) count too: they are inputs of the plan."""
+    # `version()` inlined: this runs for every service on every pass.
     replicas = rec.replicas
     if len(replicas) == 1:  # the common case, without a list to build
-        return (rec.version(), replicas[0].version())
-    return (rec.version(), *[r.version() for r in replicas])
+        return (rec.__pydantic_private__["_version"], replicas[0].__pydantic_private__["_version"])  # type: ignore[index]
+    return (rec.__pydantic_private__["_version"], *[r.__pydantic_private__["_version"] for r in replicas])  # type: ignore[index]
 
 
 def doc_key(doc: StateDoc) -> tuple[object, ...]:
