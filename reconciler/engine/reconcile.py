@@ -370,6 +370,9 @@ class Engine(EngineAsks, PassFinish):
             skip=quiet,
             oldest=oldest,
         )
+        if len(oldest) > len(doc.services):  # services gone since
+            for name in [n for n in oldest if n not in doc.services]:
+                del oldest[name]
         last_good = self._last_good(ds)
         if len(quiet) < len(clean):  # re-probed: still clean if the probe changed nothing
             clean = {n: e for n, e in clean.items() if n in quiet or fingerprint(doc.services[n]) == e.fp}

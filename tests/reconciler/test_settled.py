@@ -11,6 +11,7 @@ state document and routes.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,6 +96,10 @@ class Side:
     def state_json(self) -> dict[str, Any]:
         return self.engine.doc.model_dump(mode="json", exclude={"serial", "updated_at", "lineage"})
 
+    def state_file(self) -> dict[str, Any]:
+        saved = json.loads((self.state / "state.json").read_text())
+        return {k: v for k, v in saved.items() if k not in ("serial", "updated_at", "lineage")}
+
     def routes(self) -> dict[str, Any]:
         return read_snapshot(self.state).model_dump(mode="json", exclude={"serial"})
 
@@ -133,6 +138,7 @@ class Twins:
         a, b = (side.reconcile(self.snap) for side in self.sides)
         assert _summary(a) == _summary(b)
         assert self.on.state_json() == self.off.state_json()
+        assert self.on.state_file() == self.off.state_file() == self.on.state_json()  # written, not stale
         assert self.on.routes() == self.off.routes()
         self.both(lambda s: setattr(s.clock, "t", s.clock.t + dt))
         return a
