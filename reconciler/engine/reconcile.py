@@ -21,6 +21,10 @@ record. The state written never claims a journal intent still in flight (`Journa
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
 
+Services that a pass found nothing to do for are *settled* (reconciler.engine.settled): while
+their desired object and record versions stay the same, later passes skip their targets, plan,
+sync, probes not due, state serialization and routes; observation still lists every backend.
+
 When the state cannot be persisted (state.json unreadable or changed under us, the disk full or
 read-only) a pass takes no action that changes what runs (see reconciler.engine.persist): it still
 observes and probes, keeps the last published routes, says why once in the log (`state_fault`),
@@ -38,7 +42,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import BackendRegistry, ReplicaInfo
-from reconciler.config.models import ProbeSpec
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
@@ -55,6 +58,7 @@ from reconciler.engine.observe import (
     probe_pending,
     settle_journal,
 )
+from reconciler.engine.pass_inputs import DesiredMaps, note_in_flight
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Action, Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_alive, probe_http, probe_replica
@@ -72,7 +76,7 @@ from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
 from reconciler.state.redact import SecretBook
 from reconciler.state.store import StateStore
-from tidegate.routes import ModelRoute, RoutesSnapshot
+from tidegate.routes import RoutesSnapshot
 
 # The values live in reconciler.engine.values; they stay importable from here.
 __all__ = [
@@ -92,9 +96,6 @@ DEMAND_HOT = 30.0  # a demand signal keeps its service's readiness probes fast t
 # `close()` waits this long for work running on workers before it returns (their intents are
 # journaled, so whatever is cut short is settled by the next start).
 STOP_TIMEOUT = 10.0
-
-# Per service of a desired set: spec hash; the backends used; model route; probes.
-_Maps = tuple[dict[str, str], set[str], dict[str, ModelRoute | None], dict[str, tuple[ProbeSpec, ...]]]
 
 # What `_decide` hands to the apply half of a pass.
 _Decided = tuple[
@@ -186,7 +187,7 @@ class Engine(EngineAsks, PassFinish):
         # Services a pass may skip (reconciler.engine.settled), and the document's fingerprints
         # as of `_last_saved` (the state is serialized again only when one differs).
         self._settled = Settled()
-        self._maps: tuple[DesiredSet | None, _Maps] | None = None  # the desired set's per-service maps
+        self._maps = DesiredMaps()  # the desired set's per-service maps
         self._in_flight_at: set[str] = set()  # services with a replica's in_flight above 0
         # Per service: its READY replicas' oldest liveness probe and their interval (liveness).
         self._live_oldest: dict[str, tuple[float, float]] = {}
@@ -327,7 +328,7 @@ class Engine(EngineAsks, PassFinish):
         doc = self.doc
         busy = busy_before | self.busy()
         ds = self._desired(snapshot)
-        hashes, self._in_use, routes_models, routes_probes = self._desired_maps(ds)
+        hashes, self._in_use, routes_models, routes_probes = self._maps.of(ds)
         notes = observe(
             doc,
             self.backends,
@@ -340,7 +341,7 @@ class Engine(EngineAsks, PassFinish):
             listings=listings,
         )
         stats = self._read_stats(now)
-        self._note_in_flight(stats)
+        self._in_flight_at = note_in_flight(doc, stats, self._in_flight_at)
         hot = self._hot_now = self._hot(stats, now)
         # Services settled since an earlier pass whose record is as it left them (observed and
         # measured above): no replica to probe for readiness, and those with no liveness re-probe
@@ -392,42 +393,6 @@ class Engine(EngineAsks, PassFinish):
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
         return ds, p, notes, decisions, desired, last_good, now, clean, busy
-
-    def _desired_maps(
-        self, ds: DesiredSet | None
-    ) -> _Maps:
-        """Per service of `ds`: spec hash, backends used, model route, probes (kept while the
-        loader hands back the same desired set)."""
-        known = self._maps
-        if known is not None and known[0] is ds:
-            return known[1]
-        services = ds.services if ds is not None else {}
-        maps = (
-            {n: d.spec_hash for n, d in services.items()},
-            {d.backend for d in services.values()},
-            {n: d.route.model for n, d in services.items()},
-            {n: d.route.probes for n, d in services.items()},
-        )
-        self._maps = (ds, maps)
-        return maps
-
-    def _note_in_flight(self, stats: Mapping[str, ServiceStats]) -> None:
-        """Each replica's requests in flight, from the gateway's stats (0 when not listed).
-        Only services in the stats, or with a count above 0 from an earlier pass, are looked at:
-        every other replica is at 0 already (the field is set nowhere else and not persisted)."""
-        doc, counted = self.doc, set()
-        for name in stats.keys() | self._in_flight_at:
-            rec = doc.services.get(name)
-            if rec is None:
-                continue
-            st = stats.get(name)
-            for r in rec.replicas:
-                n = st.per_upstream_in_flight.get(r.id, 0) if st else 0
-                if r.in_flight != n:  # assigned only when it differs: an assignment is a record edit
-                    r.in_flight = n
-                if n:
-                    counted.add(name)
-        self._in_flight_at = counted
 
     def _apply_context(self, now: float, specs: Mapping[str, DesiredService]) -> ApplyContext:
         ctx = ApplyContext(
