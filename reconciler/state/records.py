@@ -87,6 +87,18 @@ class Versioned(BaseModel):
         private = self.__pydantic_private__
         return int(private["_version"]) if private is not None else 0
 
+    def __eq__(self, other: object) -> bool:
+        """Equal fields (the version is bookkeeping, not content: pydantic would compare it)."""
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.__dict__ == other.__dict__
+            and self.__pydantic_extra__ == other.__pydantic_extra__
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any pydantic model
+
     # A copy is another record (`model_copy(update=...)` may even differ): a version of its own.
     def __copy__(self) -> Self:
         made = super().__copy__()
