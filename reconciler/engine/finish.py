@@ -19,7 +19,7 @@ from reconciler.engine.apply import FaultHook, ServiceOutcome
 from reconciler.engine.autoscale import ScalingDecision
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
-from reconciler.engine.liveness import recheck_in
+from reconciler.engine.liveness import LiveDue, recheck_in
 from reconciler.engine.observe import readiness_due_in
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Desired, Plan
@@ -71,7 +71,7 @@ class PassFinish:
     _ready_cadence: dict[str, tuple[float, float]]
     _hot_now: set[str]
     _last_probe: dict[str, float]
-    _live_oldest: dict[str, tuple[float, float]]
+    _live_oldest: LiveDue
 
     def _dump(self) -> str:
         return self.doc.model_dump_json(exclude={"serial", "updated_at"})

@@ -57,6 +57,21 @@ def live_timeout(base: float, in_flight: int) -> float:
     return min(MAX_TIMEOUT, max(base, base + LOAD_SLACK * max(0, in_flight)))
 
 
+class LiveDue(dict[str, tuple[float, float]]):
+    """Per service: its READY replicas' oldest liveness probe and their interval (inf: none to
+    probe). `soonest` is never later than the earliest `first + interval` of the entries (entries
+    are written through `note`, which keeps it so; `settle` makes it exact again)."""
+
+    soonest: float = math.inf
+
+    def note(self, name: str, first: float, interval: float) -> None:
+        self[name] = (first, interval)
+        self.soonest = min(self.soonest, first + interval)
+
+    def settle(self) -> None:
+        self.soonest = min((first + interval for first, interval in self.values()), default=math.inf)
+
+
 def recheck_ready(
     doc: StateDoc,
     prober: Prober,
@@ -69,7 +84,7 @@ def recheck_ready(
     mask: ReplicaMask = no_mask,
     answered_at: Mapping[str, float] | None = None,
     skip: Collection[str] = (),
-    oldest: MutableMapping[str, tuple[float, float]] | None = None,
+    oldest: LiveDue | None = None,
 ) -> list[str]:
     """Probe every READY replica whose last probe is `recheck_interval` old (a service with dstack
     `probes`: their smallest `interval`, and those probes), all at once. `answered_at`: replica id
@@ -111,7 +126,7 @@ def recheck_ready(
                 model = routes.get(rec.name, rec.route.model if rec.route else None)
                 jobs.append((rec, r, partial(guarded, partial(prober, r.address, model, timeout))))
         if oldest is not None:
-            oldest[rec.name] = (first, interval)
+            oldest.note(rec.name, first, interval)
     results = fan_out([job for _, _, job in jobs])
     for (rec, r, _), res in zip(jobs, results, strict=True):
         detail = mask(r, res.detail)

@@ -49,7 +49,7 @@ from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.finish import PassFinish
-from reconciler.engine.liveness import recheck_ready
+from reconciler.engine.liveness import LiveDue, recheck_ready
 from reconciler.engine.observe import (
     ObserveSettings,
     Prober,
@@ -190,7 +190,7 @@ class Engine(EngineAsks, PassFinish):
         self._maps = DesiredMaps()  # the desired set's per-service maps
         self._in_flight_at: set[str] = set()  # services with a replica's in_flight above 0
         # Per service: its READY replicas' oldest liveness probe and their interval (liveness).
-        self._live_oldest: dict[str, tuple[float, float]] = {}
+        self._live_oldest = LiveDue()
         self._saved_fps: tuple[object, dict[str, Fingerprint], tuple[object, ...]] | None = None
         self._routes_memo: tuple[object, dict[str, Fingerprint], object, RoutesSnapshot] | None = None
         self._dispatch: Dispatcher | None = None
@@ -355,7 +355,9 @@ class Engine(EngineAsks, PassFinish):
             mask=self.mask_replica, cadence=self._ready_cadence, hot=hot, skip=clean,
         )
         oldest = self._live_oldest
-        quiet = {n for n in clean if (o := oldest.get(n)) is not None and o[0] + o[1] > now}
+        # None due at all (the common idle pass): every settled service is quiet, no lookup each.
+        fast = now < oldest.soonest and clean.keys() <= oldest.keys()
+        quiet = clean.keys() if fast else {n for n in clean if (o := oldest.get(n)) is not None and o[0] + o[1] > now}
         answered = {k: v for st in stats.values() for k, v in st.per_upstream_answered_at.items()}
         recheck_ready(
             doc,
@@ -374,7 +376,10 @@ class Engine(EngineAsks, PassFinish):
         if len(oldest) > len(doc.services):  # services gone since
             for name in [n for n in oldest if n not in doc.services]:
                 del oldest[name]
-        last_good = self._last_good(ds)
+        if not fast:
+            oldest.settle()
+        # Only a service whose file broke has a last good spec: none without a failed file.
+        last_good = self._last_good(ds) if ds is not None and ds.failed else {}
         if len(quiet) < len(clean):  # re-probed: still clean if the probe changed nothing
             clean = {n: e for n, e in clean.items() if n in quiet or fingerprint(doc.services[n]) == e.fp}
         desired, decisions, tnotes = build_targets(
