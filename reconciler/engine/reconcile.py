@@ -384,7 +384,7 @@ class Engine(EngineAsks, PassFinish):
             clean = {n: e for n, e in clean.items() if n in quiet or fingerprint(doc.services[n]) == e.fp}
         desired, decisions, tnotes = build_targets(
             doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good,
-            reuse={n: (e.target, e.decision) for n, e in clean.items()},
+            reuse={n: e.pair for n, e in clean.items()},
         )  # fmt: skip
         notes += tnotes
         p = plan(desired, doc.services, now, skip=clean.keys())

@@ -76,8 +76,7 @@ def doc_key(doc: StateDoc) -> tuple[object, ...]:
 class Entry:
     desired: DesiredService  # held, so its identity is never reused while the entry lives
     fp: Fingerprint
-    target: Target
-    decision: ScalingDecision
+    pair: tuple[Target, ScalingDecision]  # what the pass that settled it decided (taken as it is)
 
 
 @dataclass
@@ -140,7 +139,7 @@ class Settled:
             ):  # fmt: skip
                 self.entries.pop(name, None)
                 continue
-            self.entries[name] = Entry(d, fp, t, dec)
+            self.entries[name] = Entry(d, fp, (t, dec))
         if len(self.entries) > len(doc.services):
             for name in [n for n in self.entries if n not in doc.services]:
                 del self.entries[name]
