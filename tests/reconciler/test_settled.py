@@ -105,7 +105,7 @@ class Side:
 
 
 class Twins:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **settings: Any) -> None:
         self.tmp = tmp
         self.root = tmp / "repo"
         files = {
@@ -119,11 +119,11 @@ class Twins:
             (self.root / name / ".dstack.yml").write_text(text)
         self.snap = Snapshot("1" * 40, self.root)
         env = {"TOKEN": "t0k3n-one"}
-        self.on = Side(tmp / "on", True, env)
+        self.on = Side(tmp / "on", True, env, **settings)
         # The same installation (salt): equal spec hashes and replica ids on both sides.
         (tmp / "off").mkdir()
         shutil.copy(tmp / "on" / "installation.json", tmp / "off" / "installation.json")
-        self.off = Side(tmp / "off", False, env)
+        self.off = Side(tmp / "off", False, env, **settings)
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -161,9 +161,10 @@ def _summary(r: PassReport) -> tuple[object, ...]:
     return (r.revision, steps, dict(r.plan.changes), r.notes, r.wrote_state, r.wrote_routes, r.next_run_in, r.recheck_in)
 
 
-@pytest.fixture
-def twins(tmp_path: Path) -> Iterator[Twins]:
-    t = Twins(tmp_path)
+@pytest.fixture(params=[0, 2], ids=["serial", "workers"])
+def twins(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Twins]:
+    # workers: each service's steps on the worker pool, the pass waiting for them (`apply`).
+    t = Twins(tmp_path, workers=request.param)
     try:
         t.settle()
         yield t
