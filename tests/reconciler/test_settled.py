@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from fakes import FakeBackend, FakeProber
 
-from backends.base import BackendRegistry, ReplicaStatus
+from backends.base import BackendRegistry, ReplicaStatus, TemporaryError
 from reconciler.engine import settled
 from reconciler.engine.autoscale import ServiceStats
 from reconciler.engine.reconcile import Engine, EngineSettings, PassReport, Snapshot
@@ -248,3 +248,18 @@ def test_a_new_token_or_setting_is_acted_on_alike(twins: Twins) -> None:
     _run(twins, passes=10, dt=3.0)
     twins.both(lambda s: s.reopen(recheck_interval=3.0))
     _run(twins, passes=4, dt=2.0)
+
+
+def test_a_backend_error_and_its_backoff_run_out_alike(twins: Twins) -> None:
+    def break_b(s: Side) -> None:
+        s.backend.create_errors["svc-b"] = TemporaryError("no capacity right now")
+        s.backend.replicas.pop(_replica(s, "svc-b"))
+
+    twins.both(break_b)
+    _run(twins, passes=4, dt=2.0)
+    assert twins.on.engine.doc.services["svc-b"].backoff_until is not None or any(
+        r.phase is ReplicaPhase.FAILED for r in twins.on.engine.doc.services["svc-b"].replicas
+    )
+    twins.both(lambda s: s.backend.create_errors.clear())
+    _run(twins, passes=12, dt=5.0)  # the backoff runs out: restarted, ready, settled again
+    assert "svc-b" in twins.on.engine._settled.entries
