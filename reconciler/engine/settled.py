@@ -5,10 +5,11 @@ does per service — targets, the plan, syncing the records, the status line, th
 lines, the state document's JSON — is a pure function of that service's desired object, its
 record and the clock. Over 1,000 services where nothing changed that was ~90 ms of Python per pass.
 
-A service is *settled* when a pass processed it and left it exactly as it found it: no step, no
-field change, no note, its record's fingerprint the same after the pass as before. Such a state is
-a fixed point of the pass, so a later pass that finds the same inputs would compute the same
-nothing again. A service is skipped (`clean`) only when
+A service is *settled* when a pass found nothing to do for it: no step, no field change, not
+kept, nothing time-dependent (below). The only edits of that pass after its plan were
+`sync_records`'s, which never touch replicas and are idempotent, so the record it left is a fixed
+point of the pass: a later pass that finds the same inputs would compute the same nothing again
+(`Settled.update` says why in more detail). A service is skipped (`clean`) only when
 
 - its desired object is the very object it settled with (the desired set hands back the same
   `DesiredService` for a file that did not change; a new revision, env value, token or setting
@@ -17,7 +18,7 @@ nothing again. A service is skipped (`clean`) only when
   reconciler.state.records.Versioned — a new one on every edit, never reused) equals the one it
   settled with: observation, probes, liveness, stats (`in_flight`), stop/start and workers all
   edit the record, and all of that runs before the check; and
-- and nothing about it depends on the clock: only services with a fixed replica count (no
+- nothing about it depends on the clock: only services with a fixed replica count (no
   autoscaling: its windows are timers), no service backoff, and every replica READY on the current
   spec settle (a draining, failed or starting replica, a backoff or retry has a due time; those
   services are processed every pass as before). The liveness re-probes of READY replicas are
