@@ -22,7 +22,8 @@ point of the pass: a later pass that finds the same inputs would compute the sam
   autoscaling: its windows are timers), no service backoff, and every replica READY on the current
   spec settle (a draining, failed or starting replica, a backoff or retry has a due time; those
   services are processed every pass as before). The liveness re-probes of READY replicas are
-  timers too, but they run before the check on every pass and change the record when they fail.
+  timers too: a settled service with one due is re-probed before the plan, and stays clean only
+  if that left its record as it was (a failing probe edits it).
 
 Still run every pass, for every service: the backends' listings folded into the records
 (observe stays level-based: the backend is the truth), the stats, and the check itself (a few
