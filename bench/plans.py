@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from backends.base import BackendRegistry  # noqa: E402
 from bench.reconcile import SERVICE, write_tree  # noqa: E402
 from reconciler.config import loader, yamldoc  # noqa: E402
-from reconciler.engine import memo  # noqa: E402
+from reconciler.engine import memo, settled  # noqa: E402
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
 from reconciler.source import code_files  # noqa: E402
 from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
@@ -46,13 +46,13 @@ def mode(fast: bool) -> Iterator[None]:
     saved = yamldoc.FAST_LOADER
     loader.PARSE_CACHE.clear()
     memo.clear_all()
-    loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = fast
+    loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = fast
     yamldoc.FAST_LOADER = saved if fast else None
     try:
         yield
     finally:
         yamldoc.FAST_LOADER = saved
-        loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = True
+        loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = True
         loader.PARSE_CACHE.clear()
         memo.clear_all()
 

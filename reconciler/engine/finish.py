@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reconciler.engine import settled as settled_mod
 from reconciler.engine.apply import FaultHook, ServiceOutcome
 from reconciler.engine.autoscale import ScalingDecision
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
-from reconciler.engine.liveness import recheck_in
+from reconciler.engine.liveness import LiveDue, recheck_in
 from reconciler.engine.observe import readiness_due_in
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Desired, Plan
 from reconciler.engine.schedule import next_run_in
+from reconciler.engine.settled import Entry, Fingerprint, Settled, doc_key, fingerprint
 from reconciler.engine.targets import sync_records
 from reconciler.engine.values import DesiredExtension, EngineSettings, PassReport, SnapshotLike
 from reconciler.state.errors import StateError
@@ -62,25 +64,46 @@ class PassFinish:
     _loader: DesiredLoader
     _demand: set[str]
     _scaling_reason: dict[str, str]
-    _logged_events: set[int]
+    _logged_events: dict[str, set[int]]
+    _settled: Settled
+    _saved_fps: tuple[object, dict[str, Fingerprint], tuple[object, ...]] | None
+    _routes_memo: tuple[object, dict[str, Fingerprint], object, RoutesSnapshot] | None
     _ready_cadence: dict[str, tuple[float, float]]
     _hot_now: set[str]
     _last_probe: dict[str, float]
+    _live_oldest: LiveDue
 
     def _dump(self) -> str:
         return self.doc.model_dump_json(exclude={"serial", "updated_at"})
 
-    def _save(self, force: bool = False) -> bool:
+    def _fingerprints(self) -> dict[str, Fingerprint] | None:
+        if not settled_mod.enabled:
+            return None
+        return {n: fingerprint(r) for n, r in self.doc.services.items()}
+
+    def _save(self, force: bool = False, fps: dict[str, Fingerprint] | None = None) -> bool:
+        """Write the state when it differs from what was last saved. `fps`: the fingerprints of
+        the records now (reconciler.engine.settled); equal to those of the document as last saved
+        (and the document's own fields equal), it is not even serialized to compare."""
         with self.lock:
             if self._closing:
                 return False
             # Not past an intent still in flight on a worker: a crash now settles it on restart.
             self.doc.journal_seq = self.journal.settled_seq
-            dumped = self._dump()
-            if not force and dumped == self._last_saved:
+            key = doc_key(self.doc)
+            known = self._saved_fps
+            if not force and fps is not None and known is not None and known[0] is self.doc and known[2] == key and known[1] == fps:
                 return False
+            dumped = self._dump()
+            if fps is None:
+                fps = self._fingerprints()
+            if not force and dumped == self._last_saved:
+                self._saved_fps = (self.doc, fps, key) if fps is not None else None
+                return False
+            self._saved_fps = None  # until the save below succeeded
             self.store.save(self.doc)
             self._last_saved = self._dump()
+            self._saved_fps = (self.doc, fps, key) if fps is not None else None
             self._last_checkpoint = self.clock()
             if self.journal.open_intents():
                 self._fault("open_state_write")
@@ -92,8 +115,21 @@ class PassFinish:
         """Why passes take no action that changes what runs (the state cannot be saved), or None."""
         return self.outputs.fault
 
-    def _publish_routes(self, force: bool = False, hold: bool = False) -> bool:
-        return self.outputs.publish_routes(lambda: self.routes, force=force, hold=hold)
+    def _publish_routes(self, force: bool = False, hold: bool = False, fps: dict[str, Fingerprint] | None = None) -> bool:
+        return self.outputs.publish_routes(lambda: self._routes(fps), force=force, hold=hold)
+
+    def _routes(self, fps: dict[str, Fingerprint] | None) -> RoutesSnapshot:
+        """`routes`, rebuilt only when a record's fingerprint (`fps`, the records now) or the preview
+        PRs changed since the last build (the revision and serial are the document's own)."""
+        prs = self.extension.preview_prs() if self.extension is not None else None
+        revision = self.doc.last_snapshot.revision if self.doc.last_snapshot else None
+        memo = self._routes_memo
+        fresh = memo is not None and memo[0] is self.doc and memo[2] == prs and memo[3].revision == revision
+        if fps is not None and memo is not None and fresh and memo[1] == fps:
+            return memo[3].model_copy(update={"serial": self.doc.serial})
+        snap = build_routes(self.doc, self.settings.domain, prs)
+        self._routes_memo = (self.doc, fps, prs, snap) if fps is not None else None
+        return snap
 
     def _compact(self) -> None:
         self.outputs.compact(self.doc.journal_seq)
@@ -110,11 +146,18 @@ class PassFinish:
         specs: Mapping[str, DesiredService],
         outcomes: Sequence[ServiceOutcome],
         now: float,
+        skipping: tuple[Mapping[str, Entry], set[str]],
+        relocked: bool = False,
     ) -> PassReport:
-        """After apply (or dispatch): records synced, then state saved and routes published."""
+        """After apply (or dispatch): records synced, then state saved and routes published.
+        `skipping`: the settled services the plan skipped (reconciler.engine.settled) and the busy
+        ones. `relocked`: the lock was let go since (anything may have changed meanwhile): nothing
+        more is skipped, and nothing settles."""
         doc = self.doc
+        skipped, busy = skipping
+        clean: Mapping[str, Entry] = {} if relocked else skipped
         if ds is not None:
-            sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
+            sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good, skip=clean)
             self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
             if snapshot is not None:
                 doc.last_snapshot = SnapshotRef(
@@ -125,11 +168,17 @@ class PassFinish:
                 )
         # A demand is answered by the decision it fed (or moot: stopped, removed, blocked).
         self._demand -= set(decisions) | (self._demand - set(ds.services if ds else ()))
-        self._logged_events = _log_events(p, doc, now, self._logged_events)
+        self._logged_events = _log_events(p, doc, now, self._logged_events, clean)
+        after: dict[str, Fingerprint] | None = None
+        if settled_mod.enabled:
+            after = {n: (clean[n].fp if n in clean else fingerprint(r)) for n, r in doc.services.items()}
+            if ds is not None and not relocked:
+                dirty = doc.services.keys() - clean.keys()
+                self._settled.update(doc, ds.services, desired.services, decisions, p, after, dirty, busy)
         wrote = routes = False
         try:
-            wrote = self._save()
-            routes = self._publish_routes(force=self.outputs.routes_key is None)
+            wrote = self._save(fps=after)
+            routes = self._publish_routes(force=self.outputs.routes_key is None, fps=after)
             self._compact()
         except StateError as e:
             self.outputs.set_fault(str(e))
@@ -147,8 +196,8 @@ class PassFinish:
             wrote,
             routes,
             tuple(notes) + p.notes,
-            _sooner(next_run_in(self.doc, now, self.settings.drain_min), readiness_due_in(self.doc, self._ready_cadence, self._hot_now, now)),
-            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe),
+            _sooner(next_run_in(self.doc, now, self.settings.drain_min, skip=clean), readiness_due_in(self.doc, self._ready_cadence, self._hot_now, now)),
+            recheck_in(self.doc, now, self.settings.recheck_interval, self._last_probe, clean, self._live_oldest),
         )
 
     def _held(self, ds: DesiredSet | None, p: Plan, notes: tuple[str, ...], now: float, reason: str) -> PassReport:
@@ -184,20 +233,27 @@ class PassFinish:
         return build_routes(self.doc, self.settings.domain, prs)
 
 
-def _log_events(p: Plan, doc: StateDoc, now: float, logged: set[int]) -> set[int]:
+def _log_events(
+    p: Plan, doc: StateDoc, now: float, logged: dict[str, set[int]], skip: Collection[str] = ()
+) -> dict[str, set[int]]:
     """One log line per event of this pass (service, what, why): the steps applied and what the
-    records noted (ready, failed, probe failed, scaled…), each history entry once (`logged`: the
-    ids of entries already logged; returned for the next pass). `extra` carries the same fields
-    for `up --log-format json`."""
-    seen: set[int] = set()
+    records noted (ready, failed, probe failed, scaled…), each history entry once (`logged`: per
+    service, the ids of entries already logged; returned for the next pass). `skip`: settled
+    services, whose history did not change. `extra` carries the same fields for
+    `up --log-format json`."""
+    seen: dict[str, set[int]] = {}
     for step in p.steps:
         what = str(step.action).replace("_", " ") + (f" {step.replica}" if step.replica else "")
         log.info("%s: %s (%s)", step.service, what, step.reason or "-",
                  extra={"service": step.service, "event": str(step.action), "detail": step.reason})  # fmt: skip
     for name, rec in doc.services.items():
+        if name in skip and name in logged:
+            seen[name] = logged[name]
+            continue
+        before, ids = logged.get(name, set()), seen.setdefault(name, set())
         for h in rec.history:
-            seen.add(id(h))
-            if h.at >= now and id(h) not in logged:
+            ids.add(id(h))
+            if h.at >= now and id(h) not in before:
                 log.info("%s: %s: %s", name, h.event, h.detail or "-",
                          extra={"service": name, "event": h.event, "detail": h.detail})  # fmt: skip
     return seen

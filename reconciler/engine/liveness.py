@@ -26,7 +26,7 @@ re-probe never writes state: only a change of `probe_failures` / `last_error` do
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from functools import partial
 
 from backends.base import ReplicaStatus
@@ -57,6 +57,21 @@ def live_timeout(base: float, in_flight: int) -> float:
     return min(MAX_TIMEOUT, max(base, base + LOAD_SLACK * max(0, in_flight)))
 
 
+class LiveDue(dict[str, tuple[float, float]]):
+    """Per service: its READY replicas' oldest liveness probe and their interval (inf: none to
+    probe). `soonest` is never later than the earliest `first + interval` of the entries (entries
+    are written through `note`, which keeps it so; `settle` makes it exact again)."""
+
+    soonest: float = math.inf
+
+    def note(self, name: str, first: float, interval: float) -> None:
+        self[name] = (first, interval)
+        self.soonest = min(self.soonest, first + interval)
+
+    def settle(self) -> None:
+        self.soonest = min((first + interval for first, interval in self.values()), default=math.inf)
+
+
 def recheck_ready(
     doc: StateDoc,
     prober: Prober,
@@ -68,23 +83,37 @@ def recheck_ready(
     http_prober: HttpProber = probe_http,
     mask: ReplicaMask = no_mask,
     answered_at: Mapping[str, float] | None = None,
+    skip: Collection[str] = (),
+    oldest: LiveDue | None = None,
 ) -> list[str]:
     """Probe every READY replica whose last probe is `recheck_interval` old (a service with dstack
     `probes`: their smallest `interval`, and those probes), all at once. `answered_at`: replica id
-    -> when the gateway last had an answer from it (same clock as `now`). Returns the ids probed."""
+    -> when the gateway last had an answer from it (same clock as `now`). Returns the ids probed.
+
+    `oldest` (service -> (its READY replicas' oldest last probe, its interval), inf when none) is
+    filled for every service looked at; `skip`: services the caller knows have none due (their
+    `oldest` entry, unchanged records: reconciler.engine.settled), left out."""
     live: set[str] = set()
     answered = answered_at or {}
     jobs: list[tuple[ServiceRecord, ReplicaRecord, Callable[[], ProbeResult]]] = []
+    skipped: list[ServiceRecord] = []
     for rec in doc.services.values():
+        if rec.name in skip:
+            skipped.append(rec)
+            continue
         own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
         interval = min(p.interval for p in own) if own else s.recheck_interval
+        first = math.inf
         for r in rec.replicas:
             if not _checkable(r):
                 continue
             live.add(r.id)
-            if now - _last_probe(r, last_probe) < interval:
+            last = _last_probe(r, last_probe)
+            if now - last < interval:
+                first = min(first, last)
                 continue
             last_probe[r.id] = now
+            first = min(first, now)
             if now - answered.get(r.id, -math.inf) < interval:
                 _passed(rec, r, now, "answering proxied requests")
                 continue
@@ -96,6 +125,8 @@ def recheck_ready(
             else:
                 model = routes.get(rec.name, rec.route.model if rec.route else None)
                 jobs.append((rec, r, partial(guarded, partial(prober, r.address, model, timeout))))
+        if oldest is not None:
+            oldest.note(rec.name, first, interval)
     results = fan_out([job for _, _, job in jobs])
     for (rec, r, _), res in zip(jobs, results, strict=True):
         detail = mask(r, res.detail)
@@ -113,6 +144,8 @@ def recheck_ready(
         r.last_error = reason[:300]
         if r.probe_failures == 1:
             rec.note(now, "replica not answering", f"{r.id} out of the routes: {detail}")
+    if last_probe and skipped:
+        live.update(r.id for rec in skipped for r in rec.replicas)  # as they were: kept
     for rid in [k for k in last_probe if k not in live]:
         del last_probe[rid]  # gone, failed or draining: its next READY life starts afresh
     return [r.id for _, r, _ in jobs]
@@ -125,14 +158,27 @@ def _passed(rec: ServiceRecord, r: ReplicaRecord, now: float, detail: str) -> No
         r.last_error = None
 
 
-def recheck_in(doc: StateDoc, now: float, interval: float, last_probe: Mapping[str, float]) -> float | None:
-    """Seconds until the next READY replica's re-probe is due (None: no READY replica to check)."""
+def recheck_in(
+    doc: StateDoc,
+    now: float,
+    interval: float,
+    last_probe: Mapping[str, float],
+    skip: Collection[str] = (),
+    oldest: Mapping[str, tuple[float, float]] | None = None,
+) -> float | None:
+    """Seconds until the next READY replica's re-probe is due (None: no READY replica to check).
+    `skip`: services whose `oldest` entry (from `recheck_ready`) still holds."""
+    known = oldest or {}
     due = [
         _last_probe(r, last_probe) + interval
         for rec in doc.services.values()
+        if rec.name not in skip or rec.name not in known
         for r in rec.replicas
         if _checkable(r)
     ]
+    first = min((known[n][0] for n in skip if n in known), default=math.inf)
+    if first < math.inf:
+        due.append(first + interval)
     if not due:
         return None
     return max(0.2, min(due) - now)

@@ -148,34 +148,44 @@ def observe(
             problems.append(f"backend {bname}: list_owned failed: {type(got).__name__}: {got}")
             continue
         infos = {i.replica_id: i for i in got}
+        take = infos.pop
         for rec in doc.services.values():
-            for r in list(rec.replicas):
+            held = rec.name in skip
+            drained: list[ReplicaRecord] = []
+            for r in rec.replicas:
                 if r.backend != bname:
                     continue
-                info = infos.pop(r.id, None)
-                if rec.name in skip:
+                info = take(r.id, None)
+                if held:
                     continue
-                if info is None or info.status is ReplicaStatus.GONE:
+                status = info.status if info is not None else ReplicaStatus.GONE
+                if status is ReplicaStatus.GONE:
                     if r.phase is ReplicaPhase.DRAINING:
-                        rec.replicas.remove(r)
+                        drained.append(r)
                     elif r.phase is not ReplicaPhase.FAILED:
                         mark_failed(r, "replica is gone from the backend", now, s)
                         rec.note(now, "replica failed", f"{r.id}: gone")
                     continue
-                r.backend_status = str(info.status)
-                if info.address and info.address != r.address:
-                    r.address = info.address
-                if info.address and info.tunnel != r.tunnel:
+                assert info is not None
+                # Each field assigned only when it differs (an assignment is a record edit).
+                if r.backend_status != status:
+                    r.backend_status = str(status)
+                address = info.address
+                if address and address != r.address:
+                    r.address = address
+                if address and info.tunnel != r.tunnel:
                     r.tunnel = info.tunnel
                 if info.handle and info.handle != r.handle:
                     r.handle = info.handle
-                if info.status is ReplicaStatus.EXITED and r.phase in (
+                if status is ReplicaStatus.EXITED and r.phase in (
                     ReplicaPhase.PROVISIONING,
                     ReplicaPhase.READY,
                 ):
                     message = mask(r, info.message) if info.message else "exited"
                     mark_failed(r, message, now, s)
                     rec.note(now, "replica failed", f"{r.id}: {message}")
+            for r in drained:
+                rec.replicas.remove(r)
         for info in infos.values():
             if info.status in (ReplicaStatus.GONE, ReplicaStatus.TERMINATING):
                 continue  # on its way out (a delete we already made): nothing to adopt
@@ -225,18 +235,21 @@ def probe_pending(
     mask: ReplicaMask = no_mask,
     cadence: MutableMapping[str, tuple[float, float]] | None = None,
     hot: Collection[str] = (),
+    skip: Collection[str] = (),
 ) -> None:
     """Probe every PROVISIONING replica that runs and is due; promote to READY or fail it past the
     timeout. The probes of one pass run at once (`fan_out`), each bounded by its deadline.
     `cadence` (replica id -> (next due, step)) paces each replica; `hot`: services with requests
     held, probed every READY_FAST s. A service with dstack `probes` (`probes`: service -> its
     probes) is ready after `ready_after` rounds of passing probes in a row, a round at most every
-    `interval`."""
+    `interval`. `skip`: services known to have no PROVISIONING replica (reconciler.engine.settled)."""
     pace: MutableMapping[str, tuple[float, float]] = {} if cadence is None else cadence
     jobs: list[tuple[ServiceRecord, ReplicaRecord, Callable[[], ProbeResult | None]]] = []
     waiting: list[tuple[ServiceRecord, ReplicaRecord, str]] = []
     starting: set[str] = set()
     for rec in doc.services.values():
+        if rec.name in skip:
+            continue
         own = (probes or {}).get(rec.name, rec.route.probes if rec.route else ())
         for r in rec.replicas:
             if r.phase is not ReplicaPhase.PROVISIONING:

@@ -16,7 +16,7 @@ Rendering lives elsewhere: `reconciler.render.plan_output` (text, JSON) and `rec
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -268,14 +268,15 @@ def _deletion_steps(desired: Desired, a: ServiceRecord, now: float) -> list[Step
     return []
 
 
-def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float) -> Plan:
-    """Steps that move `actual` towards `desired`, deterministic for equal inputs."""
+def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float, skip: Collection[str] = ()) -> Plan:
+    """Steps that move `actual` towards `desired`, deterministic for equal inputs. `skip`: services
+    a previous plan over the very same inputs gave nothing to do (reconciler.engine.settled)."""
     steps: list[Step] = []
     changes: dict[str, tuple[FieldChange, ...]] = {}
     notes: list[str] = []
     if len(_NEW_DIFFS) > 4 * len(desired.services) + 1_000:
         _NEW_DIFFS.clear()  # bounded: room for this plan's services and the next revision's
-    for name in sorted(set(desired.services) | set(actual)):
+    for name in sorted((desired.services.keys() | actual.keys()) - set(skip)):
         t = desired.services.get(name)
         a = actual.get(name)
         if t is None:

@@ -21,6 +21,10 @@ record. The state written never claims a journal intent still in flight (`Journa
 One process owns a state dir (`Engine(read_only=False)` takes the lock); `read_only=True` is for
 `plan`/`ps` in another terminal: it reads state and asks backends, but never writes.
 
+Services that a pass found nothing to do for are *settled* (reconciler.engine.settled): while
+their desired object and record versions stay the same, later passes skip their targets, plan,
+sync, probes not due, state serialization and routes; observation still lists every backend.
+
 When the state cannot be persisted (state.json unreadable or changed under us, the disk full or
 read-only) a pass takes no action that changes what runs (see reconciler.engine.persist): it still
 observes and probes, keeps the last published routes, says why once in the log (`state_fault`),
@@ -45,7 +49,7 @@ from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.finish import PassFinish
-from reconciler.engine.liveness import recheck_ready
+from reconciler.engine.liveness import LiveDue, recheck_ready
 from reconciler.engine.observe import (
     ObserveSettings,
     Prober,
@@ -54,9 +58,11 @@ from reconciler.engine.observe import (
     probe_pending,
     settle_journal,
 )
+from reconciler.engine.pass_inputs import DesiredMaps, note_in_flight
 from reconciler.engine.persist import Outputs
 from reconciler.engine.plan import Action, Desired, Plan, Step, plan
 from reconciler.engine.probe import HttpProber, probe_alive, probe_http, probe_replica
+from reconciler.engine.settled import Entry, Fingerprint, Settled, fingerprint
 from reconciler.engine.targets import TargetSettings, build_targets
 from reconciler.engine.values import (
     DesiredExtension,
@@ -70,6 +76,7 @@ from reconciler.state.errors import StateError
 from reconciler.state.journal import Journal
 from reconciler.state.redact import SecretBook
 from reconciler.state.store import StateStore
+from tidegate.routes import RoutesSnapshot
 
 # The values live in reconciler.engine.values; they stay importable from here.
 __all__ = [
@@ -99,6 +106,8 @@ _Decided = tuple[
     Desired,
     Mapping[str, DesiredService],
     float,
+    Mapping[str, Entry],
+    set[str],
 ]
 
 
@@ -140,7 +149,8 @@ class Engine(EngineAsks, PassFinish):
         self._prober: Prober = prober or probe_replica
         self._http_prober = http_prober  # dstack `probes:` (a service's own readiness requests)
         self._live_prober = live_prober  # liveness; None: `probe_alive`, or an injected `prober`
-        self._logged_events: set[int] = set()  # history entries already logged (ids, this process)
+        # Per service: its history entries already logged (ids, this process).
+        self._logged_events: dict[str, set[int]] = {}
         self._fault = FaultHook(
             self.settings.fault or os.environ.get("TIDEGATE_FAULT"), os.environ.get("TIDEGATE_FAULT_STALL")
         )
@@ -174,6 +184,15 @@ class Engine(EngineAsks, PassFinish):
         self.lock = threading.RLock()
         self._closing = False
         self._in_use: set[str] = set()  # backends the last pass's desired set used
+        # Services a pass may skip (reconciler.engine.settled), and the document's fingerprints
+        # as of `_last_saved` (the state is serialized again only when one differs).
+        self._settled = Settled()
+        self._maps = DesiredMaps()  # the desired set's per-service maps
+        self._in_flight_at: set[str] = set()  # services with a replica's in_flight above 0
+        # Per service: its READY replicas' oldest liveness probe and their interval (liveness).
+        self._live_oldest = LiveDue()
+        self._saved_fps: tuple[object, dict[str, Fingerprint], tuple[object, ...]] | None = None
+        self._routes_memo: tuple[object, dict[str, Fingerprint], object, RoutesSnapshot] | None = None
         self._dispatch: Dispatcher | None = None
         if self.settings.workers > 0 and not read_only:
             self._dispatch = Dispatcher(
@@ -272,11 +291,13 @@ class Engine(EngineAsks, PassFinish):
             ready = self._decide(snapshot, busy_before, listings)
             if isinstance(ready, PassReport):
                 return ready
-            ds, p, notes, decisions, desired, last_good, now = ready
+            ds, p, notes, decisions, desired, last_good, now, clean, busy = ready
             specs = {**last_good, **(ds.services if ds else {})}
             if self._dispatch is None:
                 outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
-                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+                return self._finish(
+                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (clean, busy)
+                )
             # A new service's record is made here, in memory, so this pass's scaling decision and
             # status land on it (sync_records); its backend calls go to a worker like any other.
             new = tuple(st for st in p.steps if st.action is Action.CREATE_SERVICE)
@@ -285,11 +306,16 @@ class Engine(EngineAsks, PassFinish):
             submitted = self._dispatch.submit([st for st in p.steps if st.action is not Action.CREATE_SERVICE], specs)
             if not (wait and submitted):
                 outcomes = self._dispatch.take_outcomes()
-                return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+                return self._finish(
+                    snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (clean, busy)
+                )
         self._dispatch.wait(submitted)  # the lock is free: the workers need it to record their work
         with self.lock:
             outcomes = self._dispatch.take_outcomes()
-            return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
+            # Anything may have changed while the lock was free (workers, stop/start): no skip.
+            return self._finish(
+                snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now, (clean, busy), True
+            )
 
     def _decide(
         self,
@@ -302,12 +328,11 @@ class Engine(EngineAsks, PassFinish):
         doc = self.doc
         busy = busy_before | self.busy()
         ds = self._desired(snapshot)
-        hashes = {n: d.spec_hash for n, d in (ds.services.items() if ds else [])}
-        self._in_use = {d.backend for d in (ds.services.values() if ds else [])}
+        hashes, self._in_use, routes_models, routes_probes = self._maps.of(ds)
         notes = observe(
             doc,
             self.backends,
-            {d.backend for d in (ds.services.values() if ds else [])},
+            self._in_use,
             now,
             self._observe,
             hashes,
@@ -315,19 +340,24 @@ class Engine(EngineAsks, PassFinish):
             skip=busy,
             listings=listings,
         )
-        self._fill_secrets(doc.services.values())
         stats = self._read_stats(now)
-        for rec in doc.services.values():
-            st = stats.get(rec.name)
-            for r in rec.replicas:
-                r.in_flight = st.per_upstream_in_flight.get(r.id, 0) if st else 0
-        routes_models = {n: d.route.model for n, d in (ds.services.items() if ds else [])}
-        routes_probes = {n: d.route.probes for n, d in (ds.services.items() if ds else [])}
+        self._in_flight_at = note_in_flight(doc, stats, self._in_flight_at)
         hot = self._hot_now = self._hot(stats, now)
+        # Services settled since an earlier pass whose record is as it left them (observed and
+        # measured above): no replica to probe for readiness, and those with no liveness re-probe
+        # due (`quiet`) are not even looked at (reconciler.engine.settled).
+        clean: Mapping[str, Entry] = self._settled.clean(doc, ds.services, busy) if ds is not None else {}
+        # A settled replica's secrets were filled when it settled (its spec's are known since its
+        # desired set was resolved, and one spec hash always means the same secrets).
+        self._fill_secrets([r for n, r in doc.services.items() if n not in clean] if clean else doc.services.values())
         probe_pending(
             doc, self._prober, now, self._observe, routes_models, routes_probes, self._http_prober,
-            mask=self.mask_replica, cadence=self._ready_cadence, hot=hot,
+            mask=self.mask_replica, cadence=self._ready_cadence, hot=hot, skip=clean,
         )
+        oldest = self._live_oldest
+        # None due at all (the common idle pass): every settled service is quiet, no lookup each.
+        fast = now < oldest.soonest and clean.keys() <= oldest.keys()
+        quiet = clean.keys() if fast else {n for n in clean if (o := oldest.get(n)) is not None and o[0] + o[1] > now}
         answered = {k: v for st in stats.values() for k, v in st.per_upstream_answered_at.items()}
         recheck_ready(
             doc,
@@ -340,13 +370,24 @@ class Engine(EngineAsks, PassFinish):
             self._http_prober,
             mask=self.mask_replica,
             answered_at=answered,
+            skip=quiet,
+            oldest=oldest,
         )
-        last_good = self._last_good(ds)
+        if len(oldest) > len(doc.services):  # services gone since
+            for name in [n for n in oldest if n not in doc.services]:
+                del oldest[name]
+        if not fast:
+            oldest.settle()
+        # Only a service whose file broke has a last good spec: none without a failed file.
+        last_good = self._last_good(ds) if ds is not None and ds.failed else {}
+        if len(quiet) < len(clean):  # re-probed: still clean if the probe changed nothing
+            clean = {n: e for n, e in clean.items() if n in quiet or fingerprint(doc.services[n]) == e.fp}
         desired, decisions, tnotes = build_targets(
-            doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good
-        )
+            doc, ds, stats, self._demand, now, self._target_settings, mutate=True, last_good=last_good,
+            reuse={n: e.pair for n, e in clean.items()},
+        )  # fmt: skip
         notes += tnotes
-        p = plan(desired, doc.services, now)
+        p = plan(desired, doc.services, now, skip=clean.keys())
         if busy:
             # Their work runs on a worker: the plan of a half-applied service is planned again
             # once it settles (level-based: skipping loses nothing).
@@ -356,7 +397,7 @@ class Engine(EngineAsks, PassFinish):
         held = self.outputs.hold_reason(self.doc, acting=not p.empty)
         if held is not None:
             return self._held(ds, p, tuple(notes), now, held)
-        return ds, p, notes, decisions, desired, last_good, now
+        return ds, p, notes, decisions, desired, last_good, now, clean, busy
 
     def _apply_context(self, now: float, specs: Mapping[str, DesiredService]) -> ApplyContext:
         ctx = ApplyContext(

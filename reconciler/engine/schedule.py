@@ -7,15 +7,19 @@ loop wakes early for a provisioning replica, a drain or a backoff without pollin
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 from backends.base import ReplicaStatus
 from reconciler.state.records import ReplicaPhase, StateDoc
 
 
-def next_run_in(doc: StateDoc, now: float, drain_min: float) -> float | None:
-    """Seconds until something in `doc` is due (a probe, a drain, a backoff or retry), or None."""
+def next_run_in(doc: StateDoc, now: float, drain_min: float, skip: Collection[str] = ()) -> float | None:
+    """Seconds until something in `doc` is due (a probe, a drain, a backoff or retry), or None.
+    `skip`: settled services (reconciler.engine.settled), which have nothing due."""
     due: list[float] = []
-    for rec in doc.services.values():
+    for name, rec in doc.services.items():
+        if name in skip:
+            continue
         if rec.backoff_until is not None:
             due.append(rec.backoff_until)
         for r in rec.replicas:

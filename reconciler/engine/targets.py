@@ -11,7 +11,7 @@ and whether an empty config may prune. After apply, the records take the config-
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats, desired_replicas
@@ -96,8 +96,12 @@ def build_targets(
     settings: TargetSettings,
     mutate: bool,
     last_good: Mapping[str, DesiredService] | None = None,
+    reuse: Mapping[str, tuple[Target, ScalingDecision]] | None = None,
 ) -> tuple[Desired, dict[str, ScalingDecision], list[str]]:
     """Targets for `plan`; with `mutate`, also lifts a stop/stall that a new spec ends.
+
+    `reuse`: services settled since the last pass (reconciler.engine.settled) -> the target and
+    decision that pass made for them; taken as they are.
 
     `last_good`: for services whose file broke, the spec they last ran (same spec hash as the
     record). Such a service gets no spec change, but its replicas are still restarted and its
@@ -112,7 +116,10 @@ def build_targets(
         return Desired(held, prune=False), {}, notes
     targets: dict[str, Target] = {}
     decisions: dict[str, ScalingDecision] = {}
+    reuse = reuse or {}
     for name, rec in doc.services.items():
+        if name in reuse:
+            continue  # in ds.services (the second loop takes it)
         if config_broken(name, rec, ds):
             where = ds.failed.get(name, rec.config_path)
             why = f"{where} has errors; left at revision {rec.revision}"
@@ -128,6 +135,10 @@ def build_targets(
                 name, rec.spec_hash, rec.desired_count, keep=True, keep_reason=ds.blocked[name]
             )
     for name, d in ds.services.items():
+        known = reuse.get(name)
+        if known is not None:
+            targets[name], decisions[name] = known
+            continue
         cur = doc.services.get(name)
         # A stopped service stays stopped across commits (a README change, an editor's swap file
         # in --watch) until `tidegate start`; a new spec only lifts a permanent-error stall.
@@ -186,9 +197,11 @@ def sync_records(
     now: float,
     scaling_reasons: MutableMapping[str, str],
     last_good: Mapping[str, DesiredService] | None = None,
+    skip: Collection[str] = (),
 ) -> None:
     """After apply: carry config-derived fields into each record and set its status and reason.
-    A service kept at its `last_good` spec records its scaling decision and stays KEPT."""
+    A service kept at its `last_good` spec records its scaling decision and stays KEPT. `skip`:
+    settled services (reconciler.engine.settled), for which this would change nothing."""
     for name, path in ds.failed.items():
         if name not in doc.services:  # never deployed: a record so `ps` shows why
             doc.services[name] = ServiceRecord(
@@ -199,6 +212,8 @@ def sync_records(
                 reason=f"{path} has errors; not deployed",
             )
     for name, rec in doc.services.items():
+        if name in skip:
+            continue
         d = ds.services.get(name)
         t = desired.services.get(name)
         if rec.backoff_until is not None and now >= rec.backoff_until:

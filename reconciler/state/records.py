@@ -9,14 +9,22 @@ the spec hash covers a salted hash of the values (so a secret change rolls repli
 values themselves; a replica records the names and salted hashes of the secrets it received.
 Text from outside (`last_error`, history details) is masked before it is stored here
 (reconciler.state.redact): a record is serialised as it is, never rewritten as text.
+
+Service and replica records carry a version (`version()`), a number never used twice in a
+process: a new one when the record is made and on every field assignment, `note` and
+`record_scaling`. The engine compares versions to know which services changed since a pass
+(reconciler.engine.settled), so a record is edited by assigning its fields (a list or dict field is
+replaced, not edited in place) or through its methods; `replicas` is the exception: the engine
+compares its replicas one by one, so removing one from the list in place is seen too.
 """
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from backends.base import Offer
 from reconciler.config.models import ProbeSpec
@@ -58,7 +66,52 @@ def offer_fields(offer: Offer | None) -> dict[str, Any]:
     return {"offer": offer_label(offer), "price": offer.price}
 
 
-class ReplicaRecord(BaseModel):
+_VERSIONS = itertools.count(1)  # next() is atomic under the GIL: workers edit records too
+
+
+class Versioned(BaseModel):
+    """A model whose `version()` changes on every field assignment (and is unique per process)."""
+
+    _version: int = PrivateAttr(default_factory=lambda: next(_VERSIONS))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        self._bump()
+
+    def _bump(self) -> None:
+        private = self.__pydantic_private__
+        if private is not None:
+            private["_version"] = next(_VERSIONS)
+
+    def version(self) -> int:
+        private = self.__pydantic_private__
+        return int(private["_version"]) if private is not None else 0
+
+    def __eq__(self, other: object) -> bool:
+        """Equal fields (the version is bookkeeping, not content: pydantic would compare it)."""
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.__dict__ == other.__dict__
+            and self.__pydantic_extra__ == other.__pydantic_extra__
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any pydantic model
+
+    # A copy is another record (`model_copy(update=...)` may even differ): a version of its own.
+    def __copy__(self) -> Self:
+        made = super().__copy__()
+        made._bump()
+        return made
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        made = super().__deepcopy__(memo)
+        made._bump()
+        return made
+
+
+class ReplicaRecord(Versioned):
     model_config = ConfigDict(extra="ignore")
 
     id: str
@@ -131,7 +184,7 @@ class RouteInfo(BaseModel):
     rate_limits: tuple[RateLimit, ...] = ()
 
 
-class ServiceRecord(BaseModel):
+class ServiceRecord(Versioned):
     model_config = ConfigDict(extra="ignore")
 
     name: str
@@ -167,10 +220,12 @@ class ServiceRecord(BaseModel):
     def note(self, at: float, event: str, detail: str = "") -> None:
         self.history.append(HistoryEntry(at=at, event=event, detail=detail))
         del self.history[:-HISTORY_LIMIT]
+        self._bump()
 
     def record_scaling(self, rec: ScalingRecord) -> None:
         self.scaling.append(rec)
         del self.scaling[:-SCALING_LIMIT]
+        self._bump()
 
     def replica(self, rid: str) -> ReplicaRecord | None:
         return next((r for r in self.replicas if r.id == rid), None)

@@ -155,6 +155,10 @@ class FakeBackend:
     def list_owned(self) -> Sequence[ReplicaInfo]:
         self._record("list_owned", "")
         with self._lock:
+            if not self._gone_at:  # nothing on its way out: only starting replicas can move on
+                infos = list(self.replicas.values())
+                if all(i.status is not ReplicaStatus.PROVISIONING for i in infos):
+                    return infos
             return [i for rid in list(self.replicas) if (i := self._settle(rid)) is not None]
 
     def delete(self, replica_id: str) -> None:
