@@ -115,7 +115,7 @@ class PassFinish:
         doc = self.doc
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good)
-            self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
+            self._loader.remember(specs, doc.services, ds)
             if snapshot is not None:
                 doc.last_snapshot = SnapshotRef(
                     revision=snapshot.revision,

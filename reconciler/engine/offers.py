@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from backends.base import BackendRegistry, Offer, Requirements
+from reconciler.engine import memo
 from reconciler.engine.desired import DesiredService, DesiredSet
 
 Catalog = Callable[[Requirements], Sequence[Offer]]
@@ -53,11 +54,11 @@ def with_offers(
             blocked[name] = f"backend {d.backend} has no offer for this service's resources/settings"
             continue
         backend = backends.get(d.backend)
-        reason = backend.can_run(d.spec_for(0))
+        reason = backend.can_run(d.template)
         if reason:
             blocked[name] = reason
             continue
-        services[name] = replace(d, template=replace(d.template, offer=offers[0]))
+        services[name] = _placed(d, offers[0])
     if catalog is not None:
         for name, why in list(blocked.items()):
             unplaced = ds.services.get(name)
@@ -127,7 +128,7 @@ def _cheapest(
         if not offers:
             reasons.append(f"{name}: no offer for this service's resources/settings")
             continue
-        reason = backend.can_run(moved.spec_for(0))
+        reason = backend.can_run(moved.template)
         if reason:
             reasons.append(f"{name}: {reason}")
             continue
@@ -140,9 +141,27 @@ def _cheapest(
     return _on(d, best[2], backends), "", complete
 
 
+# A placed or moved service is a pure function of the service (by identity) and the offer or
+# backend it gets, so an unchanged service on an unchanged offer is the very same object at every
+# pass (the offers themselves are still asked each pass: only what is made from them is kept).
+_PLACED: memo.IdentityMemo[DesiredService] = memo.memo()  # (the offer)
+_MOVED: memo.IdentityMemo[DesiredService] = memo.memo()  # (backend, whether it ships the checkout)
+
+
+def _placed(d: DesiredService, offer: Offer) -> DesiredService:
+    try:
+        return _PLACED.get(d, offer, lambda: replace(d, template=replace(d.template, offer=offer)))
+    except TypeError:  # an unhashable offer (not made by a backend of ours): just make it
+        return replace(d, template=replace(d.template, offer=offer))
+
+
 def _on(d: DesiredService, backend: str, backends: BackendRegistry) -> DesiredService:
     if backend == d.backend:
         return d
+    return _MOVED.get(d, (backend, backends.ships_workdir(backend)), lambda: _moved(d, backend, backends))
+
+
+def _moved(d: DesiredService, backend: str, backends: BackendRegistry) -> DesiredService:
     spec_hash = d.candidates[backend]
     return replace(
         d,

@@ -41,7 +41,7 @@ from backends.base import BackendRegistry, ReplicaInfo
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
-from reconciler.engine.desired import DesiredService, DesiredSet
+from reconciler.engine.desired import DesiredService, DesiredSet, Specs
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.finish import PassFinish
@@ -273,7 +273,7 @@ class Engine(EngineAsks, PassFinish):
             if isinstance(ready, PassReport):
                 return ready
             ds, p, notes, decisions, desired, last_good, now = ready
-            specs = {**last_good, **(ds.services if ds else {})}
+            specs = Specs({**last_good, **(ds.services if ds else {})}, ds.at if ds else None)
             if self._dispatch is None:
                 outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
                 return self._finish(snapshot, ds, p, notes, decisions, desired, last_good, specs, outcomes, now)
@@ -368,6 +368,7 @@ class Engine(EngineAsks, PassFinish):
             self.settings.backoff_max,
             checkpoint=self._checkpoint,
             lock=self.lock,
+            at=specs.at if isinstance(specs, Specs) else None,
         )
         ctx.mask = lambda service, text: self.mask_service(service, text, specs.get(service))
         return ctx

@@ -173,7 +173,27 @@ def test_a_changed_input_changes_the_memoized_service(
     after = build(changed, "rev-2")
     assert after == uncached(changed, "rev-2")
     assert getattr(after.services["s1"], field) != getattr(before.services["s1"], field)
-    assert after.services["s0"].revision == "rev-2" and after.services["s0"].template.workdir == str(changed)
+    spec = after.services["s0"].spec_for(0, after.at)  # the set's files are its own
+    assert (spec.revision, spec.workdir) == ("rev-2", str(changed))
+    assert after.revision_of(after.services["s0"]) == "rev-2"
+
+
+def test_an_unchanged_service_is_the_same_object_at_the_next_revision(repo: Path, tmp_path: Path) -> None:
+    """Only the changed file's service is made again; the others carry no revision or folder, so
+    they are the very objects of the last revision (what the identity memos downstream key by)."""
+    before = build(repo, "rev-1")
+    changed = tmp_path / "rev-2"
+    shutil.copytree(repo, changed, symlinks=True)
+    write(changed, {"s1/.dstack.yml": service("s1", "v2")})
+    after = build(changed, "rev-2")
+    assert after == uncached(changed, "rev-2")
+    assert after.services["s1"] is not before.services["s1"]
+    assert all(after.services[n] is before.services[n] for n in ("s0", "s2", "pinned"))
+    assert all(d.at is None for d in after.services.values())
+    assert before.at is not None and after.at is not None
+    assert (before.at.revision, after.at.revision) == ("rev-1", "rev-2")
+    assert after.services["s0"].spec_for(1, after.at).workdir == str(changed)
+    assert after.services["s0"].spec_for(1, before.at).workdir == str(repo)
 
 
 @pytest.mark.parametrize(
