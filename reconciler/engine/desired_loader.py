@@ -13,16 +13,19 @@ import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry, Offer, Requirements
+from reconciler.config.discovery import TreeIndex
 from reconciler.config.loader import load_tree
 from reconciler.engine import memo
 from reconciler.engine.desired import At, DesiredService, DesiredSet, build_desired
 from reconciler.engine.offers import with_offers
 from reconciler.engine.targets import config_broken
 from reconciler.engine.values import DesiredExtension, EngineSettings, Snapshot, SnapshotLike
+from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import SnapshotRef, StateDoc
 from reconciler.state.redact import SecretBook
 
@@ -78,12 +81,15 @@ class DesiredLoader:
         if self._desired_cache is not None and self._desired_cache[0] == key:
             return self._desired_cache[1]
         with memo.gc_paused() if memo.enabled else nullcontext():  # a big load's objects: reconciler.engine.memo
-            load = load_tree(Path(snapshot.root), snapshot.config_path)
+            index: TreeIndex | None = getattr(snapshot, "index", None)  # a Snapshot from a git source
+            root = Path(snapshot.root)
+            load = load_tree(root, snapshot.config_path, index)
             memo.fit_all(len(load.services))
             ds = build_desired(
                 load,
                 revision=snapshot.revision,
-                workdir=str(Path(snapshot.root).absolute()),
+                workdir=str(root.absolute()),
+                code_hash=partial(code_hash_at, root, snapshot.revision, index),
                 env=self.settings.env,
                 salt=self.salt,
                 backends=self.backends.names(),

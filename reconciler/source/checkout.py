@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from reconciler.config.discovery import TreeIndex
 from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, extract_tar, tree_hash
 from tidegate.fsio import build_dir_atomic, write_json_atomic
 
@@ -50,6 +51,9 @@ class Checkout:
     revision: str
     root: Path
     config_path: str | None
+    # What `root` holds as git knows it (paths -> blob ids), when the source extracted it from git
+    # and it is plain (see `tree_index`): the loader and the code hash then need not walk it.
+    index: TreeIndex | None = None
 
 
 class Source(Protocol):
@@ -103,6 +107,7 @@ class GitSource:
         self.revisions_dir = state_dir / REVISIONS_DIR
         self._ref = f"refs/tidegate/{branch}"
         self.observed: str | None = None
+        self._index: tuple[str, TreeIndex | None] | None = None  # (sha, its index)
 
     def describe(self) -> str:
         return f"{redact_url(self.url)}@{self.branch}" + (f":{self.config_path}" if self.config_path else "")
@@ -142,7 +147,17 @@ class GitSource:
             self.observed = sha
             record_source(self.state_dir, self.describe(), sha)
             prune_revisions(self.revisions_dir, keep=self.keep, protect={sha} | deployed_revisions(self.state_dir))
-        return Checkout(sha, root, self.config_path)
+        if self._index is None or self._index[0] != sha:
+            self._index = (sha, self._tree_index(sha))
+        return Checkout(sha, root, self.config_path, self._index[1])
+
+    def _tree_index(self, sha: str) -> TreeIndex | None:
+        import git
+
+        try:
+            return tree_index(self._repo(), sha)
+        except git.GitCommandError:
+            return None  # the folder is walked instead
 
     def _extract(self, sha: str, root: Path) -> None:
         import git
@@ -368,6 +383,28 @@ def extract_revision(repo: Any, sha: str, root: Path) -> None:
     repo.archive(buf, sha, format="tar")
     buf.seek(0)
     build_dir_atomic(root, lambda tmp: extract_tar(buf, tmp))
+
+
+def tree_index(repo: Any, sha: str) -> TreeIndex | None:
+    """The index of `sha`'s files (`git ls-tree -r`: path -> blob id, executables), which is what
+    `extract_revision` writes; None when the folder may differ from it or hold what an index does
+    not describe: a symbolic link (the extraction may leave one out), a submodule (an empty
+    folder), a `.gitattributes` (export-ignore / export-subst change what `git archive` writes)."""
+    out = repo.git.ls_tree("-r", "-z", "--full-tree", sha, stdout_as_string=False)
+    files: dict[str, bytes] = {}
+    executable: set[str] = set()
+    for line in out.split(b"\0"):
+        if not line:
+            continue
+        meta, _, raw = line.partition(b"\t")
+        mode, kind, blob = meta.split(b" ")
+        path = raw.decode("utf-8", "surrogateescape")
+        if kind != b"blob" or mode not in (b"100644", b"100755") or path.rpartition("/")[2] == ".gitattributes":
+            return None
+        files[path] = bytes.fromhex(blob.decode())
+        if mode == b"100755":
+            executable.add(path)
+    return TreeIndex(files, frozenset(executable))
 
 
 def git_error(e: Exception, url: str) -> str:
