@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import time

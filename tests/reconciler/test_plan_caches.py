@@ -299,6 +299,36 @@ def test_offers_are_asked_once_per_requirements_per_pass_and_again_next_pass(rep
     assert len(again.services) == 4
 
 
+def test_placed_and_moved_services_are_kept_per_offer_and_equal_the_uncached_ones(repo: Path) -> None:
+    """The memos of what `with_offers` makes (a service with its offer; moved to another candidate
+    backend): the same objects next pass while the offer is the same, a new one when it changes,
+    and equal to what the uncached path makes."""
+    local, aws = FakeBackend(), FakeBackend(name="aws", ships_workdir=False)
+    registry = BackendRegistry({"local": local, "aws": aws})
+    ds = build(repo, "rev-1")
+    first, _ = with_offers(ds, registry)
+    second, _ = with_offers(ds, registry)
+    assert all(second.services[n] is d for n, d in first.services.items())
+    memo.enabled = False
+    try:
+        assert with_offers(ds, registry)[0] == first
+    finally:
+        memo.enabled = True
+    local.no_offers = True  # the unpinned services move to aws: the moved copies
+    moved, _ = with_offers(ds, registry)
+    assert {n: d.backend for n, d in moved.services.items()} == dict.fromkeys(moved.services, "aws")
+    assert moved.services["s0"].spec_hash == ds.services["s0"].candidates["aws"]
+    assert "files" not in moved.services["s0"].summary  # aws gets no copy of the checkout
+    assert with_offers(ds, registry)[0].services["s0"] is moved.services["s0"]
+    memo.enabled = False
+    try:
+        assert with_offers(ds, registry)[0] == moved
+    finally:
+        memo.enabled = True
+    local.no_offers = False
+    assert with_offers(ds, registry)[0].services["s0"] is first.services["s0"]
+
+
 @pytest.mark.parametrize("subpath", [None, "lib", "lib/z.dstack.yml", "linked-dir", "missing"])
 def test_one_walk_finds_what_discover_and_outside_links_find(tmp_path: Path, subpath: str | None) -> None:
     tricky_tree(tmp_path)
