@@ -18,7 +18,6 @@ and in errors have credentials stripped.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from reconciler.config.discovery import TreeIndex
-from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, extract_tar, tree_hash
+from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, extract_revision, tree_hash, tree_index
 from tidegate.fsio import build_dir_atomic, write_json_atomic
 
 KEEP_REVISIONS = 5
@@ -141,14 +140,14 @@ class GitSource:
     def current(self) -> Checkout:
         sha = self.fetch()
         root = self.revisions_dir / sha
+        if self._index is None or self._index[0] != sha:
+            self._index = (sha, self._tree_index(sha))
         if not root.is_dir():
-            self._extract(sha, root)
+            self._extract(sha, root, self._index[1])
         if sha != self.observed:
             self.observed = sha
             record_source(self.state_dir, self.describe(), sha)
             prune_revisions(self.revisions_dir, keep=self.keep, protect={sha} | deployed_revisions(self.state_dir))
-        if self._index is None or self._index[0] != sha:
-            self._index = (sha, self._tree_index(sha))
         return Checkout(sha, root, self.config_path, self._index[1])
 
     def _tree_index(self, sha: str) -> TreeIndex | None:
@@ -159,11 +158,11 @@ class GitSource:
         except git.GitCommandError:
             return None  # the folder is walked instead
 
-    def _extract(self, sha: str, root: Path) -> None:
+    def _extract(self, sha: str, root: Path, index: TreeIndex | None = None) -> None:
         import git
 
         try:
-            extract_revision(self._repo(), sha, root)
+            extract_revision(self._repo(), sha, root, index)
         except git.GitCommandError as e:
             raise SourceError(f"cannot read revision {sha[:12]}: {git_error(e, self.url)}") from e
 
@@ -370,41 +369,6 @@ def open_bare_repo(repo_dir: Path) -> Any:
         return git.Repo(repo_dir)
     repo_dir.parent.mkdir(parents=True, exist_ok=True)
     return git.Repo.init(repo_dir, bare=True)
-
-
-def extract_revision(repo: Any, sha: str, root: Path) -> None:
-    """The files of `sha` into `root`, atomically. Raises git.GitCommandError for the caller to word."""
-    if not repo.git.ls_tree(sha):
-        # An empty tree (every file deleted): git archive writes only a pax header, which
-        # tarfile refuses; the checkout is simply an empty folder.
-        build_dir_atomic(root, lambda tmp: None)
-        return
-    buf = io.BytesIO()
-    repo.archive(buf, sha, format="tar")
-    buf.seek(0)
-    build_dir_atomic(root, lambda tmp: extract_tar(buf, tmp))
-
-
-def tree_index(repo: Any, sha: str) -> TreeIndex | None:
-    """The index of `sha`'s files (`git ls-tree -r`: path -> blob id, executables), which is what
-    `extract_revision` writes; None when the folder may differ from it or hold what an index does
-    not describe: a symbolic link (the extraction may leave one out), a submodule (an empty
-    folder), a `.gitattributes` (export-ignore / export-subst change what `git archive` writes)."""
-    out = repo.git.ls_tree("-r", "-z", "--full-tree", sha, stdout_as_string=False)
-    files: dict[str, bytes] = {}
-    executable: set[str] = set()
-    for line in out.split(b"\0"):
-        if not line:
-            continue
-        meta, _, raw = line.partition(b"\t")
-        mode, kind, blob = meta.split(b" ")
-        path = raw.decode("utf-8", "surrogateescape")
-        if kind != b"blob" or mode not in (b"100644", b"100755") or path.rpartition("/")[2] == ".gitattributes":
-            return None
-        files[path] = bytes.fromhex(blob.decode())
-        if mode == b"100755":
-            executable.add(path)
-    return TreeIndex(files, frozenset(executable))
 
 
 def git_error(e: Exception, url: str) -> str:

@@ -19,7 +19,8 @@ from reconciler.engine import memo
 from reconciler.engine.desired import build_desired
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
 from reconciler.source import code_files
-from reconciler.source.checkout import Checkout, GitSource
+from reconciler.source.checkout import Checkout, GitSource, open_bare_repo
+from reconciler.source.trees import extract_revision, tree_hash
 from tests.reconciler.fakes import FakeBackend, FakeProber, only_local_ships_workdir
 from tests.support.git_repo import commit_push, git, make_remote
 
@@ -59,6 +60,8 @@ TREE = {
     ".dstack/profiles.yml": "profiles: []\n",
     ".dstackignore": "/data/\n*.log\n",
     ".gitignore": "/ignored/\n",
+    "sp ace/\u00fc.txt": "unicode\n",
+    "empty.txt": "",
 }
 
 
@@ -75,15 +78,20 @@ def checkout(tmp_path: Path, files: dict[str, str], *, executable: tuple[str, ..
     return c, bare, work
 
 
-def test_the_index_is_what_git_archive_wrote(tmp_path: Path) -> None:
+def test_the_index_is_what_git_archive_writes_and_so_is_the_folder_written_from_it(tmp_path: Path) -> None:
     # `ignored/` is committed although .gitignore names it (added before the rule, or forced)
-    c, _, _ = checkout(tmp_path, TREE, executable=("run.sh",))
-    assert c.index is not None
-    on_disk = sorted(
-        Path(d, f).relative_to(c.root).as_posix() for d, _, fs in os.walk(c.root) for f in fs
-    )
-    assert sorted(c.index.files) == on_disk
-    assert c.index.executable == {"run.sh"}
+    c, bare, _ = checkout(tmp_path, TREE, executable=("run.sh",))
+    assert c.index is not None and c.index.executable == {"run.sh"}
+    repo = open_bare_repo(GitSource(str(bare), "main", tmp_path / "state").repo_dir)
+    archived, written = tmp_path / "archived", tmp_path / "written"
+    extract_revision(repo, c.revision, archived)  # git archive + tar, as before the index
+    extract_revision(repo, c.revision, written, c.index)
+    for root in (archived, written, c.root):
+        on_disk = sorted(Path(d, f).relative_to(root).as_posix() for d, _, fs in os.walk(root) for f in fs)
+        assert sorted(c.index.files) == on_disk
+    assert tree_hash(written) == tree_hash(archived)  # paths, exec bits and bytes
+    assert (written / "sp ace" / "\u00fc.txt").read_text() == "unicode\n"
+    assert os.access(written / "run.sh", os.X_OK) and not os.access(written / "app.py", os.X_OK)
 
 
 @pytest.mark.parametrize("subpath", [None, "a", "kept", "kept/sub", "a/b"])
