@@ -140,15 +140,20 @@ class GitSource:
     def current(self) -> Checkout:
         sha = self.fetch()
         root = self.revisions_dir / sha
-        if self._index is None or self._index[0] != sha:
-            self._index = (sha, self._tree_index(sha))
+        last = self._index
+        index = last[1] if last is not None and last[0] == sha else self._tree_index(sha)
+        self._index = (sha, index)
         if not root.is_dir():
-            self._extract(sha, root, self._index[1])
+            # the revision read last lends its unchanged files (hard links), while it is there
+            lender = None
+            if last is not None and last[1] is not None and (self.revisions_dir / last[0]).is_dir():
+                lender = (self.revisions_dir / last[0], last[1])
+            self._extract(sha, root, index, lender)
         if sha != self.observed:
             self.observed = sha
             record_source(self.state_dir, self.describe(), sha)
             prune_revisions(self.revisions_dir, keep=self.keep, protect={sha} | deployed_revisions(self.state_dir))
-        return Checkout(sha, root, self.config_path, self._index[1])
+        return Checkout(sha, root, self.config_path, index)
 
     def _tree_index(self, sha: str) -> TreeIndex | None:
         import git
@@ -158,11 +163,13 @@ class GitSource:
         except git.GitCommandError:
             return None  # the folder is walked instead
 
-    def _extract(self, sha: str, root: Path, index: TreeIndex | None = None) -> None:
+    def _extract(
+        self, sha: str, root: Path, index: TreeIndex | None = None, previous: tuple[Path, TreeIndex] | None = None
+    ) -> None:
         import git
 
         try:
-            extract_revision(self._repo(), sha, root, index)
+            extract_revision(self._repo(), sha, root, index, previous)
         except git.GitCommandError as e:
             raise SourceError(f"cannot read revision {sha[:12]}: {git_error(e, self.url)}") from e
 

@@ -103,13 +103,29 @@ def extract_tar(buf: io.BytesIO, dst: Path) -> None:
             os.symlink(linkname, link)
 
 
-def write_blobs(git_dir: Path, index: TreeIndex, dst: Path) -> None:
+def write_blobs(git_dir: Path, index: TreeIndex, dst: Path, previous: tuple[Path, TreeIndex] | None = None) -> None:
     """Every file of `index` into `dst` (mode 0644, or 0755 for an executable), its bytes streamed
     from the repository's objects by one `git cat-file --batch`: what `git archive` + `extract_tar`
     write for a plain tree (the only kind with an index), without a tar file in between (Python's
-    tarfile costs most of a checkout's time on a repo of many small files). Raises OSError when
-    git answers anything but the blobs asked for."""
-    paths = list(index.files)
+    tarfile costs most of a checkout's time on a repo of many small files). `previous`: an earlier
+    revision's folder and index; a file with the same blob id and mode there is hard-linked
+    instead of written (revision folders are never written once built; a replica gets a copy).
+    Raises OSError when git answers anything but the blobs asked for, or a link fails."""
+    old: dict[tuple[bytes, bool], str] = {}
+    if previous is not None:
+        for rel, blob in previous[1].files.items():
+            old.setdefault((blob, rel in previous[1].executable), rel)
+    made: set[str] = set()
+    paths: list[str] = []
+    for rel, blob in index.files.items():
+        same = old.get((blob, rel in index.executable))
+        if same is None or previous is None:
+            paths.append(rel)
+            continue
+        _folder_for(dst, rel, made)
+        os.link(os.path.join(previous[0], same), os.path.join(dst, rel))
+    if not paths:
+        return
     proc = subprocess.Popen(
         ["git", "--git-dir", str(git_dir), "cat-file", "--batch"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -127,16 +143,12 @@ def write_blobs(git_dir: Path, index: TreeIndex, dst: Path) -> None:
 
     feeder = threading.Thread(target=feed, name="tidegate-cat-file", daemon=True)
     feeder.start()
-    made: set[str] = set()
     try:
         for rel in paths:
             header = out.readline().split()
             if len(header) != 3 or header[1] != b"blob" or header[0] != index.files[rel].hex().encode():
                 raise OSError(f"git cat-file did not give the blob of {rel}: {b' '.join(header)!r}")
-            folder = rel.rpartition("/")[0]
-            if folder and folder not in made:
-                os.makedirs(os.path.join(dst, folder), exist_ok=True)
-                made.add(folder)
+            _folder_for(dst, rel, made)
             target = os.path.join(dst, rel)
             with open(target, "wb") as f:
                 left = int(header[2])
@@ -157,13 +169,22 @@ def write_blobs(git_dir: Path, index: TreeIndex, dst: Path) -> None:
         proc.wait()
 
 
-def extract_revision(repo: Any, sha: str, root: Path, index: TreeIndex | None = None) -> None:
+def _folder_for(dst: Path, rel: str, made: set[str]) -> None:
+    folder = rel.rpartition("/")[0]
+    if folder and folder not in made:
+        os.makedirs(os.path.join(dst, folder), exist_ok=True)
+        made.add(folder)
+
+
+def extract_revision(
+    repo: Any, sha: str, root: Path, index: TreeIndex | None = None, previous: tuple[Path, TreeIndex] | None = None
+) -> None:
     """The files of `sha` into `root`, atomically. Raises git.GitCommandError for the caller to word.
-    With `sha`'s index (`tree_index`): written straight from the objects (`trees.write_blobs`),
-    else, or when that fails, through `git archive`."""
+    With `sha`'s index (`tree_index`): written straight from the objects (`trees.write_blobs`,
+    linking what `previous` holds already), else, or when that fails, through `git archive`."""
     if index is not None and index.files:
         try:
-            build_dir_atomic(root, lambda tmp: write_blobs(Path(repo.git_dir), index, tmp))
+            build_dir_atomic(root, lambda tmp: write_blobs(Path(repo.git_dir), index, tmp, previous))
             return
         except OSError:
             pass  # the archive below, which words its own errors

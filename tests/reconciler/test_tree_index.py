@@ -242,3 +242,22 @@ def test_the_engine_plans_an_indexed_checkout_as_the_walked_one(tmp_path: Path) 
     files = [{n: d.summary.get("files") for n, d in (p.desired.services.items() if p.desired else [])} for p in plans]
     assert files[0] == files[1] and all(files[0].values())
     assert {s[1] for s in steps[0]} == set(files[0])  # the code change rolls every service on the local backend
+
+
+def test_the_next_revision_links_unchanged_files_and_equals_git_archive(tmp_path: Path) -> None:
+    c1, bare, work = checkout(tmp_path, TREE, executable=("run.sh",))
+    # `add -A` stages run.sh as it is on disk (not executable): the same bytes, another mode
+    commit_push(work, {"app.py": "print(2)\n", "b.dstack.yml": None, "new/file.txt": "new\n"})
+    source = GitSource(str(bare), "main", tmp_path / "state")
+    source._index = (c1.revision, c1.index)  # as after reading c1 (a new process has not)
+    c2 = source.current()
+    assert c2.index is not None
+    archived = tmp_path / "archived"
+    extract_revision(open_bare_repo(source.repo_dir), c2.revision, archived)
+    assert tree_hash(c2.root) == tree_hash(archived)
+    same = os.stat(c2.root / "a" / "lib.py").st_ino == os.stat(c1.root / "a" / "lib.py").st_ino
+    assert same, "an unchanged file is a link to the last revision's"
+    assert os.stat(c2.root / "app.py").st_ino != os.stat(c1.root / "app.py").st_ino
+    assert os.stat(c2.root / "run.sh").st_ino != os.stat(c1.root / "run.sh").st_ino
+    assert not os.access(c2.root / "run.sh", os.X_OK) and os.access(c1.root / "run.sh", os.X_OK)
+    assert (c2.root / "app.py").read_text() == "print(2)\n" and (c1.root / "app.py").read_text() == "print(1)\n"
