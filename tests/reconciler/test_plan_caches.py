@@ -410,3 +410,17 @@ def test_a_kept_route_changes_with_each_of_its_inputs() -> None:
     changed(unrouted_at=1.0)
     changed(route=RouteInfo(host="web.example.test", auth=False, min_replicas=0, max_replicas=2))
     changed(pr=True)
+
+
+def test_the_fast_copy_of_a_placed_service_equals_dataclasses_replace(repo: Path) -> None:
+    from dataclasses import fields, replace
+
+    from backends.base import Offer
+    from reconciler.engine.offers import _evolve
+
+    d = build(repo, "rev-1").services["s0"]
+    offer = Offer("local", "here", "fake", 1, 1.0, None, False, 0.0)
+    made = _evolve(d, template=_evolve(d.template, offer=offer))
+    assert made == replace(d, template=replace(d.template, offer=offer))
+    assert made.template.offer is offer and d.template.offer is None  # the original is untouched
+    assert [f.name for f in fields(made)] == list(vars(made))
