@@ -53,6 +53,7 @@ __all__ = [
     "LoadedService",
     "ParseCache",
     "Severity",
+    "TreeIndex",
     "derive_service_name",
     "discover",
     "is_config_file",

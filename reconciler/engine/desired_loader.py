@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry, Offer, Requirements
-from reconciler.config.discovery import TreeIndex
-from reconciler.config.loader import load_tree
+from reconciler.config.loader import TreeIndex, load_tree
 from reconciler.engine import memo
 from reconciler.engine.desired import At, DesiredService, DesiredSet, build_desired
 from reconciler.engine.offers import with_offers

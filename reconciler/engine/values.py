@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from reconciler.config.discovery import TreeIndex
+from reconciler.config.loader import TreeIndex
 from reconciler.engine.apply import ServiceOutcome
 from reconciler.engine.desired import DesiredSet
 from reconciler.engine.plan import Plan

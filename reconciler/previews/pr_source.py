@@ -40,11 +40,11 @@ from reconciler.previews.github import GitHubClient, GitHubError
 from reconciler.source.checkout import (
     Checkout,
     GitSource,
+    extract_revision,
     git_error,
     open_bare_repo,
     redact_url,
 )
-from reconciler.source.trees import extract_revision
 from tidegate.fsio import write_json_atomic
 
 PREVIEWS_DIR = "previews"

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from reconciler.config.discovery import TreeIndex
-from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, extract_revision, tree_hash, tree_index
+from reconciler.config.loader import TreeIndex
+from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, tree_hash, tree_index
+from reconciler.source.trees import extract_revision as extract_revision  # pr_source extracts too
 from tidegate.fsio import build_dir_atomic, write_json_atomic
 
 KEEP_REVISIONS = 5

@@ -34,8 +34,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from backends.workdir import _leads_outside, dstackignore
-from reconciler.config.discovery import TreeIndex
-from reconciler.config.loader import is_config_file
+from reconciler.config.loader import TreeIndex, is_config_file
 from reconciler.source.trees import SKIP_DIRS, IgnoreFn, tree_hash
 
 CONFIG_DIR = ".dstack"

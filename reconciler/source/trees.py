@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from reconciler.config.discovery import TreeIndex
+from reconciler.config.loader import TreeIndex
 from tidegate.fsio import build_dir_atomic
 
 # A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
