@@ -261,3 +261,16 @@ def test_the_next_revision_links_unchanged_files_and_equals_git_archive(tmp_path
     assert os.stat(c2.root / "run.sh").st_ino != os.stat(c1.root / "run.sh").st_ino
     assert not os.access(c2.root / "run.sh", os.X_OK) and os.access(c1.root / "run.sh", os.X_OK)
     assert (c2.root / "app.py").read_text() == "print(2)\n" and (c1.root / "app.py").read_text() == "print(1)\n"
+
+
+def test_an_index_git_cannot_answer_falls_back_to_git_archive(tmp_path: Path) -> None:
+    """A blob the objects do not hold (a stale or wrong index): the half-written folder is thrown
+    away and the revision is extracted through `git archive` as before."""
+    c, bare, _ = checkout(tmp_path, TREE)
+    assert c.index is not None
+    wrong = TreeIndex({**c.index.files, "app.py": bytes(20)}, c.index.executable)
+    repo = open_bare_repo(GitSource(str(bare), "main", tmp_path / "state").repo_dir)
+    root = tmp_path / "fallback"
+    extract_revision(repo, c.revision, root, wrong)
+    assert tree_hash(root) == tree_hash(c.root)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fallback")], "no half-built folder left"
