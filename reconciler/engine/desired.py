@@ -35,16 +35,16 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from backends.base import ReplicaSpec, Requirements
+from backends.base import ReplicaSpec
 from reconciler.config.diagnostics import Diagnostic
 from reconciler.config.loader import LoadedService, LoadResult
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
-from reconciler.engine.naming import replica_id, service_host
+from reconciler.engine.desired_parts import Static, static_of, summary
+from reconciler.engine.naming import replica_id
 from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import RouteInfo
 from reconciler.state.redact import secret_hash
-from tidegate.routes import ModelFormat, ModelRoute
 
 
 @dataclass(frozen=True)
@@ -168,17 +168,7 @@ NO_EFFECT_FIELDS = ("retry", "max_duration")
 # Per unchanged file (the parse cache's LoadedService object) and the other inputs: see
 # reconciler.engine.memo. Each is the result of a pure function of exactly the key.
 _SPEC_HASHES: memo.IdentityMemo[str] = memo.memo()  # (env digest, backend, code hash)
-_STATIC: memo.IdentityMemo[_Static] = memo.memo()  # (name, domain)
-
-
-@dataclass(frozen=True)
-class _Static:
-    """What a service's file alone (and the domain) decide, whatever the env, backend or code."""
-
-    requirements: Requirements
-    scaling: ScalingPolicy | None
-    route: RouteInfo
-    env_names: tuple[str, ...]
+_STATIC: memo.IdentityMemo[Static] = memo.memo()  # (name, domain)
 
 
 def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
@@ -194,33 +184,6 @@ def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str
 
 def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
     return _SPEC_HASHES.get(ls, (env_hash, backend, files), partial(replica_spec_hash, ls, env_hash, backend, files))
-
-
-def _static(ls: LoadedService, name: str, domain: str) -> _Static:
-    c = ls.config
-    scaling = None
-    if c.scaling is not None:
-        scaling = ScalingPolicy(
-            min=c.replicas.min,
-            max=c.replicas.max,
-            target=float(c.scaling.target),
-            scale_up_delay=float(c.scaling.scale_up_delay),
-            scale_down_delay=float(c.scaling.scale_down_delay),
-            window=float(c.scaling.window),
-        )
-    route = RouteInfo(
-        host=service_host(name, domain),
-        auth=c.auth,
-        model=_model_route(ls),
-        min_replicas=c.replicas.min,
-        max_replicas=c.replicas.max,
-        probes=tuple(c.probes),
-        # longest prefix first: the gateway applies the first that matches
-        rate_limits=tuple(
-            sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
-        ),
-    )
-    return _Static(c.requirements(), scaling, route, tuple(sorted(c.env)))
 
 
 def choose_backend(
@@ -240,72 +203,6 @@ def choose_backend(
     if configured:
         return configured[0], ""
     return None, "no backend is configured"
-
-
-def _summary(
-    ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
-) -> dict[str, str]:
-    c = ls.config
-    out = {
-        "backend": backend,
-        "port": str(c.port.container_port),
-        "commands": " && ".join(c.commands),
-        "resources": json.dumps(c.resources.model_dump(mode="json", exclude_none=True), sort_keys=True),
-        "replicas": str(c.replicas.min)
-        if c.replicas.min == c.replicas.max
-        else f"{c.replicas.min}..{c.replicas.max}",
-        "env": ", ".join(sorted(env)),
-        "env values": env_hash[:8],
-        "files": files[:8] if files else "",
-    }
-    if c.image:
-        out["image"] = c.image
-    if c.python:
-        out["python"] = c.python
-    out.update(route_summary(ls))
-    return {k: v for k, v in out.items() if v}
-
-
-def route_summary(ls: LoadedService) -> dict[str, str]:
-    """The fields that change what is routed or where/how a replica may be placed, as plan shows
-    them. `auth` is always present: plan.ROUTE_FIELDS diffs them even when no replica changes."""
-    c = ls.config
-    out = {
-        "auth": "true" if c.auth else "false",
-        "spot_policy": str(c.spot_policy) if c.spot_policy else "",
-        "max_price": f"{c.max_price:g}" if c.max_price is not None else "",
-        "regions": ", ".join(c.regions or ()),
-        "probes": _compact([p.model_dump(mode="json") for p in c.probes]),
-        "rate_limits": _compact([r.model_dump(mode="json") for r in c.rate_limits]),
-        "scaling": _compact(c.scaling.model_dump(mode="json")) if c.scaling else "",
-    }
-    if c.model is not None:
-        m = c.model
-        where = f"prefix {m.prefix}" if m.format == ModelFormat.OPENAI else "tgi"
-        out["model"] = f"{m.name} ({where})"
-        if m.chat_template:
-            out["model.chat_template"] = hashlib.sha256(m.chat_template.encode()).hexdigest()[:8]
-        if m.eos_token:
-            out["model.eos_token"] = m.eos_token
-    return out
-
-
-def _compact(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
-
-
-def _model_route(ls: LoadedService) -> ModelRoute | None:
-    m = ls.config.model
-    if m is None:
-        return None
-    return ModelRoute(
-        name=m.name,
-        type=m.type,
-        format=ModelFormat(str(m.format)),
-        prefix=m.prefix or "/v1",
-        chat_template=m.chat_template,
-        eos_token=m.eos_token,
-    )
 
 
 def build_desired(
@@ -465,7 +362,7 @@ def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[st
         elif pool and pool[0] != backend:
             backend = pool[0]
             spec_hash = _spec_hash(ls, env_hash, backend, files(backend))
-    static = _STATIC.get(ls, (name, inp.domain), partial(_static, ls, name, inp.domain))
+    static = _STATIC.get(ls, (name, inp.domain), partial(static_of, ls, name, inp.domain))
     code = used.get(backend)
     template = ReplicaSpec(
         replica_id="",
@@ -491,7 +388,7 @@ def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[st
         template=template,
         route=static.route,
         env_names=static.env_names,
-        summary=_summary(ls, backend, resolved, env_hash, code),
+        summary=summary(ls, backend, resolved, env_hash, code),
         candidates=candidates,
         secrets=dict(sorted(secrets.items())),
     )
