@@ -7,10 +7,17 @@ config path, measured in the same run. Prints a table (issue 13's "Plans" target
   (`code_files.FAST = False`): every file parsed, validated and resolved on every load.
 - after: all of them on (the defaults).
 
+The two revisions come the way production gets them: a git repository with two branches (v1;
+v2 = v1 with one file changed) read through the real `GitSource` (fetch into a bare clone, `git
+archive` into a revision folder, `git ls-tree` for the folder's index). "before" plans the same
+folders without the index (the walk and a read of every file, as before it existed).
+
 Rows (each the median of --runs, in-process, the real Engine on the in-memory fake backend):
 - cold: a new Engine plans a tree of N files with an empty parse cache (load + validate + plan);
 - one-file change: the same Engine plans a new revision whose tree differs in one file;
-- no-op pass: `reconcile` of the revision it already applied (everything ready).
+- no-op pass: `reconcile` of the revision it already applied (everything ready);
+- checkout ...: the source's own time (fetch + extraction + index), not part of the rows above:
+  the first revision into an empty state folder, then the next one (its own fetch and folder).
 
 Usage: .venv/bin/python bench/plans.py [--sizes 1000,10000] [--runs 3]
 """
@@ -18,8 +25,10 @@ Usage: .venv/bin/python bench/plans.py [--sizes 1000,10000] [--runs 3]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +44,8 @@ from bench.reconcile import SERVICE, write_tree  # noqa: E402
 from reconciler.config import loader, yamldoc  # noqa: E402
 from reconciler.engine import memo, settled  # noqa: E402
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
-from reconciler.source import code_files  # noqa: E402
+from reconciler.source import code_files, trees  # noqa: E402
+from reconciler.source.checkout import GitSource  # noqa: E402
 from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
 
 TARGETS = {"cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010}
@@ -72,15 +82,55 @@ def new_engine(state: Path) -> Engine:
     )
 
 
+def git_repo(repo: Path, n: int) -> None:
+    """A repository with branch v1 (N services) and branch v2 (v1 with svc-0000's file changed);
+    `checkouts` moves main from one to the other."""
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    write_tree(repo, n, "v1")
+    git("init", "-q", "-b", "v1")
+    git("add", "-A")
+    git("-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "v1")
+    git("checkout", "-q", "-b", "v2")
+    (repo / "svc-0000" / ".dstack.yml").write_text(SERVICE.format(name="svc-0000", greeting="v2"))
+    git("-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qam", "v2")
+
+
+def checkouts(base: Path, n: int, out: dict[str, float], fast: bool = True) -> tuple[Snapshot, Snapshot]:
+    """Both revisions through the real GitSource (one, as the daemon has: it lends the first
+    revision's files to the second) into a fresh state folder, timed. Not `fast`: every revision
+    through `git archive`, as before the index."""
+    state = base / f"source-{n}"
+    shutil.rmtree(state, ignore_errors=True)
+    snaps: list[Snapshot] = []
+    repo = base / f"repo-{n}"
+    source = GitSource(str(repo), "main", state)
+    trees.FROM_INDEX = fast
+    try:
+        for branch, row in (("v1", "checkout first revision"), ("v2", "checkout next revision")):
+            # main at v1, then pushed on to v2
+            subprocess.run(["git", "-C", str(repo), "update-ref", "refs/heads/main", f"refs/heads/{branch}"], check=True)
+            t = time.perf_counter()
+            c = source.current()
+            out[row] = time.perf_counter() - t
+            snaps.append(Snapshot(c.revision, c.root, c.config_path, c.index))
+    finally:
+        trees.FROM_INDEX = True
+    return snaps[0], snaps[1]
+
+
 def measure(base: Path, n: int, fast: bool, noop: bool) -> dict[str, float]:
-    v1, v2 = base / f"v1-{n}", base / f"v2-{n}"
     out: dict[str, float] = {}
+    s1, s2 = checkouts(base, n, out, fast)
+    if not fast:  # before the index: the folders are walked and every file is read
+        s1, s2 = dataclasses.replace(s1, index=None), dataclasses.replace(s2, index=None)
     with mode(fast):
         state = base / f"state-{n}-{fast}"
         shutil.rmtree(state, ignore_errors=True)
         engine = new_engine(state)
         try:
-            s1, s2 = Snapshot("rev-1", v1), Snapshot("rev-2", v2)
             loader.PARSE_CACHE.clear()
             memo.clear_all()
             out["cold"] = timed(lambda: engine.plan(s1))
@@ -104,10 +154,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         for n in sizes:
-            v1, v2 = base / f"v1-{n}", base / f"v2-{n}"
-            write_tree(v1, n, "v1")
-            shutil.copytree(v1, v2)
-            (v2 / "svc-0000" / ".dstack.yml").write_text(SERVICE.format(name="svc-0000", greeting="v2"))
+            git_repo(base / f"repo-{n}", n)
             noop = n <= 1000  # applying 10,000 replicas is the apply benchmark's job, not this one
             results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
             for _ in range(args.runs):  # interleaved, so machine load hits both alike
@@ -117,11 +164,11 @@ def main() -> int:
                 before = statistics.median(r[key] for r in results[False])
                 after = statistics.median(r[key] for r in results[True])
                 rows.append((f"{key} {n}", before, after))
-    print(f"{'measure':<24} {'before':>10} {'after':>10} {'speed-up':>9} {'target':>8}")
+    print(f"{'measure':<32} {'before':>10} {'after':>10} {'speed-up':>9} {'target':>8}")
     for name, before, after in rows:
         target = TARGETS.get(name)
         shown = f"{target * 1000:.0f}ms" if target else "-"
-        print(f"{name:<24} {before * 1000:>8.1f}ms {after * 1000:>8.1f}ms {before / after:>8.1f}x {shown:>8}")
+        print(f"{name:<32} {before * 1000:>8.1f}ms {after * 1000:>8.1f}ms {before / after:>8.1f}x {shown:>8}")
     return 0
 
 

@@ -88,7 +88,9 @@ def build_engine(
 
 
 def to_snapshot(checkout: Checkout) -> Snapshot:
-    return Snapshot(revision=checkout.revision, root=checkout.root, config_path=checkout.config_path)
+    return Snapshot(
+        revision=checkout.revision, root=checkout.root, config_path=checkout.config_path, index=checkout.index
+    )
 
 
 def require_source(settings: Settings, scratch: Path | None = None) -> Source:

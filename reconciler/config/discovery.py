@@ -11,6 +11,8 @@ to the pair.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pathspec
@@ -202,10 +204,74 @@ def _read_ignores(directory: Path) -> pathspec.GitIgnoreSpec | None:
     return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
 
-def _ignored(rel: str, specs: dict[str, pathspec.GitIgnoreSpec]) -> bool:
+def _ignored(rel: str, specs: dict[str, pathspec.GitIgnoreSpec], below: str | None = None) -> bool:
+    """Whether the ignore rules of a folder above `rel` leave it out (`below`: not those of that
+    folder itself or of folders inside it)."""
     for base, spec in specs.items():
         if base and not rel.startswith(base + "/"):
+            continue
+        if below is not None and (base == below or base.startswith(below + "/") if below else True):
             continue
         if spec.match_file(rel[len(base) + 1 :] if base else rel):
             return True
     return False
+
+
+@dataclass(frozen=True)
+class TreeIndex:
+    """What a checkout folder holds, as its source knows it without reading the folder: every
+    file's posix path relative to the root -> an id of its content (a git blob id), and which
+    files are executable. The source makes one only for a folder it extracted from exactly these
+    objects and only when the folder is plain (no symbolic link, no submodule, no `.gitattributes`
+    that could make the extraction leave a file out or rewrite it), so `scan_index` (and the code
+    hash, reconciler.source.code_files) can stand for the walk. `files` is kept in `walk_order`."""
+
+    files: Mapping[str, bytes]
+    executable: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", {p: self.files[p] for p in sorted(self.files, key=walk_order)})
+
+
+def scan_index(root: Path, index: TreeIndex, subpath: str | None) -> list[str] | None:
+    """`scan(root, subpath)`'s config files from the index instead of a walk, in the same order
+    (no links to report: an indexed tree has none); None when the index cannot say (a subpath
+    that is a file or is missing: the walk handles those). Ignore files are read from the folder."""
+    rel_top = (subpath or "").strip("/")
+    rel_top = "" if rel_top in ("", ".") else rel_top
+    if rel_top and rel_top in index.files:
+        return None
+    prefix = rel_top + "/" if rel_top else ""
+    paths = [p for p in index.files if p.startswith(prefix)] if prefix else list(index.files)
+    if rel_top and not paths:
+        return None
+    ignore_dirs = {p.rpartition("/")[0] for p in paths if p.rpartition("/")[2] in IGNORE_FILES}
+    specs: dict[str, pathspec.GitIgnoreSpec] = {}
+    for d in sorted(ignore_dirs, key=lambda d: d.count("/") if d else -1):
+        spec = _read_ignores(root / d if d else root)
+        if spec is not None:
+            specs[d] = spec
+    hidden: dict[str, bool] = {rel_top: False}  # folder -> left out (itself or a folder above it)
+
+    def is_hidden(folder: str) -> bool:
+        found = hidden.get(folder)
+        if found is None:
+            parent = folder.rpartition("/")[0]
+            # the folders above it only: its own ignore files are read once it is entered
+            found = is_hidden(parent) or _ignored(folder + "/", specs, below=folder)
+            hidden[folder] = found
+        return found
+
+    found: list[str] = []
+    for rel in paths:
+        folder, _, name = rel.rpartition("/")
+        if is_config_file(name) and not is_hidden(folder) and not _ignored(rel, specs):
+            found.append(rel)
+    return found  # in walk order, as the index is
+
+
+def walk_order(rel: str) -> tuple[tuple[int, str], ...]:
+    """The position of a file in a top-down walk that lists a folder's files (by name) before
+    its sub-folders (by name), as `os.walk` and `scan` do."""
+    *folders, name = rel.split("/")
+    return (*((1, f) for f in folders), (0, name))

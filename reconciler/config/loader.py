@@ -32,7 +32,15 @@ from typing import Any
 
 from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
-from reconciler.config.discovery import discover, is_config_file, link_outside, outside_links, scan
+from reconciler.config.discovery import (
+    TreeIndex,
+    discover,
+    is_config_file,
+    link_outside,
+    outside_links,
+    scan,
+    scan_index,
+)
 from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
 from reconciler.config.parse_cache import PARSE_CACHE, ParseCache
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
@@ -45,6 +53,7 @@ __all__ = [
     "LoadedService",
     "ParseCache",
     "Severity",
+    "TreeIndex",
     "derive_service_name",
     "discover",
     "is_config_file",
@@ -141,8 +150,21 @@ def _fingerprint(profile: Mapping[str, Any] | None) -> str:
     return json.dumps(profile, sort_keys=True, default=repr)
 
 
-def _parse_file(root: Path, rel: str, profile: Mapping[str, Any] | None, profile_key: str) -> ParsedFile:
-    """One config file read and parsed (through PARSE_CACHE)."""
+def _parse_file(
+    root: Path, rel: str, profile: Mapping[str, Any] | None, profile_key: str, blob: bytes | None = None
+) -> ParsedFile:
+    """One config file read and parsed (through PARSE_CACHE). `blob`: its content's id from the
+    source's index (`TreeIndex`): the cache is asked by it, and the file is read only on a miss."""
+    if blob is not None and PARSE_CACHE.enabled:
+
+        def read_and_parse() -> ParsedFile:
+            with open(os.path.join(root, rel), "rb") as fh:  # an OSError is not cached
+                return _parse_bytes(fh.read(), rel, profile)
+
+        try:
+            return PARSE_CACHE.parsed((rel, b"blob:" + blob, profile_key), read_and_parse)
+        except OSError:
+            pass  # worded below, as for any file
     try:
         with open(os.path.join(root, rel), "rb") as fh:
             data = fh.read()
@@ -175,10 +197,12 @@ def _load_profiles(root: Path) -> ProfilesResult:
     return parse_profiles_text(text, PROFILES_PATH)
 
 
-def load_tree(root: Path, subpath: str | None = None) -> LoadResult:
-    """Every service under root (optionally only under root/subpath). Never raises."""
+def load_tree(root: Path, subpath: str | None = None, index: TreeIndex | None = None) -> LoadResult:
+    """Every service under root (optionally only under root/subpath). Never raises. `index`: what
+    the folder holds as its source knows it (discovery.TreeIndex): the folder is then not walked
+    and a file whose content id was parsed before is not read."""
     try:
-        return _load(Path(root), subpath)
+        return _load(Path(root), subpath, index)
     except Exception as e:  # the promise is "never raises"; a bug becomes a diagnostic
         where = subpath or "."
         return LoadResult(
@@ -186,7 +210,7 @@ def load_tree(root: Path, subpath: str | None = None) -> LoadResult:
         )
 
 
-def _load(root: Path, subpath: str | None) -> LoadResult:
+def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> LoadResult:
     diagnostics: list[Diagnostic] = []
     skipped: list[Diagnostic] = []
     if not (root / subpath if subpath else root).exists():
@@ -197,7 +221,9 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
     diagnostics += profiles.diagnostics
     profile = profiles.default if profiles.ok else None
     profile_key = _fingerprint(profile)
-    found, links = scan(root, subpath)
+    indexed = scan_index(root, index, subpath) if index is not None else None
+    found, links = (indexed, []) if indexed is not None else scan(root, subpath)
+    blobs = index.files if indexed is not None and index is not None else {}
     linked_out = {d.path: d for d in links if d.severity == Severity.ERROR}
     diagnostics += [d for d in links if d.path not in linked_out]
     base = subpath if subpath and (root / subpath).is_dir() else None
@@ -207,7 +233,7 @@ def _load(root: Path, subpath: str | None) -> LoadResult:
         if rel in linked_out:
             parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [linked_out[rel]]))
             continue
-        parsed.append(_parse_file(root, rel, profile, profile_key))
+        parsed.append(_parse_file(root, rel, profile, profile_key, blobs.get(rel)))
     by_name: dict[str, list[ParsedFile]] = {}
     for item in parsed:
         if item.kind == FileKind.SKIPPED:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.base import BackendRegistry, PermanentError, TemporaryError
-from reconciler.engine.desired import DesiredService
+from reconciler.engine.desired import At, DesiredService
 from reconciler.engine.plan import Action, Plan, Step
 from reconciler.state.journal import Journal, Op
 from reconciler.state.records import (
@@ -122,6 +122,9 @@ class ApplyContext:
     mask: Callable[[str, str], str] = lambda service, text: text
     # Held for every state/journal access; released around backend calls (see module docstring).
     lock: Any = field(default_factory=threading.RLock)
+    # The revision and folder of the set the specs were planned from: a service's files unless it
+    # carries its own (`DesiredService.at`).
+    at: At | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class ServiceOutcome:
 
 
 def _replica_record(d: DesiredService, ordinal: int, ctx: ApplyContext, attempts: int) -> ReplicaRecord:
-    spec = d.spec_for(ordinal)
+    spec = d.spec_for(ordinal, ctx.at)
     backend = ctx.backends.get(d.backend)
     with ctx.lock:
         iid = ctx.journal.intent(Op.CREATE, spec.replica_id, d.name, d.backend, ctx.now)
@@ -194,15 +197,17 @@ def _apply_step(step: Step, doc: StateDoc, desired: Mapping[str, DesiredService]
     d = desired.get(step.service)
     if step.action is Action.CREATE_SERVICE:
         assert d is not None
+        where = d.files_at(ctx.at)
+        revision = where.revision if where is not None else None
         rec = ServiceRecord(
             name=d.name,
             spec_hash=d.spec_hash,
-            revision=d.revision,
+            revision=revision,
             config_path=d.config_path,
             backend=d.backend,
             last_scaled_at=ctx.now,
         )
-        rec.note(ctx.now, "created", f"revision {d.revision}")
+        rec.note(ctx.now, "created", f"revision {revision}")
         with ctx.lock:
             doc.services[d.name] = rec
         return

@@ -35,24 +35,36 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from backends.base import ReplicaSpec, Requirements
+from backends.base import ReplicaSpec
 from reconciler.config.diagnostics import Diagnostic
 from reconciler.config.loader import LoadedService, LoadResult
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
-from reconciler.engine.naming import replica_id, service_host
+from reconciler.engine.desired_parts import Static, static_of, summary
+from reconciler.engine.naming import replica_id
 from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import RouteInfo
 from reconciler.state.redact import secret_hash
-from tidegate.routes import ModelFormat, ModelRoute
+
+
+@dataclass(frozen=True)
+class At:
+    """Where a service's files are: the revision and the folder holding the repository at it."""
+
+    revision: str | None
+    workdir: str | None
 
 
 @dataclass(frozen=True)
 class DesiredService:
+    """What one service asks for. It carries no revision or folder of its own (`at` None): the
+    set's (`DesiredSet.at`) are its, so a service whose file, env, backend and code did not change
+    is the very same object at the next revision (see `build_desired`). `at` is set only on a
+    service taken from another revision (a last good spec, a pull request's preview)."""
+
     name: str
     spec_hash: str
     config_path: str
-    revision: str | None
     backend: str
     min_replicas: int
     max_replicas: int
@@ -66,15 +78,34 @@ class DesiredService:
     candidates: Mapping[str, str] = field(default_factory=dict)
     # Bare-KEY env names -> salted hash of the value this service's replicas receive.
     secrets: Mapping[str, str] = field(default_factory=dict)
+    at: At | None = None  # None: the set's revision and folder
 
     def secret_values(self) -> dict[str, str]:
         """name -> value of the secrets its replicas receive (in memory only, for masking)."""
         return {k: self.template.env[k] for k in self.secrets if k in self.template.env}
 
-    def spec_for(self, ordinal: int) -> ReplicaSpec:
+    def files_at(self, default: At | None) -> At | None:
+        """Its own revision and folder, else `default` (the set's it was planned from)."""
+        return self.at if self.at is not None else default
+
+    def spec_for(self, ordinal: int, at: At | None = None) -> ReplicaSpec:
+        """The spec of replica `ordinal`; its workdir and revision are `files_at(at)`."""
+        where = self.files_at(at)
         return replace(
-            self.template, replica_id=replica_id(self.name, self.spec_hash, ordinal), ordinal=ordinal
+            self.template,
+            replica_id=replica_id(self.name, self.spec_hash, ordinal),
+            ordinal=ordinal,
+            workdir=where.workdir if where else None,
+            revision=where.revision if where else None,
         )
+
+
+class Specs(dict[str, DesiredService]):
+    """name -> the spec a pass applies; `at`: the files of every one without its own."""
+
+    def __init__(self, services: Mapping[str, DesiredService], at: At | None) -> None:
+        super().__init__(services)
+        self.at = at
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,12 @@ class DesiredSet:
     problems: tuple[Diagnostic, ...] = ()
     # name -> a problem that does not stop the service here (a secret a PR plan cannot see).
     warnings: Mapping[str, str] = field(default_factory=dict)
+    at: At | None = None  # the revision and folder of every service whose own `at` is None
+
+    def revision_of(self, d: DesiredService) -> str | None:
+        """The revision `d` is deployed at: its own, else the set's."""
+        where = d.files_at(self.at)
+        return where.revision if where is not None else self.revision
 
     @property
     def empty(self) -> bool:
@@ -131,18 +168,7 @@ NO_EFFECT_FIELDS = ("retry", "max_duration")
 # Per unchanged file (the parse cache's LoadedService object) and the other inputs: see
 # reconciler.engine.memo. Each is the result of a pure function of exactly the key.
 _SPEC_HASHES: memo.IdentityMemo[str] = memo.memo()  # (env digest, backend, code hash)
-_SUMMARIES: memo.IdentityMemo[dict[str, str]] = memo.memo()  # (backend, env names, env digest, code hash)
-_STATIC: memo.IdentityMemo[_Static] = memo.memo()  # (name, domain)
-
-
-@dataclass(frozen=True)
-class _Static:
-    """What a service's file alone (and the domain) decide, whatever the env, backend or code."""
-
-    requirements: Requirements
-    scaling: ScalingPolicy | None
-    route: RouteInfo
-    env_names: tuple[str, ...]
+_STATIC: memo.IdentityMemo[Static] = memo.memo()  # (name, domain)
 
 
 def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
@@ -158,33 +184,6 @@ def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str
 
 def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
     return _SPEC_HASHES.get(ls, (env_hash, backend, files), partial(replica_spec_hash, ls, env_hash, backend, files))
-
-
-def _static(ls: LoadedService, name: str, domain: str) -> _Static:
-    c = ls.config
-    scaling = None
-    if c.scaling is not None:
-        scaling = ScalingPolicy(
-            min=c.replicas.min,
-            max=c.replicas.max,
-            target=float(c.scaling.target),
-            scale_up_delay=float(c.scaling.scale_up_delay),
-            scale_down_delay=float(c.scaling.scale_down_delay),
-            window=float(c.scaling.window),
-        )
-    route = RouteInfo(
-        host=service_host(name, domain),
-        auth=c.auth,
-        model=_model_route(ls),
-        min_replicas=c.replicas.min,
-        max_replicas=c.replicas.max,
-        probes=tuple(c.probes),
-        # longest prefix first: the gateway applies the first that matches
-        rate_limits=tuple(
-            sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
-        ),
-    )
-    return _Static(c.requirements(), scaling, route, tuple(sorted(c.env)))
 
 
 def choose_backend(
@@ -204,72 +203,6 @@ def choose_backend(
     if configured:
         return configured[0], ""
     return None, "no backend is configured"
-
-
-def _summary(
-    ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
-) -> dict[str, str]:
-    c = ls.config
-    out = {
-        "backend": backend,
-        "port": str(c.port.container_port),
-        "commands": " && ".join(c.commands),
-        "resources": json.dumps(c.resources.model_dump(mode="json", exclude_none=True), sort_keys=True),
-        "replicas": str(c.replicas.min)
-        if c.replicas.min == c.replicas.max
-        else f"{c.replicas.min}..{c.replicas.max}",
-        "env": ", ".join(sorted(env)),
-        "env values": env_hash[:8],
-        "files": files[:8] if files else "",
-    }
-    if c.image:
-        out["image"] = c.image
-    if c.python:
-        out["python"] = c.python
-    out.update(route_summary(ls))
-    return {k: v for k, v in out.items() if v}
-
-
-def route_summary(ls: LoadedService) -> dict[str, str]:
-    """The fields that change what is routed or where/how a replica may be placed, as plan shows
-    them. `auth` is always present: plan.ROUTE_FIELDS diffs them even when no replica changes."""
-    c = ls.config
-    out = {
-        "auth": "true" if c.auth else "false",
-        "spot_policy": str(c.spot_policy) if c.spot_policy else "",
-        "max_price": f"{c.max_price:g}" if c.max_price is not None else "",
-        "regions": ", ".join(c.regions or ()),
-        "probes": _compact([p.model_dump(mode="json") for p in c.probes]),
-        "rate_limits": _compact([r.model_dump(mode="json") for r in c.rate_limits]),
-        "scaling": _compact(c.scaling.model_dump(mode="json")) if c.scaling else "",
-    }
-    if c.model is not None:
-        m = c.model
-        where = f"prefix {m.prefix}" if m.format == ModelFormat.OPENAI else "tgi"
-        out["model"] = f"{m.name} ({where})"
-        if m.chat_template:
-            out["model.chat_template"] = hashlib.sha256(m.chat_template.encode()).hexdigest()[:8]
-        if m.eos_token:
-            out["model.eos_token"] = m.eos_token
-    return out
-
-
-def _compact(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
-
-
-def _model_route(ls: LoadedService) -> ModelRoute | None:
-    m = ls.config.model
-    if m is None:
-        return None
-    return ModelRoute(
-        name=m.name,
-        type=m.type,
-        format=ModelFormat(str(m.format)),
-        prefix=m.prefix or "/v1",
-        chat_template=m.chat_template,
-        eos_token=m.eos_token,
-    )
 
 
 def build_desired(
@@ -296,8 +229,13 @@ def build_desired(
     `missing_env_ok` (a plan for a pull request, which never sees production's secrets): a bare
     `KEY` without a value is a warning instead of blocking the service. `trusted`: the load is the
     deployed branch (True) or a PR's head (False: its replicas are sandboxed without exception and
-    get no operator egress rules; SECURITY.md)."""
-    services: dict[str, DesiredService] = {}
+    get no operator egress rules; SECURITY.md).
+
+    Each service's outcome is kept (`_OUTCOMES`) by its loaded file (the parse cache's object, by
+    identity), its name and every other input of this call (`_Inputs`; the env as a salted digest),
+    with the code hash it used checked on every hit: an unchanged service is the very same
+    `DesiredService` object at every revision, and the services carry no revision or folder
+    (the set's `at` is theirs)."""
     files_memo: list[str | None] = []
 
     def files_for(backend: str) -> str | None:
@@ -312,81 +250,35 @@ def build_desired(
                 files_memo.append(None)  # an empty workdir: nothing to hash
         return files_memo[0]
 
+    names = tuple(backends)
+    inputs = _Inputs(
+        env, salt, names, tuple(default_backends), default_backend, domain, missing_env_ok, trusted,
+    )  # fmt: skip
+    key = (
+        env_values_hash(salt, env),
+        names,
+        tuple(ships_workdir(b) for b in names),
+        inputs.default_backends,
+        default_backend,
+        domain,
+        missing_env_ok,
+        trusted,
+    )
+    services: dict[str, DesiredService] = {}
     blocked: dict[str, str] = {}
     warnings: dict[str, str] = {}
     for name in sorted(load.services):
         ls = load.services[name]
-        c = ls.config
-        resolved, missing = resolve_env(c.env, env)
-        secrets = {k: secret_hash(salt, k, resolved[k]) for k, v in c.env.items() if v is None and k in resolved}
-        if missing:
-            why = (
-                f"env variable{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))} "
-                f"ha{'ve' if len(missing) > 1 else 's'} no value: set {'them' if len(missing) > 1 else 'it'} "
-                "in the reconciler's environment or the --env-file"
-            )
-            if not missing_env_ok:
-                blocked[name] = why
-                continue
-            warnings[name] = why + " (not visible to this plan; needed where the reconciler runs)"
-        backend, why = choose_backend(list(c.backends or ()), list(backends), default_backend)
-        if backend is None:
-            blocked[name] = why
-            continue
-        env_hash = env_values_hash(salt, resolved)
-        files = files_for(backend)
-        spec_hash = _spec_hash(ls, env_hash, backend, files)
-        candidates: dict[str, str] = {}
-        if not c.backends:
-            pool = [b for b in (default_backends or backends) if b in backends]
-            if not pool:
-                blocked[name] = (
-                    f"none of the settings' default_backends ({', '.join(default_backends)}) is configured"
-                    f" (have: {', '.join(backends) or 'none'}); add `backends:` to the service or configure one"
-                )
-                continue
-            if backend in pool:  # the default backend first: it wins ties
-                pool.remove(backend)
-                pool.insert(0, backend)
-            if len(pool) > 1:
-                candidates = {b: _spec_hash(ls, env_hash, b, files_for(b)) for b in pool}
-            elif pool and pool[0] != backend:
-                backend = pool[0]
-                spec_hash = _spec_hash(ls, env_hash, backend, files_for(backend))
-        static = _STATIC.get(ls, (name, domain), partial(_static, ls, name, domain))
-        template = ReplicaSpec(
-            replica_id="",
-            service=name,
-            spec_hash=spec_hash,
-            ordinal=-1,
-            port=c.port.container_port,
-            commands=tuple(c.commands),
-            image=c.image,
-            python=c.python,
-            env=resolved,
-            requirements=static.requirements,
-            workdir=workdir,
-            revision=revision,
-            trusted=trusted,
-        )
-        services[name] = DesiredService(
-            name=name,
-            spec_hash=spec_hash,
-            config_path=str(ls.path),
-            revision=revision,
-            backend=backend,
-            min_replicas=c.replicas.min,
-            max_replicas=c.replicas.max,
-            scaling=static.scaling,
-            template=template,
-            route=static.route,
-            env_names=static.env_names,
-            summary=_SUMMARIES.get(
-                ls, (backend, tuple(resolved), env_hash, files), partial(_summary, ls, backend, resolved, env_hash, files)
-            ),
-            candidates=candidates,
-            secrets=dict(sorted(secrets.items())),
-        )
+        out = _OUTCOMES.get(
+            ls, (name, key), partial(_outcome, ls, name, inputs, files_for),
+            lambda o: all(files_for(b) == f for b, f in o.files),
+        )  # fmt: skip
+        if out.warning:
+            warnings[name] = out.warning
+        if out.service is not None:
+            services[name] = out.service
+        else:
+            blocked[name] = out.blocked
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(
         services=services,
@@ -396,4 +288,108 @@ def build_desired(
         problems=tuple(load.diagnostics),
         warnings=warnings,
         revision=revision,
+        at=At(revision, workdir),
     )
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What `build_desired` was given besides the load (the memo's key holds these, the env as a
+    salted digest)."""
+
+    env: Mapping[str, str]
+    salt: str
+    backends: tuple[str, ...]
+    default_backends: tuple[str, ...]
+    default_backend: str
+    domain: str
+    missing_env_ok: bool
+    trusted: bool
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    service: DesiredService | None
+    blocked: str = ""
+    warning: str = ""
+    files: tuple[tuple[str, str | None], ...] = ()  # (backend, the code hash it used)
+
+
+_OUTCOMES: memo.IdentityMemo[_Outcome] = memo.memo()  # (name, _Inputs' key)
+
+
+def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[str], str | None]) -> _Outcome:
+    """One service's desired state, or why it is blocked (pure but for `files_for`, recorded)."""
+    used: dict[str, str | None] = {}
+
+    def files(backend: str) -> str | None:
+        used[backend] = files_for(backend)
+        return used[backend]
+
+    c = ls.config
+    backends = inp.backends
+    resolved, missing = resolve_env(c.env, inp.env)
+    warning = ""
+    if missing:
+        why = (
+            f"env variable{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))} "
+            f"ha{'ve' if len(missing) > 1 else 's'} no value: set {'them' if len(missing) > 1 else 'it'} "
+            "in the reconciler's environment or the --env-file"
+        )
+        if not inp.missing_env_ok:
+            return _Outcome(None, why)
+        warning = why + " (not visible to this plan; needed where the reconciler runs)"
+    secrets = {k: secret_hash(inp.salt, k, resolved[k]) for k, v in c.env.items() if v is None and k in resolved}
+    backend, why = choose_backend(list(c.backends or ()), list(backends), inp.default_backend)
+    if backend is None:
+        return _Outcome(None, why, warning)
+    env_hash = env_values_hash(inp.salt, resolved)
+    spec_hash = _spec_hash(ls, env_hash, backend, files(backend))
+    candidates: dict[str, str] = {}
+    if not c.backends:
+        pool = [b for b in (inp.default_backends or backends) if b in backends]
+        if not pool:
+            why = (
+                f"none of the settings' default_backends ({', '.join(inp.default_backends)}) is configured"
+                f" (have: {', '.join(backends) or 'none'}); add `backends:` to the service or configure one"
+            )
+            return _Outcome(None, why, warning, tuple(used.items()))
+        if backend in pool:  # the default backend first: it wins ties
+            pool.remove(backend)
+            pool.insert(0, backend)
+        if len(pool) > 1:
+            candidates = {b: _spec_hash(ls, env_hash, b, files(b)) for b in pool}
+        elif pool and pool[0] != backend:
+            backend = pool[0]
+            spec_hash = _spec_hash(ls, env_hash, backend, files(backend))
+    static = _STATIC.get(ls, (name, inp.domain), partial(static_of, ls, name, inp.domain))
+    code = used.get(backend)
+    template = ReplicaSpec(
+        replica_id="",
+        service=name,
+        spec_hash=spec_hash,
+        ordinal=-1,
+        port=c.port.container_port,
+        commands=tuple(c.commands),
+        image=c.image,
+        python=c.python,
+        env=resolved,
+        requirements=static.requirements,
+        trusted=inp.trusted,
+    )
+    service = DesiredService(
+        name=name,
+        spec_hash=spec_hash,
+        config_path=str(ls.path),
+        backend=backend,
+        min_replicas=c.replicas.min,
+        max_replicas=c.replicas.max,
+        scaling=static.scaling,
+        template=template,
+        route=static.route,
+        env_names=static.env_names,
+        summary=summary(ls, backend, resolved, env_hash, code),
+        candidates=candidates,
+        secrets=dict(sorted(secrets.items())),
+    )
+    return _Outcome(service, "", warning, tuple(used.items()))

@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from backends.base import BackendRegistry, Offer, Requirements
-from reconciler.config.loader import load_tree
+from reconciler.config.loader import TreeIndex, load_tree
 from reconciler.engine import memo
-from reconciler.engine.desired import DesiredService, DesiredSet, build_desired
+from reconciler.engine.desired import At, DesiredService, DesiredSet, build_desired
 from reconciler.engine.offers import with_offers
 from reconciler.engine.targets import config_broken
 from reconciler.engine.values import DesiredExtension, EngineSettings, Snapshot, SnapshotLike
+from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import SnapshotRef, StateDoc
 from reconciler.state.redact import SecretBook
 
@@ -35,10 +38,20 @@ class DesiredLoader:
         self.backends = backends
         self.secrets = secrets  # learns every secret value a set resolves (for masking, in memory)
         self._desired_cache: tuple[tuple[str, str, str | None, Any], DesiredSet] | None = None
-        # service -> the spec it last ran (in memory; after a restart rebuilt once from its
-        # revision's folder, see last_good). The engine sets it after each applied pass.
-        self.applied: dict[str, DesiredService] = {}
+        # service -> the spec it last ran and where its files were (in memory; after a restart
+        # rebuilt once from its revision's folder, see last_good). Set by `remember` after each
+        # applied pass.
+        self.applied: dict[str, tuple[DesiredService, At | None]] = {}
         self._rebuilt: set[tuple[str, str]] = set()  # (service, revision) rebuilds already tried
+        # last good services bound to their files: (id, files) -> (the service, it bound)
+        self._bound: dict[tuple[int, At], tuple[DesiredService, DesiredService]] = {}
+        self._learned: dict[int, DesiredService] = {}  # services whose secrets the book knows
+
+    def remember(self, specs: Mapping[str, DesiredService], deployed: Mapping[str, object], ds: DesiredSet | None) -> None:
+        """After an applied pass: each deployed service's spec (`specs`, planned from `ds`) is the
+        one it last ran, at its own files or else `ds`'s."""
+        at = ds.at if ds is not None else None
+        self.applied = {n: (d, d.files_at(at)) for n, d in specs.items() if n in deployed}
 
     def desired(
         self,
@@ -67,12 +80,15 @@ class DesiredLoader:
         if self._desired_cache is not None and self._desired_cache[0] == key:
             return self._desired_cache[1]
         with memo.gc_paused() if memo.enabled else nullcontext():  # a big load's objects: reconciler.engine.memo
-            load = load_tree(Path(snapshot.root), snapshot.config_path)
+            index: TreeIndex | None = getattr(snapshot, "index", None)  # a Snapshot from a git source
+            root = Path(snapshot.root)
+            load = load_tree(root, snapshot.config_path, index)
             memo.fit_all(len(load.services))
             ds = build_desired(
                 load,
                 revision=snapshot.revision,
-                workdir=str(Path(snapshot.root).absolute()),
+                workdir=str(root.absolute()),
+                code_hash=partial(code_hash_at, root, snapshot.revision, index),
                 env=self.settings.env,
                 salt=self.salt,
                 backends=self.backends.names(),
@@ -86,7 +102,12 @@ class DesiredLoader:
         # make it look non-empty, which would let the prune take production down.
         if ext is not None and (self.settings.allow_empty or not ds.empty):
             ds = ext.extend(ds)
-        for d in ds.services.values():
+        learned = self._learned
+        self._learned = {}
+        for d in ds.services.values():  # an unchanged service (the same object) is known already
+            self._learned[id(d)] = d
+            if learned.get(id(d)) is d:
+                continue
             for name, value in d.secret_values().items():
                 self.secrets.learn(name, value)
             self.secrets.learn_spec(d.spec_hash, d.secrets)
@@ -109,12 +130,12 @@ class DesiredLoader:
         for name, rec in doc.services.items():
             if not config_broken(name, rec, ds):
                 continue
-            d = self.applied.get(name)
+            d = self._bind(self.applied.get(name))
             if d is None and rec.revision and (name, rec.revision) not in self._rebuilt:
                 self._rebuilt.add((name, rec.revision))
                 d = self._rebuild(doc.last_snapshot, name, rec.revision, rec.backend)
                 if d is not None and d.spec_hash == rec.spec_hash:
-                    self.applied[name] = d
+                    self.applied[name] = (d, d.at)
                 else:
                     log.warning(
                         "%s: its file has errors and its last good revision %s cannot be rebuilt "
@@ -127,6 +148,21 @@ class DesiredLoader:
                 out[name] = d
         return out
 
+    def _bind(self, applied: tuple[DesiredService, At | None] | None) -> DesiredService | None:
+        """A last good service bound to the files it ran from (one object per service and files)."""
+        if applied is None:
+            return None
+        d, at = applied
+        if d.at is not None or at is None:
+            return d
+        key = (id(d), at)
+        found = self._bound.get(key)
+        if found is None or found[0] is not d:  # the entry holds `d`: its id is not reused meanwhile
+            if len(self._bound) > 4 * max(len(self.applied), 64):
+                self._bound.clear()
+            found = self._bound[key] = (d, replace(d, at=at))
+        return found[1]
+
     def _rebuild(
         self, last: SnapshotRef | None, name: str, revision: str, backend: str | None = None
     ) -> DesiredService | None:
@@ -138,7 +174,9 @@ class DesiredLoader:
         cache = self._desired_cache  # keep the current revision's cached set
         try:
             running = {name: backend} if backend else {}
-            return self._load(Snapshot(revision, root, last.config_path), None, running).services.get(name)
+            ds = self._load(Snapshot(revision, root, last.config_path), None, running)
+            d = ds.services.get(name)
+            return replace(d, at=d.files_at(ds.at)) if d is not None else None
         except Exception as e:  # a best-effort fallback: never fail the pass over it
             log.warning("%s: rebuilding revision %s failed: %s: %s", name, revision, type(e).__name__, e)
             return None

@@ -158,7 +158,7 @@ class PassFinish:
         clean: Mapping[str, Entry] = {} if relocked else skipped
         if ds is not None:
             sync_records(doc, ds, decisions, desired, now, self._scaling_reason, last_good, skip=clean)
-            self._loader.applied = {n: d for n, d in specs.items() if n in doc.services}
+            self._loader.remember(specs, doc.services, ds)
             if snapshot is not None:
                 doc.last_snapshot = SnapshotRef(
                     revision=snapshot.revision,
@@ -174,7 +174,7 @@ class PassFinish:
             after = {n: (clean[n].fp if n in clean else fingerprint(r)) for n, r in doc.services.items()}
             if ds is not None and not relocked:
                 dirty = doc.services.keys() - clean.keys()
-                self._settled.update(doc, ds.services, desired.services, decisions, p, after, dirty, busy)
+                self._settled.update(doc, ds.services, desired.services, decisions, p, after, dirty, busy, ds.revision)
         wrote = routes = False
         try:
             wrote = self._save(fps=after)

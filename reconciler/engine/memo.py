@@ -42,12 +42,16 @@ class IdentityMemo(Generic[T]):
             self._entries.clear()
             self.max_entries = self.min_entries
 
-    def get(self, obj: object, key: Hashable, make: Callable[[], T]) -> T:
+    def get(
+        self, obj: object, key: Hashable, make: Callable[[], T], valid: Callable[[T], bool] | None = None
+    ) -> T:
+        """`make()`'s value for (obj, key); `valid` (when given) must accept a kept value, else it
+        is made again (an input read lazily by `make`, such as the code hash, is checked so)."""
         if not enabled:
             return make()
         k = (id(obj), key)
         found = self._entries.get(k)
-        if found is not None and found[0] is obj:
+        if found is not None and found[0] is obj and (valid is None or valid(found[1])):
             return found[1]
         value = make()
         with self._lock:

@@ -45,7 +45,7 @@ from backends.base import BackendRegistry, ReplicaInfo
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
-from reconciler.engine.desired import DesiredService, DesiredSet
+from reconciler.engine.desired import DesiredService, DesiredSet, Specs
 from reconciler.engine.desired_loader import DesiredLoader
 from reconciler.engine.dispatch import Dispatcher
 from reconciler.engine.finish import PassFinish
@@ -292,7 +292,7 @@ class Engine(EngineAsks, PassFinish):
             if isinstance(ready, PassReport):
                 return ready
             ds, p, notes, decisions, desired, last_good, now, clean, busy = ready
-            specs = {**last_good, **(ds.services if ds else {})}
+            specs = Specs({**last_good, **(ds.services if ds else {})}, ds.at if ds else None)
             if self._dispatch is None:
                 outcomes = apply_plan(p, self.doc, specs, self._apply_context(now, specs)) if not p.empty else []
                 return self._finish(
@@ -346,7 +346,7 @@ class Engine(EngineAsks, PassFinish):
         # Services settled since an earlier pass whose record is as it left them (observed and
         # measured above): no replica to probe for readiness, and those with no liveness re-probe
         # due (`quiet`) are not even looked at (reconciler.engine.settled).
-        clean: Mapping[str, Entry] = self._settled.clean(doc, ds.services, busy) if ds is not None else {}
+        clean: Mapping[str, Entry] = self._settled.clean(doc, ds.services, busy, ds.revision) if ds is not None else {}
         # A settled replica's secrets were filled when it settled (its spec's are known since its
         # desired set was resolved, and one spec hash always means the same secrets).
         self._fill_secrets([r for n, r in doc.services.items() if n not in clean] if clean else doc.services.values())
@@ -409,6 +409,7 @@ class Engine(EngineAsks, PassFinish):
             self.settings.backoff_max,
             checkpoint=self._checkpoint,
             lock=self.lock,
+            at=specs.at if isinstance(specs, Specs) else None,
         )
         ctx.mask = lambda service, text: self.mask_service(service, text, specs.get(service))
         return ctx

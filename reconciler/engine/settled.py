@@ -78,6 +78,7 @@ def doc_key(doc: StateDoc) -> tuple[object, ...]:
 class Entry:
     desired: DesiredService  # held, so its identity is never reused while the entry lives
     fp: Fingerprint
+    revision: str | None  # the desired set's: a new revision re-records every service (sync_records)
     pair: tuple[Target, ScalingDecision]  # what the pass that settled it decided (taken as it is)
 
 
@@ -93,8 +94,12 @@ class Settled:
     def reset(self, doc: StateDoc | None = None) -> None:
         self.doc, self.entries, self.saved = doc, {}, None
 
-    def clean(self, doc: StateDoc, desired: Mapping[str, DesiredService], busy: set[str]) -> dict[str, Entry]:
-        """The services this pass may skip: same desired object, same record, not busy."""
+    def clean(
+        self, doc: StateDoc, desired: Mapping[str, DesiredService], busy: set[str], revision: str | None
+    ) -> dict[str, Entry]:
+        """The services this pass may skip: same desired object and revision, same record, not busy.
+        (An unchanged service is the same object at the next revision, but its record moves to that
+        revision, so the first pass at a new revision processes every service.)"""
         if not enabled or doc is not self.doc:
             self.reset(doc)
             return {}
@@ -103,6 +108,7 @@ class Settled:
             name: e
             for name, e in self.entries.items()
             if desired.get(name) is e.desired
+            and e.revision == revision
             and name not in busy
             and (rec := services.get(name)) is not None
             and fingerprint(rec) == e.fp
@@ -118,6 +124,7 @@ class Settled:
         after: Mapping[str, Fingerprint],
         dirty: set[str],
         busy: set[str],
+        revision: str | None,
     ) -> None:
         """After a pass (`after`: the records' fingerprints now): the services of `dirty` it
         found nothing to do for settle; the others are processed again next pass.
@@ -141,7 +148,7 @@ class Settled:
             ):  # fmt: skip
                 self.entries.pop(name, None)
                 continue
-            self.entries[name] = Entry(d, fp, (t, dec))
+            self.entries[name] = Entry(d, fp, revision, (t, dec))
         if len(self.entries) > len(doc.services):
             for name in [n for n in self.entries if n not in doc.services]:
                 del self.entries[name]

@@ -239,15 +239,16 @@ def sync_records(
         _record_diagnostics(rec, ds, None)
         if rec.spec_hash and rec.spec_hash != d.spec_hash:
             # The deploy history (and its plan diff) that the control API and dashboard show.
-            rec.note(now, "deployed", deploy_detail(d.revision, rec.spec_summary, dict(d.summary)))
+            rec.note(now, "deployed", deploy_detail(ds.revision_of(d), rec.spec_summary, dict(d.summary)))
         # Assigned only when they differ: a pydantic assignment is not free, and a no-op pass
         # over 1,000 records would make 7,000 of them to change nothing.
+        revision = ds.revision_of(d)
         if (rec.spec_hash, rec.revision, rec.config_path, rec.backend) != (
-            d.spec_hash, d.revision, d.config_path, d.backend
+            d.spec_hash, revision, d.config_path, d.backend
         ):
             rec.spec_hash, rec.revision, rec.config_path, rec.backend = (
                 d.spec_hash,
-                d.revision,
+                revision,
                 d.config_path,
                 d.backend,
             )

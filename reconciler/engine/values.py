@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.config.loader import TreeIndex
 from reconciler.engine.apply import ServiceOutcome
 from reconciler.engine.desired import DesiredSet
 from reconciler.engine.plan import Plan
@@ -43,6 +44,9 @@ class Snapshot:
     revision: str
     root: Path
     config_path: str | None = None
+    # What `root` holds as its source knows it (reconciler.source.checkout.tree_index): the
+    # folder is then not walked, and a file already parsed or hashed is not read again.
+    index: TreeIndex | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

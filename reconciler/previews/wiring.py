@@ -141,7 +141,8 @@ def preview_desired(
             backends=backends, ships_workdir=ships_workdir, domain=domain, default_backend=default_backend,
             trusted=False,
         )
-        services.update(ds.services)
+        # bound to the PR's checkout: the production set's revision and folder are not theirs
+        services.update({n: replace(d, at=d.files_at(ds.at)) for n, d in ds.services.items()})
         blocked.update(ds.blocked)
     return DesiredSet(services=services, blocked=blocked)
 

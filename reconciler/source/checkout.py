@@ -18,7 +18,6 @@ and in errors have credentials stripped.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -30,7 +29,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, extract_tar, tree_hash
+from reconciler.config.loader import TreeIndex
+from reconciler.source.trees import SKIP_DIRS, IgnoreFn, copy_tree, tree_hash, tree_index
+from reconciler.source.trees import extract_revision as extract_revision  # pr_source extracts too
 from tidegate.fsio import build_dir_atomic, write_json_atomic
 
 KEEP_REVISIONS = 5
@@ -50,6 +51,9 @@ class Checkout:
     revision: str
     root: Path
     config_path: str | None
+    # What `root` holds as git knows it (paths -> blob ids), when the source extracted it from git
+    # and it is plain (see `tree_index`): the loader and the code hash then need not walk it.
+    index: TreeIndex | None = None
 
 
 class Source(Protocol):
@@ -103,6 +107,7 @@ class GitSource:
         self.revisions_dir = state_dir / REVISIONS_DIR
         self._ref = f"refs/tidegate/{branch}"
         self.observed: str | None = None
+        self._index: tuple[str, TreeIndex | None] | None = None  # (sha, its index)
 
     def describe(self) -> str:
         return f"{redact_url(self.url)}@{self.branch}" + (f":{self.config_path}" if self.config_path else "")
@@ -136,19 +141,36 @@ class GitSource:
     def current(self) -> Checkout:
         sha = self.fetch()
         root = self.revisions_dir / sha
+        last = self._index
+        index = last[1] if last is not None and last[0] == sha else self._tree_index(sha)
+        self._index = (sha, index)
         if not root.is_dir():
-            self._extract(sha, root)
+            # the revision read last lends its unchanged files (hard links), while it is there
+            lender = None
+            if last is not None and last[1] is not None and (self.revisions_dir / last[0]).is_dir():
+                lender = (self.revisions_dir / last[0], last[1])
+            self._extract(sha, root, index, lender)
         if sha != self.observed:
             self.observed = sha
             record_source(self.state_dir, self.describe(), sha)
             prune_revisions(self.revisions_dir, keep=self.keep, protect={sha} | deployed_revisions(self.state_dir))
-        return Checkout(sha, root, self.config_path)
+        return Checkout(sha, root, self.config_path, index)
 
-    def _extract(self, sha: str, root: Path) -> None:
+    def _tree_index(self, sha: str) -> TreeIndex | None:
         import git
 
         try:
-            extract_revision(self._repo(), sha, root)
+            return tree_index(self._repo(), sha)
+        except git.GitCommandError:
+            return None  # the folder is walked instead
+
+    def _extract(
+        self, sha: str, root: Path, index: TreeIndex | None = None, previous: tuple[Path, TreeIndex] | None = None
+    ) -> None:
+        import git
+
+        try:
+            extract_revision(self._repo(), sha, root, index, previous)
         except git.GitCommandError as e:
             raise SourceError(f"cannot read revision {sha[:12]}: {git_error(e, self.url)}") from e
 
@@ -355,19 +377,6 @@ def open_bare_repo(repo_dir: Path) -> Any:
         return git.Repo(repo_dir)
     repo_dir.parent.mkdir(parents=True, exist_ok=True)
     return git.Repo.init(repo_dir, bare=True)
-
-
-def extract_revision(repo: Any, sha: str, root: Path) -> None:
-    """The files of `sha` into `root`, atomically. Raises git.GitCommandError for the caller to word."""
-    if not repo.git.ls_tree(sha):
-        # An empty tree (every file deleted): git archive writes only a pax header, which
-        # tarfile refuses; the checkout is simply an empty folder.
-        build_dir_atomic(root, lambda tmp: None)
-        return
-    buf = io.BytesIO()
-    repo.archive(buf, sha, format="tar")
-    buf.seek(0)
-    build_dir_atomic(root, lambda tmp: extract_tar(buf, tmp))
 
 
 def git_error(e: Exception, url: str) -> str:

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from backends.workdir import _leads_outside, dstackignore
-from reconciler.config.loader import is_config_file
+from reconciler.config.loader import TreeIndex, is_config_file
 from reconciler.source.trees import SKIP_DIRS, IgnoreFn, tree_hash
 
 CONFIG_DIR = ".dstack"
@@ -126,8 +126,58 @@ def _hash_dir(h: hashlib._Hash, directory: str, rel_dir: str, ignored: re.Patter
         _hash_dir(h, os.path.join(directory, name), f"{rel_dir}/{name}" if rel_dir else name, ignored, inside)
 
 
-def code_hash_at(root: Path, revision: str | None) -> str:
-    """`code_hash(root)`, computed once per (root, revision) while it stays in a small LRU."""
+# git blob id -> sha256 of its bytes: a file of an indexed checkout is read once per content.
+_BLOB_DIGESTS_MAX = 100_000
+_blob_digests: OrderedDict[bytes, bytes] = OrderedDict()
+
+
+def index_code_hash(root: Path, index: TreeIndex) -> str | None:
+    """`code_hash(root)` from the source's index of the folder (discovery.TreeIndex: no symbolic
+    links in it): the same files in the same order, each file's bytes hashed once per content id
+    (a file whose content was seen before is not read). None when a file cannot be read (the
+    walk then words it as `code_hash` does)."""
+    ignored = _ignore_pattern(root)
+    left_out: dict[str, bool] = {"": False}
+
+    def out(folder: str) -> bool:
+        found = left_out.get(folder)
+        if found is None:
+            parent, _, name = folder.rpartition("/")
+            found = out(parent) or _skip(name, folder, ignored, not parent) or name in SKIP_DIRS
+            left_out[folder] = found
+        return found
+
+    h = hashlib.sha256()
+    for rel, blob in index.files.items():
+        folder, _, name = rel.rpartition("/")
+        if out(folder) or _skip(name, rel, ignored, not folder):
+            continue
+        with _lock:
+            digest = _blob_digests.get(blob)
+        if digest is None:
+            try:
+                with open(os.path.join(root, rel), "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").digest()
+            except OSError:
+                return None
+            with _lock:
+                _blob_digests[blob] = digest
+                while len(_blob_digests) > _BLOB_DIGESTS_MAX:
+                    _blob_digests.popitem(last=False)
+        h.update(rel.encode() + b"\0")
+        h.update(b"x" if rel in index.executable else b"-")
+        h.update(digest)
+    return h.hexdigest()
+
+
+def _skip(name: str, rel: str, ignored: re.Pattern[str], top: bool) -> bool:
+    """What `_hash_dir` leaves out by name: ignored, a config file, the root `.dstack/`."""
+    return bool(ignored.match(name) or ignored.match(rel)) or is_config_file(name) or (top and name == CONFIG_DIR)
+
+
+def code_hash_at(root: Path, revision: str | None, index: TreeIndex | None = None) -> str:
+    """`code_hash(root)`, computed once per (root, revision) while it stays in a small LRU;
+    from `index` (the source's, see `index_code_hash`) when one is given."""
     if revision is None:
         return code_hash(root)
     key = (str(Path(root).absolute()), revision)
@@ -135,7 +185,7 @@ def code_hash_at(root: Path, revision: str | None) -> str:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    value = code_hash(root)
+    value = (index_code_hash(root, index) if index is not None and FAST else None) or code_hash(root)
     with _lock:
         _cache[key] = value
         while len(_cache) > _CACHE_SIZE:
@@ -147,3 +197,4 @@ def clear_cache() -> None:
     """Forget every cached hash (tests that rewrite a folder under one revision name)."""
     with _lock:
         _cache.clear()
+        _blob_digests.clear()

@@ -12,14 +12,22 @@ import hashlib
 import io
 import os
 import shutil
+import subprocess
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from reconciler.config.loader import TreeIndex
+from tidegate.fsio import build_dir_atomic
 
 # A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
 IgnoreFn = Callable[[str, list[str]], set[str]]
 # VCS and cache folders: never part of a revision, a hash or a copy.
 SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"})
+# False: a revision is always extracted through `git archive` (the benchmark's "before").
+FROM_INDEX = True
 
 
 def walk(path: Path, ignore: IgnoreFn | None = None) -> Iterator[Path]:
@@ -95,3 +103,123 @@ def extract_tar(buf: io.BytesIO, dst: Path) -> None:
         link = dst / name
         if link.parent.is_dir() and not link.is_symlink() and not link.exists() and link.parent.resolve().is_relative_to(dst.resolve()):
             os.symlink(linkname, link)
+
+
+def write_blobs(git_dir: Path, index: TreeIndex, dst: Path, previous: tuple[Path, TreeIndex] | None = None) -> None:
+    """Every file of `index` into `dst` (mode 0644, or 0755 for an executable), its bytes streamed
+    from the repository's objects by one `git cat-file --batch`: what `git archive` + `extract_tar`
+    write for a plain tree (the only kind with an index), without a tar file in between (Python's
+    tarfile costs most of a checkout's time on a repo of many small files). `previous`: an earlier
+    revision's folder and index; a file with the same blob id and mode there is hard-linked
+    instead of written (revision folders are never written once built; a replica gets a copy).
+    Raises OSError when git answers anything but the blobs asked for, or a link fails."""
+    old: dict[tuple[bytes, bool], str] = {}
+    if previous is not None:
+        for rel, blob in previous[1].files.items():
+            old.setdefault((blob, rel in previous[1].executable), rel)
+    made: set[str] = set()
+    paths: list[str] = []
+    for rel, blob in index.files.items():
+        same = old.get((blob, rel in index.executable))
+        if same is None or previous is None:
+            paths.append(rel)
+            continue
+        _folder_for(dst, rel, made)
+        os.link(os.path.join(previous[0], same), os.path.join(dst, rel))
+    if not paths:
+        return
+    proc = subprocess.Popen(
+        ["git", "--git-dir", str(git_dir), "cat-file", "--batch"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, out = proc.stdin, proc.stdout
+
+    def feed() -> None:  # a thread: git answers while it is asked (no pipe deadlock)
+        try:
+            for rel in paths:
+                stdin.write(index.files[rel].hex().encode() + b"\n")
+            stdin.close()
+        except OSError:
+            pass  # git stopped: the reader reports it
+
+    feeder = threading.Thread(target=feed, name="tidegate-cat-file", daemon=True)
+    feeder.start()
+    try:
+        for rel in paths:
+            header = out.readline().split()
+            if len(header) != 3 or header[1] != b"blob" or header[0] != index.files[rel].hex().encode():
+                raise OSError(f"git cat-file did not give the blob of {rel}: {b' '.join(header)!r}")
+            _folder_for(dst, rel, made)
+            target = os.path.join(dst, rel)
+            with open(target, "wb") as f:
+                left = int(header[2])
+                while left:
+                    chunk = out.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise OSError(f"git cat-file ended inside {rel}")
+                    f.write(chunk)
+                    left -= len(chunk)
+            out.read(1)  # the newline after each object
+            os.chmod(target, 0o755 if rel in index.executable else 0o644)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        out.close()
+        feeder.join()
+        proc.wait()
+
+
+def _folder_for(dst: Path, rel: str, made: set[str]) -> None:
+    folder = rel.rpartition("/")[0]
+    if folder and folder not in made:
+        os.makedirs(os.path.join(dst, folder), exist_ok=True)
+        made.add(folder)
+
+
+def extract_revision(
+    repo: Any, sha: str, root: Path, index: TreeIndex | None = None, previous: tuple[Path, TreeIndex] | None = None
+) -> None:
+    """The files of `sha` into `root`, atomically. Raises git.GitCommandError for the caller to word.
+    With `sha`'s index (`tree_index`): written straight from the objects (`trees.write_blobs`,
+    linking what `previous` holds already), else, or when that fails, through `git archive`."""
+    if index is not None and index.files and FROM_INDEX:
+        try:
+            build_dir_atomic(root, lambda tmp: write_blobs(Path(repo.git_dir), index, tmp, previous))
+            return
+        except OSError:
+            pass  # the archive below, which words its own errors
+    if not repo.git.ls_tree(sha):
+        # An empty tree (every file deleted): git archive writes only a pax header, which
+        # tarfile refuses; the checkout is simply an empty folder.
+        build_dir_atomic(root, lambda tmp: None)
+        return
+    buf = io.BytesIO()
+    repo.archive(buf, sha, format="tar")
+    buf.seek(0)
+    build_dir_atomic(root, lambda tmp: extract_tar(buf, tmp))
+
+
+def tree_index(repo: Any, sha: str) -> TreeIndex | None:
+    """The index of `sha`'s files (`git ls-tree -r`: path -> blob id, executables), which is what
+    `extract_revision` writes; None when the folder may differ from it or hold what an index does
+    not describe: a symbolic link (the extraction may leave one out), a submodule (an empty
+    folder), a `.gitattributes` (export-ignore / export-subst change what `git archive` writes)."""
+    out = repo.git.ls_tree("-r", "-z", "--full-tree", sha, stdout_as_string=False)
+    files: dict[str, bytes] = {}
+    executable: set[str] = set()
+    for line in out.split(b"\0"):
+        if not line:
+            continue
+        meta, _, raw = line.partition(b"\t")
+        mode, kind, blob = meta.split(b" ")
+        path = raw.decode("utf-8", "surrogateescape")
+        if kind != b"blob" or mode not in (b"100644", b"100755") or path.rpartition("/")[2] == ".gitattributes":
+            return None
+        if path.startswith("/") or {"", ".", "..", ".git"} & set(path.split("/")):
+            return None  # git refuses such a tree; the archive path's filter handles it
+        files[path] = bytes.fromhex(blob.decode())
+        if mode == b"100755":
+            executable.add(path)
+    return TreeIndex(files, frozenset(executable))

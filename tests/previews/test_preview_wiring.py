@@ -94,8 +94,9 @@ def test_previews_join_the_desired_set(tmp_path: Path) -> None:
     env = {"HF_TOKEN": "hf_secret"}
     previews = preview_desired(decision, {7: pr_root}, env=env, salt="s", backends=["local"], ships_workdir=only_local_ships_workdir)
     (d,) = previews.services.values()
-    assert d.name == "chat-pr-7" and d.revision == "f" * 40
-    assert d.template.workdir == str(pr_root.absolute())
+    assert d.name == "chat-pr-7" and d.at is not None and d.at.revision == "f" * 40
+    assert d.spec_for(0).workdir == str(pr_root.absolute())  # its PR's files, whatever the set's
+    assert d.spec_for(0).revision == "f" * 40
     assert d.route.host == "chat-pr-7.localhost"
     assert d.route.model is not None and d.route.model.name == "llama@pr-7"
     assert (d.min_replicas, d.max_replicas) == (1, 1)

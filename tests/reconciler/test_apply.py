@@ -31,7 +31,6 @@ def desired_service(name: str, spec_hash: str = "c" * 64) -> DesiredService:
         name=name,
         spec_hash=spec_hash,
         config_path=f"{name}.dstack.yml",
-        revision="r1",
         backend="local",
         min_replicas=1,
         max_replicas=1,

@@ -229,6 +229,10 @@ def test_bad_config_still_restarts_a_crashed_replica_at_the_last_good_spec(world
     world.clock.t += 1
     world.engine.reconcile(broken)
     assert world.backend.running("web") == [rid] and world.backend.specs[rid].spec_hash == spec_hash
+    # restarted from the files of the revision it last ran, not the broken one's
+    assert (world.backend.specs[rid].workdir, world.backend.specs[rid].revision) == (
+        str(Path(snap.root).absolute()), snap.revision,
+    )  # fmt: skip
     assert world.upstreams("web") == [rid], "the route serves the restarted replica"
     rec = world.engine.doc.services["web"]
     assert rec.spec_hash == spec_hash and rec.desired_count == 1 and len(rec.replicas) == 1
@@ -269,6 +273,11 @@ def test_bad_config_healing_after_an_engine_restart(
     world.clock.t += 3
     report = world.engine.reconcile(broken)
     assert [s.action.value for s in report.plan.steps] == (["restart_replica"] if healed else [])
+    if healed:
+        world.clock.t += 1
+        world.engine.reconcile(broken)
+        [again] = world.backend.running("web")
+        assert world.backend.specs[again].workdir == str(Path(snap.root).absolute()), "the rebuilt revision's files"
     rec = world.engine.doc.services["web"]
     assert rec.status is ServiceStatus.KEPT and "web.dstack.yml has errors" in rec.reason
 
@@ -563,3 +572,21 @@ def test_plan_shows_the_offer_and_ps_the_running_cost(world: World, monkeypatch:
     assert view.cost_per_hour == pytest.approx(1.0)
     state = json.loads((world.state / "state.json").read_text())
     assert [r["price"] for r in state["services"]["api"]["replicas"]] == [0.5, 0.5]
+
+
+def test_an_unchanged_service_moves_to_the_new_revision_and_its_files(world: World) -> None:
+    """Services carry no revision of their own (the set's is theirs): an unchanged one is recorded
+    at the new revision, and a replica it starts there gets the new revision's folder."""
+    first = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api("2")})
+    world.converge(first)
+    second = world.repo.commit({"web.dstack.yml": web(), "api.dstack.yml": api("3")})
+    world.converge(second)
+    rec = world.engine.doc.services["web"]
+    assert rec.revision == second.revision
+    [rid] = world.backend.running("web")
+    world.backend.crash(rid)
+    world.converge(second)
+    [again] = world.backend.running("web")
+    assert (world.backend.specs[again].workdir, world.backend.specs[again].revision) == (
+        str(Path(second.root).absolute()), second.revision,
+    )  # fmt: skip

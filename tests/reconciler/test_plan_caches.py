@@ -173,7 +173,27 @@ def test_a_changed_input_changes_the_memoized_service(
     after = build(changed, "rev-2")
     assert after == uncached(changed, "rev-2")
     assert getattr(after.services["s1"], field) != getattr(before.services["s1"], field)
-    assert after.services["s0"].revision == "rev-2" and after.services["s0"].template.workdir == str(changed)
+    spec = after.services["s0"].spec_for(0, after.at)  # the set's files are its own
+    assert (spec.revision, spec.workdir) == ("rev-2", str(changed))
+    assert after.revision_of(after.services["s0"]) == "rev-2"
+
+
+def test_an_unchanged_service_is_the_same_object_at_the_next_revision(repo: Path, tmp_path: Path) -> None:
+    """Only the changed file's service is made again; the others carry no revision or folder, so
+    they are the very objects of the last revision (what the identity memos downstream key by)."""
+    before = build(repo, "rev-1")
+    changed = tmp_path / "rev-2"
+    shutil.copytree(repo, changed, symlinks=True)
+    write(changed, {"s1/.dstack.yml": service("s1", "v2")})
+    after = build(changed, "rev-2")
+    assert after == uncached(changed, "rev-2")
+    assert after.services["s1"] is not before.services["s1"]
+    assert all(after.services[n] is before.services[n] for n in ("s0", "s2", "pinned"))
+    assert all(d.at is None for d in after.services.values())
+    assert before.at is not None and after.at is not None
+    assert (before.at.revision, after.at.revision) == ("rev-1", "rev-2")
+    assert after.services["s0"].spec_for(1, after.at).workdir == str(changed)
+    assert after.services["s0"].spec_for(1, before.at).workdir == str(repo)
 
 
 @pytest.mark.parametrize(
@@ -279,6 +299,36 @@ def test_offers_are_asked_once_per_requirements_per_pass_and_again_next_pass(rep
     assert len(again.services) == 4
 
 
+def test_placed_and_moved_services_are_kept_per_offer_and_equal_the_uncached_ones(repo: Path) -> None:
+    """The memos of what `with_offers` makes (a service with its offer; moved to another candidate
+    backend): the same objects next pass while the offer is the same, a new one when it changes,
+    and equal to what the uncached path makes."""
+    local, aws = FakeBackend(), FakeBackend(name="aws", ships_workdir=False)
+    registry = BackendRegistry({"local": local, "aws": aws})
+    ds = build(repo, "rev-1")
+    first, _ = with_offers(ds, registry)
+    second, _ = with_offers(ds, registry)
+    assert all(second.services[n] is d for n, d in first.services.items())
+    memo.enabled = False
+    try:
+        assert with_offers(ds, registry)[0] == first
+    finally:
+        memo.enabled = True
+    local.no_offers = True  # the unpinned services move to aws: the moved copies
+    moved, _ = with_offers(ds, registry)
+    assert {n: d.backend for n, d in moved.services.items()} == dict.fromkeys(moved.services, "aws")
+    assert moved.services["s0"].spec_hash == ds.services["s0"].candidates["aws"]
+    assert "files" not in moved.services["s0"].summary  # aws gets no copy of the checkout
+    assert with_offers(ds, registry)[0].services["s0"] is moved.services["s0"]
+    memo.enabled = False
+    try:
+        assert with_offers(ds, registry)[0] == moved
+    finally:
+        memo.enabled = True
+    local.no_offers = False
+    assert with_offers(ds, registry)[0].services["s0"] is first.services["s0"]
+
+
 @pytest.mark.parametrize("subpath", [None, "lib", "lib/z.dstack.yml", "linked-dir", "missing"])
 def test_one_walk_finds_what_discover_and_outside_links_find(tmp_path: Path, subpath: str | None) -> None:
     tricky_tree(tmp_path)
@@ -360,3 +410,17 @@ def test_a_kept_route_changes_with_each_of_its_inputs() -> None:
     changed(unrouted_at=1.0)
     changed(route=RouteInfo(host="web.example.test", auth=False, min_replicas=0, max_replicas=2))
     changed(pr=True)
+
+
+def test_the_fast_copy_of_a_placed_service_equals_dataclasses_replace(repo: Path) -> None:
+    from dataclasses import fields, replace
+
+    from backends.base import Offer
+    from reconciler.engine.offers import _evolve
+
+    d = build(repo, "rev-1").services["s0"]
+    offer = Offer("local", "here", "fake", 1, 1.0, None, False, 0.0)
+    made = _evolve(d, template=_evolve(d.template, offer=offer))
+    assert made == replace(d, template=replace(d.template, offer=offer))
+    assert made.template.offer is offer and d.template.offer is None  # the original is untouched
+    assert [f.name for f in fields(made)] == list(vars(made))

@@ -138,7 +138,7 @@ def test_without_bwrap_a_preview_is_refused_with_the_reason(tmp_path: Path, with
     assert "apt-get install -y bubblewrap" in reason
     # The reason the reconciler records for the service (what `tidegate ps` shows as blocked).
     desired = DesiredService(
-        name="web-pr-1", spec_hash="1", config_path="web.dstack.yml", revision=None, backend="local",
+        name="web-pr-1", spec_hash="1", config_path="web.dstack.yml", backend="local",
         min_replicas=1, max_replicas=1, scaling=None, template=preview, route=RouteInfo(host="web-pr-1.localhost"),
     )  # fmt: skip
     ds, _ = with_offers(DesiredSet(services={"web-pr-1": desired}), BackendRegistry({"local": without_bwrap}))

@@ -1,0 +1,124 @@
+"""The parts of a desired service that its file alone decides (and how plans show them): the
+requirements, scaling policy, route and env names (`static_of`), and the summary `tidegate plan`
+diffs (`summary`, `route_summary`).
+
+Why a module of its own: reconciler.engine.desired builds and memoizes the services; these pure
+functions of a loaded file are what it calls once per file and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from backends.base import Requirements
+from reconciler.config.loader import LoadedService
+from reconciler.engine.autoscale import ScalingPolicy
+from reconciler.engine.naming import service_host
+from reconciler.state.records import RouteInfo
+from tidegate.routes import ModelFormat, ModelRoute
+
+
+@dataclass(frozen=True)
+class Static:
+    """What a service's file alone (and the domain) decide, whatever the env, backend or code."""
+
+    requirements: Requirements
+    scaling: ScalingPolicy | None
+    route: RouteInfo
+    env_names: tuple[str, ...]
+
+
+def static_of(ls: LoadedService, name: str, domain: str) -> Static:
+    c = ls.config
+    scaling = None
+    if c.scaling is not None:
+        scaling = ScalingPolicy(
+            min=c.replicas.min,
+            max=c.replicas.max,
+            target=float(c.scaling.target),
+            scale_up_delay=float(c.scaling.scale_up_delay),
+            scale_down_delay=float(c.scaling.scale_down_delay),
+            window=float(c.scaling.window),
+        )
+    route = RouteInfo(
+        host=service_host(name, domain),
+        auth=c.auth,
+        model=_model_route(ls),
+        min_replicas=c.replicas.min,
+        max_replicas=c.replicas.max,
+        probes=tuple(c.probes),
+        # longest prefix first: the gateway applies the first that matches
+        rate_limits=tuple(
+            sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
+        ),
+    )
+    return Static(c.requirements(), scaling, route, tuple(sorted(c.env)))
+
+
+def summary(
+    ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
+) -> dict[str, str]:
+    c = ls.config
+    out = {
+        "backend": backend,
+        "port": str(c.port.container_port),
+        "commands": " && ".join(c.commands),
+        "resources": json.dumps(c.resources.model_dump(mode="json", exclude_none=True), sort_keys=True),
+        "replicas": str(c.replicas.min)
+        if c.replicas.min == c.replicas.max
+        else f"{c.replicas.min}..{c.replicas.max}",
+        "env": ", ".join(sorted(env)),
+        "env values": env_hash[:8],
+        "files": files[:8] if files else "",
+    }
+    if c.image:
+        out["image"] = c.image
+    if c.python:
+        out["python"] = c.python
+    out.update(route_summary(ls))
+    return {k: v for k, v in out.items() if v}
+
+
+def route_summary(ls: LoadedService) -> dict[str, str]:
+    """The fields that change what is routed or where/how a replica may be placed, as plan shows
+    them. `auth` is always present: plan.ROUTE_FIELDS diffs them even when no replica changes."""
+    c = ls.config
+    out = {
+        "auth": "true" if c.auth else "false",
+        "spot_policy": str(c.spot_policy) if c.spot_policy else "",
+        "max_price": f"{c.max_price:g}" if c.max_price is not None else "",
+        "regions": ", ".join(c.regions or ()),
+        "probes": _compact([p.model_dump(mode="json") for p in c.probes]),
+        "rate_limits": _compact([r.model_dump(mode="json") for r in c.rate_limits]),
+        "scaling": _compact(c.scaling.model_dump(mode="json")) if c.scaling else "",
+    }
+    if c.model is not None:
+        m = c.model
+        where = f"prefix {m.prefix}" if m.format == ModelFormat.OPENAI else "tgi"
+        out["model"] = f"{m.name} ({where})"
+        if m.chat_template:
+            out["model.chat_template"] = hashlib.sha256(m.chat_template.encode()).hexdigest()[:8]
+        if m.eos_token:
+            out["model.eos_token"] = m.eos_token
+    return out
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
+
+
+def _model_route(ls: LoadedService) -> ModelRoute | None:
+    m = ls.config.model
+    if m is None:
+        return None
+    return ModelRoute(
+        name=m.name,
+        type=m.type,
+        format=ModelFormat(str(m.format)),
+        prefix=m.prefix or "/v1",
+        chat_template=m.chat_template,
+        eos_token=m.eos_token,
+    )
