@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import msgspec
+
 from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.discovery import discover, is_config_file, link_outside, outside_links, scan
@@ -45,6 +47,7 @@ __all__ = [
     "LoadedService",
     "ParseCache",
     "Severity",
+    "canonical_json",
     "derive_service_name",
     "discover",
     "is_config_file",
@@ -103,7 +106,29 @@ def spec_hash(config: ServiceConfig) -> str:
     for added in ("probes", "rate_limits"):  # added later: a file without them keeps its old hash
         if not payload.get(added):
             payload.pop(added, None)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+_ENCODE = msgspec.json.Encoder(order="sorted").encode
+# a float msgspec writes otherwise than json.dumps (1e16 and up, below 1e-4: `1e16`, `0.00001`)
+_OTHER_FLOAT = re.compile(rb"[0-9]e|0\.0000")
+
+
+def canonical_json(payload: Any) -> bytes:
+    """`json.dumps(payload, sort_keys=True, separators=(",", ":"))`, the spec hash's text: a hash
+    must not change across versions (a new one rolls every replica). msgspec writes the same
+    bytes ~7x faster for ASCII text and ordinary floats; anything else (non-ASCII or DEL, which
+    json.dumps escapes; floats it writes in exponent form; inf and NaN, which msgspec writes as
+    null, so the text does not read back equal) takes json.dumps."""
+    fast = _ENCODE(payload)
+    if (
+        fast.isascii()
+        and b"\x7f" not in fast
+        and not _OTHER_FLOAT.search(fast)
+        and msgspec.json.decode(fast) == payload
+    ):
+        return fast
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:

@@ -11,12 +11,12 @@ SafeLoader does (1.1: `yes` is true, `017` octal, `1:30` sexagesimal, timestamps
 caller takes the marked path:
 - a text check (`_refused`) refuses the constructs where the two differ or where PyYAML rejects
   what yaml-rs accepts: tags, anchors and aliases, directives and a second document, characters
-  PyYAML refuses, a lone CR, a `:` starting a flow node or a line of a flow collection, a block
+  PyYAML refuses, a lone CR, a `:` starting a line of a flow collection, a block
   scalar ending the text without a line break, `.inf`/`.nan` spellings, and everything the libyaml
   path leaves to the pure-Python loader (yamldoc._PURE_ONLY: tabs, `?`, `|#`, ...);
 - a walk of the result (`_count`) notes every string that PyYAML's resolvers would read as another
   type when written plain (`yes`, `1:30`, `2024-01-01`, `1_000`, `<<` — yaml-rs never merges —,
-  `=`) or that PyYAML would not read as a plain scalar at all (`>x`, `|`, `- x`); one is refused
+  `=`) or that PyYAML would not read as a plain scalar at all (`>x`, `|`, `- x`, `[:x]`); one is refused
   unless every occurrence of it in the text is quoted. It refuses keys that are not strings or
   span lines, nesting deeper than MAX_DEPTH and documents over yamldoc.MAX_NODES nodes;
 - when the result holds a number, the number spellings the two read differently are refused
@@ -53,53 +53,79 @@ MAX_DEPTH = 40  # deeper documents take the marked path (PyYAML's own limit is P
 _REFUSED_CHARS = re.compile(
     "[^\n\r\x20-\x3e\x40-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
-_ASCII_OK = bytes(range(0x20, 0x7F)).replace(b"?", b"") + b"\n\r"  # the same test on ASCII text
-_BLOCK_COMMENT = re.compile(r"[|>][-+0-9]*#")  # yamldoc._PURE_ONLY's other half
-_NODE_PROPERTY = re.compile(r"[!&*]")  # a tag, an anchor or an alias, when it starts a node
-_FLOW_COLON = re.compile(r"[\[{,:]\s*:\S")  # `[:x]`: a plain scalar in yaml-rs, an error in PyYAML
+# ASCII text: one pass keeps the characters that need a look (`_ASCII_PLAIN` are the others);
+# of those, all but `_ASCII_LOOK` are refused outright (control characters, DEL, tab, `?`).
+_ASCII_LOOK = b"!&*%|>[{\r"
+_ASCII_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b"?" + _ASCII_LOOK) + b"\n"
 _COLON_FIRST = re.compile(r"\n *:")  # `{x\n: y}`: a key's `:` on the next line (PyYAML: an error)
 _INF_NAN = re.compile(r"\.[iInN][nNaA][fFnN]")  # yaml-rs reads `.INf` as infinity, PyYAML not
-# Number spellings yaml-rs and PyYAML read differently (`_numbers_refused`): 017 (octal in
-# YAML 1.1), 0o17, 09, 0X1F, _1, ._1 where a scalar starts; +_1, -.5; 1e3 (a string in PyYAML).
-_LEADING = re.compile(r"0[0-9_oOXB]|_[._]*[0-9]")
-_EXPONENT = re.compile(r"[0-9._][eE][-+]?[0-9_]")
-_BEFORE_SCALAR = " \n\r[{,:"  # what may come right before a scalar that starts a node
+# Number spellings yaml-rs and PyYAML read differently, where a scalar starts (the text gets a
+# leading line break): 017 (octal in YAML 1.1), 09, 0o17, 0X1F, _1, ._1, -_1 (`_numbers_refused`)
+_NUMBER_START = "[-+]?[._]*(?:0[0-9_oOXB]|_)"
+_ODD_NUMBER = re.compile("|".join(f"{before}{_NUMBER_START}" for before in (" ", "\n", r"\[", "{", ",", ":")))
+_EXPONENT = re.compile(r"[0-9._][eE][-+]?[0-9_]")  # 1e3, 1.0e3: strings in PyYAML (`_floats_refused`)
 
 
 def _refused(text: str) -> bool:
     """The text check: True when the document may read differently in yaml-rs and PyYAML."""
     if text.isascii():
-        if text.encode("ascii").translate(None, _ASCII_OK):
+        look = text.encode("ascii").translate(None, _ASCII_PLAIN)
+        if look.translate(None, _ASCII_LOOK):
             return True
-    elif _REFUSED_CHARS.search(text):
-        return True
-    if "#" in text and _BLOCK_COMMENT.search(text):
-        return True
-    if "\n%" in text or "\n---" in text or "\n..." in text or text.startswith(("%", "...")):
-        return True  # a directive, a second document or a document end
-    if not text.endswith("\n") and ("|" in text or ">" in text):
-        return True  # a block scalar at the end of the text: yaml-rs adds a line break
-    if "\r" in text and text.count("\r") != text.count("\r\n"):
-        return True  # a line break PyYAML reads and yaml-rs does not
-    if ("[" in text or "{" in text) and (_FLOW_COLON.search(text) or _COLON_FIRST.search(text)):
-        return True
+    else:
+        if _REFUSED_CHARS.search(text):
+            return True
+        look = _ASCII_LOOK  # every check below
+    if "\n---" in text or "\n..." in text or text.startswith("..."):
+        return True  # a second document or a document end
     if _INF_NAN.search(text):
         return True
-    return any(_node_start(text, m.start()) for m in _NODE_PROPERTY.finditer(text))
-
-
-def _numbers_refused(text: str) -> bool:
-    """The number spellings check (needed only when the data holds a number)."""
-    if "-." in text or "+." in text or "-_" in text or "+_" in text or _EXPONENT.search(text):
+    if not look:
+        return False
+    if b"%" in look and ("\n%" in text or text.startswith("%")):
+        return True  # a directive
+    if (b"|" in look or b">" in look) and (
+        not text.endswith("\n") or ("#" in text and (_block_comment(text, "|") or _block_comment(text, ">")))
+    ):
+        return True  # a block scalar ending the text (yaml-rs adds a line break), or `|#`
+    if b"\r" in look and text.count("\r") != text.count("\r\n"):
+        return True  # a line break PyYAML reads and yaml-rs does not
+    if (b"[" in look or b"{" in look) and _COLON_FIRST.search(text):
         return True
-    for m in _LEADING.finditer(text):
-        at = m.start()
-        while at > 0 and text[at - 1] in "._":
-            at -= 1
-        if at > 0 and text[at - 1] in "-+":
-            at -= 1
-        if at == 0 or text[at - 1] in _BEFORE_SCALAR:
+    return (
+        (b"!" in look and _starts_node(text, "!"))
+        or (b"&" in look and _starts_node(text, "&"))
+        or (b"*" in look and _starts_node(text, "*"))
+    )
+
+
+def _numbers_refused(text: str, floats: bool) -> bool:
+    """The number spellings check (needed only when the data holds a number)."""
+    if _ODD_NUMBER.search("\n" + text):
+        return True
+    return floats and ("-." in text or "+." in text or bool(_EXPONENT.search(text)))
+
+
+def _block_comment(text: str, indicator: str) -> bool:
+    """`|#`, `>-#`, `|2+#`... (yamldoc._PURE_ONLY's other half)."""
+    at = text.find(indicator)
+    while at >= 0:
+        end = at + 1
+        while end < len(text) and text[end] in "-+0123456789":
+            end += 1
+        if text.startswith("#", end):
             return True
+        at = text.find(indicator, at + 1)
+    return False
+
+
+def _starts_node(text: str, char: str) -> bool:
+    """Whether `char` (`!`, `&`, `*`) is somewhere where a node may start."""
+    at = text.find(char)
+    while at >= 0:
+        if _node_start(text, at):
+            return True
+        at = text.find(char, at + 1)
     return False
 
 
@@ -121,11 +147,13 @@ _SUSPECT: dict[str, re.Pattern[str]] = {
     for first in "+-.0123456789"
 }
 _SUSPECT["-"] = re.compile(_SUSPECT["-"].pattern + r"|(?:-(?:\s|$))", re.X)
-_SUSPECT.update({first: re.compile(rf"\{first}(?:\s|$)") for first in "?:"})
-_SUSPECT.update({first: re.compile("") for first in "|>%@`"})
+_SUSPECT["?"] = re.compile(r"\?(?:\s|$)")
+_SUSPECT.update({first: re.compile("") for first in ":|>%@`"})  # `[:x]`: plain in yaml-rs
 _SUSPECT["\n"] = re.compile("\n+$")
-_BOOL_WORDS = "yes Yes YES no No NO true True TRUE false False FALSE on On ON off Off OFF"
-_WORDS = frozenset([*_BOOL_WORDS.split(), "null", "Null", "NULL", "~", "<<", "=", "!", "&", "*"])
+# (`true`, `null`, `~` and the like are not strings in yaml-rs either, when written plain)
+_WORDS = frozenset(
+    ["yes", "Yes", "YES", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF", "<<", "=", "!", "&", "*"]
+)
 
 
 class _Refused(Exception):
@@ -152,14 +180,15 @@ def quick_load(text: str) -> Any:
             return MISS
     except _Refused:
         return MISS
-    numbers = False
+    numbers = floats = False
     for item in found:
         if type(item) is str:
             if _held_plain(item, text):
                 return MISS
         else:
             numbers = True
-    if numbers and _numbers_refused(text):
+            floats = floats or type(item) is float
+    if numbers and _numbers_refused(text, floats):
         return MISS
     return data
 
@@ -197,7 +226,7 @@ def _count(
             nodes += _count(item, depth + 1, found)
         return nodes
     if kind is int or kind is float:
-        found.append(0)
+        found.append(value)
     elif kind is not bool and value is not None:
         raise _Refused  # a tuple (complex key), a date, bytes...
     return 1

@@ -177,10 +177,14 @@ def node(rng: random.Random, pool: list[str], indent: int, depth: int) -> str:
         items = ", ".join(scalar(rng, pool) for _ in range(rng.randint(0, 3)))
         return f" [{items}]"
     if roll < 0.7:
-        items = ", ".join(f"{rng.choice(['a', 'b', 'k'])}{i}: {scalar(rng, pool)}" for i in range(rng.randint(0, 3)))
+        items = ", ".join(
+            f"{rng.choice(['a', 'b', 'k'])}{i}: {scalar(rng, pool)}" for i in range(rng.randint(0, 3))
+        )
         return " {" + items + "}"
     if roll < 0.85:
-        return "".join(f"\n{pad}  -{node(rng, pool, indent + 4, depth + 1)}" for _ in range(rng.randint(1, 3)))
+        return "".join(
+            f"\n{pad}  -{node(rng, pool, indent + 4, depth + 1)}" for _ in range(rng.randint(1, 3))
+        )
     keys = rng.sample(["a", "b", "c", "yes", "1", "name", "x y", "'q'", "on", "A_B"], rng.randint(1, 3))
     return "".join(f"\n{pad}  {k}:{node(rng, pool, indent + 2, depth + 1)}" for k in keys)
 
