@@ -143,9 +143,7 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
     return _checked(text, path, profile, doc, marked=True)
 
 
-def _checked(
-    text: str, path: str, profile: Mapping[str, Any], doc: Document, *, marked: bool
-) -> ParsedFile:
+def _checked(text: str, path: str, profile: Mapping[str, Any], doc: Document, *, marked: bool) -> ParsedFile:
     out = Collector(path, doc, marked=marked)
     if not doc.within_limit and too_complex(doc.node):
         out.at((), "the document is too large or uses too many aliases to validate")
@@ -240,14 +238,16 @@ def _warn_unknown_gpus(config: ServiceConfig, out: Collector) -> None:
             )
 
 
+_KNOWN_KEYS = frozenset(ServiceConfig.model_fields)
+
+
 def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
-    known = set(ServiceConfig.model_fields)
     raw: dict[str, Any] = {}
     for key, value in data.items():
-        if not isinstance(key, str):
-            out.at((), f"keys must be strings, got {key!r}")
-        elif key in known:
+        if key in _KNOWN_KEYS and isinstance(key, str):
             raw[key] = value
+        elif not isinstance(key, str):
+            out.at((), f"keys must be strings, got {key!r}")
         elif key in DSTACK_ONLY_TOP:
             out.at(
                 (key,),
@@ -256,7 +256,11 @@ def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
                 key=True,
             )
         else:
-            out.at((key,), f"unknown key '{key}'{did_you_mean(key, known | set(DSTACK_ONLY_TOP))}", key=True)
+            out.at(
+                (key,),
+                f"unknown key '{key}'{did_you_mean(key, _KNOWN_KEYS | set(DSTACK_ONLY_TOP))}",
+                key=True,
+            )
     for prefix, fields in DSTACK_ONLY_NESTED.items():
         raw = _drop_nested(raw, prefix, fields, out)
     return raw
@@ -268,7 +272,7 @@ def _drop_nested(
     parent: Any = raw
     for part in prefix:
         parent = parent.get(part) if isinstance(parent, dict) else None
-    if not isinstance(parent, dict) or not set(parent) & set(fields):
+    if not isinstance(parent, dict) or parent.keys().isdisjoint(fields):
         return raw
     cleaned = {k: v for k, v in parent.items() if k not in fields}
     for key in parent:
@@ -280,16 +284,17 @@ def _drop_nested(
                 Severity.WARNING,
                 key=True,
             )
+    return _rebuilt(raw, prefix, cleaned)
 
-    # rebuild the path with copies so the caller's data is never mutated
-    def rebuild(node: dict[str, Any], depth: int) -> dict[str, Any]:
-        if depth == len(prefix):
-            return cleaned
-        copy = dict(node)
-        copy[prefix[depth]] = rebuild(node[prefix[depth]], depth + 1)
-        return copy
 
-    return rebuild(raw, 0)
+def _rebuilt(node: dict[str, Any], prefix: tuple[str, ...], cleaned: dict[str, Any]) -> dict[str, Any]:
+    """`node` with the mapping at `prefix` replaced by `cleaned`, through copies (the caller's data
+    is never mutated)."""
+    if not prefix:
+        return cleaned
+    copy = dict(node)
+    copy[prefix[0]] = _rebuilt(node[prefix[0]], prefix[1:], cleaned)
+    return copy
 
 
 def report_validation_error(
