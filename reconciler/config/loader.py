@@ -111,7 +111,7 @@ def spec_hash(config: ServiceConfig) -> str:
 
 _ENCODE = msgspec.json.Encoder(order="sorted").encode
 # a float msgspec writes otherwise than json.dumps (1e16 and up, below 1e-4: `1e16`, `0.00001`)
-_OTHER_FLOAT = re.compile(rb"[0-9]e|0\.0000")
+_EXPONENT = re.compile(rb"e[-0-9]")
 
 
 def canonical_json(payload: Any) -> bytes:
@@ -124,7 +124,8 @@ def canonical_json(payload: Any) -> bytes:
     if (
         fast.isascii()
         and b"\x7f" not in fast
-        and not _OTHER_FLOAT.search(fast)
+        and b"0.0000" not in fast
+        and not _EXPONENT.search(fast)
         and msgspec.json.decode(fast) == payload
     ):
         return fast
