@@ -170,13 +170,33 @@ def _fingerprint(profile: Mapping[str, Any] | None) -> str:
 def _parse_file(root: Path, rel: str, profile: Mapping[str, Any] | None, profile_key: str) -> ParsedFile:
     """One config file read and parsed (through PARSE_CACHE)."""
     try:
-        with open(os.path.join(root, rel), "rb") as fh:
-            data = fh.read()
+        data = _read_bytes(f"{root}/{rel}")
     except OSError as e:
         problem = Diagnostic(rel, 1, 1, "", f"cannot read the file: {e.strerror or e}")
         return ParsedFile(FileKind.INVALID, rel, None, None, [problem])
     digest = hashlib.blake2b(data, digest_size=20).digest()
     return PARSE_CACHE.parsed((rel, digest, profile_key), lambda: _parse_bytes(data, rel, profile))
+
+
+def _read_bytes(path: str) -> bytes:
+    """A file's bytes (at most MAX_FILE_BYTES + 1: more is refused anyway) in three system calls
+    for a usual config file: open, read, close (`open().read()` makes six)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 65536)
+        if len(data) < 65536:  # a regular file reads short only at its end
+            return data
+        chunks = [data]
+        size = len(data)
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _parse_bytes(data: bytes, rel: str, profile: Mapping[str, Any] | None) -> ParsedFile:

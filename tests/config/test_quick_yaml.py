@@ -307,3 +307,19 @@ def test_parse_results_match_on_fuzzed_service_files() -> None:
         with quick(False):
             slow = parsed_outcome(text)
         assert fast == slow, text
+
+
+def test_reads_of_large_and_unreadable_files(tmp_path: Path) -> None:
+    """The loader's reads: a file over 64 KiB is read whole, one over MAX_FILE_BYTES refused, a
+    folder named like a config file left alone."""
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / ".dstack.yml").write_text(GOOD + "".join(f"# {'x' * 70}\n" for _ in range(2000)))
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / ".dstack.yml").write_text(GOOD + "#" * 1_000_001 + "\n")
+    (tmp_path / "dir.dstack.yml").mkdir()
+    loaded = load_tree(tmp_path)
+    assert "svc-0001" in loaded.services  # the big one (the huge one fails, same name)
+    messages = {(d.path, d.message) for d in loaded.diagnostics}
+    assert ("huge/.dstack.yml", "the file is larger than 1000000 bytes") in messages
+    assert loaded.services["svc-0001"].path == "big/.dstack.yml"
+    assert not any(d.path.startswith("dir.") for d in loaded.diagnostics)
