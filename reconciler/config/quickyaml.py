@@ -216,14 +216,24 @@ def _count(
                 raise _Refused  # a complex key, or one on two lines (PyYAML: an error)
             if key in _words or (key and key[0] in _suspect and _suspect[key[0]].match(key)):
                 found.append(key)
-            nodes += 1 + _count(item, depth + 1, found)
+            if type(item) is str:  # (the usual value, checked here rather than by a call)
+                if item in _words or (item and item[0] in _suspect and _suspect[item[0]].match(item)):
+                    found.append(item)
+                nodes += 2
+            else:
+                nodes += 1 + _count(item, depth + 1, found)
         return nodes
     if kind is list:
         if depth > MAX_DEPTH:
             raise _Refused
         nodes = 1
         for item in value:
-            nodes += _count(item, depth + 1, found)
+            if type(item) is str:
+                if item in _words or (item and item[0] in _suspect and _suspect[item[0]].match(item)):
+                    found.append(item)
+                nodes += 1
+            else:
+                nodes += _count(item, depth + 1, found)
         return nodes
     if kind is int or kind is float:
         found.append(value)
