@@ -1,8 +1,9 @@
 """Plan benchmark (not a test): load + validate + plan of N services, before and after the fast
 config path, measured in the same run. Prints a table (issue 13's "Plans" targets).
 
-- before: every cache and fast path off: PyYAML's pure-Python SafeLoader, no parse cache
-  (`yamldoc.FAST_LOADER = None`, `PARSE_CACHE.enabled = False`), no desired-service memos
+- before: every cache and fast path off: PyYAML's pure-Python SafeLoader and no yaml-rs
+  (`yamldoc.FAST_LOADER = None`, `quickyaml.ENABLED = False`), no parse cache
+  (`PARSE_CACHE.enabled = False`), no desired-service memos
   (`engine.memo.enabled = False`) and the code hash by the generic tree walk
   (`code_files.FAST = False`): every file parsed, validated and resolved on every load.
 - after: all of them on (the defaults).
@@ -13,6 +14,8 @@ archive` into a revision folder, `git ls-tree` for the folder's index). "before"
 folders without the index (the walk and a read of every file, as before it existed).
 
 Rows (each the median of --runs, in-process, the real Engine on the in-memory fake backend):
+- config load: `loader.load_tree` alone on the tree, empty parse cache (read + parse + validate +
+  spec hashes; issue 13 gives it ~40 ms of the cold 1,000 plan's 100);
 - cold: a new Engine plans a tree of N files with an empty parse cache (load + validate + plan);
 - one-file change: the same Engine plans a new revision whose tree differs in one file;
 - no-op pass: `reconcile` of the revision it already applied (everything ready);
@@ -41,14 +44,14 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import BackendRegistry  # noqa: E402
 from bench.reconcile import SERVICE, write_tree  # noqa: E402
-from reconciler.config import loader, yamldoc  # noqa: E402
+from reconciler.config import loader, quickyaml, yamldoc  # noqa: E402
 from reconciler.engine import memo, settled  # noqa: E402
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
 from reconciler.source import code_files, trees  # noqa: E402
 from reconciler.source.checkout import GitSource  # noqa: E402
 from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
 
-TARGETS = {"cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010}
+TARGETS = {"config load 1000": 0.040, "cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010}
 
 
 @contextmanager
@@ -56,13 +59,13 @@ def mode(fast: bool) -> Iterator[None]:
     saved = yamldoc.FAST_LOADER
     loader.PARSE_CACHE.clear()
     memo.clear_all()
-    loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = fast
+    loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = quickyaml.ENABLED = fast
     yamldoc.FAST_LOADER = saved if fast else None
     try:
         yield
     finally:
         yamldoc.FAST_LOADER = saved
-        loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = True
+        loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = quickyaml.ENABLED = True
         loader.PARSE_CACHE.clear()
         memo.clear_all()
 
@@ -127,6 +130,8 @@ def measure(base: Path, n: int, fast: bool, noop: bool) -> dict[str, float]:
     if not fast:  # before the index: the folders are walked and every file is read
         s1, s2 = dataclasses.replace(s1, index=None), dataclasses.replace(s2, index=None)
     with mode(fast):
+        loader.PARSE_CACHE.clear()
+        out["config load"] = timed(lambda: loader.load_tree(s1.root, index=s1.index))
         state = base / f"state-{n}-{fast}"
         shutil.rmtree(state, ignore_errors=True)
         engine = new_engine(state)

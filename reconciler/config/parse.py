@@ -9,7 +9,7 @@ to line and column through the YAML node tree. Every problem of the file is repo
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -31,6 +31,7 @@ from .models import (
     ScalingSpec,
     ServiceConfig,
 )
+from .quickyaml import MISS, quick_load
 from .resources import GpuSpec, ResourcesSpec
 from .yamldoc import (
     Document,
@@ -75,10 +76,15 @@ _NESTED_MODELS: dict[tuple[str, ...], type[BaseModel]] = {
 }
 
 
+class NeedMarks(Exception):
+    """A diagnostic of a document parsed without marks: parse it again with them (`_parse`)."""
+
+
 class Collector:
-    def __init__(self, path: str, doc: Document | None) -> None:
+    def __init__(self, path: str, doc: Document | None, *, marked: bool = True) -> None:
         self.path = path
         self.node = doc.node if doc else None
+        self.marked = marked  # False: no positions to report, so any diagnostic raises NeedMarks
         self.items: list[Diagnostic] = []
 
     def at(
@@ -89,6 +95,8 @@ class Collector:
         *,
         key: bool = False,
     ) -> None:
+        if not self.marked:
+            raise NeedMarks
         position, matched = locate(self.node, loc, key=key)
         shown = list(matched)
         last = loc[-1] if loc else None
@@ -99,6 +107,8 @@ class Collector:
     def add(
         self, loc: Sequence[str | int], position: Position, message: str, severity: Severity = Severity.ERROR
     ) -> None:
+        if not self.marked:
+            raise NeedMarks
         field = ".".join(map(str, loc))
         self.items.append(Diagnostic(self.path, position.line, position.column, field, message, severity))
 
@@ -116,12 +126,25 @@ def parse_service_text(text: str, path: str, profile: Mapping[str, Any] | None =
 
 
 def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
+    """Speed: most files parse with quickyaml (no line/column marks) and have no problem at all;
+    a file with any diagnostic is checked again from the marked parse, so what is reported does
+    not depend on the path taken."""
+    data = quick_load(text)
+    if data is not MISS:
+        try:
+            return _checked(text, path, profile, Document(data, None, within_limit=True), marked=False)
+        except NeedMarks:
+            pass
     try:
         doc = load_document(text)
     except YamlSyntaxError as e:
         diag = Diagnostic(path, e.position.line, e.position.column, "", e.message)
         return ParsedFile(FileKind.INVALID, path, None, None, [diag])
-    out = Collector(path, doc)
+    return _checked(text, path, profile, doc, marked=True)
+
+
+def _checked(text: str, path: str, profile: Mapping[str, Any], doc: Document, *, marked: bool) -> ParsedFile:
+    out = Collector(path, doc, marked=marked)
     if not doc.within_limit and too_complex(doc.node):
         out.at((), "the document is too large or uses too many aliases to validate")
         return ParsedFile(FileKind.INVALID, path, None, None, out.items)
@@ -158,7 +181,36 @@ def _parse(text: str, path: str, profile: Mapping[str, Any]) -> ParsedFile:
     elif config is not None:
         _warn_unknown_gpus(config, out)
     kind_out = FileKind.SERVICE if config is not None else FileKind.INVALID
-    return ParsedFile(kind_out, path, name, config, out.items, _key_positions(doc, data))
+    positions = _key_positions(doc, data) if marked else _LazyPositions(text)
+    return ParsedFile(kind_out, path, name, config, out.items, positions)
+
+
+class _LazyPositions(Mapping[str, Position]):
+    """`_key_positions` of a file parsed without marks, found on first use: only a problem between
+    files (two services with one name or one model) needs them."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._found: dict[str, Position] | None = None
+
+    def _positions(self) -> dict[str, Position]:
+        if self._found is None:
+            try:
+                doc = load_document(self._text)
+            except YamlSyntaxError:
+                self._found = {}
+            else:
+                self._found = _key_positions(doc, doc.data) if isinstance(doc.data, dict) else {}
+        return self._found
+
+    def __getitem__(self, key: str) -> Position:
+        return self._positions()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._positions())
+
+    def __len__(self) -> int:
+        return len(self._positions())
 
 
 def _key_positions(doc: Document, data: dict[Any, Any]) -> dict[str, Position]:
@@ -186,14 +238,16 @@ def _warn_unknown_gpus(config: ServiceConfig, out: Collector) -> None:
             )
 
 
+_KNOWN_KEYS = frozenset(ServiceConfig.model_fields)
+
+
 def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
-    known = set(ServiceConfig.model_fields)
     raw: dict[str, Any] = {}
     for key, value in data.items():
-        if not isinstance(key, str):
-            out.at((), f"keys must be strings, got {key!r}")
-        elif key in known:
+        if key in _KNOWN_KEYS and isinstance(key, str):
             raw[key] = value
+        elif not isinstance(key, str):
+            out.at((), f"keys must be strings, got {key!r}")
         elif key in DSTACK_ONLY_TOP:
             out.at(
                 (key,),
@@ -202,7 +256,11 @@ def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
                 key=True,
             )
         else:
-            out.at((key,), f"unknown key '{key}'{did_you_mean(key, known | set(DSTACK_ONLY_TOP))}", key=True)
+            out.at(
+                (key,),
+                f"unknown key '{key}'{did_you_mean(key, _KNOWN_KEYS | set(DSTACK_ONLY_TOP))}",
+                key=True,
+            )
     for prefix, fields in DSTACK_ONLY_NESTED.items():
         raw = _drop_nested(raw, prefix, fields, out)
     return raw
@@ -214,7 +272,7 @@ def _drop_nested(
     parent: Any = raw
     for part in prefix:
         parent = parent.get(part) if isinstance(parent, dict) else None
-    if not isinstance(parent, dict) or not set(parent) & set(fields):
+    if not isinstance(parent, dict) or parent.keys().isdisjoint(fields):
         return raw
     cleaned = {k: v for k, v in parent.items() if k not in fields}
     for key in parent:
@@ -226,16 +284,17 @@ def _drop_nested(
                 Severity.WARNING,
                 key=True,
             )
+    return _rebuilt(raw, prefix, cleaned)
 
-    # rebuild the path with copies so the caller's data is never mutated
-    def rebuild(node: dict[str, Any], depth: int) -> dict[str, Any]:
-        if depth == len(prefix):
-            return cleaned
-        copy = dict(node)
-        copy[prefix[depth]] = rebuild(node[prefix[depth]], depth + 1)
-        return copy
 
-    return rebuild(raw, 0)
+def _rebuilt(node: dict[str, Any], prefix: tuple[str, ...], cleaned: dict[str, Any]) -> dict[str, Any]:
+    """`node` with the mapping at `prefix` replaced by `cleaned`, through copies (the caller's data
+    is never mutated)."""
+    if not prefix:
+        return cleaned
+    copy = dict(node)
+    copy[prefix[0]] = _rebuilt(node[prefix[0]], prefix[1:], cleaned)
+    return copy
 
 
 def report_validation_error(

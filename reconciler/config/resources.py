@@ -84,6 +84,25 @@ def parse_memory(value: object) -> float:
     raise ValueError(f"invalid size {value!r}: expected e.g. 16GB, 512MB or 1TB")
 
 
+_UNIT_FACTORS = {"tb": 1024.0, "gb": 1.0, "mb": 1 / 1024}
+
+
+def _size(word: str) -> float | None:
+    """`parse_memory(word)` for the usual size words (`16gb`, `512mb`, `1.5tb`, `8`: ASCII digits,
+    at most one dot, a unit or none; lowercase, no spaces), None for any other."""
+    factor = _UNIT_FACTORS.get(word[-2:])
+    number = word if factor is None else word[:-2]
+    whole, _dot, fraction = number.partition(".")
+    if not (
+        whole.isascii() and whole.isdigit() and (not fraction or (fraction.isascii() and fraction.isdigit()))
+    ):
+        return None
+    size = float(number)
+    if size == float("inf"):
+        return None
+    return size * (1.0 if factor is None else factor)
+
+
 def _parse_count(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"invalid number {value!r}")
@@ -125,6 +144,21 @@ class IntRange(BaseModel):
     def _parse(cls, value: Any) -> Any:
         if isinstance(value, IntRange):
             return value
+        if type(value) is str:  # the common `2..`, `1..8`, `..8`, `4` (anything else: below)
+            if ".." not in value:
+                digits = value.strip()
+                if digits.isascii() and digits.isdigit():
+                    return {"min": int(digits), "max": int(digits)}
+            else:
+                first, _dots, last = value.replace(" ", "").partition("..")
+                if (
+                    (not first or (first.isascii() and first.isdigit()))
+                    and (not last or (last.isascii() and last.isdigit()))
+                    and (first or last)
+                ):
+                    lo, hi = int(first) if first else None, int(last) if last else None
+                    if lo is None or hi is None or lo <= hi:
+                        return {"min": lo, "max": hi}
         bounds = _split_range(value)
         if bounds is None:
             exact = _parse_count(value)
@@ -151,6 +185,14 @@ class MemoryRange(BaseModel):
     def _parse(cls, value: Any) -> Any:
         if isinstance(value, MemoryRange):
             return value
+        if type(value) is str:  # the common `16GB..`, `24GB..80GB`, `512MB` (anything else: below)
+            first, dots, last = value.replace(" ", "").lower().partition("..")
+            lo, hi = _size(first) if first else None, _size(last) if last else None
+            if (lo is not None or not first) and (hi is not None or not last) and (first or last):
+                if not dots:
+                    return {"min": lo, "max": lo}
+                if lo is None or hi is None or lo <= hi:
+                    return {"min": lo, "max": hi}
         bounds = _split_range(value)
         if bounds is None:
             exact = parse_memory(value)
