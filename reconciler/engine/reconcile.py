@@ -171,6 +171,7 @@ class Engine(EngineAsks, PassFinish):
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
         self.outputs = Outputs(self.state_dir, self.store, self.journal, lambda: self._fault("after_routes"))
+        self._dumped_records = {}
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)
@@ -346,7 +347,7 @@ class Engine(EngineAsks, PassFinish):
         # Services settled since an earlier pass whose record is as it left them (observed and
         # measured above): no replica to probe for readiness, and those with no liveness re-probe
         # due (`quiet`) are not even looked at (reconciler.engine.settled).
-        clean: Mapping[str, Entry] = self._settled.clean(doc, ds.services, busy, ds.revision) if ds is not None else {}
+        clean: Mapping[str, Entry] = self._settled.clean(doc, ds, busy) if ds is not None else {}
         # A settled replica's secrets were filled when it settled (its spec's are known since its
         # desired set was resolved, and one spec hash always means the same secrets).
         self._fill_secrets([r for n, r in doc.services.items() if n not in clean] if clean else doc.services.values())

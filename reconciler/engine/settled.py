@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.engine.autoscale import ScalingDecision
-from reconciler.engine.desired import DesiredService
+from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.plan import Plan, Target
 from reconciler.state.records import ReplicaPhase, ServiceRecord, StateDoc
 
@@ -78,7 +78,7 @@ def doc_key(doc: StateDoc) -> tuple[object, ...]:
 class Entry:
     desired: DesiredService  # held, so its identity is never reused while the entry lives
     fp: Fingerprint
-    revision: str | None  # the desired set's: a new revision re-records every service (sync_records)
+    revision: str | None  # the desired set's when it settled (`carry` moves it to a new one)
     pair: tuple[Target, ScalingDecision]  # what the pass that settled it decided (taken as it is)
 
 
@@ -94,25 +94,33 @@ class Settled:
     def reset(self, doc: StateDoc | None = None) -> None:
         self.doc, self.entries, self.saved = doc, {}, None
 
-    def clean(
-        self, doc: StateDoc, desired: Mapping[str, DesiredService], busy: set[str], revision: str | None
-    ) -> dict[str, Entry]:
-        """The services this pass may skip: same desired object and revision, same record, not busy.
-        (An unchanged service is the same object at the next revision, but its record moves to that
-        revision, so the first pass at a new revision processes every service.)"""
+    def clean(self, doc: StateDoc, ds: DesiredSet, busy: set[str]) -> dict[str, Entry]:
+        """The services this pass may skip: same desired object, same record, not busy. At a new
+        revision, an unchanged service's file gives the very same object; its record is moved to
+        the revision here (`_carry`), the one edit `sync_records` would make, and it stays settled."""
         if not enabled or doc is not self.doc:
             self.reset(doc)
             return {}
-        services = doc.services
-        return {
+        services, desired = doc.services, ds.services
+        clean = {
             name: e
             for name, e in self.entries.items()
             if desired.get(name) is e.desired
-            and e.revision == revision
             and name not in busy
             and (rec := services.get(name)) is not None
             and fingerprint(rec) == e.fp
         }
+        return clean if all(e.revision == ds.revision for e in clean.values()) else self._carry(doc, clean, ds)
+
+    def _carry(self, doc: StateDoc, clean: dict[str, Entry], ds: DesiredSet) -> dict[str, Entry]:
+        for name, e in clean.items():
+            if e.revision != ds.revision:
+                rec = doc.services[name]
+                revision = ds.revision_of(e.desired)
+                if rec.revision != revision:
+                    rec.revision = revision
+                self.entries[name] = clean[name] = Entry(e.desired, fingerprint(rec), ds.revision, e.pair)
+        return clean
 
     def update(
         self,

@@ -368,12 +368,11 @@ class StateStore:
         try:
             self._keep_backup()
             # Serialised as it is: no secret value is in the document (reconciler.state.redact).
-            body = doc.model_copy(update={"serial": doc.serial + 1, "updated_at": time.time()}).model_dump_json(indent=1).encode()
-            write_atomic(path, body, mode=FILE_MODE)
+            written = doc.model_copy(update={"serial": doc.serial + 1, "updated_at": time.time()})
+            write_atomic(path, written.model_dump_json(indent=1).encode(), mode=FILE_MODE)
         except OSError as e:
             raise StateUnwritableError(describe_os_error(e, path)) from e
-        written = json.loads(body)
-        doc.serial, doc.updated_at = int(written["serial"]), float(written["updated_at"])
+        doc.serial, doc.updated_at = written.serial, written.updated_at
         stamp = stamp_of(path)
         self._known = (stamp, doc.lineage, doc.serial) if stamp is not None else None
         return doc

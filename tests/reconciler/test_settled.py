@@ -263,3 +263,23 @@ def test_a_backend_error_and_its_backoff_run_out_alike(twins: Twins) -> None:
     twins.both(lambda s: s.backend.create_errors.clear())
     _run(twins, passes=12, dt=5.0)  # the backoff runs out: restarted, ready, settled again
     assert "svc-b" in twins.on.engine._settled.entries
+
+
+def test_a_new_revision_moves_unchanged_services_alike_and_they_stay_settled(twins: Twins) -> None:
+    root = twins.tmp / "repo-2"
+    shutil.copytree(twins.root, root)
+    (root / "svc-b" / ".dstack.yml").write_text(SERVICE.format(name="svc-b", replicas=2, scaling=""))
+    kept = twins.on.engine._settled.entries["svc-a"].desired
+    twins.snap = Snapshot("2" * 40, root)
+    twins.step()
+    # Their files did not change: the same desired objects, still settled, recorded at the revision.
+    assert twins.on.engine._settled.entries["svc-a"].desired is kept
+    assert {"svc-a", "svc-c"} <= set(twins.on.engine._settled.entries)
+    _run(twins, passes=6, dt=3.0)
+    assert len(twins.on.engine.doc.services["svc-b"].replicas) == 2
+    twins.snap = Snapshot("3" * 40, root)  # a commit that changes no service file
+    report = twins.step()
+    assert report.plan.empty
+    assert {n: r.revision for n, r in twins.on.engine.doc.services.items() if n != "svc-z"} == dict.fromkeys(
+        ("svc-a", "svc-b", "svc-c"), "3" * 40
+    )
