@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.state.doc_json import DocWriter
 from reconciler.state.errors import (
     StaleStateError,
     StateError,
@@ -162,6 +163,7 @@ class StateStore:
         self._lineage: str | None = None
         # state.json as this store last read or wrote it: its stamp, lineage and serial.
         self._known: tuple[Stamp, str, int] | None = None
+        self._writer = DocWriter()  # state.json's text, unedited records' JSON kept
 
     # -- ownership -------------------------------------------------------------------------
     @property
@@ -369,7 +371,7 @@ class StateStore:
             self._keep_backup()
             # Serialised as it is: no secret value is in the document (reconciler.state.redact).
             written = doc.model_copy(update={"serial": doc.serial + 1, "updated_at": time.time()})
-            write_atomic(path, written.model_dump_json(indent=1).encode(), mode=FILE_MODE)
+            write_atomic(path, self._writer.dump(written), mode=FILE_MODE)
         except OSError as e:
             raise StateUnwritableError(describe_os_error(e, path)) from e
         doc.serial, doc.updated_at = written.serial, written.updated_at
