@@ -171,7 +171,6 @@ class Engine(EngineAsks, PassFinish):
         self._demand: set[str] = set()
         self._scaling_reason: dict[str, str] = {}
         self.outputs = Outputs(self.state_dir, self.store, self.journal, lambda: self._fault("after_routes"))
-        self._dumped_records = {}
         self._last_saved: str = self._dump()
         self._last_checkpoint = 0.0
         self._last_probe: dict[str, float] = {}  # replica id -> last liveness probe (in memory only)

@@ -29,8 +29,10 @@ class DocWriter:
     def __init__(self) -> None:
         self._records: dict[str, tuple[ServiceRecord, Versions, str]] = {}
 
-    def dump(self, doc: StateDoc) -> bytes:
-        head = doc.model_dump_json(indent=1, exclude={"services"})
+    def dump(self, doc: StateDoc, exclude: frozenset[str] = frozenset()) -> bytes:
+        """`exclude`: document fields left out (the engine compares documents without `serial`
+        and `updated_at`); the records' kept texts serve both."""
+        head = doc.model_dump_json(indent=1, exclude={"services", *exclude})
         kept = self._records
         parts: list[str] = []
         for name, rec in doc.services.items():

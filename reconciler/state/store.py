@@ -52,6 +52,7 @@ from reconciler.state.records import SCHEMA_VERSION, StateDoc
 from tidegate.fsio import describe_os_error, fsync_dir, write_atomic
 
 log = logging.getLogger("tidegate.state")
+_SAVE_STAMPS = frozenset({"serial", "updated_at"})
 
 STATE_FILE = "state.json"
 BACKUP_FILE = "state.json.backup"
@@ -358,6 +359,11 @@ class StateStore:
         self._require_lock()
         self._check_on_disk(doc)
         self.probe_writable()
+
+    def comparable(self, doc: StateDoc) -> str:
+        """`doc` as saved but without `serial` and `updated_at` (what every save changes): equal
+        texts, nothing to save. Records' texts are shared with `save` (reconciler.state.doc_json)."""
+        return self._writer.dump(doc, exclude=_SAVE_STAMPS).decode()
 
     def save(self, doc: StateDoc) -> StateDoc:
         """Write `doc` with serial+1, keeping the file it replaces as the backup. Refuses when the
