@@ -202,6 +202,15 @@ def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, 
     return tuple(FieldChange(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k))
 
 
+def _new_service_steps(t: Target) -> list[Step]:
+    """`_service_steps(t, (), now)`, which is this for a service without replicas (by test)."""
+    n = max(0, t.count)
+    return [
+        Step(Action.ADD_REPLICA, t.name, replica_id(t.name, t.spec_hash, o), o, reason=f"scale to {n}")
+        for o in range(n)
+    ]
+
+
 def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> list[Step]:
     steps: list[Step] = []
     rs = sorted(replicas, key=lambda r: (r.ordinal, r.id))
@@ -331,12 +340,11 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float, skip
         if a is None:
             steps.append(Step(Action.CREATE_SERVICE, name, reason="new service"))
             changes[name] = _Created(t.summary)  # its change list is made when read
-            replicas: Sequence[ReplicaRecord] = ()
-        else:
-            replicas = a.replicas
-            if a.spec_hash != t.spec_hash:
-                changes[name] = _diff(a.spec_summary, t.summary)
-            elif routed := _route_diff(a.spec_summary, t.summary):
-                changes[name] = routed  # applied by publishing the routes; no replica step
-        steps.extend(_service_steps(t, replicas, now))
+            steps.extend(_new_service_steps(t))
+            continue
+        if a.spec_hash != t.spec_hash:
+            changes[name] = _diff(a.spec_summary, t.summary)
+        elif routed := _route_diff(a.spec_summary, t.summary):
+            changes[name] = routed  # applied by publishing the routes; no replica step
+        steps.extend(_service_steps(t, a.replicas, now))
     return Plan(steps=tuple(steps), changes=_Changes(changes), notes=tuple(notes))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reconciler.engine.naming import replica_id
-from reconciler.engine.plan import Action, Desired, FieldChange, Plan, Target, plan
+from reconciler.engine.plan import Action, Desired, FieldChange, Plan, Target, _service_steps, plan
 from reconciler.engine.reconcile import PlanResult
 from reconciler.render.plan_output import plan_json, render_plan
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
@@ -268,3 +268,12 @@ def test_render_text_and_json() -> None:
         {"field": "commands", "old": "serve --old", "new": "serve --new"}
     ]
     assert render_plan(PlanResult(Plan(), None, None)).endswith("No changes. The deployed services match the configuration.")
+
+
+@pytest.mark.parametrize("count", [-1, 0, 1, 3])
+def test_a_new_service_gets_the_steps_of_a_service_without_replicas(count: int) -> None:
+    """`plan` takes a shortcut for a service not in the state; it is `_service_steps` with none."""
+    t = Target("web", NEW, count, summary={"port": "8000"})
+    made = plan(Desired({"web": t}), {}, NOW)
+    assert list(made.steps[1:]) == _service_steps(t, (), NOW)
+    assert [s.action for s in made.steps] == [Action.CREATE_SERVICE, *[ADD] * max(0, count)]
