@@ -17,6 +17,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -35,6 +37,11 @@ from .routing import ProbeSpec as ProbeSpec
 from .routing import RateLimitKeySpec as RateLimitKeySpec
 from .routing import RateLimitSpec as RateLimitSpec
 from .routing import template_syntax_error as template_syntax_error
+from .value_memo import ValidatedMemo
+
+# Nested values most services of a repository repeat, validated once per distinct YAML value
+# (config/value_memo.py): `resources:` is most of a file's validation, a chat template compiles.
+MEMOS: dict[str, ValidatedMemo[Any]] = {"resources": ValidatedMemo(), "model": ValidatedMemo(), "scaling": ValidatedMemo()}
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,40}$")  # dstack's run-name rule
 ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -335,6 +342,12 @@ class ServiceConfig(ProfileParams):
         if isinstance(value, str) and value not in PYTHON_VERSIONS:
             raise ValueError(f"unsupported python {value!r}; expected one of {', '.join(PYTHON_VERSIONS)}")
         return value
+
+    @field_validator("resources", "model", "scaling", mode="wrap")
+    @classmethod
+    def _kept(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        return MEMOS[info.field_name].validated(value, handler)
 
     @field_validator("env", mode="before")
     @classmethod

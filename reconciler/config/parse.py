@@ -164,8 +164,9 @@ def _checked(text: str, path: str, profile: Mapping[str, Any], doc: Document, *,
         hint = did_you_mean(str(kind), ("service", *OTHER_TYPES)) if isinstance(kind, str) else ""
         message = "missing `type: service`" if kind is None else f"unknown type {kind!r}{hint}"
         out.at(("type",), message)
-    for loc, node in duplicate_keys(doc.node):
-        out.add(loc, node_position(node), f"duplicate key {loc[-1]!r} (YAML keeps only the last one)")
+    if doc.node is not None:  # (no marks, no node tree: yaml-rs refuses a duplicate key itself)
+        for loc, node in duplicate_keys(doc.node):
+            out.add(loc, node_position(node), f"duplicate key {loc[-1]!r} (YAML keeps only the last one)")
     raw = _drop_foreign_keys(data, out)
     for key, value in profile.items():
         raw.setdefault(key, value)  # the service file wins field by field
@@ -244,7 +245,7 @@ _KNOWN_KEYS = frozenset(ServiceConfig.model_fields)
 def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _KNOWN_KEYS and isinstance(key, str):
+        if isinstance(key, str) and key in _KNOWN_KEYS:
             raw[key] = value
         elif not isinstance(key, str):
             out.at((), f"keys must be strings, got {key!r}")

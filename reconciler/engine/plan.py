@@ -149,6 +149,45 @@ def _route_diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldCh
 _NEW_DIFFS: dict[int, tuple[Mapping[str, str], tuple[FieldChange, ...]]] = {}
 
 
+class _Created:
+    """A new service's change list not made yet: its summary (see `_Changes`)."""
+
+    __slots__ = ("summary",)
+
+    def __init__(self, summary: Mapping[str, str]) -> None:
+        self.summary = summary
+
+
+class _Changes(Mapping[str, tuple[FieldChange, ...]]):
+    """`Plan.changes` as `plan` makes it: a new service's change list (every field of its summary)
+    is made when it is first read (a render, `plan --json`), not by `plan` itself: a cold plan of
+    1,000 new services is read by name only (reconciler.engine.settled) unless it is shown. Reads
+    give what a dict of the made lists would; a made list is kept, so it is made at most once."""
+
+    def __init__(self, items: dict[str, tuple[FieldChange, ...] | _Created]) -> None:
+        self._items = items
+
+    def __getitem__(self, name: str) -> tuple[FieldChange, ...]:
+        item = self._items[name]
+        if isinstance(item, _Created):
+            made = _created_diff(item.summary)
+            self._items[name] = made
+            return made
+        return item
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+
 def _created_diff(summary: Mapping[str, str]) -> tuple[FieldChange, ...]:
     known = _NEW_DIFFS.get(id(summary))
     if known is not None and known[0] is summary:
@@ -161,6 +200,15 @@ def _created_diff(summary: Mapping[str, str]) -> tuple[FieldChange, ...]:
 def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, ...]:
     keys = sorted(set(old) | set(new))
     return tuple(FieldChange(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k))
+
+
+def _new_service_steps(t: Target) -> list[Step]:
+    """`_service_steps(t, (), now)`, which is this for a service without replicas (by test)."""
+    n = max(0, t.count)
+    return [
+        Step(Action.ADD_REPLICA, t.name, replica_id(t.name, t.spec_hash, o), o, reason=f"scale to {n}")
+        for o in range(n)
+    ]
 
 
 def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> list[Step]:
@@ -272,7 +320,7 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float, skip
     """Steps that move `actual` towards `desired`, deterministic for equal inputs. `skip`: services
     a previous plan over the very same inputs gave nothing to do (reconciler.engine.settled)."""
     steps: list[Step] = []
-    changes: dict[str, tuple[FieldChange, ...]] = {}
+    changes: dict[str, tuple[FieldChange, ...] | _Created] = {}
     notes: list[str] = []
     if len(_NEW_DIFFS) > 4 * len(desired.services) + 1_000:
         _NEW_DIFFS.clear()  # bounded: room for this plan's services and the next revision's
@@ -291,13 +339,12 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float, skip
             continue
         if a is None:
             steps.append(Step(Action.CREATE_SERVICE, name, reason="new service"))
-            changes[name] = _created_diff(t.summary)
-            replicas: Sequence[ReplicaRecord] = ()
-        else:
-            replicas = a.replicas
-            if a.spec_hash != t.spec_hash:
-                changes[name] = _diff(a.spec_summary, t.summary)
-            elif routed := _route_diff(a.spec_summary, t.summary):
-                changes[name] = routed  # applied by publishing the routes; no replica step
-        steps.extend(_service_steps(t, replicas, now))
-    return Plan(steps=tuple(steps), changes=changes, notes=tuple(notes))
+            changes[name] = _Created(t.summary)  # its change list is made when read
+            steps.extend(_new_service_steps(t))
+            continue
+        if a.spec_hash != t.spec_hash:
+            changes[name] = _diff(a.spec_summary, t.summary)
+        elif routed := _route_diff(a.spec_summary, t.summary):
+            changes[name] = routed  # applied by publishing the routes; no replica step
+        steps.extend(_service_steps(t, a.replicas, now))
+    return Plan(steps=tuple(steps), changes=_Changes(changes), notes=tuple(notes))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reconciler.engine.naming import replica_id
-from reconciler.engine.plan import Action, Desired, Plan, Target, plan
+from reconciler.engine.plan import Action, Desired, FieldChange, Plan, Target, _service_steps, plan
 from reconciler.engine.reconcile import PlanResult
 from reconciler.render.plan_output import plan_json, render_plan
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
@@ -185,6 +185,33 @@ def test_plan_reports_changed_fields() -> None:
     assert [(c.field, c.old, c.new) for c in p.changes["web"]] == [("image", "a:1", "a:2")]
 
 
+def test_a_new_services_changes_read_as_a_dict_of_every_summary_field() -> None:
+    """A new service's change list is made when read (not by `plan`): every way of reading
+    `changes` gives what the dict of made lists gives, in the plan's order, the same list each time."""
+    actual = svc(rep(0))
+    actual["web"].spec_summary = {"image": "a:1", "port": "8000"}
+    summary = {"port": "8000", "image": "a:2", "auth": "true"}
+    desired = Desired(
+        {
+            "web": Target("web", NEW, 1, summary={"image": "a:2", "port": "8000"}),
+            "api": Target("api", NEW, 2, summary=summary),
+            "zed": Target("zed", NEW, 1, summary={"port": "9000"}),
+        }
+    )
+    p = plan(desired, actual, NOW)
+    expected = {
+        "api": tuple(FieldChange(k, None, summary[k]) for k in ("auth", "image", "port")),
+        "web": (FieldChange("image", "a:1", "a:2"),),
+        "zed": (FieldChange("port", None, "9000"),),
+    }
+    assert list(p.changes) == ["api", "web", "zed"] and len(p.changes) == 3 and "api" in p.changes
+    assert p.changes.get("nope") is None and "nope" not in p.changes
+    assert p.changes == expected and dict(p.changes) == expected and expected == p.changes
+    assert p.changes["api"] is p.changes["api"]
+    assert repr(p.changes) == repr(expected)
+    assert p == plan(desired, actual, NOW)
+
+
 def test_rolling_update_converges_without_losing_capacity() -> None:
     """Simulate passes: a new replica is ready one pass after it starts; drains finish after 3 s."""
     actual = svc(rep(0), rep(1), rep(2))
@@ -241,3 +268,12 @@ def test_render_text_and_json() -> None:
         {"field": "commands", "old": "serve --old", "new": "serve --new"}
     ]
     assert render_plan(PlanResult(Plan(), None, None)).endswith("No changes. The deployed services match the configuration.")
+
+
+@pytest.mark.parametrize("count", [-1, 0, 1, 3])
+def test_a_new_service_gets_the_steps_of_a_service_without_replicas(count: int) -> None:
+    """`plan` takes a shortcut for a service not in the state; it is `_service_steps` with none."""
+    t = Target("web", NEW, count, summary={"port": "8000"})
+    made = plan(Desired({"web": t}), {}, NOW)
+    assert list(made.steps[1:]) == _service_steps(t, (), NOW)
+    assert [s.action for s in made.steps] == [Action.CREATE_SERVICE, *[ADD] * max(0, count)]
