@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import BackendRegistry  # noqa: E402
 from bench.reconcile import SERVICE, write_tree  # noqa: E402
-from reconciler.config import loader, quickyaml, yamldoc  # noqa: E402
+from reconciler.config import loader, models, quickyaml, yamldoc  # noqa: E402
 from reconciler.engine import memo, settled  # noqa: E402
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
 from reconciler.source import code_files, trees  # noqa: E402
@@ -57,19 +57,31 @@ TARGETS = {"config load 1000": 0.040, "cold 1000": 0.100, "cold 10000": 1.0, "on
 
 
 @contextmanager
-def mode(fast: bool) -> Iterator[None]:
-    saved = yamldoc.FAST_LOADER
+def forget() -> None:
+    """Every in-process cache emptied: what a new process starts with."""
     loader.PARSE_CACHE.clear()
     memo.clear_all()
-    loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = quickyaml.ENABLED = fast
+    for m in models.MEMOS.values():
+        m.clear()
+
+
+def switch(on: bool) -> None:
+    loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = quickyaml.ENABLED = on
+    for m in models.MEMOS.values():
+        m.enabled = on
+
+
+def mode(fast: bool) -> Iterator[None]:
+    saved = yamldoc.FAST_LOADER
+    forget()
+    switch(fast)
     yamldoc.FAST_LOADER = saved if fast else None
     try:
         yield
     finally:
         yamldoc.FAST_LOADER = saved
-        loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = quickyaml.ENABLED = True
-        loader.PARSE_CACHE.clear()
-        memo.clear_all()
+        switch(True)
+        forget()
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -132,14 +144,13 @@ def measure(base: Path, n: int, fast: bool, noop: bool) -> dict[str, float]:
     if not fast:  # before the index: the folders are walked and every file is read
         s1, s2 = dataclasses.replace(s1, index=None), dataclasses.replace(s2, index=None)
     with mode(fast):
-        loader.PARSE_CACHE.clear()
+        forget()
         out["config load"] = timed(lambda: loader.load_tree(s1.root, index=s1.index))
         state = base / f"state-{n}-{fast}"
         shutil.rmtree(state, ignore_errors=True)
         engine = new_engine(state)
         try:
-            loader.PARSE_CACHE.clear()
-            memo.clear_all()
+            forget()
             out["cold"] = timed(lambda: engine.plan(s1))
             out["one-file change"] = timed(lambda: engine.plan(s2))
             if noop:
