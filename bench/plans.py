@@ -56,7 +56,6 @@ from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
 TARGETS = {"config load 1000": 0.040, "cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010, "one-file change pass 1000": 0.020}
 
 
-@contextmanager
 def forget() -> None:
     """Every in-process cache emptied: what a new process starts with."""
     loader.PARSE_CACHE.clear()
@@ -71,6 +70,7 @@ def switch(on: bool) -> None:
         m.enabled = on
 
 
+@contextmanager
 def mode(fast: bool) -> Iterator[None]:
     saved = yamldoc.FAST_LOADER
     forget()
