@@ -35,6 +35,7 @@ import msgspec
 from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.discovery import (
+    IGNORE_FILES,
     TreeIndex,
     discover,
     is_config_file,
@@ -74,6 +75,9 @@ class LoadedService:
     path: str  # posix, relative to the root
     config: ServiceConfig  # the default profile merged in
     spec_hash: str  # sha256 hex of the effective config (see spec_hash)
+    # `config.model_dump(mode="json")`, made once for the spec hash and reused by the engine's
+    # replica spec hash (never mutated; None: the engine dumps the config itself)
+    dump: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -111,10 +115,13 @@ def derive_service_name(path: str) -> str:
 def spec_hash(config: ServiceConfig) -> str:
     """sha256 over canonical JSON of everything that changes what runs. Literal env values are in
     (changing one must roll the replicas); bare keys count by name only, their values come later."""
-    payload = config.model_dump(mode="json")
-    for added in ("probes", "rate_limits"):  # added later: a file without them keeps its old hash
-        if not payload.get(added):
-            payload.pop(added, None)
+    return _spec_hash_of(config.model_dump(mode="json"))
+
+
+def _spec_hash_of(dump: Mapping[str, Any]) -> str:
+    """`spec_hash` of a config given its `model_dump(mode="json")` (left as it is)."""
+    # added later: a file without them keeps its old hash
+    payload = {k: v for k, v in dump.items() if v or k not in ("probes", "rate_limits")}
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
@@ -165,7 +172,8 @@ def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
     def make() -> LoadedService:
         assert item.config is not None
         config = item.config if item.config.name else item.config.model_copy(update={"name": name})
-        return LoadedService(name, item.path, config, spec_hash(config))
+        dump = config.model_dump(mode="json")
+        return LoadedService(name, item.path, config, _spec_hash_of(dump), dump)
 
     return PARSE_CACHE.derived(item, name, make)
 
@@ -193,7 +201,7 @@ def _parse_file(
     try:
         data = _read_bytes(f"{root}/{rel}")
     except OSError as e:
-        problem = Diagnostic(rel, 1, 1, "", f"cannot read the file: {e.strerror or e}")
+        problem = Diagnostic(rel, 1, 1, "", f"{_CANNOT_READ}: {e.strerror or e}")
         return ParsedFile(FileKind.INVALID, rel, None, None, [problem])
     digest = hashlib.blake2b(data, digest_size=20).digest()
     return PARSE_CACHE.parsed((rel, digest, profile_key), lambda: _parse_bytes(data, rel, profile))
@@ -266,6 +274,10 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
     diagnostics += profiles.diagnostics
     profile = profiles.default if profiles.ok else None
     profile_key = _fingerprint(profile)
+    if index is not None and PARSE_CACHE.enabled and profiles.ok:
+        known = _from_last_load(root, subpath, index, profile, profile_key)
+        if known is not None:
+            return known
     indexed = scan_index(root, index, subpath) if index is not None else None
     found, links = (indexed, []) if indexed is not None else scan(root, subpath)
     blobs = index.files if indexed is not None and index is not None else {}
@@ -316,7 +328,87 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
     diagnostics += _refuse_shared_models(services, failed, positions)
     diagnostics.sort(key=Diagnostic.sort_key)
     skipped.sort(key=Diagnostic.sort_key)
-    return LoadResult(services, failed, diagnostics, skipped)
+    result = LoadResult(services, failed, diagnostics, skipped)
+    if indexed is not None and index is not None and PARSE_CACHE.enabled and profiles.ok and not _unreadable(parsed):
+        _keep_load(_LastLoad(subpath, profile_key, index, result, {p.path: p for p in parsed}))
+    return result
+
+
+@dataclass(frozen=True)
+class _LastLoad:
+    """A load from an index, kept so the next revision's load looks at its changed files only."""
+
+    subpath: str | None
+    profile_key: str
+    index: TreeIndex
+    result: LoadResult
+    parsed: dict[str, ParsedFile]  # path -> its parsed file (every config file found)
+
+
+_LAST_LOADS_KEPT = 4
+_CANNOT_READ = "cannot read the file"
+
+
+def _unreadable(parsed: list[ParsedFile]) -> bool:
+    """A file could not be read (not cached: it may be readable next time), so the load is not kept."""
+    return any(d.message.startswith(_CANNOT_READ) for p in parsed for d in p.diagnostics)
+
+
+def _keep_load(last: _LastLoad) -> None:
+    kept = PARSE_CACHE.last_loads
+    kept.insert(0, last)
+    del kept[_LAST_LOADS_KEPT:]
+
+
+def _from_last_load(
+    root: Path, subpath: str | None, index: TreeIndex, profile: Mapping[str, Any] | None, profile_key: str
+) -> LoadResult | None:
+    """The load of `index` made from a kept load whose index differs only in the content of a few
+    config files, each still a valid service under the same name and model name as before and
+    not in conflict with another (then nothing else in the result can change: the files found,
+    the names, the duplicates and shared models are as they were). None: load as usual."""
+    kept: list[_LastLoad] = list(PARSE_CACHE.last_loads)
+    for last in kept:
+        if last.subpath != subpath or last.profile_key != profile_key:
+            continue
+        if last.index is index:
+            return last.result
+        if len(last.index.files) != len(index.files):
+            continue
+        changed = {path for path, _ in last.index.files.items() ^ index.files.items()}
+        if len(changed) > 128 or any(p not in index.files for p in changed):
+            continue  # many files changed, or one added or removed: the files found may differ
+        if any(p.rpartition("/")[2] in IGNORE_FILES or p == PROFILES_PATH for p in changed):
+            continue
+        changed = {p for p in changed if p in last.parsed}  # the content of no other file counts
+        services = dict(last.result.services)
+        parsed = dict(last.parsed)
+        problems: list[Diagnostic] = []
+        by_path = {ls.path: name for name, ls in services.items()} if changed else {}
+        base = subpath if subpath and (root / subpath).is_dir() else None
+        for path in sorted(changed):
+            before = last.parsed[path]
+            name = by_path.get(path)
+            if name is None or before.config is None:
+                break  # a failed or skipped file before: its problems may change others
+            item = _parse_file(root, path, profile, profile_key, index.files[path])
+            new_name = item.config and (item.config.name or item.name or derive_service_name(_relative(path, base)))
+            if item.kind == FileKind.SKIPPED or item.config is None or new_name != name:
+                break
+            old_model = services[name].config.model
+            new_model = item.config.model
+            if (old_model.name if old_model else None) != (new_model.name if new_model else None):
+                break
+            parsed[path] = item
+            services[name] = _loaded_service(item, name)
+            problems += item.diagnostics
+        else:
+            others = [d for d in last.result.diagnostics if d.path not in changed]
+            diagnostics = sorted(others + problems, key=Diagnostic.sort_key)
+            result = LoadResult(services, dict(last.result.failed), diagnostics, list(last.result.skipped))
+            _keep_load(_LastLoad(subpath, profile_key, index, result, parsed))
+            return result
+    return None
 
 
 def _refuse_shared_models(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from backends.base import ReplicaSpec
 from reconciler.config.diagnostics import Diagnostic
-from reconciler.config.loader import LoadedService, LoadResult
+from reconciler.config.loader import LoadedService, LoadResult, canonical_json
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
 from reconciler.engine.desired_parts import Static, static_of, summary
@@ -173,13 +173,43 @@ _STATIC: memo.IdentityMemo[Static] = memo.memo()  # (name, domain)
 
 def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
     """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
-    for a backend that ships the checkout, the code hash (`files`; None leaves the hash as it was)."""
+    for a backend that ships the checkout, the code hash (`files`; None leaves the hash as it was).
+
+    The text hashed is `json.dumps({"config": ..., "env": ..., "backend": ..., "files": ...},
+    sort_keys=True, separators=(",", ":"))`, written as its parts: the config's canonical JSON is
+    made once per loaded file (`_config_json`) and shared by every backend and env."""
+    return _replica_hash(_CONFIG_JSON.get(ls, (), partial(_config_json, ls)), env_hash, backend, files)
+
+
+def replica_spec_hash_plain(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
+    """`replica_spec_hash` as it was first written, with `json.dumps` (the tests hold both equal)."""
     config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
     config.update(dict.fromkeys(NO_EFFECT_FIELDS))
     payload: dict[str, object] = {"config": config, "env": env_hash, "backend": backend}
     if files is not None:
         payload["files"] = files
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _config_json(ls: LoadedService) -> bytes:
+    dump = ls.dump if ls.dump is not None else ls.config.model_dump(mode="json")
+    config = {k: v for k, v in dump.items() if k not in ROUTING_ONLY_FIELDS}
+    config.update(dict.fromkeys(NO_EFFECT_FIELDS))
+    return canonical_json(config)
+
+
+def _replica_hash(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
+    # the keys in sorted order: backend, config, env, files
+    h = hashlib.sha256(b'{"backend":' + json.dumps(backend).encode() + b',"config":')
+    h.update(config)
+    h.update(b',"env":' + json.dumps(env_hash).encode())
+    if files is not None:
+        h.update(b',"files":' + json.dumps(files).encode())
+    h.update(b"}")
+    return h.hexdigest()
+
+
+_CONFIG_JSON: memo.IdentityMemo[bytes] = memo.memo()  # ()
 
 
 def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
@@ -267,18 +297,39 @@ def build_desired(
     services: dict[str, DesiredService] = {}
     blocked: dict[str, str] = {}
     warnings: dict[str, str] = {}
+    current: dict[str, str | None] = {}  # backend -> its code hash in this call
+
+    def files_valid(o: _Outcome) -> bool:
+        for b, f in o.files:
+            if b not in current:
+                current[b] = files_for(b)
+            if current[b] != f:
+                return False
+        return True
+
+    # the outcomes of the last call with these inputs, by name: a service whose loaded file is the
+    # very same object takes its outcome from there (a dict look-up, not the memo's key building)
+    last = _LAST_OUTCOMES.get(key) if memo.enabled else None
+    made: dict[str, tuple[LoadedService, _Outcome]] = {}
     for name in sorted(load.services):
         ls = load.services[name]
-        out = _OUTCOMES.get(
-            ls, (name, key), partial(_outcome, ls, name, inputs, files_for),
-            lambda o: all(files_for(b) == f for b, f in o.files),
-        )  # fmt: skip
+        kept = last.get(name) if last is not None else None
+        if kept is not None and kept[0] is ls and (not kept[1].files or files_valid(kept[1])):
+            out = kept[1]
+        else:
+            out = _OUTCOMES.get(ls, (name, key), partial(_outcome, ls, name, inputs, files_for), files_valid)
+        made[name] = (ls, out)
         if out.warning:
             warnings[name] = out.warning
         if out.service is not None:
             services[name] = out.service
         else:
             blocked[name] = out.blocked
+    if memo.enabled:
+        _LAST_OUTCOMES.pop(key, None)
+        _LAST_OUTCOMES[key] = made
+        while len(_LAST_OUTCOMES) > _LAST_KEPT:
+            del _LAST_OUTCOMES[next(iter(_LAST_OUTCOMES))]
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(
         services=services,
@@ -316,6 +367,12 @@ class _Outcome:
 
 
 _OUTCOMES: memo.IdentityMemo[_Outcome] = memo.memo()  # (name, _Inputs' key)
+# the inputs' key -> name -> (its loaded file, its outcome) of the last call with those inputs
+# (a few keys: production's settings and a pull request plan's); each outcome is also in
+# _OUTCOMES, so this only saves the look-up's cost. Cleared with the memos (memo.clear_all).
+_LAST_OUTCOMES: dict[tuple[object, ...], dict[str, tuple[LoadedService, _Outcome]]] = {}
+_LAST_KEPT = 4
+memo.on_clear(_LAST_OUTCOMES.clear)
 
 
 def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[str], str | None]) -> _Outcome:
