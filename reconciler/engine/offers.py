@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
+from weakref import WeakKeyDictionary
 
 from backends.base import BackendRegistry, Offer, Requirements
 from reconciler.engine import memo
@@ -37,6 +38,8 @@ def with_offers(
     warnings = dict(ds.warnings)
     complete = True
     asked = _Offers(backends)
+    last = _LAST_PLACED.get(backends, {}) if memo.enabled else {}
+    placed: dict[str, tuple[DesiredService, Offer, DesiredService]] = {}
     for name, d in ds.services.items():
         if d.candidates:
             chosen, why, ok = _cheapest(d, asked, (running or {}).get(name))
@@ -59,7 +62,14 @@ def with_offers(
         if reason:
             blocked[name] = reason
             continue
-        services[name] = _placed(d, offers[0])
+        kept = last.get(name)
+        if kept is not None and kept[0] is d and kept[1] is offers[0]:
+            services[name] = kept[2]  # the same service on the same offer (answers kept, `_Offers`)
+        else:
+            services[name] = _placed(d, offers[0])
+        placed[name] = (d, offers[0], services[name])
+    if memo.enabled:
+        _LAST_PLACED[backends] = placed
     if catalog is not None:
         for name, why in list(blocked.items()):
             unplaced = ds.services.get(name)
@@ -85,27 +95,64 @@ class _Offers:
     """A backend's offers asked once per (backend, requirements) in one `with_offers` call: a
     1,000-service repo has a handful of distinct resource specs, and one pass sees one answer per
     spec. Failures are remembered too (the pass blocks every service that asked, as before).
-    Nothing is kept across calls: prices, catalogs and the backend set may change between passes."""
+    Every call asks again (prices, catalogs and the backend set may change between passes); an
+    answer equal to the last call's is replaced by that one (`_LAST_ANSWERS`)."""
 
     def __init__(self, backends: BackendRegistry) -> None:
         self.backends = backends
         self._asked: dict[tuple[str, Requirements], Sequence[Offer] | Exception] = {}
+        # (backend, id of the requirements) -> (them, the answer): most services of a file share
+        # one Requirements object (engine.desired_parts.static_of, memoized), found without
+        # hashing its fields
+        self._by_id: dict[tuple[str, int], tuple[Requirements, Sequence[Offer] | Exception]] = {}
+        self._last = _LAST_ANSWERS.setdefault(backends, {}) if memo.enabled else {}
 
     def offers(self, backend: str, requirements: Requirements) -> Sequence[Offer]:
+        seen = self._by_id.get((backend, id(requirements)))
+        if seen is not None and seen[0] is requirements:
+            found = seen[1]
+        else:
+            found = self._ask(backend, requirements)
+            self._by_id[(backend, id(requirements))] = (requirements, found)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _ask(self, backend: str, requirements: Requirements) -> Sequence[Offer] | Exception:
         key = (backend, requirements)
         try:
             found = self._asked.get(key)
         except TypeError:  # an unhashable requirement (not made by the config models): just ask
-            return self.backends.get(backend).offers(requirements)
+            try:
+                return self.backends.get(backend).offers(requirements)
+            except Exception as e:
+                return e
         if found is None:
             try:
                 found = self.backends.get(backend).offers(requirements)
             except Exception as e:  # the caller reports it, for every service that asked
                 found = e
+            else:
+                before = self._last.get(key)
+                if before is not None and list(before) == list(found):
+                    found = before  # the same answer as the last call: its very objects
+                if len(self._last) > 10_000:  # distinct resource specs pile up over years of edits
+                    self._last.clear()
+                self._last[key] = found
             self._asked[key] = found
-        if isinstance(found, Exception):
-            raise found
         return found
+
+
+# The last answer per (backend, requirements) of each registry, and per service what it was
+# placed on: an answer equal to the last one is that one (the same Offer objects), so a service
+# whose desired state and offer did not change is the very same placed object as last pass
+# without building or hashing anything. The offers are still asked every pass.
+_LAST_ANSWERS: WeakKeyDictionary[BackendRegistry, dict[tuple[str, Requirements], Sequence[Offer]]]
+_LAST_ANSWERS = WeakKeyDictionary()
+_LAST_PLACED: WeakKeyDictionary[BackendRegistry, dict[str, tuple[DesiredService, Offer, DesiredService]]]
+_LAST_PLACED = WeakKeyDictionary()
+memo.on_clear(_LAST_ANSWERS.clear)
+memo.on_clear(_LAST_PLACED.clear)
 
 
 def _cheapest(
