@@ -55,7 +55,24 @@ def static_of(ls: LoadedService, name: str, domain: str) -> Static:
             sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
         ),
     )
-    return Static(c.requirements(), scaling, route, tuple(sorted(c.env)))
+    return Static(_interned(c.requirements()), scaling, route, tuple(sorted(c.env)))
+
+
+# Equal requirements as one object: the offers of a pass are looked up by the object's identity
+# (engine.offers._Offers), and a 1,000-service repo has a handful of distinct resource specs.
+_REQUIREMENTS: dict[Requirements, Requirements] = {}
+
+
+def _interned(r: Requirements) -> Requirements:
+    try:
+        found = _REQUIREMENTS.get(r)
+    except TypeError:  # an unhashable field (not made by the config models)
+        return r
+    if found is None:
+        if len(_REQUIREMENTS) > 10_000:
+            _REQUIREMENTS.clear()
+        found = _REQUIREMENTS[r] = r
+    return found
 
 
 def summary(
