@@ -33,6 +33,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 from backends.base import ReplicaSpec
@@ -167,7 +168,6 @@ NO_EFFECT_FIELDS = ("retry", "max_duration")
 
 # Per unchanged file (the parse cache's LoadedService object) and the other inputs: see
 # reconciler.engine.memo. Each is the result of a pure function of exactly the key.
-_SPEC_HASHES: memo.IdentityMemo[str] = memo.memo()  # (env digest, backend, code hash)
 _STATIC: memo.IdentityMemo[Static] = memo.memo()  # (name, domain)
 
 
@@ -200,20 +200,25 @@ def _config_json(ls: LoadedService) -> bytes:
 
 def _replica_hash(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
     # the keys in sorted order: backend, config, env, files
-    h = hashlib.sha256(b'{"backend":' + json.dumps(backend).encode() + b',"config":')
+    h = hashlib.sha256(b'{"backend":' + _json_str(backend) + b',"config":')
     h.update(config)
-    h.update(b',"env":' + json.dumps(env_hash).encode())
+    h.update(b',"env":' + _json_str(env_hash))
     if files is not None:
-        h.update(b',"files":' + json.dumps(files).encode())
+        h.update(b',"files":' + _json_str(files))
     h.update(b"}")
     return h.hexdigest()
+
+
+def _json_str(text: str) -> bytes:
+    """`json.dumps(text).encode()`: the very function json.dumps writes a str with (ensure_ascii)."""
+    return encode_basestring_ascii(text).encode()
 
 
 _CONFIG_JSON: memo.IdentityMemo[bytes] = memo.memo()  # ()
 
 
 def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
-    return _SPEC_HASHES.get(ls, (env_hash, backend, files), partial(replica_spec_hash, ls, env_hash, backend, files))
+    return replica_spec_hash(ls, env_hash, backend, files)  # the config's JSON is memoized: the rest is one sha256
 
 
 def choose_backend(

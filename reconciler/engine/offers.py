@@ -133,21 +133,34 @@ class _Offers:
             except Exception as e:  # the caller reports it, for every service that asked
                 found = e
             else:
-                before = self._last.get(key)
-                if before is not None and list(before) == list(found):
-                    found = before  # the same answer as the last call: its very objects
-                if len(self._last) > 10_000:  # distinct resource specs pile up over years of edits
-                    self._last.clear()
-                self._last[key] = found
+                found = self._same_as_before(key, found)
             self._asked[key] = found
         return found
 
 
-# The last answer per (backend, requirements) of each registry, and per service what it was
-# placed on: an answer equal to the last one is that one (the same Offer objects), so a service
+    def _same_as_before(self, key: tuple[str, Requirements], found: Sequence[Offer]) -> Sequence[Offer]:
+        """`found`, or an equal answer of an earlier call (its very objects)."""
+        before = self._last.get(key)
+        if before is None:
+            if len(self._last) > 10_000:  # distinct resource specs pile up over years of edits
+                self._last.clear()
+            before = self._last[key] = []
+        answer = list(found)
+        for i, earlier in enumerate(before):
+            if list(earlier) == answer:
+                found = before.pop(i)
+                break
+        before.insert(0, found)
+        del before[_ANSWERS_KEPT:]
+        return found
+
+
+_ANSWERS_KEPT = 4
+# The last answers per (backend, requirements) of each registry (most recent first), and per service what it was
+# placed on: an answer equal to one of those is that one (the same Offer objects), so a service
 # whose desired state and offer did not change is the very same placed object as last pass
 # without building or hashing anything. The offers are still asked every pass.
-_LAST_ANSWERS: WeakKeyDictionary[BackendRegistry, dict[tuple[str, Requirements], Sequence[Offer]]]
+_LAST_ANSWERS: WeakKeyDictionary[BackendRegistry, dict[tuple[str, Requirements], list[Sequence[Offer]]]]
 _LAST_ANSWERS = WeakKeyDictionary()
 _LAST_PLACED: WeakKeyDictionary[BackendRegistry, dict[str, tuple[DesiredService, Offer, DesiredService]]]
 _LAST_PLACED = WeakKeyDictionary()
@@ -192,15 +205,18 @@ def _cheapest(
 # A placed or moved service is a pure function of the service (by identity) and the offer or
 # backend it gets, so an unchanged service on an unchanged offer is the very same object at every
 # pass (the offers themselves are still asked each pass: only what is made from them is kept).
-_PLACED: memo.IdentityMemo[DesiredService] = memo.memo()  # (the offer)
+# by the offer's identity (the entry holds it: its id is not reused meanwhile); an answer equal to
+# the last pass's is its very objects (`_Offers`)
+_PLACED: memo.IdentityMemo[tuple[Offer, DesiredService]] = memo.memo()  # (id of the offer)
 _MOVED: memo.IdentityMemo[DesiredService] = memo.memo()  # (backend, whether it ships the checkout)
 
 
 def _placed(d: DesiredService, offer: Offer) -> DesiredService:
-    try:
-        return _PLACED.get(d, offer, lambda: _evolve(d, template=_evolve(d.template, offer=offer)))
-    except TypeError:  # an unhashable offer (not made by a backend of ours): just make it
-        return _evolve(d, template=_evolve(d.template, offer=offer))
+    found = _PLACED.get(
+        d, id(offer), lambda: (offer, _evolve(d, template=_evolve(d.template, offer=offer))),
+        lambda kept: kept[0] is offer,
+    )  # fmt: skip
+    return found[1]
 
 
 T = TypeVar("T")
