@@ -41,7 +41,7 @@ from reconciler.config.diagnostics import Diagnostic
 from reconciler.config.loader import LoadedService, LoadResult, canonical_json
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
-from reconciler.engine.desired_parts import Static, static_of, summary
+from reconciler.engine.desired_parts import Static, static_of, summary_of
 from reconciler.engine.naming import replica_id
 from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import RouteInfo
@@ -450,7 +450,7 @@ def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[st
         template=template,
         route=static.route,
         env_names=static.env_names,
-        summary=summary(ls, backend, resolved, env_hash, code),
+        summary=summary_of(static.head, static.tail, backend, resolved, env_hash, code),
         candidates=candidates,
         secrets=dict(sorted(secrets.items())),
     )

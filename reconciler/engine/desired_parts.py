@@ -29,6 +29,9 @@ class Static:
     scaling: ScalingPolicy | None
     route: RouteInfo
     env_names: tuple[str, ...]
+    # the summary's fields that only the file decides, before and after the env/backend ones
+    head: tuple[tuple[str, str], ...] = ()
+    tail: tuple[tuple[str, str], ...] = ()
 
 
 def static_of(ls: LoadedService, name: str, domain: str) -> Static:
@@ -55,7 +58,8 @@ def static_of(ls: LoadedService, name: str, domain: str) -> Static:
             sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
         ),
     )
-    return Static(_interned(c.requirements()), scaling, route, tuple(sorted(c.env)))
+    head, tail = _summary_parts(ls)
+    return Static(_interned(c.requirements()), scaling, route, tuple(sorted(c.env)), head, tail)
 
 
 # Equal requirements as one object: the offers of a pass are looked up by the object's identity
@@ -78,25 +82,42 @@ def _interned(r: Requirements) -> Requirements:
 def summary(
     ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
 ) -> dict[str, str]:
-    c = ls.config
-    out = {
-        "backend": backend,
-        "port": str(c.port.container_port),
-        "commands": " && ".join(c.commands),
-        "resources": json.dumps(c.resources.model_dump(mode="json", exclude_none=True), sort_keys=True),
-        "replicas": str(c.replicas.min)
-        if c.replicas.min == c.replicas.max
-        else f"{c.replicas.min}..{c.replicas.max}",
-        "env": ", ".join(sorted(env)),
-        "env values": env_hash[:8],
-        "files": files[:8] if files else "",
-    }
-    if c.image:
-        out["image"] = c.image
-    if c.python:
-        out["python"] = c.python
-    out.update(route_summary(ls))
+    head, tail = _summary_parts(ls)
+    return summary_of(head, tail, backend, env, env_hash, files)
+
+
+def summary_of(
+    head: tuple[tuple[str, str], ...],
+    tail: tuple[tuple[str, str], ...],
+    backend: str,
+    env: Mapping[str, str],
+    env_hash: str,
+    files: str | None,
+) -> dict[str, str]:
+    """The summary from the file's parts (`Static.head`/`tail`, `_summary_parts`) and the rest."""
+    out = {"backend": backend, **dict(head)}
+    out["env"] = ", ".join(sorted(env))
+    out["env values"] = env_hash[:8]
+    out["files"] = files[:8] if files else ""
+    out.update(tail)
     return {k: v for k, v in out.items() if v}
+
+
+def _summary_parts(ls: LoadedService) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    c = ls.config
+    head = (
+        ("port", str(c.port.container_port)),
+        ("commands", " && ".join(c.commands)),
+        ("resources", json.dumps(c.resources.model_dump(mode="json", exclude_none=True), sort_keys=True)),
+        ("replicas", str(c.replicas.min) if c.replicas.min == c.replicas.max else f"{c.replicas.min}..{c.replicas.max}"),
+    )
+    tail: dict[str, str] = {}
+    if c.image:
+        tail["image"] = c.image
+    if c.python:
+        tail["python"] = c.python
+    tail.update(route_summary(ls))
+    return head, tuple(tail.items())
 
 
 def route_summary(ls: LoadedService) -> dict[str, str]:
