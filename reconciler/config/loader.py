@@ -16,7 +16,12 @@ Speed: parsing and validating a file is pure (its bytes, its path and the defaul
 `ParsedFile` out), so `PARSE_CACHE` keeps results keyed by exactly those (a content digest, not a
 modification time): a pass over a tree where one file changed re-parses that file only, and a
 service's spec hash is computed once per content. The cache is bounded (least recently used
-entries go first) and results are immutable, so sharing them between passes is safe.
+entries go first) and results are immutable, so sharing them between passes is safe. A load
+from the source's index (a git revision) is kept too (`PARSE_CACHE.last_loads`): the next
+revision, whose index differs from it only in the content of a few service files, is that load
+with those files parsed (`_from_last_load`: one comparison of the two indexes, no scan), as long
+as each is still a valid service under the same name and model name; anything else (a file
+added, removed or broken, an ignore or profiles file changed) loads as usual.
 """
 
 from __future__ import annotations

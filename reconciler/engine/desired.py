@@ -270,7 +270,8 @@ def build_desired(
     identity), its name and every other input of this call (`_Inputs`; the env as a salted digest),
     with the code hash it used checked on every hit: an unchanged service is the very same
     `DesiredService` object at every revision, and the services carry no revision or folder
-    (the set's `at` is theirs)."""
+    (the set's `at` is theirs). The last call's outcomes per inputs (`_LAST_OUTCOMES`) are
+    looked at first, by name: a new revision costs a dict look-up per unchanged service."""
     files_memo: list[str | None] = []
 
     def files_for(backend: str) -> str | None:

@@ -12,7 +12,8 @@ service's config must not roll this one. Walking and hashing reuse `source.trees
 A revision is immutable (a git sha, or a `worktree-<content hash>`), so the hash is cached per
 (checkout folder, revision): a 1,000-service repo hashes its tree once per snapshot, not once per
 service, and the engine's re-plans of the same revision hash nothing. Without a revision nothing
-is cached.
+is cached. A revision whose index differs from one hashed before only in config files (which the
+hash leaves out) gets that hash from one comparison of the two indexes (`_indexed_hash`).
 
 Speed: `code_hash` walks with `os.scandir` once per directory and matches the `.dstackignore`
 patterns as one compiled expression, asking the file system about links only for entries the
