@@ -80,9 +80,6 @@ class LoadedService:
     path: str  # posix, relative to the root
     config: ServiceConfig  # the default profile merged in
     spec_hash: str  # sha256 hex of the effective config (see spec_hash)
-    # `config.model_dump(mode="json")`, made once for the spec hash and reused by the engine's
-    # replica spec hash (never mutated; None: the engine dumps the config itself)
-    dump: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -120,13 +117,10 @@ def derive_service_name(path: str) -> str:
 def spec_hash(config: ServiceConfig) -> str:
     """sha256 over canonical JSON of everything that changes what runs. Literal env values are in
     (changing one must roll the replicas); bare keys count by name only, their values come later."""
-    return _spec_hash_of(config.model_dump(mode="json"))
-
-
-def _spec_hash_of(dump: Mapping[str, Any]) -> str:
-    """`spec_hash` of a config given its `model_dump(mode="json")` (left as it is)."""
-    # added later: a file without them keeps its old hash
-    payload = {k: v for k, v in dump.items() if v or k not in ("probes", "rate_limits")}
+    payload = config.model_dump(mode="json")
+    for added in ("probes", "rate_limits"):  # added later: a file without them keeps its old hash
+        if not payload.get(added):
+            payload.pop(added, None)
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
@@ -177,8 +171,7 @@ def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
     def make() -> LoadedService:
         assert item.config is not None
         config = item.config if item.config.name else item.config.model_copy(update={"name": name})
-        dump = config.model_dump(mode="json")
-        return LoadedService(name, item.path, config, _spec_hash_of(dump), dump)
+        return LoadedService(name, item.path, config, spec_hash(config))
 
     return PARSE_CACHE.derived(item, name, make)
 

@@ -161,6 +161,7 @@ def resolve_env(
 # must not roll the replicas (the loader's own spec_hash covers the whole file).
 # `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
 ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
+_ROUTING_ONLY = set(ROUTING_ONLY_FIELDS)  # as model_dump takes it (never changed)
 # `retry` and `max_duration` only take the values that say what tidegate does anyway
 # (reconciler.config.models.RETRY_UNSUPPORTED): `retry: true` changes nothing that runs. They are
 # hashed as unset (not left out, which would change every existing hash and roll every replica).
@@ -192,8 +193,7 @@ def replica_spec_hash_plain(ls: LoadedService, env_hash: str, backend: str, file
 
 
 def _config_json(ls: LoadedService) -> bytes:
-    dump = ls.dump if ls.dump is not None else ls.config.model_dump(mode="json")
-    config = {k: v for k, v in dump.items() if k not in ROUTING_ONLY_FIELDS}
+    config = ls.config.model_dump(mode="json", exclude=_ROUTING_ONLY)
     config.update(dict.fromkeys(NO_EFFECT_FIELDS))
     return canonical_json(config)
 

@@ -108,7 +108,7 @@ def _summary_parts(ls: LoadedService) -> tuple[tuple[tuple[str, str], ...], tupl
     head = (
         ("port", str(c.port.container_port)),
         ("commands", " && ".join(c.commands)),
-        ("resources", json.dumps(c.resources.model_dump(mode="json", exclude_none=True), sort_keys=True)),
+        ("resources", _SORTED_JSON(c.resources.model_dump(mode="json", exclude_none=True))),
         ("replicas", str(c.replicas.min) if c.replicas.min == c.replicas.max else f"{c.replicas.min}..{c.replicas.max}"),
     )
     tail: dict[str, str] = {}
@@ -146,6 +146,10 @@ def route_summary(ls: LoadedService) -> dict[str, str]:
 
 def _compact(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
+
+
+# `json.dumps(x, sort_keys=True)` without making an encoder per call (the very encoder it makes)
+_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
 
 
 def _model_route(ls: LoadedService) -> ModelRoute | None:
