@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -332,10 +333,11 @@ def build_desired(
         else:
             blocked[name] = out.blocked
     if memo.enabled:
-        _LAST_OUTCOMES.pop(key, None)
-        _LAST_OUTCOMES[key] = made
-        while len(_LAST_OUTCOMES) > _LAST_KEPT:
-            del _LAST_OUTCOMES[next(iter(_LAST_OUTCOMES))]
+        with _LAST_LOCK:  # the engine's pass and the previews' build in their own threads
+            _LAST_OUTCOMES.pop(key, None)
+            _LAST_OUTCOMES[key] = made
+            while len(_LAST_OUTCOMES) > _LAST_KEPT:
+                del _LAST_OUTCOMES[next(iter(_LAST_OUTCOMES))]
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(
         services=services,
@@ -378,6 +380,7 @@ _OUTCOMES: memo.IdentityMemo[_Outcome] = memo.memo()  # (name, _Inputs' key)
 # _OUTCOMES, so this only saves the look-up's cost. Cleared with the memos (memo.clear_all).
 _LAST_OUTCOMES: dict[tuple[object, ...], dict[str, tuple[LoadedService, _Outcome]]] = {}
 _LAST_KEPT = 4
+_LAST_LOCK = threading.Lock()
 memo.on_clear(_LAST_OUTCOMES.clear)
 
 

@@ -7,6 +7,7 @@ from the pure desired-set builder and from the engine that calls it each pass.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -38,7 +39,8 @@ def with_offers(
     warnings = dict(ds.warnings)
     complete = True
     asked = _Offers(backends)
-    last = _LAST_PLACED.get(backends, {}) if memo.enabled else {}
+    with _LAST_LOCK:
+        last = _LAST_PLACED.get(backends, {}) if memo.enabled else {}
     placed: dict[str, tuple[DesiredService, Offer, DesiredService]] = {}
     for name, d in ds.services.items():
         if d.candidates:
@@ -69,7 +71,8 @@ def with_offers(
             services[name] = _placed(d, offers[0])
         placed[name] = (d, offers[0], services[name])
     if memo.enabled:
-        _LAST_PLACED[backends] = placed
+        with _LAST_LOCK:
+            _LAST_PLACED[backends] = placed
     if catalog is not None:
         for name, why in list(blocked.items()):
             unplaced = ds.services.get(name)
@@ -105,7 +108,8 @@ class _Offers:
         # one Requirements object (engine.desired_parts.static_of, memoized), found without
         # hashing its fields
         self._by_id: dict[tuple[str, int], tuple[Requirements, Sequence[Offer] | Exception]] = {}
-        self._last = _LAST_ANSWERS.setdefault(backends, {}) if memo.enabled else {}
+        with _LAST_LOCK:
+            self._last = _LAST_ANSWERS.setdefault(backends, {}) if memo.enabled else {}
 
     def offers(self, backend: str, requirements: Requirements) -> Sequence[Offer]:
         seen = self._by_id.get((backend, id(requirements)))
@@ -140,6 +144,10 @@ class _Offers:
 
     def _same_as_before(self, key: tuple[str, Requirements], found: Sequence[Offer]) -> Sequence[Offer]:
         """`found`, or an equal answer of an earlier call (its very objects)."""
+        with _LAST_LOCK:
+            return self._same_locked(key, found)
+
+    def _same_locked(self, key: tuple[str, Requirements], found: Sequence[Offer]) -> Sequence[Offer]:
         before = self._last.get(key)
         if before is None:
             if len(self._last) > 10_000:  # distinct resource specs pile up over years of edits
@@ -156,6 +164,7 @@ class _Offers:
 
 
 _ANSWERS_KEPT = 4
+_LAST_LOCK = threading.Lock()  # the engine's pass and a preview's plan may place at once
 # The last answers per (backend, requirements) of each registry (most recent first), and per service what it was
 # placed on: an answer equal to one of those is that one (the same Offer objects), so a service
 # whose desired state and offer did not change is the very same placed object as last pass
