@@ -29,24 +29,45 @@ nothing reads os.environ); the code hash below is read from the checkout once pe
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 from backends.base import ReplicaSpec
 from reconciler.config.diagnostics import Diagnostic
-from reconciler.config.loader import LoadedService, LoadResult, canonical_json
+from reconciler.config.loader import LoadedService, LoadResult
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
-from reconciler.engine.desired_parts import Static, static_of, summary_of
+from reconciler.engine.desired_parts import (
+    NO_EFFECT_FIELDS,
+    ROUTING_ONLY_FIELDS,
+    Static,
+    replica_spec_hash,
+    replica_spec_hash_plain,
+    static_of,
+    summary_of,
+)
 from reconciler.engine.naming import replica_id
 from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import RouteInfo
 from reconciler.state.redact import secret_hash
+
+__all__ = [
+    "NO_EFFECT_FIELDS",
+    "ROUTING_ONLY_FIELDS",
+    "At",
+    "DesiredService",
+    "DesiredSet",
+    "Specs",
+    "build_desired",
+    "choose_backend",
+    "env_values_hash",
+    "replica_spec_hash",
+    "replica_spec_hash_plain",
+    "resolve_env",
+]
 
 
 @dataclass(frozen=True)
@@ -158,64 +179,9 @@ def resolve_env(
     return out, missing
 
 
-# Fields that change routing or the replica count but not what a replica runs: changing them
-# must not roll the replicas (the loader's own spec_hash covers the whole file).
-# `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
-ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
-_ROUTING_ONLY = set(ROUTING_ONLY_FIELDS)  # as model_dump takes it (never changed)
-# `retry` and `max_duration` only take the values that say what tidegate does anyway
-# (reconciler.config.models.RETRY_UNSUPPORTED): `retry: true` changes nothing that runs. They are
-# hashed as unset (not left out, which would change every existing hash and roll every replica).
-NO_EFFECT_FIELDS = ("retry", "max_duration")
-
 # Per unchanged file (the parse cache's LoadedService object) and the other inputs: see
 # reconciler.engine.memo. Each is the result of a pure function of exactly the key.
 _STATIC: memo.IdentityMemo[Static] = memo.memo()  # (name, domain)
-
-
-def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
-    """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
-    for a backend that ships the checkout, the code hash (`files`; None leaves the hash as it was).
-
-    The text hashed is `json.dumps({"config": ..., "env": ..., "backend": ..., "files": ...},
-    sort_keys=True, separators=(",", ":"))`, written as its parts: the config's canonical JSON is
-    made once per loaded file (`_config_json`) and shared by every backend and env."""
-    return _replica_hash(_CONFIG_JSON.get(ls, (), partial(_config_json, ls)), env_hash, backend, files)
-
-
-def replica_spec_hash_plain(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
-    """`replica_spec_hash` as it was first written, with `json.dumps` (the tests hold both equal)."""
-    config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
-    config.update(dict.fromkeys(NO_EFFECT_FIELDS))
-    payload: dict[str, object] = {"config": config, "env": env_hash, "backend": backend}
-    if files is not None:
-        payload["files"] = files
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _config_json(ls: LoadedService) -> bytes:
-    config = ls.config.model_dump(mode="json", exclude=_ROUTING_ONLY)
-    config.update(dict.fromkeys(NO_EFFECT_FIELDS))
-    return canonical_json(config)
-
-
-def _replica_hash(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
-    # the keys in sorted order: backend, config, env, files
-    h = hashlib.sha256(b'{"backend":' + _json_str(backend) + b',"config":')
-    h.update(config)
-    h.update(b',"env":' + _json_str(env_hash))
-    if files is not None:
-        h.update(b',"files":' + _json_str(files))
-    h.update(b"}")
-    return h.hexdigest()
-
-
-def _json_str(text: str) -> bytes:
-    """`json.dumps(text).encode()`: the very function json.dumps writes a str with (ensure_ascii)."""
-    return encode_basestring_ascii(text).encode()
-
-
-_CONFIG_JSON: memo.IdentityMemo[bytes] = memo.memo()  # ()
 
 
 def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
