@@ -16,7 +16,12 @@ Speed: parsing and validating a file is pure (its bytes, its path and the defaul
 `ParsedFile` out), so `PARSE_CACHE` keeps results keyed by exactly those (a content digest, not a
 modification time): a pass over a tree where one file changed re-parses that file only, and a
 service's spec hash is computed once per content. The cache is bounded (least recently used
-entries go first) and results are immutable, so sharing them between passes is safe.
+entries go first) and results are immutable, so sharing them between passes is safe. A load
+from the source's index (a git revision) is kept too (`PARSE_CACHE.last_loads`): the next
+revision, whose index differs from it only in the content of a few service files, is that load
+with those files parsed (`_from_last_load`: one comparison of the two indexes, no scan), as long
+as each is still a valid service under the same name and model name; anything else (a file
+added, removed or broken, an ignore or profiles file changed) loads as usual.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import msgspec
 from reconciler.config import ServiceConfig
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.discovery import (
+    IGNORE_FILES,
     TreeIndex,
     discover,
     is_config_file,
@@ -193,7 +199,7 @@ def _parse_file(
     try:
         data = _read_bytes(f"{root}/{rel}")
     except OSError as e:
-        problem = Diagnostic(rel, 1, 1, "", f"cannot read the file: {e.strerror or e}")
+        problem = Diagnostic(rel, 1, 1, "", f"{_CANNOT_READ}: {e.strerror or e}")
         return ParsedFile(FileKind.INVALID, rel, None, None, [problem])
     digest = hashlib.blake2b(data, digest_size=20).digest()
     return PARSE_CACHE.parsed((rel, digest, profile_key), lambda: _parse_bytes(data, rel, profile))
@@ -266,6 +272,10 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
     diagnostics += profiles.diagnostics
     profile = profiles.default if profiles.ok else None
     profile_key = _fingerprint(profile)
+    if index is not None and PARSE_CACHE.enabled and profiles.ok:
+        known = _from_last_load(root, subpath, index, profile, profile_key)
+        if known is not None:
+            return known
     indexed = scan_index(root, index, subpath) if index is not None else None
     found, links = (indexed, []) if indexed is not None else scan(root, subpath)
     blobs = index.files if indexed is not None and index is not None else {}
@@ -316,7 +326,87 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
     diagnostics += _refuse_shared_models(services, failed, positions)
     diagnostics.sort(key=Diagnostic.sort_key)
     skipped.sort(key=Diagnostic.sort_key)
-    return LoadResult(services, failed, diagnostics, skipped)
+    result = LoadResult(services, failed, diagnostics, skipped)
+    if indexed is not None and index is not None and PARSE_CACHE.enabled and profiles.ok and not _unreadable(parsed):
+        _keep_load(_LastLoad(subpath, profile_key, index, result, {p.path: p for p in parsed}))
+    return result
+
+
+@dataclass(frozen=True)
+class _LastLoad:
+    """A load from an index, kept so the next revision's load looks at its changed files only."""
+
+    subpath: str | None
+    profile_key: str
+    index: TreeIndex
+    result: LoadResult
+    parsed: dict[str, ParsedFile]  # path -> its parsed file (every config file found)
+
+
+_LAST_LOADS_KEPT = 4
+_CANNOT_READ = "cannot read the file"
+
+
+def _unreadable(parsed: list[ParsedFile]) -> bool:
+    """A file could not be read (not cached: it may be readable next time), so the load is not kept."""
+    return any(d.message.startswith(_CANNOT_READ) for p in parsed for d in p.diagnostics)
+
+
+def _keep_load(last: _LastLoad) -> None:
+    kept = PARSE_CACHE.last_loads
+    kept.insert(0, last)
+    del kept[_LAST_LOADS_KEPT:]
+
+
+def _from_last_load(
+    root: Path, subpath: str | None, index: TreeIndex, profile: Mapping[str, Any] | None, profile_key: str
+) -> LoadResult | None:
+    """The load of `index` made from a kept load whose index differs only in the content of a few
+    config files, each still a valid service under the same name and model name as before and
+    not in conflict with another (then nothing else in the result can change: the files found,
+    the names, the duplicates and shared models are as they were). None: load as usual."""
+    kept: list[_LastLoad] = list(PARSE_CACHE.last_loads)
+    for last in kept:
+        if last.subpath != subpath or last.profile_key != profile_key:
+            continue
+        if last.index is index:
+            return last.result
+        if len(last.index.files) != len(index.files):
+            continue
+        changed = {path for path, _ in last.index.files.items() ^ index.files.items()}
+        if len(changed) > 128 or any(p not in index.files for p in changed):
+            continue  # many files changed, or one added or removed: the files found may differ
+        if any(p.rpartition("/")[2] in IGNORE_FILES or p == PROFILES_PATH for p in changed):
+            continue
+        changed = {p for p in changed if p in last.parsed}  # the content of no other file counts
+        services = dict(last.result.services)
+        parsed = dict(last.parsed)
+        problems: list[Diagnostic] = []
+        by_path = {ls.path: name for name, ls in services.items()} if changed else {}
+        base = subpath if subpath and (root / subpath).is_dir() else None
+        for path in sorted(changed):
+            before = last.parsed[path]
+            name = by_path.get(path)
+            if name is None or before.config is None:
+                break  # a failed or skipped file before: its problems may change others
+            item = _parse_file(root, path, profile, profile_key, index.files[path])
+            new_name = item.config and (item.config.name or item.name or derive_service_name(_relative(path, base)))
+            if item.kind == FileKind.SKIPPED or item.config is None or new_name != name:
+                break
+            old_model = services[name].config.model
+            new_model = item.config.model
+            if (old_model.name if old_model else None) != (new_model.name if new_model else None):
+                break
+            parsed[path] = item
+            services[name] = _loaded_service(item, name)
+            problems += item.diagnostics
+        else:
+            others = [d for d in last.result.diagnostics if d.path not in changed]
+            diagnostics = sorted(others + problems, key=Diagnostic.sort_key)
+            result = LoadResult(services, dict(last.result.failed), diagnostics, list(last.result.skipped))
+            _keep_load(_LastLoad(subpath, profile_key, index, result, parsed))
+            return result
+    return None
 
 
 def _refuse_shared_models(

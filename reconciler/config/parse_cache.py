@@ -33,11 +33,15 @@ class ParseCache:
         # id of a cached ParsedFile -> derived values (ids are unique while the entry is cached)
         self._derived: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        # the loader's last loads from an index (reconciler.config.loader: a new revision is
+        # that load with only its changed files looked at); most recent first
+        self.last_loads: list[Any] = []
 
     def clear(self) -> None:
         with self._lock:
             self._parsed.clear()
             self._derived.clear()
+            self.last_loads.clear()
             self.max_entries = self.min_entries
 
     def fit(self, files: int) -> None:

@@ -29,7 +29,7 @@ nothing reads os.environ); the code hash below is read from the checkout once pe
 from __future__ import annotations
 
 import hashlib
-import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -40,11 +40,34 @@ from reconciler.config.diagnostics import Diagnostic
 from reconciler.config.loader import LoadedService, LoadResult
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
-from reconciler.engine.desired_parts import Static, static_of, summary
+from reconciler.engine.desired_parts import (
+    NO_EFFECT_FIELDS,
+    ROUTING_ONLY_FIELDS,
+    Static,
+    replica_spec_hash,
+    replica_spec_hash_plain,
+    static_of,
+    summary_of,
+)
 from reconciler.engine.naming import replica_id
 from reconciler.source.code_files import code_hash_at
 from reconciler.state.records import RouteInfo
 from reconciler.state.redact import secret_hash
+
+__all__ = [
+    "NO_EFFECT_FIELDS",
+    "ROUTING_ONLY_FIELDS",
+    "At",
+    "DesiredService",
+    "DesiredSet",
+    "Specs",
+    "build_desired",
+    "choose_backend",
+    "env_values_hash",
+    "replica_spec_hash",
+    "replica_spec_hash_plain",
+    "resolve_env",
+]
 
 
 @dataclass(frozen=True)
@@ -156,34 +179,13 @@ def resolve_env(
     return out, missing
 
 
-# Fields that change routing or the replica count but not what a replica runs: changing them
-# must not roll the replicas (the loader's own spec_hash covers the whole file).
-# `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
-ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
-# `retry` and `max_duration` only take the values that say what tidegate does anyway
-# (reconciler.config.models.RETRY_UNSUPPORTED): `retry: true` changes nothing that runs. They are
-# hashed as unset (not left out, which would change every existing hash and roll every replica).
-NO_EFFECT_FIELDS = ("retry", "max_duration")
-
 # Per unchanged file (the parse cache's LoadedService object) and the other inputs: see
 # reconciler.engine.memo. Each is the result of a pure function of exactly the key.
-_SPEC_HASHES: memo.IdentityMemo[str] = memo.memo()  # (env digest, backend, code hash)
 _STATIC: memo.IdentityMemo[Static] = memo.memo()  # (name, domain)
 
 
-def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
-    """What a replica runs: the config minus routing-only fields, the backend, the env digest and,
-    for a backend that ships the checkout, the code hash (`files`; None leaves the hash as it was)."""
-    config = ls.config.model_dump(mode="json", exclude=set(ROUTING_ONLY_FIELDS))
-    config.update(dict.fromkeys(NO_EFFECT_FIELDS))
-    payload: dict[str, object] = {"config": config, "env": env_hash, "backend": backend}
-    if files is not None:
-        payload["files"] = files
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
-    return _SPEC_HASHES.get(ls, (env_hash, backend, files), partial(replica_spec_hash, ls, env_hash, backend, files))
+    return replica_spec_hash(ls, env_hash, backend, files)  # the config's JSON is memoized: the rest is one sha256
 
 
 def choose_backend(
@@ -235,7 +237,8 @@ def build_desired(
     identity), its name and every other input of this call (`_Inputs`; the env as a salted digest),
     with the code hash it used checked on every hit: an unchanged service is the very same
     `DesiredService` object at every revision, and the services carry no revision or folder
-    (the set's `at` is theirs)."""
+    (the set's `at` is theirs). The last call's outcomes per inputs (`_LAST_OUTCOMES`) are
+    looked at first, by name: a new revision costs a dict look-up per unchanged service."""
     files_memo: list[str | None] = []
 
     def files_for(backend: str) -> str | None:
@@ -267,18 +270,40 @@ def build_desired(
     services: dict[str, DesiredService] = {}
     blocked: dict[str, str] = {}
     warnings: dict[str, str] = {}
+    current: dict[str, str | None] = {}  # backend -> its code hash in this call
+
+    def files_valid(o: _Outcome) -> bool:
+        for b, f in o.files:
+            if b not in current:
+                current[b] = files_for(b)
+            if current[b] != f:
+                return False
+        return True
+
+    # the outcomes of the last call with these inputs, by name: a service whose loaded file is the
+    # very same object takes its outcome from there (a dict look-up, not the memo's key building)
+    last = _LAST_OUTCOMES.get(key) if memo.enabled else None
+    made: dict[str, tuple[LoadedService, _Outcome]] = {}
     for name in sorted(load.services):
         ls = load.services[name]
-        out = _OUTCOMES.get(
-            ls, (name, key), partial(_outcome, ls, name, inputs, files_for),
-            lambda o: all(files_for(b) == f for b, f in o.files),
-        )  # fmt: skip
+        kept = last.get(name) if last is not None else None
+        if kept is not None and kept[0] is ls and (not kept[1].files or files_valid(kept[1])):
+            out = kept[1]
+        else:
+            out = _OUTCOMES.get(ls, (name, key), partial(_outcome, ls, name, inputs, files_for), files_valid)
+        made[name] = (ls, out)
         if out.warning:
             warnings[name] = out.warning
         if out.service is not None:
             services[name] = out.service
         else:
             blocked[name] = out.blocked
+    if memo.enabled:
+        with _LAST_LOCK:  # the engine's pass and the previews' build in their own threads
+            _LAST_OUTCOMES.pop(key, None)
+            _LAST_OUTCOMES[key] = made
+            while len(_LAST_OUTCOMES) > _LAST_KEPT:
+                del _LAST_OUTCOMES[next(iter(_LAST_OUTCOMES))]
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(
         services=services,
@@ -316,6 +341,13 @@ class _Outcome:
 
 
 _OUTCOMES: memo.IdentityMemo[_Outcome] = memo.memo()  # (name, _Inputs' key)
+# the inputs' key -> name -> (its loaded file, its outcome) of the last call with those inputs
+# (a few keys: production's settings and a pull request plan's); each outcome is also in
+# _OUTCOMES, so this only saves the look-up's cost. Cleared with the memos (memo.clear_all).
+_LAST_OUTCOMES: dict[tuple[object, ...], dict[str, tuple[LoadedService, _Outcome]]] = {}
+_LAST_KEPT = 4
+_LAST_LOCK = threading.Lock()
+memo.on_clear(_LAST_OUTCOMES.clear)
 
 
 def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[str], str | None]) -> _Outcome:
@@ -388,7 +420,7 @@ def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[st
         template=template,
         route=static.route,
         env_names=static.env_names,
-        summary=summary(ls, backend, resolved, env_hash, code),
+        summary=summary_of(static.head, static.tail, backend, resolved, env_hash, code),
         candidates=candidates,
         secrets=dict(sorted(secrets.items())),
     )

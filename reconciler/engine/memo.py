@@ -63,6 +63,7 @@ class IdentityMemo(Generic[T]):
 
 enabled = True
 MEMOS: list[IdentityMemo[object]] = []
+_CLEARS: list[Callable[[], None]] = []  # other kept results, cleared with the memos
 
 
 def memo() -> IdentityMemo[T]:
@@ -71,9 +72,16 @@ def memo() -> IdentityMemo[T]:
     return made
 
 
+def on_clear(clear: Callable[[], None]) -> None:
+    """`clear()` is called by `clear_all` (a kept result that is not an IdentityMemo)."""
+    _CLEARS.append(clear)
+
+
 def clear_all() -> None:
     for m in MEMOS:
         m.clear()
+    for clear in _CLEARS:
+        clear()
 
 
 def fit_all(objects: int) -> None:

@@ -7,9 +7,11 @@ from the pure desired-set builder and from the engine that calls it each pass.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
+from weakref import WeakKeyDictionary
 
 from backends.base import BackendRegistry, Offer, Requirements
 from reconciler.engine import memo
@@ -37,6 +39,9 @@ def with_offers(
     warnings = dict(ds.warnings)
     complete = True
     asked = _Offers(backends)
+    with _LAST_LOCK:
+        last = _LAST_PLACED.get(backends, {}) if memo.enabled else {}
+    placed: dict[str, tuple[DesiredService, Offer, DesiredService]] = {}
     for name, d in ds.services.items():
         if d.candidates:
             chosen, why, ok = _cheapest(d, asked, (running or {}).get(name))
@@ -59,7 +64,15 @@ def with_offers(
         if reason:
             blocked[name] = reason
             continue
-        services[name] = _placed(d, offers[0])
+        kept = last.get(name)
+        if kept is not None and kept[0] is d and kept[1] is offers[0]:
+            services[name] = kept[2]  # the same service on the same offer (answers kept, `_Offers`)
+        else:
+            services[name] = _placed(d, offers[0])
+        placed[name] = (d, offers[0], services[name])
+    if memo.enabled:
+        with _LAST_LOCK:
+            _LAST_PLACED[backends] = placed
     if catalog is not None:
         for name, why in list(blocked.items()):
             unplaced = ds.services.get(name)
@@ -85,27 +98,83 @@ class _Offers:
     """A backend's offers asked once per (backend, requirements) in one `with_offers` call: a
     1,000-service repo has a handful of distinct resource specs, and one pass sees one answer per
     spec. Failures are remembered too (the pass blocks every service that asked, as before).
-    Nothing is kept across calls: prices, catalogs and the backend set may change between passes."""
+    Every call asks again (prices, catalogs and the backend set may change between passes); an
+    answer equal to the last call's is replaced by that one (`_LAST_ANSWERS`)."""
 
     def __init__(self, backends: BackendRegistry) -> None:
         self.backends = backends
         self._asked: dict[tuple[str, Requirements], Sequence[Offer] | Exception] = {}
+        # (backend, id of the requirements) -> (them, the answer): most services of a file share
+        # one Requirements object (engine.desired_parts.static_of, memoized), found without
+        # hashing its fields
+        self._by_id: dict[tuple[str, int], tuple[Requirements, Sequence[Offer] | Exception]] = {}
+        with _LAST_LOCK:
+            self._last = _LAST_ANSWERS.setdefault(backends, {}) if memo.enabled else {}
 
     def offers(self, backend: str, requirements: Requirements) -> Sequence[Offer]:
+        seen = self._by_id.get((backend, id(requirements)))
+        if seen is not None and seen[0] is requirements:
+            found = seen[1]
+        else:
+            found = self._ask(backend, requirements)
+            self._by_id[(backend, id(requirements))] = (requirements, found)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _ask(self, backend: str, requirements: Requirements) -> Sequence[Offer] | Exception:
         key = (backend, requirements)
         try:
             found = self._asked.get(key)
         except TypeError:  # an unhashable requirement (not made by the config models): just ask
-            return self.backends.get(backend).offers(requirements)
+            try:
+                return self.backends.get(backend).offers(requirements)
+            except Exception as e:
+                return e
         if found is None:
             try:
                 found = self.backends.get(backend).offers(requirements)
             except Exception as e:  # the caller reports it, for every service that asked
                 found = e
+            else:
+                found = self._same_as_before(key, found)
             self._asked[key] = found
-        if isinstance(found, Exception):
-            raise found
         return found
+
+
+    def _same_as_before(self, key: tuple[str, Requirements], found: Sequence[Offer]) -> Sequence[Offer]:
+        """`found`, or an equal answer of an earlier call (its very objects)."""
+        with _LAST_LOCK:
+            return self._same_locked(key, found)
+
+    def _same_locked(self, key: tuple[str, Requirements], found: Sequence[Offer]) -> Sequence[Offer]:
+        before = self._last.get(key)
+        if before is None:
+            if len(self._last) > 10_000:  # distinct resource specs pile up over years of edits
+                self._last.clear()
+            before = self._last[key] = []
+        answer = list(found)
+        for i, earlier in enumerate(before):
+            if list(earlier) == answer:
+                found = before.pop(i)
+                break
+        before.insert(0, found)
+        del before[_ANSWERS_KEPT:]
+        return found
+
+
+_ANSWERS_KEPT = 4
+_LAST_LOCK = threading.Lock()  # the engine's pass and a preview's plan may place at once
+# The last answers per (backend, requirements) of each registry (most recent first), and per service what it was
+# placed on: an answer equal to one of those is that one (the same Offer objects), so a service
+# whose desired state and offer did not change is the very same placed object as last pass
+# without building or hashing anything. The offers are still asked every pass.
+_LAST_ANSWERS: WeakKeyDictionary[BackendRegistry, dict[tuple[str, Requirements], list[Sequence[Offer]]]]
+_LAST_ANSWERS = WeakKeyDictionary()
+_LAST_PLACED: WeakKeyDictionary[BackendRegistry, dict[str, tuple[DesiredService, Offer, DesiredService]]]
+_LAST_PLACED = WeakKeyDictionary()
+memo.on_clear(_LAST_ANSWERS.clear)
+memo.on_clear(_LAST_PLACED.clear)
 
 
 def _cheapest(
@@ -145,15 +214,18 @@ def _cheapest(
 # A placed or moved service is a pure function of the service (by identity) and the offer or
 # backend it gets, so an unchanged service on an unchanged offer is the very same object at every
 # pass (the offers themselves are still asked each pass: only what is made from them is kept).
-_PLACED: memo.IdentityMemo[DesiredService] = memo.memo()  # (the offer)
+# by the offer's identity (the entry holds it: its id is not reused meanwhile); an answer equal to
+# the last pass's is its very objects (`_Offers`)
+_PLACED: memo.IdentityMemo[tuple[Offer, DesiredService]] = memo.memo()  # (id of the offer)
 _MOVED: memo.IdentityMemo[DesiredService] = memo.memo()  # (backend, whether it ships the checkout)
 
 
 def _placed(d: DesiredService, offer: Offer) -> DesiredService:
-    try:
-        return _PLACED.get(d, offer, lambda: _evolve(d, template=_evolve(d.template, offer=offer)))
-    except TypeError:  # an unhashable offer (not made by a backend of ours): just make it
-        return _evolve(d, template=_evolve(d.template, offer=offer))
+    found = _PLACED.get(
+        d, id(offer), lambda: (offer, _evolve(d, template=_evolve(d.template, offer=offer))),
+        lambda kept: kept[0] is offer,
+    )  # fmt: skip
+    return found[1]
 
 
 T = TypeVar("T")

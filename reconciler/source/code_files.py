@@ -12,7 +12,8 @@ service's config must not roll this one. Walking and hashing reuse `source.trees
 A revision is immutable (a git sha, or a `worktree-<content hash>`), so the hash is cached per
 (checkout folder, revision): a 1,000-service repo hashes its tree once per snapshot, not once per
 service, and the engine's re-plans of the same revision hash nothing. Without a revision nothing
-is cached.
+is cached. A revision whose index differs from one hashed before only in config files (which the
+hash leaves out) gets that hash from one comparison of the two indexes (`_indexed_hash`).
 
 Speed: `code_hash` walks with `os.scandir` once per directory and matches the `.dstackignore`
 patterns as one compiled expression, asking the file system about links only for entries the
@@ -185,7 +186,7 @@ def code_hash_at(root: Path, revision: str | None, index: TreeIndex | None = Non
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    value = (index_code_hash(root, index) if index is not None and FAST else None) or code_hash(root)
+    value = (_indexed_hash(root, index) if index is not None and FAST else None) or code_hash(root)
     with _lock:
         _cache[key] = value
         while len(_cache) > _CACHE_SIZE:
@@ -193,8 +194,39 @@ def code_hash_at(root: Path, revision: str | None, index: TreeIndex | None = Non
     return value
 
 
+# the last indexes hashed and their hash: a revision whose index differs from one of them only in
+# config files (`is_config_file` names, which the hash leaves out) has the same hash, known
+# from one comparison of the two indexes instead of a pass over every file
+_LAST_INDEXED: list[tuple[TreeIndex, str]] = []
+_LAST_INDEXED_SIZE = 4
+
+
+def _indexed_hash(root: Path, index: TreeIndex) -> str | None:
+    with _lock:
+        known = list(_LAST_INDEXED)
+    for before, known_hash in known:
+        if before is index or _only_configs_differ(before, index):
+            return known_hash
+    value = index_code_hash(root, index)
+    if value is not None:
+        with _lock:
+            _LAST_INDEXED.insert(0, (index, value))
+            del _LAST_INDEXED[_LAST_INDEXED_SIZE:]
+    return value
+
+
+def _only_configs_differ(a: TreeIndex, b: TreeIndex) -> bool:
+    """The two indexes list the same files but for config files (added, removed or changed), with
+    the same executables: `index_code_hash` gives both the same hash."""
+    if a.executable != b.executable:
+        return False
+    changed = a.files.items() ^ b.files.items()
+    return all(is_config_file(path.rpartition("/")[2]) for path, _ in changed)
+
+
 def clear_cache() -> None:
     """Forget every cached hash (tests that rewrite a folder under one revision name)."""
     with _lock:
         _cache.clear()
         _blob_digests.clear()
+        _LAST_INDEXED.clear()
