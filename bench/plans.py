@@ -18,7 +18,8 @@ Rows (each the median of --runs, in-process, the real Engine on the in-memory fa
   spec hashes; issue 13 gives it ~40 ms of the cold 1,000 plan's 100);
 - cold: a new Engine plans a tree of N files with an empty parse cache (load + validate + plan);
 - one-file change: the same Engine plans a new revision whose tree differs in one file;
-- no-op pass: `reconcile` of the revision it already applied (everything ready);
+- no-op pass: `reconcile` of the revision it already applied (everything ready; the median of
+  five such passes in a row);
 - one-file change pass: then `reconcile` of the next revision (plans and applies the change: the
   changed service's new replica created on the fake backend, every other service untouched);
 - checkout ...: the source's own time (fetch + extraction + index), not part of the rows above:
@@ -157,7 +158,8 @@ def measure(base: Path, n: int, fast: bool, noop: bool) -> dict[str, float]:
             if noop:
                 engine.reconcile(s1)
                 engine.reconcile(s1)  # probes: everything ready
-                out["no-op pass"] = timed(lambda: engine.reconcile(s1))
+                # Steady state: the median of five passes in a row (one may meet a GC pause).
+                out["no-op pass"] = statistics.median(timed(lambda: engine.reconcile(s1)) for _ in range(5))
                 # The push as a running system meets it: the pass that plans and applies it.
                 out["one-file change pass"] = timed(lambda: engine.reconcile(s2))
         finally:
