@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from reconciler.engine import memo
 from reconciler.engine.autoscale import ServiceStats
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.desired_loader import DesiredLoader
@@ -66,7 +67,7 @@ class EngineAsks(ReplicaMasking):
     def plan(self, snapshot: SnapshotLike | None) -> PlanResult:
         """What `reconcile` would do now. No side effects: works on a copy of the state."""
         now = self.clock()
-        with self.lock:  # held throughout: a worker must never see (and write) the scratch copy
+        with self.lock, memo.gc_paused():  # held throughout: a worker must never see (and write) the scratch copy
             return self._plan_locked(snapshot, now)
 
     def _plan_locked(self, snapshot: SnapshotLike | None, now: float) -> PlanResult:

@@ -42,6 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import BackendRegistry, ReplicaInfo
+from reconciler.engine import memo
 from reconciler.engine.apply import ApplyContext, FaultHook, ServiceOutcome, apply_plan
 from reconciler.engine.asks import EngineAsks
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats
@@ -288,7 +289,8 @@ class Engine(EngineAsks, PassFinish):
                 names = {r.backend for rec in self.doc.services.values() for r in rec.replicas}
             listings = list_backends(self.backends, names | self._in_use)
         with self.lock:
-            ready = self._decide(snapshot, busy_before, listings)
+            with memo.gc_paused():  # a pass over thousands of services: no collection midway
+                ready = self._decide(snapshot, busy_before, listings)
             if isinstance(ready, PassReport):
                 return ready
             ds, p, notes, decisions, desired, last_good, now, clean, busy = ready
