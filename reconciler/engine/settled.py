@@ -47,24 +47,13 @@ from dataclasses import dataclass, field
 from reconciler.engine.autoscale import ScalingDecision
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.plan import Plan, Target
-from reconciler.state.records import ReplicaPhase, ServiceRecord, StateDoc
+from reconciler.state.records import ReplicaPhase, ServiceRecord, StateDoc, Versions, versions
 
 enabled = True
 
 # A record's version and its replicas' (reconciler.state.records.Versioned), in order.
-Fingerprint = tuple[int, ...]
-
-
-def fingerprint(rec: ServiceRecord) -> Fingerprint:
-    """The versions of `rec` and of its replicas, in order. Versions are never reused in a process
-    and change on every assignment, `note` and `record_scaling`, so equal fingerprints mean the
-    very same objects, unedited: equal records, equal JSON. Fields left out of the JSON
-    (`in_flight`, `probed_at`) count too: they are inputs of the plan."""
-    # `version()` inlined: this runs for every service on every pass.
-    replicas = rec.replicas
-    if len(replicas) == 1:  # the common case, without a list to build
-        return (rec.__pydantic_private__["_version"], replicas[0].__pydantic_private__["_version"])  # type: ignore[index]
-    return (rec.__pydantic_private__["_version"], *[r.__pydantic_private__["_version"] for r in replicas])  # type: ignore[index]
+Fingerprint = Versions
+fingerprint = versions  # a record's and its replicas' versions (reconciler.state.records)
 
 
 def doc_key(doc: StateDoc) -> tuple[object, ...]:

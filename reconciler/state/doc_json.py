@@ -14,13 +14,7 @@ from __future__ import annotations
 
 import json
 
-from reconciler.state.records import ServiceRecord, StateDoc
-
-Versions = tuple[int, ...]
-
-
-def versions(rec: ServiceRecord) -> Versions:
-    return (rec.version(), *(r.version() for r in rec.replicas))
+from reconciler.state.records import ServiceRecord, StateDoc, Versions, versions
 
 
 class DocWriter:

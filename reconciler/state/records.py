@@ -231,6 +231,22 @@ class ServiceRecord(Versioned):
         return next((r for r in self.replicas if r.id == rid), None)
 
 
+Versions = tuple[int, ...]
+
+
+def versions(rec: ServiceRecord) -> Versions:
+    """The versions of `rec` and of its replicas, in order. Versions are never reused in a process
+    and change on every assignment, `note` and `record_scaling`, so equal tuples mean the very
+    same objects, unedited: equal records, equal JSON. Fields left out of the JSON (`in_flight`,
+    `probed_at`) count too. The engine's settled-service fingerprint and state.json's kept record
+    texts (reconciler.state.doc_json) both key by it."""
+    # `version()` inlined: this runs for every service on every pass.
+    replicas = rec.replicas
+    if len(replicas) == 1:  # the common case, without a list to build
+        return (rec.__pydantic_private__["_version"], replicas[0].__pydantic_private__["_version"])  # type: ignore[index]
+    return (rec.__pydantic_private__["_version"], *[r.__pydantic_private__["_version"] for r in replicas])  # type: ignore[index]
+
+
 class SnapshotRef(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
