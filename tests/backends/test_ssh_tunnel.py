@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import stat
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +24,15 @@ import pytest
 from backends.cloud.ssh_tunnel import open_ssh
 from backends.cloud.tunnels import Backoff, CloudTunnels, socket_path
 from reconciler.engine.probe import probe_replica
+from tests.support.hello_server import hello_server
 from tests.support.sshd import FakeInstance, require_sshd
-
-
-class _Hello(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = f"hello from {self.server.server_address[1]} {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _serve() -> tuple[ThreadingHTTPServer, threading.Thread]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
 
 
 @pytest.fixture
 def services() -> Iterator[tuple[int, int]]:
     """The replica's service port, and another local port the tunnel must not reach."""
-    a, ta = _serve()
-    b, tb = _serve()
-    try:
-        yield int(a.server_address[1]), int(b.server_address[1])
-    finally:
-        for server, thread in ((a, ta), (b, tb)):
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+    with hello_server("hello from {port}") as a, hello_server("hello from {port}") as b:
+        yield a, b
 
 
 def _tunnels(state: Path) -> CloudTunnels:

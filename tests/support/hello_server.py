@@ -12,11 +12,11 @@ from typing import Any
 
 @contextmanager
 def hello_server(greeting: str) -> Iterator[int]:
-    """Serve until the block ends; yields the port."""
+    """Serve until the block ends; yields the port. `{port}` in `greeting` becomes that port."""
 
     class Hello(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = f"{greeting} {self.path}".encode()
+            body = f"{greeting.replace('{port}', str(self.server.server_address[1]))} {self.path}".encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
