@@ -22,6 +22,9 @@ Rows (each the median of --runs, in-process, the real Engine on the in-memory fa
   five such passes in a row);
 - one-file change pass: then `reconcile` of the next revision (plans and applies the change: the
   changed service's new replica created on the fake backend, every other service untouched);
+- restart: what `tidegate up` does after a restart: a new Engine (every in-process cache emptied
+  by `forget()`, the state read back from its folder, the same backend with the N replicas still
+  running) plans the revision the state already applied: load + validate + plan over N records;
 - checkout ...: the source's own time (fetch + extraction + index), not part of the rows above:
   the first revision into an empty state folder, then the next one (its own fetch and folder).
 
@@ -54,7 +57,7 @@ from reconciler.source import code_files, trees  # noqa: E402
 from reconciler.source.checkout import GitSource  # noqa: E402
 from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
 
-TARGETS = {"config load 1000": 0.040, "cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010, "one-file change pass 1000": 0.020}
+TARGETS = {"config load 1000": 0.040, "cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010, "one-file change pass 1000": 0.020, "restart 1000": 0.100}
 
 
 def forget() -> None:
@@ -92,10 +95,10 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def new_engine(state: Path) -> Engine:
+def new_engine(state: Path, backend: FakeBackend | None = None) -> Engine:
     return Engine(
         state,
-        BackendRegistry({"local": FakeBackend()}),
+        BackendRegistry({"local": backend or FakeBackend()}),
         EngineSettings(drain_min=0.0, drain_grace=0.0),
         prober=FakeProber(),
     )
@@ -164,6 +167,16 @@ def measure(base: Path, n: int, fast: bool, noop: bool) -> dict[str, float]:
                 out["one-file change pass"] = timed(lambda: engine.reconcile(s2))
         finally:
             engine.close()
+        if noop:
+            # A restart: the replicas keep running on the backend, the process starts afresh.
+            running = engine.backends.get("local")
+            assert isinstance(running, FakeBackend)
+            forget()
+            engine = new_engine(state, running)
+            try:
+                out["restart"] = timed(lambda: engine.plan(s2))
+            finally:
+                engine.close()
     return out
 
 
