@@ -21,6 +21,7 @@ from reconciler.engine.plan import plan
 from reconciler.engine.stats import read_stats
 from reconciler.engine.targets import TargetSettings, build_targets
 from reconciler.engine.values import DesiredExtension, EngineSettings, PlanResult, SnapshotLike
+from reconciler.state.doc_copy import deep_copy
 from reconciler.state.errors import StateError
 from reconciler.state.records import ReplicaPhase
 from reconciler.state.store import StateStore
@@ -72,7 +73,7 @@ class EngineAsks(ReplicaMasking):
 
     def _plan_locked(self, snapshot: SnapshotLike | None, now: float) -> PlanResult:
         saved = self.doc
-        self.doc = saved.model_copy(deep=True)
+        self.doc = deep_copy(saved)  # model_copy(deep=True), faster (reconciler.state.doc_copy)
         try:
             ds = self._desired(snapshot)
             observe(
@@ -134,7 +135,7 @@ class EngineAsks(ReplicaMasking):
             doc = self.store.load()
         else:
             with self.lock:  # a copy: workers edit the records beside this thread
-                doc = self.doc.model_copy(deep=True)
+                doc = deep_copy(self.doc)
         logs: dict[str, tuple[str, ...]] = {}
         for rec in doc.services.values():
             for r in rec.replicas:
