@@ -202,13 +202,23 @@ def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FieldChange, 
     return tuple(FieldChange(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k))
 
 
+def _made_step(action: Action, service: str, replica: str | None, ordinal: int | None, reason: str) -> Step:
+    """`Step(action, service, replica, ordinal, reason=reason)` without the frozen dataclass's
+    `__init__` (one `object.__setattr__` per field): the very same value, at half the cost. A
+    cold plan of 1,000 new services makes 2,000 steps (tests/reconciler/test_plan.py compares)."""
+    made = _new(Step)
+    made.__dict__.update(action=action, service=service, replica=replica, ordinal=ordinal, replaces=None, reason=reason)
+    return made
+
+
+_new = object.__new__
+
+
 def _new_service_steps(t: Target) -> list[Step]:
     """`_service_steps(t, (), now)`, which is this for a service without replicas (by test)."""
     n = max(0, t.count)
-    return [
-        Step(Action.ADD_REPLICA, t.name, replica_id(t.name, t.spec_hash, o), o, reason=f"scale to {n}")
-        for o in range(n)
-    ]
+    name, spec_hash, reason = t.name, t.spec_hash, f"scale to {n}"
+    return [_made_step(Action.ADD_REPLICA, name, replica_id(name, spec_hash, o), o, reason) for o in range(n)]
 
 
 def _service_steps(t: Target, replicas: Sequence[ReplicaRecord], now: float) -> list[Step]:
@@ -338,7 +348,7 @@ def plan(desired: Desired, actual: Mapping[str, ServiceRecord], now: float, skip
             notes.append(f"{name}: left as it is: {t.keep_reason}")
             continue
         if a is None:
-            steps.append(Step(Action.CREATE_SERVICE, name, reason="new service"))
+            steps.append(_made_step(Action.CREATE_SERVICE, name, None, None, "new service"))
             changes[name] = _Created(t.summary)  # its change list is made when read
             steps.extend(_new_service_steps(t))
             continue

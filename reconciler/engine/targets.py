@@ -38,7 +38,12 @@ def decide_count(
     demand: bool,
 ) -> ScalingDecision:
     if d.scaling is None:
-        return ScalingDecision(d.min_replicas, f"fixed count {d.min_replicas}")
+        fixed = _FIXED.get(d.min_replicas)
+        if fixed is None:
+            if len(_FIXED) > 1_000:
+                _FIXED.clear()
+            fixed = _FIXED[d.min_replicas] = ScalingDecision(d.min_replicas, f"fixed count {d.min_replicas}")
+        return fixed
     if rec is None:
         # A new service starts at the minimum of its range (more when traffic already waits), and
         # the first recorded change (0 -> min) says so rather than "steady".
@@ -52,6 +57,11 @@ def decide_count(
         d.scaling, stats.get(d.name), rec.desired_count, rec.last_scaled_at, now, demand=demand,
         panic_since=rec.panic_since,
     )
+
+
+# A fixed count's decision by the count: frozen, so one object serves every service of that count
+# (a cold plan of 1,000 services made 1,000 equal ones).
+_FIXED: dict[int, ScalingDecision] = {}
 
 
 def config_broken(name: str, rec: ServiceRecord, ds: DesiredSet) -> bool:
@@ -75,16 +85,24 @@ def _target(
         hold, why = True, keep_reason or cur.reason or "stalled on a permanent error"
     elif cur is not None and cur.backoff_until is not None and now < cur.backoff_until:
         hold, why = True, keep_reason or f"backing off for {cur.backoff_until - now:.0f}s: {cur.reason}"
-    return Target(
-        d.name,
-        d.spec_hash,
-        count,
+    # `Target(d.name, d.spec_hash, count, keep=hold, ...)` without the frozen dataclass's
+    # `__init__` (an `object.__setattr__` per field): the same value at a third of the cost, made
+    # for every service of a cold plan (tests/reconciler/test_plan_caches.py compares).
+    made = _new(Target)
+    made.__dict__.update(
+        name=d.name,
+        spec_hash=d.spec_hash,
+        count=count,
         keep=hold,
         keep_reason=why,
         drain_grace=settings.drain_grace,
         drain_min=settings.drain_min,
         summary=d.summary,
     )
+    return made
+
+
+_new = object.__new__
 
 
 def build_targets(

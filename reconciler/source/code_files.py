@@ -132,6 +132,19 @@ _BLOB_DIGESTS_MAX = 100_000
 _blob_digests: OrderedDict[bytes, bytes] = OrderedDict()
 
 
+def _left_out(folder: str, known: dict[str, bool], ignored: re.Pattern[str]) -> bool:
+    """Whether `folder` (or a folder above it) is left out of the hash, kept in `known`. A
+    function of the module, not a recursive closure: that would be a reference cycle (function
+    -> cell -> function) holding `known`, freed only by the cyclic collector, and the engine moves
+    what a load made to the oldest generation (reconciler.engine.memo._promote)."""
+    found = known.get(folder)
+    if found is None:
+        parent, _, name = folder.rpartition("/")
+        found = _left_out(parent, known, ignored) or _skip(name, folder, ignored, not parent) or name in SKIP_DIRS
+        known[folder] = found
+    return found
+
+
 def index_code_hash(root: Path, index: TreeIndex) -> str | None:
     """`code_hash(root)` from the source's index of the folder (discovery.TreeIndex: no symbolic
     links in it): the same files in the same order, each file's bytes hashed once per content id
@@ -139,19 +152,10 @@ def index_code_hash(root: Path, index: TreeIndex) -> str | None:
     walk then words it as `code_hash` does)."""
     ignored = _ignore_pattern(root)
     left_out: dict[str, bool] = {"": False}
-
-    def out(folder: str) -> bool:
-        found = left_out.get(folder)
-        if found is None:
-            parent, _, name = folder.rpartition("/")
-            found = out(parent) or _skip(name, folder, ignored, not parent) or name in SKIP_DIRS
-            left_out[folder] = found
-        return found
-
     h = hashlib.sha256()
     for rel, blob in index.files.items():
         folder, _, name = rel.rpartition("/")
-        if out(folder) or _skip(name, rel, ignored, not folder):
+        if _left_out(folder, left_out, ignored) or _skip(name, rel, ignored, not folder):
             continue
         with _lock:
             digest = _blob_digests.get(blob)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from reconciler.engine.naming import replica_id
-from reconciler.engine.plan import Action, Desired, FieldChange, Plan, Target, _service_steps, plan
+from reconciler.engine.plan import Action, Desired, FieldChange, Plan, Step, Target, _service_steps, plan
 from reconciler.engine.reconcile import PlanResult
 from reconciler.render.plan_output import plan_json, render_plan
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
@@ -277,3 +278,8 @@ def test_a_new_service_gets_the_steps_of_a_service_without_replicas(count: int) 
     made = plan(Desired({"web": t}), {}, NOW)
     assert list(made.steps[1:]) == _service_steps(t, (), NOW)
     assert [s.action for s in made.steps] == [Action.CREATE_SERVICE, *[ADD] * max(0, count)]
+    # the steps are made without Step.__init__ (plan._made_step): the same values in every way
+    plain = [Step(Action.CREATE_SERVICE, "web", reason="new service"), *_service_steps(t, (), NOW)]
+    for fast, slow in zip(made.steps, plain, strict=True):
+        assert (vars(fast), hash(fast), repr(fast), type(fast)) == (vars(slow), hash(slow), repr(slow), Step)
+        assert list(vars(fast)) == [f.name for f in dataclasses.fields(Step)]

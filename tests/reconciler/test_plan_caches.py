@@ -11,6 +11,7 @@ against the uncached path, and each input that feeds a cache is changed to show 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import textwrap
@@ -22,10 +23,12 @@ from backends.base import BackendRegistry
 from reconciler.config import loader
 from reconciler.config.loader import PARSE_CACHE, load_tree
 from reconciler.engine import memo
+from reconciler.engine.autoscale import ScalingDecision
 from reconciler.engine.desired import DesiredSet, build_desired
 from reconciler.engine.offers import with_offers
-from reconciler.engine.plan import Action
+from reconciler.engine.plan import Action, Target
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.engine.targets import TargetSettings, build_targets
 from reconciler.source import code_files
 from reconciler.source.trees import tree_hash
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, RouteInfo, ServiceRecord, StateDoc
@@ -424,3 +427,36 @@ def test_the_fast_copy_of_a_placed_service_equals_dataclasses_replace(repo: Path
     assert made == replace(d, template=replace(d.template, offer=offer))
     assert made.template.offer is offer and d.template.offer is None  # the original is untouched
     assert [f.name for f in fields(made)] == list(vars(made))
+
+
+def test_targets_made_without_init_are_the_dataclass_values(tmp_path: Path) -> None:
+    """build_targets makes each Target without its `__init__` and shares a fixed count's decision
+    (reconciler.engine.targets): the very values the plain constructors give, for fixed counts,
+    autoscaled ranges, stopped, stalled and backing-off services."""
+    write(tmp_path, {
+        "a/.dstack.yml": service("fixed"),
+        "b/.dstack.yml": service("three", extra="replicas: 3\n"),
+        "c/.dstack.yml": service("zero", extra="replicas: 0\n"),
+        "d/.dstack.yml": service("auto", extra="replicas: 1..4\nscaling:\n  metric: rps\n  target: 5\n"),
+        "e/.dstack.yml": service("stalled"), "f/.dstack.yml": service("stopped"), "g/.dstack.yml": service("backoff"),
+    })  # fmt: skip
+    settings = EngineSettings(env={"TOKEN": "t0ken-value"})
+    with Engine(tmp_path / "state", BackendRegistry({"local": FakeBackend()}), settings, prober=FakeProber()) as engine:
+        ds = engine.desired(Snapshot("r1", tmp_path))
+        doc = StateDoc(services={
+            "stalled": ServiceRecord(name="stalled", spec_hash=ds.services["stalled"].spec_hash, stalled_spec=ds.services["stalled"].spec_hash),
+            "stopped": ServiceRecord(name="stopped", spec_hash="x", stopped=True, desired_count=1),
+            "backoff": ServiceRecord(name="backoff", spec_hash="x", backoff_until=2e9, reason="quota"),
+        })  # fmt: skip
+        desired, decisions, _ = build_targets(doc, ds, {}, set(), 1e9, TargetSettings(drain_grace=9.0), mutate=False)
+    assert set(desired.services) == set(ds.services) == set(decisions)
+    for name, t in desired.services.items():
+        plain = Target(**{f.name: getattr(t, f.name) for f in dataclasses.fields(Target)})
+        assert (t, vars(t), repr(t), type(t)) == (plain, vars(plain), repr(plain), Target)
+        dec = decisions[name]
+        assert dec == ScalingDecision(**{f.name: getattr(dec, f.name) for f in dataclasses.fields(ScalingDecision)})
+    counts = {n: (t.count, t.keep, decisions[n].reason) for n, t in desired.services.items()}
+    assert counts["fixed"] == (1, False, "fixed count 1") and counts["three"] == (3, False, "fixed count 3")
+    assert counts["zero"] == (0, False, "fixed count 0") and counts["stopped"][:2] == (0, False)
+    assert counts["stalled"][1] and counts["backoff"][1] and desired.services["auto"].count == 1
+    assert decisions["fixed"] is decisions["stalled"]  # frozen: one object per fixed count
