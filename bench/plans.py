@@ -4,8 +4,10 @@ config path, measured in the same run. Prints a table (issue 13's "Plans" target
 - before: every cache and fast path off: PyYAML's pure-Python SafeLoader and no yaml-rs
   (`yamldoc.FAST_LOADER = None`, `quickyaml.ENABLED = False`), no parse cache
   (`PARSE_CACHE.enabled = False`), no desired-service memos
-  (`engine.memo.enabled = False`) and the code hash by the generic tree walk
-  (`code_files.FAST = False`): every file parsed, validated and resolved on every load.
+  (`engine.memo.enabled = False`, which also leaves the load's objects young at the end of the
+  collector's pause), the code hash by the generic tree walk (`code_files.FAST = False`) and
+  `Engine.plan` on a deep copy of the whole state (`doc_copy.COPY_ON_WRITE = False`): every file
+  parsed, validated and resolved on every load.
 - after: all of them on (the defaults).
 
 The two revisions come the way production gets them: a git repository with two branches (v1;
@@ -55,6 +57,7 @@ from reconciler.engine import memo, settled  # noqa: E402
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
 from reconciler.source import code_files, trees  # noqa: E402
 from reconciler.source.checkout import GitSource  # noqa: E402
+from reconciler.state import doc_copy  # noqa: E402
 from tests.reconciler.fakes import FakeBackend, FakeProber  # noqa: E402
 
 TARGETS = {"config load 1000": 0.040, "cold 1000": 0.100, "cold 10000": 1.0, "one-file change 1000": 0.020, "no-op pass 1000": 0.010, "one-file change pass 1000": 0.020, "restart 1000": 0.100}
@@ -71,6 +74,7 @@ def forget() -> None:
 
 def switch(on: bool) -> None:
     loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = quickyaml.ENABLED = on
+    doc_copy.COPY_ON_WRITE = on
     for m in models.MEMOS.values():
         m.enabled = on
 

@@ -21,7 +21,8 @@ from reconciler.engine.plan import plan
 from reconciler.engine.stats import read_stats
 from reconciler.engine.targets import TargetSettings, build_targets
 from reconciler.engine.values import DesiredExtension, EngineSettings, PlanResult, SnapshotLike
-from reconciler.state.doc_copy import deep_copy
+from reconciler.state import doc_copy
+from reconciler.state.doc_copy import Own, copy_on_write, deep_copy
 from reconciler.state.errors import StateError
 from reconciler.state.records import ReplicaPhase
 from reconciler.state.store import StateStore
@@ -73,7 +74,11 @@ class EngineAsks(ReplicaMasking):
 
     def _plan_locked(self, snapshot: SnapshotLike | None, now: float) -> PlanResult:
         saved = self.doc
-        self.doc = deep_copy(saved)  # model_copy(deep=True), faster (reconciler.state.doc_copy)
+        own: Own | None = None
+        if doc_copy.COPY_ON_WRITE:  # records copied when observation edits them
+            self.doc, own = copy_on_write(saved)
+        else:
+            self.doc = saved.model_copy(deep=True)
         try:
             ds = self._desired(snapshot)
             observe(
@@ -84,6 +89,7 @@ class EngineAsks(ReplicaMasking):
                 self._observe,
                 {n: d.spec_hash for n, d in (ds.services.items() if ds else [])},
                 mask=self.mask_replica,
+                own=own,
             )
             desired, _, notes = build_targets(
                 self.doc,

@@ -24,6 +24,7 @@ from reconciler.config.models import ProbeSpec
 from reconciler.engine.apply import backoff_delay
 from reconciler.engine.naming import dns_safe, parse_replica_id
 from reconciler.engine.probe import HttpProber, ProbeResult, fan_out, guarded, probe_http, run_probes
+from reconciler.state.doc_copy import Own
 from reconciler.state.journal import Journal, Op
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord, StateDoc, offer_fields
 from tidegate.routes import ModelRoute
@@ -38,6 +39,7 @@ ReplicaMask = Callable[[ReplicaRecord, str], str]
 
 def no_mask(r: ReplicaRecord, text: str) -> str:
     return text
+
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,15 @@ def _service_for(doc: StateDoc, info: ReplicaInfo, hint: str | None) -> str | No
 
 
 def adopt(
-    doc: StateDoc, info: ReplicaInfo, now: float, desired_hashes: Mapping[str, str], hint: str | None = None
+    doc: StateDoc,
+    info: ReplicaInfo,
+    now: float,
+    desired_hashes: Mapping[str, str],
+    hint: str | None = None,
+    own: Own | None = None,
 ) -> ReplicaRecord | None:
-    """Record a replica the backend has and the state lacks. The plan then keeps or removes it."""
+    """Record a replica the backend has and the state lacks. The plan then keeps or removes it.
+    `own`: see `observe`."""
     parsed = parse_replica_id(info.replica_id)
     service = _service_for(doc, info, hint)
     if service is None or parsed is None:
@@ -99,6 +107,8 @@ def adopt(
     if rec is None:
         rec = ServiceRecord(name=service, spec_hash=spec_hash, backend=info.backend)
         doc.services[service] = rec
+    elif own is not None:
+        rec = own(rec)
     r = ReplicaRecord(
         id=info.replica_id,
         service=service,
@@ -129,6 +139,7 @@ def observe(
     mask: ReplicaMask = no_mask,
     skip: frozenset[str] | set[str] = frozenset(),
     listings: Mapping[str, Sequence[ReplicaInfo] | Exception] | None = None,
+    own: Own | None = None,
 ) -> list[str]:
     """Fold every in-use backend's `list_owned()` into `doc`. Returns problems to report.
     Backend messages are masked with `mask` before they are recorded. Services in `skip` have
@@ -136,7 +147,9 @@ def observe(
     backend lists for them are left alone until it settles (a replica mid-create is not an
     orphan to adopt, one mid-delete is not a failure). `listings` (backend -> its `list_owned()`
     or the error it raised, from `list_backends`) lets the caller ask the backends without
-    holding the engine's lock; backends missing from it are asked here."""
+    holding the engine's lock; backends missing from it are asked here. `own` (a scratch
+    document's, see reconciler.state.doc_copy.copy_on_write): called with a record before it or a replica of it is
+    edited; the record it returns is edited instead (same replicas, in the same order)."""
     problems: list[str] = []
     names = in_use | {r.backend for rec in doc.services.values() for r in rec.replicas}
     for bname in sorted(names):
@@ -149,10 +162,10 @@ def observe(
             continue
         infos = {i.replica_id: i for i in got}
         take = infos.pop
-        for rec in doc.services.values():
+        for rec in list(doc.services.values()) if own is not None else doc.services.values():
             held = rec.name in skip
             drained: list[ReplicaRecord] = []
-            for r in rec.replicas:
+            for i, r in enumerate(rec.replicas):  # `rec.replicas` as it was when the loop began
                 if r.backend != bname:
                     continue
                 info = take(r.id, None)
@@ -161,26 +174,33 @@ def observe(
                 status = info.status if info is not None else ReplicaStatus.GONE
                 if status is ReplicaStatus.GONE:
                     if r.phase is ReplicaPhase.DRAINING:
+                        rec, r = _owned(own, rec, i)
                         drained.append(r)
                     elif r.phase is not ReplicaPhase.FAILED:
+                        rec, r = _owned(own, rec, i)
                         mark_failed(r, "replica is gone from the backend", now, s)
                         rec.note(now, "replica failed", f"{r.id}: gone")
                     continue
                 assert info is not None
                 # Each field assigned only when it differs (an assignment is a record edit).
+                address = info.address
+                exited = status is ReplicaStatus.EXITED and r.phase in (ReplicaPhase.PROVISIONING, ReplicaPhase.READY)
+                if own is not None and (
+                    r.backend_status != status
+                    or (address and (address != r.address or info.tunnel != r.tunnel))
+                    or (info.handle and info.handle != r.handle)
+                    or exited
+                ):
+                    rec, r = _owned(own, rec, i)
                 if r.backend_status != status:
                     r.backend_status = str(status)
-                address = info.address
                 if address and address != r.address:
                     r.address = address
                 if address and info.tunnel != r.tunnel:
                     r.tunnel = info.tunnel
                 if info.handle and info.handle != r.handle:
                     r.handle = info.handle
-                if status is ReplicaStatus.EXITED and r.phase in (
-                    ReplicaPhase.PROVISIONING,
-                    ReplicaPhase.READY,
-                ):
+                if exited:
                     message = mask(r, info.message) if info.message else "exited"
                     mark_failed(r, message, now, s)
                     rec.note(now, "replica failed", f"{r.id}: {message}")
@@ -191,8 +211,16 @@ def observe(
                 continue  # on its way out (a delete we already made): nothing to adopt
             if skip and _service_for(doc, info, None) in skip:
                 continue  # created by a worker that has not recorded it yet
-            adopt(doc, info, now, desired_hashes)
+            adopt(doc, info, now, desired_hashes, own=own)
     return problems
+
+
+def _owned(own: Own | None, rec: ServiceRecord, i: int) -> tuple[ServiceRecord, ReplicaRecord]:
+    """The record to edit and its replica `i` (the record itself without `own`)."""
+    if own is None:
+        return rec, rec.replicas[i]
+    rec = own(rec)
+    return rec, rec.replicas[i]
 
 
 # Readiness cadence, per replica (in memory): a replica of a service with requests held at zero

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from fakes import FakeBackend, FakeProber
 
-from backends.base import BackendRegistry, PermanentError, TemporaryError
+from backends.base import BackendRegistry, PermanentError, ReplicaStatus, TemporaryError
 from reconciler.engine import apply as apply_mod
 from reconciler.engine.autoscale import ServiceStats
 from reconciler.engine.naming import parse_replica_id
+from reconciler.engine.plan import Action
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot
+from reconciler.state import doc_copy
 from reconciler.state.journal import Journal, Op
-from reconciler.state.records import ReplicaPhase, ServiceStatus
+from reconciler.state.records import ReplicaPhase, ServiceStatus, versions
 from reconciler.state.store import StateStore
 from tidegate.routes_io import read_snapshot
 
@@ -590,3 +593,45 @@ def test_an_unchanged_service_moves_to_the_new_revision_and_its_files(world: Wor
     assert (world.backend.specs[again].workdir, world.backend.specs[again].revision) == (
         str(Path(second.root).absolute()), second.revision,
     )  # fmt: skip
+
+
+def test_plan_copies_on_write_and_plans_what_a_deep_copy_plans(world: World) -> None:
+    """`Engine.plan` observes into a scratch document whose records are copied when edited
+    (reconciler.state.doc_copy.copy_on_write): over every edit observation makes (a replica gone,
+    one exited, one draining gone, one whose address and handle moved, an orphan adopted into a
+    known service and one into an unknown service) it plans exactly what it plans on a deep copy
+    of the whole state, and the real state is left as it was, records and versions."""
+    services = {f"s{i}.dstack.yml": api("2").replace("name: api", f"name: s{i}") for i in range(7)}
+    snap = world.repo.commit(services)
+    world.converge(snap)
+    # s0's replicas drain: a plan with one replica fewer, applied once (not yet removed)
+    world.engine.doc.services["s0"].replicas[0].phase = ReplicaPhase.DRAINING
+    b = world.backend
+    rid = {n: sorted(b.running(n)) for n in ("s0", "s1", "s2", "s3")}
+    del b.replicas[rid["s0"][0]]  # a draining replica gone: dropped
+    del b.replicas[rid["s1"][0]]  # a ready one gone: failed
+    b.replicas[rid["s2"][0]] = replace(b.replicas[rid["s2"][0]], status=ReplicaStatus.EXITED, message="exit 3")
+    b.replicas[rid["s3"][0]] = replace(b.replicas[rid["s3"][0]], address="http://moved:1", handle="h-moved")
+    orphan = replace(b.replicas[rid["s3"][1]], replica_id="s4-0123abcd-7", service="s4", spec_hash=None)
+    b.replicas[orphan.replica_id] = orphan  # adopted into a known service
+    stray = replace(orphan, replica_id="zz-0123abcd-0", service="zz")
+    b.replicas[stray.replica_id] = stray  # adopted into an unknown one
+    before = world.engine.doc.model_dump_json()
+    versions_before = {n: versions(r) for n, r in world.engine.doc.services.items()}
+    world.clock.t += 3600  # past the failed replicas' backoff
+    lazy = world.engine.plan(snap)
+    doc_copy.COPY_ON_WRITE = False
+    try:
+        deep = world.engine.plan(snap)
+    finally:
+        doc_copy.COPY_ON_WRITE = True
+    assert lazy.plan.steps == deep.plan.steps and dict(lazy.plan.changes) == dict(deep.plan.changes)
+    assert lazy.notes == deep.notes and lazy.exit_code == deep.exit_code
+    actions = {(s.action, s.service) for s in lazy.plan.steps}
+    assert {(Action.ADD_REPLICA, "s0"), (Action.REMOVE_REPLICA, "s4"), (Action.DELETE_SERVICE, "zz")} <= actions
+    assert world.engine.doc.model_dump_json() == before
+    assert {n: versions(r) for n, r in world.engine.doc.services.items()} == versions_before
+    world.engine.reconcile(snap)  # what the scratch documents saw, now for real
+    phases = {n: [r.phase for r in rec.replicas] for n, rec in world.engine.doc.services.items()}
+    assert ReplicaPhase.FAILED in phases["s1"] and ReplicaPhase.FAILED in phases["s2"]
+    assert world.engine.doc.services["s3"].replica(rid["s3"][0]).address == "http://moved:1"  # type: ignore[union-attr]
