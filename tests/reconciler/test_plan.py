@@ -6,9 +6,21 @@ import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.engine.naming import replica_id
-from reconciler.engine.plan import Action, Desired, FieldChange, Plan, Step, Target, _service_steps, plan
+from reconciler.engine.plan import (
+    Action,
+    Desired,
+    FieldChange,
+    Plan,
+    Step,
+    Target,
+    _service_steps,
+    _steady,
+    plan,
+)
 from reconciler.engine.reconcile import PlanResult
 from reconciler.render.plan_output import plan_json, render_plan
 from reconciler.state.records import ReplicaPhase, ReplicaRecord, ServiceRecord
@@ -283,3 +295,32 @@ def test_a_new_service_gets_the_steps_of_a_service_without_replicas(count: int) 
     for fast, slow in zip(made.steps, plain, strict=True):
         assert (vars(fast), hash(fast), repr(fast), type(fast)) == (vars(slow), hash(slow), repr(slow), Step)
         assert list(vars(fast)) == [f.name for f in dataclasses.fields(Step)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(min_value=-1, max_value=3),
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=3),
+            st.sampled_from(list(ReplicaPhase)),
+            st.sampled_from([OLD, NEW]),
+            st.integers(min_value=0, max_value=2),
+        ),
+        max_size=4,
+    ),
+)
+def test_a_steady_service_is_skipped_only_when_it_has_no_step(
+    count: int, replicas: list[tuple[int, ReplicaPhase, str, int]]
+) -> None:
+    """`plan` skips `_service_steps` for a service `_steady` calls steady: exactly then it gives
+    no step (and the plan is the same either way)."""
+    t = Target("web", NEW, count)
+    rs = [rep(o, phase, spec, in_flight=busy, draining_since=NOW - 5) for o, phase, spec, busy in replicas]
+    steps = _service_steps(t, rs, NOW)
+    if _steady(t, rs):
+        assert steps == []
+    all_ready_current = len(rs) == max(0, count) and all(r.phase is R and r.spec_hash == NEW for r in rs)
+    assert _steady(t, rs) == all_ready_current
+    a = ServiceRecord(name="web", spec_hash=NEW, replicas=rs)
+    assert list(plan(Desired({"web": t}), {"web": a}, NOW).steps) == steps

@@ -374,6 +374,34 @@ def test_the_collector_is_paused_for_a_load_only_and_nested_loads_resume_it_once
         gc.enable()
 
 
+def test_a_loads_objects_leave_the_pause_old_and_full_collections_keep_coming() -> None:
+    """memo._promote: what a pause made is not left in generation 0 (whose next collection
+    would walk all of it), cyclic garbage made in it is still freed by a full collection, and
+    after FULL_EVERY pauses without a full collection the next pause ends with one."""
+    import gc
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    gc.collect()
+    with memo.gc_paused():
+        kept = [{"n": [i]} for i in range(20_000)]  # tracked objects that live on
+        Node()  # a cycle, garbage at once
+    young = gc.get_count()[0]
+    assert young < 1_000, young  # not the 40,000 objects made in the pause
+    assert gc.collect() >= 1  # the cycle, collected by a full collection
+    del kept
+    full = gc.get_stats()[2]["collections"]
+    for _ in range(memo.FULL_EVERY):
+        with memo.gc_paused():
+            pass
+    assert gc.get_stats()[2]["collections"] == full  # promoted only
+    with memo.gc_paused():
+        pass
+    assert gc.get_stats()[2]["collections"] == full + 1  # the next one ran a full collection
+
+
 def test_memos_stay_linear_past_their_first_size() -> None:
     """Eviction pops the oldest entry in O(1): 20,000 services through a 4,000-entry memo."""
     small: memo.IdentityMemo[int] = memo.IdentityMemo(min_entries=4_000)
