@@ -90,6 +90,9 @@ def fit_all(objects: int) -> None:
 
 
 PROMOTE = True  # off: the load's objects stay young (bench/reload_rss.py compares both)
+# A pause that left fewer young objects than this (a pass with no new revision to load) ends
+# as before: their collection is cheap, and promoting them would hold full collections off.
+PROMOTE_MIN = 10_000
 _gc_lock = threading.Lock()
 _gc_holders = 0
 _gc_was_enabled = False
@@ -105,8 +108,8 @@ def gc_paused() -> Iterator[None]:
     collector runs as usual once the last load in the process ends (the pause is process-wide,
     so it is counted across threads and ends with the last one).
 
-    At the end of the pause the load's objects are moved to the oldest generation unvisited
-    (`_promote`) before the collector is enabled again. Without that, the first allocation after
+    At the end of a pause that made many objects (a load: PROMOTE_MIN) they are moved to the
+    oldest generation unvisited (`_promote`) before the collector is enabled again. Without that, the first allocation after
     `gc.enable()` collected generation 0, which then held every object the load made (~58,000
     per 1,000 services: 15-45 ms of a cold 1,000-service plan, ~300 ms at 10,000), and the
     survivors were walked once more by the next generation-1 collection. See `_promote` for
@@ -123,7 +126,7 @@ def gc_paused() -> Iterator[None]:
         with _gc_lock:
             _gc_holders -= 1
             if _gc_holders == 0 and _gc_was_enabled:
-                if enabled and PROMOTE:
+                if enabled and PROMOTE and gc.get_count()[0] >= PROMOTE_MIN:
                     _promote()
                 gc.enable()
 
@@ -153,8 +156,10 @@ def _promote() -> None:
       the zeroed counts postpone generation-1 collections too. Measured (bench/reload_rss.py,
       1,000 services, 50 revisions with a tenth of the files changed each, reconciled): without
       the promotion 596 / 54 / 5 collections of generations 0 / 1 / 2 and 4.4 s in the collector;
-      with it 551 / 0 / 0 and 0.9 s. So after FULL_EVERY promotions with no full collection in
-      between, the pause ends with one (`gc.collect()`, ~80 ms at 1,000 services, what the
+      promoting at the end of every pause (each pass pauses) 551 / 0 / 0 and 0.9 s. Hence
+      PROMOTE_MIN (a pass that loaded nothing new is not promoted: its collections run as
+      before), and after FULL_EVERY promotions with no full collection in between, the pause
+      ends with one (`gc.collect()`, ~80 ms at 1,000 services, what the
       collector itself ran about every 10 revisions there) instead: cyclic garbage is freed at
       least as often as CPython's own cadence would, and RSS stays where it was (numbers in
       README.md, "Cold plans and the collector").

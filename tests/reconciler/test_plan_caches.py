@@ -377,29 +377,43 @@ def test_the_collector_is_paused_for_a_load_only_and_nested_loads_resume_it_once
 def test_a_loads_objects_leave_the_pause_old_and_full_collections_keep_coming() -> None:
     """memo._promote: what a pause made is not left in generation 0 (whose next collection
     would walk all of it), cyclic garbage made in it is still freed by a full collection, and
-    after FULL_EVERY pauses without a full collection the next pause ends with one."""
+    a pause that made few objects is left as it was, and after FULL_EVERY promotions without a
+    full collection the next pause ends with one."""
     import gc
 
     class Node:
         def __init__(self) -> None:
             self.me = self
 
+    def young_collections() -> int:
+        return int(gc.get_stats()[0]["collections"])
+
     gc.collect()
+    before = young_collections()
     with memo.gc_paused():
         kept = [{"n": [i]} for i in range(20_000)]  # tracked objects that live on
         Node()  # a cycle, garbage at once
-    young = gc.get_count()[0]
-    assert young < 1_000, young  # not the 40,000 objects made in the pause
+    assert gc.get_count()[0] < 1_000  # not the 40,000 objects made in the pause
+    after = [[i] for i in range(100)]  # allocations after the pause
+    assert young_collections() == before  # nothing young to collect
     assert gc.collect() >= 1  # the cycle, collected by a full collection
-    del kept
+    del kept, after
+    before = young_collections()
+    with memo.gc_paused():
+        few = [{"n": [i]} for i in range(2_000)]  # fewer than PROMOTE_MIN: left young,
+    after = [[i] for i in range(100)]
+    assert young_collections() > before  # collected at the next allocation, as before
+    del few, after
     full = gc.get_stats()[2]["collections"]
     for _ in range(memo.FULL_EVERY):
         with memo.gc_paused():
-            pass
+            made = [{"n": [i]} for i in range(memo.PROMOTE_MIN)]
+        del made
     assert gc.get_stats()[2]["collections"] == full  # promoted only
     with memo.gc_paused():
-        pass
+        made = [{"n": [i]} for i in range(memo.PROMOTE_MIN)]
     assert gc.get_stats()[2]["collections"] == full + 1  # the next one ran a full collection
+    del made
 
 
 def test_memos_stay_linear_past_their_first_size() -> None:
