@@ -41,7 +41,6 @@ def no_mask(r: ReplicaRecord, text: str) -> str:
     return text
 
 
-
 @dataclass(frozen=True)
 class ObserveSettings:
     probe_timeout: float = 2.0
@@ -148,8 +147,9 @@ def observe(
     orphan to adopt, one mid-delete is not a failure). `listings` (backend -> its `list_owned()`
     or the error it raised, from `list_backends`) lets the caller ask the backends without
     holding the engine's lock; backends missing from it are asked here. `own` (a scratch
-    document's, see reconciler.state.doc_copy.copy_on_write): called with a record before it or a replica of it is
-    edited; the record it returns is edited instead (same replicas, in the same order)."""
+    document's, see reconciler.state.doc_copy.copy_on_write) is called with a record before it
+    or one of its replicas is edited; the record it returns (same replicas, same order) is
+    edited instead."""
     problems: list[str] = []
     names = in_use | {r.backend for rec in doc.services.values() for r in rec.replicas}
     for bname in sorted(names):

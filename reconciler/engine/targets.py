@@ -14,6 +14,7 @@ import logging
 from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 
+from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingDecision, ServiceStats, desired_replicas
 from reconciler.engine.desired import DesiredService, DesiredSet
 from reconciler.engine.plan import Desired, Target
@@ -38,7 +39,7 @@ def decide_count(
     demand: bool,
 ) -> ScalingDecision:
     if d.scaling is None:
-        fixed = _FIXED.get(d.min_replicas)
+        fixed = _FIXED.get(d.min_replicas) if memo.enabled else None
         if fixed is None:
             if len(_FIXED) > 1_000:
                 _FIXED.clear()
@@ -62,6 +63,7 @@ def decide_count(
 # A fixed count's decision by the count: frozen, so one object serves every service of that count
 # (a cold plan of 1,000 services made 1,000 equal ones).
 _FIXED: dict[int, ScalingDecision] = {}
+memo.on_clear(_FIXED.clear)
 
 
 def config_broken(name: str, rec: ServiceRecord, ds: DesiredSet) -> bool:
