@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import msgspec
-
 from reconciler.config import ServiceConfig
+from reconciler.config.canonical import canonical_json, model_json
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.discovery import (
     IGNORE_FILES,
@@ -49,6 +48,7 @@ from reconciler.config.discovery import (
     scan,
     scan_index,
 )
+from reconciler.config.models import MEMOS
 from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
 from reconciler.config.parse_cache import PARSE_CACHE, ParseCache
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 MAX_FILE_BYTES = 1_000_000
+# fields whose values the value memo shares between configs: their JSON is kept by identity
+SHARED_FIELDS = frozenset(MEMOS)
 
 
 @dataclass(frozen=True)
@@ -117,34 +119,10 @@ def derive_service_name(path: str) -> str:
 def spec_hash(config: ServiceConfig) -> str:
     """sha256 over canonical JSON of everything that changes what runs. Literal env values are in
     (changing one must roll the replicas); bare keys count by name only, their values come later."""
-    payload = config.model_dump(mode="json")
-    for added in ("probes", "rate_limits"):  # added later: a file without them keeps its old hash
-        if not payload.get(added):
-            payload.pop(added, None)
-    return hashlib.sha256(canonical_json(payload)).hexdigest()
-
-
-_ENCODE = msgspec.json.Encoder(order="sorted").encode
-# a float msgspec writes otherwise than json.dumps (1e16 and up, below 1e-4: `1e16`, `0.00001`)
-_EXPONENT = re.compile(rb"e[-0-9]")
-
-
-def canonical_json(payload: Any) -> bytes:
-    """`json.dumps(payload, sort_keys=True, separators=(",", ":"))`, the spec hash's text: a hash
-    must not change across versions (a new one rolls every replica). msgspec writes the same
-    bytes ~7x faster for ASCII text and ordinary floats; anything else (non-ASCII or DEL, which
-    json.dumps escapes; floats it writes in exponent form; inf and NaN, which msgspec writes as
-    null, so the text does not read back equal) takes json.dumps."""
-    fast = _ENCODE(payload)
-    if (
-        fast.isascii()
-        and b"\x7f" not in fast
-        and b"0.0000" not in fast
-        and not _EXPONENT.search(fast)
-        and msgspec.json.decode(fast) == payload
-    ):
-        return fast
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    # added later: a file without them keeps its old hash (`canonical.model_json`: the bytes of
+    # canonical_json(model_dump(mode="json")) with those keys popped when empty)
+    dropped = [added for added in ("probes", "rate_limits") if not getattr(config, added)]
+    return hashlib.sha256(model_json(config, exclude=dropped, shared=SHARED_FIELDS)).hexdigest()
 
 
 def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:
