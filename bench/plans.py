@@ -61,6 +61,7 @@ def forget() -> None:
     """Every in-process cache emptied: what a new process starts with."""
     loader.PARSE_CACHE.clear()
     canonical.clear()
+    quickyaml.clear()
     memo.clear_all()
     code_files.clear_cache()
     for m in models.MEMOS.values():

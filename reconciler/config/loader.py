@@ -154,6 +154,9 @@ def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
     return PARSE_CACHE.derived(item, name, make)
 
 
+_NO_TEXTS: Mapping[bytes, bytes] = {}
+
+
 def _fingerprint(profile: Mapping[str, Any] | None) -> str:
     if profile is None:
         return ""
@@ -161,14 +164,23 @@ def _fingerprint(profile: Mapping[str, Any] | None) -> str:
 
 
 def _parse_file(
-    root: Path, rel: str, profile: Mapping[str, Any] | None, profile_key: str, blob: bytes | None = None
+    root: Path,
+    rel: str,
+    profile: Mapping[str, Any] | None,
+    profile_key: str,
+    blob: bytes | None = None,
+    texts: Mapping[bytes, bytes] = _NO_TEXTS,
 ) -> ParsedFile:
     """One config file read and parsed (through PARSE_CACHE). `blob`: its content's id from the
-    source's index (`TreeIndex`): the cache is asked by it, and the file is read only on a miss."""
+    source's index (`TreeIndex`): the cache is asked by it, and the file is read only on a miss,
+    and not even then when the index holds the blob's bytes (`texts`: TreeIndex.texts)."""
     if blob is not None and PARSE_CACHE.enabled:
 
         def read_and_parse() -> ParsedFile:
-            return _parse_bytes(_read_bytes(f"{root}/{rel}"), rel, profile)  # an OSError is not cached
+            data = texts.get(blob)
+            if data is None:
+                data = _read_bytes(f"{root}/{rel}")  # an OSError is not cached
+            return _parse_bytes(data, rel, profile)
 
         try:
             return PARSE_CACHE.parsed((rel, b"blob:" + blob, profile_key), read_and_parse)
@@ -257,6 +269,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
     indexed = scan_index(root, index, subpath) if index is not None else None
     found, links = (indexed, []) if indexed is not None else scan(root, subpath)
     blobs = index.files if indexed is not None and index is not None else {}
+    texts = index.texts if indexed is not None and index is not None else _NO_TEXTS
     linked_out = {d.path: d for d in links if d.severity == Severity.ERROR}
     diagnostics += [d for d in links if d.path not in linked_out]
     base = subpath if subpath and (root / subpath).is_dir() else None
@@ -266,7 +279,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
         if rel in linked_out:
             parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [linked_out[rel]]))
             continue
-        parsed.append(_parse_file(root, rel, profile, profile_key, blobs.get(rel)))
+        parsed.append(_parse_file(root, rel, profile, profile_key, blobs.get(rel), texts))
     by_name: dict[str, list[ParsedFile]] = {}
     for item in parsed:
         if item.kind == FileKind.SKIPPED:
@@ -367,7 +380,7 @@ def _from_last_load(
             name = by_path.get(path)
             if name is None or before.config is None:
                 break  # a failed or skipped file before: its problems may change others
-            item = _parse_file(root, path, profile, profile_key, index.files[path])
+            item = _parse_file(root, path, profile, profile_key, index.files[path], index.texts)
             new_name = item.config and (item.config.name or item.name or derive_service_name(_relative(path, base)))
             if item.kind == FileKind.SKIPPED or item.config is None or new_name != name:
                 break

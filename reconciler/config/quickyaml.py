@@ -248,6 +248,12 @@ _PLAIN_KEYS_KEPT = 4096
 _NOT_SUSPECT: set[str] = set()
 
 
+def clear() -> None:
+    """Forget the strings kept as plain (`_PLAIN_KEYS`, `_NOT_SUSPECT`): what a new process has."""
+    _PLAIN_KEYS.clear()
+    _NOT_SUSPECT.clear()
+
+
 def _suspect(value: str) -> bool:
     """A string PyYAML may read otherwise when it is written plain (see _SUSPECT, _WORDS)."""
     if value in _WORDS:
