@@ -70,9 +70,7 @@ def model_json(
     value memo's: models.MEMOS), kept by identity."""
     if FAST:
         try:
-            fields = _fields(model, shared)
-            for name in exclude:
-                fields.pop(name, None)
+            fields = _fields(model, shared, exclude)
             fields.update(dict.fromkeys(nulls))
             fast = _ENCODE(fields)
         except _Plain:
@@ -94,13 +92,16 @@ class _Plain(Exception):
     """A value the fast way does not write: the plain way writes the model."""
 
 
-def _fields(model: BaseModel, shared: Collection[str] = ()) -> dict[str, Any]:
-    """The model's fields as msgspec is to write them (nested models through `_hook`)."""
+def _fields(model: BaseModel, shared: Collection[str] = (), exclude: Collection[str] = ()) -> dict[str, Any]:
+    """The model's fields but `exclude` as msgspec is to write them (nested models through `_hook`)."""
     values = model.__dict__
     if values.keys() != _names(type(model)):
         raise _Plain  # (a model made without some field, or with an extra one)
     out = values.copy()
     for name, value in values.items():
+        if name in exclude:
+            del out[name]
+            continue
         kind = type(value)
         if kind is str or kind is int or kind is bool or value is None:
             continue

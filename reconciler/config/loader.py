@@ -294,6 +294,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
         by_name.setdefault(name, []).append(item)
     services: dict[str, LoadedService] = {}
     failed: dict[str, str] = {}
+    profiles_ok = profiles.ok
     for name, items in by_name.items():
         if len(items) > 1:
             paths = [i.path for i in items]
@@ -309,7 +310,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
             failed[name] = items[0].path
             continue
         item = items[0]
-        if item.config is None or not profiles.ok:
+        if item.config is None or not profiles_ok:
             failed[name] = item.path
             continue
         services[name] = _loaded_service(item, name)
