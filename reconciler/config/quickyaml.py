@@ -214,8 +214,10 @@ def _count(value: Any, depth: int, found: list[Any]) -> int:
                 elif len(_PLAIN_KEYS) < _PLAIN_KEYS_KEPT:
                     _PLAIN_KEYS.add(key)
         for item in value.values():
-            if type(item) is str:  # (the usual value, checked here rather than by a call)
-                if _suspect(item):
+            if type(item) is str:  # (the usual value: `_suspect` inline up to its regular expressions)
+                if item in _WORDS or (
+                    item and item[0] in _SUSPECT and item not in _NOT_SUSPECT and _suspect_match(item)
+                ):
                     found.append(item)
                 nodes += 1
             else:
@@ -227,7 +229,9 @@ def _count(value: Any, depth: int, found: list[Any]) -> int:
         nodes = 1
         for item in value:
             if type(item) is str:
-                if _suspect(item):
+                if item in _WORDS or (
+                    item and item[0] in _SUSPECT and item not in _NOT_SUSPECT and _suspect_match(item)
+                ):
                     found.append(item)
                 nodes += 1
             else:
@@ -260,6 +264,11 @@ def _suspect(value: str) -> bool:
         return True
     if not value or value[0] not in _SUSPECT or value in _NOT_SUSPECT:
         return False
+    return _suspect_match(value)
+
+
+def _suspect_match(value: str) -> bool:
+    """`_suspect` for a string starting with a character of _SUSPECT, not known to be plain."""
     if _SUSPECT[value[0]].match(value):
         return True
     if len(_NOT_SUSPECT) >= _PLAIN_KEYS_KEPT:
