@@ -40,6 +40,7 @@ from reconciler.config.canonical import canonical_json, model_json
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.discovery import (
     IGNORE_FILES,
+    TEXTS_KEPT,
     TreeIndex,
     discover,
     is_config_file,
@@ -56,6 +57,8 @@ from reconciler.config.yamldoc import Position
 
 __all__ = [
     "PARSE_CACHE",
+    "SHARED_FIELDS",
+    "TEXTS_KEPT",
     "Diagnostic",
     "LoadResult",
     "LoadedService",
@@ -67,6 +70,7 @@ __all__ = [
     "discover",
     "is_config_file",
     "load_tree",
+    "model_json",
     "outside_links",
     "spec_hash",
 ]

@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from reconciler.config.discovery import TEXTS_KEPT
-from reconciler.config.loader import MAX_FILE_BYTES, TreeIndex, is_config_file
+from reconciler.config.loader import MAX_FILE_BYTES, TEXTS_KEPT, TreeIndex, is_config_file
 from tidegate.fsio import build_dir_atomic
 
 # A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
