@@ -14,12 +14,12 @@ and the caller takes the reference path. Equal bytes are held by tests over vari
 from __future__ import annotations
 
 import threading
-from typing import Any
+from itertools import chain
 
 import msgspec
 
 from reconciler.config.loader import canonical_json
-from reconciler.config.models import ServiceConfig, SpotPolicy
+from reconciler.config.models import PortMapping, ServiceConfig, SpotPolicy
 from reconciler.config.resources import ResourcesSpec
 from reconciler.engine import memo
 
@@ -33,7 +33,11 @@ HASHED = (
 # must not roll the replicas (the loader's own spec_hash covers the whole file).
 # `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
 ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
-ENABLED = set(ServiceConfig.model_fields) - ROUTING_ONLY_FIELDS == set(HASHED) and not ServiceConfig.model_computed_fields
+ENABLED = (
+    set(ServiceConfig.model_fields) - ROUTING_ONLY_FIELDS == set(HASHED)
+    and not ServiceConfig.model_computed_fields
+    and set(PortMapping.model_fields) == {"container_port", "local_port"}
+)
 
 _ENCODE = msgspec.json.Encoder(order="sorted").encode
 _Raw = msgspec.Raw
@@ -44,32 +48,32 @@ def fast_config_json(c: ServiceConfig) -> bytes | None:
     (a `max_price`: a float; a value of a type the models do not make)."""
     if not ENABLED or type(c) is not ServiceConfig or c.max_price is not None or c.__pydantic_extra__:
         return None
-    res = c.resources
-    if type(res) is not ResourcesSpec:
+    res, port, spot, env = c.resources, c.port, c.spot_policy, c.env
+    if type(res) is not ResourcesSpec or type(port) is not PortMapping or type(env) is not dict:
         return None
-    port = c.port.model_dump(mode="json")
-    spot: Any = c.spot_policy
-    if spot is not None:
-        if type(spot) is not SpotPolicy:
-            return None
-        spot = spot.value
-    env = c.env
+    commands, backends, regions, types = c.commands, c.backends, c.regions, c.instance_types
+    local = port.local_port
     if not (
-        _texts(c.image, c.name, c.python, c.type)
-        and _str_list(c.commands)
-        and _str_list(c.backends)
-        and _str_list(c.regions)
-        and _str_list(c.instance_types)
-        and type(env) is dict
-        and all(type(k) is str and (type(v) is str or v is None) for k, v in env.items())
-        and all(type(v) is int or v is None for v in port.values())
+        type(commands) is list
+        and (backends is None or type(backends) is list)
+        and (regions is None or type(regions) is list)
+        and (types is None or type(types) is list)
+        and type(port.container_port) is int
+        and (local is None or type(local) is int)
+        and all(map(_IS_TEXT, chain(commands, backends or (), regions or (), types or (), env)))
+        # falsy values are left out: None and "" as validated, and any other (0, 0.0, False, [])
+        # is written alike by both; what differs (inf, nan, 1e16, a model) is never falsy
+        and all(map(_IS_TEXT, filter(None, env.values())))
+        and all(map(_IS_TEXT, filter(None, (c.image, c.name, c.python, c.type))))
     ):
         return None
+    if spot is not None and type(spot) is not SpotPolicy:
+        return None
     text = _ENCODE({
-        "backends": c.backends, "commands": c.commands, "env": env, "image": c.image,
-        "instance_types": c.instance_types, "max_duration": None, "max_price": None, "name": c.name,
-        "port": port, "python": c.python, "regions": c.regions, "resources": _Raw(resources_json(res)),
-        "retry": None, "spot_policy": spot, "type": c.type,
+        "backends": backends, "commands": commands, "env": env, "image": c.image,
+        "instance_types": types, "max_duration": None, "max_price": None, "name": c.name,
+        "port": {"container_port": port.container_port, "local_port": local}, "python": c.python, "regions": regions,
+        "resources": _Raw(resources_json(res)), "retry": None, "spot_policy": None if spot is None else spot.value, "type": c.type,
     })  # fmt: skip
     # json.dumps escapes non-ASCII and DEL; the rest of ASCII text msgspec writes alike
     if not text.isascii() or b"\x7f" in text:
@@ -77,12 +81,8 @@ def fast_config_json(c: ServiceConfig) -> bytes | None:
     return text
 
 
-def _texts(*values: object) -> bool:
-    return all(v is None or type(v) is str for v in values)
-
-
-def _str_list(value: object) -> bool:
-    return value is None or (type(value) is list and all(type(v) is str for v in value))
+# what `model_dump(mode="json")` of a field holds as it is (no serializer of its own: by test)
+_IS_TEXT = str.__instancecheck__
 
 
 def resources_json(res: ResourcesSpec) -> bytes:
