@@ -13,6 +13,7 @@ and the caller takes the reference path. Equal bytes are held by tests over vari
 
 from __future__ import annotations
 
+import math
 import threading
 from itertools import chain
 
@@ -45,9 +46,14 @@ _Raw = msgspec.Raw
 
 def fast_config_json(c: ServiceConfig) -> bytes | None:
     """`desired_parts._config_json(c)`'s bytes, or None when this config needs the reference path
-    (a `max_price`: a float; a value of a type the models do not make)."""
-    if not ENABLED or type(c) is not ServiceConfig or c.max_price is not None or c.__pydantic_extra__:
+    (a value of a type the models do not make, an infinite `max_price`)."""
+    if not ENABLED or type(c) is not ServiceConfig or c.__pydantic_extra__:
         return None
+    price: _Raw | None = None
+    if c.max_price is not None:
+        if type(c.max_price) is not float or not math.isfinite(c.max_price):
+            return None
+        price = _Raw(float.__repr__(c.max_price).encode())  # as json.dumps writes a finite float
     res, port, spot, env = c.resources, c.port, c.spot_policy, c.env
     if type(res) is not ResourcesSpec or type(port) is not PortMapping or type(env) is not dict:
         return None
@@ -71,7 +77,7 @@ def fast_config_json(c: ServiceConfig) -> bytes | None:
         return None
     text = _ENCODE({
         "backends": backends, "commands": commands, "env": env, "image": c.image,
-        "instance_types": types, "max_duration": None, "max_price": None, "name": c.name,
+        "instance_types": types, "max_duration": None, "max_price": price, "name": c.name,
         "port": {"container_port": port.container_port, "local_port": local}, "python": c.python, "regions": regions,
         "resources": _Raw(resources_json(res)), "retry": None, "spot_policy": None if spot is None else spot.value, "type": c.type,
     })  # fmt: skip

@@ -318,13 +318,10 @@ def _config_json(ls: LoadedService) -> bytes:
 
 def _replica_hash(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
     # the keys in sorted order: backend, config, env, files
-    h = hashlib.sha256(b'{"backend":' + _json_str(backend) + b',"config":')
-    h.update(config)
-    h.update(b',"env":' + _json_str(env_hash))
+    text = b'{"backend":%b,"config":%b,"env":%b' % (_json_str(backend), config, _json_str(env_hash))
     if files is not None:
-        h.update(b',"files":' + _json_str(files))
-    h.update(b"}")
-    return h.hexdigest()
+        text += b',"files":' + _json_str(files)
+    return hashlib.sha256(text + b"}").hexdigest()
 
 
 def _json_str(text: str) -> bytes:
