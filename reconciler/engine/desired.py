@@ -45,8 +45,8 @@ from reconciler.engine.desired_parts import (
     ROUTING_ONLY_FIELDS,
     FileParts,
     Summary,
-    _replica_hash,
     file_parts,
+    replica_hash_of,
     replica_spec_hash,
     replica_spec_hash_plain,
 )
@@ -357,7 +357,7 @@ def _outcome(
         return Outcome(None, why, warning)
     env_hash = env_values_hash(inp.salt, resolved)
     config = parts.config_json
-    spec_hash = _replica_hash(config, env_hash, backend, files(backend))
+    spec_hash = replica_hash_of(config, env_hash, backend, files(backend))
     candidates: dict[str, str] = {}
     if not c.backends:
         pool = [b for b in (inp.default_backends or backends) if b in backends]
@@ -371,10 +371,10 @@ def _outcome(
             pool.remove(backend)
             pool.insert(0, backend)
         if len(pool) > 1:
-            candidates = {b: _replica_hash(config, env_hash, b, files(b)) for b in pool}
+            candidates = {b: replica_hash_of(config, env_hash, b, files(b)) for b in pool}
         elif pool and pool[0] != backend:
             backend = pool[0]
-            spec_hash = _replica_hash(config, env_hash, backend, files(backend))
+            spec_hash = replica_hash_of(config, env_hash, backend, files(backend))
     # made as `__init__` would (every field given), without its `object.__setattr__` per field
     template = _made(
         ReplicaSpec,

@@ -200,7 +200,7 @@ def summary_of(
     env_hash: str,
     files: str | None,
 ) -> dict[str, str]:
-    """The summary from the file's parts (`Static.head`/`tail`, `_summary_parts`) and the rest."""
+    """The summary from the file's parts (`FileParts.summary_parts`, `_summary_parts`) and the rest."""
     out = {"backend": backend, **dict(head)}
     out["env"] = ", ".join(sorted(env))
     out["env values"] = env_hash[:8]
@@ -289,7 +289,7 @@ def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str
     sort_keys=True, separators=(",", ":"))`, written as its parts: the config's canonical JSON is
     made once per loaded file (`config_json`; the desired set keeps it in `FileParts`) and shared by
     every backend and env."""
-    return _replica_hash(config_json(ls), env_hash, backend, files)
+    return replica_hash_of(config_json(ls), env_hash, backend, files)
 
 
 def replica_spec_hash_plain(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
@@ -316,7 +316,8 @@ def _config_json(ls: LoadedService) -> bytes:
     return canonical_json(config)
 
 
-def _replica_hash(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
+def replica_hash_of(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
+    """`replica_spec_hash` from the config's JSON (`config_json`, `FileParts.config_json`)."""
     # the keys in sorted order: backend, config, env, files
     text = b'{"backend":%b,"config":%b,"env":%b' % (_json_str(backend), config, _json_str(env_hash))
     if files is not None:
