@@ -275,7 +275,8 @@ def build_desired(
     kept = memo.enabled
     kid = key_id(key) if kept else 0
     table = FILES
-    made: list[tuple[File | None, LoadedService, str, FileParts, Outcome]] = []
+    new: dict[int, File] = {}  # files first seen here
+    more: list[tuple[File, Outcome]] = []  # outcomes of kept files under these inputs
     for name in sorted(load.services):
         ls = load.services[name]
         entry = table.get(id(ls)) if kept else None
@@ -288,18 +289,22 @@ def build_desired(
                 if out is not None and out.files and not files_valid(out):
                     out = None
         if out is None:
-            parts = entry.parts if entry is not None else file_parts(ls, name, domain)
-            out = _outcome(ls, name, parts, inputs, files_for)
-            if kept:
-                made.append((entry, ls, name, parts, out))
+            if entry is not None:
+                out = _outcome(ls, name, entry.parts, inputs, files_for)
+                more.append((entry, out))
+            else:
+                parts = file_parts(ls, name, domain)
+                out = _outcome(ls, name, parts, inputs, files_for)
+                if kept:
+                    new[id(ls)] = File(ls, name, domain, parts, kid, out)
         if out.warning:
             warnings[name] = out.warning
         if out.service is not None:
             services[name] = out.service
         else:
             blocked[name] = out.blocked
-    if made:
-        keep(made, kid, domain, len(load.services))
+    if new or more:
+        keep(new, more, kid, len(load.services))
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(
         services=services,
@@ -332,12 +337,6 @@ def _outcome(
     ls: LoadedService, name: str, parts: FileParts, inp: _Inputs, files_for: Callable[[str], str | None]
 ) -> Outcome:
     """One service's desired state, or why it is blocked (pure but for `files_for`, recorded)."""
-    used: dict[str, str | None] = {}
-
-    def files(backend: str) -> str | None:
-        used[backend] = files_for(backend)
-        return used[backend]
-
     c = ls.config
     backends = inp.backends
     resolved, missing = resolve_env(c.env, inp.env)
@@ -357,7 +356,8 @@ def _outcome(
         return Outcome(None, why, warning)
     env_hash = env_values_hash(inp.salt, resolved)
     config = parts.config_json
-    spec_hash = replica_hash_of(config, env_hash, backend, files(backend))
+    used = {backend: files_for(backend)}  # backend -> the code hash it used
+    spec_hash = replica_hash_of(config, env_hash, backend, used[backend])
     candidates: dict[str, str] = {}
     if not c.backends:
         pool = [b for b in (inp.default_backends or backends) if b in backends]
@@ -370,11 +370,14 @@ def _outcome(
         if backend in pool:  # the default backend first: it wins ties
             pool.remove(backend)
             pool.insert(0, backend)
+        for b in pool:
+            if b not in used:
+                used[b] = files_for(b)
         if len(pool) > 1:
-            candidates = {b: replica_hash_of(config, env_hash, b, files(b)) for b in pool}
+            candidates = {b: replica_hash_of(config, env_hash, b, used[b]) for b in pool}
         elif pool and pool[0] != backend:
             backend = pool[0]
-            spec_hash = replica_hash_of(config, env_hash, backend, files(backend))
+            spec_hash = replica_hash_of(config, env_hash, backend, used[backend])
     # made as `__init__` would (every field given), without its `object.__setattr__` per field
     template = _made(
         ReplicaSpec,
@@ -405,9 +408,9 @@ def _outcome(
         template=template,
         route=parts.route,
         env_names=parts.env_names,
-        summary=Summary(parts, backend, resolved, env_hash, used.get(backend)),
+        summary=Summary(parts, backend, resolved, env_hash, used[backend]),
         candidates=candidates,
-        secrets=dict(sorted(secrets.items())),
+        secrets=dict(sorted(secrets.items())) if secrets else {},
         at=None,
     )
     return Outcome(service, "", warning, tuple(used.items()))

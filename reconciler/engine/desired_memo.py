@@ -39,12 +39,12 @@ class File:
 
     __slots__ = ("domain", "ls", "name", "outcomes", "parts")
 
-    def __init__(self, ls: LoadedService, name: str, domain: str, parts: FileParts) -> None:
+    def __init__(self, ls: LoadedService, name: str, domain: str, parts: FileParts, kid: int, out: Outcome) -> None:
         self.ls = ls  # held: its id is not reused while kept
         self.name = name
         self.domain = domain
         self.parts = parts
-        self.outcomes: dict[int, Outcome] = {}
+        self.outcomes = {kid: out}
 
 
 # id of the loaded file -> its entry; insertion-ordered, the oldest half dropped when full. Read
@@ -78,16 +78,12 @@ def key_id(key: tuple[object, ...]) -> int:
     return found
 
 
-def keep(
-    made: list[tuple[File | None, LoadedService, str, FileParts, Outcome]], kid: int, domain: str, services: int
-) -> None:
-    """Keep this call's new outcomes (`made`: with the entry found, if any) under `kid`."""
+def keep(new: dict[int, File], more: list[tuple[File, Outcome]], kid: int, services: int) -> None:
+    """Keep a call's files first seen (`new`, by id) and its outcomes of kept files (`more`) under
+    `kid`. A file another call kept meanwhile is replaced: its other outcomes are made again."""
     with _LOCK:
-        for entry, ls, name, parts, out in made:
-            if entry is None:
-                entry = FILES.get(id(ls))
-                if entry is None or entry.ls is not ls or entry.name != name or entry.domain != domain:
-                    entry = FILES[id(ls)] = File(ls, name, domain, parts)
+        FILES.update(new)
+        for entry, out in more:
             entry.outcomes[kid] = out
             if len(entry.outcomes) > _PER_FILE:
                 del entry.outcomes[next(iter(entry.outcomes))]

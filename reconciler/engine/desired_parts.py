@@ -78,7 +78,9 @@ def file_parts(ls: LoadedService, name: str, domain: str) -> FileParts:
         # longest prefix first: the gateway applies the first that matches
         rate_limits=tuple(
             sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
-        ),
+        )
+        if c.rate_limits
+        else (),
     )
     return FileParts(c, config_json(ls), _requirements(c), scaling, route, tuple(sorted(c.env)))
 
