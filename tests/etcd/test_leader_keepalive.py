@@ -75,26 +75,31 @@ def test_a_member_holding_a_request_is_avoided_by_other_callers(
     assert len(stuck.requests(RANGE)) == 2, "the second caller waited behind the held member"
 
 
-def test_the_leader_renews_every_retry_tick_while_every_member_holds_requests(
-    proxies: list[HoldingProxy],
-) -> None:
+def test_the_leader_rides_out_every_member_holding_requests_for_2_7_s(proxies: list[HoldingProxy]) -> None:
+    """What a raft leader lost under load looks like to the client: for a while every member
+    holds what it is sent (a follower forwards a renewal to the dead leader and never answers),
+    then they answer again. The hold starts 1.5 s after a keepalive (just before a ttl/3 period
+    would send the next) and ends 4.2 s after it: a leader still waiting on requests it sent
+    during the hold, or for its next period, would pass its 4 s deadline and step down."""
     client = client_over([p.port for p in proxies])
     leadership = Leadership(client, node="keeper", ttl=5)
     assert leadership.try_acquire()
     try:
-        time.sleep(1.0)
-        held_at = time.monotonic()
-        for p in proxies:  # like an election: every member holds what it is sent, then answers again
+        while not (seen := [t for p in proxies for t, _ in p.requests(KEEPALIVE)]):
+            time.sleep(0.01)
+        held_at = min(seen) + 1.5
+        time.sleep(held_at - time.monotonic())
+        for p in proxies:
             p.held.set()
-        time.sleep(2.5)
+        time.sleep(2.7)
         for p in proxies:
             p.held.clear()
         time.sleep(1.5)
-        assert not leadership.lost.is_set(), "the leader stepped down over a 2.5 s hold"
+        assert not leadership.lost.is_set(), "the leader stepped down over a 2.7 s hold"
         tries = [t for p in proxies for t, held in p.requests(KEEPALIVE, since=held_at) if held]
-        # A renewal every RETRY_FAILED s while none is answered (about 10 here); the old cadence
-        # (the next one a ttl/3 period later, 2 s per member) made 2 at most.
-        assert len(tries) >= 2.5 / RETRY_FAILED / 2, f"{len(tries)} keepalives in 2.5 s of holding"
+        # A fresh renewal every RETRY_FAILED s while none is answered (about 10 here); a ttl/3
+        # cadence with 2 s per member sent 2.
+        assert len(tries) >= 2.7 / RETRY_FAILED / 2, f"{len(tries)} keepalives in 2.7 s of holding"
     finally:
         leadership.resign()
 
@@ -122,10 +127,10 @@ def test_etcd_out_of_reach_stops_the_leader_while_its_key_still_exists(
 
 @pytest.fixture
 def slow_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    """Its own 3 members, electing a new raft leader 1.5-3 s after losing one (etcd's default:
-    1-2 s), as a loaded machine does."""
+    """Its own 3 members, electing a new raft leader 1.2-2.4 s after losing one (etcd's default:
+    1-2 s), as a busier machine does."""
     (tmp_path / "etcd").mkdir()
-    cluster = EtcdCluster(tmp_path / "etcd", election_ms=1500)
+    cluster = EtcdCluster(tmp_path / "etcd", election_ms=1200)
     cluster.start()
     try:
         cluster.wait_healthy()
@@ -145,8 +150,13 @@ def test_pausing_the_raft_leader_never_steps_the_leader_down(slow_cluster: EtcdC
             paused = time.time()
             cluster.pause(victim)  # requests to it hang: the worst case for the client
             time.sleep(5.0)  # past ttl - margin: a leader whose renewals all failed has stood down
+            a.drain()
+            seen = [f"{e['event']}@{e['at'] - paused:.1f}" for e in a.seen if e["at"] > paused]
+            assert not events(a, "standby", paused), f"round {round_}: the leader stepped down: {seen}"
+            # Its writes resume once a member answers them (one asked before the election may
+            # hold a write for the client's timeout: writes are not retried in parallel).
+            a.wait_for("wrote", 10)
             assert not events(a, "standby", paused), f"round {round_}: the leader stepped down"
-            assert events(a, "wrote", paused + 4.0), f"round {round_}: the leader stopped writing"
             cluster.resume(victim)
             cluster.wait_healthy()
             time.sleep(0.3 * round_)  # another phase against the leader's keepalives
