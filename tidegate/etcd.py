@@ -196,12 +196,10 @@ class EtcdClient:
         self._authenticate(client)  # an expired auth token: once more with a new one
         return send(client, path, body, timeout, self._request_options)
 
-    def call(
-        self, path: str, body: Mapping[str, Any], timeout: float | None = None, budget: float | None = None
-    ) -> dict[str, Any]:
+    def call(self, path: str, body: Mapping[str, Any], budget: float | None = None) -> dict[str, Any]:
         """POST `body` to `/v3/<path>`, trying each endpoint once (tidegate.etcd_transport: the
-        last that answered first, those that just failed last), each for at most `timeout` s
-        (default: the client's), all of them within `budget` s when given (a caller's deadline).
+        last that answered first, those that failed or hold a request last), each for at most
+        the client's timeout, all of them within `budget` s when given (a caller's deadline).
         No endpoint answering is EtcdUnavailable; etcd refusing this client as configured (TLS
         trust, client certificate, user, permission) is EtcdRefused; any other error answer is
         EtcdError."""
@@ -213,7 +211,7 @@ class EtcdClient:
         asked: set[int] = set()
         while len(asked) < len(self._clients):
             now = time.monotonic()
-            idx = self._endpoints.order(now, frozenset(asked))[0]  # again each time: others may have failed since
+            idx = self._endpoints.order(now, frozenset(asked))[0]  # anew: others may have failed
             asked.add(idx)
             client = self._clients[idx]
             endpoint = f"{client.host}:{client.port}"
@@ -223,7 +221,7 @@ class EtcdClient:
                 continue
             out = self._endpoints.asking(idx, now)
             try:
-                answer = self._post(client, path, body, min(timeout or self.timeout, left))
+                answer = self._post(client, path, body, min(self.timeout, left))
             except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, ex.InternalServerError) as e:
                 self._endpoints.failed(idx, out, time.monotonic())
                 reason = refusal(detail_of(e), self.location, endpoint)
@@ -271,8 +269,8 @@ class EtcdClient:
             self.txn([never], [op_put(base + "probe", b"")])
 
     # -- key/value -------------------------------------------------------------------------
-    def get(self, key: str, timeout: float | None = None, budget: float | None = None) -> KV | None:
-        answer = self.call("/kv/range", {"key": b64(key)}, timeout, budget)
+    def get(self, key: str, budget: float | None = None) -> KV | None:
+        answer = self.call("/kv/range", {"key": b64(key)}, budget)
         kvs = answer.get("kvs") or []
         return kv_of(kvs[0]) if kvs else None
 
@@ -313,9 +311,9 @@ class EtcdClient:
         answer = self.call("/lease/grant", {"TTL": str(ttl), "ID": "0"})
         return int(answer["ID"])
 
-    def keepalive(self, lease: int, timeout: float | None = None, budget: float | None = None) -> int:
+    def keepalive(self, lease: int, budget: float | None = None) -> int:
         """Refresh `lease`; its remaining TTL (<= 0: the lease is gone)."""
-        answer = self.call("/lease/keepalive", {"ID": str(lease)}, timeout, budget)
+        answer = self.call("/lease/keepalive", {"ID": str(lease)}, budget)
         result = answer.get("result", answer)
         return int(result.get("TTL", 0) or 0)
 
