@@ -126,7 +126,7 @@ def test_etcd_out_of_reach_stops_the_leader_while_its_key_still_exists(
 
 
 @pytest.fixture
-def slow_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+def own_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
     """Its own 3 members (members are paused here) with etcd's default election timeout: a new
     raft leader 1-2 s after losing one. Slower elections (1.5 s timeouts) made the drill fail about
     one round in five on a loaded machine: the 4 s deadline then leaves too little for the renewal
@@ -142,8 +142,8 @@ def slow_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 
 @pytest.mark.slow
-def test_pausing_the_raft_leader_never_steps_the_leader_down(slow_cluster: EtcdCluster) -> None:
-    cluster = slow_cluster
+def test_pausing_the_raft_leader_never_steps_the_leader_down(own_cluster: EtcdCluster) -> None:
+    cluster = own_cluster
     a = Contender(cluster.url("paused"), "a", ttl=5)  # the production lease
     try:
         a.wait_for("wrote", 30)
