@@ -15,12 +15,10 @@ from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring_ascii
 
 from backends.base import Requirements
-from reconciler.config.loader import LoadedService, canonical_json
+from reconciler.config.loader import SHARED_FIELDS, LoadedService, canonical_json, model_json
 from reconciler.config.models import ServiceConfig
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
-from reconciler.engine.config_json import ROUTING_ONLY_FIELDS as ROUTING_ONLY_FIELDS
-from reconciler.engine.config_json import fast_config_json
 from reconciler.engine.naming import service_host
 from reconciler.state.records import RouteInfo
 from tidegate.routes import ModelFormat, ModelRoute
@@ -276,6 +274,10 @@ def _model_route(ls: LoadedService) -> ModelRoute | None:
     )
 
 
+# Fields that change routing or the replica count but not what a replica runs: changing them
+# must not roll the replicas (the loader's own spec_hash covers the whole file).
+# `probes` decide when a replica is routed, `rate_limits` what the gateway lets through.
+ROUTING_ONLY_FIELDS = frozenset({"replicas", "scaling", "auth", "model", "probes", "rate_limits"})
 _ROUTING_ONLY = set(ROUTING_ONLY_FIELDS)  # as model_dump takes it (never changed)
 # `retry` and `max_duration` only take the values that say what tidegate does anyway
 # (reconciler.config.models.RETRY_UNSUPPORTED): `retry: true` changes nothing that runs. They are
@@ -305,10 +307,12 @@ def replica_spec_hash_plain(ls: LoadedService, env_hash: str, backend: str, file
 
 
 def config_json(ls: LoadedService) -> bytes:
-    """The canonical JSON of the config's hashed fields: `_config_json`'s bytes, written faster
-    when the config allows (reconciler.engine.config_json; off with the memos)."""
-    text = fast_config_json(ls.config) if memo.enabled else None
-    return text if text is not None else _config_json(ls)
+    """The canonical JSON of the config's hashed fields: `_config_json`'s bytes, written from the
+    config's fields by the loader's `model_json` (the spec hash's writer; the reference when
+    the memos are off)."""
+    if not memo.enabled:
+        return _config_json(ls)
+    return model_json(ls.config, exclude=ROUTING_ONLY_FIELDS, nulls=NO_EFFECT_FIELDS, shared=SHARED_FIELDS)
 
 
 def _config_json(ls: LoadedService) -> bytes:

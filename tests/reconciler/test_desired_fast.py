@@ -1,5 +1,5 @@
 """A cold desired set's fast paths equal the plain ones: the config's JSON written from its
-attributes (reconciler.engine.config_json), requirements kept by resources instance, summaries
+attributes (reconciler.config.canonical's model_json), requirements kept by resources instance, summaries
 made when read, services made without their `__init__`, the table kept per loaded file. Every
 field of every service (summaries read out, spec hashes) is compared with the memos and fast paths
 off, over varied configs: the examples, the dstack page's examples, generated ones and odd values.
@@ -16,7 +16,7 @@ import pytest
 
 from backends.base import ReplicaSpec
 from reconciler.config.loader import LoadedService, LoadResult, load_tree
-from reconciler.engine import config_json, memo
+from reconciler.engine import memo
 from reconciler.engine.desired import (
     DesiredService,
     DesiredSet,
@@ -25,7 +25,7 @@ from reconciler.engine.desired import (
     replica_spec_hash,
     replica_spec_hash_plain,
 )
-from reconciler.engine.desired_parts import Summary, _config_json, _requirements, summary
+from reconciler.engine.desired_parts import Summary, _config_json, _requirements, config_json, summary
 
 # the odd values below are what validation never makes: pydantic warns when it dumps them
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
@@ -178,20 +178,15 @@ def test_the_fast_set_is_the_plain_one(loads: list[LoadResult], env: dict[str, s
                 assert h == replica_spec_hash_plain(ls, env_hash, b, "c" * 64 if b == "local" else None)
 
 
-def test_the_config_json_is_the_reference_and_fast_where_it_can_be(loads: list[LoadResult]) -> None:
-    assert config_json.ENABLED
-    fast = 0
+def test_the_config_json_is_the_reference(loads: list[LoadResult]) -> None:
     for load in loads:
         for ls in load.services.values():
-            text = config_json.fast_config_json(ls.config)
-            assert text is None or text == _config_json(ls), ls.name
-            fast += text is not None
+            assert config_json(ls) == _config_json(ls), ls.name
             for backend, files in (("local", "f" * 64), ("aws", None), ('we"ird\u00e9', "x")):
                 assert replica_spec_hash(ls, "e" * 64, backend, files) == replica_spec_hash_plain(ls, "e" * 64, backend, files)
             assert _requirements(ls.config) == ls.config.requirements()
-    floated = ls.config.model_copy(update={"commands": [1.5], "max_price": None})  # a float: by hand only
-    assert config_json.fast_config_json(floated) is None
-    assert fast > 50  # the path is taken: a max_price, a float or non-ASCII text take the reference
+    floated = replace(ls, config=ls.config.model_copy(update={"commands": [1.5], "max_price": None}))  # by hand only
+    assert config_json(floated) == _config_json(floated)
 
 
 def test_services_made_without_init_equal_the_constructed(loads: list[LoadResult]) -> None:
