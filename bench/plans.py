@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import BackendRegistry  # noqa: E402
 from bench.reconcile import SERVICE, write_tree  # noqa: E402
-from reconciler.config import loader, models, quickyaml, yamldoc  # noqa: E402
+from reconciler.config import canonical, loader, models, quickyaml, yamldoc  # noqa: E402
 from reconciler.engine import memo, settled  # noqa: E402
 from reconciler.engine.reconcile import Engine, EngineSettings, Snapshot  # noqa: E402
 from reconciler.source import code_files, trees  # noqa: E402
@@ -66,6 +66,8 @@ TARGETS = {"config load 1000": 0.040, "cold 1000": 0.100, "cold 10000": 1.0, "on
 def forget() -> None:
     """Every in-process cache emptied: what a new process starts with."""
     loader.PARSE_CACHE.clear()
+    canonical.clear()
+    quickyaml.clear()
     memo.clear_all()
     code_files.clear_cache()
     for m in models.MEMOS.values():
@@ -74,7 +76,7 @@ def forget() -> None:
 
 def switch(on: bool) -> None:
     loader.PARSE_CACHE.enabled = memo.enabled = code_files.FAST = settled.enabled = quickyaml.ENABLED = on
-    doc_copy.COPY_ON_WRITE = on
+    canonical.FAST = doc_copy.COPY_ON_WRITE = on
     for m in models.MEMOS.values():
         m.enabled = on
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +46,7 @@ from tidegate.etcd_refusals import EtcdError as EtcdError
 from tidegate.etcd_refusals import EtcdRefused as EtcdRefused
 from tidegate.etcd_refusals import EtcdUnavailable as EtcdUnavailable
 from tidegate.etcd_refusals import detail_of, refusal
+from tidegate.etcd_transport import Endpoints, send
 
 log = logging.getLogger("tidegate.etcd")
 
@@ -60,6 +62,8 @@ PREVIEWS_PREFIX = "previews/"
 SHARED_DOCS = ("state.json", "installation.json", "routes.json", "tokens.json")
 # Each request's bound: a member that lost quorum answers nothing; we must move on quickly.
 DEFAULT_TIMEOUT = 2.0
+# Below this much time left, another member is not worth asking: the caller's deadline is past.
+MIN_ATTEMPT = 0.05
 
 
 def is_etcd_url(value: str | None) -> bool:
@@ -157,8 +161,7 @@ class EtcdClient:
         # requests lets $REQUESTS_CA_BUNDLE/$CURL_CA_BUNDLE override a session's CA bundle (its
         # merge_environment_settings); --etcd-cacert must win, so every request names it.
         self._request_options: dict[str, Any] = {"verify": location.cacert} if location.cacert else {}
-        self._current = 0
-        self._lock = threading.Lock()
+        self._endpoints = Endpoints(len(self._clients))
         self._token: str | None = None
 
     # -- transport -------------------------------------------------------------------------
@@ -180,38 +183,47 @@ class EtcdClient:
             c.session.headers["Authorization"] = token
         self._token = token
 
-    def _post(self, client: Any, path: str, body: Mapping[str, Any]) -> Any:
+    def _post(self, client: Any, path: str, body: Mapping[str, Any], timeout: float) -> Any:
         from etcd3gw import exceptions as ex
 
         if self.location.user and self._token is None:
             self._authenticate(client)
         try:
-            return client.post(client.get_url(path), json=dict(body), **self._request_options)
+            return send(client, path, body, timeout, self._request_options)
         except ex.Etcd3Exception as e:
             if "token" not in detail_of(e).lower() or not self.location.user:
                 raise
         self._authenticate(client)  # an expired auth token: once more with a new one
-        return client.post(client.get_url(path), json=dict(body), **self._request_options)
+        return send(client, path, body, timeout, self._request_options)
 
-    def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST `body` to `/v3/<path>`, trying each endpoint once (starting with the last that
-        answered). No endpoint answering is EtcdUnavailable; etcd refusing this client as
-        configured (TLS trust, client certificate, user, permission) is EtcdRefused; any other
-        error answer is EtcdError."""
+    def call(self, path: str, body: Mapping[str, Any], budget: float | None = None) -> dict[str, Any]:
+        """POST `body` to `/v3/<path>`, trying each endpoint once (tidegate.etcd_transport: the
+        last that answered first, those that failed or hold a request last), each for at most
+        the client's timeout, all of them within `budget` s when given (a caller's deadline).
+        No endpoint answering is EtcdUnavailable; etcd refusing this client as configured (TLS
+        trust, client certificate, user, permission) is EtcdRefused; any other error answer is
+        EtcdError."""
         from etcd3gw import exceptions as ex
 
         errors: list[str] = []
         refused: list[str] = []
-        with self._lock:
-            start = self._current
-        n = len(self._clients)
-        for i in range(n):
-            idx = (start + i) % n
+        began = time.monotonic()
+        asked: set[int] = set()
+        while len(asked) < len(self._clients):
+            now = time.monotonic()
+            idx = self._endpoints.order(now, frozenset(asked))[0]  # anew: others may have failed
+            asked.add(idx)
             client = self._clients[idx]
             endpoint = f"{client.host}:{client.port}"
+            left = math.inf if budget is None else budget - (now - began)
+            if left < MIN_ATTEMPT:
+                errors.append(f"{endpoint}: not asked (out of time)")
+                continue
+            out = self._endpoints.asking(idx, now)
             try:
-                answer = self._post(client, path, body)
+                answer = self._post(client, path, body, min(self.timeout, left))
             except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, ex.InternalServerError) as e:
+                self._endpoints.failed(idx, out, time.monotonic())
                 reason = refusal(detail_of(e), self.location, endpoint)
                 if reason is not None:
                     refused.append(reason)
@@ -225,16 +237,21 @@ class EtcdClient:
             except ex.Etcd3Exception as e:
                 detail = detail_of(e)
                 reason = refusal(detail, self.location, endpoint)
-                if reason is not None:
-                    raise EtcdRefused(reason) from None
-                if "no leader" in detail or "timed out" in detail or "unhealthy" in detail:
+                if reason is None and ("no leader" in detail or "timed out" in detail or "unhealthy" in detail):
+                    self._endpoints.failed(idx, out, time.monotonic())
                     errors.append(f"{endpoint}: {detail.strip()[:120]}")
                     continue
+                self._endpoints.finished(idx, out)
+                if reason is not None:
+                    raise EtcdRefused(reason) from None
                 raise EtcdError(f"etcd {path}: {detail.strip()[:300]}") from e
             except OSError as e:  # a TLS file requests could not load (unreadable, not PEM)
+                self._endpoints.finished(idx, out)
                 raise EtcdRefused(f"etcd TLS files (--etcd-cacert/--etcd-cert/--etcd-key): {e}") from None
-            with self._lock:
-                self._current = idx
+            except BaseException:
+                self._endpoints.finished(idx, out)
+                raise
+            self._endpoints.answered(idx, out)
             return dict(answer)
         if refused and len(refused) == len(errors):
             raise EtcdRefused(refused[0])
@@ -252,8 +269,8 @@ class EtcdClient:
             self.txn([never], [op_put(base + "probe", b"")])
 
     # -- key/value -------------------------------------------------------------------------
-    def get(self, key: str) -> KV | None:
-        answer = self.call("/kv/range", {"key": b64(key)})
+    def get(self, key: str, budget: float | None = None) -> KV | None:
+        answer = self.call("/kv/range", {"key": b64(key)}, budget)
         kvs = answer.get("kvs") or []
         return kv_of(kvs[0]) if kvs else None
 
@@ -294,9 +311,9 @@ class EtcdClient:
         answer = self.call("/lease/grant", {"TTL": str(ttl), "ID": "0"})
         return int(answer["ID"])
 
-    def keepalive(self, lease: int) -> int:
+    def keepalive(self, lease: int, budget: float | None = None) -> int:
         """Refresh `lease`; its remaining TTL (<= 0: the lease is gone)."""
-        answer = self.call("/lease/keepalive", {"ID": str(lease)})
+        answer = self.call("/lease/keepalive", {"ID": str(lease)}, budget)
         result = answer.get("result", answer)
         return int(result.get("TTL", 0) or 0)
 
@@ -310,8 +327,7 @@ class EtcdClient:
         """Events ("PUT" | "DELETE", kv) under `prefix` from `start_revision`, until `stop` is set
         or the stream ends (the iterator then returns: the caller re-reads and watches again).
         The stream asks etcd for progress notices so a dead connection is noticed by its silence."""
-        with self._lock:
-            client = self._clients[self._current]
+        client = self._clients[self._endpoints.order(time.monotonic())[0]]
         request: dict[str, Any] = {
             "create_request": {
                 "key": b64(prefix),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
@@ -224,13 +224,21 @@ class TreeIndex:
     files are executable. The source makes one only for a folder it extracted from exactly these
     objects and only when the folder is plain (no symbolic link, no submodule, no `.gitattributes`
     that could make the extraction leave a file out or rewrite it), so `scan_index` (and the code
-    hash, reconciler.source.code_files) can stand for the walk. `files` is kept in `walk_order`."""
+    hash, reconciler.source.code_files) can stand for the walk. `files` is kept in `walk_order`.
+
+    `texts`: blob id -> the bytes of config files the source wrote into the folder from this
+    index (at most TEXTS_KEPT bytes in all), so a cold load need not read them back from the
+    folder: a blob id names exactly one content, the one the folder's file holds."""
 
     files: Mapping[str, bytes]
     executable: frozenset[str] = frozenset()
+    texts: dict[bytes, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", {p: self.files[p] for p in sorted(self.files, key=walk_order)})
+
+
+TEXTS_KEPT = 32 << 20  # bytes of config files a TreeIndex keeps (`texts`)
 
 
 def scan_index(root: Path, index: TreeIndex, subpath: str | None) -> list[str] | None:

@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import msgspec
-
 from reconciler.config import ServiceConfig
+from reconciler.config.canonical import canonical_json, model_json
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.config.discovery import (
     IGNORE_FILES,
+    TEXTS_KEPT,
     TreeIndex,
     discover,
     is_config_file,
@@ -49,6 +49,7 @@ from reconciler.config.discovery import (
     scan,
     scan_index,
 )
+from reconciler.config.models import MEMOS
 from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
 from reconciler.config.parse_cache import PARSE_CACHE, ParseCache
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
@@ -56,6 +57,8 @@ from reconciler.config.yamldoc import Position
 
 __all__ = [
     "PARSE_CACHE",
+    "SHARED_FIELDS",
+    "TEXTS_KEPT",
     "Diagnostic",
     "LoadResult",
     "LoadedService",
@@ -67,11 +70,14 @@ __all__ = [
     "discover",
     "is_config_file",
     "load_tree",
+    "model_json",
     "outside_links",
     "spec_hash",
 ]
 
 MAX_FILE_BYTES = 1_000_000
+# fields whose values the value memo shares between configs: their JSON is kept by identity
+SHARED_FIELDS = frozenset(MEMOS)
 
 
 @dataclass(frozen=True)
@@ -117,34 +123,10 @@ def derive_service_name(path: str) -> str:
 def spec_hash(config: ServiceConfig) -> str:
     """sha256 over canonical JSON of everything that changes what runs. Literal env values are in
     (changing one must roll the replicas); bare keys count by name only, their values come later."""
-    payload = config.model_dump(mode="json")
-    for added in ("probes", "rate_limits"):  # added later: a file without them keeps its old hash
-        if not payload.get(added):
-            payload.pop(added, None)
-    return hashlib.sha256(canonical_json(payload)).hexdigest()
-
-
-_ENCODE = msgspec.json.Encoder(order="sorted").encode
-# a float msgspec writes otherwise than json.dumps (1e16 and up, below 1e-4: `1e16`, `0.00001`)
-_EXPONENT = re.compile(rb"e[-0-9]")
-
-
-def canonical_json(payload: Any) -> bytes:
-    """`json.dumps(payload, sort_keys=True, separators=(",", ":"))`, the spec hash's text: a hash
-    must not change across versions (a new one rolls every replica). msgspec writes the same
-    bytes ~7x faster for ASCII text and ordinary floats; anything else (non-ASCII or DEL, which
-    json.dumps escapes; floats it writes in exponent form; inf and NaN, which msgspec writes as
-    null, so the text does not read back equal) takes json.dumps."""
-    fast = _ENCODE(payload)
-    if (
-        fast.isascii()
-        and b"\x7f" not in fast
-        and b"0.0000" not in fast
-        and not _EXPONENT.search(fast)
-        and msgspec.json.decode(fast) == payload
-    ):
-        return fast
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    # added later: a file without them keeps its old hash (`canonical.model_json`: the bytes of
+    # canonical_json(model_dump(mode="json")) with those keys popped when empty)
+    dropped = [added for added in ("probes", "rate_limits") if not getattr(config, added)]
+    return hashlib.sha256(model_json(config, exclude=dropped, shared=SHARED_FIELDS)).hexdigest()
 
 
 def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:
@@ -176,6 +158,9 @@ def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
     return PARSE_CACHE.derived(item, name, make)
 
 
+_NO_TEXTS: Mapping[bytes, bytes] = {}
+
+
 def _fingerprint(profile: Mapping[str, Any] | None) -> str:
     if profile is None:
         return ""
@@ -183,14 +168,23 @@ def _fingerprint(profile: Mapping[str, Any] | None) -> str:
 
 
 def _parse_file(
-    root: Path, rel: str, profile: Mapping[str, Any] | None, profile_key: str, blob: bytes | None = None
+    root: Path,
+    rel: str,
+    profile: Mapping[str, Any] | None,
+    profile_key: str,
+    blob: bytes | None = None,
+    texts: Mapping[bytes, bytes] = _NO_TEXTS,
 ) -> ParsedFile:
     """One config file read and parsed (through PARSE_CACHE). `blob`: its content's id from the
-    source's index (`TreeIndex`): the cache is asked by it, and the file is read only on a miss."""
+    source's index (`TreeIndex`): the cache is asked by it, and the file is read only on a miss,
+    and not even then when the index holds the blob's bytes (`texts`: TreeIndex.texts)."""
     if blob is not None and PARSE_CACHE.enabled:
 
         def read_and_parse() -> ParsedFile:
-            return _parse_bytes(_read_bytes(f"{root}/{rel}"), rel, profile)  # an OSError is not cached
+            data = texts.get(blob)
+            if data is None:
+                data = _read_bytes(f"{root}/{rel}")  # an OSError is not cached
+            return _parse_bytes(data, rel, profile)
 
         try:
             return PARSE_CACHE.parsed((rel, b"blob:" + blob, profile_key), read_and_parse)
@@ -279,6 +273,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
     indexed = scan_index(root, index, subpath) if index is not None else None
     found, links = (indexed, []) if indexed is not None else scan(root, subpath)
     blobs = index.files if indexed is not None and index is not None else {}
+    texts = index.texts if indexed is not None and index is not None else _NO_TEXTS
     linked_out = {d.path: d for d in links if d.severity == Severity.ERROR}
     diagnostics += [d for d in links if d.path not in linked_out]
     base = subpath if subpath and (root / subpath).is_dir() else None
@@ -288,7 +283,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
         if rel in linked_out:
             parsed.append(ParsedFile(FileKind.INVALID, rel, None, None, [linked_out[rel]]))
             continue
-        parsed.append(_parse_file(root, rel, profile, profile_key, blobs.get(rel)))
+        parsed.append(_parse_file(root, rel, profile, profile_key, blobs.get(rel), texts))
     by_name: dict[str, list[ParsedFile]] = {}
     for item in parsed:
         if item.kind == FileKind.SKIPPED:
@@ -303,6 +298,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
         by_name.setdefault(name, []).append(item)
     services: dict[str, LoadedService] = {}
     failed: dict[str, str] = {}
+    profiles_ok = profiles.ok
     for name, items in by_name.items():
         if len(items) > 1:
             paths = [i.path for i in items]
@@ -318,7 +314,7 @@ def _load(root: Path, subpath: str | None, index: TreeIndex | None = None) -> Lo
             failed[name] = items[0].path
             continue
         item = items[0]
-        if item.config is None or not profiles.ok:
+        if item.config is None or not profiles_ok:
             failed[name] = item.path
             continue
         services[name] = _loaded_service(item, name)
@@ -389,7 +385,7 @@ def _from_last_load(
             name = by_path.get(path)
             if name is None or before.config is None:
                 break  # a failed or skipped file before: its problems may change others
-            item = _parse_file(root, path, profile, profile_key, index.files[path])
+            item = _parse_file(root, path, profile, profile_key, index.files[path], index.texts)
             new_name = item.config and (item.config.name or item.name or derive_service_name(_relative(path, base)))
             if item.kind == FileKind.SKIPPED or item.config is None or new_name != name:
                 break

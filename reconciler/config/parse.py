@@ -243,7 +243,12 @@ _KNOWN_KEYS = frozenset(ServiceConfig.model_fields)
 
 
 def _drop_foreign_keys(data: dict[Any, Any], out: Collector) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
+    if data.keys() <= _KNOWN_KEYS:  # (the usual file: the loop below would copy every key)
+        raw: dict[str, Any] = dict(data)
+        for prefix, fields in DSTACK_ONLY_NESTED.items():
+            raw = _drop_nested(raw, prefix, fields, out)
+        return raw
+    raw = {}
     for key, value in data.items():
         if isinstance(key, str) and key in _KNOWN_KEYS:
             raw[key] = value

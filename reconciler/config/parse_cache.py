@@ -70,11 +70,12 @@ class ParseCache:
 
     def derived(self, item: ParsedFile, name: str, make: Callable[[], T]) -> T:
         """`make()` computed once per cached entry and name (every time when `item` is not cached)."""
-        with self._lock:
-            known = self._derived.get(id(item)) if self.enabled else None
-            if known is not None and name in known:
-                value: T = known[name]
-                return value
+        # read without the lock: the maps change only under it, and a read sees them before or after
+        # (`item` is alive, so an entry under its id is its own)
+        known = self._derived.get(id(item)) if self.enabled else None
+        if known is not None and name in known:
+            value: T = known[name]
+            return value
         value = make()
         with self._lock:
             known = self._derived.get(id(item)) if self.enabled else None

@@ -193,35 +193,35 @@ def quick_load(text: str) -> Any:
     return data
 
 
-def _count(
-    value: Any,
-    depth: int,
-    found: list[Any],
-    _words: frozenset[str] = _WORDS,
-    _suspect: dict[str, re.Pattern[str]] = _SUSPECT,
-) -> int:
+def _count(value: Any, depth: int, found: list[Any]) -> int:
     """Nodes in `value` (as yamldoc counts them); every suspect string (see _SUSPECT) and every
     number is added to `found`; _Refused for anything else unusual."""
     kind = type(value)
     if kind is str:
-        if value in _words or (value and value[0] in _suspect and _suspect[value[0]].match(value)):
+        if _suspect(value):
             found.append(value)
         return 1
     if kind is dict:
         if depth > MAX_DEPTH:
             raise _Refused
-        nodes = 1
-        for key, item in value.items():
-            if type(key) is not str or (not key.isidentifier() and _has_space(key)):
-                raise _Refused  # a complex key, or one on two lines (PyYAML: an error)
-            if key in _words or (key and key[0] in _suspect and _suspect[key[0]].match(key)):
-                found.append(key)
-            if type(item) is str:  # (the usual value, checked here rather than by a call)
-                if item in _words or (item and item[0] in _suspect and _suspect[item[0]].match(item)):
+        nodes = 1 + len(value)  # the mapping and its keys
+        if not value.keys() <= _PLAIN_KEYS:
+            for key in value:
+                if type(key) is not str or (not key.isidentifier() and _has_space(key)):
+                    raise _Refused  # a complex key, or one on two lines (PyYAML: an error)
+                if _suspect(key):
+                    found.append(key)
+                elif len(_PLAIN_KEYS) < _PLAIN_KEYS_KEPT:
+                    _PLAIN_KEYS.add(key)
+        for item in value.values():
+            if type(item) is str:  # (the usual value: `_suspect` inline up to its regular expressions)
+                if item in _WORDS or (
+                    item and item[0] in _SUSPECT and item not in _NOT_SUSPECT and _suspect_match(item)
+                ):
                     found.append(item)
-                nodes += 2
+                nodes += 1
             else:
-                nodes += 1 + _count(item, depth + 1, found)
+                nodes += _count(item, depth + 1, found)
         return nodes
     if kind is list:
         if depth > MAX_DEPTH:
@@ -229,7 +229,9 @@ def _count(
         nodes = 1
         for item in value:
             if type(item) is str:
-                if item in _words or (item and item[0] in _suspect and _suspect[item[0]].match(item)):
+                if item in _WORDS or (
+                    item and item[0] in _SUSPECT and item not in _NOT_SUSPECT and _suspect_match(item)
+                ):
                     found.append(item)
                 nodes += 1
             else:
@@ -240,6 +242,39 @@ def _count(
     elif kind is not bool and value is not None:
         raise _Refused  # a tuple (complex key), a date, bytes...
     return 1
+
+
+# Strings known not to be suspect (`_suspect`), kept: a repository writes the same keys and the
+# same resource ranges (`1..`, `24GB..`) in every file, and the answer depends on the string only.
+# `_PLAIN_KEYS` holds keys that are also single-line strings (`_count`'s other key check).
+_PLAIN_KEYS: set[str] = set()
+_PLAIN_KEYS_KEPT = 4096
+_NOT_SUSPECT: set[str] = set()
+
+
+def clear() -> None:
+    """Forget the strings kept as plain (`_PLAIN_KEYS`, `_NOT_SUSPECT`): what a new process has."""
+    _PLAIN_KEYS.clear()
+    _NOT_SUSPECT.clear()
+
+
+def _suspect(value: str) -> bool:
+    """A string PyYAML may read otherwise when it is written plain (see _SUSPECT, _WORDS)."""
+    if value in _WORDS:
+        return True
+    if not value or value[0] not in _SUSPECT or value in _NOT_SUSPECT:
+        return False
+    return _suspect_match(value)
+
+
+def _suspect_match(value: str) -> bool:
+    """`_suspect` for a string starting with a character of _SUSPECT, not known to be plain."""
+    if _SUSPECT[value[0]].match(value):
+        return True
+    if len(_NOT_SUSPECT) >= _PLAIN_KEYS_KEPT:
+        _NOT_SUSPECT.clear()
+    _NOT_SUSPECT.add(value)
+    return False
 
 
 def _has_space(value: str) -> bool:

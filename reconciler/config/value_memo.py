@@ -46,10 +46,10 @@ def value_key(value: Any, depth: int = 0) -> Hashable:
             if type(name) is not str:
                 raise _Unkeyed
             key.append(name)
-            key.append(value_key(item, depth + 1))
+            key.append(item if type(item) is str else value_key(item, depth + 1))  # (a string is its key)
         return tuple(key)
     if kind is list:
-        return ("list", *(value_key(item, depth + 1) for item in value))
+        return ("list", *(item if type(item) is str else value_key(item, depth + 1) for item in value))
     raise _Unkeyed
 
 

@@ -29,25 +29,26 @@ nothing reads os.environ); the code hash below is read from the checkout once pe
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from backends.base import ReplicaSpec
 from reconciler.config.diagnostics import Diagnostic
 from reconciler.config.loader import LoadedService, LoadResult
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
+from reconciler.engine.desired_memo import FILES, File, Outcome, keep, key_id
 from reconciler.engine.desired_parts import (
     NO_EFFECT_FIELDS,
     ROUTING_ONLY_FIELDS,
-    Static,
+    FileParts,
+    Summary,
+    file_parts,
+    replica_hash_of,
     replica_spec_hash,
     replica_spec_hash_plain,
-    static_of,
-    summary_of,
 )
 from reconciler.engine.naming import replica_id
 from reconciler.source.code_files import code_hash_at
@@ -179,15 +180,6 @@ def resolve_env(
     return out, missing
 
 
-# Per unchanged file (the parse cache's LoadedService object) and the other inputs: see
-# reconciler.engine.memo. Each is the result of a pure function of exactly the key.
-_STATIC: memo.IdentityMemo[Static] = memo.memo()  # (name, domain)
-
-
-def _spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str | None) -> str:
-    return replica_spec_hash(ls, env_hash, backend, files)  # the config's JSON is memoized: the rest is one sha256
-
-
 def choose_backend(
     requested: Sequence[str], configured: Sequence[str], default: str
 ) -> tuple[str | None, str]:
@@ -233,12 +225,12 @@ def build_desired(
     deployed branch (True) or a PR's head (False: its replicas are sandboxed without exception and
     get no operator egress rules; SECURITY.md).
 
-    Each service's outcome is kept (`_OUTCOMES`) by its loaded file (the parse cache's object, by
-    identity), its name and every other input of this call (`_Inputs`; the env as a salted digest),
-    with the code hash it used checked on every hit: an unchanged service is the very same
-    `DesiredService` object at every revision, and the services carry no revision or folder
-    (the set's `at` is theirs). The last call's outcomes per inputs (`_LAST_OUTCOMES`) are
-    looked at first, by name: a new revision costs a dict look-up per unchanged service."""
+    Each service's outcome is kept with its loaded file (`FILES`: by the parse cache's object,
+    by identity; with the parts its file alone decides) per every other input of this call
+    (`_Inputs`; the env as a salted digest), with the code hash it used checked on every hit: an
+    unchanged service is the very same `DesiredService` object at every revision, and the
+    services carry no revision or folder (the set's `at` is theirs). A new revision costs a dict
+    look-up per unchanged service."""
     files_memo: list[str | None] = []
 
     def files_for(backend: str) -> str | None:
@@ -272,7 +264,7 @@ def build_desired(
     warnings: dict[str, str] = {}
     current: dict[str, str | None] = {}  # backend -> its code hash in this call
 
-    def files_valid(o: _Outcome) -> bool:
+    def files_valid(o: Outcome) -> bool:
         for b, f in o.files:
             if b not in current:
                 current[b] = files_for(b)
@@ -280,30 +272,39 @@ def build_desired(
                 return False
         return True
 
-    # the outcomes of the last call with these inputs, by name: a service whose loaded file is the
-    # very same object takes its outcome from there (a dict look-up, not the memo's key building)
-    last = _LAST_OUTCOMES.get(key) if memo.enabled else None
-    made: dict[str, tuple[LoadedService, _Outcome]] = {}
+    kept = memo.enabled
+    kid = key_id(key) if kept else 0
+    table = FILES
+    new: dict[int, File] = {}  # files first seen here
+    more: list[tuple[File, Outcome]] = []  # outcomes of kept files under these inputs
     for name in sorted(load.services):
         ls = load.services[name]
-        kept = last.get(name) if last is not None else None
-        if kept is not None and kept[0] is ls and (not kept[1].files or files_valid(kept[1])):
-            out = kept[1]
-        else:
-            out = _OUTCOMES.get(ls, (name, key), partial(_outcome, ls, name, inputs, files_for), files_valid)
-        made[name] = (ls, out)
+        entry = table.get(id(ls)) if kept else None
+        out = None
+        if entry is not None:
+            if entry.ls is not ls or entry.name != name or entry.domain != domain:
+                entry = None
+            else:
+                out = entry.outcomes.get(kid)
+                if out is not None and out.files and not files_valid(out):
+                    out = None
+        if out is None:
+            if entry is not None:
+                out = _outcome(ls, name, entry.parts, inputs, files_for)
+                more.append((entry, out))
+            else:
+                parts = file_parts(ls, name, domain)
+                out = _outcome(ls, name, parts, inputs, files_for)
+                if kept:
+                    new[id(ls)] = File(ls, name, domain, parts, kid, out)
         if out.warning:
             warnings[name] = out.warning
         if out.service is not None:
             services[name] = out.service
         else:
             blocked[name] = out.blocked
-    if memo.enabled:
-        with _LAST_LOCK:  # the engine's pass and the previews' build in their own threads
-            _LAST_OUTCOMES.pop(key, None)
-            _LAST_OUTCOMES[key] = made
-            while len(_LAST_OUTCOMES) > _LAST_KEPT:
-                del _LAST_OUTCOMES[next(iter(_LAST_OUTCOMES))]
+    if new or more:
+        keep(new, more, kid, len(load.services))
     failed = {name: str(path) for name, path in load.failed.items() if name not in services}
     return DesiredSet(
         services=services,
@@ -332,32 +333,10 @@ class _Inputs:
     trusted: bool
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    service: DesiredService | None
-    blocked: str = ""
-    warning: str = ""
-    files: tuple[tuple[str, str | None], ...] = ()  # (backend, the code hash it used)
-
-
-_OUTCOMES: memo.IdentityMemo[_Outcome] = memo.memo()  # (name, _Inputs' key)
-# the inputs' key -> name -> (its loaded file, its outcome) of the last call with those inputs
-# (a few keys: production's settings and a pull request plan's); each outcome is also in
-# _OUTCOMES, so this only saves the look-up's cost. Cleared with the memos (memo.clear_all).
-_LAST_OUTCOMES: dict[tuple[object, ...], dict[str, tuple[LoadedService, _Outcome]]] = {}
-_LAST_KEPT = 4
-_LAST_LOCK = threading.Lock()
-memo.on_clear(_LAST_OUTCOMES.clear)
-
-
-def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[str], str | None]) -> _Outcome:
+def _outcome(
+    ls: LoadedService, name: str, parts: FileParts, inp: _Inputs, files_for: Callable[[str], str | None]
+) -> Outcome:
     """One service's desired state, or why it is blocked (pure but for `files_for`, recorded)."""
-    used: dict[str, str | None] = {}
-
-    def files(backend: str) -> str | None:
-        used[backend] = files_for(backend)
-        return used[backend]
-
     c = ls.config
     backends = inp.backends
     resolved, missing = resolve_env(c.env, inp.env)
@@ -369,14 +348,16 @@ def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[st
             "in the reconciler's environment or the --env-file"
         )
         if not inp.missing_env_ok:
-            return _Outcome(None, why)
+            return Outcome(None, why)
         warning = why + " (not visible to this plan; needed where the reconciler runs)"
     secrets = {k: secret_hash(inp.salt, k, resolved[k]) for k, v in c.env.items() if v is None and k in resolved}
-    backend, why = choose_backend(list(c.backends or ()), list(backends), inp.default_backend)
+    backend, why = choose_backend(c.backends or (), backends, inp.default_backend)
     if backend is None:
-        return _Outcome(None, why, warning)
+        return Outcome(None, why, warning)
     env_hash = env_values_hash(inp.salt, resolved)
-    spec_hash = _spec_hash(ls, env_hash, backend, files(backend))
+    config = parts.config_json
+    used = {backend: files_for(backend)}  # backend -> the code hash it used
+    spec_hash = replica_hash_of(config, env_hash, backend, used[backend])
     candidates: dict[str, str] = {}
     if not c.backends:
         pool = [b for b in (inp.default_backends or backends) if b in backends]
@@ -385,18 +366,21 @@ def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[st
                 f"none of the settings' default_backends ({', '.join(inp.default_backends)}) is configured"
                 f" (have: {', '.join(backends) or 'none'}); add `backends:` to the service or configure one"
             )
-            return _Outcome(None, why, warning, tuple(used.items()))
+            return Outcome(None, why, warning, tuple(used.items()))
         if backend in pool:  # the default backend first: it wins ties
             pool.remove(backend)
             pool.insert(0, backend)
+        for b in pool:
+            if b not in used:
+                used[b] = files_for(b)
         if len(pool) > 1:
-            candidates = {b: _spec_hash(ls, env_hash, b, files(b)) for b in pool}
+            candidates = {b: replica_hash_of(config, env_hash, b, used[b]) for b in pool}
         elif pool and pool[0] != backend:
             backend = pool[0]
-            spec_hash = _spec_hash(ls, env_hash, backend, files(backend))
-    static = _STATIC.get(ls, (name, inp.domain), partial(static_of, ls, name, inp.domain))
-    code = used.get(backend)
-    template = ReplicaSpec(
+            spec_hash = replica_hash_of(config, env_hash, backend, used[backend])
+    # made as `__init__` would (every field given), without its `object.__setattr__` per field
+    template = _made(
+        ReplicaSpec,
         replica_id="",
         service=name,
         spec_hash=spec_hash,
@@ -406,22 +390,38 @@ def _outcome(ls: LoadedService, name: str, inp: _Inputs, files_for: Callable[[st
         image=c.image,
         python=c.python,
         env=resolved,
-        requirements=static.requirements,
+        requirements=parts.requirements,
+        offer=None,
+        workdir=None,
+        revision=None,
         trusted=inp.trusted,
     )
-    service = DesiredService(
+    service = _made(
+        DesiredService,
         name=name,
         spec_hash=spec_hash,
         config_path=str(ls.path),
         backend=backend,
         min_replicas=c.replicas.min,
         max_replicas=c.replicas.max,
-        scaling=static.scaling,
+        scaling=parts.scaling,
         template=template,
-        route=static.route,
-        env_names=static.env_names,
-        summary=summary_of(static.head, static.tail, backend, resolved, env_hash, code),
+        route=parts.route,
+        env_names=parts.env_names,
+        summary=Summary(parts, backend, resolved, env_hash, used[backend]),
         candidates=candidates,
-        secrets=dict(sorted(secrets.items())),
+        secrets=dict(sorted(secrets.items())) if secrets else {},
+        at=None,
     )
-    return _Outcome(service, "", warning, tuple(used.items()))
+    return Outcome(service, "", warning, tuple(used.items()))
+
+
+_T = TypeVar("_T")
+
+
+def _made(cls: type[_T], **fields: object) -> _T:
+    """A frozen dataclass without `__post_init__` made from every one of its fields (tests hold
+    it equal to the constructor's)."""
+    new = object.__new__(cls)
+    new.__dict__.update(fields)
+    return new

@@ -1,7 +1,7 @@
 """The parts of a desired service that its file alone decides (and how plans show them): the
-requirements, scaling policy, route and env names (`static_of`), the summary `tidegate plan`
-diffs (`summary`, `route_summary`) and the replica spec hash (`replica_spec_hash`: the config's
-part of it is made once per file).
+requirements, scaling policy, route, env names and the config's part of the replica spec hash
+(`file_parts`), the summary `tidegate plan` diffs (`Summary`, made when read; `route_summary`)
+and the replica spec hash (`replica_spec_hash`).
 
 Why a module of its own: reconciler.engine.desired builds and memoizes the services; these pure
 functions of a loaded file are what it calls once per file and settings.
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring_ascii
 
 from backends.base import Requirements
-from reconciler.config.loader import LoadedService, canonical_json
+from reconciler.config.loader import SHARED_FIELDS, LoadedService, canonical_json, model_json
+from reconciler.config.models import ServiceConfig
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
 from reconciler.engine.naming import service_host
@@ -25,20 +24,37 @@ from reconciler.state.records import RouteInfo
 from tidegate.routes import ModelFormat, ModelRoute
 
 
-@dataclass(frozen=True)
-class Static:
-    """What a service's file alone (and the domain) decide, whatever the env, backend or code."""
+class FileParts:
+    """What a service's file alone (and its name and the domain) decide, whatever the env, backend
+    or code: made once per loaded file (reconciler.engine.desired keeps it with its outcomes)."""
 
-    requirements: Requirements
-    scaling: ScalingPolicy | None
-    route: RouteInfo
-    env_names: tuple[str, ...]
-    # the summary's fields that only the file decides, before and after the env/backend ones
-    head: tuple[tuple[str, str], ...] = ()
-    tail: tuple[tuple[str, str], ...] = ()
+    __slots__ = ("_summary", "config", "config_json", "env_names", "requirements", "route", "scaling")
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        config_json: bytes,
+        requirements: Requirements,
+        scaling: ScalingPolicy | None,
+        route: RouteInfo,
+        env_names: tuple[str, ...],
+    ) -> None:
+        self.config = config
+        self.config_json = config_json  # the replica hash's config part (`_config_json`)
+        self.requirements = requirements
+        self.scaling = scaling
+        self.route = route
+        self.env_names = env_names
+        self._summary: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
+
+    def summary_parts(self) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+        """The summary's fields the file decides (`_summary_parts`), made when first read."""
+        if self._summary is None:
+            self._summary = _summary_parts(self.config)
+        return self._summary
 
 
-def static_of(ls: LoadedService, name: str, domain: str) -> Static:
+def file_parts(ls: LoadedService, name: str, domain: str) -> FileParts:
     c = ls.config
     scaling = None
     if c.scaling is not None:
@@ -60,10 +76,96 @@ def static_of(ls: LoadedService, name: str, domain: str) -> Static:
         # longest prefix first: the gateway applies the first that matches
         rate_limits=tuple(
             sorted((r.to_route() for r in c.rate_limits), key=lambda r: (-len(r.prefix), r.prefix))
-        ),
+        )
+        if c.rate_limits
+        else (),
     )
-    head, tail = _summary_parts(ls)
-    return Static(_interned(c.requirements()), scaling, route, tuple(sorted(c.env)), head, tail)
+    return FileParts(c, config_json(ls), _requirements(c), scaling, route, tuple(sorted(c.env)))
+
+
+class Summary(Mapping[str, str]):
+    """A service's summary (`summary_of`), made when first read: a cold plan of 1,000 new
+    services reads none (engine.plan makes a new service's change list when it is shown). It
+    reads, compares (`==` with any mapping) and pickles as the dict it stands for."""
+
+    __slots__ = ("_made", "_parts", "_rest")
+
+    def __init__(
+        self, parts: FileParts, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
+    ) -> None:
+        self._parts = parts
+        self._rest = (backend, env, env_hash, files)
+        self._made: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        made = self._made
+        if made is None:
+            head, tail = self._parts.summary_parts()
+            made = self._made = summary_of(head, tail, *self._rest)
+        return made
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._dict()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Summary):
+            return self is other or self._dict() == other._dict()
+        if isinstance(other, Mapping):
+            return self._dict() == (other if isinstance(other, dict) else dict(other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as a dict's
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
+        return dict, (self._dict(),)
+
+
+def _requirements(c: ServiceConfig) -> Requirements:
+    """`c.requirements()`, one object per distinct value (`_interned`), kept by what it reads:
+    the resources instance (the value memo shares one per distinct block) and the placement
+    fields. Tests hold it equal to `c.requirements()` over varied configs."""
+    if not memo.enabled:
+        return _interned(c.requirements())
+    res = c.resources
+    key = (
+        id(res),
+        _tuple(c.backends),
+        c.spot_policy,
+        c.max_price,
+        _tuple(c.regions),
+        _tuple(c.instance_types),
+    )
+    try:
+        found = _BY_FIELDS.get(key)
+    except TypeError:  # an unhashable field (not made by the config models)
+        return _interned(c.requirements())
+    if found is not None and found[0] is res:
+        return found[1]
+    made = _interned(c.requirements())
+    if len(_BY_FIELDS) > 10_000:
+        _BY_FIELDS.clear()
+    _BY_FIELDS[key] = (res, made)  # holding `res`: its id is not reused while kept
+    return made
+
+
+def _tuple(value: list[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+_BY_FIELDS: dict[tuple[object, ...], tuple[object, Requirements]] = {}
+memo.on_clear(_BY_FIELDS.clear)
 
 
 # Equal requirements as one object: the offers of a pass are looked up by the object's identity
@@ -86,7 +188,7 @@ def _interned(r: Requirements) -> Requirements:
 def summary(
     ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
 ) -> dict[str, str]:
-    head, tail = _summary_parts(ls)
+    head, tail = _summary_parts(ls.config)
     return summary_of(head, tail, backend, env, env_hash, files)
 
 
@@ -98,7 +200,7 @@ def summary_of(
     env_hash: str,
     files: str | None,
 ) -> dict[str, str]:
-    """The summary from the file's parts (`Static.head`/`tail`, `_summary_parts`) and the rest."""
+    """The summary from the file's parts (`FileParts.summary_parts`, `_summary_parts`) and the rest."""
     out = {"backend": backend, **dict(head)}
     out["env"] = ", ".join(sorted(env))
     out["env values"] = env_hash[:8]
@@ -107,8 +209,7 @@ def summary_of(
     return {k: v for k, v in out.items() if v}
 
 
-def _summary_parts(ls: LoadedService) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    c = ls.config
+def _summary_parts(c: ServiceConfig) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     head = (
         ("port", str(c.port.container_port)),
         ("commands", " && ".join(c.commands)),
@@ -120,14 +221,17 @@ def _summary_parts(ls: LoadedService) -> tuple[tuple[tuple[str, str], ...], tupl
         tail["image"] = c.image
     if c.python:
         tail["python"] = c.python
-    tail.update(route_summary(ls))
+    tail.update(_route_summary(c))
     return head, tuple(tail.items())
 
 
 def route_summary(ls: LoadedService) -> dict[str, str]:
     """The fields that change what is routed or where/how a replica may be placed, as plan shows
     them. `auth` is always present: plan.ROUTE_FIELDS diffs them even when no replica changes."""
-    c = ls.config
+    return _route_summary(ls.config)
+
+
+def _route_summary(c: ServiceConfig) -> dict[str, str]:
     out = {
         "auth": "true" if c.auth else "false",
         "spot_policy": str(c.spot_policy) if c.spot_policy else "",
@@ -187,8 +291,9 @@ def replica_spec_hash(ls: LoadedService, env_hash: str, backend: str, files: str
 
     The text hashed is `json.dumps({"config": ..., "env": ..., "backend": ..., "files": ...},
     sort_keys=True, separators=(",", ":"))`, written as its parts: the config's canonical JSON is
-    made once per loaded file (`_config_json`) and shared by every backend and env."""
-    return _replica_hash(_CONFIG_JSON.get(ls, (), partial(_config_json, ls)), env_hash, backend, files)
+    made once per loaded file (`config_json`; the desired set keeps it in `FileParts`) and shared by
+    every backend and env."""
+    return replica_hash_of(config_json(ls), env_hash, backend, files)
 
 
 def replica_spec_hash_plain(ls: LoadedService, env_hash: str, backend: str, files: str | None = None) -> str:
@@ -201,26 +306,32 @@ def replica_spec_hash_plain(ls: LoadedService, env_hash: str, backend: str, file
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def config_json(ls: LoadedService) -> bytes:
+    """The canonical JSON of the config's hashed fields: `_config_json`'s bytes, written from the
+    config's fields by the loader's `model_json` (the spec hash's writer; the reference when
+    the memos are off)."""
+    if not memo.enabled:
+        return _config_json(ls)
+    return model_json(ls.config, exclude=ROUTING_ONLY_FIELDS, nulls=NO_EFFECT_FIELDS, shared=SHARED_FIELDS)
+
+
 def _config_json(ls: LoadedService) -> bytes:
+    """The reference: a full `model_dump` and `canonical_json`."""
     config = ls.config.model_dump(mode="json", exclude=_ROUTING_ONLY)
     config.update(dict.fromkeys(NO_EFFECT_FIELDS))
     return canonical_json(config)
 
 
-def _replica_hash(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
+def replica_hash_of(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
+    """`replica_spec_hash` from the config's JSON (`config_json`, `FileParts.config_json`)."""
     # the keys in sorted order: backend, config, env, files
-    h = hashlib.sha256(b'{"backend":' + _json_str(backend) + b',"config":')
-    h.update(config)
-    h.update(b',"env":' + _json_str(env_hash))
+    text = b'{"backend":%b,"config":%b,"env":%b' % (_json_str(backend), config, _json_str(env_hash))
     if files is not None:
-        h.update(b',"files":' + _json_str(files))
-    h.update(b"}")
-    return h.hexdigest()
+        text += b',"files":' + _json_str(files)
+    return hashlib.sha256(text + b"}").hexdigest()
 
 
 def _json_str(text: str) -> bytes:
     """`json.dumps(text).encode()`: the very function json.dumps writes a str with (ensure_ascii)."""
     return encode_basestring_ascii(text).encode()
 
-
-_CONFIG_JSON: memo.IdentityMemo[bytes] = memo.memo()  # ()

@@ -17,9 +17,9 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from reconciler.config.loader import TreeIndex
+from reconciler.config.loader import MAX_FILE_BYTES, TEXTS_KEPT, TreeIndex, is_config_file
 from tidegate.fsio import build_dir_atomic
 
 # A `shutil.copytree`-style ignore callable: (directory, names in it) -> names to leave out.
@@ -112,6 +112,7 @@ def write_blobs(git_dir: Path, index: TreeIndex, dst: Path, previous: tuple[Path
     tarfile costs most of a checkout's time on a repo of many small files). `previous`: an earlier
     revision's folder and index; a file with the same blob id and mode there is hard-linked
     instead of written (revision folders are never written once built; a replica gets a copy).
+    The config files' bytes are kept in `index.texts` (the loader's cold load then reads none).
     Raises OSError when git answers anything but the blobs asked for, or a link fails."""
     old: dict[tuple[bytes, bool], str] = {}
     if previous is not None:
@@ -119,6 +120,7 @@ def write_blobs(git_dir: Path, index: TreeIndex, dst: Path, previous: tuple[Path
             old.setdefault((blob, rel in previous[1].executable), rel)
     made: set[str] = set()
     paths: list[str] = []
+    kept = sum(map(len, index.texts.values()))
     for rel, blob in index.files.items():
         same = old.get((blob, rel in index.executable))
         if same is None or previous is None:
@@ -126,6 +128,10 @@ def write_blobs(git_dir: Path, index: TreeIndex, dst: Path, previous: tuple[Path
             continue
         _folder_for(dst, rel, made)
         os.link(os.path.join(previous[0], same), os.path.join(dst, rel))
+        text = previous[1].texts.get(blob)
+        if text is not None and blob not in index.texts and kept + len(text) <= TEXTS_KEPT:
+            index.texts[blob] = text
+            kept += len(text)
     if not paths:
         return
     proc = subprocess.Popen(
@@ -152,8 +158,14 @@ def write_blobs(git_dir: Path, index: TreeIndex, dst: Path, previous: tuple[Path
                 raise OSError(f"git cat-file did not give the blob of {rel}: {b' '.join(header)!r}")
             _folder_for(dst, rel, made)
             target = os.path.join(dst, rel)
+            size = int(header[2])
+            if size <= MAX_FILE_BYTES and kept + size <= TEXTS_KEPT and is_config_file(rel.rpartition("/")[2]):
+                _write_kept(out, target, rel, size, index.texts, index.files[rel])
+                kept += size
+                os.chmod(target, 0o755 if rel in index.executable else 0o644)
+                continue
             with open(target, "wb") as f:
-                left = int(header[2])
+                left = size
                 while left:
                     chunk = out.read(min(left, 1 << 20))
                     if not chunk:
@@ -169,6 +181,23 @@ def write_blobs(git_dir: Path, index: TreeIndex, dst: Path, previous: tuple[Path
         out.close()
         feeder.join()
         proc.wait()
+
+
+def _write_kept(out: IO[bytes], target: str, rel: str, size: int, texts: dict[bytes, bytes], blob: bytes) -> None:
+    """One blob of `size` bytes from `git cat-file --batch` into `target`, its bytes kept in `texts`."""
+    chunks: list[bytes] = []
+    left = size
+    while left:
+        chunk = out.read(left)
+        if not chunk:
+            raise OSError(f"git cat-file ended inside {rel}")
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    with open(target, "wb") as f:
+        f.write(data)
+    out.read(1)  # the newline after each object
+    texts[blob] = data
 
 
 def _folder_for(dst: Path, rel: str, made: set[str]) -> None:

@@ -187,13 +187,36 @@ def test_the_loader_with_the_index_equals_the_walk_and_opens_no_known_file(tmp_p
 def test_a_blob_that_cannot_be_read_is_not_cached(tmp_path: Path) -> None:
     c, _, _ = checkout(tmp_path, TREE)
     assert c.index is not None
+    index = TreeIndex(c.index.files, c.index.executable)  # as another process's: no bytes kept
     PARSE_CACHE.clear()
     text = (c.root / "b.dstack.yml").read_text()
     (c.root / "b.dstack.yml").unlink()
-    broken = load_tree(c.root, None, c.index)
+    broken = load_tree(c.root, None, index)
     assert "bee" not in broken.services and any("cannot read" in d.message for d in broken.diagnostics)
     (c.root / "b.dstack.yml").write_text(text)
-    assert "bee" in load_tree(c.root, None, c.index).services
+    assert "bee" in load_tree(c.root, None, index).services
+
+
+def test_the_index_keeps_the_bytes_of_the_config_files_it_wrote(tmp_path: Path) -> None:
+    """(so a cold load reads none back): exactly the folder's bytes, config files only; the next
+    revision keeps those of the files it links; a load from them equals one that reads the folder."""
+    c1, bare, work = checkout(tmp_path, TREE)
+    assert c1.index is not None
+    configs = [rel for rel in c1.index.files if rel.endswith(".dstack.yml")]
+    assert {c1.index.files[rel] for rel in configs} == c1.index.texts.keys()
+    for rel in configs:
+        assert c1.index.texts[c1.index.files[rel]] == (c1.root / rel).read_bytes()
+    PARSE_CACHE.clear()
+    kept = load_tree(c1.root, None, c1.index)
+    PARSE_CACHE.clear()
+    assert kept == load_tree(c1.root, None, TreeIndex(c1.index.files, c1.index.executable)) == load_tree(c1.root)
+    commit_push(work, {"a/.dstack.yml": service("alpha", "v2")})
+    source = GitSource(str(bare), "main", tmp_path / "state")
+    source._index = (c1.revision, c1.index)  # as after reading c1: it lends its files
+    c2 = source.current()
+    assert c2.index is not None
+    for rel in configs:
+        assert c2.index.texts[c2.index.files[rel]] == (c2.root / rel).read_bytes()
 
 
 def test_a_desired_set_from_the_index_equals_the_uncached_walk(tmp_path: Path) -> None:

@@ -36,9 +36,12 @@ def require_etcd() -> None:
 
 
 class EtcdCluster:
-    def __init__(self, folder: Path, size: int = 3) -> None:
+    def __init__(self, folder: Path, size: int = 3, election_ms: int = 1000) -> None:
+        """`election_ms`: etcd's --election-timeout (its default 1000; heartbeats at a tenth):
+        a larger one makes a lost raft leader replaced as slowly as on a loaded machine."""
         require_etcd()
         self.folder = folder
+        self.election_ms = election_ms
         self.names = [f"m{i}" for i in range(size)]
         self.client_ports = [free_port() for _ in self.names]
         self.peer_ports = [free_port() for _ in self.names]
@@ -67,6 +70,8 @@ class EtcdCluster:
             "--initial-cluster", initial,
             "--initial-cluster-token", self.token,
             "--initial-cluster-state", "new",
+            "--election-timeout", str(self.election_ms),
+            "--heartbeat-interval", str(self.election_ms // 10),
             "--log-level", "error",
             "--logger", "zap",
         ]  # fmt: skip
