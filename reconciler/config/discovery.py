@@ -260,22 +260,24 @@ def scan_index(root: Path, index: TreeIndex, subpath: str | None) -> list[str] |
         if spec is not None:
             specs[d] = spec
     hidden: dict[str, bool] = {rel_top: False}  # folder -> left out (itself or a folder above it)
-
-    def is_hidden(folder: str) -> bool:
-        found = hidden.get(folder)
-        if found is None:
-            parent = folder.rpartition("/")[0]
-            # the folders above it only: its own ignore files are read once it is entered
-            found = is_hidden(parent) or _ignored(folder + "/", specs, below=folder)
-            hidden[folder] = found
-        return found
-
     found: list[str] = []
     for rel in paths:
         folder, _, name = rel.rpartition("/")
-        if is_config_file(name) and not is_hidden(folder) and not _ignored(rel, specs):
+        if is_config_file(name) and not _is_hidden(folder, hidden, specs) and not _ignored(rel, specs):
             found.append(rel)
     return found  # in walk order, as the index is
+
+
+def _is_hidden(folder: str, hidden: dict[str, bool], specs: dict[str, pathspec.GitIgnoreSpec]) -> bool:
+    """Whether `folder` or one above it is left out (`hidden`: what is known so far, filled in).
+    A module function, not a closure: a recursive closure is a reference cycle per load."""
+    found = hidden.get(folder)
+    if found is None:
+        parent = folder.rpartition("/")[0]
+        # the folders above it only: its own ignore files are read once it is entered
+        found = _is_hidden(parent, hidden, specs) or _ignored(folder + "/", specs, below=folder)
+        hidden[folder] = found
+    return found
 
 
 def walk_order(rel: str) -> tuple[tuple[int, str], ...]:
