@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -125,25 +124,13 @@ def test_etcd_out_of_reach_stops_the_leader_while_its_key_still_exists(
         leadership.resign()
 
 
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    """Its own 3 members (members are paused here) with etcd's default election timeout: a new
-    raft leader 1-2 s after losing one. Slower elections (1.5 s timeouts) made the drill fail about
-    one round in five on a loaded machine: the 4 s deadline then leaves too little for the renewal
-    after the election, which is the safety rule working, not the bug this guards against."""
-    (tmp_path / "etcd").mkdir()
-    cluster = EtcdCluster(tmp_path / "etcd")
-    cluster.start()
-    try:
-        cluster.wait_healthy()
-        yield cluster
-    finally:
-        cluster.close()
-
-
 @pytest.mark.slow
-def test_pausing_the_raft_leader_never_steps_the_leader_down(own_cluster: EtcdCluster) -> None:
-    cluster = own_cluster
+def test_pausing_the_raft_leader_never_steps_the_leader_down(own_etcd_cluster: EtcdCluster) -> None:
+    # etcd's default election timeout: a new raft leader 1-2 s after losing one. Slower elections
+    # (1.5 s timeouts) made this drill fail about one round in five on a loaded machine: the 4 s
+    # deadline then leaves too little for the renewal after the election, which is the safety
+    # rule working, not the bug this guards against.
+    cluster = own_etcd_cluster
     a = Contender(cluster.url("paused"), "a", ttl=5)  # the production lease
     try:
         a.wait_for("wrote", 30)
