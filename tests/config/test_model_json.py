@@ -115,6 +115,7 @@ floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e16,
 words = st.text(max_size=8)
 
 
+@pytest.mark.slow  # ~7 s: the examples and edge values above are the fast suite's
 @settings(max_examples=300, deadline=None)
 @given(
     price=st.none() | floats.filter(lambda f: f > 0),

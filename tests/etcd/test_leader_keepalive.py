@@ -74,6 +74,7 @@ def test_a_member_holding_a_request_is_avoided_by_other_callers(
     assert len(stuck.requests(RANGE)) == 2, "the second caller waited behind the held member"
 
 
+@pytest.mark.slow  # ~6 s of holding and waiting
 def test_the_leader_rides_out_every_member_holding_requests_for_2_7_s(proxies: list[HoldingProxy]) -> None:
     """What a raft leader lost under load looks like to the client: for a while every member
     holds what it is sent (a follower forwards a renewal to the dead leader and never answers),
