@@ -105,7 +105,7 @@ class _Offers:
         self.backends = backends
         self._asked: dict[tuple[str, Requirements], Sequence[Offer] | Exception] = {}
         # (backend, id of the requirements) -> (them, the answer): most services of a file share
-        # one Requirements object (engine.desired_parts.static_of, memoized), found without
+        # one Requirements object (engine.desired_parts._requirements, interned), found without
         # hashing its fields
         self._by_id: dict[tuple[str, int], tuple[Requirements, Sequence[Offer] | Exception]] = {}
         with _LAST_LOCK:
