@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -243,6 +243,17 @@ class _Inputs:
     domain: str
     missing_env_ok: bool
     trusted: bool
+    # this call's env digests by the resolved env's items (`env_hash`): services that resolve
+    # to the same values (none, a shared token, ...) share one digest
+    env_hashes: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict, compare=False, repr=False)
+
+    def env_hash(self, resolved: dict[str, str]) -> str:
+        """`env_values_hash(self.salt, resolved)`."""
+        key = tuple(resolved.items())
+        found = self.env_hashes.get(key)
+        if found is None:
+            found = self.env_hashes[key] = env_values_hash(self.salt, resolved)
+        return found
 
 
 def _outcome(
@@ -266,7 +277,7 @@ def _outcome(
     backend, why = choose_backend(c.backends or (), backends, inp.default_backend)
     if backend is None:
         return Outcome(None, why, warning)
-    env_hash = env_values_hash(inp.salt, resolved)
+    env_hash = inp.env_hash(resolved)
     config = parts.config_json
     used = {backend: files_for(backend)}  # backend -> the code hash it used
     spec_hash = replica_hash_of(config, env_hash, backend, used[backend])

@@ -13,15 +13,16 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring_ascii
+from typing import Any
 
 from backends.base import Requirements
 from reconciler.config.loader import SHARED_FIELDS, LoadedService, canonical_json, model_json
-from reconciler.config.models import ServiceConfig
+from reconciler.config.models import ProbeSpec, ServiceConfig
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
 from reconciler.engine.naming import service_host
 from reconciler.state.records import RouteInfo
-from tidegate.routes import ModelFormat, ModelRoute
+from tidegate.routes import ModelFormat, ModelRoute, RateLimit
 
 
 class FileParts:
@@ -66,7 +67,7 @@ def file_parts(ls: LoadedService, name: str, domain: str) -> FileParts:
             scale_down_delay=float(c.scaling.scale_down_delay),
             window=float(c.scaling.window),
         )
-    route = RouteInfo(
+    route = _route(
         host=service_host(name, domain),
         auth=c.auth,
         model=_model_route(ls),
@@ -81,6 +82,35 @@ def file_parts(ls: LoadedService, name: str, domain: str) -> FileParts:
         else (),
     )
     return FileParts(c, config_json(ls), _requirements(c), scaling, route, tuple(sorted(c.env)))
+
+
+def _route(**fields: Any) -> RouteInfo:
+    """`RouteInfo(**fields)` given every field: made as `model_construct` makes it (no validation)
+    when every value already is of its field's type (what the validated config gives), which
+    validation would hand back as it is; else validated. Tests hold both equal (`vars`, the
+    fields set, `==`)."""
+    if not (
+        memo.enabled
+        and type(fields["host"]) is str
+        and type(fields["auth"]) is bool
+        and type(fields["min_replicas"]) is int
+        and type(fields["max_replicas"]) is int
+        and (fields["model"] is None or type(fields["model"]) is ModelRoute)
+        and all(type(p) is ProbeSpec for p in fields["probes"])
+        and all(type(r) is RateLimit for r in fields["rate_limits"])
+    ):
+        return RouteInfo(**fields)
+    made = _new(RouteInfo)
+    _set(made, "__dict__", fields)
+    _set(made, "__pydantic_fields_set__", set(_ROUTE_FIELDS))
+    _set(made, "__pydantic_extra__", None)
+    _set(made, "__pydantic_private__", None)
+    return made
+
+
+_new = object.__new__
+_set = object.__setattr__
+_ROUTE_FIELDS = ("host", "auth", "model", "min_replicas", "max_replicas", "probes", "rate_limits")
 
 
 class Summary(Mapping[str, str]):
@@ -324,7 +354,45 @@ def _config_json(ls: LoadedService) -> bytes:
 
 def replica_hash_of(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
     """`replica_spec_hash` from the config's JSON (`config_json`, `FileParts.config_json`)."""
-    # the keys in sorted order: backend, config, env, files
+    # the keys in sorted order: backend, config, env, files. The text before the config is
+    # hashed once per backend (`_head`), the one after it once per env digest and code hash.
+    h = _head(backend).copy()
+    h.update(config)
+    tail = _TAILS.get((env_hash, files))
+    if tail is None:
+        tail = _tail(env_hash, files)
+    h.update(tail)
+    return h.hexdigest()
+
+
+def _head(backend: str) -> hashlib._Hash:
+    found = _HEADS.get(backend)
+    if found is None:
+        if len(_HEADS) > 64:
+            _HEADS.clear()
+        found = _HEADS[backend] = hashlib.sha256(b'{"backend":%b,"config":' % _json_str(backend))
+    return found
+
+
+def _tail(env_hash: str, files: str | None) -> bytes:
+    tail = b',"env":' + _json_str(env_hash)
+    if files is not None:
+        tail += b',"files":' + _json_str(files)
+    tail += b"}"
+    if len(_TAILS) > 1_024:
+        _TAILS.clear()
+    _TAILS[(env_hash, files)] = tail
+    return tail
+
+
+# Pure texts of a few keys each: a backend's head (hashed), an env digest and code hash's tail.
+# (a sha256 object's `copy` is the one used; `update` is never called on a kept one)
+_HEADS: dict[str, hashlib._Hash] = {}
+_TAILS: dict[tuple[str, str | None], bytes] = {}
+
+
+def replica_hash_plain_text(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
+    """`replica_hash_of` as one text hashed (the tests hold both equal)."""
     text = b'{"backend":%b,"config":%b,"env":%b' % (_json_str(backend), config, _json_str(env_hash))
     if files is not None:
         text += b',"files":' + _json_str(files)
@@ -334,4 +402,3 @@ def replica_hash_of(config: bytes, env_hash: str, backend: str, files: str | Non
 def _json_str(text: str) -> bytes:
     """`json.dumps(text).encode()`: the very function json.dumps writes a str with (ensure_ascii)."""
     return encode_basestring_ascii(text).encode()
-
