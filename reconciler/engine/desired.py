@@ -42,13 +42,13 @@ from reconciler.engine.desired_parts import (
     NO_EFFECT_FIELDS,
     ROUTING_ONLY_FIELDS,
     FileParts,
-    Summary,
     file_parts,
     replica_hash_of,
     replica_spec_hash,
     replica_spec_hash_plain,
 )
 from reconciler.engine.desired_service import At, DesiredService, DesiredSet, Specs
+from reconciler.engine.desired_summary import Summary
 from reconciler.source.code_files import code_hash_at
 from reconciler.state.redact import secret_hash
 

@@ -1,7 +1,6 @@
-"""The parts of a desired service that its file alone decides (and how plans show them): the
-requirements, scaling policy, route, env names and the config's part of the replica spec hash
-(`file_parts`), the summary `tidegate plan` diffs (`Summary`, made when read; `route_summary`)
-and the replica spec hash (`replica_spec_hash`).
+"""The parts of a desired service that its file alone decides: the requirements, scaling policy,
+route, env names and the config's part of the replica spec hash (`file_parts`), and the replica
+spec hash (`replica_spec_hash`). How plans show them: reconciler.engine.desired_summary.
 
 Why a module of its own: reconciler.engine.desired builds and memoizes the services; these pure
 functions of a loaded file are what it calls once per file and settings.
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -20,6 +18,7 @@ from reconciler.config.loader import SHARED_FIELDS, LoadedService, canonical_jso
 from reconciler.config.models import ProbeSpec, ServiceConfig
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
+from reconciler.engine.desired_summary import _summary_parts
 from reconciler.engine.naming import service_host
 from reconciler.state.records import RouteInfo
 from tidegate.routes import ModelFormat, ModelRoute, RateLimit
@@ -113,55 +112,6 @@ _set = object.__setattr__
 _ROUTE_FIELDS = ("host", "auth", "model", "min_replicas", "max_replicas", "probes", "rate_limits")
 
 
-class Summary(Mapping[str, str]):
-    """A service's summary (`summary_of`), made when first read: a cold plan of 1,000 new
-    services reads none (engine.plan makes a new service's change list when it is shown). It
-    reads, compares (`==` with any mapping) and pickles as the dict it stands for."""
-
-    __slots__ = ("_made", "_parts", "_rest")
-
-    def __init__(
-        self, parts: FileParts, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
-    ) -> None:
-        self._parts = parts
-        self._rest = (backend, env, env_hash, files)
-        self._made: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        made = self._made
-        if made is None:
-            head, tail = self._parts.summary_parts()
-            made = self._made = summary_of(head, tail, *self._rest)
-        return made
-
-    def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._dict()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Summary):
-            return self is other or self._dict() == other._dict()
-        if isinstance(other, Mapping):
-            return self._dict() == (other if isinstance(other, dict) else dict(other))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # as a dict's
-
-    def __repr__(self) -> str:
-        return repr(self._dict())
-
-    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
-        return dict, (self._dict(),)
-
-
 def _requirements(c: ServiceConfig) -> Requirements:
     """`c.requirements()`, one object per distinct value (`_interned`), kept by what it reads:
     the resources instance (the value memo shares one per distinct block) and the placement
@@ -214,80 +164,6 @@ def _interned(r: Requirements) -> Requirements:
         found = _REQUIREMENTS[r] = r
     return found
 
-
-def summary(
-    ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
-) -> dict[str, str]:
-    head, tail = _summary_parts(ls.config)
-    return summary_of(head, tail, backend, env, env_hash, files)
-
-
-def summary_of(
-    head: tuple[tuple[str, str], ...],
-    tail: tuple[tuple[str, str], ...],
-    backend: str,
-    env: Mapping[str, str],
-    env_hash: str,
-    files: str | None,
-) -> dict[str, str]:
-    """The summary from the file's parts (`FileParts.summary_parts`, `_summary_parts`) and the rest."""
-    out = {"backend": backend, **dict(head)}
-    out["env"] = ", ".join(sorted(env))
-    out["env values"] = env_hash[:8]
-    out["files"] = files[:8] if files else ""
-    out.update(tail)
-    return {k: v for k, v in out.items() if v}
-
-
-def _summary_parts(c: ServiceConfig) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    head = (
-        ("port", str(c.port.container_port)),
-        ("commands", " && ".join(c.commands)),
-        ("resources", _SORTED_JSON(c.resources.model_dump(mode="json", exclude_none=True))),
-        ("replicas", str(c.replicas.min) if c.replicas.min == c.replicas.max else f"{c.replicas.min}..{c.replicas.max}"),
-    )
-    tail: dict[str, str] = {}
-    if c.image:
-        tail["image"] = c.image
-    if c.python:
-        tail["python"] = c.python
-    tail.update(_route_summary(c))
-    return head, tuple(tail.items())
-
-
-def route_summary(ls: LoadedService) -> dict[str, str]:
-    """The fields that change what is routed or where/how a replica may be placed, as plan shows
-    them. `auth` is always present: plan.ROUTE_FIELDS diffs them even when no replica changes."""
-    return _route_summary(ls.config)
-
-
-def _route_summary(c: ServiceConfig) -> dict[str, str]:
-    out = {
-        "auth": "true" if c.auth else "false",
-        "spot_policy": str(c.spot_policy) if c.spot_policy else "",
-        "max_price": f"{c.max_price:g}" if c.max_price is not None else "",
-        "regions": ", ".join(c.regions or ()),
-        "probes": _compact([p.model_dump(mode="json") for p in c.probes]),
-        "rate_limits": _compact([r.model_dump(mode="json") for r in c.rate_limits]),
-        "scaling": _compact(c.scaling.model_dump(mode="json")) if c.scaling else "",
-    }
-    if c.model is not None:
-        m = c.model
-        where = f"prefix {m.prefix}" if m.format == ModelFormat.OPENAI else "tgi"
-        out["model"] = f"{m.name} ({where})"
-        if m.chat_template:
-            out["model.chat_template"] = hashlib.sha256(m.chat_template.encode()).hexdigest()[:8]
-        if m.eos_token:
-            out["model.eos_token"] = m.eos_token
-    return out
-
-
-def _compact(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
-
-
-# `json.dumps(x, sort_keys=True)` without making an encoder per call (the very encoder it makes)
-_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
 
 
 def _model_route(ls: LoadedService) -> ModelRoute | None:

@@ -25,15 +25,8 @@ from reconciler.engine.desired import (
     replica_spec_hash,
     replica_spec_hash_plain,
 )
-from reconciler.engine.desired_parts import (
-    Summary,
-    _config_json,
-    _requirements,
-    _route,
-    config_json,
-    file_parts,
-    summary,
-)
+from reconciler.engine.desired_parts import _config_json, _requirements, _route, config_json, file_parts
+from reconciler.engine.desired_summary import Summary, summary
 from reconciler.state.records import RouteInfo
 
 # the odd values below are what validation never makes: pydantic warns when it dumps them
