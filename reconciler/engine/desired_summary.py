@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from reconciler.config.loader import LoadedService
 from reconciler.config.models import ServiceConfig
+from reconciler.config.resources import ResourcesSpec
+from reconciler.engine import memo
 from tidegate.routes import ModelFormat
 
 if TYPE_CHECKING:
@@ -97,7 +99,7 @@ def _summary_parts(c: ServiceConfig) -> tuple[tuple[tuple[str, str], ...], tuple
     head = (
         ("port", str(c.port.container_port)),
         ("commands", " && ".join(c.commands)),
-        ("resources", _SORTED_JSON(c.resources.model_dump(mode="json", exclude_none=True))),
+        ("resources", _resources_text(c.resources)),
         ("replicas", str(c.replicas.min) if c.replicas.min == c.replicas.max else f"{c.replicas.min}..{c.replicas.max}"),
     )
     tail: dict[str, str] = {}
@@ -107,6 +109,26 @@ def _summary_parts(c: ServiceConfig) -> tuple[tuple[tuple[str, str], ...], tuple
         tail["python"] = c.python
     tail.update(_route_summary(c))
     return head, tuple(tail.items())
+
+
+def _resources_text(res: ResourcesSpec) -> str:
+    """The summary's `resources`, kept by the instance (the value memo shares one per distinct
+    `resources:` block across files, as `canonical.model_json` relies on): a plan after a
+    restart reads every service's summary. Tests hold it equal to the plain dump."""
+    if not memo.enabled:
+        return _SORTED_JSON(res.model_dump(mode="json", exclude_none=True))
+    kept = _RESOURCES.get(id(res))
+    if kept is not None and kept[0] is res:
+        return kept[1]
+    text = _SORTED_JSON(res.model_dump(mode="json", exclude_none=True))
+    if len(_RESOURCES) >= 4_096:
+        _RESOURCES.clear()
+    _RESOURCES[id(res)] = (res, text)  # holding `res`: its id is not reused while kept
+    return text
+
+
+_RESOURCES: dict[int, tuple[ResourcesSpec, str]] = {}
+memo.on_clear(_RESOURCES.clear)
 
 
 def route_summary(ls: LoadedService) -> dict[str, str]:

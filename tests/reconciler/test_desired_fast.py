@@ -7,6 +7,7 @@ off, over varied configs: the examples, the dstack page's examples, generated on
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from dataclasses import fields, replace
@@ -26,7 +27,7 @@ from reconciler.engine.desired import (
     replica_spec_hash_plain,
 )
 from reconciler.engine.desired_parts import _config_json, _requirements, _route, config_json, file_parts
-from reconciler.engine.desired_summary import Summary, summary
+from reconciler.engine.desired_summary import Summary, _resources_text, summary
 from reconciler.state.records import RouteInfo
 
 # the odd values below are what validation never makes: pydantic warns when it dumps them
@@ -264,3 +265,15 @@ def test_the_table_follows_the_inputs_and_is_forgotten(loads: list[LoadResult]) 
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     memo.clear_all()
+
+
+def test_the_kept_resources_text_is_the_plain_dump(loads: list[LoadResult]) -> None:
+    memo.clear_all()
+    for load in loads:
+        for ls in load.services.values():
+            res = ls.config.resources
+            plain = json.dumps(res.model_dump(mode="json", exclude_none=True), sort_keys=True)
+            assert _resources_text(res) == plain
+            assert _resources_text(res) is _resources_text(res)  # kept by the instance
+            other = res.model_copy(deep=True)  # an equal value, another instance: its own text
+            assert _resources_text(other) == plain
