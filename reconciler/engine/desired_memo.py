@@ -22,7 +22,7 @@ from reconciler.engine import memo
 from reconciler.engine.desired_parts import FileParts
 
 if TYPE_CHECKING:
-    from reconciler.engine.desired import DesiredService
+    from reconciler.engine.desired_service import DesiredService
 
 
 @dataclass(slots=True)

@@ -1,7 +1,6 @@
-"""The parts of a desired service that its file alone decides (and how plans show them): the
-requirements, scaling policy, route, env names and the config's part of the replica spec hash
-(`file_parts`), the summary `tidegate plan` diffs (`Summary`, made when read; `route_summary`)
-and the replica spec hash (`replica_spec_hash`).
+"""The parts of a desired service that its file alone decides: the requirements, scaling policy,
+route, env names and the config's part of the replica spec hash (`file_parts`), and the replica
+spec hash (`replica_spec_hash`). How plans show them: reconciler.engine.desired_summary.
 
 Why a module of its own: reconciler.engine.desired builds and memoizes the services; these pure
 functions of a loaded file are what it calls once per file and settings.
@@ -11,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring_ascii
+from typing import Any
 
 from backends.base import Requirements
 from reconciler.config.loader import SHARED_FIELDS, LoadedService, canonical_json, model_json
-from reconciler.config.models import ServiceConfig
+from reconciler.config.models import ProbeSpec, ServiceConfig
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
+from reconciler.engine.desired_summary import _summary_parts
 from reconciler.engine.naming import service_host
 from reconciler.state.records import RouteInfo
-from tidegate.routes import ModelFormat, ModelRoute
+from tidegate.routes import ModelFormat, ModelRoute, RateLimit
 
 
 class FileParts:
@@ -66,7 +66,7 @@ def file_parts(ls: LoadedService, name: str, domain: str) -> FileParts:
             scale_down_delay=float(c.scaling.scale_down_delay),
             window=float(c.scaling.window),
         )
-    route = RouteInfo(
+    route = _route(
         host=service_host(name, domain),
         auth=c.auth,
         model=_model_route(ls),
@@ -83,53 +83,33 @@ def file_parts(ls: LoadedService, name: str, domain: str) -> FileParts:
     return FileParts(c, config_json(ls), _requirements(c), scaling, route, tuple(sorted(c.env)))
 
 
-class Summary(Mapping[str, str]):
-    """A service's summary (`summary_of`), made when first read: a cold plan of 1,000 new
-    services reads none (engine.plan makes a new service's change list when it is shown). It
-    reads, compares (`==` with any mapping) and pickles as the dict it stands for."""
+def _route(**fields: Any) -> RouteInfo:
+    """`RouteInfo(**fields)` given every field: made as `model_construct` makes it (no validation)
+    when every value already is of its field's type (what the validated config gives), which
+    validation would hand back as it is; else validated. Tests hold both equal (`vars`, the
+    fields set, `==`)."""
+    if not (
+        memo.enabled
+        and type(fields["host"]) is str
+        and type(fields["auth"]) is bool
+        and type(fields["min_replicas"]) is int
+        and type(fields["max_replicas"]) is int
+        and (fields["model"] is None or type(fields["model"]) is ModelRoute)
+        and all(type(p) is ProbeSpec for p in fields["probes"])
+        and all(type(r) is RateLimit for r in fields["rate_limits"])
+    ):
+        return RouteInfo(**fields)
+    made = _new(RouteInfo)
+    _set(made, "__dict__", fields)
+    _set(made, "__pydantic_fields_set__", set(_ROUTE_FIELDS))
+    _set(made, "__pydantic_extra__", None)
+    _set(made, "__pydantic_private__", None)
+    return made
 
-    __slots__ = ("_made", "_parts", "_rest")
 
-    def __init__(
-        self, parts: FileParts, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
-    ) -> None:
-        self._parts = parts
-        self._rest = (backend, env, env_hash, files)
-        self._made: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        made = self._made
-        if made is None:
-            head, tail = self._parts.summary_parts()
-            made = self._made = summary_of(head, tail, *self._rest)
-        return made
-
-    def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._dict()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Summary):
-            return self is other or self._dict() == other._dict()
-        if isinstance(other, Mapping):
-            return self._dict() == (other if isinstance(other, dict) else dict(other))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # as a dict's
-
-    def __repr__(self) -> str:
-        return repr(self._dict())
-
-    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
-        return dict, (self._dict(),)
+_new = object.__new__
+_set = object.__setattr__
+_ROUTE_FIELDS = ("host", "auth", "model", "min_replicas", "max_replicas", "probes", "rate_limits")
 
 
 def _requirements(c: ServiceConfig) -> Requirements:
@@ -184,80 +164,6 @@ def _interned(r: Requirements) -> Requirements:
         found = _REQUIREMENTS[r] = r
     return found
 
-
-def summary(
-    ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
-) -> dict[str, str]:
-    head, tail = _summary_parts(ls.config)
-    return summary_of(head, tail, backend, env, env_hash, files)
-
-
-def summary_of(
-    head: tuple[tuple[str, str], ...],
-    tail: tuple[tuple[str, str], ...],
-    backend: str,
-    env: Mapping[str, str],
-    env_hash: str,
-    files: str | None,
-) -> dict[str, str]:
-    """The summary from the file's parts (`FileParts.summary_parts`, `_summary_parts`) and the rest."""
-    out = {"backend": backend, **dict(head)}
-    out["env"] = ", ".join(sorted(env))
-    out["env values"] = env_hash[:8]
-    out["files"] = files[:8] if files else ""
-    out.update(tail)
-    return {k: v for k, v in out.items() if v}
-
-
-def _summary_parts(c: ServiceConfig) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    head = (
-        ("port", str(c.port.container_port)),
-        ("commands", " && ".join(c.commands)),
-        ("resources", _SORTED_JSON(c.resources.model_dump(mode="json", exclude_none=True))),
-        ("replicas", str(c.replicas.min) if c.replicas.min == c.replicas.max else f"{c.replicas.min}..{c.replicas.max}"),
-    )
-    tail: dict[str, str] = {}
-    if c.image:
-        tail["image"] = c.image
-    if c.python:
-        tail["python"] = c.python
-    tail.update(_route_summary(c))
-    return head, tuple(tail.items())
-
-
-def route_summary(ls: LoadedService) -> dict[str, str]:
-    """The fields that change what is routed or where/how a replica may be placed, as plan shows
-    them. `auth` is always present: plan.ROUTE_FIELDS diffs them even when no replica changes."""
-    return _route_summary(ls.config)
-
-
-def _route_summary(c: ServiceConfig) -> dict[str, str]:
-    out = {
-        "auth": "true" if c.auth else "false",
-        "spot_policy": str(c.spot_policy) if c.spot_policy else "",
-        "max_price": f"{c.max_price:g}" if c.max_price is not None else "",
-        "regions": ", ".join(c.regions or ()),
-        "probes": _compact([p.model_dump(mode="json") for p in c.probes]),
-        "rate_limits": _compact([r.model_dump(mode="json") for r in c.rate_limits]),
-        "scaling": _compact(c.scaling.model_dump(mode="json")) if c.scaling else "",
-    }
-    if c.model is not None:
-        m = c.model
-        where = f"prefix {m.prefix}" if m.format == ModelFormat.OPENAI else "tgi"
-        out["model"] = f"{m.name} ({where})"
-        if m.chat_template:
-            out["model.chat_template"] = hashlib.sha256(m.chat_template.encode()).hexdigest()[:8]
-        if m.eos_token:
-            out["model.eos_token"] = m.eos_token
-    return out
-
-
-def _compact(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
-
-
-# `json.dumps(x, sort_keys=True)` without making an encoder per call (the very encoder it makes)
-_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
 
 
 def _model_route(ls: LoadedService) -> ModelRoute | None:
@@ -324,7 +230,45 @@ def _config_json(ls: LoadedService) -> bytes:
 
 def replica_hash_of(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
     """`replica_spec_hash` from the config's JSON (`config_json`, `FileParts.config_json`)."""
-    # the keys in sorted order: backend, config, env, files
+    # the keys in sorted order: backend, config, env, files. The text before the config is
+    # hashed once per backend (`_head`), the one after it once per env digest and code hash.
+    h = _head(backend).copy()
+    h.update(config)
+    tail = _TAILS.get((env_hash, files))
+    if tail is None:
+        tail = _tail(env_hash, files)
+    h.update(tail)
+    return h.hexdigest()
+
+
+def _head(backend: str) -> hashlib._Hash:
+    found = _HEADS.get(backend)
+    if found is None:
+        if len(_HEADS) > 64:
+            _HEADS.clear()
+        found = _HEADS[backend] = hashlib.sha256(b'{"backend":%b,"config":' % _json_str(backend))
+    return found
+
+
+def _tail(env_hash: str, files: str | None) -> bytes:
+    tail = b',"env":' + _json_str(env_hash)
+    if files is not None:
+        tail += b',"files":' + _json_str(files)
+    tail += b"}"
+    if len(_TAILS) > 1_024:
+        _TAILS.clear()
+    _TAILS[(env_hash, files)] = tail
+    return tail
+
+
+# Pure texts of a few keys each: a backend's head (hashed), an env digest and code hash's tail.
+# (a sha256 object's `copy` is the one used; `update` is never called on a kept one)
+_HEADS: dict[str, hashlib._Hash] = {}
+_TAILS: dict[tuple[str, str | None], bytes] = {}
+
+
+def replica_hash_plain_text(config: bytes, env_hash: str, backend: str, files: str | None) -> str:
+    """`replica_hash_of` as one text hashed (the tests hold both equal)."""
     text = b'{"backend":%b,"config":%b,"env":%b' % (_json_str(backend), config, _json_str(env_hash))
     if files is not None:
         text += b',"files":' + _json_str(files)
@@ -334,4 +278,3 @@ def replica_hash_of(config: bytes, env_hash: str, backend: str, files: str | Non
 def _json_str(text: str) -> bytes:
     """`json.dumps(text).encode()`: the very function json.dumps writes a str with (ensure_ascii)."""
     return encode_basestring_ascii(text).encode()
-

@@ -7,6 +7,7 @@ off, over varied configs: the examples, the dstack page's examples, generated on
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from dataclasses import fields, replace
@@ -25,7 +26,9 @@ from reconciler.engine.desired import (
     replica_spec_hash,
     replica_spec_hash_plain,
 )
-from reconciler.engine.desired_parts import Summary, _config_json, _requirements, config_json, summary
+from reconciler.engine.desired_parts import _config_json, _requirements, _route, config_json, file_parts
+from reconciler.engine.desired_summary import Summary, _resources_text, summary
+from reconciler.state.records import RouteInfo
 
 # the odd values below are what validation never makes: pydantic warns when it dumps them
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
@@ -152,7 +155,8 @@ def every_field(d: DesiredService) -> dict[str, object]:
     out = {f.name: getattr(d, f.name) for f in fields(d)}
     out["summary"] = dict(d.summary)
     out["template"] = {f.name: getattr(d.template, f.name) for f in fields(d.template)}
-    out["route"] = d.route.model_dump()
+    r = d.route
+    out["route"] = (r.model_dump(), vars(r), r.model_fields_set, r.__pydantic_extra__, r.__pydantic_private__)
     return out
 
 
@@ -187,6 +191,23 @@ def test_the_config_json_is_the_reference(loads: list[LoadResult]) -> None:
             assert _requirements(ls.config) == ls.config.requirements()
     floated = replace(ls, config=ls.config.model_copy(update={"commands": [1.5], "max_price": None}))  # by hand only
     assert config_json(floated) == _config_json(floated)
+
+
+def test_routes_made_without_validation_equal_the_validated(loads: list[LoadResult]) -> None:
+    made = 0
+    for load in loads:
+        for name, ls in load.services.items():
+            route = file_parts(ls, name, "example.com").route
+            validated = RouteInfo(**{f: getattr(route, f) for f in RouteInfo.model_fields})
+            assert route == validated and vars(route) == vars(validated)
+            assert route.model_fields_set == validated.model_fields_set
+            assert pickle.loads(pickle.dumps(route)) == validated
+            assert route.model_copy(update={"auth": True}).auth is True
+            made += bool(route.probes and route.rate_limits and route.model)
+    assert made  # every kind of value met
+    # a value of another type than the field's: validated (here coerced to a tuple of models)
+    odd = _route(host="h", auth=True, model=None, min_replicas=1, max_replicas=1, probes=[{"type": "http", "url": "/x"}], rate_limits=())
+    assert type(odd.probes) is tuple and type(odd.probes[0]).__name__ == "ProbeSpec"
 
 
 def test_services_made_without_init_equal_the_constructed(loads: list[LoadResult]) -> None:
@@ -244,3 +265,15 @@ def test_the_table_follows_the_inputs_and_is_forgotten(loads: list[LoadResult]) 
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     memo.clear_all()
+
+
+def test_the_kept_resources_text_is_the_plain_dump(loads: list[LoadResult]) -> None:
+    memo.clear_all()
+    for load in loads:
+        for ls in load.services.values():
+            res = ls.config.resources
+            plain = json.dumps(res.model_dump(mode="json", exclude_none=True), sort_keys=True)
+            assert _resources_text(res) == plain
+            assert _resources_text(res) is _resources_text(res)  # kept by the instance
+            other = res.model_copy(deep=True)  # an equal value, another instance: its own text
+            assert _resources_text(other) == plain
