@@ -15,9 +15,9 @@ followed as usual.
 Speed: parsing and validating a file is pure (its bytes, its path and the default profile in, a
 `ParsedFile` out), so `PARSE_CACHE` keeps results keyed by exactly those (a content digest, not a
 modification time): a pass over a tree where one file changed re-parses that file only, and a
-service's spec hash is computed once per content. The cache is bounded (least recently used
-entries go first) and results are immutable, so sharing them between passes is safe. A load
-from the source's index (a git revision) is kept too (`PARSE_CACHE.last_loads`): the next
+service's spec hash (computed when first read) is computed once per content. The cache is
+bounded (least recently used entries go first) and results are immutable, so sharing them
+between passes is safe. A load from the source's index (a git revision) is kept too (`PARSE_CACHE.last_loads`): the next
 revision, whose index differs from it only in the content of a few service files, is that load
 with those files parsed (`_from_last_load`: one comparison of the two indexes, no scan), as long
 as each is still a valid service under the same name and model name; anything else (a file
@@ -32,6 +32,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -85,7 +86,12 @@ class LoadedService:
     name: str
     path: str  # posix, relative to the root
     config: ServiceConfig  # the default profile merged in
-    spec_hash: str  # sha256 hex of the effective config (see spec_hash)
+
+    @cached_property
+    def spec_hash(self) -> str:
+        """sha256 hex of the effective config (`spec_hash`), computed on first use: a cold plan
+        never reads it (the engine hashes what a replica runs itself), the previews compare it."""
+        return spec_hash(self.config)
 
 
 @dataclass(frozen=True)
@@ -148,12 +154,13 @@ def _decode(data: bytes, rel: str) -> tuple[str | None, Diagnostic | None]:
 
 
 def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
-    """The loaded service of a valid parsed file under `name` (spec hash computed once per entry)."""
+    """The loaded service of a valid parsed file under `name` (one per entry: its spec hash,
+    when read, is computed once per content)."""
 
     def make() -> LoadedService:
         assert item.config is not None
         config = item.config if item.config.name else item.config.model_copy(update={"name": name})
-        return LoadedService(name, item.path, config, spec_hash(config))
+        return LoadedService(name, item.path, config)
 
     return PARSE_CACHE.derived(item, name, make)
 
