@@ -26,6 +26,7 @@ added, removed or broken, an ignore or profiles file changed) loads as usual.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -77,6 +78,7 @@ __all__ = [
 ]
 
 MAX_FILE_BYTES = 1_000_000
+_BOM = codecs.BOM_UTF8
 # fields whose values the value memo shares between configs: their JSON is kept by identity
 SHARED_FIELDS = frozenset(MEMOS)
 
@@ -147,7 +149,8 @@ def _decode(data: bytes, rel: str) -> tuple[str | None, Diagnostic | None]:
     if len(data) > MAX_FILE_BYTES:
         return None, Diagnostic(rel, 1, 1, "", f"the file is larger than {MAX_FILE_BYTES} bytes")
     try:
-        return data.decode("utf-8-sig"), None
+        # (utf-8-sig's decoder is Python code: ~1 µs more per file; the same text and errors)
+        return (data.decode("utf-8") if data[:3] != _BOM else data.decode("utf-8-sig")), None
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         return None, Diagnostic(rel, line, 1, "", "the file is not valid UTF-8")
