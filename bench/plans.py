@@ -16,8 +16,8 @@ archive` into a revision folder, `git ls-tree` for the folder's index). "before"
 folders without the index (the walk and a read of every file, as before it existed).
 
 Rows (each the median of --runs, in-process, the real Engine on the in-memory fake backend):
-- config load: `loader.load_tree` alone on the tree, empty parse cache (read + parse + validate +
-  spec hashes; issue 13 gives it ~40 ms of the cold 1,000 plan's 100);
+- config load: `loader.load_tree` alone on the tree, empty parse cache (read + parse + validate;
+  spec hashes are computed when first read; issue 13 gives it ~40 ms of the cold 1,000 plan's 100);
 - cold: a new Engine plans a tree of N files with an empty parse cache (load + validate + plan);
 - one-file change: the same Engine plans a new revision whose tree differs in one file;
 - no-op pass: `reconcile` of the revision it already applied (everything ready; the median of

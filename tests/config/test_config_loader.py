@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config.loader import Severity, derive_service_name, discover, load_tree, spec_hash
+from reconciler.config.loader import (
+    PARSE_CACHE,
+    Severity,
+    derive_service_name,
+    discover,
+    load_tree,
+    spec_hash,
+)
 
 SERVICE = "type: service\ncommands: [python3 -m http.server 8000]\nport: 8000\n"
 
@@ -200,6 +207,20 @@ def test_spec_hash_tracks_what_runs(tmp_path: Path) -> None:
     assert len({hashes[k] for k in ("base", "env", "env2", "bare", "port")}) == 5
     config = load_tree(tmp_path / "base").services["svc"].config
     assert spec_hash(config) == hashes["base"]
+
+
+def test_the_spec_hash_is_computed_when_first_read(tmp_path: Path) -> None:
+    """A load leaves it for later (a cold plan never reads it); read, it is the config's, kept."""
+    PARSE_CACHE.clear()  # (the process's: another test may have loaded and hashed this content)
+    text = SERVICE + "auth: false\n"
+    root = write(tmp_path, {"svc/.dstack.yml": text, "other/.dstack.yml": text.replace("8000", "8001")})
+    services = load_tree(root).services
+    assert services and all("spec_hash" not in vars(s) for s in services.values())
+    svc = services["svc"]
+    assert svc.spec_hash == spec_hash(svc.config) and vars(svc)["spec_hash"] is svc.spec_hash
+    assert services["other"].spec_hash != svc.spec_hash
+    again = load_tree(root).services["svc"]  # (the parse cache's: the same object, the hash kept)
+    assert again is svc and "spec_hash" in vars(again)
 
 
 def test_diagnostics_sorted_by_path_then_line(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def svc(name: str, **fields: Any) -> LoadedService:
     body: dict[str, Any] = {"type": "service", "name": name, "commands": ["python serve.py"], "port": 8000}
     body.update(fields)
     config = ServiceConfig.model_validate(body)
-    return LoadedService(name, f"{name}/.dstack.yml", config, spec_hash(config))
+    return LoadedService(name, f"{name}/.dstack.yml", config)
 
 
 def tree(*services: LoadedService, failed: dict[str, str] | None = None) -> LoadResult:
