@@ -208,7 +208,7 @@ def _plan(model: type[BaseModel], exclude: Collection[str], shared: Collection[s
 
 
 def _kind(annotation: Any) -> str:
-    """"safe" (no check), "float" (`float` or `float | None`) or "other" (check every value)."""
+    """What an annotation needs: "safe" (no check), "float" (`float`, `float | None`), "other"."""
     origin = get_origin(annotation)
     args = get_args(annotation)
     if origin is Annotated:
