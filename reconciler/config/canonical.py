@@ -12,7 +12,11 @@ Why no read-back: msgspec writes every value met here as json.dumps does, except
 checks of `canonical_json` look for (non-ASCII, DEL, floats in exponent form) and non-finite floats
 (null where json.dumps writes Infinity / NaN), which are checked where they are met. Any other
 type (a tuple, a set, a non-string key ...) takes the plain way, `canonical_json(model_dump())`.
-tests/config/test_canonical_json.py holds both ways equal over varied configs and edge values.
+Which values need a check is known from each model class's annotations, once (`_plan`): a field
+that can only hold str, int, bool, None, enums of str/int values, models or lists / str-keyed maps
+of these is not looked at (pydantic's validation gave it that type); `float` fields are checked by
+two comparisons; fields of any other type value by value. tests/config/test_canonical_json.py and
+test_model_json.py hold both ways equal over varied and generated configs and edge values.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ _EXPONENT = re.compile(rb"e[-0-9]")
 # id of a nested model -> (the model, its text); the model is held so its id is not reused
 _KEPT: dict[int, tuple[BaseModel, bytes]] = {}
 _PLANS: dict[tuple[type[BaseModel], Collection[str], Collection[str]], _Plan] = {}
+_NESTED: dict[type[Any], _Plan] = {}  # a nested model's plan (no `exclude`, no `shared`) by its class
 
 
 def canonical_json(payload: Any) -> bytes:
@@ -48,13 +53,6 @@ def canonical_json(payload: Any) -> bytes:
     if _plain_text(fast) and msgspec.json.decode(fast) == payload:
         return fast
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _hooked(value: Any) -> Any:
-    return _hook(value)
-
-
-_ENCODE = msgspec.json.Encoder(order="sorted", enc_hook=_hooked).encode
 
 
 def _plain_text(text: bytes) -> bool:
@@ -108,15 +106,8 @@ def _fields(model: BaseModel, shared: Collection[str] = (), exclude: Collection[
         plan = _PLANS.get((kind, exclude, shared)) or _plan(kind, exclude, shared)
     if values.keys() != plan.names:
         raise _Plain  # (a model made without some field, or with an extra one)
-    for name in plan.floats:
-        value = values[name]
-        if type(value) is float:
-            if not (1e-4 <= abs(value) < 1e16 or value == 0.0):
-                raise _Plain  # (`_finite`, inline)
-        elif value is not None:
-            _check([value])
-    for name in plan.other:
-        _check([values[name]])
+    if plan.floats or plan.other:
+        _checked(values, plan)
     if not (plan.drop or plan.shared):
         return values
     out = values.copy()
@@ -130,10 +121,37 @@ def _fields(model: BaseModel, shared: Collection[str] = (), exclude: Collection[
 
 
 def _hook(value: Any) -> Any:
-    """msgspec's enc_hook: what to write for a value it has no way of its own to write."""
-    if isinstance(value, BaseModel):
-        return _fields(value)
-    raise _Plain
+    """msgspec's enc_hook: what to write for a value it has no way of its own to write (a nested
+    model: `_fields` of it, the plan looked up by its class alone)."""
+    kind = type(value)
+    plan = _NESTED.get(kind)
+    if plan is None:
+        if not isinstance(value, BaseModel):
+            raise _Plain
+        plan = _NESTED[kind] = _plan(kind, (), ())
+    values = value.__dict__
+    if values.keys() != plan.names:
+        raise _Plain
+    if plan.floats or plan.other:
+        _checked(values, plan)
+    return values
+
+
+_ENCODE = msgspec.json.Encoder(order="sorted", enc_hook=_hook).encode
+
+
+def _checked(values: dict[str, Any], plan: _Plan) -> None:
+    """_Plain unless msgspec writes the values of the plan's `floats` and `other` fields as
+    model_dump(mode="json") + json.dumps do."""
+    for name in plan.floats:
+        value = values[name]
+        if type(value) is float:
+            if not (1e-4 <= abs(value) < 1e16 or value == 0.0):
+                raise _Plain  # (`_finite`, inline)
+        elif value is not None:
+            _check([value])
+    for name in plan.other:
+        _check([values[name]])
 
 
 def _finite(value: float) -> None:
