@@ -39,7 +39,7 @@ _PLAIN_ENCODE = msgspec.json.Encoder(order="sorted").encode
 _EXPONENT = re.compile(rb"e[-0-9]")
 # id of a nested model -> (the model, its text); the model is held so its id is not reused
 _KEPT: dict[int, tuple[BaseModel, bytes]] = {}
-_PLANS: dict[tuple[type[BaseModel], Collection[str], Collection[str]], _Plan] = {}
+_PLANS: dict[tuple[type[BaseModel], Collection[str], Collection[str], tuple[str, ...]], _Plan] = {}
 _NESTED: dict[type[Any], _Plan] = {}  # a nested model's plan (no `exclude`, no `shared`) by its class
 
 
@@ -67,12 +67,10 @@ def model_json(
     set to None. `shared`: fields whose model values are often one instance across configs (the
     value memo's: models.MEMOS), kept by identity."""
     if FAST:
+        if type(nulls) is not tuple:
+            nulls = tuple(nulls)
         try:
-            fields = _fields(model, shared, exclude)
-            if nulls:
-                fields = fields.copy() if fields is model.__dict__ else fields
-                fields.update(dict.fromkeys(nulls))
-            fast = _ENCODE(fields)
+            fast = _ENCODE(_fields(model, shared, exclude, nulls))
         except _Plain:
             pass
         else:
@@ -92,23 +90,25 @@ class _Plain(Exception):
     """A value the fast way does not write: the plain way writes the model."""
 
 
-def _fields(model: BaseModel, shared: Collection[str] = (), exclude: Collection[str] = ()) -> dict[str, Any]:
-    """The model's fields but `exclude` as msgspec is to write them (nested models through `_hook`):
-    the model's own `__dict__` when nothing is left out or replaced (msgspec only reads it)."""
+def _fields(
+    model: BaseModel, shared: Collection[str] = (), exclude: Collection[str] = (), nulls: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The model's fields but `exclude`, `nulls` set to None, as msgspec is to write them (nested
+    models through `_hook`): the model's own `__dict__` when nothing is changed (msgspec only reads it)."""
     values = model.__dict__
     kind = type(model)
     try:
-        plan = _PLANS[kind, exclude, shared]
+        plan = _PLANS[kind, exclude, shared, nulls]
     except KeyError:
-        plan = _plan(kind, exclude, shared)
+        plan = _plan(kind, exclude, shared, nulls)
     except TypeError:  # (an `exclude` or `shared` that is not hashable, e.g. a list)
         exclude, shared = frozenset(exclude), frozenset(shared)
-        plan = _PLANS.get((kind, exclude, shared)) or _plan(kind, exclude, shared)
+        plan = _PLANS.get((kind, exclude, shared, nulls)) or _plan(kind, exclude, shared, nulls)
     if values.keys() != plan.names:
         raise _Plain  # (a model made without some field, or with an extra one)
     if plan.floats or plan.other:
         _checked(values, plan)
-    if not (plan.drop or plan.shared):
+    if not (plan.drop or plan.shared or plan.nulls):
         return values
     out = values.copy()
     for name in plan.drop:
@@ -117,6 +117,7 @@ def _fields(model: BaseModel, shared: Collection[str] = (), exclude: Collection[
         value = out[name]
         if isinstance(value, BaseModel):
             out[name] = msgspec.Raw(_kept(value))
+    out.update(plan.nulls)
     return out
 
 
@@ -193,9 +194,12 @@ class _Plan(NamedTuple):
     floats: tuple[str, ...]  # `float | None` fields: checked as `_finite` does
     other: tuple[str, ...]  # fields of other types: each value checked by `_check`
     shared: tuple[str, ...]  # `shared`'s fields (their model values: by identity)
+    nulls: dict[str, None]  # keys written as null whatever the model holds
 
 
-def _plan(model: type[BaseModel], exclude: Collection[str], shared: Collection[str]) -> _Plan:
+def _plan(
+    model: type[BaseModel], exclude: Collection[str], shared: Collection[str], nulls: tuple[str, ...] = ()
+) -> _Plan:
     """A field that by its annotation holds only what msgspec writes as json.dumps does (str, int,
     bool, None, enums of str or int values, nested models, lists and string-keyed maps of these)
     needs no check of its value: pydantic's validation gives a value of the annotated type (so a
@@ -210,18 +214,19 @@ def _plan(model: type[BaseModel], exclude: Collection[str], shared: Collection[s
         or model.model_config.get("extra") == "allow"
         or any(field.exclude for field in fields.values())
     ):
-        plan = _Plan(frozenset(), (), (), (), ())  # (no __dict__ has no keys: always _Plain)
+        plan = _Plan(frozenset(), (), (), (), (), {})  # (no __dict__ has no keys: always _Plain)
     else:
-        kept = [name for name in fields if name not in exclude]
+        kept = [name for name in fields if name not in exclude and name not in nulls]
         plan = _Plan(
             names=frozenset(fields),
             drop=tuple(name for name in fields if name in exclude),
             floats=tuple(name for name in kept if _kind(fields[name].annotation) == "float"),
             other=tuple(name for name in kept if _kind(fields[name].annotation) == "other"),
             shared=tuple(name for name in kept if name in shared),
+            nulls=dict.fromkeys(nulls),
         )
     if len(_PLANS) < MAX_KEPT:  # (an `exclude` or `shared` made anew for each call: no plan kept)
-        _PLANS[model, exclude, shared] = plan
+        _PLANS[model, exclude, shared, nulls] = plan
     return plan
 
 
