@@ -131,7 +131,7 @@ def spec_hash(config: ServiceConfig) -> str:
     (changing one must roll the replicas); bare keys count by name only, their values come later."""
     # added later: a file without them keeps its old hash (`canonical.model_json`: the bytes of
     # canonical_json(model_dump(mode="json")) with those keys popped when empty)
-    dropped = [added for added in ("probes", "rate_limits") if not getattr(config, added)]
+    dropped = tuple(added for added in ("probes", "rate_limits") if not getattr(config, added))
     return hashlib.sha256(model_json(config, exclude=dropped, shared=SHARED_FIELDS)).hexdigest()
 
 
