@@ -18,7 +18,7 @@ from reconciler.config.loader import SHARED_FIELDS, LoadedService, canonical_jso
 from reconciler.config.models import ProbeSpec, ServiceConfig
 from reconciler.engine import memo
 from reconciler.engine.autoscale import ScalingPolicy
-from reconciler.engine.desired_summary import _summary_parts
+from reconciler.engine.desired_summary import config_summary_parts
 from reconciler.engine.naming import service_host
 from reconciler.state.records import RouteInfo
 from tidegate.routes import ModelFormat, ModelRoute, RateLimit
@@ -48,9 +48,9 @@ class FileParts:
         self._summary: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
 
     def summary_parts(self) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-        """The summary's fields the file decides (`_summary_parts`), made when first read."""
+        """The summary's fields the file decides (`config_summary_parts`), made when first read."""
         if self._summary is None:
-            self._summary = _summary_parts(self.config)
+            self._summary = config_summary_parts(self.config)
         return self._summary
 
 

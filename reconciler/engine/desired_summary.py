@@ -74,7 +74,7 @@ class Summary(Mapping[str, str]):
 def summary(
     ls: LoadedService, backend: str, env: Mapping[str, str], env_hash: str, files: str | None
 ) -> dict[str, str]:
-    head, tail = _summary_parts(ls.config)
+    head, tail = config_summary_parts(ls.config)
     return summary_of(head, tail, backend, env, env_hash, files)
 
 
@@ -86,7 +86,7 @@ def summary_of(
     env_hash: str,
     files: str | None,
 ) -> dict[str, str]:
-    """The summary from the file's parts (`FileParts.summary_parts`, `_summary_parts`) and the rest."""
+    """The summary from the file's parts (`FileParts.summary_parts`, `config_summary_parts`) and the rest."""
     out = {"backend": backend, **dict(head)}
     out["env"] = ", ".join(sorted(env))
     out["env values"] = env_hash[:8]
@@ -95,7 +95,7 @@ def summary_of(
     return {k: v for k, v in out.items() if v}
 
 
-def _summary_parts(c: ServiceConfig) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+def config_summary_parts(c: ServiceConfig) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     head = (
         ("port", str(c.port.container_port)),
         ("commands", " && ".join(c.commands)),
