@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # 3-member cluster on loopback).
 SYSTEM_PACKAGES := openssh-server bubblewrap chromium pebble curl etcd-server
 
-.PHONY: up test test-fast lint plain-install system-packages bench clean sandbox-tool
+.PHONY: up test test-fast lint plain-install system-packages bench clean sandbox-tool screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test: system-packages $(STAMP) sandbox-tool
 
 test-fast: $(STAMP) sandbox-tool
 	$(BIN)/python -m pytest -m "not slow" -q -x
+
+# The README's dashboard screenshots (docs/screenshots/), taken by the browser test in headless Chromium.
+screenshots: system-packages $(STAMP) sandbox-tool
+	TIDEGATE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/e2e/test_dashboard.py -k real_browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py

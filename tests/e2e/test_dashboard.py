@@ -1,7 +1,9 @@
 """The control API and the dashboard against a real `tidegate up` with real local replicas, and
 the dashboard in a real headless Chromium (Debian's, driven by Playwright).
 
-The browser test writes the README's screenshots (docs/screenshots/overview.png and service.png).
+The browser test takes the README's screenshots (overview.png and service.png) into its own tmp dir;
+`TIDEGATE_SCREENSHOTS=docs/screenshots` (what `make screenshots` sets) writes them where the README
+shows them, so an ordinary test run leaves the checkout as it was.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+SCREENSHOTS_ENV = "TIDEGATE_SCREENSHOTS"
 
 LOGGING_APP = app_source(log_requests=True)
 
@@ -117,7 +119,9 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def test_dashboard_in_a_real_browser(deployed: Deployed, browser: Any) -> None:
+def test_dashboard_in_a_real_browser(deployed: Deployed, browser: Any, tmp_path: Path) -> None:
+    shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    shots = shots if shots.is_absolute() else ROOT / shots
     d = deployed
     page = browser.new_page(viewport={"width": 1280, "height": 900})
 
@@ -150,8 +154,8 @@ def test_dashboard_in_a_real_browser(deployed: Deployed, browser: Any) -> None:
     problems = page.inner_text("#validation")
     assert "other.dstack.yml:15:" in problems and "replicas_typo" in problems, problems
     assert page.evaluate("window.__noReload") == "still here"
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     # The service page: the log tail shows new lines as requests arrive; the chart fills with the
     # rps the gateway measures while a client sends requests (sampled every 5 s).
@@ -184,7 +188,7 @@ def test_dashboard_in_a_real_browser(deployed: Deployed, browser: Any) -> None:
     # Admin buttons act (CSRF header sent by the page's script).
     page.click("button[data-action='/api/v1/sync']")
     page.wait_for_function("document.querySelector('.action-result').textContent.includes('reconciles now')", timeout=10_000)
-    page.screenshot(path=str(SCREENSHOTS / "service.png"), full_page=True)
+    page.screenshot(path=str(shots / "service.png"), full_page=True)
 
     # A cookie-authenticated POST without the page's CSRF header is refused.
     status = page.evaluate("fetch('/api/v1/sync', {method: 'POST'}).then(r => r.status)")
