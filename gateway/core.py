@@ -29,7 +29,7 @@ from gateway.tls import challenges
 from gateway.tls.certs import CertStore
 from gateway.upstream.websocket import UpstreamPool
 from gateway.webhooks import handler as hooks
-from tidegate.etcd import read_feed_status
+from tidegate.etcd_watch import read_feed_status
 from tidegate.fsio import describe_os_error
 from tidegate.routes import ROUTES_FILE, RoutesSnapshot
 from tidegate.stats_file import stats_path, write_stats

@@ -33,9 +33,8 @@ from tidegate.etcd import (
     EtcdClient,
     EtcdError,
     EtcdLocation,
-    run_watch,
-    write_feed_status,
 )
+from tidegate.etcd_watch import run_watch, write_feed_status
 from tidegate.fsio import write_atomic
 from tidegate.routes import ROUTES_FILE
 from tidegate.signals import SIGNALS_DIR
