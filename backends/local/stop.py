@@ -52,25 +52,25 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import psutil
 
-from backends.local.proc import MARK_DIR, ProcessIdentity, is_alive
+from backends.local.proc import MARK_DIR, ProcessIdentity, is_alive, is_sandbox_command
 
 POLL_SECONDS = 0.05
 KILL_DEADLINE = 30.0  # seconds of SIGKILL rounds before a survivor is reported (D state, say)
 QUIET_SCANS = 2  # consecutive empty scans that end a stop (a process mid-exec reads as unmarked)
 
 
+class Mark(Enum):
+    ENV = "env"  # the replica's mark in its environment: the supervisor, the app, its children
+    SANDBOX = "sandbox"  # bwrap of the replica (the mark on its command line): SIGKILL only
+    NONE = "none"
+
+
 class StillRunning(Exception):
     """Processes of a replica survived SIGKILL for `KILL_DEADLINE` seconds; the stop is unfinished."""
-
-
-def is_sandbox_command(cmd: list[str], replica_dir: str) -> bool:
-    """bwrap started for this replica: the marks are on its command line (`--setenv` …)."""
-    if not cmd or not cmd[0].endswith("bwrap"):
-        return False
-    return any(cmd[i : i + 3] == ["--setenv", MARK_DIR, replica_dir] for i in range(len(cmd) - 2))
 
 
 @dataclass
@@ -86,9 +86,11 @@ class ReplicaProcesses:
         self._absent: set[int] = set()
 
     def scan(self) -> tuple[list[psutil.Process], set[int]]:
-        """(members, pids of the marked ones). Zombies are gone: they run nothing and fork nothing."""
+        """(members, pids of those marked in their environment: the ones a graceful stop signals).
+        Zombies are gone: they run nothing and fork nothing."""
+        self.sessions -= {0, self._own_session}
         seen: set[int] = set()  # sessions with any process in them, zombies included
-        found: list[tuple[psutil.Process, int, bool]] = []
+        found: list[tuple[psutil.Process, int, Mark]] = []
         for proc in psutil.process_iter():
             if proc.pid == os.getpid():
                 continue
@@ -97,24 +99,24 @@ class ReplicaProcesses:
                 seen.add(sid)
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     continue
-                marked = self._marked(proc)
+                mark = self._mark(proc)
             except (OSError, psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue  # gone, or not ours to read (we run as root where it matters)
-            if marked and sid not in (0, self._own_session):
+            if mark is not Mark.NONE and sid not in (0, self._own_session):
                 self.sessions.add(sid)
-            found.append((proc, sid, marked))
+            found.append((proc, sid, mark))
         # An empty session never gets members again: forget its number (it may be reused). Absent
         # from two scans in a row, not one: a member forked while this scan ran is not listed.
         gone = self.sessions - seen
         self.sessions -= gone & self._absent
         self._absent = gone
-        members = [proc for proc, sid, marked in found if marked or sid in self.sessions]
-        return members, {proc.pid for proc, _, marked in found if marked}
+        members = [proc for proc, sid, mark in found if mark is not Mark.NONE or sid in self.sessions]
+        return members, {proc.pid for proc, _, mark in found if mark is Mark.ENV}
 
-    def _marked(self, proc: psutil.Process) -> bool:
+    def _mark(self, proc: psutil.Process) -> Mark:
         if proc.environ().get(MARK_DIR) == self.replica_dir:
-            return True
-        return is_sandbox_command(proc.cmdline(), self.replica_dir)
+            return Mark.ENV
+        return Mark.SANDBOX if is_sandbox_command(proc.cmdline(), self.replica_dir) else Mark.NONE
 
 
 def _signal(procs: Iterable[psutil.Process], signum: int) -> None:
@@ -147,7 +149,8 @@ def terminate_replica(
     termed: set[int] = set()
     deadline = time.monotonic() + grace
     while members:
-        # Graceful: what is marked (the app once it has exec'd), never bwrap or an unexec'd fork.
+        # Graceful: what is marked (the app once it has exec'd); never bwrap, whose death SIGKILLs
+        # the sandbox at once, nor an unmarked member (a fork that has not exec'd yet).
         late = [p for p in members if p.pid in marked and p.pid not in termed]
         _signal(late, signal.SIGTERM)
         termed.update(p.pid for p in late)

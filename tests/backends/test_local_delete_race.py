@@ -30,7 +30,11 @@ import pytest
 from test_local import spec_for
 
 from backends.local.backend import LocalBackend
+from backends.local.layout import ReplicaPaths
 from backends.local.proc import MARK_DIR
+from backends.local.relay import still_wanted
+from backends.local.spawn import Launch, relay_command, spawn_supervisor
+from backends.workdir import copy_workdir
 
 Factory = Callable[..., LocalBackend]
 DELAYS = (0.0, 0.0, 0.001, 0.003, 0.01, 0.02, 0.05, 0.1)  # between create returning and delete
@@ -191,3 +195,38 @@ def test_delete_after_a_creator_killed_mid_create_is_final_under_load(
     cpu_load(2)
     interrupted = kill_creator_then_delete(make_backend, app_dir, rounds=30, seed=int(time.time()))
     assert interrupted > 0, "no creator was killed inside create: the test exercised nothing"
+
+
+def test_a_supervisor_whose_start_was_revoked_starts_nothing(tmp_path: Path, app_dir: Path) -> None:
+    """The one process no scan can see is a supervisor between fork and exec (its creator killed
+    there). A stop revokes the start token first; such a supervisor must then start nothing."""
+    paths = ReplicaPaths(tmp_path / "replicas", "web-77656200-0")
+    paths.log.parent.mkdir(parents=True)
+    copy_workdir(str(app_dir), paths.work)
+    paths.script.write_text("set -e\nexec python3 app.py 8000\n")
+    meta = {"owner": "test-owner", "state": "deleting", "start_token": None}
+    paths.meta.write_text(json.dumps(meta))
+    launch = Launch(paths=paths, port=8000, netns=False, log_max_bytes=1 << 20, start_token="revoked")
+    env = {"PATH": os.environ["PATH"], MARK_DIR: str(paths.dir)}
+    proc, handshake = spawn_supervisor(relay_command(launch), env, paths, timeout=20.0)
+    assert proc.wait(timeout=20.0) == 1
+    assert handshake == "error: the replica was stopped before its supervisor started"
+    assert not paths.log.exists() and not paths.exit_file.exists() and leftovers(paths.root) == []
+
+
+@pytest.mark.parametrize(
+    ("meta", "wanted"),
+    [
+        pytest.param({"state": "starting", "start_token": "t"}, True, id="its-start"),
+        pytest.param({"state": "started", "start_token": "t"}, True, id="recorded"),
+        pytest.param({"state": "deleting", "start_token": "t"}, False, id="being-deleted"),
+        pytest.param({"state": "starting", "start_token": None}, False, id="revoked"),
+        pytest.param({"state": "starting", "start_token": "u"}, False, id="a-newer-start"),
+        pytest.param(None, False, id="replica-gone"),
+    ],
+)
+def test_still_wanted(tmp_path: Path, meta: dict[str, object] | None, wanted: bool) -> None:
+    path = tmp_path / "replica.json"
+    if meta is not None:
+        path.write_text(json.dumps(meta))
+    assert still_wanted(str(path), "t") is wanted
