@@ -16,7 +16,9 @@ visible in /proc, and none of ours leaves it (bwrap runs without `--new-session`
 keeps a session id allocated while any process is in that session, so "sid == the supervisor's
 pid" names exactly the replica's processes, marked or not, for as long as any of them exists.
 A process inside the sandbox could call setsid, but it lives in the sandbox's PID namespace,
-which the kernel kills whole when the namespace's init (bwrap, in the session) dies.
+which the kernel kills whole when the namespace's init (bwrap, in the session) dies. Only an
+unsandboxed replica (a trusted service on a machine without bwrap; previews never run so) could
+escape both nets, by leaving the session and rewriting its own environment: trusted code.
 
 So a stop here:
 
