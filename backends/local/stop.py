@@ -63,6 +63,7 @@ from backends.local.proc import MARK_DIR, ProcessIdentity, is_alive, is_sandbox_
 POLL_SECONDS = 0.05
 KILL_DEADLINE = 30.0  # seconds of SIGKILL rounds before a survivor is reported (D state, say)
 QUIET_SCANS = 2  # consecutive empty scans that end a stop (a process mid-exec reads as unmarked)
+QUIET_GAP = 0.01  # seconds between them: an exec takes far less
 
 
 class Mark(Enum):
@@ -176,6 +177,6 @@ def _kill_until_none(tracked: ReplicaProcesses, members: list[psutil.Process], r
                 raise StillRunning(f"processes of {tracked.replica_dir} survived SIGKILL: {alive}")
         else:
             quiet += 1
-        time.sleep(POLL_SECONDS / 2)
+        time.sleep(POLL_SECONDS / 2 if members else QUIET_GAP)
         reap()
         members, _ = tracked.scan()
