@@ -51,13 +51,9 @@ start it twice. A replica whose commands exited is EXITED with the exit code and
 in `message`; `create()` restarts it under the same id.
 
 Delete is final (`stop.py`): when `delete` returns, no process of the replica exists and none can
-appear later — not a supervisor still starting, not a sandbox that has not exec'd bwrap yet, not a
-supervisor of a creator killed between fork and exec. `replica.json` carries a start token that
-every stop revokes before it looks for processes (the supervisor exits at once without it); the
-stop then follows the replica's session as well as its marks and SIGKILLs until two scans in a
-row find nothing. A replica SIGKILL cannot end (stuck in the kernel) makes `delete` raise a
-TemporaryError instead, with `replica.json` left "deleting", so the reconciler retries. `create()`
-of a replica with leftovers stops them the same way first, and so does a failed start.
+appear later, even mid-start or after a creator was killed mid-create (every stop first revokes
+the start token in `replica.json`, then kills by session and marks until nothing is left); if
+SIGKILL cannot end them, `delete` raises a TemporaryError and the replica stays "deleting".
 
 Images: `image:` runs through `docker`/`podman run` when that engine answers `info` (the engine
 gives the container its own network; the port is published on a free loopback port that the relay
