@@ -50,6 +50,11 @@ it instead of starting another; create/delete of one replica hold an flock, so t
 start it twice. A replica whose commands exited is EXITED with the exit code and its last log lines
 in `message`; `create()` restarts it under the same id.
 
+Delete is final (`stop.py`): when `delete` returns, no process of the replica exists and none can
+appear later, even mid-start or after a creator was killed mid-create (every stop first revokes
+the start token in `replica.json`, then kills by session and marks until nothing is left); if
+SIGKILL cannot end them, `delete` raises a TemporaryError and the replica stays "deleting".
+
 Images: `image:` runs through `docker`/`podman run` when that engine answers `info` (the engine
 gives the container its own network; the port is published on a free loopback port that the relay
 targets, env values are passed by name only, and delete also runs `<engine> rm -f`). Without an
@@ -63,7 +68,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,6 +86,7 @@ from backends.local import host as local_host
 from backends.local import proc as local_proc
 from backends.local import sandbox as local_sandbox
 from backends.local import spawn as local_spawn
+from backends.local import stop as local_stop
 from backends.local.fit import HostFit, NetworkMode
 from backends.local.layout import (
     ReplicaPaths,
@@ -162,6 +167,7 @@ class LocalBackend(HostFit):
             if meta is not None and meta.get("owner") != self.owner:
                 raise PermanentError(f"{paths.dir} belongs to another owner; refusing to touch it")
             if meta is not None:  # leftovers of an exited run or an interrupted start/delete
+                self._revoke(paths, meta)
                 self._stop(paths, meta)
             return self._start(spec, paths, venv, attempt=int((meta or {}).get("attempt", 0)) + 1)
 
@@ -183,21 +189,21 @@ class LocalBackend(HostFit):
         return infos
 
     def delete(self, replica_id: str) -> None:
+        """Final: when it returns, no process of the replica exists and none can appear later
+        (local_stop); a TemporaryError when SIGKILL could not end them (the delete is retried)."""
         paths = self._paths(replica_id)
-        if not paths.dir.exists():
-            return
+        if not paths.dir.exists() and not paths.lock.exists():
+            return  # never created here (a create in progress holds its lock file)
         with local_host.file_lock(paths.lock):
-            meta = read_json(paths.meta)
-            if meta is None:
-                # A directory without metadata never got as far as spawning anything.
-                if paths.dir.exists() and not local_proc.marked_processes(str(paths.dir)):
-                    shutil.rmtree(paths.dir, ignore_errors=True)
-                    return
-                meta = {"owner": self.owner}
-            if meta.get("owner") != self.owner:
+            if not paths.dir.exists():
+                return
+            recorded_meta = read_json(paths.meta)
+            if recorded_meta is not None and recorded_meta.get("owner") != self.owner:
                 return  # never delete what is not ours
-            meta["state"] = "deleting"
-            write_json_atomic(paths.meta, meta)
+            meta: dict[str, Any] = recorded_meta or {}
+            if recorded_meta is not None:
+                self._revoke(paths, meta, state="deleting")
+            # Without metadata nothing was spawned yet (it is written first); look all the same.
             self._stop(paths, meta)
             self._keep_last_logs(paths)
             with contextlib.suppress(FileNotFoundError):
@@ -237,9 +243,24 @@ class LocalBackend(HostFit):
             if proc.poll() is not None:
                 self._children.pop(pid, None)  # another worker may have reaped it first
 
-    def _stop(self, paths: ReplicaPaths, meta: dict[str, Any]) -> None:
-        """Stop every process of the replica (and its container, for an image)."""
-        local_proc.terminate_replica(recorded(meta), str(paths.dir), self.grace, self._reap)
+    def _revoke(self, paths: ReplicaPaths, meta: dict[str, Any], state: str | None = None) -> None:
+        """Take back the start token before stopping: a supervisor that has not exec'd yet (so no
+        scan can see it) exits instead of starting (local_stop's module docstring)."""
+        meta["start_token"] = None
+        if state is not None:
+            meta["state"] = state
+        write_json_atomic(paths.meta, meta)
+
+    def _stop(
+        self, paths: ReplicaPaths, meta: dict[str, Any], grace: float | None = None, sessions: tuple[int, ...] = ()
+    ) -> None:
+        """Stop every process of the replica for good (and its container, for an image)."""
+        try:
+            local_stop.terminate_replica(
+                recorded(meta), str(paths.dir), self.grace if grace is None else grace, self._reap, sessions
+            )
+        except local_stop.StillRunning as e:
+            raise TemporaryError(str(e)) from e
         engine = meta.get("engine")
         if engine:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -330,6 +351,7 @@ class LocalBackend(HostFit):
             sandbox=sandbox,
             venv_owner=uid if venv else None,
             egress_policy=self._egress_policy(spec).to_json() if netns else None,
+            start_token=str(meta["start_token"]),
         )
         env = local_spawn.replica_env(
             os.environ, spec, paths.dir, self.owner, launch.venv,
@@ -342,10 +364,12 @@ class LocalBackend(HostFit):
         )
         self._children[proc.pid] = proc
         if not handshake.startswith("ok"):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # it leads its own group: nothing else is hit
+            # Its session may hold a sandbox already (its own process group); the supervisor is our
+            # unreaped child, so its pid (= its session id) cannot have been reused.
+            self._children.pop(proc.pid, None)
+            self._revoke(paths, meta)
+            self._stop(paths, meta, grace=0.0, sessions=(proc.pid,))
             proc.wait()
-            self._reap()
             detail = handshake.removeprefix("error:").strip() or "supervisor exited without a word"
             raise TemporaryError(f"starting {spec.replica_id} failed: {detail}")
         identity = local_proc.identify(proc.pid)

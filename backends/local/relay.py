@@ -17,6 +17,10 @@ one `killpg` reaches it, `bash` and everything the commands started.
 This file is run by path with `python -I -S` and imports the standard library only: it must work
 with whatever interpreter runs the reconciler, independent of the replica's virtualenv.
 
+Start-up check: its first act is to read `replica.json` and exit unless that still carries the
+`--start-token` it was launched with (a stop revokes the token before it looks for processes, so a
+supervisor that no scan could see yet never starts a replica that was deleted; local_stop.py).
+
 Start-up handshake: one line on stdout, `ok <relay pid>` or `error: <reason>`, then stdout is
 closed; the backend waits for it so namespace and spawn failures surface in `create()`.
 
@@ -310,6 +314,17 @@ async def supervise(
     return returncode
 
 
+def still_wanted(meta_path: str, token: str) -> bool:
+    """Whether `replica.json` still asks for this supervisor: a stop (delete, or a create that
+    replaces it) revokes the token before it looks for the replica's processes (local_stop)."""
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("start_token") == token and meta.get("state") != "deleting"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--probe", action="store_true", help="only check that namespaces work")
@@ -330,7 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--egress-policy", help="the proxy's destination policy (JSON, local_egress.EgressPolicy)")
     parser.add_argument("--sandbox", help="JSON argv the commands run under (bwrap ... setpriv ...)")
     parser.add_argument("--venv-owner", type=int, help="uid (and gid) the virtualenv is given to")
+    parser.add_argument("--meta", help="the replica's replica.json, which must carry --start-token")
+    parser.add_argument("--start-token", help="the token of the start that launched this supervisor")
     args = parser.parse_args(argv)
+    if args.start_token is not None and not still_wanted(args.meta, args.start_token):
+        # Checked before anything is forked: see local_stop's module docstring.
+        _handshake("error: the replica was stopped before its supervisor started")
+        return 1
     if args.netns and args.egress_socket and not args.probe:
         fork_egress_proxy(args.egress_socket, args.egress_policy)
     if args.netns or args.probe:

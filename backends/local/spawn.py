@@ -46,6 +46,7 @@ class Launch:
     sandbox: tuple[str, ...] = ()  # the bwrap/setpriv prefix (local_sandbox.bwrap_argv); () = none
     venv_owner: int | None = None  # the sandboxed service's uid, which gets the venv
     egress_policy: str | None = None  # local_egress.EgressPolicy as JSON
+    start_token: str | None = None  # must still be in replica.json when the supervisor starts
 
 
 def relay_command(launch: Launch) -> list[str]:
@@ -60,6 +61,8 @@ def relay_command(launch: Launch) -> list[str]:
         "--log-max-bytes", str(launch.log_max_bytes),
         "--exit-file", str(p.exit_file),
     ]  # fmt: skip
+    if launch.start_token is not None:
+        cmd += ["--meta", str(p.meta), "--start-token", launch.start_token]
     if launch.netns:
         cmd.append("--netns")
         cmd += ["--egress-socket", str(egress_socket(p.socket)), "--egress-port", str(egress_port(launch.port))]

@@ -8,6 +8,7 @@ new backend instance (or another process) reads a replica exactly as its creator
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -58,6 +59,8 @@ def start_meta(
         "attempt": attempt,
         "created_at": time.time(),
         "state": "starting",
+        # The supervisor starts only while this is still here; every stop revokes it first.
+        "start_token": secrets.token_hex(16),
         "pid": None,
         "started": None,
     }
