@@ -154,6 +154,26 @@ def refine_offers(client: Any, region: str, base: list[Offer]) -> list[Offer]:
     return out
 
 
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _botocore_session() -> Any:
+    """A new botocore session whose data loader (the parsed API models and endpoint rules, ~0.5 s
+    of JSON per session) is shared by every session of this process: each backend, `tidegate
+    offers`, and each test builds its own session, and the models never change while we run."""
+    import botocore.loaders
+    import botocore.session
+
+    global _loader
+    core = botocore.session.Session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.create_loader(core.get_config_variable("data_path"))
+        core.register_component("data_loader", _loader)
+    return core
+
+
 class Ec2Access:
     """EC2 clients per region (one boto3 session) and the describe calls every part needs."""
 
@@ -174,8 +194,8 @@ class Ec2Access:
         from botocore.config import Config
 
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
-        if self._session is None:  # one session per backend: each new session reloads the API models
-            self._session = boto3.session.Session()
+        if self._session is None:  # one session per backend, its API models from the shared loader
+            self._session = boto3.session.Session(botocore_session=_botocore_session())
         return self._session.client(
             "ec2", region_name=region, endpoint_url=self.settings.endpoint_url, config=config
         )

@@ -606,7 +606,7 @@ def test_namespaced_replica_reaches_out_through_the_egress_proxy(
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    Thread(target=server.serve_forever, daemon=True).start()
+    Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         (app_dir / "egress_client.py").write_text(EGRESS_CLIENT)
         port = server.server_address[1]

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,9 +37,17 @@ payloads = st.recursive(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+# The same property twice: 100 examples in the fast suite, 1000 in the slow one (.ci/run runs both).
+@settings(max_examples=100, deadline=None)
 @given(payloads)
 def test_canonical_json_is_json_dumps(payload: Any) -> None:
+    assert canonical_json(payload) == reference(payload)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None)
+@given(payloads)
+def test_canonical_json_is_json_dumps_over_many_examples(payload: Any) -> None:
     assert canonical_json(payload) == reference(payload)
 
 

@@ -157,7 +157,7 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
     tcp = HTTPServer(("127.0.0.1", 0), Handler)
     sock = tmp_path / "http.sock"
     uds = UnixHTTPServer(str(sock), Handler)
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (tcp, uds)]
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True) for s in (tcp, uds)]
     for t in threads:
         t.start()
     try:

@@ -109,7 +109,7 @@ class Sshd:
         for p in [psutil.Process(self.proc.pid), *children] if self.proc.poll() is None else children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.terminate()
-        psutil.wait_procs(children, timeout=10)
+        _wait_ended(children, timeout=10)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -135,6 +135,24 @@ def replica_spec(port: int, replica_id: str = "llm-abcdef12-0") -> ReplicaSpec:
         image="ghcr.io/example/tiny:1",
         env={"HF_TOKEN": "declared-value"},
     )
+
+
+def _wait_ended(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait until each process has ended. A zombie has ended: sshd's per-connection children are
+    reparented when sshd exits, and their new parent may reap them only a second later (which
+    `psutil.wait_procs` would wait out)."""
+    deadline = time.monotonic() + timeout
+    while procs and time.monotonic() < deadline:
+        procs = [p for p in procs if _running(p)]
+        if procs:
+            time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class FakeInstance:
