@@ -76,12 +76,15 @@ def leftovers(root: Path) -> list[str]:
 
 @pytest.fixture
 def cpu_load() -> Iterator[Callable[[int], None]]:
-    """Start `n` busy processes (another tenant of the machine) until the test ends."""
+    """Start `n` busy processes (another tenant of the machine) until the test ends. At nice 10:
+    they still take every idle cycle and preempt the replica's start-up now and then, but they do
+    not starve the tests another pytest-xdist worker runs beside this one (two busy loops at nice
+    0 on a two-core machine once made a timing test there fail)."""
     burners: list[subprocess.Popen[bytes]] = []
 
     def start(n: int) -> None:
         for _ in range(n):
-            burners.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+            burners.append(subprocess.Popen([sys.executable, "-c", "import os\nos.nice(10)\nwhile True: pass"]))
 
     yield start
     for burner in burners:

@@ -3,6 +3,7 @@ revision nor reach its snapshot, and the watcher does not wake for them; bursts 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -92,14 +93,23 @@ def test_the_watcher_ignores_droppings_and_debounces_a_burst(tmp_path: Path) -> 
             (root / "x.log").write_text(str(i))
         time.sleep(1.0)
         assert calls == [], "droppings and ignored files must not wake the reconciler"
+        writes: list[float] = []
         for i in range(10):  # 10 saves in ~1 s
             (root / "web.dstack.yml").write_text(CONFIG + f"# {i}\n")
+            writes.append(time.monotonic())
             time.sleep(0.1)
         deadline = time.monotonic() + 5
         while not calls and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)
-        assert 1 <= len(calls) <= 2, calls
+        # One wake-up for the burst (two at most: the watch may split it once). A loaded machine
+        # may stretch the saves themselves: a pause over the 300 ms quiet time between two saves,
+        # or a burst longer than the 1.5 s batch cap, ends a batch by the watcher's own rules, so
+        # each such pause or cap is allowed one more wake-up (not the watcher's fault).
+        gaps = [b - a for a, b in itertools.pairwise(writes)]
+        allowed = 2 + sum(g >= 0.25 for g in gaps) + int((writes[-1] - writes[0]) / 1.5)
+        assert 1 <= len(calls) <= allowed, (calls, gaps)
+        assert len(calls) < len(writes), "a burst of saves must be debounced"
     finally:
         stop.set()
         thread.join(5)
